@@ -10,7 +10,6 @@ missing or could not be loaded is ``None`` there and its problem is listed in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,7 +28,11 @@ KNOWN_FIELDS: frozenset[str] = frozenset(
     ("item_id", "t", "label", *NUMERIC_FIELDS, *IMAGE_FIELDS)
 )
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _empty_mapping() -> Mapping[str, Any]:
+    # A plain dict (not a read-only proxy): records cross process boundaries by pickle.
+    return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,7 @@ class LogMeta:
     xray_mm_per_px: float = 2.0
     xray_energies_kev: tuple[float, float] = (60.0, 140.0)
     camera_mm_per_px: float = 1.0
-    extra: Mapping[str, Any] = field(default=_EMPTY, compare=False)
+    extra: Mapping[str, Any] = field(default_factory=_empty_mapping, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
@@ -79,7 +82,7 @@ class ItemRecord:
     rgb: str | None = None
     surface_temp_c: float | None = None
     label: str | None = None
-    extra: Mapping[str, Any] = field(default=_EMPTY, compare=False)
+    extra: Mapping[str, Any] = field(default_factory=_empty_mapping, compare=False)
     line_no: int = 0
     problems: tuple[str, ...] = ()
     """Field-level problems found while validating (e.g. a NaN weight, which is then

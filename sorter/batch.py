@@ -1,0 +1,184 @@
+"""Batch work on recorded logs: measure items in parallel, score them, write results.
+
+Lines are read in order in the main process (cheap), the running ambient estimate is
+computed there in log order, and chunks of lines go to worker processes that decode
+the PNGs and measure the items (the expensive part).  Results come back in order, so
+output rows follow the input lines one for one, bad lines included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .features.measure import RAW_COLUMNS, AmbientTracker, measure_item
+from .logformat import LogLine, iter_log, load_item, read_meta
+from .readings import ItemRecord, LogMeta
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64
+
+
+@dataclass
+class MeasuredChunk:
+    """Measured lines of one chunk, in log order."""
+
+    log_dir: str
+    lines: list[LogLine]
+    raw: np.ndarray  # (n, len(RAW_COLUMNS)); rows of bad lines are NaN
+    problems: list[str]
+    ok: np.ndarray  # bool (n,): the line held a usable record
+
+    @property
+    def records(self) -> list[ItemRecord | None]:
+        return [ln.record for ln in self.lines]
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # OpenCV's own pool fights the processes and is not fork-safe
+
+
+def measure_records(log_dir: str, meta: LogMeta, recs: Sequence[tuple[ItemRecord, float | None]]) -> tuple[np.ndarray, list[str]]:
+    """Load and measure records (runs in a worker). Never raises for one bad item."""
+    raw = np.full((len(recs), len(RAW_COLUMNS)), np.nan)
+    problems: list[str] = []
+    for k, (rec, amb) in enumerate(recs):
+        try:
+            item = load_item(rec, log_dir, meta)
+            raw[k] = measure_item(item, amb)
+            problems.append("; ".join(item.problems))
+        except Exception as err:  # noqa: BLE001 - one item must not sink the chunk
+            log.exception("%s line %d: measurement failed", log_dir, rec.line_no)
+            problems.append(f"measurement failed: {err}")
+    return raw, problems
+
+
+def _chunks(log_dirs: Sequence[str | os.PathLike], chunk: int, start: dict[str, tuple[int, int]] | None = None
+            ) -> Iterator[tuple[str, LogMeta, list[LogLine], list[tuple[ItemRecord, float | None]]]]:
+    for d in log_dirs:
+        d = str(d)
+        meta = read_meta(d)
+        ambient = AmbientTracker()
+        _, first = (start or {}).get(d, (0, 1))
+        buf: list[LogLine] = []
+        # Resuming still reads from the top (records only, no images), so that the running
+        # ambient estimate and the duplicate-id check are exactly those of a full run.
+        for ln in iter_log(d):
+            if ln.line_no < first:
+                if ln.record is not None:
+                    ambient.observe(ln.record.surface_temp_c)
+                continue
+            buf.append(ln)
+            if len(buf) >= chunk:
+                yield d, meta, buf, _with_ambient(buf, ambient)
+                buf = []
+        if buf:
+            yield d, meta, buf, _with_ambient(buf, ambient)
+
+
+def _with_ambient(lines: list[LogLine], ambient: AmbientTracker) -> list[tuple[ItemRecord, float | None]]:
+    out = []
+    for ln in lines:
+        if ln.record is not None:
+            out.append((ln.record, ambient.observe(ln.record.surface_temp_c)))
+    return out
+
+
+def _assemble(d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: list[str]) -> MeasuredChunk:
+    n = len(lines)
+    raw = np.full((n, len(RAW_COLUMNS)), np.nan)
+    ok = np.array([ln.record is not None for ln in lines], bool)
+    raw[ok] = raw_ok
+    problems = []
+    it = iter(probs_ok)
+    for ln in lines:
+        problems.append(next(it) if ln.record is not None else (ln.error or "unusable line"))
+    return MeasuredChunk(d, lines, raw, problems, ok)
+
+
+def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, chunk: int = CHUNK,
+                  executor: Executor | None = None, start: dict[str, tuple[int, int]] | None = None
+                  ) -> Iterator[MeasuredChunk]:
+    """Measured chunks of the given logs, in order, with at most ``2 * workers`` chunks in flight."""
+    if workers <= 1 and executor is None:
+        for d, meta, lines, recs in _chunks(log_dirs, chunk, start):
+            raw, probs = measure_records(d, meta, recs)
+            yield _assemble(d, lines, raw, probs)
+        return
+    own = executor is None
+    if executor is None:
+        import multiprocessing as mp
+
+        executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+    try:
+        pending: list[tuple[str, list[LogLine], Any]] = []
+        for d, meta, lines, recs in _chunks(log_dirs, chunk, start):
+            pending.append((d, lines, executor.submit(measure_records, d, meta, recs)))
+            while len(pending) >= 2 * max(workers, 1):
+                pd, pl, fut = pending.pop(0)
+                raw, probs = fut.result()
+                yield _assemble(pd, pl, raw, probs)
+        for pd, pl, fut in pending:
+            raw, probs = fut.result()
+            yield _assemble(pd, pl, raw, probs)
+    finally:
+        if own:
+            executor.shutdown(cancel_futures=True)
+
+
+@dataclass
+class MeasuredLog:
+    """Everything measured from labelled logs, for training and evaluation."""
+
+    raw: np.ndarray
+    labels: list[str | None]
+    item_ids: list[str | None]
+    line_nos: list[int]
+    log_dirs: list[str]
+    problems: list[str]
+    extras: list[dict[str, Any]] = field(default_factory=list)
+    ok: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+
+def measure_logs(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, progress: bool = False) -> MeasuredLog:
+    """Measure whole logs into memory (training and evaluation sizes)."""
+    raws, labels, ids, nos, dirs, probs, extras, oks = [], [], [], [], [], [], [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="item", desc="measure")
+    for ch in iter_measured(log_dirs, workers=workers):
+        raws.append(ch.raw)
+        oks.append(ch.ok)
+        for ln in ch.lines:
+            r = ln.record
+            labels.append(None if r is None else r.label)
+            ids.append(ln.item_id if r is None else r.item_id)
+            nos.append(ln.line_no)
+            dirs.append(ch.log_dir)
+            extras.append({} if r is None else dict(r.extra))
+        probs += ch.problems
+        if bar is not None:
+            bar.update(len(ch.lines))
+    if bar is not None:
+        bar.close()
+    raw = np.vstack(raws) if raws else np.zeros((0, len(RAW_COLUMNS)))
+    ok = np.concatenate(oks) if oks else np.zeros(0, bool)
+    return MeasuredLog(raw, labels, ids, nos, dirs, probs, extras, ok)
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+__all__ = ["MeasuredChunk", "MeasuredLog", "iter_measured", "measure_logs", "measure_records", "Path"]

@@ -1,0 +1,225 @@
+"""scikit-learn transformers from raw measurements to model features, one per sensor.
+
+Each transformer takes the raw measurement columns of its sensor (see
+:mod:`sorter.features.measure`), derives physically meaningful features and adds
+explicit missing-reading indicators instead of failing: a NaN input becomes a NaN
+feature (the gradient-boosted model handles NaN natively) plus an indicator column.
+They learn nothing in ``fit`` beyond the input width, so they are the same in training,
+batch scoring and on the line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .measure import CAMERA_COLUMNS, RAW_COLUMNS, SCALE_COLUMNS, THERMAL_COLUMNS, XRAY_COLUMNS
+
+LEAD_ACID_DENSITY_KG_L = 2.4  # middle of the 1.8-3.1 kg/L range of lead-acid batteries (reference)
+
+
+class _StatelessTransformer(TransformerMixin, BaseEstimator):
+    """Common plumbing: validation, width checks, feature names."""
+
+    n_inputs: int | None = None  # fixed input width, or None for any
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, reset=True, ensure_all_finite="allow-nan", dtype=np.float64)
+        if self.n_inputs is not None and X.shape[1] != self.n_inputs:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.n_inputs} columns {self._input_names()}, got {X.shape[1]}; "
+                "pass the raw measurement columns from sorter.features.measure"
+            )
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "n_features_in_")
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
+        return self._transform(X)
+
+    def _input_names(self) -> tuple[str, ...]:
+        return ()
+
+    def _output_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "n_features_in_")
+        return np.asarray(self._output_names(), dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.requires_fit = True
+        return tags
+
+
+class ScaleProfilerFeatures(_StatelessTransformer):
+    """Mass and shape from the scale and the laser profiler.
+
+    Input columns: ``weight_g, length_mm, width_mm, height_mm``. Outputs the mass, the
+    envelope volume, the apparent density, the mass against the mass a lead-acid battery
+    of that envelope would have, aspect ratios, and missing indicators.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sorter.features.transformers import ScaleProfilerFeatures
+    >>> t = ScaleProfilerFeatures().fit(np.array([[20000.0, 260, 173, 225]]))
+    >>> out = t.transform(np.array([[20000.0, 260, 173, 225]]))
+    >>> round(float(out[0, 4]), 2)   # apparent density, kg/L
+    1.98
+    """
+
+    n_inputs = 4
+
+    def _input_names(self):
+        return SCALE_COLUMNS
+
+    def _output_names(self):
+        return [
+            "weight_g", "log_weight", "volume_l", "log_volume", "density_kg_l", "mass_vs_lead_acid",
+            "length_mm", "width_mm", "height_mm", "aspect_length_width", "aspect_width_height",
+            "weight_missing", "dims_missing",
+        ]
+
+    def _transform(self, X):
+        w, length, width, height = X.T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vol_l = length * width * height * 1e-6
+            dens = (w / 1000.0) / vol_l
+            lead_ratio = (w / 1000.0) / (LEAD_ACID_DENSITY_KG_L * vol_l)
+            out = np.column_stack([
+                w, np.log(np.clip(w, 1e-3, None)), vol_l, np.log(np.clip(vol_l, 1e-9, None)), dens, lead_ratio,
+                length, width, height, length / width, width / height,
+                np.isnan(w).astype(float), np.isnan(X[:, 1:]).any(axis=1).astype(float),
+            ])
+        out[~np.isfinite(out)] = np.nan
+        return out
+
+
+class ThermalFeatures(_StatelessTransformer):
+    """Excess of the hottest surface temperature over the hall's running ambient.
+
+    Input columns: ``surface_temp_c, ambient_c``.
+    """
+
+    n_inputs = 2
+
+    def _input_names(self):
+        return THERMAL_COLUMNS
+
+    def _output_names(self):
+        return ["thermal_excess_c", "thermal_missing"]
+
+    def _transform(self, X):
+        excess = X[:, 0] - X[:, 1]
+        return np.column_stack([excess, np.isnan(excess).astype(float)])
+
+
+class XrayFeatures(_StatelessTransformer):
+    """Dual-energy X-ray features: opacity, attenuation, the (ln T_high, R) plane, structure.
+
+    Input: the columns of :data:`sorter.features.measure.XRAY_COLUMNS`. Adds indicators for
+    a missing image, a single channel, and an image in which no object was found.
+    """
+
+    n_inputs = len(XRAY_COLUMNS)
+
+    def _input_names(self):
+        return XRAY_COLUMNS
+
+    def _output_names(self):
+        return [*XRAY_COLUMNS[2:], "xray_missing", "xray_one_channel", "xray_no_object"]
+
+    def _transform(self, X):
+        low_ok, high_ok, area = X[:, 0], X[:, 1], X[:, 2]
+        missing = np.isnan(low_ok) & np.isnan(high_ok)
+        one = ~missing & ((np.nan_to_num(low_ok) + np.nan_to_num(high_ok)) < 2)
+        no_obj = ~missing & (np.nan_to_num(area, nan=0.0) < 16.0)
+        return np.column_stack([X[:, 2:], missing.astype(float), one.astype(float), no_obj.astype(float)])
+
+
+class CameraFeatures(_StatelessTransformer):
+    """Colour-camera features: outline shape, HSV colour statistics, posts, markings.
+
+    Input: the columns of :data:`sorter.features.measure.CAMERA_COLUMNS`.
+    """
+
+    n_inputs = len(CAMERA_COLUMNS)
+
+    def _input_names(self):
+        return CAMERA_COLUMNS
+
+    def _output_names(self):
+        return [*CAMERA_COLUMNS, "camera_missing", "camera_no_object"]
+
+    def _transform(self, X):
+        missing = np.isnan(X).all(axis=1)
+        no_obj = ~missing & (np.nan_to_num(X[:, 0], nan=0.0) < 100.0)
+        return np.column_stack([X, missing.astype(float), no_obj.astype(float)])
+
+
+class CrossSensorFeatures(_StatelessTransformer):
+    """Agreement between sensors: mass per unit of X-ray attenuation, footprints compared.
+
+    Input columns: ``weight_g, length_mm, width_mm, xr_area_mm2, xr_att_integral_cm2,
+    cam_area_mm2``. A lead-acid battery attenuates far more per gram than a lithium pack
+    of the same mass, until its X-ray saturates; a footprint the X-ray sees much smaller
+    than the profiler's is a sign of a hollow or partly transparent item.
+    """
+
+    n_inputs = 6
+    INPUTS = ("weight_g", "length_mm", "width_mm", "xr_area_mm2", "xr_att_integral_cm2", "cam_area_mm2")
+
+    def _input_names(self):
+        return self.INPUTS
+
+    def _output_names(self):
+        return ["att_per_gram", "xray_vs_profiler_area", "camera_vs_profiler_area", "areal_density_g_cm2"]
+
+    def _transform(self, X):
+        w, length, width, xa, att, ca = X.T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            foot = length * width
+            out = np.column_stack([att / w, xa / foot, ca / foot, w / (foot / 100.0)])
+        out[~np.isfinite(out)] = np.nan
+        return out
+
+
+def _idx(names) -> list[int]:
+    return [RAW_COLUMNS.index(n) for n in names]
+
+
+def make_feature_transformer() -> ColumnTransformer:
+    """The full feature step: raw measurement matrix (``RAW_COLUMNS``) to model features."""
+    return ColumnTransformer(
+        [
+            ("scale", ScaleProfilerFeatures(), _idx(SCALE_COLUMNS)),
+            ("thermal", ThermalFeatures(), _idx(THERMAL_COLUMNS)),
+            ("xray", XrayFeatures(), _idx(XRAY_COLUMNS)),
+            ("camera", CameraFeatures(), _idx(CAMERA_COLUMNS)),
+            ("cross", CrossSensorFeatures(), _idx(CrossSensorFeatures.INPUTS)),
+        ],
+        remainder="drop",
+        verbose_feature_names_out=True,
+    )
+
+
+SENSOR_GROUPS: dict[str, tuple[str, ...]] = {
+    "scale": ("weight_g",),
+    "profiler": ("length_mm", "width_mm", "height_mm"),
+    "xray": XRAY_COLUMNS,
+    "camera": CAMERA_COLUMNS,
+    "thermal": ("surface_temp_c",),
+}
+"""Raw columns that go missing together when a sensor drops out."""
+
+
+def mask_sensor(raw: np.ndarray, sensor: str) -> np.ndarray:
+    """A copy of a raw matrix with one sensor's readings removed (for evaluation)."""
+    out = np.array(raw, dtype=float, copy=True)
+    out[:, _idx(SENSOR_GROUPS[sensor])] = np.nan
+    return out

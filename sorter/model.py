@@ -1,0 +1,246 @@
+"""The model: a fitted pipeline, a damage detector, policy thresholds, and a manifest.
+
+A model directory holds
+
+- ``classifier.skops``: features + calibrated chemistry classifier (a scikit-learn Pipeline),
+- ``damage.skops`` (optional): the damaged-Li-ion detector,
+- ``manifest.json``: format version, library versions, feature names, classes, policy
+  thresholds, a digest of the training data, metrics, and the sha256 of every file,
+- ``MODEL_CARD.md`` (optional, not loaded).
+
+Files are written with skops, whose loader builds objects from a declared schema and
+runs no code from the file.  Loading checks, in order: the manifest's format, every
+file's sha256, the library versions, and that every type in the file is on the
+reviewed allow-list :data:`ALLOWED_TYPES`; anything else is refused with a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import ModelError, ModelIntegrityError
+from .policy import PolicyThresholds
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "sorter-model/1"
+MANIFEST = "manifest.json"
+CLASSIFIER_FILE = "classifier.skops"
+DAMAGE_FILE = "damage.skops"
+
+# Reviewed allow-list: the types skops reports as "untrusted" by default in our
+# pipelines, each checked to be a plain estimator or data holder whose construction
+# from the file runs no code of the file's choosing.  A file naming any other type is
+# refused.  Extend only after reviewing the new type.
+ALLOWED_TYPES: frozenset[str] = frozenset(
+    {
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn._loss.loss.HalfMultinomialLoss",
+        "sklearn._loss.loss.HalfBinomialLoss",
+        "sklearn._loss.link.MultinomialLogit",
+        "sklearn._loss.link.LogitLink",
+        "sklearn._loss.link.Interval",
+        "sorter.features.transformers.CameraFeatures",
+        "sorter.features.transformers.CrossSensorFeatures",
+        "sorter.features.transformers.ScaleProfilerFeatures",
+        "sorter.features.transformers.ThermalFeatures",
+        "sorter.features.transformers.XrayFeatures",
+    }
+)
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import skops
+    import sklearn
+
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
+            "skops": skops.__version__}
+
+
+def _versions_compatible(saved: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """Differences that make a model unsafe to load: scikit-learn must match exactly
+    (models only load reliably under the version that saved them), numpy and skops by
+    major version."""
+    out = []
+    if saved.get("scikit-learn") != now["scikit-learn"]:
+        out.append(f"scikit-learn {saved.get('scikit-learn')} saved it, {now['scikit-learn']} is installed")
+    for lib in ("numpy", "skops"):
+        if str(saved.get(lib, "")).split(".")[0] != now[lib].split(".")[0]:
+            out.append(f"{lib} {saved.get(lib)} saved it, {now[lib]} is installed")
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class SorterModel:
+    """A trained model: chemistry pipeline, optional damage detector, policy thresholds."""
+
+    classifier: Any  # Pipeline: raw measurements -> calibrated probabilities
+    thresholds: PolicyThresholds
+    classes: tuple[str, ...] = ("lead_acid", "li_ion", "other")
+    damage: Any | None = None  # Pipeline: raw measurements -> P(damaged)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def model_id(self) -> str:
+        """Short, stable identifier: the first 12 hex digits of the classifier file's hash."""
+        files = self.manifest.get("files", {})
+        digest = files.get(CLASSIFIER_FILE, "unsaved")
+        return f"{self.manifest.get('name', 'model')}@{digest[:12]}"
+
+    def predict(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``(n, 3)`` in :attr:`classes` order and P(damaged) ``(n,)``.
+
+        ``raw`` is a 2-D float array of raw measurements (``RAW_COLUMNS``); pass a
+        contiguous array (single rows are the line's hot path).
+        """
+        raw = np.ascontiguousarray(raw, dtype=np.float64)
+        proba = self.classifier.predict_proba(raw)
+        if self.damage is not None:
+            p_dmg = self.damage.predict_proba(raw)[:, 1]
+        else:
+            p_dmg = np.full(raw.shape[0], np.nan)
+        return proba, p_dmg
+
+
+def save_model(model: SorterModel, out_dir: str | os.PathLike, *, name: str = "sorter",
+               extra_manifest: Mapping[str, Any] | None = None, card: str | None = None) -> Path:
+    """Write a model directory (skops files + manifest with hashes)."""
+    import skops.io as sio
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sio.dump(model.classifier, out / CLASSIFIER_FILE)
+    files = [CLASSIFIER_FILE]
+    if model.damage is not None:
+        sio.dump(model.damage, out / DAMAGE_FILE)
+        files.append(DAMAGE_FILE)
+    elif (out / DAMAGE_FILE).exists():
+        (out / DAMAGE_FILE).unlink()
+    manifest: dict[str, Any] = {
+        "format": MODEL_FORMAT,
+        "name": name,
+        "classes": list(model.classes),
+        "libraries": library_versions(),
+        "policy": model.thresholds.to_json(),
+    }
+    manifest.update(dict(extra_manifest or {}))
+    manifest["files"] = {f: sha256_file(out / f) for f in files}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if card is not None:
+        (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    model.manifest = manifest
+    model.path = out
+    return out
+
+
+def default_model_dir() -> Path:
+    """The shipped model (``models/default`` in the source tree, ``sorter.models`` when installed)."""
+    return Path(str(resources.files("sorter.models").joinpath("default")))
+
+
+def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
+    """Load and verify a model directory; ``None`` loads the shipped default model.
+
+    Raises :class:`~sorter.errors.ModelIntegrityError` for a wrong format, a file whose
+    hash does not match the manifest, other library versions, or a type outside the
+    allow-list; the file's contents are never executed.
+
+    Examples
+    --------
+    >>> from sorter.model import load_model
+    >>> m = load_model()          # the shipped model
+    >>> m.classes
+    ('lead_acid', 'li_ion', 'other')
+    """
+    import skops.io as sio
+
+    d = Path(model_dir) if model_dir is not None else default_model_dir()
+    mpath = d / MANIFEST
+    if not mpath.is_file():
+        raise ModelError(f"{d}: no {MANIFEST}; pass the directory written by 'sorter train --out DIR'")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelIntegrityError(f"{mpath}: unreadable manifest ({err}); retrain or restore the model directory") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT:
+        raise ModelIntegrityError(
+            f"{mpath}: format {manifest.get('format') if isinstance(manifest, dict) else None!r} is not "
+            f"{MODEL_FORMAT!r}; this sorter reads {MODEL_FORMAT} models only"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or CLASSIFIER_FILE not in files:
+        raise ModelIntegrityError(f"{mpath}: the manifest lists no {CLASSIFIER_FILE}; the directory is incomplete")
+    present = {p.name for p in d.iterdir() if p.suffix in (".skops", ".pkl", ".pickle", ".joblib")}
+    unexpected = present - set(files)
+    if unexpected:
+        raise ModelIntegrityError(
+            f"{d}: files not in the manifest: {sorted(unexpected)}; remove them (a model directory holds only "
+            "what its manifest lists)"
+        )
+    for fname, digest in files.items():
+        fpath = d / fname
+        if not fpath.is_file():
+            raise ModelIntegrityError(f"{fpath}: listed in the manifest but missing; restore the model directory")
+        actual = sha256_file(fpath)
+        if actual != digest:
+            raise ModelIntegrityError(
+                f"{fpath}: sha256 {actual[:16]}… does not match the manifest's {str(digest)[:16]}…; the file was "
+                "modified or replaced. Do not use it: restore the model from its release or retrain"
+            )
+    problems = _versions_compatible(manifest.get("libraries", {}), library_versions())
+    if problems:
+        raise ModelIntegrityError(
+            f"{d}: made with other library versions ({'; '.join(problems)}); install the versions in "
+            f"{MANIFEST} or retrain the model with 'sorter train'"
+        )
+
+    def _load(fname: str) -> Any:
+        fpath = d / fname
+        try:
+            untrusted = set(sio.get_untrusted_types(file=fpath))
+        except Exception as err:  # noqa: BLE001 - any parse failure means: not a valid skops file
+            raise ModelIntegrityError(f"{fpath}: not a valid skops file ({err}); retrain or restore it") from err
+        bad = untrusted - ALLOWED_TYPES
+        if bad:
+            raise ModelIntegrityError(
+                f"{fpath}: contains types outside the reviewed allow-list: {sorted(bad)}; refusing to load. "
+                "If you added an estimator on purpose, review it and extend sorter.model.ALLOWED_TYPES"
+            )
+        try:
+            return sio.load(fpath, trusted=sorted(untrusted))
+        except Exception as err:  # noqa: BLE001
+            raise ModelIntegrityError(f"{fpath}: failed to load ({err}); retrain or restore it") from err
+
+    classifier = _load(CLASSIFIER_FILE)
+    damage = _load(DAMAGE_FILE) if DAMAGE_FILE in files else None
+    try:
+        thresholds = PolicyThresholds.from_json(manifest.get("policy", {}))
+    except (TypeError, ValueError) as err:
+        raise ModelIntegrityError(f"{mpath}: invalid policy thresholds ({err})") from err
+    classes = tuple(manifest.get("classes", ()))
+    if classes != ("lead_acid", "li_ion", "other"):
+        raise ModelIntegrityError(f"{mpath}: classes {classes} are not ('lead_acid', 'li_ion', 'other')")
+    return SorterModel(classifier, thresholds, classes, damage, manifest, d)

@@ -1,0 +1,149 @@
+"""The divert policy: from probabilities and readings to a lane and a reason.
+
+A separate, inspectable step after the classifier.  Its thresholds are chosen at
+training time on held-out data to meet a stated target (no Li-ion in the lead_acid
+lane) and stored with the model; nothing here is a magic number in ``predict``.
+
+Rules, in order (the first that applies decides):
+
+1. the item could not be scored (bad line, model failure) -> ``manual``;
+2. hot: surface temperature over the running ambient by ``hot_excess_c`` or more -> ``hazard``;
+3. unlike anything in training (readings far outside the training envelope) -> ``manual``;
+4. ``p_lead_acid >= lead_acid_min`` *and* every critical reading (both X-ray channels with
+   an object in them, the scale, the profiler) present and valid -> ``lead_acid``;
+5. ``p_lead_acid <= not_lead_max`` (confidently not lead-acid): damaged-looking Li-ion ->
+   ``hazard``; Li-ion -> ``li_ion``; anything else -> ``other_lane`` (default ``li_ion``,
+   the non-breaker battery stream);
+6. otherwise (doubt) -> ``manual``.
+
+A Li-ion item reaches ``lead_acid`` only through rule 4, so every doubt, every missing
+critical sensor and every fault ends in a safe lane.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import ConfigError
+from .features.measure import RAW_COLUMNS
+
+SAFE_LANES = ("li_ion", "hazard", "manual")
+_COL = {n: i for i, n in enumerate(RAW_COLUMNS)}
+
+
+@dataclass(frozen=True)
+class PolicyThresholds:
+    """Thresholds of the divert policy, stored in the model manifest."""
+
+    lead_acid_min: float = 0.99
+    not_lead_max: float = 0.5
+    damage_min: float = 0.5
+    damage_li_min: float = 0.25  # Li-ion probability above which the damage score counts
+    hot_excess_c: float = 6.0
+    other_lane: str = "li_ion"
+    envelope: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lead_acid_min <= 1:
+            raise ConfigError(f"lead_acid_min must be in (0, 1], got {self.lead_acid_min}")
+        if not 0 <= self.not_lead_max < self.lead_acid_min:
+            raise ConfigError(
+                f"not_lead_max ({self.not_lead_max}) must be below lead_acid_min ({self.lead_acid_min})"
+            )
+        if self.other_lane not in SAFE_LANES:
+            raise ConfigError(f"other_lane must be one of {SAFE_LANES}, got {self.other_lane!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["envelope"] = {k: list(v) for k, v in self.envelope.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "PolicyThresholds":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown policy keys {sorted(unknown)}; known: {sorted(known)}")
+        kw = dict(d)
+        kw["envelope"] = {k: (float(v[0]), float(v[1])) for k, v in d.get("envelope", {}).items()}
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    lane: str
+    reason: str
+    chemistry: str | None
+
+
+def critical_problems(raw: np.ndarray) -> list[str]:
+    """Critical readings that are missing or invalid in a raw measurement row."""
+    out = []
+    if math.isnan(raw[_COL["xr_low_ok"]]) or math.isnan(raw[_COL["xr_high_ok"]]):
+        out.append("X-ray missing" if math.isnan(raw[_COL["xr_area_mm2"]]) else "an X-ray channel missing")
+    elif not raw[_COL["xr_area_mm2"]] >= 64.0:  # under 8 x 8 mm: the beam saw nothing
+        out.append("X-ray sees no object")
+    if math.isnan(raw[_COL["weight_g"]]):
+        out.append("scale missing")
+    if any(math.isnan(raw[_COL[c]]) for c in ("length_mm", "width_mm", "height_mm")):
+        out.append("profiler missing")
+    return out
+
+
+def decide(
+    proba: np.ndarray,
+    p_damaged: float,
+    raw: np.ndarray,
+    t: PolicyThresholds,
+    classes: tuple[str, ...] = ("lead_acid", "li_ion", "other"),
+) -> Verdict:
+    """Lane and reason for one item.
+
+    Parameters
+    ----------
+    proba : calibrated probabilities in ``classes`` order.
+    p_damaged : probability that a Li-ion item is damaged (NaN if no damage model).
+    raw : the item's raw measurement row (``RAW_COLUMNS``).
+    t : thresholds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sorter.features.measure import RAW_COLUMNS
+    >>> from sorter.policy import PolicyThresholds, decide
+    >>> raw = np.full(len(RAW_COLUMNS), np.nan)   # nothing measured
+    >>> decide(np.array([0.999, 0.0005, 0.0005]), np.nan, raw, PolicyThresholds()).lane
+    'manual'
+    """
+    if proba.shape != (len(classes),) or not np.all(np.isfinite(proba)):
+        return Verdict("manual", "model gave no valid probabilities", None)
+    p = dict(zip(classes, (float(x) for x in proba)))
+    chem = classes[int(np.argmax(proba))]
+    excess = raw[_COL["surface_temp_c"]] - raw[_COL["ambient_c"]]
+    if excess >= t.hot_excess_c:
+        return Verdict("hazard", f"hot: {excess:.1f} C over ambient (limit {t.hot_excess_c:.1f})", chem)
+    for col, (lo, hi) in t.envelope.items():
+        v = raw[_COL[col]]
+        if not math.isnan(v) and not lo <= v <= hi:
+            return Verdict("manual", f"unlike training data: {col}={v:.4g} outside [{lo:.4g}, {hi:.4g}]", chem)
+    crit = critical_problems(raw)
+    p_lead = p["lead_acid"]
+    if p_lead >= t.lead_acid_min:
+        if not crit:
+            return Verdict("lead_acid", f"lead-acid p={p_lead:.4f}", chem)
+        return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but {', '.join(crit)}", chem)
+    if p_lead <= t.not_lead_max:
+        p_li = p.get("li_ion", 0.0)
+        if p_li >= t.damage_li_min and not math.isnan(p_damaged) and p_damaged >= t.damage_min:
+            return Verdict("hazard", f"damaged Li-ion suspected (p_damaged={p_damaged:.2f}, p_li_ion={p_li:.2f})", chem)
+        if chem == "li_ion" or (chem == "lead_acid" and p_li >= p.get("other", 0.0)):
+            return Verdict("li_ion", f"Li-ion p={p_li:.3f}", "li_ion")
+        return Verdict(t.other_lane, f"other (not for the breaker) p={p.get('other', 0.0):.3f}", chem)
+    why = f"uncertain: p_lead_acid={p_lead:.3f} between {t.not_lead_max:.3g} and {t.lead_acid_min:.4g}"
+    if crit:
+        why += f"; {', '.join(crit)}"
+    return Verdict("manual", why, chem)

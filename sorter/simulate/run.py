@@ -1,0 +1,377 @@
+"""Draw an intake mix, simulate each item through the sensor bridge, write a log.
+
+Every item gets its own random generator seeded from ``(seed, index)``, so a log is the
+same for a seed whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..catalog import Product, load_catalog
+from ..errors import SimulationError
+from ..readings import ItemRecord, LogMeta
+from .items import CONTAMINANTS, Instance, _li_kind, build, build_contaminant, unknown_product
+from .sensors import LINES, LineProfile, areal_density, outline, read_profiler, read_scale, read_thermal, render_rgb, render_xray
+
+log = logging.getLogger(__name__)
+
+SENSORS = ("scale", "profiler", "xray", "camera", "thermal")
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Family shares of an intake and, within each family, the shares of item kinds."""
+
+    family: dict[str, float]
+    li_kinds: dict[str, float]
+    other_kinds: dict[str, float]
+    unknown_rate: float = 0.08
+    damaged_li_rate: float = 0.05
+
+
+MIXES: dict[str, Mix] = {
+    # A lead-acid recycler's intake: mostly lead-acid, a few percent hidden lithium
+    "recycler": Mix(
+        family={"lead_acid": 0.88, "li_ion": 0.07, "other": 0.05},
+        li_kinds={"dropin": 0.35, "pack": 0.30, "cell": 0.17, "module": 0.05, "unknown": 0.13},
+        other_kinds={"battery": 0.45, "contaminant": 0.55},
+    ),
+    # For training: classes balanced, hard cases over-represented
+    "balanced": Mix(
+        family={"lead_acid": 0.40, "li_ion": 0.40, "other": 0.20},
+        li_kinds={"dropin": 0.32, "pack": 0.28, "cell": 0.20, "module": 0.05, "unknown": 0.15},
+        other_kinds={"battery": 0.5, "contaminant": 0.5},
+        damaged_li_rate=0.08,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What to simulate."""
+
+    items: int = 1000
+    seed: int = 0
+    mix: str = "balanced"
+    line: str = "a"
+    faults: float = 0.01  # probability that each sensor drops out for an item
+    labelled: bool = True
+    t0: float = 1_790_000_000.0
+    rate_hz: float = 2.0  # mean items per second on the belt (sets timestamps)
+    extra_catalogs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.items < 0:
+            raise SimulationError(f"--items must be >= 0, got {self.items}")
+        if self.mix not in MIXES:
+            raise SimulationError(f"unknown --mix {self.mix!r}; choose one of {sorted(MIXES)}")
+        if self.line not in LINES:
+            raise SimulationError(f"unknown --line {self.line!r}; choose one of {sorted(LINES)}")
+        if not 0 <= self.faults <= 1:
+            raise SimulationError(f"--faults is a probability in [0, 1], got {self.faults}")
+
+    def meta(self) -> LogMeta:
+        line = LINES[self.line]
+        ch = line.channels().mean_energy()
+        return LogMeta(
+            line=f"sim-{line.name}",
+            xray_mm_per_px=line.xray_mm_per_px,
+            xray_energies_kev=(round(ch[0], 1), round(ch[1], 1)),
+            camera_mm_per_px=line.camera_mm_per_px,
+            extra={"simulator": {"seed": self.seed, "mix": self.mix, "line": self.line, "faults": self.faults}},
+        )
+
+
+@dataclass
+class SimItem:
+    """One simulated item: its record, its images and the truth behind them."""
+
+    record: ItemRecord
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class _Catalog:
+    def __init__(self, products: list[Product]):
+        self.lead = [p for p in products if p.family == "lead_acid"]
+        self.other = [p for p in products if p.family == "other"]
+        li = [p for p in products if p.family == "li_ion"]
+        self.li: dict[str, list[Product]] = {}
+        for p in li:
+            k = _li_kind(p)
+            k = {"cyl_cell": "cell", "pouch_cell": "cell", "prismatic_cell": "cell"}.get(k, k)
+            self.li.setdefault(k, []).append(p)
+
+
+_CATALOG_CACHE: dict[tuple[str, ...], _Catalog] = {}
+
+
+def _catalog(extra: tuple[str, ...]) -> _Catalog:
+    if extra not in _CATALOG_CACHE:
+        _CATALOG_CACHE[extra] = _Catalog(load_catalog(extra))
+    return _CATALOG_CACHE[extra]
+
+
+def _choice(rng: np.random.Generator, shares: dict[str, float]) -> str:
+    keys = list(shares)
+    p = np.array([shares[k] for k in keys], float)
+    return keys[int(rng.choice(len(keys), p=p / p.sum()))]
+
+
+def _draw_instance(cfg: SimConfig, rng: np.random.Generator) -> Instance:
+    mix = MIXES[cfg.mix]
+    cat = _catalog(cfg.extra_catalogs)
+    fam = _choice(rng, mix.family)
+    if fam == "lead_acid":
+        if rng.random() < mix.unknown_rate:
+            return build(unknown_product("lead_acid", rng), rng, in_catalog=False)
+        return build(cat.lead[int(rng.integers(len(cat.lead)))], rng)
+    if fam == "li_ion":
+        kind = _choice(rng, mix.li_kinds)
+        if kind == "unknown" or kind not in cat.li:
+            inst = build(unknown_product("li_ion", rng), rng, in_catalog=False)
+        else:
+            prods = cat.li[kind]
+            inst = build(prods[int(rng.integers(len(prods)))], rng)
+        if rng.random() < mix.damaged_li_rate:
+            _damage(inst, rng)
+        return inst
+    if _choice(rng, mix.other_kinds) == "battery" and cat.other:
+        return build(cat.other[int(rng.integers(len(cat.other)))], rng)
+    return build_contaminant(CONTAMINANTS[int(rng.integers(len(CONTAMINANTS)))], rng)
+
+
+def _damage(inst: Instance, rng: np.random.Generator) -> None:
+    kind = str(rng.choice(["swollen", "dented", "hot"], p=[0.4, 0.35, 0.25]))
+    inst.damage = kind
+    if kind == "hot":
+        inst.heat_c = float(rng.uniform(8, 60))
+    elif kind == "swollen":
+        inst.heat_c = float(rng.uniform(0, 6))
+        L, W, H = inst.size_mm
+        inst.size_mm = (L, W, H * float(rng.uniform(1.10, 1.35)))
+    else:
+        inst.heat_c = float(rng.uniform(0, 10))
+
+
+def _pose(inst: Instance, rng: np.random.Generator) -> str:
+    if inst.appearance.shape == "cylinder":
+        return "end" if rng.random() < 0.12 else "upright"
+    p = {"lead_acid": (0.75, 0.22, 0.03)}.get(inst.family, (0.6, 0.35, 0.05))
+    return str(rng.choice(["upright", "side", "end"], p=p))
+
+
+def _ambient(cfg: SimConfig, t: float) -> float:
+    # slow daily swing plus a drift that depends on the seed (another day, another hall)
+    base = 12.0 + (cfg.seed * 7919 % 13)
+    return base + 4.0 * math.sin(2 * math.pi * (t - cfg.t0) / 86400.0) + 1.5 * math.sin((t - cfg.t0) / 1800.0)
+
+
+def hard_cases(inst: Instance, pose: str, xl: np.ndarray | None, dropped: list[str], line: LineProfile) -> list[str]:
+    """Tags naming why an item is hard (kept in the log for evaluation only)."""
+    tags: list[str] = []
+    a = inst.appearance
+    if a.kind == "dropin":
+        tags.append("lookalike_dropin")
+    if inst.family == "li_ion" and a.kind == "cell" and inst.mass_g / (np.prod(inst.size_mm) * 1e-3) > 1.8:
+        tags.append("dense_bare_cell")
+    if inst.chemistry in ("nimh", "nicd", "alkaline"):
+        tags.append("xray_lookalike_other")
+    if inst.family != "lead_acid" and xl is not None:
+        occupied = xl < 0.98 * 65535
+        if occupied.any() and np.mean(xl[occupied] < 20 * line.electronic_noise * 65535) > 0.5:
+            tags.append("xray_blackout")
+    if not inst.in_catalog:
+        tags.append("unknown_product")
+    if inst.damage:
+        tags.append("damaged")
+    tags += [f"dropout_{s}" for s in dropped]
+    return tags
+
+
+def simulate_item(cfg: SimConfig, index: int) -> SimItem:
+    """Simulate item ``index`` of a log (deterministic for ``(cfg.seed, index)``)."""
+    rng = np.random.default_rng([cfg.seed, index])
+    line = LINES[cfg.line]
+    inst = _draw_instance(cfg, rng)
+    pose = _pose(inst, rng)
+    inst.pose = pose
+    angle = float(rng.normal(0, 8)) if rng.random() < 0.5 else float(rng.uniform(-90, 90))
+    size = inst.posed_size(pose)
+    mass_g = inst.mass_g
+    t = cfg.t0 + index / cfg.rate_hz + float(rng.uniform(0, 0.5 / cfg.rate_hz))
+    ambient = _ambient(cfg, t)
+    dropped = [s for s in SENSORS if rng.random() < cfg.faults]
+    poly = outline(inst, size, rng)
+    images: dict[str, np.ndarray] = {}
+    xl = xh = None
+    if "xray" not in dropped:
+        sigma, mats = areal_density(inst, pose, angle, line.xray_mm_per_px, rng)
+        xl, xh = render_xray(sigma, mats, line, rng)
+        # one channel alone can fail too (a detector board)
+        gone = rng.random()
+        if gone >= cfg.faults / 4:
+            images["xray_low"] = xl
+        if gone >= cfg.faults / 4 or gone < cfg.faults / 8:
+            images["xray_high"] = xh
+    if "camera" not in dropped:
+        images["rgb"] = render_rgb(inst, pose, size, angle, poly, line, rng)
+    weight = read_scale(mass_g, line, rng) if "scale" not in dropped else None
+    dims = read_profiler(poly, size[2], angle, line, rng) if "profiler" not in dropped else (None, None, None)
+    temp = read_thermal(inst, ambient, line, rng) if "thermal" not in dropped else None
+    extra: dict[str, Any] = {
+        "product": inst.product,
+        "chemistry_truth": inst.chemistry,
+        "in_catalog": inst.in_catalog,
+        "pose": pose,
+        "angle_deg": round(angle, 1),
+        "damaged": inst.damage is not None,
+        "damage": inst.damage,
+        "true_mass_g": round(mass_g, 1),
+        "energy_wh": None if inst.energy_wh is None else round(inst.energy_wh, 1),
+        "ambient_c": round(ambient, 2),
+        "hard_cases": hard_cases(inst, pose, xl, dropped, line),
+    }
+    rec = ItemRecord(
+        item_id=f"{index + 1:08d}",
+        t=round(t, 3),
+        weight_g=weight,
+        length_mm=dims[0],
+        width_mm=dims[1],
+        height_mm=dims[2],
+        surface_temp_c=temp,
+        label=inst.family if cfg.labelled else None,
+        extra=extra,
+    )
+    return SimItem(rec, images)
+
+
+def _encode_item(cfg: SimConfig, index: int, png_level: int) -> tuple[ItemRecord, dict[str, bytes]]:
+    from ..logformat import encode_png
+
+    item = simulate_item(cfg, index)
+    return item.record, {k: encode_png(v, png_level) for k, v in item.images.items()}
+
+
+def _encode_chunk(cfg: SimConfig, start: int, stop: int, png_level: int) -> list[tuple[ItemRecord, dict[str, bytes]]]:
+    import cv2
+
+    cv2.setNumThreads(1)  # OpenCV's pool is not fork-safe and would fight the processes
+    return [_encode_item(cfg, i, png_level) for i in range(start, stop)]
+
+
+def iter_encoded(cfg: SimConfig, workers: int = 1, png_level: int = 1, chunk: int = 32) -> Iterator[tuple[ItemRecord, dict[str, bytes]]]:
+    """Simulated items with PNG-encoded images, in order, over ``workers`` processes."""
+    if workers <= 1:
+        for i in range(cfg.items):
+            yield _encode_item(cfg, i, png_level)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        starts = range(0, cfg.items, chunk)
+        pending: list = []
+        it = iter(starts)
+        # keep a bounded number of chunks in flight so memory stays flat
+        for s in it:
+            pending.append(pool.submit(_encode_chunk, cfg, s, min(s + chunk, cfg.items), png_level))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            fut = pending.pop(0)
+            yield from fut.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(_encode_chunk, cfg, nxt, min(nxt + chunk, cfg.items), png_level))
+
+
+@dataclass
+class SimSummary:
+    items: int = 0
+    labels: Counter = field(default_factory=Counter)
+    hard_cases: Counter = field(default_factory=Counter)
+    poses: Counter = field(default_factory=Counter)
+    products: Counter = field(default_factory=Counter)
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    def add(self, rec: ItemRecord, nbytes: int) -> None:
+        self.items += 1
+        self.labels[rec.extra.get("label_truth", rec.label) or "?"] += 1
+        for tag in rec.extra.get("hard_cases", []):
+            self.hard_cases[tag] += 1
+        self.poses[rec.extra.get("pose", "?")] += 1
+        self.products[rec.extra.get("product", "?")] += 1
+        self.bytes_written += nbytes
+
+    def format(self) -> str:
+        rate = self.items / self.seconds if self.seconds > 0 else float("nan")
+        lines = [
+            f"items: {self.items}  ({rate:.0f} items/s, {self.seconds:.1f} s)",
+            f"labels: " + ", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())),
+            f"poses: " + ", ".join(f"{k}={v}" for k, v in sorted(self.poses.items())),
+            f"distinct products: {len(self.products)}",
+            "hard cases: " + (", ".join(f"{k}={v}" for k, v in sorted(self.hard_cases.items())) or "none"),
+            f"mean size per item: {self.bytes_written / max(1, self.items) / 1000:.1f} kB",
+        ]
+        return "\n".join(lines)
+
+
+def simulate_log(cfg: SimConfig, out_dir: str | os.PathLike, *, workers: int = 1, png_level: int = 1,
+                 progress: bool = False) -> SimSummary:
+    """Write a simulated ``sorter-log/1`` log to ``out_dir`` and return its summary.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sorter.simulate import SimConfig, simulate_log
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     s = simulate_log(SimConfig(items=5, seed=1), d)
+    >>> s.items
+    5
+    """
+    from ..logformat import ITEMS_FILE, LogWriter
+
+    out = Path(out_dir)
+    if (out / ITEMS_FILE).exists() and (out / ITEMS_FILE).stat().st_size > 0:
+        raise SimulationError(f"{out} already holds a log; choose an empty --out directory")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    summary = SimSummary()
+    t_start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.items, unit="item", desc="simulate")
+    with LogWriter(out, cfg.meta()) as writer:
+        for rec, pngs in iter_encoded(cfg, workers, png_level):
+            paths: dict[str, str] = {}
+            nbytes = 0
+            for key, data in pngs.items():
+                rel = f"images/{rec.item_id}_{key}.png"
+                (out / rel).write_bytes(data)
+                paths[key] = rel
+                nbytes += len(data)
+            from dataclasses import replace
+
+            rec = replace(rec, **paths)
+            written = writer.append(rec)
+            nbytes += len(__import__("json").dumps(written.to_json()))
+            summary.add(written, nbytes)
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    summary.seconds = time.perf_counter() - t_start
+    return summary

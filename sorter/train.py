@@ -1,0 +1,236 @@
+"""Training: from labelled logs to a model directory with thresholds, metrics and a manifest.
+
+Steps (each reproducible for a seed):
+
+1. measure every item of the labelled logs (in parallel);
+2. split items into training and held-out parts (stratified by label);
+3. augment the training part with copies whose sensors drop out one at a time, so the
+   model learns what a missing reading looks like instead of guessing;
+4. fit the chemistry pipeline (features -> gradient-boosted trees -> sigmoid
+   calibration), with costs that make the dangerous error rare (Li-ion weighted up);
+5. fit the damaged-Li-ion detector where the logs carry a ``damaged`` truth;
+6. choose the policy thresholds on the held-out part, with each sensor missing in turn,
+   to meet the target (no Li-ion in the lead_acid lane, with a safety margin);
+7. save with skops and a manifest (hashes, versions, data digest, metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+
+from .batch import MeasuredLog, measure_logs
+from .errors import SorterError
+from .features.measure import RAW_COLUMNS
+from .features.transformers import SENSOR_GROUPS, make_feature_transformer, mask_sensor
+from .model import SorterModel, save_model
+from .policy import PolicyThresholds, decide
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("lead_acid", "li_ion", "other")
+CLASS_WEIGHT = {"lead_acid": 1.0, "li_ion": 4.0, "other": 2.0}
+ENVELOPE_COLUMNS = ("weight_g", "length_mm", "width_mm", "height_mm")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    val_fraction: float = 0.3
+    max_iter: int = 250
+    learning_rate: float = 0.1
+    max_leaf_nodes: int = 31
+    dropout_augment: float = 0.15  # share of training rows copied once per sensor with that sensor missing
+    lead_margin_logit: float = 1.5  # safety margin above the most lead-like non-lead item seen, in logits
+    lead_acid_min_floor: float = 0.9
+    damage_recall_target: float = 0.97
+    hot_excess_c: float = 6.0
+    other_lane: str = "li_ion"
+    workers: int = 1
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def data_digest(m: MeasuredLog) -> str:
+    """sha256 over the training rows and labels (what the model was fitted on)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(np.nan_to_num(m.raw, nan=-1e300)).tobytes())
+    h.update("\x00".join(str(x) for x in m.labels).encode())
+    return h.hexdigest()
+
+
+def _augment(raw: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Generator, share: float):
+    parts_x, parts_y, parts_w = [raw], [y], [w]
+    n = raw.shape[0]
+    for sensor in SENSOR_GROUPS:
+        idx = rng.choice(n, size=int(share * n), replace=False)
+        parts_x.append(mask_sensor(raw[idx], sensor))
+        parts_y.append(y[idx])
+        parts_w.append(w[idx])
+    return np.vstack(parts_x), np.concatenate(parts_y), np.concatenate(parts_w)
+
+
+def _hgb(cfg: TrainConfig, seed: int, **kw) -> HistGradientBoostingClassifier:
+    return HistGradientBoostingClassifier(
+        max_iter=cfg.max_iter, learning_rate=cfg.learning_rate, max_leaf_nodes=cfg.max_leaf_nodes,
+        l2_regularization=1.0, early_stopping=False, random_state=seed, **kw,
+    )
+
+
+def fit_classifier(raw: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConfig) -> Pipeline:
+    clf = CalibratedClassifierCV(_hgb(cfg, cfg.seed), method="sigmoid", cv=3, ensemble=True)
+    pipe = Pipeline([("features", make_feature_transformer()), ("classifier", clf)])
+    pipe.fit(raw, y, classifier__sample_weight=w)
+    return pipe
+
+
+def fit_damage(raw: np.ndarray, damaged: np.ndarray, cfg: TrainConfig) -> Pipeline | None:
+    if damaged.sum() < 10 or (~damaged).sum() < 10:
+        log.warning("fewer than 10 damaged or sound Li-ion items with a 'damaged' truth: no damage detector")
+        return None
+    pipe = Pipeline([("features", make_feature_transformer()),
+                     ("classifier", _hgb(cfg, cfg.seed + 1, class_weight="balanced"))])
+    pipe.fit(raw, damaged.astype(int))
+    return pipe
+
+
+def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None,
+                      cfg: TrainConfig) -> tuple[PolicyThresholds, dict[str, Any]]:
+    """Pick the policy thresholds on held-out rows, with each sensor missing in turn."""
+    variants = [("all", raw)] + [(s, mask_sensor(raw, s)) for s in SENSOR_GROUPS]
+    worst_nonlead = 0.0
+    report: dict[str, Any] = {}
+    probas = {}
+    for name, r in variants:
+        proba, _ = model.predict(r)
+        probas[name] = proba
+        nonlead = proba[y != "lead_acid", 0]
+        m = float(nonlead.max()) if nonlead.size else 0.0
+        report[f"max_p_lead_nonlead_{name}"] = m
+        worst_nonlead = max(worst_nonlead, m)
+    lead_min = max(cfg.lead_acid_min_floor, _sigmoid(_logit(worst_nonlead) + cfg.lead_margin_logit))
+    lead_min = min(lead_min, 1 - 1e-9)
+    # "Confidently not lead-acid": below the p_lead of all but the least lead-like 0.1 % of
+    # lead-acid items (those go to manual rather than to another lane), capped at 0.5.
+    pl_lead = probas["all"][y == "lead_acid", 0]
+    not_lead = float(min(0.5, np.quantile(pl_lead, 0.001))) if pl_lead.size else 0.5
+    not_lead = min(not_lead, lead_min * 0.5)
+    dmg_min = 0.5
+    if damaged is not None and model.damage is not None:
+        is_li = y == "li_ion"
+        _, p_dmg = model.predict(raw[is_li])
+        d = damaged[is_li]
+        if d.sum() > 0:
+            # the highest threshold that keeps recall at the target on held-out damaged Li-ion
+            dmg_min = float(np.quantile(p_dmg[d], 1 - cfg.damage_recall_target))
+            dmg_min = float(np.clip(dmg_min * 0.9, 0.02, 0.5))
+        report["damage_heldout_n"] = int(d.sum())
+    finite = raw[:, [RAW_COLUMNS.index(c) for c in ENVELOPE_COLUMNS]]
+    envelope = {}
+    for k, col in enumerate(ENVELOPE_COLUMNS):
+        v = finite[:, k][np.isfinite(finite[:, k])]
+        if v.size:
+            lo, hi = float(v.min()), float(v.max())
+            envelope[col] = (lo * 0.5, hi * 1.5)  # generous: only far-out items count as unknown
+    t = PolicyThresholds(lead_acid_min=lead_min, not_lead_max=not_lead, damage_min=dmg_min,
+                         hot_excess_c=cfg.hot_excess_c, other_lane=cfg.other_lane, envelope=envelope)
+    report.update({"lead_acid_min": lead_min, "not_lead_max": not_lead, "damage_min": dmg_min})
+    return t, report
+
+
+def heldout_metrics(model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None) -> dict[str, Any]:
+    proba, p_dmg = model.predict(raw)
+    lanes = np.array([decide(proba[k], float(p_dmg[k]), raw[k], model.thresholds).lane for k in range(len(y))])
+    pred = np.array(CLASSES)[np.argmax(proba, axis=1)]
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "accuracy": float(np.mean(pred == y)),
+        "li_ion_in_lead_acid_lane": int(np.sum((y == "li_ion") & (lanes == "lead_acid"))),
+        "non_lead_in_lead_acid_lane": int(np.sum((y != "lead_acid") & (lanes == "lead_acid"))),
+        "lead_acid_to_lead_acid": float(np.mean(lanes[y == "lead_acid"] == "lead_acid")) if (y == "lead_acid").any() else None,
+        "manual_rate": float(np.mean(lanes == "manual")),
+    }
+    if damaged is not None:
+        dm = (y == "li_ion") & damaged
+        out["damaged_li_ion_to_hazard"] = float(np.mean(lanes[dm] == "hazard")) if dm.any() else None
+    return out
+
+
+def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) -> tuple[SorterModel, dict[str, Any]]:
+    """Train a model from labelled logs. Returns the model and a training report."""
+    t0 = time.perf_counter()
+    m = measure_logs(log_dirs, workers=cfg.workers, progress=progress)
+    usable = m.ok & np.array([lab in CLASSES for lab in m.labels])
+    if usable.sum() < 50:
+        raise SorterError(
+            f"only {int(usable.sum())} labelled, usable items in {list(log_dirs)}; training needs labelled logs "
+            "(a 'label' of lead_acid, li_ion or other on each line) with at least a few hundred items"
+        )
+    raw = m.raw[usable]
+    y = np.array([m.labels[i] for i in np.flatnonzero(usable)])
+    missing = [c for c in CLASSES if not (y == c).any()]
+    if missing:
+        raise SorterError(f"no training items labelled {missing}; every class needs examples")
+    dmg_truth = [m.extras[i].get("damaged") for i in np.flatnonzero(usable)]
+    has_dmg = any(isinstance(d, bool) for d in dmg_truth)
+    damaged = np.array([bool(d) for d in dmg_truth]) if has_dmg else None
+    idx = np.arange(len(y))
+    tr, va = train_test_split(idx, test_size=cfg.val_fraction, random_state=cfg.seed, stratify=y)
+    rng = np.random.default_rng(cfg.seed)
+    w = np.array([CLASS_WEIGHT[c] for c in y])
+    xa, ya, wa = _augment(raw[tr], y[tr], w[tr], rng, cfg.dropout_augment)
+    t_meas = time.perf_counter() - t0
+    log.info("fitting the chemistry classifier on %d rows (%d after augmentation)", len(tr), len(ya))
+    pipe = fit_classifier(xa, ya, wa, cfg)
+    dmg_pipe = None
+    if damaged is not None:
+        li_tr = tr[y[tr] == "li_ion"]
+        dmg_pipe = fit_damage(raw[li_tr], damaged[li_tr], cfg)
+    model = SorterModel(pipe, PolicyThresholds(), CLASSES, dmg_pipe)
+    thresholds, th_report = choose_thresholds(model, raw[va], y[va], None if damaged is None else damaged[va], cfg)
+    model.thresholds = thresholds
+    metrics = heldout_metrics(model, raw[va], y[va], None if damaged is None else damaged[va])
+    names = list(pipe.named_steps["features"].get_feature_names_out())
+    report = {
+        "feature_names": names,
+        "raw_columns": list(RAW_COLUMNS),
+        "training": {
+            "logs": [str(d) for d in log_dirs],
+            "items": int(len(m.labels)),
+            "usable": int(usable.sum()),
+            "train_rows": int(len(tr)),
+            "heldout_rows": int(len(va)),
+            "class_counts": {c: int((y == c).sum()) for c in CLASSES},
+            "data_sha256": data_digest(m),
+            "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "seconds_measure": round(t_meas, 1),
+            "seconds_total": round(time.perf_counter() - t0, 1),
+        },
+        "threshold_selection": th_report,
+        "heldout_metrics": metrics,
+    }
+    return model, report
+
+
+def train_and_save(log_dirs: Sequence[str], out_dir: str, cfg: TrainConfig, *, name: str = "sorter",
+                   progress: bool = False, card: str | None = None) -> tuple[SorterModel, dict[str, Any]]:
+    model, report = train(log_dirs, cfg, progress=progress)
+    save_model(model, out_dir, name=name, extra_manifest=report, card=card)
+    return model, report
