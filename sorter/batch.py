@@ -43,8 +43,10 @@ class MeasuredChunk:
 
 def _init_worker() -> None:
     import cv2
+    from threadpoolctl import threadpool_limits
 
     cv2.setNumThreads(1)  # OpenCV's own pool fights the processes and is not fork-safe
+    threadpool_limits(1)  # and so would BLAS threads: the processes are the parallelism
 
 
 def measure_records(log_dir: str, meta: LogMeta, recs: Sequence[tuple[ItemRecord, float | None]]) -> tuple[np.ndarray, list[str]]:

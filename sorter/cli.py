@@ -33,7 +33,7 @@ def _add_simulate(sub) -> None:
     p.add_argument("--out", required=True, help="output log directory (must be empty or new)")
     p.add_argument("--mix", default="balanced", choices=sorted(MIXES), help="intake mix (default balanced)")
     p.add_argument("--line", default="a", choices=sorted(LINES), help="sensor set-up preset (default a)")
-    p.add_argument("--faults", type=float, default=0.01, help="per-sensor dropout probability (default 0.01)")
+    p.add_argument("--faults", type=float, default=0.002, help="per-sensor dropout probability (default 0.002)")
     p.add_argument("--unlabelled", action="store_true", help="omit the 'label' field")
     p.add_argument("--catalog", action="append", default=[], help="extra product catalogue CSV (repeatable)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
@@ -71,14 +71,10 @@ def _add_train(sub) -> None:
 
 def _cmd_train(args) -> int:
     from .batch import default_workers
-    from .report import model_card
     from .train import TrainConfig, train_and_save
 
     cfg = TrainConfig(seed=args.seed, val_fraction=args.val_fraction, workers=args.workers or default_workers())
     model, report = train_and_save(args.logs, args.out, cfg, name=args.name, progress=sys.stderr.isatty())
-    from .model import save_model
-
-    save_model(model, args.out, name=args.name, extra_manifest=report, card=model_card(model.manifest))
     m = report["heldout_metrics"]
     print(f"wrote {args.out} ({model.model_id})")
     print("held-out: " + ", ".join(f"{k}={v}" for k, v in m.items()))

@@ -9,8 +9,11 @@ Rules, in order (the first that applies decides):
 1. the item could not be scored (bad line, model failure) -> ``manual``;
 2. hot: surface temperature over the running ambient by ``hot_excess_c`` or more -> ``hazard``;
 3. unlike anything in training (readings far outside the training envelope) -> ``manual``;
-4. ``p_lead_acid >= lead_acid_min`` *and* every critical reading (both X-ray channels with
-   an object in them, the scale, the profiler) present and valid -> ``lead_acid``;
+4. ``p_lead_acid >= lead_acid_min`` *and* every critical reading present and valid -> ``lead_acid``.
+   Critical are the two independent physical proofs of lead: the dual-energy X-ray (both
+   channels, with an object in the beam) and the scale.  The profiler, camera and thermal
+   camera are not critical: the model was trained, and ``lead_acid_min`` chosen, with each
+   of them missing in turn;
 5. ``p_lead_acid <= not_lead_max`` (confidently not lead-acid): damaged-looking Li-ion ->
    ``hazard``; Li-ion -> ``li_ion``; anything else -> ``other_lane`` (default ``li_ion``,
    the non-breaker battery stream);
@@ -89,8 +92,6 @@ def critical_problems(raw: np.ndarray) -> list[str]:
         out.append("X-ray sees no object")
     if math.isnan(raw[_COL["weight_g"]]):
         out.append("scale missing")
-    if any(math.isnan(raw[_COL[c]]) for c in ("length_mm", "width_mm", "height_mm")):
-        out.append("profiler missing")
     return out
 
 

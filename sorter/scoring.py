@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .features.measure import RAW_COLUMNS, AmbientTracker, measure_item
+from .features.measure import measure_item
 from .model import SorterModel
 from .policy import decide
 from .readings import Item
@@ -56,25 +56,31 @@ def error_decision(line_no: int, item_id: str | None, error: str) -> Decision:
 class Scorer:
     """Features, model and policy for one item or many.
 
+    The running ambient temperature is the caller's state (an
+    :class:`~sorter.features.measure.AmbientTracker` fed in item order), passed in per
+    item, so a scorer can run in any thread or process.
+
     Parameters
     ----------
     model : a loaded :class:`~sorter.model.SorterModel`.
-    ambient : running ambient estimate for the thermal excess (one per line or log).
+
+    Examples
+    --------
+    >>> from sorter.model import load_model
+    >>> from sorter.readings import Item, ItemRecord
+    >>> from sorter.scoring import Scorer
+    >>> d = Scorer(load_model()).score_item(Item(ItemRecord("x1", 0.0)))   # no readings at all
+    >>> d.lane
+    'manual'
     """
 
-    def __init__(self, model: SorterModel, ambient: AmbientTracker | None = None):
+    def __init__(self, model: SorterModel):
         self.model = model
-        self.ambient = ambient if ambient is not None else AmbientTracker()
 
-    def measure(self, item: Item) -> np.ndarray:
-        """Raw measurement row of one item (updates the ambient estimate)."""
-        amb = self.ambient.observe(item.record.surface_temp_c)
-        return measure_item(item, amb)
-
-    def score_item(self, item: Item) -> Decision:
+    def score_item(self, item: Item, ambient_c: float | None = None) -> Decision:
         """Score one item (the line's path). Never raises for bad readings."""
         try:
-            raw = self.measure(item)
+            raw = measure_item(item, ambient_c)
         except Exception as err:  # noqa: BLE001 - an item that breaks measurement goes to manual
             log.exception("item %s: measurement failed", item.item_id)
             return error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}")
@@ -96,6 +102,3 @@ class Scorer:
             out.append(Decision(int(line_nos[k]), item_ids[k], v.chemistry, float(proba[k, 0]), float(proba[k, 1]),
                                 float(proba[k, 2]), float(p_dmg[k]), v.lane, v.reason, problems[k]))
         return out
-
-
-assert len(RAW_COLUMNS) > 0

@@ -189,14 +189,19 @@ def build_lead_acid(p: Product, rng: np.random.Generator, in_catalog: bool = Tru
     rest = mass - case_mass
     if rest <= 0.3 * mass:  # a very small block: thinner walls would be real; keep the budget honest
         rest = 0.3 * mass
-    # Condition of the battery: sulfation converts active material, dry-out loses electrolyte
+    # Condition of the battery: sulfation converts active material; some have lost most
+    # of their electrolyte (dried out, or drained before shipping) and are light for their size
     sulf = float(rng.beta(2, 5))
+    dry = rng.random() < 0.06
+    # Lead and its compounds ~58 % of the mass (with posts and straps), electrolyte 12-20 %,
+    # separators ~3 %, water held in the paste and plates the rest.
     frac = {
-        "Pb": 0.30,
-        "PbO2": 0.17 * (1 - 0.5 * sulf),
-        "PbSO4": 0.12 + 0.17 * 0.5 * sulf,
-        ELECTROLYTE_PB: 0.22 * float(rng.uniform(0.8, 1.05)),
-        "Glass_fibre(SiO2)": 0.05,
+        "Pb": 0.25,
+        "PbO2": 0.15 * (1 - 0.5 * sulf),
+        "PbSO4": 0.12 + 0.15 * 0.5 * sulf,
+        ELECTROLYTE_PB: 0.19 * float(rng.uniform(0.8, 1.05)) * (float(rng.uniform(0.05, 0.3)) if dry else 1.0),
+        "Glass_fibre(SiO2)": 0.035,
+        "Water": 0.08,
     }
     post_frac = 0.06
     tot = sum(frac.values()) + post_frac
@@ -236,7 +241,7 @@ def build_lead_acid(p: Product, rng: np.random.Generator, in_catalog: bool = Tru
     return Instance(
         product=p.name, chemistry=p.chemistry, family="lead_acid", in_catalog=in_catalog,
         size_mm=(L, W, H + post_len), prims=prims, appearance=app, emissivity=0.94,
-        energy_wh=p.energy_wh, extra={"sulfation": round(sulf, 3)},
+        energy_wh=p.energy_wh, extra={"sulfation": round(sulf, 3), "dry": dry},
     )
 
 
@@ -288,10 +293,14 @@ def build_li_ion(p: Product, rng: np.random.Generator, in_catalog: bool = True) 
 
 def _build_pack(p, kind, rng, L, W, H, mass, cath, in_catalog) -> Instance:
     lfp = p.chemistry == "li_ion_lfp"
+    steel_case = "steel case" in p.name
     wall = float(rng.uniform(2.0, 3.5)) if kind != "module" else 1.5
-    prims: list[Primitive] = _shell((0, 0, 0), (L, W, H), wall, PP, 1.05 if kind != "module" else 2.7)
+    prims: list[Primitive] = _shell((0, 0, 0), (L, W, H), wall, PP, 1.05)
     if kind == "module":
         prims = _shell((0, 0, 0), (L, W, H), wall, "Al", 2.70)
+    elif steel_case:  # marine and golf-cart LFP batteries in sheet-steel boxes: heavy and dark under X-ray
+        wall = float(rng.uniform(1.2, 2.0))
+        prims = _shell((0, 0, 0), (L, W, H), wall, "Fe", 7.85)
     inner = (L - 2 * wall - 2, W - 2 * wall - 2, H - 2 * wall - 4)
     cell_frac = float(rng.uniform(0.70, 0.90))
     budget = mass * cell_frac
@@ -491,9 +500,13 @@ def unknown_product(family: str, rng: np.random.Generator) -> Product:
                        L * W * H * 1e-6 * dens, v, None)
     chem = str(rng.choice(["li_ion_nmc", "li_ion_lfp", "li_ion_nca"]))
     style = rng.integers(3)
-    if style == 0:  # a lead-acid-sized LFP battery from an unknown brand
+    if style == 0:  # a lead-acid-sized LFP battery from an unknown brand, some in steel boxes
         L, W, H = rng.uniform(150, 330), rng.uniform(65, 175), rng.uniform(90, 240)
         chem = "li_ion_lfp"
+        if rng.random() < 0.3:
+            dens = rng.uniform(0.9, 1.5)
+            return Product(f"unknown LFP steel case pack {int(L)}x{int(W)}", chem, "li_ion", L, W, H,
+                           L * W * H * 1e-6 * dens, 12.8, None)
     elif style == 1:  # a tool or appliance pack
         L, W, H = rng.uniform(80, 200), rng.uniform(50, 110), rng.uniform(35, 90)
     else:  # a long e-mobility pack

@@ -65,7 +65,7 @@ class SimConfig:
     seed: int = 0
     mix: str = "balanced"
     line: str = "a"
-    faults: float = 0.01  # probability that each sensor drops out for an item
+    faults: float = 0.002  # probability that each sensor drops out for an item (about 1 in 500)
     labelled: bool = True
     t0: float = 1_790_000_000.0
     rate_hz: float = 2.0  # mean items per second on the belt (sets timestamps)
@@ -187,6 +187,10 @@ def hard_cases(inst: Instance, pose: str, xl: np.ndarray | None, dropped: list[s
         tags.append("dense_bare_cell")
     if inst.chemistry in ("nimh", "nicd", "alkaline"):
         tags.append("xray_lookalike_other")
+    if "steel case" in inst.product:
+        tags.append("steel_cased_li_ion")
+    if inst.extra.get("dry"):
+        tags.append("dry_lead_acid")
     if inst.family != "lead_acid" and xl is not None:
         occupied = xl < 0.98 * 65535
         if occupied.any() and np.mean(xl[occupied] < 20 * line.electronic_noise * 65535) > 0.5:
@@ -265,9 +269,11 @@ def _encode_item(cfg: SimConfig, index: int, png_level: int) -> tuple[ItemRecord
 
 def _encode_chunk(cfg: SimConfig, start: int, stop: int, png_level: int) -> list[tuple[ItemRecord, dict[str, bytes]]]:
     import cv2
+    from threadpoolctl import threadpool_limits
 
     cv2.setNumThreads(1)  # OpenCV's pool is not fork-safe and would fight the processes
-    return [_encode_item(cfg, i, png_level) for i in range(start, stop)]
+    with threadpool_limits(1):  # one BLAS thread per process: the processes are the parallelism
+        return [_encode_item(cfg, i, png_level) for i in range(start, stop)]
 
 
 def iter_encoded(cfg: SimConfig, workers: int = 1, png_level: int = 1, chunk: int = 32) -> Iterator[tuple[ItemRecord, dict[str, bytes]]]:

@@ -1,0 +1,327 @@
+"""``sorter evaluate``: metrics, plots and a report for a model on a labelled log; model cards.
+
+The headline table is the one the plant cares about: Li-ion items in the lead_acid
+lane (with the exact 95 % upper bound on the rate when the count is zero), the purity
+of the lead_acid lane, lead-acid recall, the manual rate, damaged Li-ion sent to
+hazard; then the same table with each sensor removed in turn, per-product and
+per-hard-case errors, and the items that went wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .batch import MeasuredLog, measure_logs
+from .features.measure import RAW_COLUMNS
+from .features.transformers import SENSOR_GROUPS, mask_sensor
+from .model import SorterModel, load_model
+from .policy import decide
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("lead_acid", "li_ion", "other")
+LANES = ("lead_acid", "li_ion", "hazard", "manual")
+HAZARD_CASE_WH = 2100.0  # DoT special permit: at most 2.1 kWh of damaged Li-ion per fire-safe case
+
+
+def upper_bound_95(k: int, n: int) -> float:
+    """Exact (Clopper-Pearson) one-sided 95 % upper bound on a rate with ``k`` events in ``n``."""
+    if n == 0:
+        return float("nan")
+    if k >= n:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(0.95, k + 1, n - k))
+
+
+def lanes_for(model: SorterModel, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    proba, p_dmg = model.predict(raw)
+    verdicts = [decide(proba[k], float(p_dmg[k]), raw[k], model.thresholds, model.classes) for k in range(raw.shape[0])]
+    lanes = np.array([v.lane for v in verdicts])
+    return proba, p_dmg, lanes, [v.reason for v in verdicts]
+
+
+def headline(y: np.ndarray, lanes: np.ndarray, damaged: np.ndarray | None) -> dict[str, Any]:
+    li = y == "li_ion"
+    lead = y == "lead_acid"
+    in_lead = lanes == "lead_acid"
+    k_li = int(np.sum(li & in_lead))
+    k_nonlead = int(np.sum(~lead & in_lead))
+    out: dict[str, Any] = {
+        "items": int(len(y)),
+        "li_ion_total": int(li.sum()),
+        "li_ion_in_lead_acid": k_li,
+        "li_ion_in_lead_acid_rate_ub95": upper_bound_95(k_li, int(li.sum())),
+        "non_lead_total": int((~lead).sum()),
+        "non_lead_in_lead_acid": k_nonlead,
+        "lead_acid_lane_items": int(in_lead.sum()),
+        "lead_acid_lane_impurity_per_10k": (1e4 * k_nonlead / in_lead.sum()) if in_lead.any() else None,
+        "lead_acid_lane_impurity_ub95_per_10k": 1e4 * upper_bound_95(k_nonlead, int(in_lead.sum())) if in_lead.any() else None,
+        "lead_acid_total": int(lead.sum()),
+        "lead_acid_recall": float(np.mean(in_lead[lead])) if lead.any() else float("nan"),
+        "manual_rate": float(np.mean(lanes == "manual")),
+        "lanes": {lane: int((lanes == lane).sum()) for lane in LANES},
+    }
+    if damaged is not None:
+        dm = li & damaged
+        out["damaged_li_ion"] = int(dm.sum())
+        out["damaged_to_hazard"] = float(np.mean(lanes[dm] == "hazard")) if dm.any() else None
+    else:
+        out["damaged_to_hazard"] = None
+    return out
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "n/a" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _plots(out: Path, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, lanes: np.ndarray,
+           importances: list[tuple[str, float]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    files = []
+    cm = confusion_matrix(y, pred, labels=list(CLASSES))
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(np.log1p(cm), cmap="Blues")
+    for i in range(3):
+        for j in range(3):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center")
+    ax.set_xticks(range(3), CLASSES)
+    ax.set_yticks(range(3), CLASSES)
+    ax.set_xlabel("predicted chemistry")
+    ax.set_ylabel("label")
+    ax.set_title("Confusion matrix")
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+    files.append("confusion_matrix.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    bins = np.linspace(0, 1, 11)
+    for k, c in enumerate(CLASSES):
+        p = proba[:, k]
+        hit = (y == c).astype(float)
+        idx = np.clip(np.digitize(p, bins) - 1, 0, 9)
+        xs, ys = [], []
+        for b in range(10):
+            sel = idx == b
+            if sel.sum() >= 5:
+                xs.append(p[sel].mean())
+                ys.append(hit[sel].mean())
+        ax.plot(xs, ys, "o-", label=c)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("Reliability diagram")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=100)
+    plt.close(fig)
+    files.append("reliability.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.25
+    for k, c in enumerate(CLASSES):
+        counts = [int(np.sum((y == c) & (lanes == lane))) for lane in LANES]
+        ax.bar(np.arange(4) + (k - 1) * width, counts, width, label=c)
+    ax.set_xticks(range(4), LANES)
+    ax.set_yscale("symlog")
+    ax.set_ylabel("items")
+    ax.set_title("Lanes by label")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "lanes.png", dpi=100)
+    plt.close(fig)
+    files.append("lanes.png")
+
+    if importances:
+        top = importances[:20][::-1]
+        fig, ax = plt.subplots(figsize=(6, 5))
+        ax.barh([n for n, _ in top], [v for _, v in top])
+        ax.set_xlabel("drop in log-loss when shuffled")
+        ax.set_title("Permutation importance (raw measurements)")
+        fig.tight_layout()
+        fig.savefig(out / "importances.png", dpi=100)
+        plt.close(fig)
+        files.append("importances.png")
+    return files
+
+
+def permutation_importances(model: SorterModel, raw: np.ndarray, y: np.ndarray, seed: int = 0,
+                            max_rows: int = 2000) -> list[tuple[str, float]]:
+    """Importance of each raw measurement column: log-loss increase when it is shuffled."""
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(y), size=min(max_rows, len(y)), replace=False)
+    x, yy = raw[idx], y[idx]
+    base = log_loss(yy, model.classifier.predict_proba(x), labels=list(CLASSES))
+    out = []
+    for j, name in enumerate(RAW_COLUMNS):
+        xp = x.copy()
+        xp[:, j] = xp[rng.permutation(len(idx)), j]
+        out.append((name, float(log_loss(yy, model.classifier.predict_proba(xp), labels=list(CLASSES)) - base)))
+    return sorted(out, key=lambda t: -t[1])
+
+
+def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *, title: str = "") -> dict[str, Any]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keep = m.ok & np.array([lab in CLASSES for lab in m.labels])
+    raw = m.raw[keep]
+    sel = np.flatnonzero(keep)
+    y = np.array([m.labels[i] for i in sel])
+    extras = [m.extras[i] for i in sel]
+    dmg_vals = [e.get("damaged") for e in extras]
+    damaged = np.array([bool(d) for d in dmg_vals]) if any(isinstance(d, bool) for d in dmg_vals) else None
+    proba, p_dmg, lanes, reasons = lanes_for(model, raw)
+    pred = np.array(CLASSES)[np.argmax(proba, axis=1)]
+    metrics: dict[str, Any] = {
+        "model": model.model_id,
+        "items": int(len(m.labels)),
+        "scored_items": int(keep.sum()),
+        "unusable_lines": int((~m.ok).sum()),
+        "accuracy": float(np.mean(pred == y)),
+        "all_sensors": headline(y, lanes, damaged),
+    }
+    # each sensor missing in turn
+    per_sensor = {}
+    for s in SENSOR_GROUPS:
+        _, _, lanes_s, _ = lanes_for(model, mask_sensor(raw, s))
+        per_sensor[s] = headline(y, lanes_s, damaged)
+    metrics["sensor_missing"] = per_sensor
+    # natural dropouts in the log: items with each sensor missing
+    nat = {}
+    for s, cols in SENSOR_GROUPS.items():
+        j = RAW_COLUMNS.index(cols[0] if s != "xray" else "xr_area_mm2")
+        miss = np.isnan(raw[:, j])
+        if miss.any():
+            nat[s] = {"items": int(miss.sum()), "li_ion_in_lead_acid": int(np.sum(miss & (y == "li_ion") & (lanes == "lead_acid"))),
+                      "lanes": dict(Counter(lanes[miss].tolist()))}
+    metrics["natural_dropouts"] = nat
+    # per product and per hard case
+    prod: dict[str, Counter] = defaultdict(Counter)
+    for k, e in enumerate(extras):
+        key = f"{y[k]} | {e.get('product', '?')}"
+        c = prod[key]
+        c["n"] += 1
+        c["wrong_chemistry"] += int(pred[k] != y[k])
+        c[f"lane_{lanes[k]}"] += 1
+        c["dangerous"] += int(y[k] == "li_ion" and lanes[k] == "lead_acid")
+    metrics["per_product"] = {k: dict(v) for k, v in sorted(prod.items())}
+    hard: dict[str, Counter] = defaultdict(Counter)
+    for k, e in enumerate(extras):
+        for tag in e.get("hard_cases", []) or []:
+            c = hard[tag]
+            c["n"] += 1
+            c["wrong_chemistry"] += int(pred[k] != y[k])
+            c["li_ion_in_lead_acid"] += int(y[k] == "li_ion" and lanes[k] == "lead_acid")
+            c["lead_acid_not_in_lead_lane"] += int(y[k] == "lead_acid" and lanes[k] != "lead_acid")
+            c["to_manual"] += int(lanes[k] == "manual")
+    metrics["hard_cases"] = {k: dict(v) for k, v in sorted(hard.items())}
+    # hazard cases needed under the 2.1 kWh limit
+    hz_wh = [float(e.get("energy_wh") or 0.0) for k, e in enumerate(extras) if lanes[k] == "hazard"]
+    metrics["hazard"] = {"items": len(hz_wh), "energy_wh_known": float(sum(hz_wh)),
+                         "cases_at_2_1_kwh": int(math.ceil(sum(hz_wh) / HAZARD_CASE_WH)) if hz_wh else 0}
+    # what went wrong
+    wrong = [k for k in range(len(y)) if (y[k] == "li_ion" and lanes[k] == "lead_acid") or
+             (y[k] != "lead_acid" and lanes[k] == "lead_acid") or pred[k] != y[k] or
+             (y[k] == "lead_acid" and lanes[k] != "lead_acid")]
+    wrong.sort(key=lambda k: (-(y[k] != "lead_acid" and lanes[k] == "lead_acid"), -float(proba[k].max())))
+    metrics["wrong_items"] = [
+        {"line_no": m.line_nos[sel[k]], "item_id": m.item_ids[sel[k]], "label": str(y[k]), "chemistry": str(pred[k]),
+         "lane": str(lanes[k]), "reason": reasons[k], "product": extras[k].get("product"), "pose": extras[k].get("pose"),
+         "hard_cases": extras[k].get("hard_cases"), "p": [round(float(x), 4) for x in proba[k]]}
+        for k in wrong[:60]
+    ]
+    metrics["wrong_items_total"] = len(wrong)
+    imps = permutation_importances(model, raw, y)
+    metrics["importances_top"] = imps[:25]
+    plots = _plots(out, y, pred, proba, lanes, imps)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    (out / "report.md").write_text(render_report(metrics, plots, title))
+    return metrics
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(type(o))
+
+
+def headline_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for name, h in [("all sensors", metrics["all_sensors"])] + [
+            (f"without {s}", h) for s, h in metrics["sensor_missing"].items()]:
+        rows.append([
+            name, f"{h['li_ion_in_lead_acid']} / {h['li_ion_total']}", f"{h['li_ion_in_lead_acid_rate_ub95']:.2e}",
+            h["non_lead_in_lead_acid"],
+            "n/a" if h["lead_acid_lane_impurity_per_10k"] is None else f"{h['lead_acid_lane_impurity_per_10k']:.2f}",
+            f"{100 * h['lead_acid_recall']:.2f} %", f"{100 * h['manual_rate']:.2f} %",
+            "n/a" if h.get("damaged_to_hazard") is None else f"{100 * h['damaged_to_hazard']:.1f} % of {h['damaged_li_ion']}",
+        ])
+    return rows
+
+
+HEADLINE_HEADERS = ("sensors", "Li-ion in lead_acid", "95 % UB rate", "non-lead in lead_acid",
+                    "impurity /10k", "lead-acid to lead_acid", "manual", "damaged Li-ion to hazard")
+
+
+def render_report(metrics: dict[str, Any], plots: list[str], title: str = "") -> str:
+    md = [f"# Evaluation {title}".rstrip(), "", f"Model `{metrics['model']}`, {metrics['items']} items "
+          f"({metrics['unusable_lines']} unusable lines went to manual), chemistry accuracy {metrics['accuracy']:.4f}.", "",
+          "## The plant's table", "", _table(HEADLINE_HEADERS, headline_rows(metrics)), "",
+          "Lanes (all sensors): " + ", ".join(f"{k}={v}" for k, v in metrics["all_sensors"]["lanes"].items()), ""]
+    hz = metrics["hazard"]
+    md += [f"Hazard lane: {hz['items']} items, {hz['energy_wh_known']:.0f} Wh of known rated energy, "
+           f"{hz['cases_at_2_1_kwh']} fire-safe cases at 2.1 kWh each.", ""]
+    md += ["## Hard cases", "", _table(("case", "items", "wrong chemistry", "Li-ion in lead_acid", "lead-acid not to lead_acid", "manual"),
+                                        [[k, v.get("n", 0), v.get("wrong_chemistry", 0), v.get("li_ion_in_lead_acid", 0),
+                                          v.get("lead_acid_not_in_lead_lane", 0), v.get("to_manual", 0)]
+                                         for k, v in metrics["hard_cases"].items()]), ""]
+    if metrics["natural_dropouts"]:
+        md += ["## Items with a sensor missing in the log", "", _table(("sensor", "items", "Li-ion in lead_acid", "lanes"),
+               [[s, v["items"], v["li_ion_in_lead_acid"], ", ".join(f"{k}={c}" for k, c in sorted(v["lanes"].items()))]
+                for s, v in metrics["natural_dropouts"].items()]), ""]
+    prod_rows = sorted(metrics["per_product"].items(), key=lambda kv: (-kv[1].get("wrong_chemistry", 0), kv[0]))
+    md += ["## Per product (most errors first)", "", _table(
+        ("label | product", "items", "wrong chemistry", "Li-ion in lead_acid", "lead_acid", "li_ion", "hazard", "manual"),
+        [[k, v.get("n", 0), v.get("wrong_chemistry", 0), v.get("dangerous", 0), v.get("lane_lead_acid", 0),
+          v.get("lane_li_ion", 0), v.get("lane_hazard", 0), v.get("lane_manual", 0)] for k, v in prod_rows[:40]]), ""]
+    md += [f"## Items that went wrong ({metrics['wrong_items_total']} in all; the first 60)", "", _table(
+        ("line", "label", "chemistry", "lane", "product", "pose", "hard cases", "p (lead, li, other)", "reason"),
+        [[w["line_no"], w["label"], w["chemistry"], w["lane"], w["product"], w["pose"], ",".join(w["hard_cases"] or []),
+          w["p"], w["reason"]] for w in metrics["wrong_items"]]), ""]
+    md += ["## Most important measurements", "", _table(("measurement", "log-loss increase"),
+                                                        [[n, v] for n, v in metrics["importances_top"]]), ""]
+    md += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(md)
+
+
+def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, model: SorterModel | None = None,
+                 workers: int = 1, progress: bool = False) -> dict[str, Any]:
+    """Evaluate a model on a labelled log; writes metrics.json, report.md and plots."""
+    model = model or load_model(model_dir)
+    m = measure_logs([log_dir], workers=workers, progress=progress)
+    return evaluate_measured(m, model, out_dir, title=f"on {Path(log_dir).name}")

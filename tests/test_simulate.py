@@ -1,0 +1,247 @@
+"""Physics and behaviour of the simulator: what a reviewer needs to trust its data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from sorter.catalog import load_catalog, parse_catalog
+from sorter.errors import SimulationError
+from sorter.logformat import iter_log, load_item, read_meta
+from sorter.simulate import SimConfig, simulate_item, simulate_log
+from sorter.simulate.geometry import Box, CylinderArray, project_z
+from sorter.simulate.items import POSES, build, build_contaminant, CONTAMINANTS
+from sorter.simulate.physics import XrayChannels, attenuation_table, detector_channels, transmission
+from sorter.simulate.sensors import LINES, areal_density, render_xray
+
+CATALOG = load_catalog()
+
+
+def _by_name(fragment: str):
+    return next(p for p in CATALOG if fragment in p.name)
+
+
+# ---------------------------------------------------------------------------- catalogue
+
+
+def test_catalogue_is_bundled_with_all_three_families():
+    fams = {p.family for p in CATALOG}
+    assert fams == {"lead_acid", "li_ion", "other"}
+    assert len(CATALOG) >= 60
+
+
+def test_catalogue_rejects_a_bad_row_with_its_row_number():
+    text = "name,chemistry,family,length_mm,width_mm,height_mm,mass_kg\nX,lead_acid,lead_acid,10,10,ten,1\n"
+    with pytest.raises(SimulationError, match="row 2"):
+        parse_catalog(text, "extra.csv")
+
+
+def test_extra_catalogue_products_are_simulated(tmp_path):
+    extra = tmp_path / "extra.csv"
+    extra.write_text("name,chemistry,family,length_mm,width_mm,height_mm,mass_kg,nominal_v,nominal_ah\n"
+                     "Test LFP brick,li_ion_lfp,li_ion,200,100,150,2.4,12.8,20\n")
+    cat = load_catalog([extra])
+    assert cat[-1].name == "Test LFP brick"
+
+
+# ---------------------------------------------------------------------------- physics
+
+
+def test_lead_k_edge_jumps_between_the_channels():
+    tab = attenuation_table()
+    below, above = tab.at("Pb", np.array([87.9, 88.1]))
+    assert below == pytest.approx(1.91, rel=0.01)
+    assert above == pytest.approx(7.68, rel=0.01)
+    # and the compounds jump by their lead mass fraction
+    b2, a2 = tab.at("PbSO4", np.array([87.9, 88.1]))
+    assert a2 - b2 == pytest.approx((7.68 - 1.91) * 207.2 / 303.26, rel=0.02)
+
+
+def test_tabulated_values_are_reproduced():
+    tab = attenuation_table()
+    assert tab.at("Fe", np.array([60.0]))[0] == pytest.approx(1.205, rel=1e-6)
+    assert tab.at("Water", np.array([100.0]))[0] == pytest.approx(0.1707, rel=1e-6)
+
+
+@pytest.mark.parametrize("material,thickness_cm,density", [("Fe", 0.5, 7.85), ("Al", 2.0, 2.70), ("Pb", 0.1, 11.35),
+                                                           ("Water", 10.0, 1.0)])
+def test_monochromatic_transmission_is_beer_lambert(material, thickness_cm, density):
+    e = np.array([60.0, 100.0])
+    ch = XrayChannels(e, np.eye(2))  # each channel a single energy
+    sigma = np.array([[thickness_cm * density]])
+    t = transmission(sigma, (material,), ch)[:, 0]
+    mu = attenuation_table().at(material, e)
+    np.testing.assert_allclose(t, np.exp(-mu * thickness_cm * density), rtol=1e-9)
+
+
+def test_polychromatic_channel_is_the_weighted_mean_of_beer_lambert():
+    ch = detector_channels()
+    sigma = 3.0
+    t = transmission(np.array([[sigma]]), ("Cu",), ch)[:, 0]
+    mu = attenuation_table().at("Cu", ch.energies_kev)
+    np.testing.assert_allclose(t, ch.weights @ np.exp(-mu * sigma), rtol=1e-9)
+    # beam hardening: the effective attenuation per g/cm^2 falls with thickness
+    t2 = transmission(np.array([[2 * sigma]]), ("Cu",), ch)[:, 0]
+    assert np.all(-np.log(t2) < 2 * -np.log(t))
+
+
+def test_steel_gives_a_higher_dual_energy_ratio_than_lead_at_equal_areal_density():
+    ch = detector_channels()
+    for sigma in (0.5, 1.0, 2.0):
+        t_fe = transmission(np.array([[sigma]]), ("Fe",), ch)[:, 0]
+        t_pb = transmission(np.array([[sigma]]), ("Pb",), ch)[:, 0]
+        r_fe = math.log(t_fe[0]) / math.log(t_fe[1])
+        r_pb = math.log(t_pb[0]) / math.log(t_pb[1])
+        assert r_fe > r_pb + 0.3
+        assert 1.0 <= r_pb <= 1.6  # reference: lead gives R of about 1.0-1.5
+
+
+def test_box_projection_integrates_to_its_mass():
+    box = Box((3.3, 5.1, 0.0), (47.9, 21.7, 12.0), "Fe", 7.85)
+    maps = project_z([box], ("Fe",), 30, 15, 2.0)
+    assert maps.sum() * 0.2**2 == pytest.approx(box.mass_g, rel=1e-4)
+
+
+def test_cylinder_projection_matches_its_mass_within_sampling_error():
+    cyl = CylinderArray((2.0, 2.0, 0.0), (3, 2, 1), 0, 9.0, 65.0, 18.5, "Fe", 7.85)
+    maps = project_z([cyl], ("Fe",), 110, 25, 2.0)
+    assert maps.sum() * 0.2**2 == pytest.approx(cyl.mass_g, rel=0.05)
+
+
+@pytest.mark.parametrize("fragment", ["BCI Group 24 SLI", "DeWalt DCB205", "Go Power", "Tesla Model S", "Prius Gen3",
+                                      "NCR18650B", "iPhone", "Duracell MN1300", "Panasonic LC-R061R3P"])
+@pytest.mark.parametrize("pose", list(POSES))
+def test_areal_densities_integrate_to_the_item_mass(fragment, pose):
+    rng = np.random.default_rng(7)
+    inst = build(_by_name(fragment), rng)
+    sigma, mats = areal_density(inst, pose, 33.0, 2.0)
+    px_area = 0.2**2
+    assert sigma.sum() * px_area == pytest.approx(inst.mass_g, rel=1e-3)
+    # and the instance's mass is the catalogue's within the instance variation
+    assert inst.mass_g == pytest.approx(_by_name(fragment).mass_kg * 1000, rel=0.25)
+
+
+def test_lead_acid_composition_follows_the_reference():
+    inst = build(_by_name("BCI Group 24 SLI"), np.random.default_rng(1))
+    by_mat = {}
+    for p in inst.prims:
+        by_mat[p.material] = by_mat.get(p.material, 0.0) + p.mass_g
+    lead = sum(v for k, v in by_mat.items() if k in ("Pb", "PbO2", "PbSO4"))
+    assert 0.50 <= lead / inst.mass_g <= 0.65  # reference: 55-60 %
+    assert 0.10 <= by_mat["H2SO4_37wt%_electrolyte"] / inst.mass_g <= 0.22
+    assert 0.04 <= by_mat["Polypropylene(CH2)n"] / inst.mass_g <= 0.12
+
+
+def _object_transmission(inst, line="a", pose="upright"):
+    rng = np.random.default_rng(3)
+    sigma, mats = areal_density(inst, pose, 0.0, LINES[line].xray_mm_per_px)
+    low, high = render_xray(sigma, mats, LINES[line], rng)
+    inside = sigma.sum(axis=2) > 0
+    return low[inside] / 65535.0, high[inside] / 65535.0
+
+
+@pytest.mark.parametrize("fragment", ["BCI Group 24 SLI", "YTZ7S", "Panasonic LC-R061R3P", "NP4-12"])
+def test_lead_acid_reads_opaque_in_both_channels(fragment):
+    inst = build(_by_name(fragment), np.random.default_rng(5))
+    low, high = _object_transmission(inst)
+    floor = 20 * LINES["a"].electronic_noise
+    # the cells (most of the footprint) are below the detector floor; only case walls transmit
+    assert np.mean((low < floor) & (high < floor)) > 0.6
+
+
+def test_li_ion_packs_transmit_measurably():
+    inst = build(_by_name("DeWalt DCB205"), np.random.default_rng(5))
+    low, _ = _object_transmission(inst)
+    assert 0.005 < float(np.median(low)) < 0.5  # reference: power-tool pack T_low about 0.01-0.1
+
+
+# ---------------------------------------------------------------------------- items and logs
+
+
+def test_simulation_is_deterministic_for_a_seed():
+    cfg = SimConfig(items=10, seed=42)
+    a, b = simulate_item(cfg, 7), simulate_item(cfg, 7)
+    assert a.record.to_json() == b.record.to_json()
+    for k in a.images:
+        np.testing.assert_array_equal(a.images[k], b.images[k])
+    c = simulate_item(SimConfig(items=10, seed=43), 7)
+    assert c.record.to_json() != a.record.to_json()
+
+
+def test_contaminants_build_with_positive_mass():
+    rng = np.random.default_rng(0)
+    for kind in CONTAMINANTS:
+        inst = build_contaminant(kind, rng)
+        assert inst.family == "other" and inst.mass_g > 0
+
+
+def test_log_is_valid_readable_and_labelled(tmp_path):
+    out = tmp_path / "log"
+    summary = simulate_log(SimConfig(items=60, seed=5, faults=0.2), out, workers=1)
+    assert summary.items == 60
+    meta = read_meta(out)
+    assert meta.line == "sim-a" and meta.xray_mm_per_px == LINES["a"].xray_mm_per_px
+    lines = list(iter_log(out))
+    assert len(lines) == 60 and all(ln.error is None for ln in lines)
+    labels = {ln.record.label for ln in lines}
+    assert labels == {"lead_acid", "li_ion", "other"}
+    dropped = 0
+    for ln in lines:
+        item = load_item(ln.record, out, meta)
+        assert not [p for p in item.problems if "dropout" not in p], item.problems
+        if item.xray_low is not None:
+            assert item.xray_low.dtype == np.uint16 and item.rgb is None or item.rgb.dtype == np.uint8
+        dropped += sum(x is None for x in (item.xray_low, item.rgb, ln.record.weight_g, ln.record.surface_temp_c))
+        assert "product" in ln.record.extra and "hard_cases" in ln.record.extra
+    assert dropped > 0  # faults=0.2: sensors drop out
+
+
+def test_same_log_whatever_the_worker_count(tmp_path):
+    cfg = SimConfig(items=40, seed=11)
+    simulate_log(cfg, tmp_path / "one", workers=1)
+    simulate_log(cfg, tmp_path / "two", workers=2)
+    a = (tmp_path / "one" / "items.jsonl").read_bytes()
+    b = (tmp_path / "two" / "items.jsonl").read_bytes()
+    assert a == b
+    first = json.loads(a.splitlines()[0])
+    assert (tmp_path / "one" / first["rgb"]).read_bytes() == (tmp_path / "two" / first["rgb"]).read_bytes()
+
+
+def test_unlabelled_logs_carry_no_label(tmp_path):
+    simulate_log(SimConfig(items=5, seed=1, labelled=False), tmp_path / "u")
+    assert all(ln.record.label is None for ln in iter_log(tmp_path / "u"))
+
+
+def test_refuses_to_overwrite_a_log(tmp_path):
+    simulate_log(SimConfig(items=2, seed=1), tmp_path / "x")
+    with pytest.raises(SimulationError, match="already holds a log"):
+        simulate_log(SimConfig(items=2, seed=1), tmp_path / "x")
+
+
+@pytest.mark.parametrize("bad", [dict(mix="nope"), dict(line="z"), dict(faults=1.5), dict(items=-1)])
+def test_bad_configuration_is_refused_with_the_option_named(bad):
+    with pytest.raises(SimulationError, match="--"):
+        SimConfig(**bad)
+
+
+def test_every_hard_case_appears_in_a_modest_balanced_log():
+    cfg = SimConfig(items=500, seed=1, faults=0.02)
+    tags = set()
+    for i in range(cfg.items):
+        tags.update(simulate_item(cfg, i).record.extra["hard_cases"])
+    expected = {"lookalike_dropin", "dense_bare_cell", "xray_lookalike_other", "xray_blackout", "unknown_product",
+                "damaged", "dropout_xray", "dropout_camera", "dropout_scale", "dropout_profiler", "dropout_thermal"}
+    assert expected <= tags
+
+
+def test_the_two_lines_differ_like_real_lines():
+    a, b = LINES["a"], LINES["b"]
+    assert a.kvp != b.kvp and a.xray_mm_per_px != b.xray_mm_per_px and a.white_balance != b.white_balance
+    # same item, different line: different transmission for the same physics
+    inst = build(_by_name("DeWalt DCB205"), np.random.default_rng(5))
+    la, _ = _object_transmission(inst, "a")
+    lb, _ = _object_transmission(inst, "b")
+    assert abs(float(np.median(la)) - float(np.median(lb))) > 0.005
