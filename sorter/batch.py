@@ -107,10 +107,11 @@ def _assemble(d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: list[s
     return MeasuredChunk(d, lines, raw, problems, ok)
 
 
-def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, chunk: int = CHUNK,
+def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, chunk: int | None = None,
                   executor: Executor | None = None, start: dict[str, tuple[int, int]] | None = None
                   ) -> Iterator[MeasuredChunk]:
     """Measured chunks of the given logs, in order, with at most ``2 * workers`` chunks in flight."""
+    chunk = chunk or CHUNK
     if workers <= 1 and executor is None:
         for d, meta, lines, recs in _chunks(log_dirs, chunk, start):
             raw, probs = measure_records(d, meta, recs)

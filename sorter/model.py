@@ -62,6 +62,18 @@ ALLOWED_TYPES: frozenset[str] = frozenset(
 )
 
 
+_THREADPOOLS: Any = None
+
+
+def _openmp_one_thread() -> Any:
+    global _THREADPOOLS
+    if _THREADPOOLS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1, user_api="openmp")
+
+
 def library_versions() -> dict[str, str]:
     import numpy
     import skops
@@ -117,11 +129,14 @@ class SorterModel:
         contiguous array (single rows are the line's hot path).
         """
         raw = np.ascontiguousarray(raw, dtype=np.float64)
-        proba = self.classifier.predict_proba(raw)
-        if self.damage is not None:
-            p_dmg = self.damage.predict_proba(raw)[:, 1]
-        else:
-            p_dmg = np.full(raw.shape[0], np.nan)
+        # One OpenMP thread: the trees are small, and parallel workers (or a busy line PC)
+        # make OpenMP's spinning threads slow every call down by orders of magnitude.
+        with _openmp_one_thread():
+            proba = self.classifier.predict_proba(raw)
+            if self.damage is not None:
+                p_dmg = self.damage.predict_proba(raw)[:, 1]
+            else:
+                p_dmg = np.full(raw.shape[0], np.nan)
         return proba, p_dmg
 
 
@@ -234,6 +249,15 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
         except Exception as err:  # noqa: BLE001
             raise ModelIntegrityError(f"{fpath}: failed to load ({err}); retrain or restore it") from err
 
+    from .features.measure import RAW_COLUMNS
+
+    cols = manifest.get("raw_columns")
+    if cols is not None and list(cols) != list(RAW_COLUMNS):
+        missing = sorted(set(RAW_COLUMNS) ^ set(cols))
+        raise ModelIntegrityError(
+            f"{d}: the model was trained on other measurements than this sorter makes (differing columns: "
+            f"{missing[:8]}{'…' if len(missing) > 8 else ''}); retrain it with 'sorter train'"
+        )
     classifier = _load(CLASSIFIER_FILE)
     damage = _load(DAMAGE_FILE) if DAMAGE_FILE in files else None
     try:

@@ -243,14 +243,17 @@ def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *
     metrics["hazard"] = {"items": len(hz_wh), "energy_wh_known": float(sum(hz_wh)),
                          "cases_at_2_1_kwh": int(math.ceil(sum(hz_wh) / HAZARD_CASE_WH)) if hz_wh else 0}
     # what went wrong
+    missed_damage = damaged if damaged is not None else np.zeros(len(y), bool)
     wrong = [k for k in range(len(y)) if (y[k] == "li_ion" and lanes[k] == "lead_acid") or
              (y[k] != "lead_acid" and lanes[k] == "lead_acid") or pred[k] != y[k] or
-             (y[k] == "lead_acid" and lanes[k] != "lead_acid")]
+             (y[k] == "lead_acid" and lanes[k] != "lead_acid") or
+             (y[k] == "li_ion" and missed_damage[k] and lanes[k] != "hazard")]
     wrong.sort(key=lambda k: (-(y[k] != "lead_acid" and lanes[k] == "lead_acid"), -float(proba[k].max())))
     metrics["wrong_items"] = [
         {"line_no": m.line_nos[sel[k]], "item_id": m.item_ids[sel[k]], "label": str(y[k]), "chemistry": str(pred[k]),
          "lane": str(lanes[k]), "reason": reasons[k], "product": extras[k].get("product"), "pose": extras[k].get("pose"),
-         "hard_cases": extras[k].get("hard_cases"), "p": [round(float(x), 4) for x in proba[k]]}
+         "hard_cases": extras[k].get("hard_cases"), "damage": extras[k].get("damage"),
+         "p": [round(float(x), 4) for x in proba[k]], "p_damaged": round(float(p_dmg[k]), 4)}
         for k in wrong[:60]
     ]
     metrics["wrong_items_total"] = len(wrong)
@@ -325,3 +328,66 @@ def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, mo
     model = model or load_model(model_dir)
     m = measure_logs([log_dir], workers=workers, progress=progress)
     return evaluate_measured(m, model, out_dir, title=f"on {Path(log_dir).name}")
+
+
+def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] | None = None) -> str:
+    """MODEL_CARD.md text for a model directory (intended use, data, metrics, limits)."""
+    tr = manifest.get("training", {})
+    pol = manifest.get("policy", {})
+    held = manifest.get("heldout_metrics", {})
+    md = [
+        f"# Model card: {manifest.get('name', 'sorter')}",
+        "",
+        "## Intended use",
+        "Sorting batteries on a lead-acid recycler's intake conveyor: tell lead-acid from lithium-ion (and other) "
+        "items from a scale, a laser profiler, a dual-energy X-ray, a colour camera and a thermal camera, and pick a "
+        "lane. Only confidently lead-acid items with complete critical readings (X-ray and scale) go to the breaker; "
+        "everything else goes to a safe lane.",
+        "",
+        "## Out-of-scope use",
+        "- Any line whose sensors differ from the training line's (tube voltage, detector, pixel pitch, camera set-up) "
+        "without retraining on that line's labelled logs: see *Another line* below for what breaks.",
+        "- Deciding on anything but chemistry family and the four lanes (e.g. state of charge, grading for reuse).",
+        "- Running without the X-ray or the scale: such items always go to manual, by design.",
+        "",
+        "## Training data",
+        f"- Logs: {', '.join(tr.get('logs', []))} ({tr.get('items')} items, {tr.get('usable')} usable; "
+        f"classes {tr.get('class_counts')}).",
+        f"- Data digest (sha256 of the measurement rows and labels): `{tr.get('data_sha256', '')[:16]}…`.",
+        f"- Held out for thresholds and calibration checks: {tr.get('heldout_rows')} items; trained on "
+        f"{tr.get('train_rows')} (plus copies with each sensor removed).",
+        f"- Configuration: `{json.dumps(tr.get('config', {}))}`.",
+        "",
+        "## Policy thresholds (chosen on held-out data, stored in manifest.json)",
+        f"- lead_acid only when p(lead_acid) ≥ {pol.get('lead_acid_min', float('nan')):.6f} (the most lead-like "
+        "non-lead held-out item, with each sensor removed in turn, plus a margin of 1.5 in log-odds).",
+        f"- confidently not lead-acid when p(lead_acid) ≤ {pol.get('not_lead_max', float('nan')):.4f}; between the "
+        "two: manual.",
+        f"- hazard when p(damaged) ≥ {pol.get('damage_min', float('nan')):.3f} for a likely Li-ion item, or when "
+        f"the surface is ≥ {pol.get('hot_excess_c')} °C over the running ambient.",
+        "",
+        "## Held-out metrics (training split)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    md += [f"| {k} | {v} |" for k, v in held.items()]
+    if evaluations:
+        md += ["", "## Measured on fresh logs (seeds never used in training)", ""]
+        for name, m in evaluations.items():
+            md += [f"### {name}", "", _table(HEADLINE_HEADERS, headline_rows(m)), ""]
+    md += [
+        "",
+        "## Limits",
+        "- Trained on simulated data from sorter's physics-grounded simulator. Real lines differ (see the simulator's "
+        "documentation); retrain on a labelled log of the target line before relying on it, and keep the X-ray and "
+        "scale critical.",
+        "- Products unlike anything in training (far outside the training envelope of weight and size) go to manual.",
+        "- The damage detector sees swelling and dents through shape and internal voids; a damaged pack that looks "
+        "sound and is not warm is not caught.",
+        "- Probabilities are calibrated on the training line's mix; on another mix, calibration shifts.",
+        "",
+        f"Files and their sha256 are listed in manifest.json; libraries: {manifest.get('libraries')}.",
+        "",
+    ]
+    return "\n".join(md)

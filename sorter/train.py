@@ -230,7 +230,11 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
 
 
 def train_and_save(log_dirs: Sequence[str], out_dir: str, cfg: TrainConfig, *, name: str = "sorter",
-                   progress: bool = False, card: str | None = None) -> tuple[SorterModel, dict[str, Any]]:
+                   progress: bool = False) -> tuple[SorterModel, dict[str, Any]]:
+    """Train, then write the model directory with its manifest and model card."""
+    from .report import model_card
+
     model, report = train(log_dirs, cfg, progress=progress)
-    save_model(model, out_dir, name=name, extra_manifest=report, card=card)
+    save_model(model, out_dir, name=name, extra_manifest=report)
+    (model.path / "MODEL_CARD.md").write_text(model_card(model.manifest), encoding="utf-8")  # type: ignore[operator]
     return model, report

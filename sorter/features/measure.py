@@ -51,6 +51,10 @@ XRAY_COLUMNS = (
     "xr_cross_period_mm",
     "xr_cross_power",
     "xr_dense_spots",
+    "xr_rectangularity",
+    "xr_solidity",
+    "xr_defect_rel",
+    "xr_void_frac",
 )
 CAMERA_COLUMNS = (
     "cam_area_mm2",
@@ -72,6 +76,7 @@ CAMERA_COLUMNS = (
     "cam_post_blobs",
     "cam_edge_density",
     "cam_contrast_to_belt",
+    "cam_defect_rel",
 )
 RAW_COLUMNS: tuple[str, ...] = (*SCALE_COLUMNS, *THERMAL_COLUMNS, *XRAY_COLUMNS, *CAMERA_COLUMNS)
 _X = {name: i for i, name in enumerate(XRAY_COLUMNS)}
@@ -96,6 +101,27 @@ def _object_mask(t_low: np.ndarray | None, t_high: np.ndarray | None) -> np.ndar
         return np.zeros_like(mask, dtype=bool)
     k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     return labels == k
+
+
+def outline_shape(contour: np.ndarray) -> tuple[float, float, float, float, float]:
+    """Area, long and short side of the min-area rectangle, and how the outline departs
+    from it: rectangularity (area / rectangle), solidity (area / convex hull), and the
+    deepest dent (convexity defect) relative to the short side."""
+    area = float(cv2.contourArea(contour))
+    (_, _), (w, h), _ = cv2.minAreaRect(contour)
+    hull_pts = cv2.convexHull(contour)
+    hull_area = float(cv2.contourArea(hull_pts))
+    defect = 0.0
+    if len(contour) >= 4:
+        hull_idx = cv2.convexHull(contour, returnPoints=False)
+        try:
+            d = cv2.convexityDefects(contour, hull_idx)
+        except cv2.error:  # self-intersecting outlines: no defect measure
+            d = None
+        if d is not None and len(d):
+            defect = float(np.asarray(d).reshape(-1, 4)[:, 3].max()) / 256.0  # depth in 1/256 px
+    short = max(min(w, h), 1e-6)
+    return area, max(w, h), min(w, h), area / max(w * h, 1e-6), area / max(hull_area, 1e-6), defect / short
 
 
 def _periodicity(profile: np.ndarray, mm_per_px: float) -> tuple[float, float]:
@@ -142,6 +168,10 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     pts = cv2.findNonZero(mask.astype(np.uint8))
     (cx, cy), (w, h), ang = cv2.minAreaRect(pts)
     out[3], out[4] = max(w, h) * px, min(w, h) * px
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if contours:
+        _, _, _, rect, solid, dent = outline_shape(max(contours, key=cv2.contourArea))
+        out[_X["xr_rectangularity"]], out[_X["xr_solidity"]], out[_X["xr_defect_rel"]] = rect, solid, dent
     att_low = None if t_low is None else -np.log(np.clip(t_low[mask], T_MIN, 1.0))
     att_high = None if t_high is None else -np.log(np.clip(t_high[mask], T_MIN, 1.0))
     if t_low is not None and t_high is not None:
@@ -190,6 +220,12 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
         interior = cv2.erode(cm.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         interior &= crop < 5.3  # only where the high channel measures (T > 0.005): the floor's noise is no texture
         out[_X['xr_texture']] = float(np.abs(lap[interior]).mean()) if interior.sum() >= 4 else 0.0
+        # voids (gas in swollen cells): share of the interior much thinner than its median
+        if interior.sum() >= 16:
+            smooth = cv2.GaussianBlur(crop, (0, 0), 2.0)[interior]
+            out[_X["xr_void_frac"]] = float(np.mean(smooth < 0.7 * np.median(smooth)))
+        else:
+            out[_X["xr_void_frac"]] = 0.0
         # dense spots (BMS components, terminals): small bright features over a smooth background
         k = max(3, int(round(8 / px)) | 1)
         tophat = cv2.morphologyEx(crop, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
@@ -233,12 +269,11 @@ def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
     obj = np.zeros_like(mask)
     cv2.drawContours(obj, [c], -1, 1, -1)
     objb = obj.astype(bool)
-    (_, _), (w, h), _ = cv2.minAreaRect(c)
-    hull = cv2.convexHull(c)
+    _, long_px, short_px, rect, solid, dent = outline_shape(c)
     out[0] = area * px * px
-    out[1], out[2] = max(w, h) * px, min(w, h) * px
-    out[3] = area / max(w * h, 1e-6)
-    out[4] = area / max(cv2.contourArea(hull), 1e-6)
+    out[1], out[2] = long_px * px, short_px * px
+    out[3], out[4] = rect, solid
+    out[24] = dent
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[objb].astype(np.float32)
     hue = hsv[:, 0] * (2 * np.pi / 180.0)
     sat, val = hsv[:, 1], hsv[:, 2]

@@ -1,0 +1,58 @@
+"""Simulation speed and recorded size (issue 2).
+
+``python -m benchmarks.simulate_speed [--items 2000] [--workers 2]``
+
+Simulates the balanced mix with images into a temporary log, the way ``sorter simulate``
+does, and reports items per second and the mean size of a recorded item (its three PNGs
+and its JSON line, as stored on disk). Targets: at least 200 items/s on a 2-core machine;
+under 150 kB per item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from sorter.simulate import SimConfig, simulate_log
+
+from ._report import write_section
+
+
+def run(items: int, workers: int, mix: str, line: str) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "log"
+        t0 = time.perf_counter()
+        summary = simulate_log(SimConfig(items=items, seed=12345, mix=mix, line=line), out, workers=workers)
+        dt = time.perf_counter() - t0
+        on_disk = sum(p.stat().st_size for p in (out / "images").iterdir()) + (out / "items.jsonl").stat().st_size
+    return {"items": items, "workers": workers, "mix": mix, "line": line, "seconds": dt, "items_per_s": items / dt,
+            "kb_per_item": on_disk / items / 1000, "summary": summary}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
+    args = ap.parse_args(argv)
+    rows = [run(args.items, args.workers, "balanced", "a"), run(args.items, args.workers, "balanced", "b"),
+            run(args.items // 2, args.workers, "recycler", "a")]
+    lines = ["## Simulator (issue 2)", "", "`python -m benchmarks.simulate_speed` — wall time of `simulate_log` "
+             "(simulation, PNG encoding, writing), whole run including worker start-up; size = three PNGs and the JSON "
+             "line of each item as stored.", "",
+             "| mix | line | items | workers | items/s | kB per item |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['mix']} | {r['line']} | {r['items']} | {r['workers']} | {r['items_per_s']:.0f} | "
+                     f"{r['kb_per_item']:.1f} |")
+        print(f"{r['mix']:9s} line {r['line']}: {r['items_per_s']:.0f} items/s, {r['kb_per_item']:.1f} kB/item")
+    lines += ["", "Targets: ≥ 200 items/s (balanced mix, 2 cores), < 150 kB per item."]
+    if not args.no_write:
+        write_section("simulate", "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""The divert policy's fail-safe rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sorter.errors import ConfigError
+from sorter.features.measure import RAW_COLUMNS
+from sorter.features.transformers import SENSOR_GROUPS, mask_sensor
+from sorter.policy import PolicyThresholds, critical_problems, decide
+
+T = PolicyThresholds(lead_acid_min=0.98, not_lead_max=0.3, damage_min=0.4, hot_excess_c=6.0,
+                     envelope={"weight_g": (10.0, 60000.0)})
+LEAD = np.array([0.999, 0.0005, 0.0005])
+LI = np.array([0.001, 0.99, 0.009])
+OTHER = np.array([0.001, 0.01, 0.989])
+
+
+def full_row(**over) -> np.ndarray:
+    """A raw row with every sensor present and plausible values."""
+    raw = np.ones(len(RAW_COLUMNS))
+    vals = {"weight_g": 20000.0, "length_mm": 260.0, "width_mm": 173.0, "height_mm": 225.0, "surface_temp_c": 20.0,
+            "ambient_c": 20.0, "xr_low_ok": 1.0, "xr_high_ok": 1.0, "xr_area_mm2": 40000.0, "cam_area_mm2": 40000.0}
+    vals.update(over)
+    for k, v in vals.items():
+        raw[RAW_COLUMNS.index(k)] = v
+    return raw
+
+
+def test_confident_lead_acid_with_all_sensors_goes_to_lead_acid():
+    v = decide(LEAD, 0.0, full_row(), T)
+    assert v.lane == "lead_acid" and v.chemistry == "lead_acid"
+
+
+@pytest.mark.parametrize("sensor", ["xray", "scale"])
+def test_missing_critical_sensor_never_goes_to_lead_acid(sensor):
+    raw = mask_sensor(full_row()[None, :], sensor)[0]
+    v = decide(np.array([1.0, 0.0, 0.0]), 0.0, raw, T)
+    assert v.lane == "manual" and "missing" in v.reason
+
+
+def test_one_xray_channel_is_not_enough_for_lead_acid():
+    raw = full_row()
+    raw[RAW_COLUMNS.index("xr_high_ok")] = np.nan
+    assert decide(LEAD, 0.0, raw, T).lane == "manual"
+
+
+def test_xray_that_sees_nothing_is_invalid():
+    raw = full_row(xr_area_mm2=0.0)
+    v = decide(LEAD, 0.0, raw, T)
+    assert v.lane == "manual" and "no object" in v.reason
+    assert critical_problems(raw) == ["X-ray sees no object"]
+
+
+def test_hot_item_goes_to_hazard_whatever_the_chemistry():
+    for p in (LEAD, LI, OTHER):
+        v = decide(p, 0.0, full_row(surface_temp_c=40.0, ambient_c=20.0), T)
+        assert v.lane == "hazard" and "hot" in v.reason
+
+
+def test_damaged_li_ion_goes_to_hazard_sound_to_li_ion():
+    assert decide(LI, 0.9, full_row(), T).lane == "hazard"
+    assert decide(LI, 0.1, full_row(), T).lane == "li_ion"
+
+
+def test_other_goes_to_the_configured_safe_lane():
+    assert decide(OTHER, 0.0, full_row(), T).lane == "li_ion"
+    t2 = PolicyThresholds(lead_acid_min=0.98, not_lead_max=0.3, other_lane="manual")
+    assert decide(OTHER, 0.0, full_row(), t2).lane == "manual"
+
+
+def test_doubt_goes_to_manual():
+    v = decide(np.array([0.7, 0.2, 0.1]), 0.0, full_row(), T)
+    assert v.lane == "manual" and "uncertain" in v.reason
+
+
+def test_unlike_training_goes_to_manual():
+    v = decide(LEAD, 0.0, full_row(weight_g=90000.0), T)
+    assert v.lane == "manual" and "unlike training" in v.reason
+
+
+def test_invalid_probabilities_go_to_manual():
+    for p in (np.array([np.nan, 0.5, 0.5]), np.array([0.5, 0.5]), np.array([np.inf, 0, 0])):
+        assert decide(p, 0.0, full_row(), T).lane == "manual"
+
+
+def test_thresholds_are_validated_and_round_trip():
+    with pytest.raises(ConfigError):
+        PolicyThresholds(lead_acid_min=0.5, not_lead_max=0.6)
+    with pytest.raises(ConfigError):
+        PolicyThresholds(other_lane="lead_acid")
+    with pytest.raises(ConfigError, match="unknown policy keys"):
+        PolicyThresholds.from_json({"lead_acid_min": 0.9, "bogus": 1})
+    assert PolicyThresholds.from_json(T.to_json()) == T
+
+
+probs = st.lists(st.floats(0, 1), min_size=3, max_size=3).map(np.array)
+sensor = st.sampled_from(sorted(SENSOR_GROUPS))
+values = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(p=probs, p_dmg=st.floats(0, 1), temp=values, weight=values)
+def test_lead_acid_only_with_confidence_and_complete_critical_evidence(p, p_dmg, temp, weight):
+    raw = full_row(surface_temp_c=temp, weight_g=weight)
+    v = decide(p, p_dmg, raw, T)
+    if v.lane == "lead_acid":
+        assert p[0] >= T.lead_acid_min
+        assert not critical_problems(raw)
+        assert not np.isnan(weight)
+
+
+@settings(max_examples=200, deadline=None)
+@given(p=probs, missing=st.sampled_from(["xray", "scale"]))
+def test_no_probability_can_send_an_item_without_xray_or_scale_to_lead_acid(p, missing):
+    raw = mask_sensor(full_row()[None, :], missing)[0]
+    assert decide(p, 0.0, raw, T).lane != "lead_acid"

@@ -1,0 +1,136 @@
+"""Scoring recorded logs: one row per line, in order, bad lines included; resume; same as the line path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from sorter import score as score_mod
+from sorter.cli import main
+from sorter.features.measure import AmbientTracker
+from sorter.logformat import iter_log, load_item, read_meta
+from sorter.model import load_model
+from sorter.scoring import Scorer
+from sorter.simulate import SimConfig, simulate_log
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def log_with_bad_lines(tmp_path_factory):
+    d = tmp_path_factory.mktemp("logs") / "log"
+    simulate_log(SimConfig(items=40, seed=21, mix="recycler", faults=0.05), d)
+    lines = (d / "items.jsonl").read_text().splitlines()
+    bad = [
+        "{not json",  # invalid JSON
+        json.dumps({"item_id": "x-missing-t"}),  # no t
+        lines[3],  # duplicate item id
+        json.dumps({**json.loads(lines[5]), "item_id": "x-bad-image", "rgb": "images/nope.png",
+                    "xray_low": "../../etc/passwd"}),
+    ]
+    lines = lines[:10] + bad + lines[10:]
+    (d / "items.jsonl").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def _read_csv(p):
+    with open(p, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_one_row_per_line_in_order_bad_lines_manual(tmp_path, log_with_bad_lines, model):
+    out = tmp_path / "scores.csv"
+    summary = score_mod.score_logs([log_with_bad_lines], out, model=model, workers=1)
+    rows = _read_csv(out)
+    n_lines = len((log_with_bad_lines / "items.jsonl").read_text().splitlines())
+    assert len(rows) == n_lines == summary.items
+    assert [int(r["line_no"]) for r in rows] == list(range(1, n_lines + 1))
+    for r in rows[10:13]:
+        assert r["lane"] == "manual" and r["reason"].startswith("cannot score")
+    img = rows[13]
+    assert img["item_id"] == "x-bad-image" and img["lane"] != "lead_acid" and "rgb" in img["problems"]
+    assert {"item_id", "chemistry", "p_lead_acid", "p_li_ion", "p_other", "lane", "reason"} <= set(rows[0])
+    assert summary.errors and sum(summary.lanes.values()) == n_lines
+
+
+def test_parquet_equals_csv_and_workers_do_not_change_results(tmp_path, log_with_bad_lines, model):
+    score_mod.score_logs([log_with_bad_lines], tmp_path / "a.csv", model=model, workers=1)
+    score_mod.score_logs([log_with_bad_lines], tmp_path / "b.parquet", model=model, workers=2)
+    a = _read_csv(tmp_path / "a.csv")
+    b = pq.read_table(tmp_path / "b.parquet").to_pylist()
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra["item_id"] == (rb["item_id"] or "") and ra["lane"] == rb["lane"] and ra["reason"] == rb["reason"]
+        if rb["p_lead_acid"] is not None and not math.isnan(rb["p_lead_acid"]):
+            assert float(ra["p_lead_acid"]) == pytest.approx(rb["p_lead_acid"], rel=1e-12)
+
+
+def test_batch_equals_the_one_item_line_path(tmp_path, log_with_bad_lines, model):
+    out = tmp_path / "s.parquet"
+    score_mod.score_logs([log_with_bad_lines], out, model=model, workers=2)
+    batch = {r["line_no"]: r for r in pq.read_table(out).to_pylist()}
+    scorer, ambient, meta = Scorer(model), AmbientTracker(), read_meta(log_with_bad_lines)
+    n = 0
+    for ln in iter_log(log_with_bad_lines):
+        if ln.record is None:
+            continue
+        amb = ambient.observe(ln.record.surface_temp_c)
+        d = scorer.score_item(load_item(ln.record, log_with_bad_lines, meta), amb)
+        b = batch[ln.line_no]
+        assert d.lane == b["lane"] and d.reason == b["reason"]
+        for c in ("p_lead_acid", "p_li_ion", "p_other"):
+            assert getattr(d, c) == pytest.approx(b[c], rel=1e-9, abs=1e-12)
+        n += 1
+    assert n >= 40
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_output(tmp_path, log_with_bad_lines, model, monkeypatch):
+    full = tmp_path / "full.csv"
+    score_mod.score_logs([log_with_bad_lines], full, model=model, workers=1)
+    monkeypatch.setattr(score_mod, "SEGMENT_ROWS", 8)
+    monkeypatch.setattr("sorter.batch.CHUNK", 8)
+    out = tmp_path / "resumed.csv"
+    real_add = score_mod._Journal.add_segment
+    calls = {"n": 0}
+
+    def crash_after_two(self, table, positions):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        calls["n"] += 1
+        return real_add(self, table, positions)
+
+    monkeypatch.setattr(score_mod._Journal, "add_segment", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        score_mod.score_logs([log_with_bad_lines], out, model=model, workers=1)
+    assert not out.exists() and (tmp_path / "resumed.csv.partial" / "progress.json").exists()
+    monkeypatch.setattr(score_mod._Journal, "add_segment", real_add)
+    summary = score_mod.score_logs([log_with_bad_lines], out, model=model, workers=1)
+    assert summary.resumed_from == 16
+    assert out.read_text() == full.read_text()
+    assert not (tmp_path / "resumed.csv.partial").exists()
+
+
+def test_cli_score_and_evaluate(tmp_path, log_with_bad_lines, capsys):
+    assert main(["score", str(log_with_bad_lines), "--out", str(tmp_path / "o.csv"), "--workers", "1"]) == 0
+    assert "scored" in capsys.readouterr().out
+    rep = tmp_path / "report"
+    assert main(["evaluate", str(log_with_bad_lines), "--out", str(rep), "--workers", "1"]) == 0
+    metrics = json.loads((rep / "metrics.json").read_text())
+    assert metrics["all_sensors"]["li_ion_in_lead_acid"] == 0
+    assert set(metrics["sensor_missing"]) == {"scale", "profiler", "xray", "camera", "thermal"}
+    for f in ("report.md", "confusion_matrix.png", "reliability.png", "lanes.png", "importances.png"):
+        assert (rep / f).stat().st_size > 0
+    assert "Per product" in (rep / "report.md").read_text()
+
+
+def test_cli_refuses_bad_output_name(tmp_path, log_with_bad_lines, capsys):
+    assert main(["score", str(log_with_bad_lines), "--out", str(tmp_path / "o.xlsx")]) == 2
+    assert ".csv or .parquet" in capsys.readouterr().err

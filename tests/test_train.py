@@ -1,0 +1,64 @@
+"""Training: reproducible, saved safely, thresholds meet the target on held-out data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sorter.batch import measure_logs
+from sorter.cli import main
+from sorter.errors import SorterError
+from sorter.model import load_model
+from sorter.simulate import SimConfig, simulate_log
+from sorter.train import TrainConfig, train, train_and_save
+
+FAST = TrainConfig(seed=3, max_iter=40, workers=1)
+
+
+@pytest.fixture(scope="module")
+def small_log(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train") / "log"
+    simulate_log(SimConfig(items=360, seed=77, mix="balanced", faults=0.01), d, workers=2)
+    return d
+
+
+def test_training_is_reproducible_and_round_trips(tmp_path, small_log):
+    m1, r1 = train_and_save([str(small_log)], tmp_path / "m1", FAST)
+    m2, r2 = train([str(small_log)], FAST)
+    assert r1["training"]["data_sha256"] == r2["training"]["data_sha256"]
+    raw = measure_logs([small_log]).raw
+    p1, d1 = m1.predict(raw)
+    p2, d2 = m2.predict(raw)
+    np.testing.assert_array_equal(p1, p2)
+    loaded = load_model(tmp_path / "m1")
+    p3, _ = loaded.predict(raw)
+    np.testing.assert_allclose(p1, p3, rtol=0, atol=0)
+    assert loaded.thresholds == m1.thresholds
+    man = json.loads((tmp_path / "m1" / "manifest.json").read_text())
+    assert man["heldout_metrics"]["li_ion_in_lead_acid_lane"] == 0
+    assert man["feature_names"] and man["raw_columns"]
+
+
+def test_thresholds_keep_every_heldout_non_lead_item_out_of_lead_acid(small_log):
+    model, report = train([str(small_log)], FAST)
+    sel = report["threshold_selection"]
+    worst = max(v for k, v in sel.items() if k.startswith("max_p_lead_nonlead_"))
+    assert model.thresholds.lead_acid_min > worst
+    assert 0 <= model.thresholds.not_lead_max < model.thresholds.lead_acid_min
+
+
+def test_unlabelled_logs_are_refused_with_a_reason(tmp_path):
+    d = tmp_path / "u"
+    simulate_log(SimConfig(items=30, seed=1, labelled=False), d)
+    with pytest.raises(SorterError, match="labelled"):
+        train([str(d)], FAST)
+
+
+def test_cli_train_writes_a_loadable_model(tmp_path, small_log, capsys):
+    out = tmp_path / "cli-model"
+    assert main(["train", str(small_log), "--out", str(out), "--seed", "1", "--workers", "1"]) == 0
+    assert "held-out" in capsys.readouterr().out
+    assert (out / "MODEL_CARD.md").exists()
+    load_model(out)
