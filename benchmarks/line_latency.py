@@ -1,6 +1,7 @@
 """Decision latency of the line controller over Modbus TCP (issue 4).
 
-``python -m benchmarks.line_latency [--seconds 12] [--rates 10,50,100] [--step 100,150,200,300,400]``
+``python -m benchmarks.line_latency [--seconds 12] [--rates 10,50,100] [--step 100,150,200,300,400]
+[--down 80,60,40,30,20,10,5]``
 
 Runs the real line on loopback, as ``sorter demo`` does: the PLC simulator
 (pymodbus ``ModbusTcpServer`` on 127.0.0.1, 10 ms scan) told about every item
@@ -12,8 +13,9 @@ split into scoring (available -> decided) and delivery (decided -> acked), the
 deadline misses at the default 90 ms deadline, and checks that the audit log
 holds one row per item and that the PLC's lane counters equal the controller's.
 
-Then it steps the rate up until deadline misses appear, to find the highest
-sustained rate with zero misses.  Targets: p99 <= 20 ms at 100 items/s, and
+Then it steps the rate up until deadline misses appear (or, when the first step
+already misses, down until they stop), to find the highest sustained rate with
+zero misses.  Targets: p99 <= 20 ms at 100 items/s, and
 >= 100 items/s with zero misses.  The PLC's 10 ms scan puts a floor of about one
 scan under every acknowledgement.
 
@@ -65,7 +67,21 @@ class Result:
     audit_ok: bool
     plc_agrees: bool
     mean_batch: float
+    worker_cpu_ms: float | None
+    main_cpu_ms: float | None
     li_ion_in_lead_acid: int | None
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -75,7 +91,7 @@ def _pct(values: list[float], q: float) -> float | None:
 async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPool, scan_ms: float,
                   workdir: Path) -> Result:
     items = max(20, int(round(rate_hz * seconds)))
-    audit = workdir / f"audit-{rate_hz:g}.sqlite"
+    audit = workdir / f"audit-{len(list(workdir.glob('audit-*.sqlite'))) + 1:02d}-{rate_hz:g}.sqlite"  # one per run
     sim = PlcSimulator(port=0, scan_ms=scan_ms)
     await sim.start()
     try:
@@ -86,7 +102,9 @@ async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPoo
         source = SimulatedSource(SIM, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=rate_hz,
                                  pool=pool, announce=sim.expect)
         batches0, scored0 = scorer.batches, scorer.items_scored
+        cpu_workers0, cpu_main0 = _cpu_s(scorer.worker_pids), time.process_time()
         summary = await Controller(cfg, link=link, source=source, scorer=scorer).run()
+        cpu_workers, cpu_main = _cpu_s(scorer.worker_pids) - cpu_workers0, time.process_time() - cpu_main0
     finally:
         await sim.stop()
     with AuditLog(audit) as log:
@@ -95,13 +113,16 @@ async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPoo
     score = [r.latency_ms for r in rows if r.chemistry is not None]
     deliver = [1000 * (r.t_acked - r.t_decided) for r in acked]  # type: ignore[operator]
     batches = scorer.batches - batches0
+    scored = scorer.items_scored - scored0
     return Result(
         rate_hz=rate_hz, items=summary.items, achieved_hz=summary.items / summary.duration_s,
         p50_ms=summary.latency_p50_ms, p99_ms=summary.latency_p99_ms, max_ms=summary.latency_max_ms,
         score_p50_ms=_pct(score, 50), score_p99_ms=_pct(score, 99), deliver_p50_ms=_pct(deliver, 50),
         misses=summary.deadline_misses, overload=summary.overload, undelivered=summary.undelivered,
         audit_ok=summary.audit_ok and len(rows) == summary.items, plc_agrees=bool(summary.plc_agrees),
-        mean_batch=(scorer.items_scored - scored0) / batches if batches else math.nan,
+        mean_batch=scored / batches if batches else math.nan,
+        worker_cpu_ms=1000 * cpu_workers / scored if scored and scorer.worker_pids else None,
+        main_cpu_ms=1000 * cpu_main / summary.items if summary.items else None,
         li_ion_in_lead_acid=summary.li_ion_in_lead_acid,
     )
 
@@ -112,12 +133,14 @@ def _ms(v: float | None) -> str:
 
 def table(results: list[Result]) -> str:
     head = ("| rate (items/s) | items | p50 ms | p99 ms | max ms (acked items) | scoring p50 / p99 ms | delivery p50 ms "
-            "| mean batch | deadline misses (overload) | undelivered | audit rows == items | PLC counters agree |")
-    out = [head, "|" + "---|" * 12]
+            "| mean batch | scoring CPU ms/item | controller CPU ms/item | deadline misses (overload) | undelivered "
+            "| audit rows == items | PLC counters agree |")
+    out = [head, "|" + "---|" * 14]
     for r in results:
         out.append(f"| {r.rate_hz:g} ({r.achieved_hz:.0f}) | {r.items} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | "
                    f"{_ms(r.max_ms)} | {_ms(r.score_p50_ms)} / {_ms(r.score_p99_ms)} | {_ms(r.deliver_p50_ms)} | "
-                   f"{r.mean_batch:.1f} | {r.misses} ({r.overload}) | {r.undelivered} | "
+                   f"{r.mean_batch:.1f} | {_ms(r.worker_cpu_ms)} | {_ms(r.main_cpu_ms)} | {r.misses} ({r.overload}) | "
+                   f"{r.undelivered} | "
                    f"{'yes' if r.audit_ok else 'NO'} | {'yes' if r.plc_agrees else 'NO'} |")
     return "\n".join(out)
 
@@ -146,8 +169,15 @@ async def bench(args: argparse.Namespace) -> tuple[list[Result], list[Result], f
                     break
                 best = rate
             if not step or (step[0].misses or step[0].undelivered):
-                # Below the first step: the fixed rates tell where misses start.
-                best = max((x.rate_hz for x in fixed if not x.misses and not x.undelivered), default=0.0)
+                # Misses already at the first step: step down instead, to find where they stop.
+                best = 0.0
+                for rate in args.down:
+                    r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, Path(d))
+                    step.append(r)
+                    print(table([r]).splitlines()[-1], flush=True)
+                    if not r.misses and not r.undelivered:
+                        best = rate
+                        break
         finally:
             await scorer.close()
     return fixed, step, best
@@ -159,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", default="10,50,100", help="rates to report (items/s)")
     ap.add_argument("--step", default="100,150,200,300,400",
                     help="rates to step through until deadline misses appear")
+    ap.add_argument("--down", default="80,60,40,30,20,10,5",
+                    help="rates to step down through when the first --step rate already misses")
     ap.add_argument("--pool", type=int, default=200, help="distinct simulated items (default %(default)s)")
     ap.add_argument("--workers", type=int, default=2, help="scoring workers (default %(default)s)")
     ap.add_argument("--scorer", default="process", choices=["process", "thread"])
@@ -169,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     args.rates = [float(x) for x in args.rates.split(",") if x]
     args.step = [float(x) for x in args.step.split(",") if x]
+    args.down = [float(x) for x in args.down.split(",") if x]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     fixed, step, best = asyncio.run(bench(args))
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -191,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(fixed),
         "",
-        "Stepping the rate up until deadline misses appear:",
+        "Stepping the rate up from 100 items/s until deadline misses appear (or, if 100 already misses, down "
+        "until they stop):",
         "",
         table(step),
         "",

@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-items", type=int, default=10000)
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-card", action="store_true", help="do not rewrite models/default/MODEL_CARD.md")
     args = ap.parse_args(argv)
     data = Path(args.data)
     reports = data / "reports"
@@ -138,6 +139,12 @@ def main(argv=None) -> int:
                                                       "a_on_b": ev_ab["all_sensors"], "latency": lat}, indent=2))
     if not args.no_write:
         write_section("model", text)
+    if not args.no_card and shipped.path is not None:
+        from sorter.report import model_card
+
+        card = model_card(shipped.manifest, {"Line a, fresh recycler log (seed 9001)": ev_a,
+                                             "Line b without retraining (seed 9002) — out of scope": ev_ab})
+        (shipped.path / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     return 0
 
 

@@ -167,19 +167,19 @@ def _plots(out: Path, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, lanes:
 
 
 def permutation_importances(model: SorterModel, raw: np.ndarray, y: np.ndarray, seed: int = 0,
-                            max_rows: int = 2000) -> list[tuple[str, float]]:
+                            max_rows: int = 1500) -> list[tuple[str, float]]:
     """Importance of each raw measurement column: log-loss increase when it is shuffled."""
     from sklearn.metrics import log_loss
 
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(y), size=min(max_rows, len(y)), replace=False)
     x, yy = raw[idx], y[idx]
-    base = log_loss(yy, model.classifier.predict_proba(x), labels=list(CLASSES))
+    base = log_loss(yy, model.predict(x)[0], labels=list(CLASSES))
     out = []
     for j, name in enumerate(RAW_COLUMNS):
         xp = x.copy()
         xp[:, j] = xp[rng.permutation(len(idx)), j]
-        out.append((name, float(log_loss(yy, model.classifier.predict_proba(xp), labels=list(CLASSES)) - base)))
+        out.append((name, float(log_loss(yy, model.predict(xp)[0], labels=list(CLASSES)) - base)))
     return sorted(out, key=lambda t: -t[1])
 
 

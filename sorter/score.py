@@ -191,12 +191,12 @@ def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int, start: 
                    engine: str = "local", scheduler: str | None = None) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
     """Measured chunks and their decisions, in order."""
     if engine == "dask":
-        from .distributed import iter_measured_dask
+        from .distributed import iter_decisions_dask
 
-        chunks = iter_measured_dask(logs, scheduler=scheduler, start=start)
-    else:
-        chunks = iter_measured(logs, workers=workers, start=start)
-    for ch in chunks:
+        # The workers measure and score; the model goes to them once.
+        yield from iter_decisions_dask(logs, scorer.model, scheduler=scheduler, start=start)
+        return
+    for ch in iter_measured(logs, workers=workers, start=start):
         yield ch, decisions_for_chunk(scorer, ch)
 
 

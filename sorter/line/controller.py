@@ -131,6 +131,7 @@ def score_batch(scorer: Scorer, batch: Sequence[tuple[Item, float | None]]) -> l
 
 
 _WORKER_SCORER: Scorer | None = None
+_WORKER_ERROR: BaseException | None = None
 
 
 def _limit_threads() -> None:
@@ -147,20 +148,30 @@ def _init_worker(model_dir: str | None) -> None:
     _limit_threads()
     from sorter.model import load_model
 
-    global _WORKER_SCORER
-    _WORKER_SCORER = Scorer(load_model(model_dir or None))
+    global _WORKER_SCORER, _WORKER_ERROR
+    try:
+        _WORKER_SCORER = Scorer(load_model(model_dir or None))
+    except Exception as err:  # noqa: BLE001 - reported by the first call, with its own message
+        # An initializer that raises breaks the whole pool with no message; keep the error to raise it.
+        _WORKER_ERROR = err
+
+
+def _worker_scorer() -> Scorer:
+    if _WORKER_ERROR is not None:
+        raise _WORKER_ERROR
+    assert _WORKER_SCORER is not None, "worker initializer did not run"
+    return _WORKER_SCORER
 
 
 def _worker_warm() -> tuple[int, str]:
-    assert _WORKER_SCORER is not None, "worker initializer did not run"
-    score_batch(_WORKER_SCORER, [(Item(ItemRecord("warm-up", 0.0)), None)])
+    scorer = _worker_scorer()
+    score_batch(scorer, [(Item(ItemRecord("warm-up", 0.0)), None)])
     time.sleep(0.05)  # keep this worker busy so the next warm-up call starts another one
-    return os.getpid(), _WORKER_SCORER.model.model_id
+    return os.getpid(), scorer.model.model_id
 
 
 def _worker_score(batch: list[tuple[Item, float | None]]) -> list[Decision]:
-    assert _WORKER_SCORER is not None, "worker initializer did not run"
-    return score_batch(_WORKER_SCORER, batch)
+    return score_batch(_worker_scorer(), batch)
 
 
 @dataclass
@@ -213,6 +224,8 @@ class ScoringPool:
         self._scorer: Scorer | None = None
         self._queue: deque[_Job] = deque()
         self._idle = workers
+        self.worker_pids: list[int] = []
+        """Process ids of the workers (process pools), e.g. to read their CPU time."""
         self.batches = 0
         self.items_scored = 0
         self.largest_batch = 0
@@ -251,7 +264,8 @@ class ScoringPool:
             warm = await asyncio.gather(*(loop.run_in_executor(self._executor, _worker_warm)
                                           for _ in range(self.workers)))
             self.model_id = warm[0][1]
-            logger.debug("scoring workers %s", sorted({pid for pid, _ in warm}))
+            self.worker_pids = sorted({pid for pid, _ in warm})
+            logger.debug("scoring workers %s", self.worker_pids)
         logger.info("scoring pool: %d %s worker(s), model %s, ready in %.1f s", self.workers, self.kind,
                     self.model_id, time.monotonic() - t0)
 
@@ -718,21 +732,22 @@ class Controller:
         finally:
             if self.status is not None:
                 self.status.finish()
-            for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
             if self._aborted:
                 for task in list(self._tasks):
                     task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.link.close()
             await source.close()
             if self._own_scorer:
                 await self.scorer.close()
             await asyncio.to_thread(self._writer.close)
             reader.close()
+            # The heartbeat goes on until the very end, so the PLC never sees the PC vanish mid-shutdown.
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.link.close()
         total = await asyncio.to_thread(_count_rows, cfg.audit.path)
         return self._summary(duration, total, plc_counters, error)
 
@@ -857,6 +872,13 @@ class Controller:
         plc_seq: int | None = None
         plc_status: str | None = None
         acked_mono: float | None = None
+        if send and time.monotonic() >= si.due_mono:
+            # The commit took the rest of the budget: a decision is never *started* after the deadline.
+            send = False
+            delivery = "late"
+            logger.info("item=%s lane=%s delivery=late: the deadline passed while the decision was being "
+                        "recorded; not sent", si.item_id, lane)
+            await self._record_delivery(si.item_id, delivery, None, None, None)
         if send:
             assert si.plc_id is not None
             try:
@@ -878,17 +900,22 @@ class Controller:
                 if delivery != "acked":
                     logger.info("item=%s plc_id=%d lane=%s delivery=%s plc_status=%s", si.item_id, si.plc_id,
                                 lane, delivery, ack.status)
-            try:
-                await asyncio.wrap_future(self._writer.submit_delivery(
-                    si.item_id, delivery, plc_seq=plc_seq, plc_status=plc_status,
-                    t_acked=time.time() - (time.monotonic() - acked_mono) if acked_mono is not None else None))
-            except AuditError as err:
-                logger.error("item=%s delivery %s not recorded (row stays pending): %s", si.item_id, delivery, err)
+            t_acked = time.time() - (time.monotonic() - acked_mono) if acked_mono is not None else None
+            await self._record_delivery(si.item_id, delivery, plc_seq, plc_status, t_acked)
         latency = acked_mono - si.available_mono if acked_mono is not None else None
         self._count(si, lane, delivery, latency, overload)
         logger.debug("item=%s plc_id=%s lane=%s reason=%r delivery=%s latency_ms=%s", si.item_id, si.plc_id,
                      lane, reason, delivery, None if latency is None else round(latency * 1000, 2),
                      extra={"item_id": si.item_id, "lane": lane, "delivery": delivery})
+
+    async def _record_delivery(self, item_id: str, delivery: str, plc_seq: int | None, plc_status: str | None,
+                               t_acked: float | None) -> None:
+        assert self._writer is not None
+        try:
+            await asyncio.wrap_future(self._writer.submit_delivery(
+                item_id, delivery, plc_seq=plc_seq, plc_status=plc_status, t_acked=t_acked))
+        except AuditError as err:
+            logger.error("item=%s delivery %s not recorded (row stays pending): %s", item_id, delivery, err)
 
     def _note_undelivered(self, si: SourceItem, lane: str, err: Exception) -> None:
         logger.info("item=%s plc_id=%s lane=%s delivery=undelivered: %s", si.item_id, si.plc_id, lane, err)

@@ -31,7 +31,7 @@ from typing import TextIO
 
 from sorter.errors import ConfigError
 from sorter.line.config import LineConfig, load_config
-from sorter.line.controller import RunSummary, run_line
+from sorter.line.controller import Resume, RunSummary, ScoringPool, build_source, run_line
 from sorter.line.plcsim import PlcSimulator
 
 logger = logging.getLogger(__name__)
@@ -92,20 +92,31 @@ async def run_demo_async(*, items: int = 600, rate_hz: float = 20.0, seed: int =
     if audit_path.exists():
         raise ConfigError(f"--out {out_dir} already holds an audit log ({audit_path.name}); "
                           "pass a new or empty directory")
+    # The PLC simulator starts last, just before the controller connects: a PLC that runs without a PC
+    # heartbeat (during the pool generation and model loading) would rightly report it lost.
     sim = PlcSimulator("127.0.0.1", 0, scan_ms=scan_ms)
-    await sim.start()
+    cfg = demo_config(items=items, rate_hz=rate_hz, seed=seed, mix=mix, pool=min(pool, items),
+                      audit_path=audit_path, plc_port=1, workers=workers, status=status)
+    print(f"sorter demo: {items} items at {rate_hz:g}/s from a pool of {cfg.simulated.pool} ({mix} mix, seed {seed}); "
+          f"deadline {cfg.line.deadline_ms:.0f} ms; audit log {audit_path}", file=stream, flush=True)
+    print("sorter demo: simulating the pool and loading the model in the scoring workers ...", file=stream,
+          flush=True)
+    scorer = ScoringPool(None, workers=workers, kind=cfg.line.scorer_pool, max_batch=cfg.line.max_batch)
+    source = build_source(cfg, announce=sim.expect)(Resume(0, 0, 0), lambda _id: False)
     try:
-        cfg = demo_config(items=items, rate_hz=rate_hz, seed=seed, mix=mix, pool=min(pool, items),
-                          audit_path=audit_path, plc_port=sim.port, workers=workers, status=status)
-        print(f"sorter demo: simulated PLC on 127.0.0.1:{sim.port} (Modbus TCP, scan {scan_ms:g} ms); "
-              f"{items} items at {rate_hz:g}/s from a pool of {cfg.simulated.pool} ({mix} mix, seed {seed}); "
-              f"deadline {cfg.line.deadline_ms:.0f} ms; audit log {audit_path}", file=stream, flush=True)
-        print("sorter demo: simulating the pool and loading the model in the scoring workers ...",
-              file=stream, flush=True)
-        summary = await run_line(cfg, announce=sim.expect, handle_signals=handle_signals)
-        counters = sim.counters
+        await asyncio.gather(scorer.start(), source.start())
+        await sim.start()
+        try:
+            cfg = cfg.replace(plc={"port": sim.port})
+            print(f"sorter demo: simulated PLC on 127.0.0.1:{sim.port} (Modbus TCP, scan {scan_ms:g} ms); "
+                  "the belt starts", file=stream, flush=True)
+            summary = await run_line(cfg, source=source, scorer=scorer, handle_signals=handle_signals)
+            counters = sim.counters
+        finally:
+            await sim.stop()
     finally:
-        await sim.stop()
+        await scorer.close()
+        await source.close()
     return DemoResult(summary=summary, plc_counters=counters, out_dir=out_dir, plc_port=sim.port)
 
 

@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sorter import LANES
 from sorter.line.audit import AuditLog, AuditRecord
 from sorter.line.config import LineConfig, load_config
 from sorter.line.controller import Controller, RunSummary, ScoringPool, build_source, score_batch
+from sorter.line.metrics import LineMetrics, StatusLine
 from sorter.line.plc import MemoryPlc, ModbusPlcLink
 from sorter.line.plcsim import PlcSimulator
 from sorter.line.sources import BeltTiming, LogFollowSource, SimulatedSource, generate_pool, plc_item_id
@@ -455,3 +458,73 @@ enabled = false
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+# --------------------------------------------------------------------------- ids, metrics, status
+
+
+@given(st.text(max_size=40))
+def test_plc_item_id_is_a_uint32_and_stable(item_id: str) -> None:
+    value = plc_item_id(item_id)
+    assert 0 <= value <= 0xFFFF_FFFF
+    assert plc_item_id(item_id) == value
+    if not (item_id.isascii() and item_id.isdecimal() and int(item_id) <= 0xFFFF_FFFF):
+        assert value >= 2**31  # hashed ids never collide with numeric ids below 2**31
+
+
+@given(st.integers(0, 0xFFFF_FFFF), st.integers(0, 4))
+def test_numeric_item_ids_are_the_plc_id(number: int, zeros: int) -> None:
+    assert plc_item_id("0" * zeros + str(number)) == number
+
+
+def test_metrics_are_served_on_loopback_from_a_private_registry() -> None:
+    import urllib.request
+
+    first, second = LineMetrics(), LineMetrics()
+    first.record_item(lane="hazard", delivery="acked", latency_s=0.02, overload=False, hazard_wh=120.0)
+    first.record_item(lane="lead_acid", delivery="undelivered", latency_s=None, overload=False, hazard_wh=None)
+    first.set_link_state("down")
+    port = _free_port()
+    first.serve(port)  # default address: loopback
+    try:
+        assert first._server.server_address[0] == "127.0.0.1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        first.close()
+    assert 'sorter_line_items_total{delivery="acked",lane="hazard"} 1.0' in text
+    assert "sorter_line_undelivered_total 1.0" in text
+    assert "sorter_line_hazard_energy_wh_total 120.0" in text
+    assert 'sorter_line_plc_link_state{state="down"} 1.0' in text
+    assert second.registry.get_sample_value("sorter_line_undelivered_total") == 0.0
+
+
+def test_status_line_rewrites_in_place_on_a_terminal_and_prints_lines_otherwise() -> None:
+    import io
+
+    snap = {"items": 5, "rate_hz": 2.5, "lanes": {"li_ion": 2, "manual": 3}, "in_flight": 1, "p99_ms": 33.0,
+            "misses": 0, "undelivered": 1, "link": "connected"}
+    tty, plain = io.StringIO(), io.StringIO()
+    for stream, is_tty in ((tty, True), (plain, False)):
+        line = StatusLine(lambda: snap, stream=stream, interval_s=0.0, tty=is_tty)
+        line.update()
+        line.update()
+        line.finish()
+    assert tty.getvalue().count("\r\x1b[2K") == 3 and tty.getvalue().endswith("\n")
+    assert plain.getvalue().count("\n") == 3 and "\r" not in plain.getvalue()
+    assert "items 5 (2.5/s) | li_ion 2 manual 3 | in flight 1 | p99 33 ms" in plain.getvalue()
+
+
+def test_a_model_that_cannot_load_stops_the_start_with_its_reason(tmp_path: Path) -> None:
+    from sorter.errors import ModelError
+
+    pool = ScoringPool(str(tmp_path), workers=1, kind="process")  # an empty directory: no model there
+
+    async def start() -> None:
+        try:
+            await pool.start()
+        finally:
+            await pool.close()
+
+    with pytest.raises(ModelError, match=str(tmp_path)):
+        asyncio.run(start())

@@ -1,0 +1,199 @@
+"""Score logs on a Dask cluster: the ``--engine dask`` of ``sorter score``.
+
+The client (the process running ``sorter score``) reads the lines of each log in
+order and computes the running ambient temperature, exactly as the local engine
+does, and submits one task per chunk of lines.  A task loads the chunk's images,
+measures the items and scores them (features, model, policy) with the very
+functions the local engine uses, and returns the decisions, so both engines give
+the same rows.  The model travels from the client to every worker once
+(``Client.scatter(..., broadcast=True)``) and the tasks refer to it.  At most
+``window`` tasks are in flight and results are taken in submission order, so memory
+stays flat whatever the size of the logs and output rows follow the input lines.
+
+The workers need ``sorter[dask]`` installed with the client's library versions and
+read access to the logs at the same absolute paths; ``docs/scaling.md`` has the
+commands.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+
+from . import batch
+from .batch import MeasuredChunk, _assemble, _chunks, _init_worker, measure_records
+from .errors import SorterError
+from .logformat import LogLine
+from .model import SorterModel, _versions_compatible, library_versions
+from .readings import ItemRecord, LogMeta
+from .score import decisions_for_chunk
+from .scoring import Decision, Scorer
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+
+__all__ = ["SCHEDULER_ENV", "connect", "iter_decisions_dask", "score_chunk"]
+
+
+def connect(scheduler: str | None = None) -> Client:
+    """A client of the Dask scheduler at ``scheduler``, else at ``$DASK_SCHEDULER_ADDRESS``.
+
+    The connection timeout is Dask's ``distributed.comm.timeouts.connect`` (30 s unless
+    configured, e.g. ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s``).
+
+    Raises
+    ------
+    SorterError
+        If no address is given, dask.distributed is not installed, or the scheduler
+        cannot be reached; the message names the address and the fix.
+    """
+    address = scheduler or os.environ.get(SCHEDULER_ENV)
+    if not address:
+        raise SorterError(
+            f"--engine dask needs a Dask scheduler: pass --scheduler tcp://HOST:8786 or set {SCHEDULER_ENV} "
+            "(start one with `dask scheduler` and workers with `dask worker tcp://HOST:8786`; see docs/scaling.md), "
+            "or use --engine local"
+        )
+    try:
+        from distributed import Client
+    except ImportError as err:
+        raise SorterError("--engine dask needs dask.distributed: pip install 'sorter[dask]'") from err
+    try:
+        return Client(address, set_as_default=False)
+    except (OSError, ValueError, TypeError) as err:  # TimeoutError is an OSError
+        raise SorterError(
+            f"cannot reach the Dask scheduler at {address!r} ({err}); check that `dask scheduler` is running "
+            "there and that the address and port are right (tcp://HOST:8786 by default), or use --engine local"
+        ) from err
+
+
+def _worker_facts(log_dirs: Sequence[str]) -> dict[str, Any]:
+    """What a worker has (runs on each worker): library versions and which logs it can read."""
+    from . import __version__
+
+    return {"sorter": __version__, "libraries": library_versions(),
+            "unreadable": [d for d in log_dirs if not os.access(os.path.join(d, "items.jsonl"), os.R_OK)]}
+
+
+def _check_workers(client: Client, address: str, log_dirs: Sequence[str], timeout: float) -> None:
+    """Refuse a cluster whose workers would give other results or could not read the logs."""
+    from . import __version__
+
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (TimeoutError, OSError) as err:
+        raise SorterError(
+            f"the Dask scheduler at {address} has no workers; start some with `dask worker {address}`"
+        ) from err
+    try:
+        facts = client.run(_worker_facts, list(log_dirs))
+    except Exception as err:  # noqa: BLE001 - typically ModuleNotFoundError raised on a worker
+        raise SorterError(
+            f"the Dask workers of {address} cannot run sorter ({err!r}); install the same sorter with "
+            "`pip install 'sorter[dask]'` in every worker's environment"
+        ) from err
+    mine = library_versions()
+    for worker, f in sorted(facts.items()):
+        diff = _versions_compatible(mine, f["libraries"])
+        if f["sorter"] != __version__:
+            diff.insert(0, f"sorter {f['sorter']} on the worker, {__version__} here")
+        if diff:
+            raise SorterError(
+                f"Dask worker {worker} has other library versions ({'; '.join(diff)}); install the client's "
+                "versions on every worker so the model loads and scores identically"
+            )
+        if f["unreadable"]:
+            raise SorterError(
+                f"Dask worker {worker} cannot read {f['unreadable'][0]}/items.jsonl; the workers need the logs "
+                "at the same absolute paths as the client (a shared or copied file system)"
+            )
+
+
+def _connect_timeout() -> float:
+    import dask.config
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s"))
+
+
+@functools.cache
+def _single_threaded() -> None:
+    """Once per worker process: one OpenCV/BLAS thread; the workers are the parallelism."""
+    _init_worker()
+
+
+def score_chunk(model: SorterModel, log_dir: str, meta: LogMeta, lines: list[LogLine],
+                recs: list[tuple[ItemRecord, float | None]]) -> tuple[np.ndarray, list[str], list[Decision]]:
+    """Measure and score one chunk of lines (runs on a worker).
+
+    ``recs`` are the usable records of ``lines`` with their ambient estimates, as the
+    client computed them in log order.  Returns the measurements and problems of the
+    usable records and one decision per line (bad lines get their ``manual`` row).
+    """
+    _single_threaded()
+    raw, problems = measure_records(log_dir, meta, recs)
+    decisions = decisions_for_chunk(Scorer(model), _assemble(log_dir, lines, raw, problems))
+    return raw, problems, decisions
+
+
+def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: str | None = None,
+                        start: dict[str, tuple[int, int]] | None = None, chunk: int | None = None,
+                        window: int | None = None) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+    """Measured chunks of ``logs`` and their decisions, in order, computed on a Dask cluster.
+
+    Parameters
+    ----------
+    logs : log directories; the workers must read them at the same absolute paths.
+    model : the model to score with; sent to every worker once.
+    scheduler : the scheduler's address; default ``$DASK_SCHEDULER_ADDRESS``.
+    start : where each log resumes, as in :func:`sorter.batch.iter_measured`.
+    chunk : lines per task (default :data:`sorter.batch.CHUNK`).
+    window : tasks in flight (default twice the cluster's worker threads).
+
+    Examples
+    --------
+    >>> from distributed import LocalCluster                       # doctest: +SKIP
+    >>> with LocalCluster(n_workers=2, threads_per_worker=1) as cluster:  # doctest: +SKIP
+    ...     for ch, decisions in iter_decisions_dask(["log"], load_model(), scheduler=cluster.scheduler_address):
+    ...         print(ch.lines[0].line_no, decisions[0].lane)
+    """
+    chunk = chunk or batch.CHUNK
+    client = connect(scheduler)
+    address = client.scheduler.address
+    # Workers resolve paths against their own working directory: send them absolute ones.
+    paths = {d: os.path.abspath(d) for d in logs}
+    pending: deque[tuple[str, list[LogLine], Any]] = deque()
+    try:
+        _check_workers(client, address, list(paths.values()), _connect_timeout())
+        window = window or 2 * max(1, sum(client.nthreads().values()))
+        model_ref = client.scatter(model, broadcast=True, hash=False)
+        for d, meta, lines, recs in _chunks(logs, chunk, start):
+            pending.append((d, lines, client.submit(score_chunk, model_ref, paths[d], meta, lines, recs, pure=False)))
+            if len(pending) >= window:
+                yield _collect(*pending.popleft())
+        while pending:
+            yield _collect(*pending.popleft())
+    finally:
+        if pending:
+            client.cancel([fut for _, _, fut in pending])
+        client.close()
+
+
+def _collect(log_dir: str, lines: list[LogLine], fut: Any) -> tuple[MeasuredChunk, list[Decision]]:
+    try:
+        raw, problems, decisions = fut.result()
+    except Exception as err:  # noqa: BLE001 - a lost worker, a cancelled task, a bug on the worker
+        raise SorterError(
+            f"{log_dir} lines {lines[0].line_no}-{lines[-1].line_no}: the Dask task failed ({err!r}); see the "
+            "worker logs, then rerun the same command: scoring resumes after the last written segment"
+        ) from err
+    return _assemble(log_dir, lines, raw, problems), decisions

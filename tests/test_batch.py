@@ -1,0 +1,67 @@
+"""The local batch engine: every line comes out once, in order; workers and chunk size change nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sorter.batch import iter_measured
+from sorter.simulate import SimConfig, simulate_log
+
+
+@pytest.fixture(scope="module")
+def log_with_bad_lines(tmp_path_factory):
+    """A simulated log with an invalid JSON line, a duplicate item id and an item whose image is gone."""
+    d = tmp_path_factory.mktemp("batch") / "log"
+    simulate_log(SimConfig(items=30, seed=31, mix="recycler"), d)
+    lines = (d / "items.jsonl").read_text().splitlines()
+    gone = json.loads(lines[7])
+    (d / gone["rgb"]).unlink()
+    lines = lines[:5] + ["{not json", lines[2]] + lines[5:]
+    (d / "items.jsonl").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def _flatten(chunks):
+    lines, raw, problems, ok = [], [], [], []
+    for ch in chunks:
+        assert len(ch.lines) == ch.raw.shape[0] == len(ch.problems) == ch.ok.size
+        lines += ch.lines
+        raw.append(ch.raw)
+        problems += ch.problems
+        ok.append(ch.ok)
+    return lines, np.vstack(raw), problems, np.concatenate(ok)
+
+
+def test_every_line_once_in_order_bad_lines_included(log_with_bad_lines):
+    lines, raw, problems, ok = _flatten(iter_measured([log_with_bad_lines], workers=1, chunk=4))
+    assert [ln.line_no for ln in lines] == list(range(1, 33))
+    bad = {ln.line_no: p for ln, p, good in zip(lines, problems, ok) if not good}
+    assert sorted(bad) == [6, 7]
+    assert "JSON" in bad[6] and "duplicate" in bad[7]
+    assert np.isnan(raw[~ok]).all() and np.isfinite(raw[ok]).any(axis=1).all()
+    gone = next(k for k, ln in enumerate(lines) if ln.line_no == 10)
+    assert ok[gone] and "rgb" in problems[gone] and "not found" in problems[gone]
+
+
+def test_workers_and_chunk_size_do_not_change_the_measurements(log_with_bad_lines):
+    ref = _flatten(iter_measured([log_with_bad_lines], workers=1, chunk=64))
+    for workers, chunk in ((1, 1), (1, 5), (2, 3)):
+        got = _flatten(iter_measured([log_with_bad_lines], workers=workers, chunk=chunk))
+        assert got[0] == ref[0]
+        np.testing.assert_array_equal(got[1], ref[1])  # NaN equals NaN here: bad lines and missing sensors
+        assert got[2] == ref[2]
+        np.testing.assert_array_equal(got[3], ref[3])
+
+
+def test_resuming_mid_log_measures_as_the_full_run(log_with_bad_lines):
+    """The ambient estimate of a resumed run is learnt from the lines before the start."""
+    lines, raw, problems, _ = _flatten(iter_measured([log_with_bad_lines], workers=1, chunk=8))
+    k = 19
+    start = {str(log_with_bad_lines): (lines[k - 1].end_offset, lines[k].line_no)}
+    tail = _flatten(iter_measured([log_with_bad_lines], workers=1, chunk=8, start=start))
+    assert tail[0] == lines[k:]
+    np.testing.assert_array_equal(tail[1], raw[k:])
+    assert tail[2] == problems[k:]

@@ -1,0 +1,123 @@
+"""The Dask engine: the local engine's rows, in order, resumable, and clear errors without a scheduler."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+
+import pyarrow.parquet as pq
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+import dask  # noqa: E402
+
+from sorter import score as score_mod  # noqa: E402
+from sorter.distributed import iter_decisions_dask  # noqa: E402
+from sorter.errors import SorterError  # noqa: E402
+from sorter.model import load_model  # noqa: E402
+from sorter.simulate import SimConfig, simulate_log  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, processes=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def log_with_bad_lines(tmp_path_factory):
+    """A simulated log with an invalid JSON line, a duplicate item id and an item whose image is gone."""
+    d = tmp_path_factory.mktemp("dask") / "log"
+    simulate_log(SimConfig(items=40, seed=41, mix="recycler", faults=0.05), d)
+    lines = (d / "items.jsonl").read_text().splitlines()
+    (d / json.loads(lines[12])["xray_low"]).unlink()
+    lines = lines[:8] + ["{not json", lines[3]] + lines[8:]
+    (d / "items.jsonl").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def _rows(path):
+    """Output rows with NaN made comparable."""
+    return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in pq.read_table(path).to_pylist()]
+
+
+def test_dask_engine_gives_the_local_engines_rows(tmp_path, cluster, model, log_with_bad_lines, monkeypatch):
+    logs = [log_with_bad_lines, log_with_bad_lines]  # two logs: rows follow the logs, then the lines
+    score_mod.score_logs(logs, tmp_path / "local.parquet", model=model, workers=1)
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)  # no --scheduler: the environment's
+    summary = score_mod.score_logs(logs, tmp_path / "dask.parquet", model=model, engine="dask")
+    local, dask_rows = _rows(tmp_path / "local.parquet"), _rows(tmp_path / "dask.parquet")
+    n = 42
+    assert summary.items == len(dask_rows) == 2 * n
+    assert dask_rows == local  # every column of every row
+    assert [r["line_no"] for r in dask_rows] == list(range(1, n + 1)) * 2
+    bad = [r for r in dask_rows[:n] if r["reason"].startswith("cannot score")]
+    assert [r["line_no"] for r in bad] == [9, 10] and all(r["lane"] == "manual" for r in bad)
+    gone = dask_rows[14]
+    assert gone["line_no"] == 15 and "xray_low" in gone["problems"] and gone["lane"] != "lead_acid"
+
+
+def test_results_come_in_order_with_many_small_tasks(cluster, model, log_with_bad_lines):
+    seen = []
+    for ch, decisions in iter_decisions_dask([str(log_with_bad_lines)], model, scheduler=cluster.scheduler_address,
+                                             chunk=3, window=5):
+        assert [d.line_no for d in decisions] == [ln.line_no for ln in ch.lines]
+        assert [d.item_id for d in decisions] == [ln.item_id for ln in ch.lines]
+        seen += [ln.line_no for ln in ch.lines]
+    assert seen == list(range(1, 43))
+
+
+def test_resume_with_the_dask_engine(tmp_path, cluster, model, log_with_bad_lines, monkeypatch):
+    full = tmp_path / "full.csv"
+    score_mod.score_logs([log_with_bad_lines], full, model=model, workers=1)
+    monkeypatch.setattr(score_mod, "SEGMENT_ROWS", 8)
+    monkeypatch.setattr("sorter.batch.CHUNK", 8)
+    real_add = score_mod._Journal.add_segment
+    calls = {"n": 0}
+
+    def crash_after_two(self, table, positions):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        calls["n"] += 1
+        return real_add(self, table, positions)
+
+    out = tmp_path / "resumed.csv"
+    run = dict(model=model, engine="dask", scheduler=cluster.scheduler_address)
+    monkeypatch.setattr(score_mod._Journal, "add_segment", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        score_mod.score_logs([log_with_bad_lines], out, **run)
+    assert not out.exists()
+    monkeypatch.setattr(score_mod._Journal, "add_segment", real_add)
+    summary = score_mod.score_logs([log_with_bad_lines], out, **run)
+    assert summary.resumed_from == 16
+    assert out.read_text() == full.read_text()
+
+
+def test_no_scheduler_is_a_clear_error(tmp_path, model, log_with_bad_lines, monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with pytest.raises(SorterError, match=r"--scheduler tcp://HOST:8786 or set DASK_SCHEDULER_ADDRESS"):
+        score_mod.score_logs([log_with_bad_lines], tmp_path / "o.csv", model=model, engine="dask")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # dask's half-made Client
+def test_unreachable_scheduler_is_a_clear_error(tmp_path, model, log_with_bad_lines):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(SorterError, match=rf"cannot reach the Dask scheduler at '{address}'.*dask scheduler"):
+            score_mod.score_logs([log_with_bad_lines], tmp_path / "o.csv", model=model, engine="dask",
+                                 scheduler=address)
+
+
+def test_workers_that_cannot_read_the_log_are_refused(tmp_path, cluster, model):
+    with pytest.raises(SorterError, match="cannot read .*same absolute paths"):
+        next(iter_decisions_dask([str(tmp_path / "elsewhere")], model, scheduler=cluster.scheduler_address))
