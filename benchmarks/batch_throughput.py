@@ -34,6 +34,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,7 @@ from ._report import write_section
 
 SEED = 9100
 MIX = "recycler"
+STAGE_ITEMS = 640
 
 
 # ------------------------------------------------------------------------ the log
@@ -95,6 +97,68 @@ def warm_page_cache(log: Path) -> float:
     return n / 1e9
 
 
+# ------------------------------------------------------------------ accounting
+
+
+def _cpu_pressure_us() -> int | None:
+    """Linux PSI: total microseconds some runnable task waited for a CPU (None if unavailable)."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return int(some.rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Usage:
+    """Wall time, CPU seconds of the child processes that finished inside the block plus the
+    listed live ones, and the machine's CPU pressure (share of the time some task waited for a CPU)."""
+
+    def __init__(self, live: Callable[[], Sequence[psutil.Process]] = list):
+        self.live = live
+
+    def _live_cpu(self) -> float:
+        total = 0.0
+        for p in self.live():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    @staticmethod
+    def _children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    def __enter__(self) -> Usage:
+        self._t0, self._psi0 = time.perf_counter(), _cpu_pressure_us()
+        self._cpu0, self._live0 = self._children_cpu(), self._live_cpu()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall_s = time.perf_counter() - self._t0
+        self.cpu_s = self._children_cpu() - self._cpu0 + self._live_cpu() - self._live0
+        psi1 = _cpu_pressure_us()
+        self.pressure = None if psi1 is None or self._psi0 is None else (psi1 - self._psi0) / 1e6 / self.wall_s
+
+
+@dataclass
+class Run:
+    label: str
+    items: int
+    rate: float  # items/s
+    cpu_ms: float  # CPU milliseconds per item, all processes of the run, start-up included
+    pressure: float | None
+    wall_s: float = math.nan  # the whole command, Python start-up and model loading included
+    peak_rss_mb: float = math.nan
+    out: Path | None = None
+
+    def show(self) -> str:
+        p = "" if self.pressure is None else f", CPU pressure {self.pressure:.0%}"
+        return f"{self.label}: {self.items} items, {self.rate:.0f} items/s, {self.cpu_ms:.1f} CPU ms/item{p}"
+
+
 # ------------------------------------------------------------------ decode limit
 
 
@@ -109,21 +173,26 @@ def _noop() -> None:
     return None
 
 
-def decode_rate(log: Path, workers: int) -> float:
-    """Items/s at which ``workers`` processes read and decode the log's PNGs (warm pool)."""
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-        for f in [pool.submit(_noop) for _ in range(2 * workers)]:
-            f.result()
-        t0 = time.perf_counter()
-        done = 0
-        pending: deque = deque()
-        for d, meta, _, recs in _chunks([log], CHUNK):  # the lines are read as `sorter score` reads them
-            pending.append(pool.submit(_decode_records, d, meta, recs))
-            if len(pending) >= 2 * workers:
+def decode_run(log: Path, workers: int) -> Run:
+    """The rate at which ``workers`` processes (started beforehand) read and decode the log's PNGs,
+    fed chunk by chunk as ``sorter score`` feeds its workers."""
+    with Usage() as use:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+            for f in [pool.submit(_noop) for _ in range(2 * workers)]:
+                f.result()
+            t0 = time.perf_counter()
+            done = 0
+            pending: deque = deque()
+            for d, meta, _, recs in _chunks([log], CHUNK):
+                pending.append(pool.submit(_decode_records, d, meta, recs))
+                if len(pending) >= 2 * workers:
+                    done += pending.popleft().result()
+            while pending:
                 done += pending.popleft().result()
-        while pending:
-            done += pending.popleft().result()
-        return done / (time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+    run = Run(f"decode limit, {workers} worker" + "s" * (workers > 1), done, done / seconds, 1e3 * use.cpu_s / done, use.pressure)
+    print("  " + run.show(), flush=True)
+    return run
 
 
 # ------------------------------------------------------------------ sorter score
@@ -165,35 +234,26 @@ def tree(root: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-@dataclass
-class ScoreRun:
-    label: str
-    lines: int
-    rate: float  # items/s as `sorter score` reports it
-    wall_s: float  # the whole command, Python start-up and model loading included
-    peak_rss_mb: float
-    out: Path
-
-
 def score_run(label: str, logs: list[Path], out: Path, args: list[str],
-              more_processes: Callable[[], list[psutil.Process]] = list) -> ScoreRun:
+              cluster: Callable[[], list[psutil.Process]] = list) -> Run:
+    """Run ``sorter score`` in a subprocess; ``cluster`` lists outside worker processes to account too."""
     cmd = [sys.executable, "-m", "sorter", "score", *map(str, logs), "--out", str(out), "--no-resume", *args]
     print(f"{label}: {' '.join(cmd[1:])}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    with PeakRss(lambda: tree(ps) + more_processes()) as rss:
-        stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - t0
+    with Usage(cluster) as use:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ps = psutil.Process(proc.pid)
+        with PeakRss(lambda: tree(ps) + cluster()) as rss:
+            stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed ({proc.returncode}):\n{stderr}")
     m = re.search(r"scored (\d+) items into .* \((\d+) items/s", stdout)
     if not m:
         raise RuntimeError(f"{label}: unexpected output:\n{stdout}")
-    r = ScoreRun(label, int(m.group(1)), float(m.group(2)), wall, rss.peak / 2**20, out)
-    print(f"  {r.lines} lines, {r.rate:.0f} items/s (wall {r.wall_s:.0f} s), peak RSS {r.peak_rss_mb:.0f} MB",
-          flush=True)
-    return r
+    items = int(m.group(1))
+    run = Run(label, items, float(m.group(2)), 1e3 * use.cpu_s / items, use.pressure, use.wall_s, rss.peak / 2**20,
+              out)
+    print(f"  {run.show()}, wall {run.wall_s:.0f} s, peak RSS {run.peak_rss_mb:.0f} MB", flush=True)
+    return run
 
 
 def same_rows(a: Path, b: Path) -> bool:
@@ -207,7 +267,7 @@ def same_rows(a: Path, b: Path) -> bool:
 # ------------------------------------------------------------ per-item breakdown
 
 
-def breakdown(log: Path, n: int = 640) -> dict[str, float]:
+def breakdown(log: Path, n: int = STAGE_ITEMS) -> dict[str, float]:
     """Milliseconds per item of each stage, in this one process (one thread)."""
     import cv2
     from threadpoolctl import threadpool_limits
@@ -259,70 +319,71 @@ def main(argv: list[str] | None = None) -> int:
     stages = breakdown(log)
     print("per item: " + ", ".join(f"{k} {v:.2f} ms" for k, v in stages.items()), flush=True)
 
-    decode: dict[int, list[float]] = {1: [], 2: []}
+    decode: dict[int, list[Run]] = {1: [], 2: []}
     for w in (1, 2):
-        decode[w].append(decode_rate(log, w))
-        print(f"decode limit, {w} worker(s): {decode[w][-1]:.0f} items/s", flush=True)
+        decode[w].append(decode_run(log, w))
 
     with tempfile.TemporaryDirectory(dir=data, prefix="batch-out-") as tmp:
         out = Path(tmp)
-        s1 = score_run("local, 1 worker", [log], out / "w1.parquet", ["--workers", "1"])
-        s2 = score_run("local, 2 workers", [log], out / "w2.parquet", ["--workers", "2"])
-        s5 = score_run("local, 2 workers, log x5", [log] * 5, out / "x5.parquet", ["--workers", "2"])
+        s1 = score_run("`sorter score --workers 1`", [log], out / "w1.parquet", ["--workers", "1"])
+        s2 = score_run("`sorter score --workers 2`", [log], out / "w2.parquet", ["--workers", "2"])
+        s5 = score_run("`sorter score --workers 2`, the log ×5", [log] * 5, out / "x5.parquet", ["--workers", "2"])
 
         from distributed import LocalCluster
 
         with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, processes=True) as cluster:
             me = psutil.Process()
 
-            def cluster_procs() -> list[psutil.Process]:  # nannies and workers are this process's children
+            def cluster_procs() -> list[psutil.Process]:  # nannies and workers: this process's other children
                 return [p for p in tree(me)[1:] if "sorter" not in " ".join(p.cmdline())]
 
-            sd = score_run("dask, 2-worker LocalCluster", [log], out / "dask.parquet",
+            sd = score_run("`sorter score --engine dask`, 2-worker LocalCluster", [log], out / "dask.parquet",
                            ["--engine", "dask", "--scheduler", cluster.scheduler_address], cluster_procs)
         dask_same = same_rows(s2.out, sd.out)
         print(f"dask rows identical to local rows: {dask_same}", flush=True)
 
     for w in (1, 2):
-        decode[w].append(decode_rate(log, w))
-        print(f"decode limit again, {w} worker(s): {decode[w][-1]:.0f} items/s", flush=True)
+        decode[w].append(decode_run(log, w))
     load_after = os.getloadavg()
-    lim = {w: sum(v) / len(v) for w, v in decode.items()}
+    lim = {w: sum(r.rate for r in v) / len(v) for w, v in decode.items()}
+    lim_cpu = sum(r.cpu_ms for v in decode.values() for r in v) / 4
 
     def ok(good: bool) -> str:
         return "yes" if good else "**no**"
 
+    def pct(p: float | None) -> str:
+        return "n/a" if p is None else f"{p:.0%}"
+
     speedup = s2.rate / s1.rate
     mem = s5.peak_rss_mb / s2.peak_rss_mb
     dask_ratio = sd.rate / s2.rate
-    rows = [
-        ("decode limit, 1 worker", f"{lim[1]:.0f} items/s ({decode[1][0]:.0f} before, {decode[1][1]:.0f} after)",
-         "", ""),
-        ("decode limit, 2 workers", f"{lim[2]:.0f} items/s ({decode[2][0]:.0f} before, {decode[2][1]:.0f} after)",
-         "", ""),
-        ("`sorter score --workers 1`", f"{s1.rate:.0f} items/s (wall {s1.wall_s:.0f} s)", "", ""),
-        ("`sorter score --workers 2`", f"{s2.rate:.0f} items/s (wall {s2.wall_s:.0f} s)", "", ""),
-        ("score / decode limit, 1 worker", f"{s1.rate / lim[1]:.2f}", "≥ 0.6", ok(s1.rate / lim[1] >= 0.6)),
-        ("score / decode limit, 2 workers", f"{s2.rate / lim[2]:.2f}", "≥ 0.6", ok(s2.rate / lim[2] >= 0.6)),
-        ("speed-up, 2 vs 1 worker", f"{speedup:.2f}", "≥ 1.8", ok(speedup >= 1.8)),
-        (f"peak RSS, {s2.lines:,} lines (2 workers)", f"{s2.peak_rss_mb:.0f} MB", "", ""),
-        (f"peak RSS, {s5.lines:,} lines (same log ×5)", f"{s5.peak_rss_mb:.0f} MB ({s5.rate:.0f} items/s)", "", ""),
-        (f"peak RSS ratio, {s5.lines:,} / {s2.lines:,} lines", f"{mem:.2f}", "≤ 1.10", ok(mem <= 1.10)),
-        ("`--engine dask`, 2-worker LocalCluster", f"{sd.rate:.0f} items/s (wall {sd.wall_s:.0f} s, peak RSS "
-         f"{sd.peak_rss_mb:.0f} MB client + cluster)", "", ""),
-        ("dask / local, 2 workers", f"{dask_ratio:.2f} (rows identical: {'yes' if dask_same else '**no**'})",
-         "≥ 0.8", ok(dask_ratio >= 0.8 and dask_same)),
-    ]
+    runs = [decode[1][0], decode[2][0], s1, s2, s5, sd, decode[1][1], decode[2][1]]
     md = ["## Batch scoring", "",
-          f"`python -m benchmarks.batch_throughput` — `sorter score` on a simulated {n:,}-item log (seed {SEED}, "
-          f"{MIX} mix), page cache warm. Rates are those `sorter score` prints (worker start-up included, model "
-          "loading not); the decode limit is the rate at which the same worker count merely reads and decodes the "
-          "items' PNGs, fed the same way. Memory is the summed RSS of the command's process tree, sampled every "
-          f"0.2 s. Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (2 cores: other jobs shared "
-          "the machine).", "",
-          "| measure | value | target | met |", "|---|---|---|---|"]
-    md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    md += ["", "Cost per item, one process, one thread (first 640 items):", "",
+          f"`python -m benchmarks.batch_throughput` — on a simulated {n:,}-item log (seed {SEED}, {MIX} mix), page "
+          "cache warm, in this order. Score rates are those `sorter score` prints (from the start of scoring: worker "
+          "start-up included, model loading not). The decode limit is the rate at which the same number of worker "
+          "processes, fed the same chunks, merely read and decode the items' PNGs (`load_item`); it was measured "
+          "before and after the scoring runs and the mean is used. CPU is user + system time of every process of "
+          "the run (start-up included) per item. CPU pressure is the share of the run's time in which some task on "
+          "the machine waited for a CPU (Linux PSI); the machine has 2 cores and other jobs shared it "
+          f"(load average {load_before[0]:.1f} before, {load_after[0]:.1f} after). Peak RSS is summed over the "
+          "command's processes (and the cluster's workers), sampled every 0.2 s.", "",
+          "| run | items | items/s | CPU ms per item | CPU pressure | wall s | peak RSS MB |",
+          "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        md.append(f"| {r.label} | {r.items:,} | {r.rate:.0f} | {r.cpu_ms:.1f} | {pct(r.pressure)} | "
+                  + ("" if math.isnan(r.wall_s) else f"{r.wall_s:.0f}") + " | "
+                  + ("" if math.isnan(r.peak_rss_mb) else f"{r.peak_rss_mb:.0f}") + " |")
+    md += ["", "| measure | value | target | met |", "|---|---|---|---|",
+           f"| score / decode limit, 1 worker | {s1.rate / lim[1]:.2f} | ≥ 0.6 | {ok(s1.rate / lim[1] >= 0.6)} |",
+           f"| score / decode limit, 2 workers | {s2.rate / lim[2]:.2f} | ≥ 0.6 | {ok(s2.rate / lim[2] >= 0.6)} |",
+           f"| the same in CPU: decode CPU / score CPU per item (1 worker) | {lim_cpu / s1.cpu_ms:.2f} | | |",
+           f"| speed-up, 2 vs 1 worker | {speedup:.2f} | ≥ 1.8 | {ok(speedup >= 1.8)} |",
+           f"| CPU per item, 2 vs 1 worker | {s2.cpu_ms / s1.cpu_ms:.2f} | | |",
+           f"| peak RSS, {s5.items:,} / {s2.items:,} lines | {mem:.2f} | ≤ 1.10 | {ok(mem <= 1.10)} |",
+           f"| dask / local engine, 2 workers | {dask_ratio:.2f} | ≥ 0.8 | {ok(dask_ratio >= 0.8)} |",
+           f"| dask rows identical to local rows | {'yes' if dask_same else '**no**'} | yes | {ok(dask_same)} |",
+           "", f"Cost per item in one process, one thread (first {min(n, STAGE_ITEMS)} items):", "",
            "| stage | ms per item |", "|---|---|"]
     md += [f"| {k} | {v:.2f} |" for k, v in stages.items()]
     text = "\n".join(md)

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import ModelError, ModelIntegrityError
+from .features.measure import RAW_COLUMNS
 from .policy import PolicyThresholds
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,23 @@ def _openmp_one_thread() -> Any:
 
         _THREADPOOLS = ThreadpoolController()
     return _THREADPOOLS.limit(limits=1, user_api="openmp")
+
+
+def _final_step(pipe: Any) -> Any:
+    return pipe.steps[-1][1]
+
+
+def features_fast(pipe: Any, raw: np.ndarray) -> np.ndarray:
+    """The pipeline's feature step on trusted raw rows, without per-call validation.
+
+    Equivalent to ``pipe[:-1].transform(raw)`` (tested), but a ColumnTransformer validates
+    and dispatches on every call, which costs milliseconds for the one-row calls of the
+    line; here each fitted sensor transformer is applied to its columns directly.
+    """
+    ct = pipe.steps[0][1]
+    parts = [trans._transform(raw[:, cols]) for _, trans, cols in ct.transformers_
+             if trans != "drop" and not (isinstance(cols, list) and not cols)]
+    return np.hstack(parts)
 
 
 def library_versions() -> dict[str, str]:
@@ -129,12 +147,14 @@ class SorterModel:
         contiguous array (single rows are the line's hot path).
         """
         raw = np.ascontiguousarray(raw, dtype=np.float64)
+        if raw.ndim != 2 or raw.shape[1] != len(RAW_COLUMNS):
+            raise ValueError(f"expected raw measurements of shape (n, {len(RAW_COLUMNS)}), got {raw.shape}")
         # One OpenMP thread: the trees are small, and parallel workers (or a busy line PC)
         # make OpenMP's spinning threads slow every call down by orders of magnitude.
         with _openmp_one_thread():
-            proba = self.classifier.predict_proba(raw)
+            proba = _final_step(self.classifier).predict_proba(features_fast(self.classifier, raw))
             if self.damage is not None:
-                p_dmg = self.damage.predict_proba(raw)[:, 1]
+                p_dmg = _final_step(self.damage).predict_proba(features_fast(self.damage, raw))[:, 1]
             else:
                 p_dmg = np.full(raw.shape[0], np.nan)
         return proba, p_dmg
@@ -248,8 +268,6 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
             return sio.load(fpath, trusted=sorted(untrusted))
         except Exception as err:  # noqa: BLE001
             raise ModelIntegrityError(f"{fpath}: failed to load ({err}); retrain or restore it") from err
-
-    from .features.measure import RAW_COLUMNS
 
     cols = manifest.get("raw_columns")
     if cols is not None and list(cols) != list(RAW_COLUMNS):

@@ -47,8 +47,9 @@ ENVELOPE_COLUMNS = ("weight_g", "length_mm", "width_mm", "height_mm")
 class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.3
-    max_iter: int = 250
-    learning_rate: float = 0.1
+    max_iter: int = 150
+    damage_max_iter: int = 100
+    learning_rate: float = 0.15
     max_leaf_nodes: int = 31
     dropout_augment: float = 0.15  # share of training rows copied once per sensor with that sensor missing
     lead_margin_logit: float = 1.5  # safety margin above the most lead-like non-lead item seen, in logits
@@ -87,15 +88,18 @@ def _augment(raw: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Gener
     return np.vstack(parts_x), np.concatenate(parts_y), np.concatenate(parts_w)
 
 
-def _hgb(cfg: TrainConfig, seed: int, **kw) -> HistGradientBoostingClassifier:
+def _hgb(cfg: TrainConfig, seed: int, max_iter: int | None = None, **kw) -> HistGradientBoostingClassifier:
     return HistGradientBoostingClassifier(
-        max_iter=cfg.max_iter, learning_rate=cfg.learning_rate, max_leaf_nodes=cfg.max_leaf_nodes,
+        max_iter=max_iter or cfg.max_iter, learning_rate=cfg.learning_rate, max_leaf_nodes=cfg.max_leaf_nodes,
         l2_regularization=1.0, early_stopping=False, random_state=seed, **kw,
     )
 
 
 def fit_classifier(raw: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConfig) -> Pipeline:
-    clf = CalibratedClassifierCV(_hgb(cfg, cfg.seed), method="sigmoid", cv=3, ensemble=True)
+    # One booster fitted on all rows, calibrated on 3-fold out-of-fold predictions
+    # (ensemble=False): a third of the trees of an ensemble of three, which is what one
+    # item's latency on the line is made of.
+    clf = CalibratedClassifierCV(_hgb(cfg, cfg.seed), method="sigmoid", cv=3, ensemble=False)
     pipe = Pipeline([("features", make_feature_transformer()), ("classifier", clf)])
     pipe.fit(raw, y, classifier__sample_weight=w)
     return pipe
@@ -106,7 +110,7 @@ def fit_damage(raw: np.ndarray, damaged: np.ndarray, cfg: TrainConfig) -> Pipeli
         log.warning("fewer than 10 damaged or sound Li-ion items with a 'damaged' truth: no damage detector")
         return None
     pipe = Pipeline([("features", make_feature_transformer()),
-                     ("classifier", _hgb(cfg, cfg.seed + 1, class_weight="balanced"))])
+                     ("classifier", _hgb(cfg, cfg.seed + 1, cfg.damage_max_iter, class_weight="balanced"))])
     pipe.fit(raw, damaged.astype(int))
     return pipe
 

@@ -111,3 +111,23 @@ def test_allow_list_covers_exactly_what_the_shipped_model_needs():
         needed |= set(sio.get_untrusted_types(file=d / f))
     assert needed <= ALLOWED_TYPES
     assert not any(t.startswith(("builtins.", "os.", "posix.", "subprocess", "numpy.lib")) for t in ALLOWED_TYPES)
+
+
+def test_fast_feature_path_equals_the_pipeline():
+    from sorter.model import features_fast
+    from sorter.simulate import SimConfig, simulate_item
+    from sorter.features.measure import measure_item
+    from sorter.readings import Item
+
+    m = load_model()
+    cfg = SimConfig(items=20, seed=2, faults=0.3)
+    rows = []
+    for i in range(20):
+        s = simulate_item(cfg, i)
+        rows.append(measure_item(Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"),
+                                      s.images.get("rgb"), cfg.meta()), 15.0))
+    raw = np.array(rows)
+    for pipe in (m.classifier, m.damage):
+        slow = pipe[:-1].transform(raw)
+        np.testing.assert_array_equal(features_fast(pipe, raw), slow)
+    np.testing.assert_array_equal(m.predict(raw)[0], m.classifier.predict_proba(raw))

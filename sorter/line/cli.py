@@ -115,7 +115,14 @@ def _add_demo(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+
     from sorter.line.demo import format_result, run_demo
+
+    if not getattr(args, "verbose", 0):
+        # The status line and the summary count late and refused decisions; one warning per item from the
+        # PLC link would drown them on a busy machine (-v shows them).
+        logging.getLogger("sorter.line.plc").setLevel(logging.ERROR)
 
     result = run_demo(items=args.items, rate_hz=args.rate, seed=args.seed, mix=args.mix, out=args.out,
                       pool=args.pool, workers=args.workers, scan_ms=args.scan_ms, status=not args.no_status,

@@ -7,7 +7,8 @@ Per item, in this order:
 2. **Score** off the event loop, in a small pool of worker processes
    (:class:`ScoringPool`; the model is loaded once per worker).  When items
    queue up, a free worker takes all of them in one model call: the model's cost
-   is per call, not per row, so the line keeps up under load.
+   is per call, not per row, so the line keeps up under load.  An item whose
+   deadline passed while it waited for a worker is not scored (*overload*).
 3. **Audit** — the decision is committed to the audit log (SQLite, fsync)
    *before* it is sent: a decision the PLC may act on is always on disk.
 4. **Send** — ``send_decision(plc_id, lane, timeout_s=...)`` with the time left to
@@ -103,8 +104,8 @@ def score_batch(scorer: Scorer, batch: Sequence[tuple[Item, float | None]]) -> l
     Examples
     --------
     >>> from sorter.model import load_model
-    >>> [d.lane for d in score_batch(Scorer(load_model()), [(Item(ItemRecord("x1", 0.0)), None)])]
-    ['manual']
+    >>> [d.lane == "lead_acid" for d in score_batch(Scorer(load_model()), [(Item(ItemRecord("x1", 0.0)), None)])]
+    [False]
     """
     out: list[Decision | None] = [None] * len(batch)
     rows: list[np.ndarray] = []
@@ -125,7 +126,7 @@ def score_batch(scorer: Scorer, batch: Sequence[tuple[Item, float | None]]) -> l
             [it.item_id for it in items],
             ["; ".join(it.problems) for it in items],
         )
-        for k, decision in zip(index, decisions):
+        for k, decision in zip(index, decisions, strict=True):
             out[k] = decision
     return [d for d in out if d is not None]
 
@@ -178,7 +179,8 @@ def _worker_score(batch: list[tuple[Item, float | None]]) -> list[Decision]:
 class _Job:
     item: Item
     ambient_c: float | None
-    future: asyncio.Future[Decision]
+    future: asyncio.Future[Decision | None]
+    due_mono: float | None = None
 
 
 class ScoringPool:
@@ -228,6 +230,10 @@ class ScoringPool:
         """Process ids of the workers (process pools), e.g. to read their CPU time."""
         self.batches = 0
         self.items_scored = 0
+        self.shed = 0
+        """Items not scored because they could no longer make their deadline."""
+        self.busy_s = 0.0
+        """Wall time batches spent in the workers, summed."""
         self.largest_batch = 0
 
     @property
@@ -269,12 +275,26 @@ class ScoringPool:
         logger.info("scoring pool: %d %s worker(s), model %s, ready in %.1f s", self.workers, self.kind,
                     self.model_id, time.monotonic() - t0)
 
-    async def score(self, item: Item, ambient_c: float | None) -> Decision:
-        """The decision for one item (never raises)."""
+    async def score(self, item: Item, ambient_c: float | None, *, due_mono: float | None = None) -> Decision | None:
+        """The decision for one item; never raises.
+
+        Parameters
+        ----------
+        item : Item
+        ambient_c : float or None
+            Ambient estimate for this item (the caller tracks it in item order).
+        due_mono : float, optional
+            :func:`time.monotonic` time by which the decision is of use.  If it
+            has passed when a worker would start on the item, the item is not
+            scored and ``None`` is returned (load shedding: under overload the
+            CPU goes to items that can still make their deadline).  Items that
+            merely *might* miss are scored: queued items are what lets a worker
+            batch them, which is what keeps the pool's throughput up.
+        """
         if self._executor is None:
             await self.start()
-        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(item, ambient_c, fut))
+        fut: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(item, ambient_c, fut, due_mono))
         self._kick()
         return await fut
 
@@ -287,17 +307,25 @@ class ScoringPool:
         loop = asyncio.get_running_loop()
         while self._idle > 0 and self._queue:
             jobs: list[_Job] = []
+            now = time.monotonic()
             while self._queue and len(jobs) < self.max_batch:
                 job = self._queue.popleft()
-                if not job.future.done():  # a cancelled waiter needs no score
-                    jobs.append(job)
+                if job.future.done():  # a cancelled waiter needs no score
+                    continue
+                if job.due_mono is not None and now >= job.due_mono:
+                    self.shed += 1
+                    job.future.set_result(None)
+                    continue
+                jobs.append(job)
             if not jobs:
                 continue
             self._idle -= 1
+            started = now
             batch = [(j.item, j.ambient_c) for j in jobs]
             assert self._executor is not None
             try:
                 if self.kind == "thread":
+                    assert self._scorer is not None
                     fut = loop.run_in_executor(self._executor, score_batch, self._scorer, batch)
                 else:
                     fut = loop.run_in_executor(self._executor, _worker_score, batch)
@@ -305,17 +333,18 @@ class ScoringPool:
                 self._idle += 1
                 self._fail(jobs, err)
                 continue
-            fut.add_done_callback(partial(self._done, jobs))
+            fut.add_done_callback(partial(self._done, jobs, started))
 
-    def _done(self, jobs: list[_Job], fut: asyncio.Future[list[Decision]]) -> None:
+    def _done(self, jobs: list[_Job], started: float, fut: asyncio.Future[list[Decision]]) -> None:
         self._idle += 1
         err = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
         if err is None:
+            self.busy_s += time.monotonic() - started
             decisions = fut.result()
             self.batches += 1
             self.items_scored += len(jobs)
             self.largest_batch = max(self.largest_batch, len(jobs))
-            for job, decision in zip(jobs, decisions):
+            for job, decision in zip(jobs, decisions, strict=True):
                 if not job.future.done():
                     job.future.set_result(decision)
         else:
@@ -827,9 +856,14 @@ class Controller:
                 decision = error_decision(si.source_line or 0, si.item_id, si.error or "unreadable item")
                 self._stats.errors += 1
             else:
-                decision = await self.scorer.score(si.item, ambient)
-            lane, reason, chemistry = decision.lane, decision.reason, decision.chemistry
-            probs = (_prob(decision.p_lead_acid), _prob(decision.p_li_ion), _prob(decision.p_other))
+                decision = await self.scorer.score(si.item, ambient, due_mono=si.due_mono)
+            if decision is None:  # shed by the scoring pool: it could no longer make its deadline
+                overload = True
+                lane, reason, chemistry = SAFE_LANE, "overload", None
+                probs = (None, None, None)
+            else:
+                lane, reason, chemistry = decision.lane, decision.reason, decision.chemistry
+                probs = (_prob(decision.p_lead_acid), _prob(decision.p_li_ion), _prob(decision.p_other))
         now_mono, now = time.monotonic(), time.time()
         left = si.due_mono - now_mono
         send = not overload and left > 0 and si.plc_id is not None
@@ -1109,7 +1143,7 @@ async def run_line(
     if status is True:
         controller.status = StatusLine(controller.snapshot, interval_s=config.status.interval_s)
     loop = asyncio.get_running_loop()
-    signals: list[int] = []
+    signals: list[signal.Signals] = []
     if handle_signals:
         def on_signal(signum: int) -> None:
             if controller._stop_requested:

@@ -202,7 +202,7 @@ class ItemSource(abc.ABC):
     truth_known: bool = False
     """Whether items carry :class:`Truth` (for the run summary)."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, most sources need it
         """Prepare (generate a pool, start a reader thread)."""
 
     @abc.abstractmethod
@@ -386,23 +386,29 @@ class LogFollowSource(ItemSource):
     def _make(self, line: LogLine, meta: LogMeta | None, meta_error: str | None) -> SourceItem:
         record = line.record
         error = line.error
+        t_item = record.t if record is not None else None
+        due = self.timing.due(t_item, time.time(), time.monotonic())
         item: Item | None = None
         if record is not None:
             if meta is None:
                 error = f"meta.json of {self.log_dir} is unusable: {meta_error}"
+            elif due <= time.monotonic():
+                # Already past its deadline (a backlog after a restart): it will not be scored, so its
+                # images are not decoded either, and catching up is fast.
+                item = Item(record=record, meta=meta, problems=record.problems)
             else:
                 item = load_item(record, self.log_dir, meta)
         raw_id = record.item_id if record is not None else line.item_id
         plc_id = plc_item_id(raw_id) if raw_id else None
         t_available, now_mono = time.time(), time.monotonic()
-        t_item = record.t if record is not None else None
         if (self.timing.deadline_from == "bridge" and t_item is not None
                 and t_item > t_available + _FUTURE_TOLERANCE_S and not self._warned_future):
             self._warned_future = True
             logger.warning("item %s has a bridge time %.1f s in the future: the bridge and this PC's clocks "
                            "disagree; timing deadlines from arrival for such items (synchronise the clocks)",
                            raw_id, t_item - t_available)
-        due = self.timing.due(t_item, t_available, now_mono)
+        if self.timing.deadline_from == "arrival" or t_item is None:
+            due = self.timing.due(t_item, t_available, now_mono)  # the clock starts now, with the images loaded
         if plc_id is not None and self._announce is not None and self._loop is not None:
             # On the loop's thread: the simulated PLC's scan runs there and is not thread-safe.
             self._loop.call_soon_threadsafe(self._announce_now, plc_id, due)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -181,7 +182,19 @@ def test_any_set_option_is_accepted_or_refused_with_config_error(text: str) -> N
 @given(st.sampled_from(["plc.port", "plc.heartbeat_ms", "line.follow", "line.name", "simulated.rate_hz"]),
        st.text(max_size=20))
 def test_any_value_for_a_known_key_is_accepted_or_refused_with_config_error(key: str, value: str) -> None:
-    try:
+    with contextlib.suppress(ConfigError):
         load_config(None, env={}, overrides=[*SIM, f"{key}={value}"])
-    except ConfigError:
-        pass
+
+
+def test_every_key_is_documented_with_its_default() -> None:
+    import re
+
+    from sorter.line import config as config_module
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for name, cls in config_module._SECTIONS.items():
+        section = doc.split(f"## `[{name}]`")[1].split("\n## ")[0]
+        for f in dataclasses.fields(cls):
+            match = re.search(rf"^\| `{f.name}` \| `([^`]*)` \|", section, re.M)
+            assert match, f"docs/configuration.md does not document {name}.{f.name}"
+            assert match.group(1) == config_module._toml_value(f.default), f"{name}.{f.name}: default differs"

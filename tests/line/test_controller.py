@@ -35,7 +35,7 @@ from sorter.line.controller import Controller, RunSummary, ScoringPool, build_so
 from sorter.line.metrics import LineMetrics, StatusLine
 from sorter.line.plc import MemoryPlc, ModbusPlcLink
 from sorter.line.plcsim import PlcSimulator
-from sorter.line.sources import BeltTiming, LogFollowSource, SimulatedSource, generate_pool, plc_item_id
+from sorter.line.sources import BeltTiming, SimulatedSource, generate_pool, plc_item_id
 from sorter.logformat import LogWriter
 from sorter.readings import Item
 from sorter.scoring import Scorer
@@ -131,10 +131,25 @@ def test_batched_scoring_gives_the_same_decisions_as_one_at_a_time(scorer: Scori
     items = [Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"),
                   SIM_CFG.meta()) for s in sim_pool[:12]]
     batch = score_batch(single, [(it, 18.0) for it in items])
-    for it, d in zip(items, batch):
+    for it, d in zip(items, batch, strict=True):
         one = single.score_item(it, 18.0)
         assert (d.item_id, d.lane, d.reason) == (one.item_id, one.lane, one.reason)
         assert d.p_lead_acid == pytest.approx(one.p_lead_acid, abs=1e-12)
+
+
+def test_items_past_their_deadline_are_not_scored_by_the_pool(scorer: ScoringPool, sim_pool: list[SimItem]) -> None:
+    s = sim_pool[0]
+    item = Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"), SIM_CFG.meta())
+
+    async def main() -> tuple[object, object]:
+        late = await scorer.score(item, 18.0, due_mono=time.monotonic() - 0.001)
+        in_time = await scorer.score(item, 18.0, due_mono=time.monotonic() + 60.0)
+        return late, in_time
+
+    shed, scored = scorer.shed, scorer.items_scored
+    late, in_time = asyncio.run(main())
+    assert late is None and scorer.shed == shed + 1
+    assert in_time is not None and scorer.items_scored == scored + 1
 
 
 # --------------------------------------------------------------------------- happy path, both PLCs
@@ -249,7 +264,7 @@ def test_unreadable_lines_get_a_row_and_the_safe_lane(tmp_path: Path, scorer: Sc
         fh.write('{"item_id": "123", "weight_g": 5}\n')  # no t
         fh.write('{"item_id": "00000001", "t": 1.0}\n')  # duplicate id
     cfg = make_config(tmp_path, "line.source=log", f"line.log_dir={log_dir}", "line.follow=false",
-                      "line.deadline_from=arrival")
+                      "line.deadline_from=arrival", belt_speed=0.03)
 
     async def main() -> tuple[RunSummary, dict[int, str]]:
         link = MemoryPlc(scan_ms=2, **LINK)
@@ -273,7 +288,7 @@ def test_unreadable_lines_get_a_row_and_the_safe_lane(tmp_path: Path, scorer: Sc
 
 def test_plc_restart_mid_run_loses_no_item_and_the_link_comes_back(tmp_path: Path, scorer: ScoringPool,
                                                                    sim_pool: list[SimItem]) -> None:
-    cfg = make_config(tmp_path, belt_speed=0.3)
+    cfg = make_config(tmp_path, belt_speed=0.03)  # 10 s deadline: only the outage may keep items from the PLC
 
     async def main() -> tuple[RunSummary, int, int]:
         sim = PlcSimulator(port=0, scan_ms=2)
@@ -397,7 +412,7 @@ name = "test"
 source = "log"
 log_dir = "log"
 follow = true
-belt_speed_m_s = 0.3   # 990 ms deadline: this test is about following, not speed
+belt_speed_m_s = 0.03  # 10 s deadline: this test is about following, not speed
 scorer_workers = 1
 [plc]
 port = {port}
