@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         "worker(s) (micro-batching when items queue), every decision committed to the SQLite audit log before "
         f"it is sent. Deadline 90 ms. Each run {args.seconds:g} s. Latency = item available -> lane "
         "acknowledged by the PLC (acknowledged items); scoring = available -> decided; delivery = decided -> "
-        "acked (audit commit + Modbus write + waiting for the PLC scan + ack poll).",
+        "acked (audit commit + Modbus write + waiting for the PLC scan + ack poll). An acknowledged item can show "
+        "up to one scan more than 90 ms: a decision latched in the scan in which the item reaches the diverter is "
+        "in time (docs/plc-interface.md, rule 6).",
         "",
         table(fixed),
         "",

@@ -6,7 +6,8 @@ lane) and stored with the model; nothing here is a magic number in ``predict``.
 
 Rules, in order (the first that applies decides):
 
-1. the item could not be scored (bad line, model failure) -> ``manual``;
+1. the item could not be scored (bad line, model failure), or has neither an X-ray nor a
+   scale reading -> ``manual``;
 2. hot: surface temperature over the running ambient by ``hot_excess_c`` or more -> ``hazard``;
 3. unlike anything in training (readings far outside the training envelope) -> ``manual``;
 4. ``p_lead_acid >= lead_acid_min`` *and* every critical reading present and valid -> ``lead_acid``.
@@ -132,6 +133,8 @@ def decide(
         if not math.isnan(v) and not lo <= v <= hi:
             return Verdict("manual", f"unlike training data: {col}={v:.4g} outside [{lo:.4g}, {hi:.4g}]", chem)
     crit = critical_problems(raw)
+    if len(crit) == 2 and "scale missing" in crit and "X-ray missing" in crit:
+        return Verdict("manual", "no X-ray and no scale reading: nothing to judge the chemistry by", chem)
     p_lead = p["lead_acid"]
     if p_lead >= t.lead_acid_min:
         if not crit:

@@ -118,3 +118,10 @@ def test_lead_acid_only_with_confidence_and_complete_critical_evidence(p, p_dmg,
 def test_no_probability_can_send_an_item_without_xray_or_scale_to_lead_acid(p, missing):
     raw = mask_sensor(full_row()[None, :], missing)[0]
     assert decide(p, 0.0, raw, T).lane != "lead_acid"
+
+
+def test_an_item_without_xray_and_scale_goes_to_manual_whatever_it_looks_like():
+    raw = mask_sensor(mask_sensor(full_row()[None, :], "xray"), "scale")[0]
+    for p in (LEAD, LI, OTHER):
+        v = decide(p, 0.0, raw, T)
+        assert v.lane == "manual" and "nothing to judge" in v.reason

@@ -65,6 +65,7 @@ from sorter import LANES
 from sorter.errors import PlcError, PlcTimeoutError, SorterError
 from sorter.features.measure import AmbientTracker, measure_item
 from sorter.line.audit import AuditError, AuditLog, AuditRecord, AuditWriter
+from sorter.line.health import SensorHealth
 from sorter.line.config import LineConfig
 from sorter.line.metrics import LineMetrics, StatusLine
 from sorter.line.plc import SAFE_LANE, MemoryPlc, ModbusPlcLink, PlcLink, RegisterMap
@@ -659,6 +660,7 @@ class Controller:
         self.deadline_s = config.line.deadline_ms / 1000.0
         self.grace_s = config.plc.ack_grace_ms / 1000.0
         self._ambient = AmbientTracker()
+        self.health = SensorHealth(on_change=self._sensor_changed)
         self._stats = _Stats()
         self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0  # items holding an in-flight slot
@@ -809,8 +811,18 @@ class Controller:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    def _sensor_changed(self, sensor: str, old: str, new: str, item_id: str) -> None:
+        logger.log(logging.WARNING if new != "ok" else logging.INFO, "sensor=%s alarm %s -> %s at item=%s",
+                   sensor, old, new, item_id, extra={"sensor": sensor, "alarm": new, "item_id": item_id})
+        self.metrics.set_sensor_alarm(sensor, new)
+
     async def _admit(self, si: SourceItem) -> None:
-        """Take one item, in belt order: ambient, then a bounded slot, then its own task."""
+        """Take one item, in belt order: sensor health, ambient, then a bounded slot, then its own task."""
+        if si.item is not None:
+            # A sensor in alarm has its readings removed (they count as missing) and the
+            # lead_acid lane closes until it recovers.
+            si = dataclasses.replace(si, item=self.health.check(si.item))
+        alarms = dict(self.health.alarms)
         ambient = self._ambient.observe(si.item.record.surface_temp_c) if si.item is not None else None
         self._last_due = max(self._last_due, si.due_mono)
         overload = False
@@ -827,13 +839,14 @@ class Controller:
             await self._sem.acquire()
         self._active += 1
         self._stats.peak_in_flight = max(self._stats.peak_in_flight, self._active)
-        task = asyncio.create_task(self._handle(si, ambient, overload), name=f"item {si.item_id}")
+        task = asyncio.create_task(self._handle(si, ambient, overload, alarms), name=f"item {si.item_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, si: SourceItem, ambient: float | None, overload: bool) -> None:
+    async def _handle(self, si: SourceItem, ambient: float | None, overload: bool,
+                      alarms: Mapping[str, str] | None = None) -> None:
         try:
-            await self._decide_and_deliver(si, ambient, overload)
+            await self._decide_and_deliver(si, ambient, overload, alarms or {})
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - one item's bug must not stop the line
@@ -844,7 +857,8 @@ class Controller:
             self._active -= 1
             self._sem.release()
 
-    async def _decide_and_deliver(self, si: SourceItem, ambient: float | None, overload: bool) -> None:
+    async def _decide_and_deliver(self, si: SourceItem, ambient: float | None, overload: bool,
+                                  alarms: Mapping[str, str]) -> None:
         assert self._writer is not None
         overload = overload or time.monotonic() >= si.due_mono
         decision: Decision | None = None
@@ -864,6 +878,10 @@ class Controller:
             else:
                 lane, reason, chemistry = decision.lane, decision.reason, decision.chemistry
                 probs = (_prob(decision.p_lead_acid), _prob(decision.p_li_ion), _prob(decision.p_other))
+                if lane == "lead_acid" and alarms:
+                    lane = SAFE_LANE
+                    reason = ("sensor alarm (" + ", ".join(f"{k} {v}" for k, v in sorted(alarms.items()))
+                              + f"): lead_acid closed; {reason}")
         now_mono, now = time.monotonic(), time.time()
         left = si.due_mono - now_mono
         send = not overload and left > 0 and si.plc_id is not None

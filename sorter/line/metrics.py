@@ -86,6 +86,8 @@ class LineMetrics:
         self.undelivered = Counter("sorter_line_undelivered", "Decisions that never reached the PLC", registry=r)
         self.link_state = Gauge("sorter_line_plc_link_state", "1 for the current PLC link state", ["state"],
                                 registry=r)
+        self.sensor_alarm = Gauge("sorter_line_sensor_status", "1 for each sensor's current health status",
+                                  ["sensor", "status"], registry=r)
         self.in_flight = Gauge("sorter_line_in_flight", "Items being scored, recorded or delivered", registry=r)
         self.hazard_energy = Counter("sorter_line_hazard_energy_wh",
                                      "Known rated energy of items sent to the hazard lane (Wh)", registry=r)
@@ -108,6 +110,11 @@ class LineMetrics:
             self.undelivered.inc()
         if delivery == "acked" and lane == "hazard" and hazard_wh:
             self.hazard_energy.inc(hazard_wh)
+
+    def set_sensor_alarm(self, sensor: str, status: str) -> None:
+        """1 for the sensor's current health status (ok, not_reporting, stuck, saturated)."""
+        for st in ("ok", "not_reporting", "stuck", "saturated"):
+            self.sensor_alarm.labels(sensor=sensor, status=st).set(1.0 if st == status else 0.0)
 
     def set_link_state(self, state: str) -> None:
         for s in LINK_STATES:
