@@ -666,6 +666,8 @@ class Controller:
         self._active = 0  # items holding an in-flight slot
         self._sem = asyncio.Semaphore(config.line.max_in_flight)
         self._writer: AuditWriter | None = None
+        self._retiring: set[asyncio.Task[Any]] = set()
+        self._pool_users: dict[int, int] = {}  # items admitted to each scoring pool and not yet finished
         self._stop_requested = False
         self._aborted = False
         self._started_mono = 0.0
@@ -711,6 +713,43 @@ class Controller:
             "undelivered": s.delivery.get("undelivered", 0),
             "link": self.link.state,
         }
+
+    async def swap_model(self, model_dir: str | None) -> bool:
+        """Put a new model in charge of the running line, atomically.
+
+        The new model is verified first (hashes, allow-list, library versions,
+        measurement columns: :func:`sorter.model.load_model`), then its scoring pool
+        is started and warmed; only then do new items go to it, in one assignment.
+        Items already handed to the old pool finish there and are recorded with the
+        old model's id. A model that fails any check leaves the old one in charge
+        and returns False.
+        """
+        from sorter.model import load_model
+
+        try:
+            await asyncio.to_thread(load_model, model_dir or None)
+            new = ScoringPool(model_dir, workers=self.scorer.workers, kind=self.scorer.kind,
+                              max_batch=self.scorer.max_batch)
+            await new.start()
+        except Exception as err:  # noqa: BLE001 - any failure: keep the model that works
+            logger.error("model swap to %s refused, %s stays in charge: %s", model_dir or "the shipped model",
+                         self.scorer.model_id, err)
+            self.metrics.model_swaps.labels(outcome="refused").inc()
+            return False
+        old, self.scorer = self.scorer, new
+        old_owned, self._own_scorer = self._own_scorer, True
+        logger.warning("model swapped: %s -> %s", old.model_id, new.model_id)
+        self.metrics.model_swaps.labels(outcome="swapped").inc()
+        if old_owned:
+            self._retiring.add(asyncio.create_task(self._retire(old), name="retire-model"))
+        return True
+
+    async def _retire(self, pool: ScoringPool) -> None:
+        """Close a replaced pool once the items it holds are decided."""
+        while self._pool_users.get(id(pool), 0) > 0:
+            await asyncio.sleep(0.05)
+        self._pool_users.pop(id(pool), None)
+        await pool.close()
 
     # -- the run ---------------------------------------------------------------
 
@@ -767,6 +806,7 @@ class Controller:
                 for task in list(self._tasks):
                     task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._retiring, return_exceptions=True)
             await source.close()
             if self._own_scorer:
                 await self.scorer.close()
@@ -823,6 +863,8 @@ class Controller:
             # lead_acid lane closes until it recovers.
             si = dataclasses.replace(si, item=self.health.check(si.item))
         alarms = dict(self.health.alarms)
+        scorer = self.scorer  # the model in charge when the item was admitted scores it (swaps are atomic)
+        self._pool_users[id(scorer)] = self._pool_users.get(id(scorer), 0) + 1
         ambient = self._ambient.observe(si.item.record.surface_temp_c) if si.item is not None else None
         self._last_due = max(self._last_due, si.due_mono)
         overload = False
@@ -839,14 +881,14 @@ class Controller:
             await self._sem.acquire()
         self._active += 1
         self._stats.peak_in_flight = max(self._stats.peak_in_flight, self._active)
-        task = asyncio.create_task(self._handle(si, ambient, overload, alarms), name=f"item {si.item_id}")
+        task = asyncio.create_task(self._handle(si, ambient, overload, alarms, scorer), name=f"item {si.item_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, si: SourceItem, ambient: float | None, overload: bool,
-                      alarms: Mapping[str, str] | None = None) -> None:
+                      alarms: Mapping[str, str] | None = None, scorer: ScoringPool | None = None) -> None:
         try:
-            await self._decide_and_deliver(si, ambient, overload, alarms or {})
+            await self._decide_and_deliver(si, ambient, overload, alarms or {}, scorer or self.scorer)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - one item's bug must not stop the line
@@ -854,14 +896,17 @@ class Controller:
                              si.item_id)
             self._stats.unrecorded += 1
         finally:
+            pool = scorer or self.scorer
+            self._pool_users[id(pool)] = self._pool_users.get(id(pool), 1) - 1
             self._active -= 1
             self._sem.release()
 
     async def _decide_and_deliver(self, si: SourceItem, ambient: float | None, overload: bool,
-                                  alarms: Mapping[str, str]) -> None:
+                                  alarms: Mapping[str, str], scorer: ScoringPool) -> None:
         assert self._writer is not None
         overload = overload or time.monotonic() >= si.due_mono
         decision: Decision | None = None
+        model_id = scorer.model_id
         if overload:
             lane, reason, chemistry = SAFE_LANE, "overload", None
             probs: tuple[float | None, float | None, float | None] = (None, None, None)
@@ -870,7 +915,7 @@ class Controller:
                 decision = error_decision(si.source_line or 0, si.item_id, si.error or "unreadable item")
                 self._stats.errors += 1
             else:
-                decision = await self.scorer.score(si.item, ambient, due_mono=si.due_mono)
+                decision = await scorer.score(si.item, ambient, due_mono=si.due_mono)
             if decision is None:  # shed by the scoring pool: it could no longer make its deadline
                 overload = True
                 lane, reason, chemistry = SAFE_LANE, "overload", None
@@ -904,7 +949,7 @@ class Controller:
             p_other=probs[2],
             lane=lane,
             reason=reason[:500],
-            model_id=self.scorer.model_id,
+            model_id=model_id,
             latency_ms=max(0.0, (now_mono - si.available_mono) * 1000.0),
             deadline_ms=self.config.line.deadline_ms,
             delivery=delivery,
@@ -1175,6 +1220,14 @@ async def run_line(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
             signals.append(sig)
+
+        def on_hangup() -> None:
+            logger.warning("SIGHUP: reloading the model from %s", config.line.model or "the shipped model")
+            task = loop.create_task(controller.swap_model(config.line.model or None))
+            controller._retiring.add(task)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        signals.append(signal.SIGHUP)
     try:
         return await controller.run()
     finally:

@@ -86,6 +86,8 @@ class LineMetrics:
         self.undelivered = Counter("sorter_line_undelivered", "Decisions that never reached the PLC", registry=r)
         self.link_state = Gauge("sorter_line_plc_link_state", "1 for the current PLC link state", ["state"],
                                 registry=r)
+        self.model_swaps = Counter("sorter_line_model_swaps", "Model swaps on the running line, by outcome",
+                                   ["outcome"], registry=r)
         self.sensor_alarm = Gauge("sorter_line_sensor_status", "1 for each sensor's current health status",
                                   ["sensor", "status"], registry=r)
         self.in_flight = Gauge("sorter_line_in_flight", "Items being scored, recorded or delivered", registry=r)

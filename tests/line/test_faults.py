@@ -59,3 +59,56 @@ def test_a_faulty_sensor_closes_lead_acid_within_the_window(fault, tmp_path, lea
 
     text = generate_latest(metrics.registry).decode()
     assert f'sorter_line_sensor_status{{sensor="{sensor}",status="' in text
+
+
+def test_model_swap_is_atomic_and_a_bad_model_leaves_the_old_one_in_charge(tmp_path, lead_heavy_pool):
+    import json
+    import shutil
+
+    from sorter.model import default_model_dir
+
+    good = tmp_path / "good"
+    shutil.copytree(default_model_dir(), good)
+    man = json.loads((good / "manifest.json").read_text())
+    man["name"] = "swapped"
+    (good / "manifest.json").write_text(json.dumps(man))
+    bad = tmp_path / "bad"
+    shutil.copytree(default_model_dir(), bad)
+    data = bytearray((bad / "classifier.skops").read_bytes())
+    data[100] ^= 0xFF
+    (bad / "classifier.skops").write_bytes(bytes(data))
+
+    cfg = make_config(tmp_path, "line.scorer_pool=thread", "line.scorer_workers=1", belt_speed=0.03)
+    outcomes = {}
+
+    async def main():
+        link = MemoryPlc(scan_ms=2, **LINK)
+        source = sim_source(cfg, lead_heavy_pool, items=240, rate_hz=40)
+        ctl = Controller(cfg, link=link, source=source, settle=False)
+
+        async def swapper():
+            while not ctl.scorer.started or ctl.scorer.model_id == "unknown":
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            outcomes["bad"] = await ctl.swap_model(str(bad))
+            outcomes["after_bad"] = ctl.scorer.model_id
+            outcomes["good"] = await ctl.swap_model(str(good))
+            outcomes["after_good"] = ctl.scorer.model_id
+
+        task = asyncio.create_task(swapper())
+        summary = await ctl.run()
+        await task
+        return summary, link.model.decisions
+
+    summary, decisions = asyncio.run(main())
+    rows = audit_rows(cfg)
+    check_invariants(summary, rows, decisions)
+    assert len(rows) == 240
+    assert outcomes["bad"] is False and not outcomes["after_bad"].startswith("swapped@")
+    assert outcomes["good"] is True and outcomes["after_good"].startswith("swapped@")
+    ids = [r.model_id for r in sorted(rows, key=lambda r: r.item_id)]  # in belt order
+    first_new = next(i for i, m in enumerate(ids) if m.startswith("swapped@"))
+    # one switch-over point: every item before it used the old model, every item after it the new one
+    assert all(not m.startswith("swapped@") for m in ids[:first_new])
+    assert all(m.startswith("swapped@") for m in ids[first_new:])
+    assert 0 < first_new < 240
