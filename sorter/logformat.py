@@ -1098,6 +1098,7 @@ def load_item(record: ItemRecord, log_dir: StrPath, meta: LogMeta) -> Item:
     """
     problems = list(record.problems)
     images: dict[str, np.ndarray | None] = {}
+    where = f"{Path(log_dir) / ITEMS_FILE} line {record.line_no}" if record.line_no else str(log_dir)
     for name in IMAGE_FIELDS:
         rel = getattr(record, name)
         images[name] = None
@@ -1107,12 +1108,12 @@ def load_item(record: ItemRecord, log_dir: StrPath, meta: LogMeta) -> Item:
         try:
             images[name] = load_png(resolve_image_path(log_dir, rel), kind=kind)
         except ImageError as err:
-            problems.append(f"item {_show(record.item_id)} field '{name}': {err}")
+            problems.append(f"{where}: item {_show(record.item_id)} field '{name}': {err}")
             logger.debug("item %r: %s not loaded: %s", record.item_id, name, err)
     low, high = images["xray_low"], images["xray_high"]
     if low is not None and high is not None and low.shape != high.shape:
         problems.append(
-            f"item {_show(record.item_id)}: xray_low is {low.shape[1]}x{low.shape[0]} but "
+            f"{where}: item {_show(record.item_id)}: xray_low is {low.shape[1]}x{low.shape[0]} but "
             f"xray_high is {high.shape[1]}x{high.shape[0]}; the dual-energy pair must be "
             "registered to the same pixel grid — both treated as missing"
         )

@@ -99,6 +99,11 @@ class Scorer:
         out = []
         for k in range(raw.shape[0]):
             v = decide(proba[k], float(p_dmg[k]), raw[k], t, self.model.classes)
+            lane, reason = v.lane, v.reason
+            if lane == "lead_acid" and problems[k]:
+                # Bad input (a field that failed validation, an image that would not load) is a
+                # fault upstream: the item goes to a safe lane, whatever the rest says.
+                lane, reason = "manual", f"bad input ({problems[k][:200]}); {reason}"
             out.append(Decision(int(line_nos[k]), item_ids[k], v.chemistry, float(proba[k, 0]), float(proba[k, 1]),
-                                float(proba[k, 2]), float(p_dmg[k]), v.lane, v.reason, problems[k]))
+                                float(proba[k, 2]), float(p_dmg[k]), lane, reason, problems[k]))
         return out
