@@ -245,3 +245,25 @@ def test_the_two_lines_differ_like_real_lines():
     la, _ = _object_transmission(inst, "a")
     lb, _ = _object_transmission(inst, "b")
     assert abs(float(np.median(la)) - float(np.median(lb))) > 0.005
+
+
+@pytest.mark.slow
+def test_the_documented_thousand_item_run(tmp_path, capsys):
+    """`sorter simulate --items 1000 --seed 1 --out sample-log`: a valid log with all three
+    labels, every hard case present, and a summary printed."""
+    from sorter.cli import main
+
+    out = tmp_path / "sample-log"
+    assert main(["simulate", "--items", "1000", "--seed", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "items: 1000" in printed and "hard cases:" in printed
+    lines = list(iter_log(out))
+    assert len(lines) == 1000 and all(ln.error is None for ln in lines)
+    assert {ln.record.label for ln in lines} == {"lead_acid", "li_ion", "other"}
+    tags = set()
+    for ln in lines:
+        tags.update(ln.record.extra["hard_cases"])
+    expected = {"lookalike_dropin", "steel_cased_li_ion", "dense_bare_cell", "xray_lookalike_other",
+                "xray_blackout", "dry_lead_acid", "unknown_product", "damaged", "dropout_xray",
+                "dropout_camera", "dropout_scale", "dropout_profiler", "dropout_thermal"}
+    assert expected <= tags, expected - tags

@@ -113,3 +113,31 @@ def test_kill_9_at_random_points_loses_nothing_and_decides_everything_once(tmp_p
     for item_id, (lane, _) in seen.items():
         assert final[item_id][0] == lane
     assert all(delivery != "pending" for _, delivery in final.values())
+
+
+@pytest.mark.slow
+def test_many_kills_in_a_row(tmp_path, recorded_log):
+    """The same guarantee with more kills (slow job)."""
+    cfg = write_config(tmp_path, recorded_log)
+    audit = tmp_path / "audit.sqlite"
+    rng = random.Random(99)
+    seen: dict[str, tuple[str, str]] = {}
+    for _ in range(6):
+        proc = _start(cfg)
+        before = len(audit_snapshot(audit))
+        deadline = time.monotonic() + 60
+        while len(audit_snapshot(audit)) < before + 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is not None:
+            break
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        snap = audit_snapshot(audit)
+        assert all(k in snap and snap[k][0] == v[0] for k, v in seen.items())
+        seen = snap
+    proc = _start(cfg)
+    proc.communicate(timeout=180)
+    final = audit_snapshot(audit)
+    assert set(final) == {f"{k + 1:08d}" for k in range(N_ITEMS)}
+    assert all(k in final and final[k][0] == v[0] for k, v in seen.items())
