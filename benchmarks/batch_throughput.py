@@ -149,6 +149,7 @@ class Run:
     items: int
     rate: float  # items/s
     cpu_ms: float  # CPU milliseconds per item, all processes of the run, start-up included
+    cores: float  # CPU seconds per second: the cores the run got
     pressure: float | None
     wall_s: float = math.nan  # the whole command, Python start-up and model loading included
     peak_rss_mb: float = math.nan
@@ -156,7 +157,8 @@ class Run:
 
     def show(self) -> str:
         p = "" if self.pressure is None else f", CPU pressure {self.pressure:.0%}"
-        return f"{self.label}: {self.items} items, {self.rate:.0f} items/s, {self.cpu_ms:.1f} CPU ms/item{p}"
+        return (f"{self.label}: {self.items} items, {self.rate:.0f} items/s, {self.cpu_ms:.1f} CPU ms/item, "
+                f"{self.cores:.2f} cores{p}")
 
 
 # ------------------------------------------------------------------ decode limit
@@ -190,7 +192,8 @@ def decode_run(log: Path, workers: int) -> Run:
             while pending:
                 done += pending.popleft().result()
             seconds = time.perf_counter() - t0
-    run = Run(f"decode limit, {workers} worker" + "s" * (workers > 1), done, done / seconds, 1e3 * use.cpu_s / done, use.pressure)
+    run = Run(f"decode limit, {workers} worker" + "s" * (workers > 1), done, done / seconds, 1e3 * use.cpu_s / done,
+              use.cpu_s / use.wall_s, use.pressure)
     print("  " + run.show(), flush=True)
     return run
 
@@ -250,8 +253,8 @@ def score_run(label: str, logs: list[Path], out: Path, args: list[str],
     if not m:
         raise RuntimeError(f"{label}: unexpected output:\n{stdout}")
     items = int(m.group(1))
-    run = Run(label, items, float(m.group(2)), 1e3 * use.cpu_s / items, use.pressure, use.wall_s, rss.peak / 2**20,
-              out)
+    run = Run(label, items, float(m.group(2)), 1e3 * use.cpu_s / items, use.cpu_s / use.wall_s, use.pressure,
+              use.wall_s, rss.peak / 2**20, out)
     print(f"  {run.show()}, wall {run.wall_s:.0f} s, peak RSS {run.peak_rss_mb:.0f} MB", flush=True)
     return run
 
@@ -327,7 +330,6 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tmp)
         s1 = score_run("`sorter score --workers 1`", [log], out / "w1.parquet", ["--workers", "1"])
         s2 = score_run("`sorter score --workers 2`", [log], out / "w2.parquet", ["--workers", "2"])
-        s5 = score_run("`sorter score --workers 2`, the log ×5", [log] * 5, out / "x5.parquet", ["--workers", "2"])
 
         from distributed import LocalCluster
 
@@ -341,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                            ["--engine", "dask", "--scheduler", cluster.scheduler_address], cluster_procs)
         dask_same = same_rows(s2.out, sd.out)
         print(f"dask rows identical to local rows: {dask_same}", flush=True)
+        s5 = score_run("`sorter score --workers 2`, the log ×5", [log] * 5, out / "x5.parquet", ["--workers", "2"])
 
     for w in (1, 2):
         decode[w].append(decode_run(log, w))
@@ -357,21 +360,22 @@ def main(argv: list[str] | None = None) -> int:
     speedup = s2.rate / s1.rate
     mem = s5.peak_rss_mb / s2.peak_rss_mb
     dask_ratio = sd.rate / s2.rate
-    runs = [decode[1][0], decode[2][0], s1, s2, s5, sd, decode[1][1], decode[2][1]]
+    runs = [decode[1][0], decode[2][0], s1, s2, sd, s5, decode[1][1], decode[2][1]]
     md = ["## Batch scoring", "",
           f"`python -m benchmarks.batch_throughput` — on a simulated {n:,}-item log (seed {SEED}, {MIX} mix), page "
-          "cache warm, in this order. Score rates are those `sorter score` prints (from the start of scoring: worker "
-          "start-up included, model loading not). The decode limit is the rate at which the same number of worker "
-          "processes, fed the same chunks, merely read and decode the items' PNGs (`load_item`); it was measured "
-          "before and after the scoring runs and the mean is used. CPU is user + system time of every process of "
-          "the run (start-up included) per item. CPU pressure is the share of the run's time in which some task on "
-          "the machine waited for a CPU (Linux PSI); the machine has 2 cores and other jobs shared it "
-          f"(load average {load_before[0]:.1f} before, {load_after[0]:.1f} after). Peak RSS is summed over the "
-          "command's processes (and the cluster's workers), sampled every 0.2 s.", "",
-          "| run | items | items/s | CPU ms per item | CPU pressure | wall s | peak RSS MB |",
-          "|---|---|---|---|---|---|---|"]
+          "cache warm, runs in the order shown. Score rates are those `sorter score` prints (from the start of "
+          "scoring: worker start-up included, model loading not). The decode limit is the rate at which as many "
+          "worker processes, fed the same chunks, merely read and decode the items' PNGs (`load_item`); it was "
+          "measured before and after the scoring runs and the mean is used. CPU is the user + system time of "
+          "every process of a run (start-up included) per item; *cores got* is that time over the run's wall "
+          "time. *CPU pressure* is the share of the run's time in which some task on the machine waited for a "
+          "CPU (Linux PSI): the machine has 2 cores and other jobs shared it (load average "
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after). Peak RSS is summed over the command's "
+          "processes (and the cluster's workers), sampled every 0.2 s.", "",
+          "| run | items | items/s | CPU ms per item | cores got | CPU pressure | wall s | peak RSS MB |",
+          "|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        md.append(f"| {r.label} | {r.items:,} | {r.rate:.0f} | {r.cpu_ms:.1f} | {pct(r.pressure)} | "
+        md.append(f"| {r.label} | {r.items:,} | {r.rate:.0f} | {r.cpu_ms:.1f} | {r.cores:.2f} | {pct(r.pressure)} | "
                   + ("" if math.isnan(r.wall_s) else f"{r.wall_s:.0f}") + " | "
                   + ("" if math.isnan(r.peak_rss_mb) else f"{r.peak_rss_mb:.0f}") + " |")
     md += ["", "| measure | value | target | met |", "|---|---|---|---|",

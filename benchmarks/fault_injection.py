@@ -68,7 +68,7 @@ def _audit(path: Path) -> dict[str, tuple[str, str]]:
         con.close()
 
 
-def crashes(work: Path, kills: int, items: int = 300) -> dict:
+def crashes(work: Path, kills: int, items: int = 900) -> dict:
     log_dir = work / "crash-log"
     pool = generate_pool(SimConfig(items=60, seed=8, mix="recycler"), 60, workers=2)
     with LogWriter(log_dir, meta=SimConfig().meta()) as w:

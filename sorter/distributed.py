@@ -84,8 +84,9 @@ def _worker_facts(log_dirs: Sequence[str]) -> dict[str, Any]:
             "unreadable": [d for d in log_dirs if not os.access(os.path.join(d, "items.jsonl"), os.R_OK)]}
 
 
-def _check_workers(client: Client, address: str, log_dirs: Sequence[str], timeout: float) -> None:
-    """Refuse a cluster whose workers would give other results or could not read the logs."""
+def _check_workers(client: Client, address: str, model: SorterModel, log_dirs: Sequence[str],
+                   timeout: float) -> None:
+    """Refuse a cluster whose workers would score differently or could not read the logs."""
     from . import __version__
 
     try:
@@ -101,15 +102,15 @@ def _check_workers(client: Client, address: str, log_dirs: Sequence[str], timeou
             f"the Dask workers of {address} cannot run sorter ({err!r}); install the same sorter with "
             "`pip install 'sorter[dask]'` in every worker's environment"
         ) from err
-    mine = library_versions()
+    saved = model.manifest.get("libraries") or library_versions()  # an unsaved model: this process's
     for worker, f in sorted(facts.items()):
-        diff = _versions_compatible(mine, f["libraries"])
+        diff = _versions_compatible(saved, f["libraries"])
         if f["sorter"] != __version__:
-            diff.insert(0, f"sorter {f['sorter']} on the worker, {__version__} here")
+            diff.insert(0, f"sorter {f['sorter']} is installed, {__version__} on the client")
         if diff:
             raise SorterError(
-                f"Dask worker {worker} has other library versions ({'; '.join(diff)}); install the client's "
-                "versions on every worker so the model loads and scores identically"
+                f"Dask worker {worker} would score differently ({'; '.join(diff)}); install the client's versions "
+                "on every worker"
             )
         if f["unreadable"]:
             raise SorterError(
@@ -173,7 +174,7 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
     paths = {d: os.path.abspath(d) for d in logs}
     pending: deque[tuple[str, list[LogLine], Any]] = deque()
     try:
-        _check_workers(client, address, list(paths.values()), _connect_timeout())
+        _check_workers(client, address, model, list(paths.values()), _connect_timeout())
         window = window or 2 * max(1, sum(client.nthreads().values()))
         model_ref = client.scatter(model, broadcast=True, hash=False)
         for d, meta, lines, recs in _chunks(logs, chunk, start):
