@@ -165,13 +165,14 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     out[2] = area_px * px * px
     if area_px < 4:
         return out  # nothing in the beam: the policy treats this as an invalid reading
-    pts = cv2.findNonZero(mask.astype(np.uint8))
-    (cx, cy), (w, h), ang = cv2.minAreaRect(pts)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    outline = max(contours, key=cv2.contourArea)
+    # The outline holds every extreme pixel of the (single, filled) mask, so its minimum-area
+    # rectangle is the mask's, at a fraction of the points.
+    (cx, cy), (w, h), ang = cv2.minAreaRect(outline)
     out[3], out[4] = max(w, h) * px, min(w, h) * px
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if contours:
-        _, _, _, rect, solid, dent = outline_shape(max(contours, key=cv2.contourArea))
-        out[_X["xr_rectangularity"]], out[_X["xr_solidity"]], out[_X["xr_defect_rel"]] = rect, solid, dent
+    _, _, _, rect, solid, dent = outline_shape(outline)
+    out[_X["xr_rectangularity"]], out[_X["xr_solidity"]], out[_X["xr_defect_rel"]] = rect, solid, dent
     att_low = None if t_low is None else -np.log(np.clip(t_low[mask], T_MIN, 1.0))
     att_high = None if t_high is None else -np.log(np.clip(t_high[mask], T_MIN, 1.0))
     if t_low is not None and t_high is not None:
@@ -249,8 +250,8 @@ def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
         return out
     px = meta.camera_mm_per_px
     belt = _belt_colour(rgb)
-    img = rgb.astype(np.float32)
-    dist = np.sqrt(((img - belt) ** 2).sum(axis=2))
+    diff = rgb.astype(np.float32) - belt.astype(np.float32)
+    dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
     dist = cv2.GaussianBlur(dist, (5, 5), 0)
     # the belt's own texture sets the threshold: a few times its spread, at least 18 DN
     border = np.concatenate([dist[0], dist[-1], dist[:, 0], dist[:, -1]])
