@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import socket
 
 import pyarrow.parquet as pq
@@ -22,8 +24,11 @@ from sorter.simulate import SimConfig, simulate_log  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster():
+    environ = dict(os.environ)  # a Nanny also sets its workers' variables (MALLOC_TRIM_THRESHOLD_) in this process
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, processes=True) as c:
         yield c
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +126,10 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path, model, log_with_bad_li
 def test_workers_that_cannot_read_the_log_are_refused(tmp_path, cluster, model):
     with pytest.raises(SorterError, match="cannot read .*same absolute paths"):
         next(iter_decisions_dask([str(tmp_path / "elsewhere")], model, scheduler=cluster.scheduler_address))
+
+
+def test_workers_that_would_score_differently_are_refused(cluster, model, log_with_bad_lines):
+    libraries = {**model.manifest["libraries"], "scikit-learn": "1.0.0"}
+    other = dataclasses.replace(model, manifest={**model.manifest, "libraries": libraries})
+    with pytest.raises(SorterError, match=r"would score differently \(scikit-learn 1.0.0 saved it"):
+        next(iter_decisions_dask([str(log_with_bad_lines)], other, scheduler=cluster.scheduler_address))
