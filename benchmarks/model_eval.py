@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     md = ["## Classifier (issue 3)", "",
           "`python -m benchmarks.model_eval` — fresh simulated logs with seeds never used in training "
           f"({args.test_items} items each, recycler mix). Full reports (per product, hard cases, wrong items, plots) "
-          f"are written to `{reports}/`.", ""]
+          f"are written to `{args.data}/reports/` (`--data`, default `bench-data`).", ""]
     for title, ev in sections:
         md += [f"### {title}", "", f"Model `{ev['model']}`; chemistry accuracy {ev['accuracy']:.4f}.", "",
                _table(HEADLINE_HEADERS, headline_rows(ev)), ""]

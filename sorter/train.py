@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -219,7 +220,8 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
         "feature_names": names,
         "raw_columns": list(RAW_COLUMNS),
         "training": {
-            "logs": [str(d) for d in log_dirs],
+            # the logs' names, not this machine's paths: the manifest travels with the model
+            "logs": [Path(d).name for d in log_dirs],
             "items": int(len(m.labels)),
             "usable": int(usable.sum()),
             "train_rows": int(len(tr)),
