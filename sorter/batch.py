@@ -12,7 +12,6 @@ import logging
 import os
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -184,4 +183,4 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-__all__ = ["MeasuredChunk", "MeasuredLog", "iter_measured", "measure_logs", "measure_records", "Path"]
+__all__ = ["MeasuredChunk", "MeasuredLog", "iter_measured", "measure_logs", "measure_records"]

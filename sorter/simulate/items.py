@@ -13,7 +13,7 @@ packs cells are 68-94 % of the mass, cylindrical cells have 0.22-0.28 mm steel c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -225,8 +225,6 @@ def build_lead_acid(p: Product, rng: np.random.Generator, in_catalog: bool = Tru
     ]
     unit = total_mass_g(strap + posts)  # at density 1
     scale = post_mass / unit * 1.0
-    from dataclasses import replace
-
     prims += [replace(s, density=scale) for s in strap + posts]
     app = Appearance(
         kind="lead_acid",

@@ -6,13 +6,14 @@ same for a seed whatever the number of worker processes.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -325,8 +326,8 @@ class SimSummary:
         rate = self.items / self.seconds if self.seconds > 0 else float("nan")
         lines = [
             f"items: {self.items}  ({rate:.0f} items/s, {self.seconds:.1f} s)",
-            f"labels: " + ", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())),
-            f"poses: " + ", ".join(f"{k}={v}" for k, v in sorted(self.poses.items())),
+            "labels: " + ", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())),
+            "poses: " + ", ".join(f"{k}={v}" for k, v in sorted(self.poses.items())),
             f"distinct products: {len(self.products)}",
             "hard cases: " + (", ".join(f"{k}={v}" for k, v in sorted(self.hard_cases.items())) or "none"),
             f"mean size per item: {self.bytes_written / max(1, self.items) / 1000:.1f} kB",
@@ -369,11 +370,8 @@ def simulate_log(cfg: SimConfig, out_dir: str | os.PathLike, *, workers: int = 1
                 (out / rel).write_bytes(data)
                 paths[key] = rel
                 nbytes += len(data)
-            from dataclasses import replace
-
-            rec = replace(rec, **paths)
-            written = writer.append(rec)
-            nbytes += len(__import__("json").dumps(written.to_json()))
+            written = writer.append(replace(rec, **paths))
+            nbytes += len(json.dumps(written.to_json(), separators=(",", ":"))) + 1
             summary.add(written, nbytes)
             if bar is not None:
                 bar.update()
