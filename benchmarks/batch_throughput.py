@@ -356,7 +356,6 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tmp)
         s1 = score_run("`sorter score --workers 1`", [log], out / "w1.parquet", ["--workers", "1"])
         s2 = score_run("`sorter score --workers 2`", [log], out / "w2.parquet", ["--workers", "2"])
-
         sd = dask_run([log], out / "dask.parquet", trim_env=True)
         st = dask_run([log], out / "dask-tuned.parquet", trim_env=False)
         dask_same = same_rows(s2.out, sd.out) and same_rows(s2.out, st.out)

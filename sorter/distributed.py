@@ -163,6 +163,7 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
     Examples
     --------
     >>> from distributed import LocalCluster                       # doctest: +SKIP
+    >>> from sorter.model import load_model                        # doctest: +SKIP
     >>> with LocalCluster(n_workers=2, threads_per_worker=1) as cluster:  # doctest: +SKIP
     ...     for ch, decisions in iter_decisions_dask(["log"], load_model(), scheduler=cluster.scheduler_address):
     ...         print(ch.lines[0].line_no, decisions[0].lane)
