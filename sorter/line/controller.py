@@ -859,10 +859,10 @@ class Controller:
     async def _admit(self, si: SourceItem) -> None:
         """Take one item, in belt order: sensor health, ambient, then a bounded slot, then its own task."""
         if si.item is not None:
-            # A sensor in alarm has its readings removed (they count as missing) and the
-            # lead_acid lane closes until it recovers.
+            # A sensor in alarm has its readings removed (they count as missing) and a problem
+            # noted on the item, which keeps it out of lead_acid (Scorer.decide_rows) until the
+            # sensor recovers.
             si = dataclasses.replace(si, item=self.health.check(si.item))
-        alarms = dict(self.health.alarms)
         scorer = self.scorer  # the model in charge when the item was admitted scores it (swaps are atomic)
         self._pool_users[id(scorer)] = self._pool_users.get(id(scorer), 0) + 1
         ambient = self._ambient.observe(si.item.record.surface_temp_c) if si.item is not None else None
@@ -881,14 +881,14 @@ class Controller:
             await self._sem.acquire()
         self._active += 1
         self._stats.peak_in_flight = max(self._stats.peak_in_flight, self._active)
-        task = asyncio.create_task(self._handle(si, ambient, overload, alarms, scorer), name=f"item {si.item_id}")
+        task = asyncio.create_task(self._handle(si, ambient, overload, scorer), name=f"item {si.item_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, si: SourceItem, ambient: float | None, overload: bool,
-                      alarms: Mapping[str, str] | None = None, scorer: ScoringPool | None = None) -> None:
+                      scorer: ScoringPool | None = None) -> None:
         try:
-            await self._decide_and_deliver(si, ambient, overload, alarms or {}, scorer or self.scorer)
+            await self._decide_and_deliver(si, ambient, overload, scorer or self.scorer)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - one item's bug must not stop the line
@@ -902,7 +902,7 @@ class Controller:
             self._sem.release()
 
     async def _decide_and_deliver(self, si: SourceItem, ambient: float | None, overload: bool,
-                                  alarms: Mapping[str, str], scorer: ScoringPool) -> None:
+                                  scorer: ScoringPool) -> None:
         assert self._writer is not None
         overload = overload or time.monotonic() >= si.due_mono
         decision: Decision | None = None
@@ -923,10 +923,6 @@ class Controller:
             else:
                 lane, reason, chemistry = decision.lane, decision.reason, decision.chemistry
                 probs = (_prob(decision.p_lead_acid), _prob(decision.p_li_ion), _prob(decision.p_other))
-                if lane == "lead_acid" and alarms:
-                    lane = SAFE_LANE
-                    reason = ("sensor alarm (" + ", ".join(f"{k} {v}" for k, v in sorted(alarms.items()))
-                              + f"): lead_acid closed; {reason}")
         now_mono, now = time.monotonic(), time.time()
         left = si.due_mono - now_mono
         send = not overload and left > 0 and si.plc_id is not None
