@@ -132,6 +132,8 @@ class SorterModel:
     damage: Any | None = None  # Pipeline: raw measurements -> P(damaged)
     manifest: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    # Verified fast predictors of the final steps (sorter.fastpredict), built on first use.
+    _fast: tuple[Any, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def model_id(self) -> str:
@@ -139,6 +141,21 @@ class SorterModel:
         files = self.manifest.get("files", {})
         digest = files.get(CLASSIFIER_FILE, "unsaved")
         return f"{self.manifest.get('name', 'model')}@{digest[:12]}"
+
+    def prepare(self) -> tuple[Any, Any]:
+        """Build (once) the verified fast predictors of :mod:`sorter.fastpredict`.
+
+        Either is ``None`` when the estimator is of a kind the fast path does not
+        reproduce exactly; :meth:`predict` then uses scikit-learn's own path.
+        """
+        if self._fast is None:
+            from .fastpredict import fast_predictor
+
+            with _openmp_one_thread():
+                clf = fast_predictor(_final_step(self.classifier))
+                dmg = fast_predictor(_final_step(self.damage)) if self.damage is not None else None
+            self._fast = (clf, dmg)
+        return self._fast
 
     def predict(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``(n, 3)`` in :attr:`classes` order and P(damaged) ``(n,)``.
@@ -149,6 +166,12 @@ class SorterModel:
         raw = np.ascontiguousarray(raw, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != len(RAW_COLUMNS):
             raise ValueError(f"expected raw measurements of shape (n, {len(RAW_COLUMNS)}), got {raw.shape}")
+        fast_clf, fast_dmg = self.prepare()
+        if fast_clf is not None and (self.damage is None or fast_dmg is not None):
+            proba = fast_clf.predict_proba(features_fast(self.classifier, raw))
+            p_dmg = (fast_dmg.predict_proba(features_fast(self.damage, raw))[:, 1] if self.damage is not None
+                     else np.full(raw.shape[0], np.nan))
+            return proba, p_dmg
         # One OpenMP thread: the trees are small, and parallel workers (or a busy line PC)
         # make OpenMP's spinning threads slow every call down by orders of magnitude.
         with _openmp_one_thread():
@@ -285,4 +308,6 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
     classes = tuple(manifest.get("classes", ()))
     if classes != ("lead_acid", "li_ion", "other"):
         raise ModelIntegrityError(f"{mpath}: classes {classes} are not ('lead_acid', 'li_ion', 'other')")
-    return SorterModel(classifier, thresholds, classes, damage, manifest, d)
+    model = SorterModel(classifier, thresholds, classes, damage, manifest, d)
+    model.prepare()
+    return model
