@@ -155,3 +155,27 @@ def test_ambient_tracker_ignores_hot_items_and_tracks_drift():
     for _ in range(10):
         tr.observe(24.0)
     assert tr.ambient_c == 24.0
+
+
+# The hot path replaces numpy's general functions by cheaper exact equivalents; they must
+# stay equivalent, or features drift away from what the shipped model was trained on.
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+from sorter.features.measure import _belt_colour, _percentiles  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.float32, st.integers(1, 400), elements=st.floats(0, 20, width=32)),
+       st.lists(st.floats(0, 100), min_size=1, max_size=4))
+def test_percentiles_equal_numpy(a, qs):
+    np.testing.assert_allclose(_percentiles(a, tuple(qs)), np.percentile(a.astype(np.float64), qs), rtol=1e-6,
+                               atol=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(2, 40), st.integers(2, 40), st.just(3))))
+def test_belt_colour_is_the_border_median(rgb):
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.float32)
+    np.testing.assert_array_equal(_belt_colour(rgb), np.median(border, axis=0))
