@@ -72,3 +72,30 @@ def test_a_frozen_camera_frame_is_stuck():
         frame = it.rgb if frame is None else frame
         h.check(replace(it, rgb=frame.copy()))
     assert h.alarms.get("camera") == "stuck"
+
+
+def test_a_white_frame_is_saturated_but_a_dim_noisy_one_is_not():
+    white = SensorHealth()
+    dim = SensorHealth()
+    rng = np.random.default_rng(0)
+    for it in items(6):
+        white.check(replace(it, rgb=np.full_like(it.rgb, 255)))
+        # mean about 1.5 (near the black rail) but noisy: a dark scene, not a dead camera
+        dim.check(replace(it, rgb=rng.integers(0, 4, size=it.rgb.shape, dtype=np.uint8)))
+    assert white.alarms.get("camera") == "saturated"
+    assert "camera" not in dim.alarms
+
+
+def test_one_changed_pixel_is_a_live_frame_not_a_stuck_one():
+    h = SensorHealth()
+    frame = None
+    for k, it in enumerate(items(8)):
+        frame = it.xray_low if frame is None else frame
+        live = frame.copy()
+        live.flat[k] ^= 1  # the least bit of one pixel: still a different frame
+        h.check(replace(it, xray_low=live, xray_high=live))
+    assert "xray" not in h.alarms
+    h2 = SensorHealth()
+    for it in items(6):
+        h2.check(replace(it, xray_low=frame.copy(), xray_high=frame.copy()))
+    assert h2.alarms.get("xray") == "stuck"
