@@ -126,10 +126,37 @@ def _connect_timeout() -> float:
     return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s"))
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
+_KEEP_FREED = 32 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep up to 32 MB of freed memory in this process (trim and mmap thresholds).
+
+    A Dask nanny starts its worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which also
+    freezes glibc's mmap threshold at 128 kB: every image-sized temporary array of an
+    item is then mapped, faulted in page by page and unmapped again, a fifth of the
+    CPU an item costs.  Resetting both thresholds in the worker restores the default
+    behaviour for arrays up to 32 MB.  A no-op (False) where the C library is not glibc.
+    """
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED)) and bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED))
+    except (OSError, AttributeError):
+        return False
+
+
 @functools.cache
 def _single_threaded() -> None:
-    """Once per worker process: one OpenCV/BLAS thread; the workers are the parallelism."""
+    """Once per worker process: one OpenCV/BLAS thread (the workers are the parallelism),
+    and glibc's default handling of freed memory (:func:`keep_freed_memory`)."""
     _init_worker()
+    keep_freed_memory()
 
 
 def score_chunk(model: SorterModel, log_dir: str, meta: LogMeta, lines: list[LogLine],

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import socket
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -133,3 +135,36 @@ def test_workers_that_would_score_differently_are_refused(cluster, model, log_wi
     other = dataclasses.replace(model, manifest={**model.manifest, "libraries": libraries})
     with pytest.raises(SorterError, match=r"would score differently \(scikit-learn 1.0.0 saved it"):
         next(iter_decisions_dask([str(log_with_bad_lines)], other, scheduler=cluster.scheduler_address))
+
+
+_FAULTS_SCRIPT = """
+import resource, sys
+import numpy as np
+from sorter.distributed import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):  # warm up
+    np.ones(400_000 // 8).sum()
+f0 = faults()
+for _ in range(500):
+    np.ones(400_000 // 8).sum()  # an image-sized temporary, freed at once
+print(faults() - f0)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc tuning")
+def test_workers_keep_freed_memory_under_dasks_trim_threshold():
+    """Under a Dask nanny's MALLOC_TRIM_THRESHOLD_, every freed image-sized array is handed
+    back to the system and faulted in again; the scoring tasks undo that once per worker."""
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], env=env, capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout.strip())
+
+    plain, kept = faults("plain"), faults("keep")
+    assert plain > 500 * 50  # ~100 pages faulted per array
+    assert kept < plain / 20
