@@ -979,6 +979,7 @@ class Controller:
                                                     timeout_s=si.due_mono - time.monotonic() + self.grace_s)
             except PlcTimeoutError as err:
                 delivery = "late"
+                plc_seq = getattr(err, "seq", None)  # written under this seq: the PLC may still answer it
                 logger.info("item=%s plc_id=%d lane=%s delivery=late: %s", si.item_id, si.plc_id, lane, err)
             except PlcError as err:
                 delivery = "undelivered"

@@ -523,6 +523,20 @@ class _LinkLost(PlcError):
     """The transport is gone (connection refused, reset or closed)."""
 
 
+class AckTimeoutError(PlcTimeoutError):
+    """A decision was not acknowledged within its ``timeout_s``.
+
+    ``seq`` is the mailbox sequence number it was written with (``None`` if no
+    write went through): the PLC may still latch it, and answer ``late`` or
+    ``accepted`` under that seq; the audit log records it so the PLC's own log
+    can be matched.
+    """
+
+    def __init__(self, message: str, *, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
 @dataclass
 class _Pending:
     seq: int
@@ -693,10 +707,19 @@ class _MailboxLink(PlcLink):
         try:
             while not pending.done.is_set():
                 if time.monotonic() >= deadline:
-                    raise PlcTimeoutError(
+                    if first_write is not None and self._connected:
+                        # One last look before giving up: the PLC may have acknowledged while this
+                        # task waited for the loop (the poller only reads every poll_interval).
+                        # Its answer is the truth for where the item goes, so report it.
+                        with suppress(PlcError):
+                            await self._refresh()
+                        if pending.done.is_set():
+                            break
+                    raise AckTimeoutError(
                         f"no acknowledgement from the PLC at {self._describe()} for item {item_id} "
                         f"(seq {seq}, slot {slot}) within {timeout_s:.3f} s; the item goes to the safe lane "
-                        f"unless the PLC latches it in time. Check the PLC scan and its fault word"
+                        f"unless the PLC latches it in time. Check the PLC scan and its fault word",
+                        seq=seq if first_write is not None else None,
                     )
                 wait = self.rewrite_interval_s
                 try:

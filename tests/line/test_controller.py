@@ -211,6 +211,8 @@ def test_plc_that_never_acks_gives_late_items_that_default_to_manual(tmp_path: P
     check_invariants(summary, rows, None)
     assert summary.items == 20 == len(rows)
     assert all(r.delivery in ("late", "undelivered") for r in rows)
+    # A decision written but never acknowledged keeps its mailbox seq, to match the PLC's own log.
+    assert any(r.delivery == "late" and r.plc_seq is not None and r.plc_status is None for r in rows)
     assert summary.effective_lanes == {"manual": 20}
     # The PLC's own record: every item went to the safe lane by default.
     assert set(link.model.decisions.values()) == {"manual"} and len(link.model.decisions) == 20

@@ -25,6 +25,7 @@ from sorter.line.plc import (
     SAFE_LANE,
     SLOT_WORDS,
     Ack,
+    AckTimeoutError,
     Lane,
     MemoryPlc,
     ModbusPlcLink,
@@ -348,6 +349,50 @@ def test_a_full_ring_waits_for_a_free_slot_or_times_out_clearly(backend: str) ->
             assert all(isinstance(r, PlcTimeoutError) for r in results), results
             assert any("mailbox slots are busy" in str(r) for r in results)
             assert sum("no acknowledgement" in str(r) for r in results) == n
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_timed_out_decision_names_the_seq_it_was_written_with(backend: str) -> None:
+    async def scenario() -> None:
+        async with Rig(backend) as rig:
+            rig.model.acking = False
+            with pytest.raises(AckTimeoutError) as err:
+                await rig.link.send_decision(500, "li_ion", timeout_s=0.2)
+            assert err.value.seq is not None
+            slot = err.value.seq % rig.map.slots
+            words = await rig.read(rig.map.slot_address(slot), SLOT_WORDS)
+            # The PLC may still latch it: the seq in the error is the one standing in the mailbox.
+            assert decode_slot(words).seq == err.value.seq and decode_slot(words).item_id == 500
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_ack_that_arrives_between_polls_is_read_before_giving_up(backend: str) -> None:
+    """The PLC's answer is the truth: a decision it accepted is never reported as timed out."""
+
+    async def scenario() -> None:
+        slow_poll = {**LINK_OPTIONS, "poll_interval_s": 5.0, "rewrite_interval_s": 5.0, "heartbeat_timeout_s": 5.0}
+        sim: PlcSimulator | None = None
+        link: ModbusPlcLink | MemoryPlc
+        if backend == "modbus":
+            sim = PlcSimulator(port=0, scan_ms=100, pc_heartbeat_timeout_s=10.0)
+            await sim.start()
+            link = ModbusPlcLink("127.0.0.1", sim.port, **slow_poll)
+        else:
+            link = MemoryPlc(scan_ms=100, pc_heartbeat_timeout_s=10.0, **slow_poll)
+        try:
+            await link.connect()
+            # Written at once, polled once at once (before the 100 ms scan latches it), then
+            # the poller sleeps 5 s: only the last read at the deadline can see the ack.
+            ack = await link.send_decision(600, "hazard", timeout_s=0.35)
+            assert ack.accepted and ack.seq > 0
+        finally:
+            await link.close()
+            if sim is not None:
+                await sim.stop()
 
     run(scenario())
 
