@@ -13,8 +13,9 @@ Rules, in order (the first that applies decides):
 4. ``p_lead_acid >= lead_acid_min`` *and* every critical reading present and valid -> ``lead_acid``.
    Critical are the two independent physical proofs of lead: the dual-energy X-ray (both
    channels, with an object in the beam) and the scale.  The profiler, camera and thermal
-   camera are not critical: the model was trained, and ``lead_acid_min`` chosen, with each
-   of them missing in turn;
+   camera are not critical: the model was trained with each of them missing in turn, and
+   an item without one of them must clear that sensor's own, stricter threshold
+   (``lead_acid_min_missing``, chosen on held-out items with that sensor removed) as well;
 5. ``p_lead_acid <= not_lead_max`` (confidently not lead-acid): damaged-looking Li-ion ->
    ``hazard``; Li-ion -> ``li_ion``; anything else -> ``other_lane`` (default ``li_ion``,
    the non-breaker battery stream);
@@ -33,10 +34,23 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import ConfigError
-from .features.measure import RAW_COLUMNS
+from .features.measure import CAMERA_COLUMNS, RAW_COLUMNS
 
 SAFE_LANES = ("li_ion", "hazard", "manual")
 _COL = {n: i for i, n in enumerate(RAW_COLUMNS)}
+CRITICAL_SENSORS = ("xray", "scale")
+# Non-critical sensors, and the raw columns that are all present when the sensor gave a
+# usable reading (the camera's shape columns are only measured when it saw the item).
+OPTIONAL_SENSORS: dict[str, tuple[int, ...]] = {
+    "profiler": tuple(_COL[c] for c in ("length_mm", "width_mm", "height_mm")),
+    "camera": tuple(_COL[c] for c in CAMERA_COLUMNS[:5]),
+    "thermal": (_COL["surface_temp_c"],),
+}
+
+
+def missing_optional(raw: np.ndarray) -> list[str]:
+    """The non-critical sensors without a usable reading in a raw measurement row."""
+    return [s for s, cols in OPTIONAL_SENSORS.items() if any(math.isnan(raw[c]) for c in cols)]
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,8 @@ class PolicyThresholds:
     """Thresholds of the divert policy, stored in the model manifest."""
 
     lead_acid_min: float = 0.99
+    # Stricter lead_acid_min for an item without a reading of one of these sensors.
+    lead_acid_min_missing: Mapping[str, float] = field(default_factory=dict)
     not_lead_max: float = 0.5
     damage_min: float = 0.5
     damage_li_min: float = 0.25  # Li-ion probability above which the damage score counts
@@ -58,13 +74,24 @@ class PolicyThresholds:
             raise ConfigError(
                 f"not_lead_max ({self.not_lead_max}) must be below lead_acid_min ({self.lead_acid_min})"
             )
+        for sensor, v in self.lead_acid_min_missing.items():
+            if sensor not in OPTIONAL_SENSORS:
+                raise ConfigError(f"lead_acid_min_missing: unknown sensor {sensor!r}; known: {sorted(OPTIONAL_SENSORS)}")
+            if not self.lead_acid_min <= v <= 1:
+                raise ConfigError(f"lead_acid_min_missing[{sensor!r}] must be in [lead_acid_min, 1], got {v}")
         if self.other_lane not in SAFE_LANES:
             raise ConfigError(f"other_lane must be one of {SAFE_LANES}, got {self.other_lane!r}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["envelope"] = {k: list(v) for k, v in self.envelope.items()}
+        d["lead_acid_min_missing"] = dict(self.lead_acid_min_missing)
         return d
+
+    def lead_acid_min_for(self, raw: np.ndarray) -> tuple[float, list[str]]:
+        """The lead_acid threshold that applies to this item, and the optional sensors it lacks."""
+        missing = missing_optional(raw)
+        return max([self.lead_acid_min, *(self.lead_acid_min_missing.get(s, self.lead_acid_min) for s in missing)]), missing
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "PolicyThresholds":
@@ -74,6 +101,7 @@ class PolicyThresholds:
             raise ConfigError(f"unknown policy keys {sorted(unknown)}; known: {sorted(known)}")
         kw = dict(d)
         kw["envelope"] = {k: (float(v[0]), float(v[1])) for k, v in d.get("envelope", {}).items()}
+        kw["lead_acid_min_missing"] = {str(k): float(v) for k, v in d.get("lead_acid_min_missing", {}).items()}
         return cls(**kw)
 
 
@@ -136,7 +164,8 @@ def decide(
     if len(crit) == 2 and "scale missing" in crit and "X-ray missing" in crit:
         return Verdict("manual", "no X-ray and no scale reading: nothing to judge the chemistry by", chem)
     p_lead = p["lead_acid"]
-    if p_lead >= t.lead_acid_min:
+    lead_min, missing = t.lead_acid_min_for(raw)
+    if p_lead >= lead_min:
         if not crit:
             return Verdict("lead_acid", f"lead-acid p={p_lead:.4f}", chem)
         return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but {', '.join(crit)}", chem)
@@ -147,7 +176,9 @@ def decide(
         if chem == "li_ion" or (chem == "lead_acid" and p_li >= p.get("other", 0.0)):
             return Verdict("li_ion", f"Li-ion p={p_li:.3f}", "li_ion")
         return Verdict(t.other_lane, f"other (not for the breaker) p={p.get('other', 0.0):.3f}", chem)
-    why = f"uncertain: p_lead_acid={p_lead:.3f} between {t.not_lead_max:.3g} and {t.lead_acid_min:.4g}"
+    why = f"uncertain: p_lead_acid={p_lead:.3f} between {t.not_lead_max:.3g} and {lead_min:.4g}"
+    if missing and lead_min > t.lead_acid_min:
+        why += f" (the threshold without {', '.join(missing)})"
     if crit:
         why += f"; {', '.join(crit)}"
     return Verdict("manual", why, chem)

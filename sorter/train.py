@@ -35,7 +35,7 @@ from .errors import SorterError
 from .features.measure import RAW_COLUMNS
 from .features.transformers import SENSOR_GROUPS, make_feature_transformer, mask_sensor
 from .model import SorterModel, save_model
-from .policy import PolicyThresholds, decide
+from .policy import OPTIONAL_SENSORS, PolicyThresholds, critical_problems, decide
 
 log = logging.getLogger(__name__)
 
@@ -121,20 +121,35 @@ def fit_damage(raw: np.ndarray, damaged: np.ndarray, cfg: TrainConfig) -> Pipeli
 
 def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None,
                       cfg: TrainConfig) -> tuple[PolicyThresholds, dict[str, Any]]:
-    """Pick the policy thresholds on held-out rows, with each sensor missing in turn."""
+    """Pick the policy thresholds on held-out rows, with each sensor missing in turn.
+
+    ``lead_acid_min`` sits ``lead_margin_logit`` above the most lead-like non-lead-acid
+    item of the held-out rows as recorded; for each optional sensor (profiler, camera,
+    thermal) the same rule on the held-out rows with that sensor removed gives that
+    sensor's own threshold, which an item without its reading must also clear.  Rows
+    without a valid X-ray or scale reading cannot reach the lead_acid lane at all (the
+    policy's critical readings), so they set no threshold (the X-ray- and scale-removed
+    variants' maxima are reported as 0).
+    """
     variants = [("all", raw)] + [(s, mask_sensor(raw, s)) for s in SENSOR_GROUPS]
-    worst_nonlead = 0.0
     report: dict[str, Any] = {}
     probas = {}
+
+    def threshold(worst: float) -> float:
+        return min(max(cfg.lead_acid_min_floor, _sigmoid(_logit(worst) + cfg.lead_margin_logit)), 1 - 1e-9)
+
+    per_variant: dict[str, float] = {}
     for name, r in variants:
         proba, _ = model.predict(r)
         probas[name] = proba
-        nonlead = proba[y != "lead_acid", 0]
+        # only rows the policy could send to lead_acid: critical readings present and valid
+        eligible = np.array([not critical_problems(row) for row in r], dtype=bool)
+        nonlead = proba[(y != "lead_acid") & eligible, 0]
         m = float(nonlead.max()) if nonlead.size else 0.0
         report[f"max_p_lead_nonlead_{name}"] = m
-        worst_nonlead = max(worst_nonlead, m)
-    lead_min = max(cfg.lead_acid_min_floor, _sigmoid(_logit(worst_nonlead) + cfg.lead_margin_logit))
-    lead_min = min(lead_min, 1 - 1e-9)
+        per_variant[name] = threshold(m)
+    lead_min = per_variant["all"]
+    lead_min_missing = {s: max(lead_min, per_variant[s]) for s in OPTIONAL_SENSORS}
     # "Confidently not lead-acid": below the p_lead of all but the least lead-like 0.1 % of
     # lead-acid items (those go to manual rather than to another lane), capped at 0.5.
     pl_lead = probas["all"][y == "lead_acid", 0]
@@ -157,9 +172,11 @@ def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damage
         if v.size:
             lo, hi = float(v.min()), float(v.max())
             envelope[col] = (lo * 0.5, hi * 1.5)  # generous: only far-out items count as unknown
-    t = PolicyThresholds(lead_acid_min=lead_min, not_lead_max=not_lead, damage_min=dmg_min,
+    t = PolicyThresholds(lead_acid_min=lead_min, lead_acid_min_missing=lead_min_missing, not_lead_max=not_lead,
+                         damage_min=dmg_min,
                          hot_excess_c=cfg.hot_excess_c, other_lane=cfg.other_lane, envelope=envelope)
-    report.update({"lead_acid_min": lead_min, "not_lead_max": not_lead, "damage_min": dmg_min})
+    report.update({"lead_acid_min": lead_min, "lead_acid_min_missing": lead_min_missing, "not_lead_max": not_lead,
+                   "damage_min": dmg_min})
     return t, report
 
 

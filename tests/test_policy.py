@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sorter.errors import ConfigError
 from sorter.features.measure import RAW_COLUMNS
 from sorter.features.transformers import SENSOR_GROUPS, mask_sensor
-from sorter.policy import PolicyThresholds, critical_problems, decide
+from sorter.policy import PolicyThresholds, critical_problems, decide, missing_optional
 
 T = PolicyThresholds(lead_acid_min=0.98, not_lead_max=0.3, damage_min=0.4, hot_excess_c=6.0,
                      envelope={"weight_g": (10.0, 60000.0)})
@@ -125,3 +125,34 @@ def test_an_item_without_xray_and_scale_goes_to_manual_whatever_it_looks_like():
     for p in (LEAD, LI, OTHER):
         v = decide(p, 0.0, raw, T)
         assert v.lane == "manual" and "nothing to judge" in v.reason
+
+
+@pytest.mark.parametrize("sensor", ["profiler", "camera", "thermal"])
+def test_an_item_without_an_optional_sensor_must_clear_its_stricter_threshold(sensor):
+    t = PolicyThresholds(lead_acid_min=0.95, lead_acid_min_missing={sensor: 0.995}, not_lead_max=0.3)
+    p = np.array([0.99, 0.005, 0.005])
+    assert decide(p, 0.0, full_row(), t).lane == "lead_acid"
+    raw = mask_sensor(full_row()[None, :], sensor)[0]
+    assert missing_optional(raw) == [sensor]
+    v = decide(p, 0.0, raw, t)
+    assert v.lane == "manual" and sensor in v.reason and "0.995" in v.reason
+    assert decide(np.array([0.999, 0.0005, 0.0005]), 0.0, raw, t).lane == "lead_acid"
+
+
+def test_a_camera_that_saw_no_item_counts_as_missing():
+    raw = full_row()
+    raw[RAW_COLUMNS.index("cam_area_mm2")] = 0.0
+    raw[RAW_COLUMNS.index("cam_len_mm")] = np.nan  # what measure_camera gives for a blank picture
+    assert missing_optional(raw) == ["camera"]
+
+
+def test_per_sensor_thresholds_are_validated_and_old_manifests_load():
+    with pytest.raises(ConfigError, match="unknown sensor"):
+        PolicyThresholds(lead_acid_min=0.9, lead_acid_min_missing={"xray": 0.99})
+    with pytest.raises(ConfigError, match="lead_acid_min_missing"):
+        PolicyThresholds(lead_acid_min=0.9, lead_acid_min_missing={"camera": 0.5})
+    t = PolicyThresholds(lead_acid_min=0.9, lead_acid_min_missing={"camera": 0.99})
+    assert PolicyThresholds.from_json(t.to_json()) == t
+    old = t.to_json()
+    del old["lead_acid_min_missing"]  # a manifest written before per-sensor thresholds
+    assert PolicyThresholds.from_json(old).lead_acid_min_missing == {}

@@ -44,9 +44,14 @@ def test_training_is_reproducible_and_round_trips(tmp_path, small_log):
 def test_thresholds_keep_every_heldout_non_lead_item_out_of_lead_acid(small_log):
     model, report = train([str(small_log)], FAST)
     sel = report["threshold_selection"]
-    worst = max(v for k, v in sel.items() if k.startswith("max_p_lead_nonlead_"))
-    assert model.thresholds.lead_acid_min > worst
-    assert 0 <= model.thresholds.not_lead_max < model.thresholds.lead_acid_min
+    t = model.thresholds
+    # complete items clear the margin above every non-lead item as recorded...
+    assert t.lead_acid_min > sel["max_p_lead_nonlead_all"]
+    # ...and an item without an optional sensor must clear that sensor's own threshold
+    assert set(t.lead_acid_min_missing) == {"profiler", "camera", "thermal"}
+    for sensor, v in t.lead_acid_min_missing.items():
+        assert v >= t.lead_acid_min and v > sel[f"max_p_lead_nonlead_{sensor}"]
+    assert 0 <= t.not_lead_max < t.lead_acid_min
 
 
 def test_unlabelled_logs_are_refused_with_a_reason(tmp_path):
