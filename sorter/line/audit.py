@@ -31,6 +31,7 @@ import math
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -741,6 +742,14 @@ class AuditWriter:
         which means the disk is not keeping up.
     max_batch : int, default 1000
         Most entries per transaction.
+    delivery_delay_s : float, default 0.0
+        How long a delivery update may wait for company before it is
+        committed.  Decisions are never held back: a decision is committed as
+        soon as the thread takes it, together with every delivery update
+        waiting, so on a busy line each item costs one transaction (one fsync)
+        instead of two.  A delivery update waits at most this long (a crash
+        within that window leaves its row ``pending``, which the next start
+        marks ``undelivered``; the PLC's counters stay the truth).
 
     Raises
     ------
@@ -775,13 +784,17 @@ class AuditWriter:
         busy_timeout_s: float = 5.0,
         max_queue: int = 10_000,
         max_batch: int = 1000,
+        delivery_delay_s: float = 0.0,
     ) -> None:
+        if not _is_finite(delivery_delay_s) or not 0.0 <= delivery_delay_s <= 10.0:
+            raise AuditRecordError(f"delivery_delay_s must be in [0, 10] s, got {delivery_delay_s!r}")
         if not _is_int(max_queue) or max_queue < 1:
             raise AuditRecordError(f"max_queue must be an int >= 1, got {max_queue!r}")
         if not _is_int(max_batch) or max_batch < 1:
             raise AuditRecordError(f"max_batch must be an int >= 1, got {max_batch!r}")
         self._path = str(path)
         self._max_batch = max_batch
+        self._delivery_delay_s = float(delivery_delay_s)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._submit_lock = threading.Lock()
         self._closed = False
@@ -811,8 +824,9 @@ class AuditWriter:
         try:
             stop = False
             while not stop:
-                batch = []
+                batch: list[tuple[str, Any, Future[Any]]] = []
                 item = self._queue.get()
+                hold_until: float | None = None
                 while True:
                     if item is _STOP:
                         stop = True
@@ -822,6 +836,20 @@ class AuditWriter:
                         break
                     try:
                         item = self._queue.get_nowait()
+                        continue
+                    except queue.Empty:
+                        pass
+                    # Nothing more queued.  Only delivery updates so far: wait (a little) for a
+                    # decision to share the transaction with.  A decision is never held back.
+                    if self._delivery_delay_s <= 0 or any(kind == "decision" for kind, _, _ in batch):
+                        break
+                    now = time.monotonic()
+                    if hold_until is None:
+                        hold_until = now + self._delivery_delay_s
+                    if now >= hold_until:
+                        break
+                    try:
+                        item = self._queue.get(timeout=hold_until - now)
                     except queue.Empty:
                         break
                 if batch:

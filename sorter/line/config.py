@@ -145,6 +145,9 @@ class AuditSection:
 
     path: str = "audit.sqlite"
     """The audit database file (its directory must exist)."""
+    delivery_flush_ms: float = 50.0
+    """Longest a delivery outcome waits to share a transaction with the next decision (0: commit at once).
+    Decisions themselves are always committed at once, before they are sent."""
 
 
 @dataclass(frozen=True)
@@ -540,6 +543,7 @@ def _validate(cfg: LineConfig) -> None:
         )
 
     need(bool(cfg.audit.path), "audit", "path", "must name the audit database file")
+    need(0 <= cfg.audit.delivery_flush_ms <= 10_000, "audit", "delivery_flush_ms", "must be in 0..10000")
 
     m = cfg.metrics
     try:

@@ -766,7 +766,8 @@ class Controller:
                 if self._stop_requested:
                     self.source.stop()
             # Room for every in-flight item's two entries (decision, delivery): submit() never blocks the loop.
-            self._writer = AuditWriter(cfg.audit.path, max_queue=max(10_000, 2 * cfg.line.max_in_flight + 16))
+            self._writer = AuditWriter(cfg.audit.path, max_queue=max(10_000, 2 * cfg.line.max_in_flight + 16),
+                                       delivery_delay_s=cfg.audit.delivery_flush_ms / 1000.0)
         except BaseException:
             reader.close()
             raise

@@ -412,6 +412,53 @@ def test_writer_duplicates_and_deliveries_apply_in_order(db: Path) -> None:
         ]
 
 
+def test_delivery_updates_share_the_next_decisions_transaction_and_every_future_waits_for_its_commit(
+    db: Path,
+) -> None:
+    """Group commit: a decision is committed at once (before it could be sent); the delivery
+    updates waiting beside it go into the same transaction; each future resolves after the
+    commit that holds its entry."""
+    seen: list[tuple[str, bool]] = []
+
+    def committed(kind: str, item_id: str, want: str | None) -> None:
+        with sqlite3.connect(db) as other:
+            row = other.execute("SELECT delivery FROM decisions WHERE item_id = ?", (item_id,)).fetchone()
+        seen.append((kind, row is not None and (want is None or row[0] == want)))
+
+    with AuditWriter(db, delivery_delay_s=5.0) as writer:
+        for n in range(1, 41):
+            fut = writer.submit(make_record(n))
+            fut.add_done_callback(lambda _f, n=n: committed("decision", f"it-{n}", None))
+            # The decision is on disk before the caller may send it: well before the delay.
+            t0 = time.monotonic()
+            assert fut.result(timeout=10) is True
+            assert time.monotonic() - t0 < 2.5
+            if n > 1:  # the previous item's outcome arrives while this one is in flight
+                upd = writer.submit_delivery(f"it-{n - 1}", "acked", plc_seq=n - 1, plc_status="accepted",
+                                             t_acked=2e9)
+                upd.add_done_callback(lambda _f, n=n: committed("delivery", f"it-{n - 1}", "acked"))
+        last = writer.submit_delivery("it-40", "late")
+        time.sleep(0.05)
+        assert not last.done(), "a lone delivery update waits for company (up to delivery_delay_s)"
+    assert last.result() is None  # close() commits what was held back
+    assert all(ok for _, ok in seen) and len(seen) == 40 + 39
+    # One transaction per decision (the deliveries rode along), plus the one at close.
+    assert writer.transactions <= 41
+    with AuditLog(db) as log:
+        assert log.counts_by_delivery() == {"acked": 39, "late": 1}
+
+
+def test_a_held_delivery_update_is_committed_after_delivery_delay(db: Path) -> None:
+    with AuditWriter(db, delivery_delay_s=0.05) as writer:
+        assert writer.submit(make_record(1)).result(timeout=10)
+        t0 = time.monotonic()
+        writer.submit_delivery("it-1", "acked", plc_seq=1, plc_status="accepted", t_acked=2e9).result(timeout=10)
+        assert time.monotonic() - t0 < 2.0
+        assert stored_ids(db) == {"it-1"}
+    with pytest.raises(AuditRecordError, match="delivery_delay_s"):
+        AuditWriter(db, delivery_delay_s=-1.0)
+
+
 def test_writer_futures_cannot_be_cancelled(db: Path) -> None:
     with AuditWriter(db) as writer:
         fut = writer.submit(make_record(1))
