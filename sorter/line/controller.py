@@ -52,8 +52,7 @@ import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -70,6 +69,7 @@ from sorter.line.config import LineConfig
 from sorter.line.metrics import LineMetrics, StatusLine
 from sorter.line.plc import SAFE_LANE, MemoryPlc, ModbusPlcLink, PlcLink, RegisterMap
 from sorter.line.sources import BeltTiming, ItemSource, LogFollowSource, SimulatedSource, SourceItem
+from sorter.line.workers import ScoringProcess, WorkerLost
 from sorter.readings import Item, ItemRecord
 from sorter.scoring import Decision, Scorer, error_decision
 
@@ -165,15 +165,18 @@ def _worker_scorer() -> Scorer:
     return _WORKER_SCORER
 
 
-def _worker_warm() -> tuple[int, str]:
+def _worker_warm(_payload: object = None) -> tuple[int, str]:
     scorer = _worker_scorer()
     score_batch(scorer, [(Item(ItemRecord("warm-up", 0.0)), None)])
-    time.sleep(0.05)  # keep this worker busy so the next warm-up call starts another one
     return os.getpid(), scorer.model.model_id
 
 
 def _worker_score(batch: list[tuple[Item, float | None]]) -> list[Decision]:
     return score_batch(_worker_scorer(), batch)
+
+
+_HANDLERS: Final = {"warm": _worker_warm, "score": _worker_score}
+_RESPAWN_DELAY_S: Final = 1.0
 
 
 @dataclass
@@ -196,7 +199,9 @@ class ScoringPool:
     kind : str
         ``"process"``: spawned worker processes, each loading the model once
         (the default: scoring is CPU-bound Python, which threads would
-        serialise on the GIL); ``"thread"``: threads sharing one model.
+        serialise on the GIL), each spoken to directly from the event loop
+        over a socket pair (:mod:`sorter.line.workers`: no helper threads in
+        the controller process); ``"thread"``: threads sharing one model.
     max_batch : int
         Most items in one model call.
 
@@ -206,7 +211,8 @@ class ScoringPool:
     busy, items wait, and the next free worker takes up to ``max_batch`` of
     them in one call to :func:`score_batch`: the model costs about the same for
     16 rows as for one.  :meth:`score` never raises: a failed worker gives the
-    item an error decision (``manual``), and a broken process pool is replaced.
+    item an error decision (``manual``); a worker process that died is
+    replaced (its items go to ``manual``; the others keep scoring meanwhile).
 
     The pool may be used from several event loops one after another (tests);
     one loop at a time.
@@ -223,8 +229,12 @@ class ScoringPool:
         self.kind = kind
         self.max_batch = max_batch
         self.model_id = "unknown"
-        self._executor: Executor | None = None
-        self._scorer: Scorer | None = None
+        self._executor: Executor | None = None  # thread kind
+        self._scorer: Scorer | None = None  # thread kind
+        self._procs: list[ScoringProcess] = []  # process kind: all live workers
+        self._free: deque[ScoringProcess] = deque()  # process kind: workers waiting for a batch
+        self._tasks: set[asyncio.Task[Any]] = set()  # process kind: batches running, workers respawning
+        self._started = False
         self._queue: deque[_Job] = deque()
         self._idle = workers
         self.worker_pids: list[int] = []
@@ -236,22 +246,25 @@ class ScoringPool:
         self.busy_s = 0.0
         """Wall time batches spent in the workers, summed."""
         self.largest_batch = 0
+        self.respawned = 0
+        """Worker processes replaced after one died."""
 
     @property
     def started(self) -> bool:
-        return self._executor is not None
+        return self._started
 
-    def _new_executor(self) -> Executor:
-        if self.kind == "thread":
-            return ThreadPoolExecutor(self.workers, thread_name_prefix="sorter-score")
-        import multiprocessing as mp
-
-        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.model_dir,))
+    def _new_process(self) -> ScoringProcess:
+        return ScoringProcess(_init_worker, (self.model_dir,), _HANDLERS)
 
     async def start(self) -> None:
-        """Start the workers and load the model in each (seconds); idempotent."""
-        if self._executor is not None:
+        """Start the workers and load the model in each (seconds); idempotent.
+
+        Raises
+        ------
+        Exception
+            What loading the model raised (e.g. :class:`~sorter.errors.ModelError`).
+        """
+        if self._started:
             return
         t0 = time.monotonic()
         if self.kind == "thread":
@@ -261,18 +274,22 @@ class ScoringPool:
             model = await asyncio.to_thread(load_model, self.model_dir)
             self._scorer = Scorer(model)
             self.model_id = model.model_id
-            self._executor = self._new_executor()
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sorter-score")
             await asyncio.get_running_loop().run_in_executor(
                 self._executor, score_batch, self._scorer, [(Item(ItemRecord("warm-up", 0.0)), None)])
         else:
-            self._executor = self._new_executor()
-            loop = asyncio.get_running_loop()
-            # Submitted together, so each warm-up starts (and loads the model in) its own worker.
-            warm = await asyncio.gather(*(loop.run_in_executor(self._executor, _worker_warm)
-                                          for _ in range(self.workers)))
+            procs = [self._new_process() for _ in range(self.workers)]
+            try:
+                warm = await asyncio.gather(*(p.call("warm", None) for p in procs))
+            except BaseException:
+                await asyncio.to_thread(_close_all, procs)
+                raise
+            self._procs = procs
+            self._free = deque(procs)
             self.model_id = warm[0][1]
-            self.worker_pids = sorted({pid for pid, _ in warm})
+            self.worker_pids = sorted(pid for pid, _ in warm)
             logger.debug("scoring workers %s", self.worker_pids)
+        self._started = True
         logger.info("scoring pool: %d %s worker(s), model %s, ready in %.1f s", self.workers, self.kind,
                     self.model_id, time.monotonic() - t0)
 
@@ -292,7 +309,7 @@ class ScoringPool:
             merely *might* miss are scored: queued items are what lets a worker
             batch them, which is what keeps the pool's throughput up.
         """
-        if self._executor is None:
+        if not self._started:
             await self.start()
         fut: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Job(item, ambient_c, fut, due_mono))
@@ -304,50 +321,115 @@ class ScoringPool:
         """Items queued for a free worker."""
         return len(self._queue)
 
+    def _take(self, now: float) -> list[_Job]:
+        """Up to ``max_batch`` queued jobs still worth scoring; sheds the hopeless ones."""
+        jobs: list[_Job] = []
+        while self._queue and len(jobs) < self.max_batch:
+            job = self._queue.popleft()
+            if job.future.done():  # a cancelled waiter needs no score
+                continue
+            if job.due_mono is not None and now >= job.due_mono:
+                self.shed += 1
+                job.future.set_result(None)
+                continue
+            jobs.append(job)
+        return jobs
+
     def _kick(self) -> None:
+        if not self._started:
+            return
+        if self.kind == "process":
+            while self._free and self._queue:
+                now = time.monotonic()
+                jobs = self._take(now)
+                if not jobs:
+                    continue
+                proc = self._free.popleft()
+                self._spawn_task(self._run_batch(proc, jobs, now), "score batch")
+            return
         loop = asyncio.get_running_loop()
         while self._idle > 0 and self._queue:
-            jobs: list[_Job] = []
             now = time.monotonic()
-            while self._queue and len(jobs) < self.max_batch:
-                job = self._queue.popleft()
-                if job.future.done():  # a cancelled waiter needs no score
-                    continue
-                if job.due_mono is not None and now >= job.due_mono:
-                    self.shed += 1
-                    job.future.set_result(None)
-                    continue
-                jobs.append(job)
+            jobs = self._take(now)
             if not jobs:
                 continue
             self._idle -= 1
-            started = now
             batch = [(j.item, j.ambient_c) for j in jobs]
-            assert self._executor is not None
+            assert self._executor is not None and self._scorer is not None
             try:
-                if self.kind == "thread":
-                    assert self._scorer is not None
-                    fut = loop.run_in_executor(self._executor, score_batch, self._scorer, batch)
-                else:
-                    fut = loop.run_in_executor(self._executor, _worker_score, batch)
-            except RuntimeError as err:  # executor shut down or broken
+                fut = loop.run_in_executor(self._executor, score_batch, self._scorer, batch)
+            except RuntimeError as err:  # executor shut down
                 self._idle += 1
                 self._fail(jobs, err)
                 continue
-            fut.add_done_callback(partial(self._done, jobs, started))
+            fut.add_done_callback(partial(self._done, jobs, now))
+
+    def _spawn_task(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _deliver(self, jobs: list[_Job], started: float, decisions: list[Decision]) -> None:
+        self.busy_s += time.monotonic() - started
+        self.batches += 1
+        self.items_scored += len(jobs)
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        for job, decision in zip(jobs, decisions, strict=True):
+            if not job.future.done():
+                job.future.set_result(decision)
+
+    async def _run_batch(self, proc: ScoringProcess, jobs: list[_Job], started: float) -> None:
+        try:
+            decisions = await proc.call("score", [(j.item, j.ambient_c) for j in jobs])
+        except asyncio.CancelledError:
+            self._fail(jobs, RuntimeError("scoring cancelled (pool closing)"))
+            raise
+        except Exception as err:  # noqa: BLE001 - a failed batch goes to the safe lane, never up
+            self._fail(jobs, err)
+        else:
+            self._deliver(jobs, started, decisions)
+        if proc.broken:
+            self._replace(proc)
+        elif self._started:
+            self._free.append(proc)
+        self._kick()
+
+    def _replace(self, proc: ScoringProcess) -> None:
+        logger.error("scoring worker %s died (exit code %s); starting a new one (the model loads again)",
+                     proc.pid, proc.process.exitcode)
+        if proc in self._procs:
+            self._procs.remove(proc)
+        self._spawn_task(self._respawn(proc), "respawn scoring worker")
+
+    async def _respawn(self, old: ScoringProcess) -> None:
+        await asyncio.to_thread(old.close, 1.0)
+        while self._started:
+            try:
+                proc = self._new_process()
+                pid, _model_id = await proc.call("warm", None)
+            except WorkerLost as err:
+                logger.error("replacement scoring worker failed to start: %s; retrying in %.0f s", err,
+                             _RESPAWN_DELAY_S)
+                await asyncio.sleep(_RESPAWN_DELAY_S)
+                continue
+            except Exception as err:  # noqa: BLE001 - e.g. the model no longer loads: its calls fail alike
+                logger.error("replacement scoring worker cannot score: %s; its items go to the safe lane", err)
+                pid = proc.pid or 0
+            self.respawned += 1
+            self.worker_pids = sorted({p for p in self.worker_pids if p != old.pid} | {pid})
+            if not self._started:
+                await asyncio.to_thread(proc.close, 1.0)
+                return
+            self._procs.append(proc)
+            self._free.append(proc)
+            self._kick()
+            return
 
     def _done(self, jobs: list[_Job], started: float, fut: asyncio.Future[list[Decision]]) -> None:
         self._idle += 1
         err = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
         if err is None:
-            self.busy_s += time.monotonic() - started
-            decisions = fut.result()
-            self.batches += 1
-            self.items_scored += len(jobs)
-            self.largest_batch = max(self.largest_batch, len(jobs))
-            for job, decision in zip(jobs, decisions, strict=True):
-                if not job.future.done():
-                    job.future.set_result(decision)
+            self._deliver(jobs, started, fut.result())
         else:
             self._fail(jobs, err)
         self._kick()
@@ -358,17 +440,31 @@ class ScoringPool:
             if not job.future.done():
                 job.future.set_result(error_decision(job.item.record.line_no, job.item.item_id,
                                                      f"scorer failed: {err!r}"))
-        if isinstance(err, BrokenProcessPool) and self._executor is not None:
-            logger.error("a scoring worker died; starting a new pool (the model loads again)")
-            old, self._executor = self._executor, self._new_executor()
-            old.shutdown(wait=False, cancel_futures=True)
-            self._idle = self.workers
 
     async def close(self) -> None:
         """Stop the workers (waits for running batches)."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
+        if not self._started:
+            return
+        self._started = False
+        if self.kind == "thread":
+            executor, self._executor = self._executor, None
+            if executor is not None:
+                await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
+            return
+        # Running batches finish (their items are decided); respawns see _started False and stop.
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        procs, self._procs, self._free = self._procs, [], deque()
+        await asyncio.to_thread(_close_all, procs)
+        for job in self._queue:  # nothing is left to score them
+            if not job.future.done():
+                job.future.set_result(error_decision(job.item.record.line_no, job.item.item_id,
+                                                     "scorer closed"))
+        self._queue.clear()
+
+
+def _close_all(procs: list[ScoringProcess]) -> None:
+    for proc in procs:
+        proc.close()
 
 
 # --------------------------------------------------------------------------- results

@@ -152,6 +152,50 @@ def test_items_past_their_deadline_are_not_scored_by_the_pool(scorer: ScoringPoo
     assert in_time is not None and scorer.items_scored == scored + 1
 
 
+def test_worker_processes_score_like_in_process_survive_a_killed_worker_and_serve_two_loops(
+        sim_pool: list[SimItem]) -> None:
+    """The process pool (sockets from the event loop, no executor threads): the same decisions as
+    scoring in-process; a worker killed between batches costs only its own batch (safe lane) and
+    is replaced; the pool serves one event loop after another; close() reaps every worker."""
+    from sorter.model import load_model
+
+    single = Scorer(load_model(None))
+    items = [Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"),
+                  SIM_CFG.meta()) for s in sim_pool[:10]]
+    expected = [single.score_item(it, 18.0) for it in items]
+    pool = ScoringPool(None, workers=2, kind="process", max_batch=4)
+
+    async def first_loop() -> list[Any]:
+        await pool.start()
+        assert len(pool.worker_pids) == 2 and pool.model_id == single.model.model_id
+        return list(await asyncio.gather(*(pool.score(it, 18.0) for it in items)))
+
+    async def second_loop() -> tuple[Any, list[Any]]:
+        victim = pool.worker_pids[0]
+        os.kill(victim, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        # Both workers get a batch: the dead one's items fail to the safe lane, the other's are scored.
+        lost = await asyncio.gather(pool.score(items[0], 18.0), pool.score(items[1], 18.0))
+        await eventually(lambda: pool.respawned == 1 and len(pool.worker_pids) == 2, "a replacement worker")
+        assert victim not in pool.worker_pids
+        after = [await pool.score(it, 18.0) for it in items]
+        return lost, after
+
+    try:
+        got = asyncio.run(first_loop())
+        lost, after = asyncio.run(second_loop())
+    finally:
+        procs = list(pool._procs)
+        asyncio.run(pool.close())
+    for decisions in (got, after):
+        for d, one in zip(decisions, expected, strict=True):
+            assert (d.item_id, d.lane, d.reason) == (one.item_id, one.lane, one.reason)
+            assert d.p_lead_acid == pytest.approx(one.p_lead_acid, abs=1e-12)
+    assert any(d.lane == "manual" and "scorer failed" in d.reason for d in lost)
+    assert pool.items_scored >= 2 * len(items)
+    assert procs and not any(p.process.is_alive() for p in procs)
+
+
 # --------------------------------------------------------------------------- happy path, both PLCs
 
 
