@@ -360,7 +360,12 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
         "",
         "## Policy thresholds (chosen on held-out data, stored in manifest.json)",
         f"- lead_acid only when p(lead_acid) ≥ {pol.get('lead_acid_min', float('nan')):.6f} (the most lead-like "
-        "non-lead held-out item, with each sensor removed in turn, plus a margin of 1.5 in log-odds).",
+        "non-lead held-out item plus a margin of 1.5 in log-odds, at least 0.9), with the X-ray and the scale "
+        "present and valid.",
+        "- an item without one of the optional sensors must also clear that sensor's threshold (the same rule on "
+        "the held-out items with the sensor removed): "
+        + (", ".join(f"{k} {v:.6f}" for k, v in sorted(pol.get("lead_acid_min_missing", {}).items())) or "none")
+        + ".",
         f"- confidently not lead-acid when p(lead_acid) ≤ {pol.get('not_lead_max', float('nan')):.4f}; between the "
         "two: manual.",
         f"- hazard when p(damaged) ≥ {pol.get('damage_min', float('nan')):.3f} for a likely Li-ion item, or when "
