@@ -261,27 +261,42 @@ def simulate_item(cfg: SimConfig, index: int) -> SimItem:
     return SimItem(rec, images)
 
 
-def _encode_item(cfg: SimConfig, index: int, png_level: int) -> tuple[ItemRecord, dict[str, bytes]]:
+def _write_item(cfg: SimConfig, index: int, png_level: int, out_dir: str) -> tuple[ItemRecord, int]:
+    """Simulate item ``index``, write its PNGs under ``out_dir/images``; return the record
+    (image paths set) and the images' size in bytes.  Runs in the worker processes, so
+    the images never travel between processes."""
     from ..logformat import encode_png
 
     item = simulate_item(cfg, index)
-    return item.record, {k: encode_png(v, png_level) for k, v in item.images.items()}
+    paths: dict[str, str] = {}
+    nbytes = 0
+    for key, img in item.images.items():
+        data = encode_png(img, png_level)
+        rel = f"images/{item.record.item_id}_{key}.png"
+        with open(os.path.join(out_dir, rel), "wb") as fh:
+            fh.write(data)
+        paths[key] = rel
+        nbytes += len(data)
+    return replace(item.record, **paths), nbytes
 
 
-def _encode_chunk(cfg: SimConfig, start: int, stop: int, png_level: int) -> list[tuple[ItemRecord, dict[str, bytes]]]:
+def _write_chunk(cfg: SimConfig, start: int, stop: int, png_level: int, out_dir: str) -> list[tuple[ItemRecord, int]]:
     import cv2
     from threadpoolctl import threadpool_limits
 
     cv2.setNumThreads(1)  # OpenCV's pool is not fork-safe and would fight the processes
     with threadpool_limits(1):  # one BLAS thread per process: the processes are the parallelism
-        return [_encode_item(cfg, i, png_level) for i in range(start, stop)]
+        return [_write_item(cfg, i, png_level, out_dir) for i in range(start, stop)]
 
 
-def iter_encoded(cfg: SimConfig, workers: int = 1, png_level: int = 1, chunk: int = 32) -> Iterator[tuple[ItemRecord, dict[str, bytes]]]:
-    """Simulated items with PNG-encoded images, in order, over ``workers`` processes."""
+def iter_written(cfg: SimConfig, out_dir: str, workers: int = 1, png_level: int = 1, chunk: int = 32
+                 ) -> Iterator[tuple[ItemRecord, int]]:
+    """Simulate the items and write their images, in order, over ``workers`` processes;
+    yield each record (image paths set) and its image bytes.  The caller appends the
+    records to ``items.jsonl``: a line is written only after its images exist."""
     if workers <= 1:
         for i in range(cfg.items):
-            yield _encode_item(cfg, i, png_level)
+            yield _write_item(cfg, i, png_level, out_dir)
         return
     import multiprocessing as mp
 
@@ -292,7 +307,7 @@ def iter_encoded(cfg: SimConfig, workers: int = 1, png_level: int = 1, chunk: in
         it = iter(starts)
         # keep a bounded number of chunks in flight so memory stays flat
         for s in it:
-            pending.append(pool.submit(_encode_chunk, cfg, s, min(s + chunk, cfg.items), png_level))
+            pending.append(pool.submit(_write_chunk, cfg, s, min(s + chunk, cfg.items), png_level, out_dir))
             if len(pending) >= 2 * workers:
                 break
         while pending:
@@ -300,7 +315,7 @@ def iter_encoded(cfg: SimConfig, workers: int = 1, png_level: int = 1, chunk: in
             yield from fut.result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(_encode_chunk, cfg, nxt, min(nxt + chunk, cfg.items), png_level))
+                pending.append(pool.submit(_write_chunk, cfg, nxt, min(nxt + chunk, cfg.items), png_level, out_dir))
 
 
 @dataclass
@@ -362,15 +377,8 @@ def simulate_log(cfg: SimConfig, out_dir: str | os.PathLike, *, workers: int = 1
 
         bar = tqdm(total=cfg.items, unit="item", desc="simulate")
     with LogWriter(out, cfg.meta()) as writer:
-        for rec, pngs in iter_encoded(cfg, workers, png_level):
-            paths: dict[str, str] = {}
-            nbytes = 0
-            for key, data in pngs.items():
-                rel = f"images/{rec.item_id}_{key}.png"
-                (out / rel).write_bytes(data)
-                paths[key] = rel
-                nbytes += len(data)
-            written = writer.append(replace(rec, **paths))
+        for rec, nbytes in iter_written(cfg, str(out), workers, png_level):
+            written = writer.append(rec)
             nbytes += len(json.dumps(written.to_json(), separators=(",", ":"))) + 1
             summary.add(written, nbytes)
             if bar is not None:
