@@ -608,6 +608,12 @@ class _MailboxLink(PlcLink):
         self._pc_heartbeat = 0
         self._plc_heartbeat: int | None = None
         self._plc_heartbeat_seen_at = 0.0
+        # When the PLC last scanned, as far as our reads tell: in (_scan_lo, _scan_hi], and its
+        # nominal period (SCAN_MS).  The ack poller sleeps until just before the next scan.
+        self._scan_s = 0.0
+        self._scan_lo: float | None = None
+        self._scan_hi = 0.0
+        self._last_read_start: float | None = None
         self._fault_word = 0
         self._counters: dict[str, int] = {}
         self._last_error = ""
@@ -907,8 +913,35 @@ class _MailboxLink(PlcLink):
 
     async def _refresh(self) -> None:
         """Read the status block and acknowledgements in one request."""
+        start = time.monotonic()
+        before = self._plc_heartbeat
         words = await self._read_regs(self.register_map.status_address, self.register_map.plc_words)
         self._absorb_status(words)
+        end = time.monotonic()
+        previous, self._last_read_start = self._last_read_start, start
+        scan_s = words[5] / 1000.0
+        self._scan_s = scan_s if 0.001 <= scan_s <= 1.0 else 0.0
+        if before is not None and words[2] != before and previous is not None:
+            # The heartbeat moved: the PLC scanned after the previous read reached it and
+            # before this one returned.
+            self._scan_lo, self._scan_hi = previous, end
+
+    def _poll_delay(self, now: float) -> float:
+        """How long the ack poller may wait before its next read.
+
+        The PLC only latches and acknowledges in its scan, and it counts every scan on
+        its heartbeat.  Once a read has seen the heartbeat move, the next scan cannot come
+        before one period after the read before it; reading earlier finds nothing new.  So
+        the poller sleeps until just before that, then reads every ``poll_interval``
+        until it sees the scan.  Without a recent, precise view of the scan phase (or a
+        plausible ``SCAN_MS``) it reads every ``poll_interval``.
+        """
+        lo, scan = self._scan_lo, self._scan_s
+        if lo is None or not scan or now - lo > 1.0 or self._scan_hi - lo > scan / 2:
+            return self.poll_interval_s
+        margin = max(0.0005, 0.05 * scan)  # PLC scan jitter
+        earliest = lo + scan - margin  # only one period ahead: no extrapolation over a drifting clock
+        return max(self.poll_interval_s, earliest - now)
 
     def _absorb_status(self, words: Sequence[int]) -> None:
         now = time.monotonic()
@@ -935,13 +968,17 @@ class _MailboxLink(PlcLink):
             )
 
     async def _poll_acks(self) -> None:
-        """Read acknowledgements while decisions are waiting (one read serves all)."""
+        """Read acknowledgements while decisions are waiting (one read serves all).
+
+        Reads are timed to the PLC's scan (:meth:`_poll_delay`): about one read
+        per scan when the scan phase is known, instead of one per poll interval.
+        """
         while self._connected and any(not p.done.is_set() for p in self._pending.values()):
             try:
                 await self._refresh()
             except PlcError as err:
                 logger.debug("acknowledgement poll failed: %s", err)
-            await asyncio.sleep(self.poll_interval_s)
+            await asyncio.sleep(self._poll_delay(time.monotonic()))
 
     async def _claim_slot(self, deadline: float, item_id: int) -> tuple[int, int]:
         """Reserve a free ring slot and a fresh seq for it, waiting until ``deadline``."""

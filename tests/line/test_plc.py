@@ -398,6 +398,39 @@ def test_an_ack_that_arrives_between_polls_is_read_before_giving_up(backend: str
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_ack_polls_follow_the_plc_scan_instead_of_spinning(backend: str) -> None:
+    """While decisions wait, the link reads about twice per PLC scan (just before the next scan
+    can come, then until it has come), not once per poll interval; acks are still seen at once."""
+
+    async def scenario() -> None:
+        async with Rig(backend, scan_ms=20.0) as rig:
+            reads = 0
+            read = rig.link._read
+
+            async def counting(address: int, count: int) -> list[int]:
+                nonlocal reads
+                reads += 1
+                return await read(address, count)
+
+            rig.link._read = counting  # type: ignore[method-assign]
+            rig.model.acking = False  # decisions wait: the poller runs for the whole window
+            t0 = time.monotonic()
+            waiting = asyncio.create_task(rig.link.send_decision(700, "li_ion", timeout_s=WAIT_S))
+            await asyncio.sleep(0.4)
+            scans = (time.monotonic() - t0) / 0.020
+            rig.model.acking = True
+            t_on = time.monotonic()
+            ack = await waiting
+            assert ack.accepted
+            # poll_interval is 1 ms: spinning would be ~20 reads per scan.
+            assert reads <= 6 * scans, (reads, scans)
+            # The next scan latches it and the poller sees it then (generous bound: timing in CI).
+            assert time.monotonic() - t_on < 0.25
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_link_sees_plc_heartbeat_and_faults_when_it_stops(backend: str) -> None:
     async def scenario() -> None:
         async with Rig(backend) as rig:
