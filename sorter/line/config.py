@@ -124,8 +124,8 @@ class PlcSection:
     """First reconnection delay."""
     reconnect_max_ms: float = 5000.0
     """Longest reconnection delay (exponential backoff)."""
-    poll_interval_ms: float = 2.0
-    """Pause between acknowledgement reads while decisions wait."""
+    poll_interval_ms: float = 1.0
+    """Pause between acknowledgement reads while decisions wait and the PLC scan is due (reads follow the scan)."""
     rewrite_interval_ms: float = 50.0
     """Rewrite an unacknowledged slot (same seq) after this long."""
     ack_grace_ms: float = 50.0

@@ -1083,7 +1083,7 @@ class ModbusPlcLink(_MailboxLink):
         request_timeout_s: float = 0.25,
         reconnect_min_s: float = 0.1,
         reconnect_max_s: float = 5.0,
-        poll_interval_s: float = 0.002,
+        poll_interval_s: float = 0.001,
         rewrite_interval_s: float = 0.05,
         max_consecutive_failures: int = 3,
     ) -> None:
