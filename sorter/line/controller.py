@@ -248,6 +248,7 @@ class ScoringPool:
         self.largest_batch = 0
         self.respawned = 0
         """Worker processes replaced after one died."""
+        self._respawning = 0
 
     @property
     def started(self) -> bool:
@@ -339,6 +340,7 @@ class ScoringPool:
         if not self._started:
             return
         if self.kind == "process":
+            self._replenish()
             while self._free and self._queue:
                 now = time.monotonic()
                 jobs = self._take(now)
@@ -382,7 +384,12 @@ class ScoringPool:
         try:
             decisions = await proc.call("score", [(j.item, j.ambient_c) for j in jobs])
         except asyncio.CancelledError:
+            # The loop is going away mid-call: this worker's stream is out of step. Drop it now;
+            # the next _kick (on whatever loop uses the pool next) starts a replacement.
             self._fail(jobs, RuntimeError("scoring cancelled (pool closing)"))
+            if proc in self._procs:
+                self._procs.remove(proc)
+            proc.kill()
             raise
         except Exception as err:  # noqa: BLE001 - a failed batch goes to the safe lane, never up
             self._fail(jobs, err)
@@ -399,31 +406,53 @@ class ScoringPool:
                      proc.pid, proc.process.exitcode)
         if proc in self._procs:
             self._procs.remove(proc)
-        self._spawn_task(self._respawn(proc), "respawn scoring worker")
+        self.worker_pids = [p for p in self.worker_pids if p != proc.pid]
+        self._spawn_task(asyncio.to_thread(proc.close, 1.0), "reap scoring worker")
+        self._replenish()
 
-    async def _respawn(self, old: ScoringProcess) -> None:
-        await asyncio.to_thread(old.close, 1.0)
-        while self._started:
-            try:
-                proc = self._new_process()
-                pid, _model_id = await proc.call("warm", None)
-            except WorkerLost as err:
-                logger.error("replacement scoring worker failed to start: %s; retrying in %.0f s", err,
-                             _RESPAWN_DELAY_S)
-                await asyncio.sleep(_RESPAWN_DELAY_S)
-                continue
-            except Exception as err:  # noqa: BLE001 - e.g. the model no longer loads: its calls fail alike
-                logger.error("replacement scoring worker cannot score: %s; its items go to the safe lane", err)
-                pid = proc.pid or 0
-            self.respawned += 1
-            self.worker_pids = sorted({p for p in self.worker_pids if p != old.pid} | {pid})
-            if not self._started:
-                await asyncio.to_thread(proc.close, 1.0)
+    def _replenish(self) -> None:
+        """Start replacements until the pool has ``workers`` processes (alive or starting)."""
+        while self._started and len(self._procs) + self._respawning < self.workers:
+            self._respawning += 1
+            self._spawn_task(self._respawn(), "respawn scoring worker")
+
+    async def _respawn(self) -> None:
+        proc: ScoringProcess | None = None
+        cancelled = False
+        try:
+            while self._started:
+                try:
+                    proc = self._new_process()
+                    pid, _model_id = await proc.call("warm", None)
+                except WorkerLost as err:
+                    logger.error("replacement scoring worker failed to start: %s; retrying in %.0f s", err,
+                                 _RESPAWN_DELAY_S)
+                    if proc is not None:
+                        proc.kill()
+                    proc = None
+                    await asyncio.sleep(_RESPAWN_DELAY_S)
+                    continue
+                except Exception as err:  # noqa: BLE001 - e.g. the model no longer loads: its calls fail alike
+                    logger.error("replacement scoring worker cannot score: %s; its items go to the safe lane",
+                                 err)
+                    pid = proc.pid or 0
+                if not self._started:
+                    break
+                self.respawned += 1
+                self.worker_pids = sorted(set(self.worker_pids) | {pid})
+                self._procs.append(proc)
+                self._free.append(proc)
+                proc = None
                 return
-            self._procs.append(proc)
-            self._free.append(proc)
-            self._kick()
-            return
+        except asyncio.CancelledError:  # the loop is closing: the next _kick (next loop) replenishes
+            cancelled = True
+            raise
+        finally:
+            self._respawning -= 1
+            if proc is not None:  # not taken into the pool (closing, or cancelled while starting)
+                proc.kill()
+            if self._started and not cancelled:
+                self._kick()
 
     def _done(self, jobs: list[_Job], started: float, fut: asyncio.Future[list[Decision]]) -> None:
         self._idle += 1

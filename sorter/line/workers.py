@@ -149,6 +149,13 @@ class ScoringProcess:
             got += k
         return buf
 
+    def kill(self) -> None:
+        """Stop the worker at once (SIGKILL), without waiting; for a worker out of step."""
+        self.broken = True
+        self._sock.close()
+        if self.process.is_alive():
+            self.process.kill()
+
     def close(self, timeout: float = 5.0) -> None:
         """Close the socket (the worker then exits) and reap the process; blocks up to ``timeout``."""
         self.broken = True

@@ -196,6 +196,32 @@ def test_worker_processes_score_like_in_process_survive_a_killed_worker_and_serv
     assert procs and not any(p.process.is_alive() for p in procs)
 
 
+def test_a_pool_whose_loop_ended_mid_batch_replaces_that_worker_on_the_next_loop(
+        sim_pool: list[SimItem]) -> None:
+    s = sim_pool[0]
+    item = Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"), SIM_CFG.meta())
+    pool = ScoringPool(None, workers=1, kind="process")
+
+    async def first_loop() -> Any:
+        await pool.start()
+        proc = pool._procs[0]
+        for _ in range(4):
+            asyncio.get_running_loop().create_task(pool.score(item, 18.0))
+        await asyncio.sleep(0.001)  # a batch is in the worker when this loop ends (its tasks are cancelled)
+        return proc
+
+    async def second_loop() -> Any:
+        return await asyncio.wait_for(pool.score(item, 18.0), WAIT_S)
+
+    try:
+        old = asyncio.run(first_loop())
+        decision = asyncio.run(second_loop())
+    finally:
+        asyncio.run(pool.close())
+    assert "scorer failed" not in decision.reason and decision.lane in LANES
+    assert old.broken and not old.process.is_alive()
+
+
 # --------------------------------------------------------------------------- happy path, both PLCs
 
 
