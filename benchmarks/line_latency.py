@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sorter.line.audit import AuditLog
+from sorter.line.audit import AuditLog, AuditRecord
 from sorter.line.config import load_config
 from sorter.line.controller import Controller, ScoringPool
 from sorter.line.plc import ModbusPlcLink
@@ -70,6 +70,7 @@ class Result:
     worker_cpu_ms: float | None
     main_cpu_ms: float | None
     li_ion_in_lead_acid: int | None
+    late_causes: dict[str, int]
 
 
 def _cpu_s(pids: list[int]) -> float:
@@ -113,6 +114,11 @@ async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPoo
     score = [r.latency_ms for r in rows if r.chemistry is not None]
     deliver = [1000 * (r.t_acked - r.t_decided) for r in acked]  # type: ignore[operator]
     batches = scorer.batches - batches0
+    causes: dict[str, int] = {}
+    for r in rows:
+        if r.delivery == "late":
+            cause = late_cause(r)
+            causes[cause] = causes.get(cause, 0) + 1
     scored = scorer.items_scored - scored0
     return Result(
         rate_hz=rate_hz, items=summary.items, achieved_hz=summary.items / summary.duration_s,
@@ -124,7 +130,28 @@ async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPoo
         worker_cpu_ms=1000 * cpu_workers / scored if scored and scorer.worker_pids else None,
         main_cpu_ms=1000 * cpu_main / summary.items if summary.items else None,
         li_ion_in_lead_acid=summary.li_ion_in_lead_acid,
+        late_causes=causes,
     )
+
+
+def late_cause(row: AuditRecord) -> str:
+    """Why a decision missed its deadline, from its audit row."""
+    if row.reason == "overload":
+        return "overload (not scored)"
+    if row.reason.startswith("deadline_missed"):
+        return "scored after the deadline"
+    if row.plc_status == "late":
+        return "PLC answered late"
+    if row.plc_seq is not None:
+        return "no ack in time"
+    return "deadline passed while recording (not sent)"
+
+
+def _print_row(r: Result) -> None:
+    print(table([r]).splitlines()[-1], flush=True)
+    if r.late_causes:
+        print("    late: " + ", ".join(f"{k} {v}" for k, v in sorted(r.late_causes.items(), key=lambda kv: -kv[1])),
+              flush=True)
 
 
 def _p99_met(r: Result) -> bool:
@@ -165,12 +192,12 @@ async def bench(args: argparse.Namespace) -> tuple[list[Result], list[Result], f
             for rate in args.rates:
                 r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, Path(d))
                 fixed.append(r)
-                print(table([r]).splitlines()[-1], flush=True)
+                _print_row(r)
             best = 0.0
             for rate in args.step:
                 r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, Path(d))
                 step.append(r)
-                print(table([r]).splitlines()[-1], flush=True)
+                _print_row(r)
                 if r.misses or r.undelivered:
                     break
                 best = rate
@@ -180,7 +207,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[Result], list[Result], f
                 for rate in args.down:
                     r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, Path(d))
                     step.append(r)
-                    print(table([r]).splitlines()[-1], flush=True)
+                    _print_row(r)
                     if not r.misses and not r.undelivered:
                         best = rate
                         break
