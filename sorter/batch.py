@@ -112,9 +112,18 @@ def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, ch
     """Measured chunks of the given logs, in order, with at most ``2 * workers`` chunks in flight."""
     chunk = chunk or CHUNK
     if workers <= 1 and executor is None:
-        for d, meta, lines, recs in _chunks(log_dirs, chunk, start):
-            raw, probs = measure_records(d, meta, recs)
-            yield _assemble(d, lines, raw, probs)
+        # One worker means one core: OpenCV would otherwise spread each call over its own
+        # threads, spending more CPU per item for little speed.
+        import cv2
+
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            for d, meta, lines, recs in _chunks(log_dirs, chunk, start):
+                raw, probs = measure_records(d, meta, recs)
+                yield _assemble(d, lines, raw, probs)
+        finally:
+            cv2.setNumThreads(threads)
         return
     own = executor is None
     if executor is None:
