@@ -187,7 +187,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[Result], list[Result], f
           f"{time.monotonic() - t0:.1f} s", flush=True)
     fixed: list[Result] = []
     step: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="sorter-bench-") as d:
+    with tempfile.TemporaryDirectory(prefix="sorter-bench-", dir=args.audit_dir) as d:
         try:
             for rate in args.rates:
                 r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, Path(d))
@@ -216,6 +216,18 @@ async def bench(args: argparse.Namespace) -> tuple[list[Result], list[Result], f
     return fixed, step, best
 
 
+def _filesystem(path: str) -> str:
+    """Type of the file system holding ``path`` (Linux /proc/mounts; "unknown" elsewhere)."""
+    try:
+        mounts = [ln.split()[1:3] for ln in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown"
+    real = os.path.realpath(path)
+    best = max((m for m in mounts if real == m[0] or real.startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=None)
+    return best[1] if best else "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=12.0, help="length of each run (default %(default)s)")
@@ -228,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="scoring workers (default %(default)s)")
     ap.add_argument("--scorer", default="process", choices=["process", "thread"])
     ap.add_argument("--scan-ms", type=float, default=10.0, help="PLC simulator scan (default %(default)s)")
+    ap.add_argument("--audit-dir", default=None,
+                    help="where the audit logs go (default: the system's temporary directory); e.g. /dev/shm "
+                         "to see what a disk that syncs in time would give")
+    ap.add_argument("--section", default="line_latency",
+                    help="section of docs/performance.md to write (default %(default)s)")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = ap.parse_args(argv)
     # Late and refused acknowledgements are counted in the table; one warning per item would drown it.
@@ -239,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cores = os.cpu_count() or 1
     fixed, step, best = asyncio.run(bench(args))
+    # A rate is sustained only if no run at that rate or below missed, the fixed-rate runs included.
+    bad = [r.rate_hz for r in fixed + step if r.misses or r.undelivered]
+    if bad and best >= min(bad):
+        best = max((r.rate_hz for r in fixed + step if r.rate_hz < min(bad)), default=0.0)
+    audit_fs = _filesystem(args.audit_dir or tempfile.gettempdir())
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print()
     print(table(fixed))
@@ -296,8 +318,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{1000 * min(cores, args.workers + 1) / (batched.worker_cpu_ms + (batched.main_cpu_ms or 0)):.0f} "
             "items/s when batching — an estimate from CPU time, not a measurement.",
         ]
+    ram = audit_fs in ("tmpfs", "ramfs")
+    md.insert(3, "")
+    md.insert(4, f"Audit logs on `{audit_fs}`" + (" (a RAM disk: NOT durable; this run only shows what a disk that "
+                 "syncs in time would give)" if ram else "") + ".")
+    if ram:
+        md[0] += ": the audit log on a RAM disk (a diagnostic, not the line's figure)"
     if not args.no_write:
-        write_section("line_latency", "\n".join(md))
+        write_section(args.section, "\n".join(md))
         print("written to docs/performance.md")
     return 0
 
