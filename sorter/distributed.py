@@ -175,7 +175,8 @@ def score_chunk(model: SorterModel, log_dir: str, meta: LogMeta, lines: list[Log
 
 def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: str | None = None,
                         start: dict[str, tuple[int, int]] | None = None, chunk: int | None = None,
-                        window: int | None = None) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+                        window: int | None = None, client: Client | None = None
+                        ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
     """Measured chunks of ``logs`` and their decisions, in order, computed on a Dask cluster.
 
     Parameters
@@ -186,6 +187,8 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
     start : where each log resumes, as in :func:`sorter.batch.iter_measured`.
     chunk : lines per task (default :data:`sorter.batch.CHUNK`).
     window : tasks in flight (default twice the cluster's worker threads).
+    client : an already connected client (from :func:`connect`) to use instead of
+        connecting to ``scheduler``; it is closed when the iteration ends.
 
     Examples
     --------
@@ -196,7 +199,7 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
     ...         print(ch.lines[0].line_no, decisions[0].lane)
     """
     chunk = chunk or batch.CHUNK
-    client = connect(scheduler)
+    client = client if client is not None else connect(scheduler)
     address = client.scheduler.address
     # Workers resolve paths against their own working directory: send them absolute ones.
     paths = {d: os.path.abspath(d) for d in logs}

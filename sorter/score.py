@@ -188,13 +188,14 @@ class _Journal:
 
 
 def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int, start: dict[str, tuple[int, int]] | None = None,
-                   engine: str = "local", scheduler: str | None = None) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+                   engine: str = "local", scheduler: str | None = None, client: Any = None
+                   ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
     """Measured chunks and their decisions, in order."""
     if engine == "dask":
         from .distributed import iter_decisions_dask
 
         # The workers measure and score; the model goes to them once.
-        yield from iter_decisions_dask(logs, scorer.model, scheduler=scheduler, start=start)
+        yield from iter_decisions_dask(logs, scorer.model, scheduler=scheduler, start=start, client=client)
         return
     for ch in iter_measured(logs, workers=workers, start=start):
         yield ch, decisions_for_chunk(scorer, ch)
@@ -212,6 +213,21 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
         if not Path(d).is_dir():
             raise SorterError(f"{d}: not a log directory; pass directories holding {ITEMS_FILE}")
     model = model or load_model(model_dir)
+    client = None
+    if engine == "dask":
+        from .distributed import connect
+
+        client = connect(scheduler)  # before anything is written: no address or no answer leaves no OUT.partial
+    try:
+        return _score_logs(logs, outp, model, workers=workers, engine=engine, scheduler=scheduler, client=client,
+                           resume=resume, progress=progress)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int, engine: str,
+                scheduler: str | None, client: Any, resume: bool, progress: bool) -> ScoreSummary:
     journal = _Journal(outp, logs, model.model_id, resume)
     summary = ScoreSummary(out=str(outp), resumed_from=journal.state["rows"])
     for seg in journal.segments():  # count what earlier runs scored
@@ -229,7 +245,7 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
     pending: list[tuple[str, Decision]] = []
     positions: dict[str, tuple[int, int]] = {}
     for ch, decisions in iter_decisions(logs, scorer, workers=workers, start=journal.start_positions(),
-                                        engine=engine, scheduler=scheduler):
+                                        engine=engine, scheduler=scheduler, client=client):
         for d in decisions:
             pending.append((ch.log_dir, d))
             summary.add(d)

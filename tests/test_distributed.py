@@ -112,6 +112,7 @@ def test_no_scheduler_is_a_clear_error(tmp_path, model, log_with_bad_lines, monk
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     with pytest.raises(SorterError, match=r"--scheduler tcp://HOST:8786 or set DASK_SCHEDULER_ADDRESS"):
         score_mod.score_logs([log_with_bad_lines], tmp_path / "o.csv", model=model, engine="dask")
+    assert not (tmp_path / "o.csv.partial").exists()  # nothing written before the cluster answers
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # dask's half-made Client
@@ -123,6 +124,7 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path, model, log_with_bad_li
         with pytest.raises(SorterError, match=rf"cannot reach the Dask scheduler at '{address}'.*dask scheduler"):
             score_mod.score_logs([log_with_bad_lines], tmp_path / "o.csv", model=model, engine="dask",
                                  scheduler=address)
+    assert not (tmp_path / "o.csv.partial").exists()
 
 
 def test_workers_that_cannot_read_the_log_are_refused(tmp_path, cluster, model):
