@@ -422,8 +422,9 @@ def test_ack_polls_follow_the_plc_scan_instead_of_spinning(backend: str) -> None
             t_on = time.monotonic()
             ack = await waiting
             assert ack.accepted
-            # poll_interval is 1 ms: spinning would be ~20 reads per scan.
-            assert reads <= 6 * scans, (reads, scans)
+            # poll_interval is 1 ms: spinning would be ~20 reads per scan; following the scan is
+            # about 2 (up to 6 seen on a loaded CI machine, where scans and wake-ups jitter).
+            assert reads <= 10 * scans, (reads, scans)
             # The next scan latches it and the poller sees it then (generous bound: timing in CI).
             assert time.monotonic() - t_on < 0.25
 
