@@ -123,9 +123,8 @@ class FastCalibrated:
         self.forest = FastForest(cc.estimator)
         classes = list(cal.classes_)
         self.n_classes = len(classes)
-        self.pos = [classes.index(c) for c in cc.estimator.classes_]
-        if self.n_classes == 2:
-            self.pos = [1]
+        # a binary estimator has one output, for the positive class (column 1)
+        self.pos = [1] if self.n_classes == 2 else [classes.index(c) for c in cc.estimator.classes_]
         self.a = np.array([c.a_ for c in cc.calibrators], dtype=np.float64)
         self.b = np.array([c.b_ for c in cc.calibrators], dtype=np.float64)
         if len(self.a) != self.forest.n_outputs:

@@ -38,7 +38,6 @@ from .features.measure import CAMERA_COLUMNS, RAW_COLUMNS
 
 SAFE_LANES = ("li_ion", "hazard", "manual")
 _COL = {n: i for i, n in enumerate(RAW_COLUMNS)}
-CRITICAL_SENSORS = ("xray", "scale")
 # Non-critical sensors, and the raw columns that are all present when the sensor gave a
 # usable reading (the camera's shape columns are only measured when it saw the item).
 OPTIONAL_SENSORS: dict[str, tuple[int, ...]] = {

@@ -188,14 +188,14 @@ class _Journal:
 
 
 def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int, start: dict[str, tuple[int, int]] | None = None,
-                   engine: str = "local", scheduler: str | None = None, client: Any = None
-                   ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
-    """Measured chunks and their decisions, in order."""
+                   engine: str = "local", client: Any = None) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+    """Measured chunks and their decisions, in order (``client``: a connected Dask client for
+    ``engine="dask"``)."""
     if engine == "dask":
         from .distributed import iter_decisions_dask
 
         # The workers measure and score; the model goes to them once.
-        yield from iter_decisions_dask(logs, scorer.model, scheduler=scheduler, start=start, client=client)
+        yield from iter_decisions_dask(logs, scorer.model, start=start, client=client)
         return
     for ch in iter_measured(logs, workers=workers, start=start):
         yield ch, decisions_for_chunk(scorer, ch)
@@ -219,15 +219,15 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
 
         client = connect(scheduler)  # before anything is written: no address or no answer leaves no OUT.partial
     try:
-        return _score_logs(logs, outp, model, workers=workers, engine=engine, scheduler=scheduler, client=client,
-                           resume=resume, progress=progress)
+        return _score_logs(logs, outp, model, workers=workers, engine=engine, client=client, resume=resume,
+                           progress=progress)
     finally:
         if client is not None:
             client.close()
 
 
-def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int, engine: str,
-                scheduler: str | None, client: Any, resume: bool, progress: bool) -> ScoreSummary:
+def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int, engine: str, client: Any,
+                resume: bool, progress: bool) -> ScoreSummary:
     journal = _Journal(outp, logs, model.model_id, resume)
     summary = ScoreSummary(out=str(outp), resumed_from=journal.state["rows"])
     for seg in journal.segments():  # count what earlier runs scored
@@ -245,7 +245,7 @@ def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int
     pending: list[tuple[str, Decision]] = []
     positions: dict[str, tuple[int, int]] = {}
     for ch, decisions in iter_decisions(logs, scorer, workers=workers, start=journal.start_positions(),
-                                        engine=engine, scheduler=scheduler, client=client):
+                                        engine=engine, client=client):
         for d in decisions:
             pending.append((ch.log_dir, d))
             summary.add(d)

@@ -264,6 +264,7 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
 _HUE_COS = np.cos(np.arange(256) * (2 * np.pi / 180.0))  # OpenCV's 8-bit hue: 0..179 = 0..358 degrees
 _HUE_SIN = np.sin(np.arange(256) * (2 * np.pi / 180.0))
 _LEVELS = np.arange(256, dtype=np.float64)
+_LEVELS32 = _LEVELS.astype(np.float32)[:, None]
 
 
 def _belt_colour(rgb: np.ndarray) -> np.ndarray:
@@ -295,7 +296,7 @@ def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
     px = meta.camera_mm_per_px
     belt = _belt_colour(rgb)
     # distance to the belt's colour: squared differences per channel by lookup table
-    sq = (_LEVELS.astype(np.float32)[:, None] - belt[None, :].astype(np.float32)) ** 2
+    sq = (_LEVELS32 - belt[None, :].astype(np.float32)) ** 2
     diff = cv2.LUT(rgb, np.ascontiguousarray(sq.reshape(1, 256, 3)))
     dist = cv2.sqrt(cv2.transform(diff, np.ones((1, 3), np.float32)))
     dist = cv2.GaussianBlur(dist, (5, 5), 0)
