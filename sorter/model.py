@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import ModelError, ModelIntegrityError
-from .features.measure import RAW_COLUMNS
+from .features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
 from .policy import PolicyThresholds
 
 log = logging.getLogger(__name__)
@@ -298,6 +298,12 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
         raise ModelIntegrityError(
             f"{d}: the model was trained on other measurements than this sorter makes (differing columns: "
             f"{missing[:8]}{'…' if len(missing) > 8 else ''}); retrain it with 'sorter train'"
+        )
+    version = manifest.get("measurements", 1)
+    if version != MEASUREMENTS_VERSION:
+        raise ModelIntegrityError(
+            f"{d}: the model was trained on measurements of version {version!r}; this sorter makes version "
+            f"{MEASUREMENTS_VERSION} (their values differ); retrain it with 'sorter train' on the same logs"
         )
     classifier = _load(CLASSIFIER_FILE)
     damage = _load(DAMAGE_FILE) if DAMAGE_FILE in files else None

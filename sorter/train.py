@@ -32,7 +32,7 @@ from sklearn.pipeline import Pipeline
 
 from .batch import MeasuredLog, measure_logs
 from .errors import SorterError
-from .features.measure import RAW_COLUMNS
+from .features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
 from .features.transformers import SENSOR_GROUPS, make_feature_transformer, mask_sensor
 from .model import SorterModel, save_model
 from .policy import OPTIONAL_SENSORS, PolicyThresholds, critical_problems, decide
@@ -236,6 +236,7 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
     report = {
         "feature_names": names,
         "raw_columns": list(RAW_COLUMNS),
+        "measurements": MEASUREMENTS_VERSION,
         "training": {
             # the logs' names, not this machine's paths: the manifest travels with the model
             "logs": [Path(d).name for d in log_dirs],

@@ -18,7 +18,7 @@ from sorter.features import (
     mask_sensor,
     measure_item,
 )
-from sorter.features.measure import CAMERA_COLUMNS, XRAY_COLUMNS, measure_camera, measure_xray
+from sorter.features.measure import CAMERA_COLUMNS, XRAY_COLUMNS, camera_binning, measure_camera, measure_xray
 from sorter.readings import Item, ItemRecord, LogMeta
 from sorter.simulate import SimConfig, simulate_item
 
@@ -131,8 +131,10 @@ def test_camera_outline_measures_the_item():
     img = np.full((100, 160, 3), 60, np.uint8)
     img[20:80, 30:130] = (230, 200, 20)  # a 100 x 60 mm yellow pack
     c = measure_camera(img, meta)
-    assert c[CAMERA_COLUMNS.index("cam_len_mm")] == pytest.approx(100, abs=4)
-    assert c[CAMERA_COLUMNS.index("cam_wid_mm")] == pytest.approx(60, abs=4)
+    # measured on pixels binned to CAMERA_WORK_MM_PER_PX (3 mm here): within a pixel either side
+    tol = 2 * camera_binning(meta.camera_mm_per_px) * meta.camera_mm_per_px
+    assert c[CAMERA_COLUMNS.index("cam_len_mm")] == pytest.approx(100, abs=tol)
+    assert c[CAMERA_COLUMNS.index("cam_wid_mm")] == pytest.approx(60, abs=tol)
     assert c[CAMERA_COLUMNS.index("cam_rectangularity")] > 0.95
     assert c[CAMERA_COLUMNS.index("cam_colourful_frac")] > 0.8
 
@@ -179,3 +181,37 @@ def test_percentiles_equal_numpy(a, qs):
 def test_belt_colour_is_the_border_median(rgb):
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.float32)
     np.testing.assert_array_equal(_belt_colour(rgb), np.median(border, axis=0))
+
+
+from sorter.features.measure import (  # noqa: E402
+    _ATT,
+    _MEAS_HIGH_MAX_U,
+    _MEAS_HIGH_MIN_U,
+    _MEAS_LOW_MIN_U,
+    _OPAQUE_HIGH_U,
+    _OPAQUE_LOW_U,
+    OPAQUE_HIGH,
+    OPAQUE_LOW,
+    U16,
+    _att_percentiles,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.uint16, st.integers(1, 400), elements=st.integers(0, 65535)),
+       st.lists(st.floats(0, 100), min_size=1, max_size=4))
+def test_attenuation_percentiles_equal_numpy(levels, qs):
+    # order statistics of the 16-bit levels stand in for those of their attenuations
+    np.testing.assert_allclose(_att_percentiles(levels, tuple(qs)),
+                               np.percentile(_ATT[levels].astype(np.float64), qs), rtol=1e-6, atol=1e-6)
+
+
+def test_integer_levels_select_the_same_pixels_as_the_float_thresholds():
+    t = np.arange(65536, dtype=np.float32) / np.float32(U16)
+    u = np.arange(65536)
+    np.testing.assert_array_equal(u < _OPAQUE_LOW_U, t < OPAQUE_LOW)
+    np.testing.assert_array_equal(u < _OPAQUE_HIGH_U, t < OPAQUE_HIGH)
+    np.testing.assert_array_equal(u > _MEAS_HIGH_MIN_U, t > 0.005)
+    np.testing.assert_array_equal(u < _MEAS_HIGH_MAX_U, t < 0.9)
+    np.testing.assert_array_equal(u > _MEAS_LOW_MIN_U, t > 1e-4)
+    np.testing.assert_array_equal(_ATT, -np.log(np.clip(t, 1e-5, 1.0)))

@@ -131,3 +131,16 @@ def test_fast_feature_path_equals_the_pipeline():
         slow = pipe[:-1].transform(raw)
         np.testing.assert_array_equal(features_fast(pipe, raw), slow)
     np.testing.assert_array_equal(m.predict(raw)[0], m.classifier.predict_proba(raw))
+
+
+def test_a_model_trained_on_other_measurements_is_refused(model_copy):
+    # a model from before a change of the measurements' values must not score today's values
+    man = json.loads((model_copy / MANIFEST).read_text())
+    man["measurements"] = 1
+    (model_copy / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(ModelIntegrityError, match="measurements of version 1.*retrain"):
+        load_model(model_copy)
+    del man["measurements"]  # manifests from before the version was recorded are version 1
+    (model_copy / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(ModelIntegrityError, match="version 1"):
+        load_model(model_copy)

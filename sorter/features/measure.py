@@ -19,6 +19,12 @@ import numpy as np
 
 from ..readings import Item, LogMeta
 
+# What the measurements mean: raised whenever a change alters their values (not just their
+# cost), so that a model trained on other measurements is refused rather than misled.
+# 1: the first release; 2: the camera measured on binned pixels (CAMERA_WORK_MM_PER_PX), the
+# X-ray outline from the 16-bit image, the X-ray structure turned within the item's box.
+MEASUREMENTS_VERSION = 2
+
 U16 = 65535.0
 T_MIN = 1e-5  # transmissions below this are clipped before taking logs (below the detector floor)
 OPAQUE_LOW, OPAQUE_HIGH = 0.003, 0.01  # below both: nothing measurable gets through
@@ -87,19 +93,40 @@ def _nan(n: int) -> np.ndarray:
     return np.full(n, np.nan)
 
 
+def _frac(b: np.ndarray) -> float:
+    """Share of true (non-zero) elements: ``np.mean(b)`` of a boolean array, without its overhead."""
+    return np.count_nonzero(b) / b.size
+
+
+def _mean(a: np.ndarray) -> np.floating:
+    """``a.mean()`` of a float array, in its own precision, without the overhead."""
+    return a.dtype.type(a.sum() / a.size)
+
+
+def _ranks(n: int, qs: tuple[float, ...]) -> list[tuple[int, int, float]]:
+    """For each percentile in ``qs`` of ``n`` sorted values: the two ranks either side and
+    the weight of the upper one (numpy's linear method, in the same float64 arithmetic)."""
+    out = []
+    for q in qs:
+        pos = q / 100.0 * (n - 1)
+        lo = math.floor(pos)
+        out.append((lo, min(lo + 1, n - 1), pos - lo))
+    return out
+
+
 def _percentiles(a: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
     """``np.percentile(a, qs)`` (linear method) from one partial sort, without its overhead.
 
     On the few thousand pixels of one item, ``np.percentile``'s argument handling costs
     more than the partial sort itself; this does the sort once for all ``qs``.
     """
-    n = a.size
-    pos = np.asarray(qs, dtype=np.float64) / 100.0 * (n - 1)
-    lo = np.floor(pos).astype(np.intp)
-    hi = np.minimum(lo + 1, n - 1)
-    part = np.partition(a, np.unique(np.concatenate([lo, hi])))
-    lo_v, hi_v = part[lo].astype(np.float64), part[hi].astype(np.float64)
-    return lo_v + (hi_v - lo_v) * (pos - lo)
+    ranks = _ranks(a.size, qs)
+    part = np.partition(a, sorted({r for lo, hi, _ in ranks for r in (lo, hi)}))
+    out = np.empty(len(qs))
+    for i, (lo, hi, w) in enumerate(ranks):
+        lo_v, hi_v = float(part[lo]), float(part[hi])
+        out[i] = lo_v + (hi_v - lo_v) * w
+    return out
 
 
 @lru_cache(maxsize=256)
@@ -112,32 +139,81 @@ def _fft_band(n: int, mm_per_px: float) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 # ---------------------------------------------------------------------------- X-ray
 
+# Attenuation -ln T of every 16-bit level (T = level / 65535, clipped at the detector floor),
+# computed as the images' own float32 arithmetic would: a lookup gives the same values.
+_ATT = -np.log(np.clip(np.arange(65536, dtype=np.float32) / np.float32(U16), T_MIN, 1.0))
 
-def _object_mask(t_low: np.ndarray | None, t_high: np.ndarray | None) -> np.ndarray:
-    ref = t_low if t_low is not None else t_high
+
+def _level_below(t: float) -> int:
+    """The 16-bit levels ``u`` with ``float32(u) / 65535 < t`` are exactly ``u < _level_below(t)``."""
+    return int(np.count_nonzero(np.arange(65536, dtype=np.float32) / np.float32(U16) < np.float32(t)))
+
+
+def _level_above(t: float) -> int:
+    """The 16-bit levels ``u`` with ``float32(u) / 65535 > t`` are exactly ``u > _level_above(t)``."""
+    return 65535 - int(np.count_nonzero(np.arange(65536, dtype=np.float32) / np.float32(U16) > np.float32(t)))
+
+
+_OPAQUE_LOW_U, _OPAQUE_HIGH_U = _level_below(OPAQUE_LOW), _level_below(OPAQUE_HIGH)
+_AIR_LOW_U, _AIR_HIGH_U = _level_below(0.97), _level_below(0.98)  # below: the item, not air (after a 3 x 3 mean)
+# The (ln T_high, R) histogram's transmission bands, as np.digitize compares them (in float64)
+_THICK_U, _THIN_U = (int(np.count_nonzero((np.arange(65536, dtype=np.float32) / np.float32(U16)).astype(np.float64) < t))
+                     for t in _R_EDGES_T[1:-1][::-1])
+_R_EDGES_A = np.asarray(_R_EDGES)
+_K3, _K5 = np.ones((3, 3), np.uint8), np.ones((5, 5), np.uint8)
+_SUM3 = np.ones((1, 3), np.float32)
+_MEAS_HIGH_MIN_U, _MEAS_HIGH_MAX_U, _MEAS_LOW_MIN_U = _level_above(0.005), _level_below(0.9), _level_above(1e-4)
+
+
+def _att_percentiles(levels: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """Percentiles (linear method) of the attenuations of 16-bit ``levels``, as
+    ``np.percentile(_ATT[levels], qs)`` gives them.
+
+    Attenuation falls as the level rises, so the k-th smallest attenuation is that of the
+    k-th largest level; 16-bit values sort by radix in linear time, several times faster
+    than partitioning the float attenuations (which are full of ties at the floor).
+    """
+    s = np.sort(levels, kind="stable")
+    n = s.size
+    out = np.empty(len(qs))
+    for i, (lo, hi, w) in enumerate(_ranks(n, qs)):
+        lo_v, hi_v = float(_ATT[s[n - 1 - lo]]), float(_ATT[s[n - 1 - hi]])
+        out[i] = lo_v + (hi_v - lo_v) * w
+    return out
+
+
+def _object_outline(low: np.ndarray | None, high: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The item in the beam: its mask (pixels darker than air, gaps closed, the largest
+    outline filled, minus what is air inside it) and that outline (None when there is none).
+
+    ``low`` and ``high`` are the 16-bit transmission images; the 3 x 3 mean is taken on the
+    16-bit levels (rounded to a level: 1.5e-5 of transmission)."""
+    ref = low if low is not None else high
     assert ref is not None
-    smooth = cv2.blur(ref.astype(np.float32), (3, 3))
-    thr = 0.97 if t_low is not None else 0.98
-    mask = (smooth < thr).astype(np.uint8)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=_label_type(mask))
-    if n <= 1:
-        return np.zeros_like(mask, dtype=bool)
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == k
+    smooth = cv2.blur(ref, (3, 3))
+    thr = _AIR_LOW_U if low is not None else _AIR_HIGH_U
+    mask = (smooth < thr).view(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _K3)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return np.zeros(mask.shape, dtype=bool), None
+    outline = max(contours, key=cv2.contourArea)
+    filled = np.zeros_like(mask)
+    cv2.drawContours(filled, [outline], -1, 1, -1)
+    return cv2.bitwise_and(filled, mask).view(bool), outline
 
 
-def outline_shape(contour: np.ndarray) -> tuple[float, float, float, float, float]:
+def outline_shape(contour: np.ndarray, box: tuple | None = None) -> tuple[float, float, float, float, float, float]:
     """Area, long and short side of the min-area rectangle, and how the outline departs
     from it: rectangularity (area / rectangle), solidity (area / convex hull), and the
-    deepest dent (convexity defect) relative to the short side."""
+    deepest dent (convexity defect) relative to the short side.  ``box`` is the outline's
+    ``cv2.minAreaRect`` when the caller has it already."""
     area = float(cv2.contourArea(contour))
-    (_, _), (w, h), _ = cv2.minAreaRect(contour)
-    hull_pts = cv2.convexHull(contour)
-    hull_area = float(cv2.contourArea(hull_pts))
+    (_, _), (w, h), _ = box if box is not None else cv2.minAreaRect(contour)
+    hull_idx = cv2.convexHull(contour, returnPoints=False)
+    hull_area = float(cv2.contourArea(contour[hull_idx.ravel()]))
     defect = 0.0
     if len(contour) >= 4:
-        hull_idx = cv2.convexHull(contour, returnPoints=False)
         try:
             d = cv2.convexityDefects(contour, hull_idx)
         except cv2.error:  # self-intersecting outlines: no defect measure
@@ -153,7 +229,7 @@ def _periodicity(profile: np.ndarray, mm_per_px: float) -> tuple[float, float]:
     n = profile.size
     if n < 8 or not np.isfinite(profile).all():
         return math.nan, math.nan
-    p = profile - profile.mean()
+    p = profile - profile.sum() / n
     if not p.any():
         return math.nan, 0.0
     window, freqs, band = _fft_band(n, float(mm_per_px))
@@ -181,79 +257,95 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     out[0] = float(low is not None)
     out[1] = float(high is not None)
     px = meta.xray_mm_per_px
-    t_low = None if low is None else low.astype(np.float32) / np.float32(U16)
-    t_high = None if high is None else high.astype(np.float32) / np.float32(U16)
-    mask = _object_mask(t_low, t_high)
-    area_px = int(mask.sum())
+    mask, outline = _object_outline(low, high)
+    area_px = int(np.count_nonzero(mask))
     out[2] = area_px * px * px
-    if area_px < 4:
+    if area_px < 4 or outline is None:
         return out  # nothing in the beam: the policy treats this as an invalid reading
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    outline = max(contours, key=cv2.contourArea)
     # The outline holds every extreme pixel of the (single, filled) mask, so its minimum-area
     # rectangle is the mask's, at a fraction of the points.
-    (cx, cy), (w, h), ang = cv2.minAreaRect(outline)
+    box = cv2.minAreaRect(outline)
+    (cx, cy), (w, h), ang = box
     out[3], out[4] = max(w, h) * px, min(w, h) * px
-    _, _, _, rect, solid, dent = outline_shape(outline)
+    _, _, _, rect, solid, dent = outline_shape(outline, box)
     out[_X["xr_rectangularity"]], out[_X["xr_solidity"]], out[_X["xr_defect_rel"]] = rect, solid, dent
-    att_low = None if t_low is None else -np.log(np.clip(t_low[mask], T_MIN, 1.0))
-    att_high = None if t_high is None else -np.log(np.clip(t_high[mask], T_MIN, 1.0))
-    if t_low is not None and t_high is not None:
-        tl, th = t_low[mask], t_high[mask]
-        out[5] = float(np.mean((tl < OPAQUE_LOW) & (th < OPAQUE_HIGH)))
-    elif t_low is not None:
-        out[5] = float(np.mean(t_low[mask] < OPAQUE_LOW))
+    # Work on the raw 16-bit values inside the item: attenuations by table, thresholds as
+    # integer levels, percentiles from a radix sort (see _ATT and _level_below).
+    u_low = None if low is None else low[mask]
+    u_high = None if high is None else high[mask]
+    tm_low = None if u_low is None else u_low.astype(np.float32) / np.float32(U16)
+    tm_high = None if u_high is None else u_high.astype(np.float32) / np.float32(U16)
+    if u_low is not None and u_high is not None:
+        out[5] = float(np.count_nonzero((u_low < _OPAQUE_LOW_U) & (u_high < _OPAQUE_HIGH_U))) / area_px
+    elif u_low is not None:
+        out[5] = float(np.count_nonzero(u_low < _OPAQUE_LOW_U)) / area_px
     else:
-        out[5] = float(np.mean(t_high[mask] < OPAQUE_HIGH))  # type: ignore[index]
-    if att_low is not None:
-        out[6:9] = _percentiles(att_low, (10, 50, 90))
-    if att_high is not None:
-        out[9:12] = _percentiles(att_high, (10, 50, 90))
+        out[5] = float(np.count_nonzero(u_high < _OPAQUE_HIGH_U)) / area_px  # type: ignore[operator]
+    if u_low is not None:
+        out[6:9] = _att_percentiles(u_low, (10, 50, 90))
+    if u_high is not None:
+        att_high = -np.log(np.clip(tm_high, T_MIN, 1.0))  # type: ignore[arg-type]
+        out[9:12] = _att_percentiles(u_high, (10, 50, 90))
         out[_X['xr_att_integral_cm2']] = float(att_high.sum()) * (px / 10) ** 2
-    if att_low is not None and att_high is not None:
-        th = t_high[mask]  # type: ignore[index]
-        meas = (th > 0.005) & (th < 0.9) & (t_low[mask] > 1e-4)  # type: ignore[index]
-        out[12] = float(meas.mean())
+    if u_low is not None and u_high is not None:
+        meas = (u_high > _MEAS_HIGH_MIN_U) & (u_high < _MEAS_HIGH_MAX_U) & (u_low > _MEAS_LOW_MIN_U)
+        n_meas = int(np.count_nonzero(meas))
+        out[12] = n_meas / area_px
         hist = np.zeros((3, 4))
-        if meas.sum() >= 3:
-            r = att_low[meas] / att_high[meas]
+        if n_meas >= 3:
+            r = -np.log(np.clip(tm_low[meas], T_MIN, 1.0)) / att_high[meas]  # type: ignore[index]
             out[13:16] = _percentiles(r, (25, 50, 75))
-            ti = np.digitize(th[meas], _R_EDGES_T[1:-1][::-1])  # 0: thick .. 2: thin
-            ri = np.digitize(r, _R_EDGES)
-            np.add.at(hist, (ti, ri), 1.0)
+            um = u_high[meas]  # type: ignore[index]
+            ti = (um >= _THICK_U).view(np.uint8) + (um >= _THIN_U)  # 0: thick .. 2: thin
+            ri = np.searchsorted(_R_EDGES_A, r, side="right")  # np.digitize(r, _R_EDGES)
+            hist = np.bincount(ti * 4 + ri, minlength=12).astype(np.float64).reshape(3, 4)
             hist /= hist.sum()
         out[16:28] = hist.ravel()
-    # internal structure, on the attenuation image aligned with the item's long axis
-    att_img = -np.log(np.clip(t_high if t_high is not None else t_low, T_MIN, 1.0))  # type: ignore[arg-type]
-    att_img = np.minimum(att_img, 9.0).astype(np.float32)
-    att_img[~mask] = 0
+    # internal structure, on the attenuation image aligned with the item's long axis: only the
+    # item's box of the image is turned (zero around it), into the box it turns into, clipped
+    # to the frame as a full-frame turn would clip it
+    sx, sy, sw, sh = cv2.boundingRect(outline)
+    u_ref = high if high is not None else low
+    t_box = u_ref[sy : sy + sh, sx : sx + sw].astype(np.float32) / np.float32(U16)  # type: ignore[index]
+    att_img = -np.log(np.clip(t_box, T_MIN, 1.0))
+    att_img = np.minimum(att_img, np.float32(9.0))
+    mbox = mask[sy : sy + sh, sx : sx + sw]
+    att_img[~mbox] = 0
     angle = ang if w >= h else ang + 90.0
     rot = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
-    aligned = cv2.warpAffine(att_img, rot, (att_img.shape[1], att_img.shape[0]), flags=cv2.INTER_LINEAR)
-    amask = cv2.warpAffine(mask.astype(np.uint8), rot, (mask.shape[1], mask.shape[0]), flags=cv2.INTER_NEAREST)
+    corners = np.array([[sx, sy, 1], [sx + sw, sy, 1], [sx, sy + sh, 1], [sx + sw, sy + sh, 1]], np.float64) @ rot.T
+    frame_h, frame_w = mask.shape
+    ox, oy = max(math.floor(corners[:, 0].min()) - 2, 0), max(math.floor(corners[:, 1].min()) - 2, 0)
+    ox2 = min(math.ceil(corners[:, 0].max()) + 2, frame_w)
+    oy2 = min(math.ceil(corners[:, 1].max()) + 2, frame_h)
+    rot[:, 2] += rot[:, :2] @ (sx, sy) - (ox, oy)
+    size = (max(ox2 - ox, 1), max(oy2 - oy, 1))
+    aligned = cv2.warpAffine(att_img, rot, size, flags=cv2.INTER_LINEAR)
+    amask = (aligned > 0).view(np.uint8)  # the turned item: attenuation is > 0.03 inside it, 0 around
     bx, by, bw, bh = cv2.boundingRect(amask)
-    if bw * bh >= 4 and int(amask[by : by + bh, bx : bx + bw].sum()) >= 4:
+    if bw * bh >= 4 and np.count_nonzero(amask[by : by + bh, bx : bx + bw]) >= 4:
         crop = aligned[by : by + bh, bx : bx + bw]
-        cm = amask[by : by + bh, bx : bx + bw].astype(bool)
+        cm = amask[by : by + bh, bx : bx + bw]
         # trim the case walls: the middle 80 % in each direction
         hh, ww = crop.shape
         inner = crop[int(0.1 * hh) : max(int(0.9 * hh), int(0.1 * hh) + 1), int(0.1 * ww) : max(int(0.9 * ww), int(0.1 * ww) + 1)]
-        out[_X['xr_long_period_mm']], out[_X['xr_long_power']] = _periodicity(inner.mean(axis=0), px)
-        out[_X['xr_cross_period_mm']], out[_X['xr_cross_power']] = _periodicity(inner.mean(axis=1), px)
+        out[_X['xr_long_period_mm']], out[_X['xr_long_power']] = _periodicity(inner.sum(axis=0) / inner.shape[0], px)
+        out[_X['xr_cross_period_mm']], out[_X['xr_cross_power']] = _periodicity(inner.sum(axis=1) / inner.shape[1], px)
         lap = cv2.Laplacian(crop, cv2.CV_32F, ksize=3)
-        interior = cv2.erode(cm.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        interior = cv2.erode(cm, _K5).view(bool)
         interior &= crop < 5.3  # only where the high channel measures (T > 0.005): the floor's noise is no texture
-        out[_X['xr_texture']] = float(np.abs(lap[interior]).mean()) if interior.sum() >= 4 else 0.0
+        n_in = np.count_nonzero(interior)
+        out[_X['xr_texture']] = float(_mean(np.abs(lap[interior]))) if n_in >= 4 else 0.0
         # voids (gas in swollen cells): share of the interior much thinner than its median
-        if interior.sum() >= 16:
+        if n_in >= 16:
             smooth = cv2.GaussianBlur(crop, (0, 0), 2.0)[interior]
-            out[_X["xr_void_frac"]] = float(np.mean(smooth < 0.7 * _percentiles(smooth, (50,))[0]))
+            out[_X["xr_void_frac"]] = _frac(smooth < 0.7 * _percentiles(smooth, (50,))[0])
         else:
             out[_X["xr_void_frac"]] = 0.0
         # dense spots (BMS components, terminals): small bright features over a smooth background
         k = max(3, int(round(8 / px)) | 1)
         tophat = cv2.morphologyEx(crop, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-        spots = ((tophat > 0.6) & interior).astype(np.uint8)
+        spots = ((tophat > 0.6) & interior).view(np.uint8)
         out[_X['xr_dense_spots']] = float(cv2.connectedComponents(spots)[0] - 1)
     return out
 
@@ -261,6 +353,7 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
 # ---------------------------------------------------------------------------- camera
 
 
+CAMERA_WORK_MM_PER_PX = 3.0  # the camera is measured at this pitch or finer (see camera_binning)
 _HUE_COS = np.cos(np.arange(256) * (2 * np.pi / 180.0))  # OpenCV's 8-bit hue: 0..179 = 0..358 degrees
 _HUE_SIN = np.sin(np.arange(256) * (2 * np.pi / 180.0))
 _LEVELS = np.arange(256, dtype=np.float64)
@@ -269,9 +362,10 @@ _LEVELS32 = _LEVELS.astype(np.float32)[:, None]
 
 def _belt_colour(rgb: np.ndarray) -> np.ndarray:
     """Median colour of the image border (the belt), per channel, as ``np.median`` gives it."""
-    border = np.sort(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     n = border.shape[0]
-    return (border[(n - 1) // 2].astype(np.float32) + border[n // 2].astype(np.float32)) / np.float32(2)
+    mid = np.partition(border, sorted({(n - 1) // 2, n // 2}), axis=0)
+    return (mid[(n - 1) // 2].astype(np.float32) + mid[n // 2].astype(np.float32)) / np.float32(2)
 
 
 def _label_type(img: np.ndarray) -> int:
@@ -288,23 +382,42 @@ def _level_stats(counts: np.ndarray) -> tuple[float, float]:
     return mean, math.sqrt(max(var, 0.0))
 
 
+def camera_binning(mm_per_px: float) -> int:
+    """Pixels binned (per side) before the camera is measured: as many whole pixels as fit
+    in :data:`CAMERA_WORK_MM_PER_PX`, at least 1."""
+    return max(1, int(CAMERA_WORK_MM_PER_PX / mm_per_px + 1e-9))
+
+
 def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
-    """Raw colour-camera measurements (see :data:`CAMERA_COLUMNS`). ``rgb`` is RGB uint8."""
+    """Raw colour-camera measurements (see :data:`CAMERA_COLUMNS`). ``rgb`` is RGB uint8.
+
+    The image is first binned to about :data:`CAMERA_WORK_MM_PER_PX` (see
+    :func:`camera_binning`): what the camera tells (outline, colours, terminal posts, label
+    edges) is centimetre-sized, and binning averages the sensor noise away at a quarter of
+    the cost of every step after it.
+    """
     out = _nan(len(CAMERA_COLUMNS))
     if rgb is None or rgb.ndim != 3 or rgb.shape[0] < 8 or rgb.shape[1] < 8:
         return out
-    px = meta.camera_mm_per_px
+    f = camera_binning(meta.camera_mm_per_px)
+    if f > 1 and rgb.shape[0] >= 8 * f and rgb.shape[1] >= 8 * f:
+        h, w = rgb.shape[0] // f, rgb.shape[1] // f
+        rgb = cv2.resize(rgb[: h * f, : w * f], (w, h), interpolation=cv2.INTER_AREA)
+    else:
+        f = 1
+    px = meta.camera_mm_per_px * f
     belt = _belt_colour(rgb)
     # distance to the belt's colour: squared differences per channel by lookup table
     sq = (_LEVELS32 - belt[None, :].astype(np.float32)) ** 2
     diff = cv2.LUT(rgb, np.ascontiguousarray(sq.reshape(1, 256, 3)))
-    dist = cv2.sqrt(cv2.transform(diff, np.ones((1, 3), np.float32)))
-    dist = cv2.GaussianBlur(dist, (5, 5), 0)
+    dist = cv2.sqrt(cv2.transform(diff, _SUM3))
+    k = 5 if f == 1 else 3  # about 5-9 mm of smoothing either way
+    dist = cv2.GaussianBlur(dist, (k, k), 0)
     # the belt's own texture sets the threshold: a few times its spread, at least 18 DN
     border = np.concatenate([dist[0], dist[-1], dist[:, 0], dist[:, -1]])
     thr = max(18.0, float(_percentiles(border, (95,))[0]) * 2.5)
-    mask = (dist > thr).astype(np.uint8)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    mask = (dist > thr).view(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _K3)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         out[0] = 0.0
@@ -342,11 +455,11 @@ def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
     out[9], out[10] = _level_stats(vcount)
     out[11] = float(vcount[:60].sum() / n_px)
     colourful = (sat > 100) & (val > 70)
-    out[12] = float(colourful.mean())
+    out[12] = _frac(colourful)
     pale = sat < 40
     light_grey = pale & (val > 120) & (val < 215)
-    out[13] = float(light_grey.mean())
-    out[14] = float(np.mean(pale & (val >= 215)))
+    out[13] = _frac(light_grey)
+    out[14] = _frac(pale & (val >= 215))
     if colourful.any():
         bins = np.minimum(hue[colourful] // 30, 5)
         out[15:21] = np.bincount(bins, minlength=6)[:6] / n_px
@@ -366,9 +479,9 @@ def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
         out[21] = 0.0
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     edges = cv2.Canny(gray, 60, 150)
-    inner = cv2.erode(obj, np.ones((5, 5), np.uint8)).astype(bool)
-    out[22] = float(edges[inner].mean() / 255.0) if inner.any() else 0.0
-    out[23] = float(dist[objb].mean())
+    inner = cv2.erode(obj, _K5).view(bool)
+    out[22] = _frac(edges[inner]) if inner.any() else 0.0  # Canny marks edges 255, the rest 0
+    out[23] = float(_mean(dist[objb]))
     return out
 
 
