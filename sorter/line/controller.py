@@ -346,7 +346,7 @@ class ScoringPool:
                 jobs = self._take(now)
                 if not jobs:
                     continue
-                proc = self._free.popleft()
+                proc = self._free.pop()
                 self._spawn_task(self._run_batch(proc, jobs, now), "score batch")
             return
         loop = asyncio.get_running_loop()
