@@ -1,7 +1,7 @@
 """Decision latency of the line controller over Modbus TCP (issue 4).
 
 ``python -m benchmarks.line_latency [--seconds 12] [--rates 10,50,100] [--step 100,150,200,300,400]
-[--down 80,60,40,30,20,10,5]``
+[--down 80,60,40,30,20,10,5] [--repeat 3]``
 
 Runs the real line on loopback, as ``sorter demo`` does: the PLC simulator
 (pymodbus ``ModbusTcpServer`` on 127.0.0.1, 10 ms scan) told about every item
@@ -15,7 +15,9 @@ holds one row per item and that the PLC's lane counters equal the controller's.
 
 Then it steps the rate up until deadline misses appear (or, when the first step
 already misses, down until they stop), to find the highest sustained rate with
-zero misses.  Targets: p99 <= 20 ms at 100 items/s, and
+zero misses.  The whole series runs ``--repeat`` times (a disk that stalls on fsync
+now and then makes single runs a matter of luck); the worst repeat counts, and each
+run reports its audit transactions slower than 50 ms.  Targets: p99 <= 20 ms at 100 items/s, and
 >= 100 items/s with zero misses.  The PLC's 10 ms scan puts a floor of about one
 scan under every acknowledgement.
 
@@ -48,6 +50,7 @@ from sorter.simulate.run import SimConfig
 from ._report import write_section
 
 SIM = SimConfig(items=200, seed=2026, mix="recycler")
+SLOW_COMMIT_S = 0.05  # an audit transaction this slow eats most of a 90 ms deadline (a bucket of the histogram)
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Result:
     main_cpu_ms: float | None
     li_ion_in_lead_acid: int | None
     late_causes: dict[str, int]
+    commits: int = 0
+    slow_commits: int = 0  # audit transactions over SLOW_COMMIT_S
 
 
 def _cpu_s(pids: list[int]) -> float:
@@ -104,7 +109,8 @@ async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPoo
                                  pool=pool, announce=sim.expect)
         batches0, scored0 = scorer.batches, scorer.items_scored
         cpu_workers0, cpu_main0 = _cpu_s(scorer.worker_pids), time.process_time()
-        summary = await Controller(cfg, link=link, source=source, scorer=scorer).run()
+        ctl = Controller(cfg, link=link, source=source, scorer=scorer)
+        summary = await ctl.run()
         cpu_workers, cpu_main = _cpu_s(scorer.worker_pids) - cpu_workers0, time.process_time() - cpu_main0
     finally:
         await sim.stop()
@@ -131,7 +137,15 @@ async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPoo
         main_cpu_ms=1000 * cpu_main / summary.items if summary.items else None,
         li_ion_in_lead_acid=summary.li_ion_in_lead_acid,
         late_causes=causes,
+        commits=int(_sample(ctl, "sorter_line_audit_commit_seconds_count")),
+        slow_commits=int(_sample(ctl, "sorter_line_audit_commit_seconds_count")
+                         - _sample(ctl, "sorter_line_audit_commit_seconds_bucket", le=str(SLOW_COMMIT_S))),
     )
+
+
+def _sample(ctl: Controller, name: str, **labels: str) -> float:
+    value = ctl.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
 
 
 def late_cause(row: AuditRecord) -> str:
@@ -167,53 +181,86 @@ def table(results: list[Result]) -> str:
     head = ("| rate (items/s) | items | p50 ms | p99 ms | max ms (acked items) | scoring p50 / p99 ms "
             "| delivery p50 ms "
             "| mean batch | scoring CPU ms/item | controller CPU ms/item | deadline misses (overload) | undelivered "
-            "| audit rows == items | PLC counters agree |")
-    out = [head, "|" + "---|" * 14]
+            "| audit commits > 50 ms | audit rows == items | PLC counters agree |")
+    out = [head, "|" + "---|" * 15]
     for r in results:
         out.append(f"| {r.rate_hz:g} ({r.achieved_hz:.0f}) | {r.items} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | "
                    f"{_ms(r.max_ms)} | {_ms(r.score_p50_ms)} / {_ms(r.score_p99_ms)} | {_ms(r.deliver_p50_ms)} | "
                    f"{r.mean_batch:.1f} | {_ms(r.worker_cpu_ms)} | {_ms(r.main_cpu_ms)} | {r.misses} ({r.overload}) | "
-                   f"{r.undelivered} | "
+                   f"{r.undelivered} | {r.slow_commits} of {r.commits} | "
                    f"{'yes' if r.audit_ok else 'NO'} | {'yes' if r.plc_agrees else 'NO'} |")
     return "\n".join(out)
 
 
-async def bench(args: argparse.Namespace) -> tuple[list[Result], list[Result], float]:
+async def bench(args: argparse.Namespace) -> list[Repeat]:
     t0 = time.monotonic()
     pool = await asyncio.to_thread(generate_pool, SIM, args.pool, workers=2)
     scorer = ScoringPool(None, workers=args.workers, kind=args.scorer, max_batch=16)
     await scorer.start()
     print(f"pool of {len(pool)} items and {args.workers} {args.scorer} scoring worker(s) ready in "
           f"{time.monotonic() - t0:.1f} s", flush=True)
-    fixed: list[Result] = []
-    step: list[Result] = []
+    repeats: list[Repeat] = []
     with tempfile.TemporaryDirectory(prefix="sorter-bench-", dir=args.audit_dir) as d:
         try:
-            for rate in args.rates:
-                r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, Path(d))
-                fixed.append(r)
-                _print_row(r)
-            best = 0.0
-            for rate in args.step:
-                r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, Path(d))
-                step.append(r)
-                _print_row(r)
-                if r.misses or r.undelivered:
-                    break
-                best = rate
-            if not step or (step[0].misses or step[0].undelivered):
-                # Misses already at the first step: step down instead, to find where they stop.
-                best = 0.0
-                for rate in args.down:
-                    r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, Path(d))
-                    step.append(r)
-                    _print_row(r)
-                    if not r.misses and not r.undelivered:
-                        best = rate
-                        break
+            for k in range(args.repeat):
+                print(f"repeat {k + 1} of {args.repeat}", flush=True)
+                repeats.append(await one_repeat(args, pool, scorer, Path(d)))
         finally:
             await scorer.close()
-    return fixed, step, best
+    return repeats
+
+
+@dataclass
+class Repeat:
+    fixed: list[Result]
+    step: list[Result]
+    best: float  # highest rate with no miss at it or below, fixed-rate runs included
+
+
+async def one_repeat(args: argparse.Namespace, pool, scorer: ScoringPool, d: Path) -> Repeat:
+    fixed: list[Result] = []
+    step: list[Result] = []
+    for rate in args.rates:
+        r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, d)
+        fixed.append(r)
+        _print_row(r)
+    best = 0.0
+    for rate in args.step:
+        r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, d)
+        step.append(r)
+        _print_row(r)
+        if r.misses or r.undelivered:
+            break
+        best = rate
+    if not step or (step[0].misses or step[0].undelivered):
+        # Misses already at the first step: step down instead, to find where they stop.
+        best = 0.0
+        for rate in args.down:
+            r = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, d)
+            step.append(r)
+            _print_row(r)
+            if not r.misses and not r.undelivered:
+                best = rate
+                break
+    # A rate is sustained only if no run at that rate or below missed, the fixed-rate runs included.
+    bad = [r.rate_hz for r in fixed + step if r.misses or r.undelivered]
+    if bad and best >= min(bad):
+        best = max((r.rate_hz for r in fixed + step if r.rate_hz < min(bad)), default=0.0)
+    print(f"highest sustained rate with zero deadline misses in this repeat: {best:g} items/s", flush=True)
+    return Repeat(fixed, step, best)
+
+
+def summary_table(repeats: list[Repeat]) -> str:
+    out = ["| repeat | p99 ms at 100 items/s | runs with deadline misses (rate: misses) "
+           "| audit commits > 50 ms | highest sustained rate |", "|---|---|---|---|---|"]
+    for k, rep in enumerate(repeats, 1):
+        runs = rep.fixed + rep.step
+        p99 = [_ms(r.p99_ms) for r in rep.fixed if r.rate_hz == 100]
+        missed = ", ".join(f"{r.rate_hz:g}: {r.misses + r.undelivered}" for r in runs if r.misses or r.undelivered)
+        slow = sum(r.slow_commits for r in runs)
+        out.append(f"| {k} | {' / '.join(p99) or '-'} | {missed or 'none'} | {slow} of {sum(r.commits for r in runs)} "
+                   f"| {rep.best:g} items/s |")
+    return "\n".join(out)
 
 
 def _filesystem(path: str) -> str:
@@ -245,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                          "to see what a disk that syncs in time would give")
     ap.add_argument("--section", default="line_latency",
                     help="section of docs/performance.md to write (default %(default)s)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="run the whole series this many times; the worst repeat counts (default %(default)s)")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = ap.parse_args(argv)
     # Late and refused acknowledgements are counted in the table; one warning per item would drown it.
@@ -255,19 +304,23 @@ def main(argv: list[str] | None = None) -> int:
     args.down = [float(x) for x in args.down.split(",") if x]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cores = os.cpu_count() or 1
-    fixed, step, best = asyncio.run(bench(args))
-    # A rate is sustained only if no run at that rate or below missed, the fixed-rate runs included.
-    bad = [r.rate_hz for r in fixed + step if r.misses or r.undelivered]
-    if bad and best >= min(bad):
-        best = max((r.rate_hz for r in fixed + step if r.rate_hz < min(bad)), default=0.0)
+    repeats = asyncio.run(bench(args))
+    # The line's figures are the worst repeat's: the highest rate sustained in every repeat,
+    # and the highest p99 at 100 items/s.
+    best = min(rep.best for rep in repeats)
+    worst = min(repeats, key=lambda rep: rep.best)
+    fixed, step = worst.fixed, worst.step
+    p99_100 = [r for rep in repeats for r in rep.fixed if r.rate_hz == 100]
+    at100 = max(p99_100, key=lambda r: (not _p99_met(r), r.p99_ms or math.inf), default=None)
     audit_fs = _filesystem(args.audit_dir or tempfile.gettempdir())
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print()
     print(table(fixed))
     print()
     print(table(step))
-    print(f"\nhighest sustained rate with zero deadline misses: {best:g} items/s")
-    at100 = next((r for r in fixed if r.rate_hz == 100), None)
+    print()
+    print(summary_table(repeats))
+    print(f"\nhighest sustained rate with zero deadline misses in every repeat: {best:g} items/s")
     md = [
         "## Line controller (issue 4)",
         "",
@@ -279,7 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         "acknowledged by the PLC (acknowledged items); scoring = available -> decided; delivery = decided -> "
         "acked (audit commit + Modbus write + waiting for the PLC scan + ack poll). An acknowledged item can show "
         "up to one scan more than 90 ms: a decision latched in the scan in which the item reaches the diverter is "
-        "in time (docs/plc-interface.md, rule 6).",
+        "in time (docs/plc-interface.md, rule 6). "
+        f"The whole series was run {len(repeats)} times in a row; the figures are the worst repeat's "
+        "(the highest rate sustained in every repeat; the highest p99 at 100 items/s).",
+        "",
+        summary_table(repeats),
+        "",
+        f"The repeat with the lowest sustained rate (repeat {repeats.index(worst) + 1}):",
         "",
         table(fixed),
         "",
@@ -288,18 +347,19 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(step),
         "",
-        (f"**Highest sustained rate with zero deadline misses: {best:g} items/s.**" if best else
+        (f"**Highest sustained rate with zero deadline misses (in every repeat): {best:g} items/s.**" if best else
          f"**No rate tried (down to {min(r.rate_hz for r in fixed + step):g} items/s) ran without a deadline "
          "miss on this machine at the time.**"),
         "",
         "Targets: p99 <= 20 ms at 100 items/s "
-        + (f"(measured {_ms(at100.p99_ms)} ms: {'met' if _p99_met(at100) else 'NOT met'})"
+        + (f"(measured, worst of {len(p99_100)} runs: {_ms(at100.p99_ms)} ms: "
+           f"{'met' if _p99_met(at100) else 'NOT met'})"
            if at100 else "(not measured)")
         + f"; >= 100 items/s with zero misses ({'met' if best >= 100 else 'NOT met'}). "
         f"The {args.scan_ms:g} ms PLC scan puts a floor of about one scan under delivery. "
         f"Load average of the machine (other work shares it): {load:.1f} at the start, {load_end:.1f} at the end.",
     ]
-    runs = [r for r in fixed + step if r.worker_cpu_ms is not None and r.items]
+    runs = [r for rep in repeats for r in rep.fixed + rep.step if r.worker_cpu_ms is not None and r.items]
     if runs:
         alone = min(runs, key=lambda r: r.mean_batch)
         batched = max(runs, key=lambda r: r.mean_batch)

@@ -32,7 +32,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -750,6 +750,9 @@ class AuditWriter:
         instead of two.  A delivery update waits at most this long (a crash
         within that window leaves its row ``pending``, which the next start
         marks ``undelivered``; the PLC's counters stay the truth).
+    on_commit : callable, optional
+        Called on the writer thread with the seconds each transaction took
+        (write and fsync), e.g. a metrics histogram's ``observe``.
 
     Raises
     ------
@@ -785,6 +788,7 @@ class AuditWriter:
         max_queue: int = 10_000,
         max_batch: int = 1000,
         delivery_delay_s: float = 0.0,
+        on_commit: Callable[[float], None] | None = None,
     ) -> None:
         if not _is_finite(delivery_delay_s) or not 0.0 <= delivery_delay_s <= 10.0:
             raise AuditRecordError(f"delivery_delay_s must be in [0, 10] s, got {delivery_delay_s!r}")
@@ -795,6 +799,7 @@ class AuditWriter:
         self._path = str(path)
         self._max_batch = max_batch
         self._delivery_delay_s = float(delivery_delay_s)
+        self._on_commit = on_commit
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._submit_lock = threading.Lock()
         self._closed = False
@@ -864,6 +869,7 @@ class AuditWriter:
             log.close()
 
     def _commit(self, log: AuditLog, batch: list[tuple[str, Any, Future[Any]]]) -> None:
+        t0 = time.monotonic()
         try:
             results = log._apply([(kind, payload) for kind, payload, _ in batch])
         except AuditError as err:
@@ -875,6 +881,11 @@ class AuditWriter:
             return
         self._transactions += 1
         self._entries += len(batch)
+        if self._on_commit is not None:
+            try:
+                self._on_commit(time.monotonic() - t0)
+            except Exception:  # noqa: BLE001 - an observer must not stop the audit trail
+                logger.exception("audit writer %s: commit observer failed", self._path)
         for (_, _, fut), result in zip(batch, results):
             if isinstance(result, AuditRecordError):
                 fut.set_exception(result)

@@ -892,7 +892,8 @@ class Controller:
                     self.source.stop()
             # Room for every in-flight item's two entries (decision, delivery): submit() never blocks the loop.
             self._writer = AuditWriter(cfg.audit.path, max_queue=max(10_000, 2 * cfg.line.max_in_flight + 16),
-                                       delivery_delay_s=cfg.audit.delivery_flush_ms / 1000.0)
+                                       delivery_delay_s=cfg.audit.delivery_flush_ms / 1000.0,
+                                       on_commit=self.metrics.audit_commit.observe)
         except BaseException:
             reader.close()
             raise

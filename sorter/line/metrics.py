@@ -31,6 +31,10 @@ Metric names
 ``sorter_line_hazard_energy_wh_total``
     Known rated energy of the items that went to the hazard lane (from the
     source's truth; 0 where unknown).
+``sorter_line_audit_commit_seconds``
+    Histogram of audit-log transactions (write + fsync).  A decision is sent only
+    after its commit, so commits that take tens of milliseconds (a disk that
+    stalls on fsync) show up here before they show up as deadline misses.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = ["LINK_STATES", "LineMetrics", "StatusLine", "format_status"]
 LINK_STATES = ("connected", "connecting", "down", "faulted")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.09, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+_COMMIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class LineMetrics:
@@ -91,6 +96,9 @@ class LineMetrics:
         self.sensor_alarm = Gauge("sorter_line_sensor_status", "1 for each sensor's current health status",
                                   ["sensor", "status"], registry=r)
         self.in_flight = Gauge("sorter_line_in_flight", "Items being scored, recorded or delivered", registry=r)
+        self.audit_commit = Histogram("sorter_line_audit_commit_seconds",
+                                      "Audit-log transactions (write and fsync), one per group commit",
+                                      buckets=_COMMIT_BUCKETS, registry=r)
         self.hazard_energy = Counter("sorter_line_hazard_energy_wh",
                                      "Known rated energy of items sent to the hazard lane (Wh)", registry=r)
         for state in LINK_STATES:

@@ -459,6 +459,24 @@ def test_a_held_delivery_update_is_committed_after_delivery_delay(db: Path) -> N
         AuditWriter(db, delivery_delay_s=-1.0)
 
 
+def test_every_transaction_is_reported_to_the_commit_observer_and_a_failing_observer_changes_nothing(
+    db: Path,
+) -> None:
+    seen: list[float] = []
+    with AuditWriter(db, on_commit=seen.append) as writer:
+        for i in range(1, 6):
+            assert writer.submit(make_record(i)).result(timeout=10)
+    assert len(seen) == writer.transactions == 5
+    assert all(0 <= s < 10 for s in seen)
+
+    def broken(_: float) -> None:
+        raise RuntimeError("metrics backend gone")
+
+    with AuditWriter(db, on_commit=broken) as writer:
+        assert writer.submit(make_record(6)).result(timeout=10)
+    assert stored_ids(db) == {f"it-{i}" for i in range(1, 7)}
+
+
 def test_writer_futures_cannot_be_cancelled(db: Path) -> None:
     with AuditWriter(db) as writer:
         fut = writer.submit(make_record(1))
