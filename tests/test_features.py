@@ -190,6 +190,8 @@ from sorter.features.measure import (  # noqa: E402
     _MEAS_LOW_MIN_U,
     _OPAQUE_HIGH_U,
     _OPAQUE_LOW_U,
+    _THICK_U,
+    _THIN_U,
     OPAQUE_HIGH,
     OPAQUE_LOW,
     U16,
@@ -215,3 +217,5 @@ def test_integer_levels_select_the_same_pixels_as_the_float_thresholds():
     np.testing.assert_array_equal(u < _MEAS_HIGH_MAX_U, t < 0.9)
     np.testing.assert_array_equal(u > _MEAS_LOW_MIN_U, t > 1e-4)
     np.testing.assert_array_equal(_ATT, -np.log(np.clip(t, 1e-5, 1.0)))
+    # the (ln T_high, R) histogram's bands, as np.digitize put them
+    np.testing.assert_array_equal((u >= _THICK_U).astype(int) + (u >= _THIN_U), np.digitize(t, (0.05, 0.3)))

@@ -269,8 +269,8 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     out[3], out[4] = max(w, h) * px, min(w, h) * px
     _, _, _, rect, solid, dent = outline_shape(outline, box)
     out[_X["xr_rectangularity"]], out[_X["xr_solidity"]], out[_X["xr_defect_rel"]] = rect, solid, dent
-    # Work on the raw 16-bit values inside the item: attenuations by table, thresholds as
-    # integer levels, percentiles from a radix sort (see _ATT and _level_below).
+    # Work on the raw 16-bit values inside the item: thresholds as integer levels, attenuation
+    # percentiles from a radix sort of the levels (see _level_below and _att_percentiles).
     u_low = None if low is None else low[mask]
     u_high = None if high is None else high[mask]
     tm_low = None if u_low is None else u_low.astype(np.float32) / np.float32(U16)
