@@ -139,30 +139,34 @@ def _fft_band(n: int, mm_per_px: float) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 # ---------------------------------------------------------------------------- X-ray
 
-# Attenuation -ln T of every 16-bit level (T = level / 65535, clipped at the detector floor),
-# computed as the images' own float32 arithmetic would: a lookup gives the same values.
-_ATT = -np.log(np.clip(np.arange(65536, dtype=np.float32) / np.float32(U16), T_MIN, 1.0))
+def _attenuation(levels: np.ndarray) -> np.ndarray:
+    """Attenuation -ln T (float32) of 16-bit transmission levels (T = level / 65535, clipped at
+    the detector floor)."""
+    return -np.log(np.clip(levels.astype(np.float32) / np.float32(U16), T_MIN, 1.0))
+
+
+_LEVEL_T = np.arange(65536, dtype=np.float32) / np.float32(U16)  # the transmission of every 16-bit level
+_ATT = _attenuation(np.arange(65536, dtype=np.uint16))  # and its attenuation: a lookup gives the same values
 
 
 def _level_below(t: float) -> int:
     """The 16-bit levels ``u`` with ``float32(u) / 65535 < t`` are exactly ``u < _level_below(t)``."""
-    return int(np.count_nonzero(np.arange(65536, dtype=np.float32) / np.float32(U16) < np.float32(t)))
+    return int(np.count_nonzero(_LEVEL_T < np.float32(t)))
 
 
 def _level_above(t: float) -> int:
     """The 16-bit levels ``u`` with ``float32(u) / 65535 > t`` are exactly ``u > _level_above(t)``."""
-    return 65535 - int(np.count_nonzero(np.arange(65536, dtype=np.float32) / np.float32(U16) > np.float32(t)))
+    return 65535 - int(np.count_nonzero(_LEVEL_T > np.float32(t)))
 
 
 _OPAQUE_LOW_U, _OPAQUE_HIGH_U = _level_below(OPAQUE_LOW), _level_below(OPAQUE_HIGH)
 _AIR_LOW_U, _AIR_HIGH_U = _level_below(0.97), _level_below(0.98)  # below: the item, not air (after a 3 x 3 mean)
+_MEAS_HIGH_MIN_U, _MEAS_HIGH_MAX_U, _MEAS_LOW_MIN_U = _level_above(0.005), _level_below(0.9), _level_above(1e-4)
 # The (ln T_high, R) histogram's transmission bands, as np.digitize compares them (in float64)
-_THICK_U, _THIN_U = (int(np.count_nonzero((np.arange(65536, dtype=np.float32) / np.float32(U16)).astype(np.float64) < t))
-                     for t in _R_EDGES_T[1:-1][::-1])
+_THICK_U, _THIN_U = (int(np.count_nonzero(_LEVEL_T.astype(np.float64) < t)) for t in _R_EDGES_T[1:-1][::-1])
 _R_EDGES_A = np.asarray(_R_EDGES)
 _K3, _K5 = np.ones((3, 3), np.uint8), np.ones((5, 5), np.uint8)
 _SUM3 = np.ones((1, 3), np.float32)
-_MEAS_HIGH_MIN_U, _MEAS_HIGH_MAX_U, _MEAS_LOW_MIN_U = _level_above(0.005), _level_below(0.9), _level_above(1e-4)
 
 
 def _att_percentiles(levels: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
@@ -273,8 +277,6 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     # percentiles from a radix sort of the levels (see _level_below and _att_percentiles).
     u_low = None if low is None else low[mask]
     u_high = None if high is None else high[mask]
-    tm_low = None if u_low is None else u_low.astype(np.float32) / np.float32(U16)
-    tm_high = None if u_high is None else u_high.astype(np.float32) / np.float32(U16)
     if u_low is not None and u_high is not None:
         out[5] = float(np.count_nonzero((u_low < _OPAQUE_LOW_U) & (u_high < _OPAQUE_HIGH_U))) / area_px
     elif u_low is not None:
@@ -284,7 +286,7 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     if u_low is not None:
         out[6:9] = _att_percentiles(u_low, (10, 50, 90))
     if u_high is not None:
-        att_high = -np.log(np.clip(tm_high, T_MIN, 1.0))  # type: ignore[arg-type]
+        att_high = _attenuation(u_high)
         out[9:12] = _att_percentiles(u_high, (10, 50, 90))
         out[_X['xr_att_integral_cm2']] = float(att_high.sum()) * (px / 10) ** 2
     if u_low is not None and u_high is not None:
@@ -293,7 +295,7 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
         out[12] = n_meas / area_px
         hist = np.zeros((3, 4))
         if n_meas >= 3:
-            r = -np.log(np.clip(tm_low[meas], T_MIN, 1.0)) / att_high[meas]  # type: ignore[index]
+            r = _attenuation(u_low[meas]) / att_high[meas]  # type: ignore[index]
             out[13:16] = _percentiles(r, (25, 50, 75))
             um = u_high[meas]  # type: ignore[index]
             ti = (um >= _THICK_U).view(np.uint8) + (um >= _THIN_U)  # 0: thick .. 2: thin
@@ -306,9 +308,7 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     # to the frame as a full-frame turn would clip it
     sx, sy, sw, sh = cv2.boundingRect(outline)
     u_ref = high if high is not None else low
-    t_box = u_ref[sy : sy + sh, sx : sx + sw].astype(np.float32) / np.float32(U16)  # type: ignore[index]
-    att_img = -np.log(np.clip(t_box, T_MIN, 1.0))
-    att_img = np.minimum(att_img, np.float32(9.0))
+    att_img = np.minimum(_attenuation(u_ref[sy : sy + sh, sx : sx + sw]), np.float32(9.0))  # type: ignore[index]
     mbox = mask[sy : sy + sh, sx : sx + sw]
     att_img[~mbox] = 0
     angle = ang if w >= h else ang + 90.0
@@ -437,7 +437,7 @@ def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
     rgb, dist = rgb[y0:y1, x0:x1], dist[y0:y1, x0:x1]
     obj = np.zeros(rgb.shape[:2], np.uint8)
     cv2.drawContours(obj, [c], -1, 1, -1, offset=(-x0, -y0))
-    objb = obj.astype(bool)
+    objb = obj.view(bool)
     out[0] = area * px * px
     out[1], out[2] = long_px * px, short_px * px
     out[3], out[4] = rect, solid
