@@ -188,7 +188,8 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
     chunk : lines per task (default :data:`sorter.batch.CHUNK`).
     window : tasks in flight (default twice the cluster's worker threads).
     client : an already connected client (from :func:`connect`) to use instead of
-        connecting to ``scheduler``; it is closed when the iteration ends.
+        connecting to ``scheduler``; it stays the caller's to close (a client this
+        function connected itself is closed when the iteration ends).
 
     Examples
     --------
@@ -199,7 +200,8 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
     ...         print(ch.lines[0].line_no, decisions[0].lane)
     """
     chunk = chunk or batch.CHUNK
-    client = client if client is not None else connect(scheduler)
+    own = client is None
+    client = connect(scheduler) if client is None else client
     address = client.scheduler.address
     # Workers resolve paths against their own working directory: send them absolute ones.
     paths = {d: os.path.abspath(d) for d in logs}
@@ -217,7 +219,8 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
     finally:
         if pending:
             client.cancel([fut for _, _, fut in pending])
-        client.close()
+        if own:
+            client.close()
 
 
 def _collect(log_dir: str, lines: list[LogLine], fut: Any) -> tuple[MeasuredChunk, list[Decision]]:
