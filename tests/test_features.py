@@ -18,7 +18,14 @@ from sorter.features import (
     mask_sensor,
     measure_item,
 )
-from sorter.features.measure import CAMERA_COLUMNS, XRAY_COLUMNS, camera_binning, measure_camera, measure_xray
+from sorter.features.measure import (
+    CAMERA_COLUMNS,
+    XRAY_COLUMNS,
+    camera_binning,
+    measure_camera,
+    measure_xray,
+    xray_binning,
+)
 from sorter.readings import Item, ItemRecord, LogMeta
 from sorter.simulate import SimConfig, simulate_item
 
@@ -139,6 +146,44 @@ def test_camera_outline_measures_the_item():
     assert c[CAMERA_COLUMNS.index("cam_colourful_frac")] > 0.8
 
 
+@pytest.mark.parametrize("mm_per_px", [1.0, 1.6, 2.0, 4.0])
+def test_xray_outline_and_attenuation_measure_the_item_at_any_pitch(mm_per_px):
+    """A 100 x 60 mm slab of uniform transmission: its size in mm and its attenuation come out
+    the same whatever the detector pitch, whether its pixels are binned or not."""
+    meta = LogMeta(xray_mm_per_px=mm_per_px)
+    h, w = round(120 / mm_per_px), round(200 / mm_per_px)
+    y0, x0, ly, lx = round(30 / mm_per_px), round(50 / mm_per_px), round(60 / mm_per_px), round(100 / mm_per_px)
+    low = np.full((h, w), 65535, np.uint16)
+    high = low.copy()
+    low[y0 : y0 + ly, x0 : x0 + lx] = round(0.2 * 65535)
+    high[y0 : y0 + ly, x0 : x0 + lx] = round(0.4 * 65535)
+    x = measure_xray(low, high, meta)
+    # the outline is the detector's, at most a pixel large either side (the 3 x 3 mean before
+    # the air threshold); the attenuations come from binned pixels
+    tol = 2 * mm_per_px
+    assert x[XRAY_COLUMNS.index("xr_len_mm")] == pytest.approx(100, abs=tol)
+    assert x[XRAY_COLUMNS.index("xr_wid_mm")] == pytest.approx(60, abs=tol)
+    assert lx * ly * mm_per_px**2 <= x[XRAY_COLUMNS.index("xr_area_mm2")] <= (lx + 2) * (ly + 2) * mm_per_px**2
+    assert x[XRAY_COLUMNS.index("xr_att_low_p50")] == pytest.approx(-np.log(0.2), rel=1e-3)
+    assert x[XRAY_COLUMNS.index("xr_r_p50")] == pytest.approx(np.log(0.2) / np.log(0.4), rel=1e-3)
+
+
+def test_xray_binning_keeps_the_working_pitch():
+    assert [xray_binning(p) for p in (1.0, 1.6, 2.0, 2.5, 4.0, 5.0)] == [4, 2, 2, 1, 1, 1]
+
+
+def test_periodicity_finds_the_cell_pitch():
+    """Cells of 21 mm side by side along a pack: the long-axis period is theirs."""
+    from sorter.features.measure import _periodicity
+
+    px = 2.0
+    x = np.arange(70) * px
+    profile = (1.0 + 0.3 * np.cos(2 * np.pi * x / 21.0)).astype(np.float32)
+    period, power = _periodicity(profile, px)
+    assert period == pytest.approx(21.0, rel=0.1)
+    assert power > 0.5
+
+
 def test_mask_sensor_blanks_only_that_sensor():
     raw = np.ones((2, len(RAW_COLUMNS)))
     m = mask_sensor(raw, "camera")
@@ -219,3 +264,28 @@ def test_integer_levels_select_the_same_pixels_as_the_float_thresholds():
     np.testing.assert_array_equal(_ATT, -np.log(np.clip(t, 1e-5, 1.0)))
     # the (ln T_high, R) histogram's bands, as np.digitize put them
     np.testing.assert_array_equal((u >= _THICK_U).astype(int) + (u >= _THIN_U), np.digitize(t, (0.05, 0.3)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays(np.float32, st.integers(8, 160), elements=st.floats(0, 9, width=32)), st.sampled_from([1.6, 2.0, 3.2, 4.0]))
+def test_windowed_dft_equals_numpy_rfft(profile, mm_per_px):
+    """The periodicity's matrix DFT is numpy's rfft of the Hann-windowed profile, to rounding."""
+    from sorter.features.measure import _fft_band
+
+    n = profile.size
+    p = profile - profile.sum() / n
+    dft, freqs, _ = _fft_band(n, mm_per_px)
+    y = dft @ p.astype(np.float64)
+    ref = np.fft.rfft(p * np.hanning(n))
+    np.testing.assert_allclose(y[: freqs.size], ref.real, atol=1e-9 * (1 + np.abs(ref).max()))
+    np.testing.assert_allclose(y[freqs.size :], -ref.imag, atol=1e-9 * (1 + np.abs(ref).max()))
+    np.testing.assert_array_equal(freqs, np.fft.rfftfreq(n, d=mm_per_px))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-40, 90), min_size=1, max_size=200), st.integers(1, 64))
+def test_ambient_estimate_is_the_numpy_median_of_the_window(temps, window):
+    tr = AmbientTracker(window=window, reject_above_c=1e9)
+    for t in temps:
+        tr.observe(t)
+    assert tr.ambient_c == float(np.median(temps[-window:]))
