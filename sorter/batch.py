@@ -109,10 +109,16 @@ def _assemble(d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: list[s
 def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, chunk: int | None = None,
                   executor: Executor | None = None, start: dict[str, tuple[int, int]] | None = None
                   ) -> Iterator[MeasuredChunk]:
-    """Measured chunks of the given logs, in order, with at most ``2 * workers`` chunks in flight."""
+    """Measured chunks of the given logs, in order, with at most ``2 * workers`` chunks in flight.
+
+    ``workers`` processes read, decode and measure the items (one OpenCV and BLAS thread each)
+    while this process reads the lines and takes the results: with one worker, what this
+    process does with them (the model, the output) overlaps the measuring instead of adding to
+    it.  ``workers=0`` measures in this process, on one OpenCV thread (no processes started).
+    """
     chunk = chunk or CHUNK
-    if workers <= 1 and executor is None:
-        # One worker means one core: OpenCV would otherwise spread each call over its own
+    if workers < 1 and executor is None:
+        # In this process, on one core: OpenCV would otherwise spread each call over its own
         # threads, spending more CPU per item for little speed.
         import cv2
 

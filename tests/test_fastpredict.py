@@ -76,13 +76,15 @@ def test_shipped_model_uses_the_fast_path_and_matches(sample_raw: np.ndarray) ->
     model = load_model()
     clf, dmg = model.prepare()
     assert clf is not None and dmg is not None, "the shipped model should be on the fast path"
-    proba, p_dmg = model.predict(sample_raw)
-    from sorter.model import features_fast
+    from sorter.model import FAST_PATH_MAX_ROWS, features_fast
 
     want = _final_step(model.classifier).predict_proba(features_fast(model.classifier, sample_raw))
     want_dmg = _final_step(model.damage).predict_proba(features_fast(model.damage, sample_raw))[:, 1]
-    np.testing.assert_array_equal(proba, want)
-    np.testing.assert_array_equal(p_dmg, want_dmg)
+    # the line's small batches take the fast path, batch scoring's chunks scikit-learn's: the same
+    for size in (1, 7, FAST_PATH_MAX_ROWS - 1, FAST_PATH_MAX_ROWS, len(sample_raw)):
+        parts = [model.predict(sample_raw[i : i + size]) for i in range(0, len(sample_raw), size)]
+        np.testing.assert_array_equal(np.vstack([p for p, _ in parts]), want)
+        np.testing.assert_array_equal(np.concatenate([d for _, d in parts]), want_dmg)
 
 
 @pytest.fixture(scope="module")
