@@ -75,7 +75,7 @@ def _openmp_one_thread() -> Any:
     return _THREADPOOLS.limit(limits=1, user_api="openmp")
 
 
-# Rows up to which the fast predictors are used. They walk every tree to its full depth for
+# Below this many rows the fast predictors are used. They walk every tree to its full depth for
 # every row, which beats scikit-learn's per-tree dispatch for the line's few rows (0.5 vs
 # 2.4 ms for one row) but loses to its compiled per-row walk from about 48 rows on (16 vs
 # 6.4 ms for 256). Both give the same probabilities (fast_predictor checks it).
@@ -169,8 +169,8 @@ class SorterModel:
 
         ``raw`` is a 2-D float array of raw measurements (``RAW_COLUMNS``); pass a
         contiguous array (single rows are the line's hot path).  Fewer than
-        :data:`FAST_PATH_MAX_ROWS` rows go through the fast predictors, more through
-        scikit-learn's own; the probabilities are the same.
+        :data:`FAST_PATH_MAX_ROWS` rows go through the fast predictors, that many or more
+        through scikit-learn's own; the probabilities are the same.
         """
         raw = np.ascontiguousarray(raw, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != len(RAW_COLUMNS):

@@ -24,7 +24,8 @@ from ..readings import Item, LogMeta
 # cost), so that a model trained on other measurements is refused rather than misled.
 # 1: the first release; 2: the camera measured on binned pixels (CAMERA_WORK_MM_PER_PX), the
 # X-ray outline from the 16-bit image, the X-ray structure turned within the item's box;
-# 3: the X-ray measured on binned pixels too (XRAY_WORK_MM_PER_PX).
+# 3: the X-ray's attenuations and structure measured on binned pixels (XRAY_WORK_MM_PER_PX),
+# its void blur and interior erosion sized in mm.
 MEASUREMENTS_VERSION = 3
 
 U16 = 65535.0
@@ -176,12 +177,12 @@ _MEAS_HIGH_MIN_U, _MEAS_HIGH_MAX_U, _MEAS_LOW_MIN_U = _level_above(0.005), _leve
 _THICK_U, _THIN_U = (int(np.count_nonzero(_LEVEL_T.astype(np.float64) < t)) for t in _R_EDGES_T[1:-1][::-1])
 _R_EDGES_A = np.asarray(_R_EDGES)
 _K3, _K5 = np.ones((3, 3), np.uint8), np.ones((5, 5), np.uint8)
+_SUM3 = np.ones((1, 3), np.float32)
 
 
 def _square(k: int) -> np.ndarray:
     """A k x k square structuring element."""
     return _K3 if k == 3 else _K5 if k == 5 else np.ones((k, k), np.uint8)
-_SUM3 = np.ones((1, 3), np.float32)
 
 
 def _att_percentiles(levels: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
