@@ -132,6 +132,20 @@ def _percentiles(a: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
     return out
 
 
+def _binning(work_mm_per_px: float, mm_per_px: float) -> int:
+    """As many whole pixels (per side) as fit in ``work_mm_per_px``, at least 1."""
+    return max(1, int(work_mm_per_px / mm_per_px + 1e-9))
+
+
+def _bin(img: np.ndarray | None, f: int) -> np.ndarray | None:
+    """``img`` averaged over ``f`` x ``f`` blocks of pixels (a last partial row or column is
+    dropped), keeping its type (rounded) and channels."""
+    if img is None:
+        return None
+    h, w = img.shape[0] // f, img.shape[1] // f
+    return cv2.resize(img[: h * f, : w * f], (w, h), interpolation=cv2.INTER_AREA)
+
+
 @lru_cache(maxsize=256)
 def _fft_band(n: int, mm_per_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Hann-windowed real DFT of length ``n`` as one matrix (cosine rows over sine rows),
@@ -267,18 +281,8 @@ XRAY_WORK_MM_PER_PX = 4.0  # the X-ray is measured at this pitch or finer (see x
 
 
 def xray_binning(mm_per_px: float) -> int:
-    """Pixels binned (per side) before the X-ray is measured: as many whole pixels as fit in
-    :data:`XRAY_WORK_MM_PER_PX`, at least 1."""
-    return max(1, int(XRAY_WORK_MM_PER_PX / mm_per_px + 1e-9))
-
-
-def _bin(img: np.ndarray | None, f: int) -> np.ndarray | None:
-    """``img`` averaged over ``f`` x ``f`` blocks of pixels (a last partial row or column is
-    dropped); 16-bit levels stay 16-bit, rounded."""
-    if img is None:
-        return None
-    h, w = img.shape[0] // f, img.shape[1] // f
-    return cv2.resize(img[: h * f, : w * f], (w, h), interpolation=cv2.INTER_AREA)
+    """Pixels binned (per side) before the X-ray is measured (see :func:`_binning`)."""
+    return _binning(XRAY_WORK_MM_PER_PX, mm_per_px)
 
 
 def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta) -> np.ndarray:
@@ -441,9 +445,8 @@ def _level_stats(counts: np.ndarray) -> tuple[float, float]:
 
 
 def camera_binning(mm_per_px: float) -> int:
-    """Pixels binned (per side) before the camera is measured: as many whole pixels as fit
-    in :data:`CAMERA_WORK_MM_PER_PX`, at least 1."""
-    return max(1, int(CAMERA_WORK_MM_PER_PX / mm_per_px + 1e-9))
+    """Pixels binned (per side) before the camera is measured (see :func:`_binning`)."""
+    return _binning(CAMERA_WORK_MM_PER_PX, mm_per_px)
 
 
 def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
@@ -459,8 +462,7 @@ def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
         return out
     f = camera_binning(meta.camera_mm_per_px)
     if f > 1 and rgb.shape[0] >= 8 * f and rgb.shape[1] >= 8 * f:
-        h, w = rgb.shape[0] // f, rgb.shape[1] // f
-        rgb = cv2.resize(rgb[: h * f, : w * f], (w, h), interpolation=cv2.INTER_AREA)
+        rgb = _bin(rgb, f)
     else:
         f = 1
     px = meta.camera_mm_per_px * f
