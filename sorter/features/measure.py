@@ -172,6 +172,7 @@ def _attenuation(levels: np.ndarray) -> np.ndarray:
 
 _LEVEL_T = np.arange(65536, dtype=np.float32) / np.float32(U16)  # the transmission of every 16-bit level
 _ATT = _attenuation(np.arange(65536, dtype=np.uint16))  # and its attenuation: a lookup gives the same values
+_ATT9 = np.minimum(_ATT, np.float32(9.0))  # the same, capped at 9 (the structure image's range)
 
 
 def _level_below(t: float) -> int:
@@ -335,7 +336,8 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     else:
         sx, sy, sw, sh = cv2.boundingRect(outline)
     # Work on the raw 16-bit values inside the item: thresholds as integer levels, attenuation
-    # percentiles from a radix sort of the levels (see _level_below and _att_percentiles).
+    # percentiles from a radix sort of the levels (see _level_below and _att_percentiles), and
+    # attenuations looked up in _ATT (the same values as _attenuation computes, at a third of its cost).
     u_low = None if low is None else low[mask]
     u_high = None if high is None else high[mask]
     if u_low is not None and u_high is not None:
@@ -347,7 +349,7 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     if u_low is not None:
         out[6:9] = _att_percentiles(u_low, (10, 50, 90))
     if u_high is not None:
-        att_high = _attenuation(u_high)
+        att_high = _ATT.take(u_high)
         out[9:12] = _att_percentiles(u_high, (10, 50, 90))
         out[_X['xr_att_integral_cm2']] = float(att_high.sum()) * (px / 10) ** 2
     if u_low is not None and u_high is not None:
@@ -356,7 +358,7 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
         out[12] = n_meas / area_px
         hist = np.zeros((3, 4))
         if n_meas >= 3:
-            r = _attenuation(u_low[meas]) / att_high[meas]  # type: ignore[index]
+            r = _ATT.take(u_low[meas]) / att_high[meas]  # type: ignore[index]
             out[13:16] = _percentiles(r, (25, 50, 75))
             um = u_high[meas]  # type: ignore[index]
             ti = (um >= _THICK_U).view(np.uint8) + (um >= _THIN_U)  # 0: thick .. 2: thin
@@ -368,7 +370,7 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     # item's box of the image is turned (zero around it), into the box it turns into, clipped
     # to the frame as a full-frame turn would clip it
     u_ref = high if high is not None else low
-    att_img = np.minimum(_attenuation(u_ref[sy : sy + sh, sx : sx + sw]), np.float32(9.0))  # type: ignore[index]
+    att_img = _ATT9.take(u_ref[sy : sy + sh, sx : sx + sw])  # type: ignore[index]
     mbox = mask[sy : sy + sh, sx : sx + sw]
     att_img[~mbox] = 0
     angle = ang if w >= h else ang + 90.0
