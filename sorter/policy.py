@@ -47,7 +47,7 @@ OPTIONAL_SENSORS: dict[str, tuple[int, ...]] = {
 }
 
 
-def missing_optional(raw: np.ndarray) -> list[str]:
+def missing_optional(raw: np.ndarray | list[float]) -> list[str]:
     """The non-critical sensors without a usable reading in a raw measurement row."""
     return [s for s, cols in OPTIONAL_SENSORS.items() if any(math.isnan(raw[c]) for c in cols)]
 
@@ -87,7 +87,7 @@ class PolicyThresholds:
         d["lead_acid_min_missing"] = dict(self.lead_acid_min_missing)
         return d
 
-    def lead_acid_min_for(self, raw: np.ndarray) -> tuple[float, list[str]]:
+    def lead_acid_min_for(self, raw: np.ndarray | list[float]) -> tuple[float, list[str]]:
         """The lead_acid threshold that applies to this item, and the optional sensors it lacks."""
         missing = missing_optional(raw)
         return max([self.lead_acid_min, *(self.lead_acid_min_missing.get(s, self.lead_acid_min) for s in missing)]), missing
@@ -111,7 +111,7 @@ class Verdict:
     chemistry: str | None
 
 
-def critical_problems(raw: np.ndarray) -> list[str]:
+def critical_problems(raw: np.ndarray | list[float]) -> list[str]:
     """Critical readings that are missing or invalid in a raw measurement row."""
     out = []
     if math.isnan(raw[_COL["xr_low_ok"]]) or math.isnan(raw[_COL["xr_high_ok"]]):
@@ -148,10 +148,13 @@ def decide(
     >>> decide(np.array([0.999, 0.0005, 0.0005]), np.nan, raw, PolicyThresholds()).lane
     'manual'
     """
-    if proba.shape != (len(classes),) or not np.all(np.isfinite(proba)):
+    # Python floats from here on: the same values, read without numpy's per-element cost
+    pl = proba.tolist() if proba.shape == (len(classes),) else []
+    if not pl or not all(map(math.isfinite, pl)):
         return Verdict("manual", "model gave no valid probabilities", None)
-    p = dict(zip(classes, (float(x) for x in proba)))
-    chem = classes[int(np.argmax(proba))]
+    raw = raw.tolist() if isinstance(raw, np.ndarray) else raw
+    p = dict(zip(classes, pl))
+    chem = classes[pl.index(max(pl))]  # the first of equal maxima, as np.argmax
     excess = raw[_COL["surface_temp_c"]] - raw[_COL["ambient_c"]]
     if excess >= t.hot_excess_c:
         return Verdict("hazard", f"hot: {excess:.1f} C over ambient (limit {t.hot_excess_c:.1f})", chem)
