@@ -48,6 +48,22 @@ def _init_worker() -> None:
     threadpool_limits(1)  # and so would BLAS threads: the processes are the parallelism
 
 
+def _ready() -> None:
+    return None
+
+
+def start_workers(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` measuring processes, started now: they boot (Python, numpy,
+    OpenCV) while the caller does other work, such as loading the model, instead of after it.
+    Pass it to :func:`iter_measured` as ``executor`` and shut it down when done."""
+    import multiprocessing as mp
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+    for _ in range(workers):
+        pool.submit(_ready)  # each submit to a pool without an idle worker starts one
+    return pool
+
+
 def measure_records(log_dir: str, meta: LogMeta, recs: Sequence[tuple[ItemRecord, float | None]]) -> tuple[np.ndarray, list[str]]:
     """Load and measure records (runs in a worker). Never raises for one bad item."""
     raw = np.full((len(recs), len(RAW_COLUMNS)), np.nan)
@@ -133,9 +149,7 @@ def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, ch
         return
     own = executor is None
     if executor is None:
-        import multiprocessing as mp
-
-        executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+        executor = start_workers(workers)
     try:
         pending: list[tuple[str, list[LogLine], Any]] = []
         for d, meta, lines, recs in _chunks(log_dirs, chunk, start):
@@ -198,4 +212,4 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-__all__ = ["MeasuredChunk", "MeasuredLog", "iter_measured", "measure_logs", "measure_records"]
+__all__ = ["MeasuredChunk", "MeasuredLog", "iter_measured", "measure_logs", "measure_records", "start_workers"]

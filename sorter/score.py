@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .batch import MeasuredChunk, iter_measured
+from .batch import MeasuredChunk, iter_measured, start_workers
 from .errors import SorterError
 from .logformat import ITEMS_FILE
 from .model import SorterModel, load_model
@@ -188,16 +189,17 @@ class _Journal:
 
 
 def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int, start: dict[str, tuple[int, int]] | None = None,
-                   engine: str = "local", client: Any = None) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+                   engine: str = "local", client: Any = None, executor: Executor | None = None
+                   ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
     """Measured chunks and their decisions, in order (``client``: a connected Dask client for
-    ``engine="dask"``)."""
+    ``engine="dask"``; ``executor``: the local engine's worker pool, if started already)."""
     if engine == "dask":
         from .distributed import iter_decisions_dask
 
         # The workers measure and score; the model goes to them once.
         yield from iter_decisions_dask(logs, scorer.model, start=start, client=client)
         return
-    for ch in iter_measured(logs, workers=workers, start=start):
+    for ch in iter_measured(logs, workers=workers, start=start, executor=executor):
         yield ch, decisions_for_chunk(scorer, ch)
 
 
@@ -212,22 +214,26 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
     for d in logs:
         if not Path(d).is_dir():
             raise SorterError(f"{d}: not a log directory; pass directories holding {ITEMS_FILE}")
-    model = model or load_model(model_dir)
+    # The local engine's workers start first and boot while this process loads the model.
+    pool = start_workers(workers) if engine == "local" and workers >= 1 else None
     client = None
-    if engine == "dask":
-        from .distributed import connect
-
-        client = connect(scheduler)  # before anything is written: no address or no answer leaves no OUT.partial
     try:
+        model = model or load_model(model_dir)
+        if engine == "dask":
+            from .distributed import connect
+
+            client = connect(scheduler)  # before anything is written: no address or no answer leaves no OUT.partial
         return _score_logs(logs, outp, model, workers=workers, engine=engine, client=client, resume=resume,
-                           progress=progress)
+                           progress=progress, executor=pool)
     finally:
         if client is not None:
             client.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int, engine: str, client: Any,
-                resume: bool, progress: bool) -> ScoreSummary:
+                resume: bool, progress: bool, executor: Executor | None = None) -> ScoreSummary:
     journal = _Journal(outp, logs, model.model_id, resume)
     summary = ScoreSummary(out=str(outp), resumed_from=journal.state["rows"])
     for seg in journal.segments():  # count what earlier runs scored
@@ -245,7 +251,7 @@ def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int
     pending: list[tuple[str, Decision]] = []
     positions: dict[str, tuple[int, int]] = {}
     for ch, decisions in iter_decisions(logs, scorer, workers=workers, start=journal.start_positions(),
-                                        engine=engine, client=client):
+                                        engine=engine, client=client, executor=executor):
         for d in decisions:
             pending.append((ch.log_dir, d))
             summary.add(d)

@@ -134,3 +134,27 @@ def test_cli_score_and_evaluate(tmp_path, log_with_bad_lines, capsys):
 def test_cli_refuses_bad_output_name(tmp_path, log_with_bad_lines, capsys):
     assert main(["score", str(log_with_bad_lines), "--out", str(tmp_path / "o.xlsx")]) == 2
     assert ".csv or .parquet" in capsys.readouterr().err
+
+
+def test_workers_start_before_the_model_loads_and_none_outlive_the_run(tmp_path, log_with_bad_lines, monkeypatch):
+    import multiprocessing as mp
+
+    seen = {}
+    real_load = score_mod.load_model
+
+    def load_and_look(model_dir=None):
+        seen["workers while loading"] = len(mp.active_children())
+        return real_load(model_dir)
+
+    monkeypatch.setattr(score_mod, "load_model", load_and_look)
+    score_mod.score_logs([log_with_bad_lines], tmp_path / "o.csv", workers=2)
+    assert seen["workers while loading"] == 2
+    assert mp.active_children() == []
+
+    def broken(model_dir=None):
+        raise score_mod.SorterError("no model here")
+
+    monkeypatch.setattr(score_mod, "load_model", broken)
+    with pytest.raises(score_mod.SorterError, match="no model here"):
+        score_mod.score_logs([log_with_bad_lines], tmp_path / "p.csv", workers=2)
+    assert mp.active_children() == [] and not (tmp_path / "p.csv.partial").exists()
