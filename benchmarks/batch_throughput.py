@@ -12,8 +12,8 @@ On a simulated log (``--items`` items, seed 9100, recycler mix, generated into
   so is each pass's ratio to the decode-limit run just before it);
 - ``sorter score`` (the real command, in a subprocess) with ``--workers 1`` and ``2``, each
   pass ``--repeat`` times (default 3, interleaved with the Dask passes; the best counts):
-  items/s as the command reports it (from the start of scoring, worker start-up
-  included, model loading excluded), the ratio to the decode limit (target ≥ 0.6) and
+  items/s as the command reports it (from the start of scoring, after the model has
+  loaded; the workers boot while it loads), the ratio to the decode limit (target ≥ 0.6) and
   the 2-vs-1 speed-up (target ≥ 1.8);
 - peak memory (RSS summed over the command's process tree, sampled every 0.2 s) for
   the log (20,000 lines) and for the same log passed five times (100,000 lines,
@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     md = ["## Batch scoring", "",
           f"`python -m benchmarks.batch_throughput` — on a simulated {n:,}-item log (seed {SEED}, {MIX} mix), page "
           "cache warm, runs in the order shown. Score rates are those `sorter score` prints (from the start of "
-          "scoring: worker start-up included, model loading not). The decode limit is the rate at which as many "
+          "scoring, after the model has loaded; the local engine's workers boot while it loads, as the decode "
+          "limit's are started before its clock starts; the Dask cluster's workers are up beforehand). The decode limit is the rate at which as many "
           "worker processes, fed the same chunks, merely read and decode the items' PNGs (`load_item`); it was "
           f"measured right before each scoring pass with as many workers. Every pass ran {args.repeat} times, "
           "interleaved; the ratios below use each kind's best rate, the decode limit's included (other jobs on "
