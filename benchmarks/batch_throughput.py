@@ -275,7 +275,14 @@ def dask_run(logs: list[Path], out: Path, *, trim_env: bool) -> Run:
     me = psutil.Process()
 
     def cluster_procs() -> list[psutil.Process]:  # nannies and workers: this process's other children
-        return [p for p in tree(me)[1:] if "sorter" not in " ".join(p.cmdline())]
+        procs = []
+        for p in tree(me)[1:]:
+            try:
+                if "sorter" not in " ".join(p.cmdline()):
+                    procs.append(p)
+            except psutil.Error:  # exited (or a zombie) since it was listed
+                pass
+        return procs
 
     try:
         with dask.config.set(cfg), LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
