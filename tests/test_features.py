@@ -289,3 +289,30 @@ def test_ambient_estimate_is_the_numpy_median_of_the_window(temps, window):
     for t in temps:
         tr.observe(t)
     assert tr.ambient_c == float(np.median(temps[-window:]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(6, 40), st.integers(6, 40)), elements=st.integers(0, 1)))
+def test_outline_end_points_measure_as_the_whole_pixel_chain(blob):
+    """The X-ray outline keeps straight runs as their end points (CHAIN_APPROX_SIMPLE): its area,
+    hull, rectangle, deepest dent and filled mask are those of the full chain of pixels."""
+    import cv2
+
+    from sorter.features.measure import outline_shape
+
+    full, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    ends, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    assert len(full) == len(ends)
+    if not full:
+        return
+    a = max(full, key=cv2.contourArea)
+    b = max(ends, key=cv2.contourArea)
+    assert cv2.contourArea(a) == cv2.contourArea(b)
+    fa, fb = np.zeros_like(blob), np.zeros_like(blob)
+    cv2.drawContours(fa, [a], -1, 1, -1)
+    cv2.drawContours(fb, [b], -1, 1, -1)
+    np.testing.assert_array_equal(fa, fb)
+    if len(a) >= 3:
+        ra, rb = cv2.minAreaRect(a), cv2.minAreaRect(b)
+        np.testing.assert_allclose([*ra[0], *ra[1], ra[2]], [*rb[0], *rb[1], rb[2]], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(outline_shape(a, ra), outline_shape(b, rb), rtol=0, atol=1e-12)
