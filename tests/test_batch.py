@@ -77,3 +77,35 @@ def test_scoring_worker_does_not_import_scikit_learn():
     code = "import sys, sorter.batch, sorter.features; print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_item_that_breaks_loading_or_measuring_loses_only_its_own_row(log_with_bad_lines, monkeypatch):
+    """Items are loaded a group at a time before they are measured: a failure in either step marks
+    that item's row (NaN, "measurement failed") and no other, whatever its place in the group."""
+    import sorter.batch as batch
+    from sorter.batch import _chunks, measure_records
+
+    d, meta, _, recs = next(_chunks([log_with_bad_lines], 64))
+    good, good_problems = measure_records(d, meta, recs)
+    monkeypatch.setattr(batch, "LOAD_GROUP", 4)
+    bad_load, bad_measure = recs[2][0].item_id, recs[5][0].item_id
+    real_load, real_measure = batch.load_item, batch.measure_item
+
+    def load(rec, *a):
+        if rec.item_id == bad_load:
+            raise OSError("disk gone")
+        return real_load(rec, *a)
+
+    def measure(item, amb):
+        if item.item_id == bad_measure:
+            raise ValueError("odd image")
+        return real_measure(item, amb)
+
+    monkeypatch.setattr(batch, "load_item", load)
+    monkeypatch.setattr(batch, "measure_item", measure)
+    raw, problems = measure_records(d, meta, recs)
+    assert problems[2] == "measurement failed: disk gone" and problems[5] == "measurement failed: odd image"
+    assert np.isnan(raw[[2, 5]]).all()
+    others = [k for k in range(len(recs)) if k not in (2, 5)]
+    np.testing.assert_array_equal(raw[others], good[others])
+    assert [problems[k] for k in others] == [good_problems[k] for k in others]
