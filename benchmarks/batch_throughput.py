@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import multiprocessing as mp
 import os
 import re
 import resource
@@ -45,7 +44,6 @@ import tempfile
 import threading
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -55,7 +53,7 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 
-from sorter.batch import CHUNK, _assemble, _chunks, _init_worker
+from sorter.batch import CHUNK, _assemble, _chunks, start_workers
 from sorter.features.measure import RAW_COLUMNS, measure_camera, measure_scalars, measure_xray
 from sorter.logformat import load_item
 from sorter.model import load_model
@@ -184,7 +182,7 @@ def decode_run(log: Path, workers: int) -> Run:
     """The rate at which ``workers`` processes (started beforehand) read and decode the log's PNGs,
     fed chunk by chunk as ``sorter score`` feeds its workers."""
     with Usage() as use:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+        with start_workers(workers) as pool:  # the pool `sorter score` uses; up before the clock starts
             for f in [pool.submit(_noop) for _ in range(2 * workers)]:
                 f.result()
             t0 = time.perf_counter()
@@ -327,7 +325,6 @@ def breakdown(log: Path, n: int = STAGE_ITEMS) -> dict[str, float]:
             t2 = time.perf_counter()
             rows = []
             for it, (_, amb) in zip(loaded, recs):  # what measure_item does, each sensor timed
-                ta = time.perf_counter()
                 scalars = measure_scalars(it, amb)
                 tb = time.perf_counter()
                 xray = measure_xray(it.xray_low, it.xray_high, it.meta)
