@@ -143,48 +143,58 @@ class XrayFeatures(_StatelessTransformer):
 
 
 class CameraFeatures(_StatelessTransformer):
-    """Colour-camera features: outline shape, HSV colour statistics, posts, markings.
+    """Colour-camera features: the outline's size and shape (mm, ratios), and indicators.
 
-    Input: the columns of :data:`sorter.features.measure.CAMERA_COLUMNS`.
+    Input: the columns of :data:`sorter.features.measure.CAMERA_COLUMNS`. Only the geometry
+    reaches the model: colours, markings and edge texture are how our simulator draws
+    products, and they did not carry to another line's camera (issue 13: a model leaning on
+    them put Li-ion packs into lead_acid on a line it was not trained on); the outline is
+    physics. The appearance columns are still measured, for reports and the operator station.
     """
 
     n_inputs = len(CAMERA_COLUMNS)
+    GEOMETRY = CAMERA_COLUMNS[:5] + ("cam_defect_rel",)
 
     def _input_names(self):
         return CAMERA_COLUMNS
 
     def _output_names(self):
-        return [*CAMERA_COLUMNS, "camera_missing", "camera_no_object"]
+        return [*self.GEOMETRY, "camera_missing", "camera_no_object"]
 
     def _transform(self, X):
         missing = np.isnan(X).all(axis=1)
         no_obj = ~missing & (np.nan_to_num(X[:, 0], nan=0.0) < 100.0)
-        return np.column_stack([X, missing.astype(float), no_obj.astype(float)])
+        geo = X[:, [CAMERA_COLUMNS.index(c) for c in self.GEOMETRY]]
+        return np.column_stack([geo, missing.astype(float), no_obj.astype(float)])
 
 
 class CrossSensorFeatures(_StatelessTransformer):
-    """Agreement between sensors: mass per unit of X-ray attenuation, footprints compared.
+    """Agreement between sensors: X-ray-equivalent mass per gram weighed, footprints compared.
 
-    Input columns: ``weight_g, length_mm, width_mm, xr_area_mm2, xr_att_integral_cm2,
-    cam_area_mm2``. A lead-acid battery attenuates far more per gram than a lithium pack
-    of the same mass, until its X-ray saturates; a footprint the X-ray sees much smaller
-    than the profiler's is a sign of a hollow or partly transparent item.
+    Input columns: ``weight_g, length_mm, width_mm, xr_area_mm2, xr_al_eq_mass_g,
+    xr_pb_eq_mass_g, cam_area_mm2``. The aluminium-equivalent mass the X-ray sees over the
+    mass the scale weighs is the item's mean attenuation per gram relative to aluminium's: far
+    above 1 for lead (until its X-ray saturates), near 1 for plastics, water and aluminium,
+    2-4 for steel and cathode materials. The lead-equivalent mass per gram is the share of
+    the item that the two-material decomposition finds lead-like. A footprint the X-ray sees
+    much smaller than the profiler's is a sign of a hollow or partly transparent item.
     """
 
-    n_inputs = 6
-    INPUTS = ("weight_g", "length_mm", "width_mm", "xr_area_mm2", "xr_att_integral_cm2", "cam_area_mm2")
+    n_inputs = 7
+    INPUTS = ("weight_g", "length_mm", "width_mm", "xr_area_mm2", "xr_al_eq_mass_g", "xr_pb_eq_mass_g", "cam_area_mm2")
 
     def _input_names(self):
         return self.INPUTS
 
     def _output_names(self):
-        return ["att_per_gram", "xray_vs_profiler_area", "camera_vs_profiler_area", "areal_density_g_cm2"]
+        return ["al_eq_mass_per_gram", "pb_eq_mass_per_gram", "xray_vs_profiler_area", "camera_vs_profiler_area",
+                "areal_density_g_cm2"]
 
     def _transform(self, X):
-        w, length, width, xa, att, ca = X.T
+        w, length, width, xa, al_eq, pb_eq, ca = X.T
         with np.errstate(invalid="ignore", divide="ignore"):
             foot = length * width
-            out = np.column_stack([att / w, xa / foot, ca / foot, w / (foot / 100.0)])
+            out = np.column_stack([al_eq / w, pb_eq / w, xa / foot, ca / foot, w / (foot / 100.0)])
         out[~np.isfinite(out)] = np.nan
         return out
 
