@@ -34,6 +34,7 @@ class MeasuredChunk:
     raw: np.ndarray  # (n, len(RAW_COLUMNS)); rows of bad lines are NaN
     problems: list[str]
     ok: np.ndarray  # bool (n,): the line held a usable record
+    meta: LogMeta | None = None  # the log's meta (its line's declared settings)
 
     @property
     def records(self) -> list[ItemRecord | None]:
@@ -128,7 +129,8 @@ def _with_ambient(lines: list[LogLine], ambient: AmbientTracker) -> list[tuple[I
     return out
 
 
-def _assemble(d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: list[str]) -> MeasuredChunk:
+def _assemble(d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: list[str],
+              meta: LogMeta | None = None) -> MeasuredChunk:
     n = len(lines)
     raw = np.full((n, len(RAW_COLUMNS)), np.nan)
     ok = np.array([ln.record is not None for ln in lines], bool)
@@ -137,7 +139,7 @@ def _assemble(d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: list[s
     it = iter(probs_ok)
     for ln in lines:
         problems.append(next(it) if ln.record is not None else (ln.error or "unusable line"))
-    return MeasuredChunk(d, lines, raw, problems, ok)
+    return MeasuredChunk(d, lines, raw, problems, ok, meta)
 
 
 def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, chunk: int | None = None,
@@ -161,7 +163,7 @@ def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, ch
         try:
             for d, meta, lines, recs in _chunks(log_dirs, chunk, start):
                 raw, probs = measure_records(d, meta, recs)
-                yield _assemble(d, lines, raw, probs)
+                yield _assemble(d, lines, raw, probs, meta)
         finally:
             cv2.setNumThreads(threads)
         return
@@ -169,16 +171,16 @@ def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, ch
     if executor is None:
         executor = start_workers(workers)
     try:
-        pending: list[tuple[str, list[LogLine], Any]] = []
+        pending: list[tuple[str, LogMeta, list[LogLine], Any]] = []
         for d, meta, lines, recs in _chunks(log_dirs, chunk, start):
-            pending.append((d, lines, executor.submit(measure_records, d, meta, recs)))
+            pending.append((d, meta, lines, executor.submit(measure_records, d, meta, recs)))
             while len(pending) >= 2 * max(workers, 1):
-                pd, pl, fut = pending.pop(0)
+                pd, pm, pl, fut = pending.pop(0)
                 raw, probs = fut.result()
-                yield _assemble(pd, pl, raw, probs)
-        for pd, pl, fut in pending:
+                yield _assemble(pd, pl, raw, probs, pm)
+        for pd, pm, pl, fut in pending:
             raw, probs = fut.result()
-            yield _assemble(pd, pl, raw, probs)
+            yield _assemble(pd, pl, raw, probs, pm)
     finally:
         if own:
             executor.shutdown(cancel_futures=True)

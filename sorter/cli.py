@@ -96,6 +96,7 @@ def _add_score(sub) -> None:
     p.add_argument("--engine", default="local", choices=["local", "dask"], help="local processes or a Dask cluster")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a partial output exists")
+    _add_line_mismatch(p)
     p.set_defaults(func=_cmd_score)
 
 
@@ -105,7 +106,7 @@ def _cmd_score(args) -> int:
 
     summary = score_logs(args.logs, args.out, model_dir=args.model, workers=args.workers or default_workers(),
                          engine=args.engine, scheduler=args.scheduler, resume=not args.no_resume,
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), allow_line_mismatch=args.allow_line_mismatch)
     print(summary.format())
     return 0
 
@@ -117,6 +118,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     p.add_argument("--workers", type=int, default=None)
+    _add_line_mismatch(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -125,12 +127,56 @@ def _cmd_evaluate(args) -> int:
     from .report import evaluate_log
 
     metrics = evaluate_log(args.log, args.out, model_dir=args.model, workers=args.workers or default_workers(),
-                           progress=sys.stderr.isatty())
+                           progress=sys.stderr.isatty(), allow_line_mismatch=args.allow_line_mismatch)
     a = metrics["all_sensors"]
     print(f"wrote {args.out}/report.md")
     print(f"items={metrics['items']} li_ion_in_lead_acid={a['li_ion_in_lead_acid']}/{a['li_ion_total']} "
           f"non_lead_in_lead_acid={a['non_lead_in_lead_acid']} lead_acid_to_lead_acid={a['lead_acid_recall']:.4f} "
           f"manual={a['manual_rate']:.4f} damaged_to_hazard={a['damaged_to_hazard']}")
+    return 0
+
+
+def _add_line_mismatch(p) -> None:
+    p.add_argument("--allow-line-mismatch", action="store_true", help=(
+        "score a log whose declared line (meta.json: X-ray energies and pitch, camera pitch, line name) differs from "
+        "the model's as if it matched. Without it, lead_acid is closed for such a log (its items go to manual). "
+        "Dangerous: Li-ion may reach the breaker if the model does not transfer; calibrate or retrain instead"))
+
+
+# ---------------------------------------------------------------------------- calibrate
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit a trained model to a new line from a short labelled log", description=(
+        "Re-fit what depends on the line (the X-ray measurements' normalisation, the policy and novelty thresholds, "
+        "the line the model is valid for) from a short labelled log of the new line (about 500 items), without "
+        "retraining. Writes a new model directory and OUT/calibration-report/ with the plant's safety table."))
+    p.add_argument("logs", nargs="+", help="labelled log directories of the new line (about 500 items in all)")
+    p.add_argument("--model", default=None, help="model to calibrate (default: the shipped model)")
+    p.add_argument("--out", required=True, help="new model directory (must not exist, or be empty)")
+    p.add_argument("--name", default=None, help="model name in the manifest (default: the base name and the line)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes for measuring (default: all cores)")
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_calibrate(args) -> int:
+    from pathlib import Path
+
+    from .batch import default_workers
+    from .calibrate import calibrate_and_save
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SorterError(f"--out {out} exists and is not an empty directory; choose a new directory")
+    model, report = calibrate_and_save(args.logs, args.model, args.out, name=args.name, seed=args.seed,
+                                       workers=args.workers or default_workers(), progress=sys.stderr.isatty())
+    m = report["metrics_on_calibration_items"]
+    print(f"wrote {out} ({model.model_id}) for line {report['line']['line']!r}, calibrated from {report['usable']} items")
+    print(f"on the calibration items (in-sample): Li-ion in lead_acid {m['li_ion_in_lead_acid_lane']}, "
+          f"lead-acid to lead_acid {m['lead_acid_to_lead_acid']:.4f}, manual {m['manual_rate']:.4f}")
+    print(f"report: {out / 'calibration-report' / 'report.md'}; evaluate on a fresh labelled log of the line before "
+          "deploying ('sorter evaluate LOG --model DIR')")
     return 0
 
 
@@ -145,7 +191,7 @@ def _add_line(sub) -> None:
     line_cli.add_commands(sub)
 
 
-COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_score, _add_evaluate, _add_line]
+COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_calibrate, _add_score, _add_evaluate, _add_line]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -160,7 +160,8 @@ def _single_threaded() -> None:
 
 
 def score_chunk(model: SorterModel, log_dir: str, meta: LogMeta, lines: list[LogLine],
-                recs: list[tuple[ItemRecord, float | None]]) -> tuple[np.ndarray, list[str], list[Decision]]:
+                recs: list[tuple[ItemRecord, float | None]], allow_line_mismatch: bool = False
+                ) -> tuple[np.ndarray, list[str], list[Decision]]:
     """Measure and score one chunk of lines (runs on a worker).
 
     ``recs`` are the usable records of ``lines`` with their ambient estimates, as the
@@ -169,14 +170,15 @@ def score_chunk(model: SorterModel, log_dir: str, meta: LogMeta, lines: list[Log
     """
     _single_threaded()
     raw, problems = measure_records(log_dir, meta, recs)
-    decisions = decisions_for_chunk(Scorer(model), _assemble(log_dir, lines, raw, problems))
+    scorer = Scorer(model, allow_line_mismatch=allow_line_mismatch)
+    decisions = decisions_for_chunk(scorer, _assemble(log_dir, lines, raw, problems, meta))
     return raw, problems, decisions
 
 
 def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: str | None = None,
                         start: dict[str, tuple[int, int]] | None = None, chunk: int | None = None,
-                        window: int | None = None, client: Client | None = None
-                        ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+                        window: int | None = None, client: Client | None = None,
+                        allow_line_mismatch: bool = False) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
     """Measured chunks of ``logs`` and their decisions, in order, computed on a Dask cluster.
 
     Parameters
@@ -190,6 +192,7 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
     client : an already connected client (from :func:`connect`) to use instead of
         connecting to ``scheduler``; it stays the caller's to close (a client this
         function connected itself is closed when the iteration ends).
+    allow_line_mismatch : as :class:`sorter.scoring.Scorer`'s.
 
     Examples
     --------
@@ -205,25 +208,26 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
     address = client.scheduler.address
     # Workers resolve paths against their own working directory: send them absolute ones.
     paths = {d: os.path.abspath(d) for d in logs}
-    pending: deque[tuple[str, list[LogLine], Any]] = deque()
+    pending: deque[tuple[str, list[LogLine], Any, LogMeta]] = deque()
     try:
         _check_workers(client, address, model, list(paths.values()), _connect_timeout())
         window = window or 2 * max(1, sum(client.nthreads().values()))
         model_ref = client.scatter(model, broadcast=True, hash=False)
         for d, meta, lines, recs in _chunks(logs, chunk, start):
-            pending.append((d, lines, client.submit(score_chunk, model_ref, paths[d], meta, lines, recs, pure=False)))
+            pending.append((d, lines, client.submit(score_chunk, model_ref, paths[d], meta, lines, recs,
+                                                    allow_line_mismatch, pure=False), meta))
             if len(pending) >= window:
                 yield _collect(*pending.popleft())
         while pending:
             yield _collect(*pending.popleft())
     finally:
         if pending:
-            client.cancel([fut for _, _, fut in pending])
+            client.cancel([fut for _, _, fut, _ in pending])
         if own:
             client.close()
 
 
-def _collect(log_dir: str, lines: list[LogLine], fut: Any) -> tuple[MeasuredChunk, list[Decision]]:
+def _collect(log_dir: str, lines: list[LogLine], fut: Any, meta: LogMeta) -> tuple[MeasuredChunk, list[Decision]]:
     try:
         raw, problems, decisions = fut.result()
     except Exception as err:  # noqa: BLE001 - a lost worker, a cancelled task, a bug on the worker
@@ -231,4 +235,4 @@ def _collect(log_dir: str, lines: list[LogLine], fut: Any) -> tuple[MeasuredChun
             f"{log_dir} lines {lines[0].line_no}-{lines[-1].line_no}: the Dask task failed ({err!r}); see the "
             "worker logs, then rerun the same command: scoring resumes after the last written segment"
         ) from err
-    return _assemble(log_dir, lines, raw, problems), decisions
+    return _assemble(log_dir, lines, raw, problems, meta), decisions

@@ -5,7 +5,11 @@ A model directory holds
 - ``classifier.skops``: features + calibrated chemistry classifier (a scikit-learn Pipeline),
 - ``damage.skops`` (optional): the damaged-Li-ion detector,
 - ``manifest.json``: format version, library versions, feature names, classes, policy
-  thresholds, a digest of the training data, metrics, and the sha256 of every file,
+  thresholds, a digest of the training data, metrics, and the sha256 of every file; and the
+  model's applicability domain: the training line's declared settings (``line_domain``,
+  :mod:`sorter.domain`), the class densities behind the novelty score (``novelty``,
+  :mod:`sorter.novelty`) and the line's measurement normalisation (``normalisation``, set
+  by ``sorter calibrate``),
 - ``MODEL_CARD.md`` (optional, not loaded).
 
 Files are written with skops, whose loader builds objects from a declared schema and
@@ -28,8 +32,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .domain import LineDomain
 from .errors import ModelError, ModelIntegrityError
 from .features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
+from .novelty import NoveltyModel
 from .policy import PolicyThresholds
 
 log = logging.getLogger(__name__)
@@ -80,6 +86,7 @@ def _openmp_one_thread() -> Any:
 # 2.4 ms for one row) but loses to its compiled per-row walk from about 48 rows on (16 vs
 # 6.4 ms for 256). Both give the same probabilities (fast_predictor checks it).
 FAST_PATH_MAX_ROWS = 48
+_RAW_INDEX = {c: i for i, c in enumerate(RAW_COLUMNS)}
 
 
 def _final_step(pipe: Any) -> Any:
@@ -139,6 +146,11 @@ class SorterModel:
     damage: Any | None = None  # Pipeline: raw measurements -> P(damaged)
     manifest: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    novelty: NoveltyModel | None = None  # class densities for the novelty score
+    domain: LineDomain | None = None  # the lines (declared settings) the model is valid for
+    # Per raw column, (a, b): the column is read as a * value + b before anything else (sorter
+    # calibrate maps a new line's measurements onto the training line's); empty: as measured.
+    normalisation: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     # Verified fast predictors of the final steps (sorter.fastpredict), built on first use.
     _fast: tuple[Any, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -164,6 +176,23 @@ class SorterModel:
             self._fast = (clf, dmg)
         return self._fast
 
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """``raw`` with the line's normalisation applied (``raw`` itself when there is none)."""
+        if not self.normalisation:
+            return raw
+        out = np.array(raw, dtype=np.float64, copy=True)
+        for col, (a, b) in self.normalisation.items():
+            k = _RAW_INDEX[col]
+            out[:, k] = a * out[:, k] + b
+        return out
+
+    def novelty_scores(self, raw: np.ndarray) -> np.ndarray:
+        """Novelty of raw rows for each class, shape ``(n, 3)`` (NaN without a novelty model)."""
+        raw = np.atleast_2d(raw)
+        if self.novelty is None:
+            return np.full((raw.shape[0], len(self.classes)), np.nan)
+        return self.novelty.score(self.normalise(raw))
+
     def predict(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``(n, 3)`` in :attr:`classes` order and P(damaged) ``(n,)``.
 
@@ -175,6 +204,7 @@ class SorterModel:
         raw = np.ascontiguousarray(raw, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != len(RAW_COLUMNS):
             raise ValueError(f"expected raw measurements of shape (n, {len(RAW_COLUMNS)}), got {raw.shape}")
+        raw = self.normalise(raw)
         fast_clf, fast_dmg = self.prepare()
         if (raw.shape[0] < FAST_PATH_MAX_ROWS and fast_clf is not None
                 and (self.damage is None or fast_dmg is not None)):
@@ -214,6 +244,12 @@ def save_model(model: SorterModel, out_dir: str | os.PathLike, *, name: str = "s
         "libraries": library_versions(),
         "policy": model.thresholds.to_json(),
     }
+    if model.novelty is not None:
+        manifest["novelty"] = model.novelty.to_json()
+    if model.domain is not None:
+        manifest["line_domain"] = model.domain.to_json()
+    if model.normalisation:
+        manifest["normalisation"] = {k: list(v) for k, v in model.normalisation.items()}
     manifest.update(dict(extra_manifest or {}))
     manifest["files"] = {f: sha256_file(out / f) for f in files}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -324,6 +360,15 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
     classes = tuple(manifest.get("classes", ()))
     if classes != ("lead_acid", "li_ion", "other"):
         raise ModelIntegrityError(f"{mpath}: classes {classes} are not ('lead_acid', 'li_ion', 'other')")
-    model = SorterModel(classifier, thresholds, classes, damage, manifest, d)
+    try:
+        novelty = NoveltyModel.from_json(manifest["novelty"]) if "novelty" in manifest else None
+        domain = LineDomain.from_json(manifest["line_domain"]) if "line_domain" in manifest else None
+        normalisation = {str(k): (float(v[0]), float(v[1])) for k, v in manifest.get("normalisation", {}).items()}
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise ModelIntegrityError(f"{mpath}: invalid applicability domain ({err}); retrain or recalibrate the model") from err
+    unknown = sorted(set(normalisation) - set(RAW_COLUMNS))
+    if unknown:
+        raise ModelIntegrityError(f"{mpath}: normalisation of unknown columns {unknown}; recalibrate the model")
+    model = SorterModel(classifier, thresholds, classes, damage, manifest, d, novelty, domain, normalisation)
     model.prepare()
     return model

@@ -10,7 +10,11 @@ Rules, in order (the first that applies decides):
    scale reading -> ``manual``;
 2. hot: surface temperature over the running ambient by ``hot_excess_c`` or more -> ``hazard``;
 3. unlike anything in training (readings far outside the training envelope) -> ``manual``;
-4. ``p_lead_acid >= lead_acid_min`` *and* every critical reading present and valid -> ``lead_acid``.
+4. ``p_lead_acid >= lead_acid_min`` *and* every critical reading present and valid *and* the
+   item's log comes from a line the model is valid for (its declared settings, see
+   :mod:`sorter.domain`) *and* the item is typical of the training lead-acid items (its
+   lead-acid novelty at most ``novelty_max``, see :mod:`sorter.novelty`) -> ``lead_acid``;
+   when only the line or the novelty stands in the way -> ``manual``, the reason naming it.
    Critical are the two independent physical proofs of lead: the dual-energy X-ray (both
    channels, with an object in the beam) and the scale.  The profiler, camera and thermal
    camera are not critical: the model was trained with each of them missing in turn, and
@@ -65,6 +69,8 @@ class PolicyThresholds:
     hot_excess_c: float = 6.0
     other_lane: str = "li_ion"
     envelope: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # Highest lead-acid novelty (sorter.novelty) with which an item may go to lead_acid.
+    novelty_max: float = math.inf
 
     def __post_init__(self) -> None:
         if not 0 < self.lead_acid_min <= 1:
@@ -78,6 +84,8 @@ class PolicyThresholds:
                 raise ConfigError(f"lead_acid_min_missing: unknown sensor {sensor!r}; known: {sorted(OPTIONAL_SENSORS)}")
             if not self.lead_acid_min <= v <= 1:
                 raise ConfigError(f"lead_acid_min_missing[{sensor!r}] must be in [lead_acid_min, 1], got {v}")
+        if not self.novelty_max > 0:
+            raise ConfigError(f"novelty_max must be > 0, got {self.novelty_max}")
         if self.other_lane not in SAFE_LANES:
             raise ConfigError(f"other_lane must be one of {SAFE_LANES}, got {self.other_lane!r}")
 
@@ -85,6 +93,7 @@ class PolicyThresholds:
         d = asdict(self)
         d["envelope"] = {k: list(v) for k, v in self.envelope.items()}
         d["lead_acid_min_missing"] = dict(self.lead_acid_min_missing)
+        d["novelty_max"] = None if math.isinf(self.novelty_max) else self.novelty_max  # JSON has no infinity
         return d
 
     def lead_acid_min_for(self, raw: np.ndarray | list[float]) -> tuple[float, list[str]]:
@@ -101,6 +110,7 @@ class PolicyThresholds:
         kw = dict(d)
         kw["envelope"] = {k: (float(v[0]), float(v[1])) for k, v in d.get("envelope", {}).items()}
         kw["lead_acid_min_missing"] = {str(k): float(v) for k, v in d.get("lead_acid_min_missing", {}).items()}
+        kw["novelty_max"] = math.inf if d.get("novelty_max") is None else float(d["novelty_max"])
         return cls(**kw)
 
 
@@ -129,6 +139,8 @@ def decide(
     raw: np.ndarray,
     t: PolicyThresholds,
     classes: tuple[str, ...] = ("lead_acid", "li_ion", "other"),
+    lead_novelty: float = math.nan,
+    line_closed: str | None = None,
 ) -> Verdict:
     """Lane and reason for one item.
 
@@ -138,6 +150,9 @@ def decide(
     p_damaged : probability that a Li-ion item is damaged (NaN if no damage model).
     raw : the item's raw measurement row (``RAW_COLUMNS``).
     t : thresholds.
+    lead_novelty : the item's novelty for the lead-acid class (NaN: not scored).
+    line_closed : why the lead_acid lane is closed for this item's log (its line is not the
+        model's), or None.
 
     Examples
     --------
@@ -168,9 +183,14 @@ def decide(
     p_lead = p["lead_acid"]
     lead_min, missing = t.lead_acid_min_for(raw)
     if p_lead >= lead_min:
-        if not crit:
-            return Verdict("lead_acid", f"lead-acid p={p_lead:.4f}", chem)
-        return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but {', '.join(crit)}", chem)
+        if crit:
+            return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but {', '.join(crit)}", chem)
+        if line_closed:
+            return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but lead_acid is closed: {line_closed}", chem)
+        if lead_novelty > t.novelty_max:
+            return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but unlike the training lead-acid items "
+                                     f"(novelty {lead_novelty:.1f} > {t.novelty_max:.1f})", chem)
+        return Verdict("lead_acid", f"lead-acid p={p_lead:.4f}", chem)
     if p_lead <= t.not_lead_max:
         p_li = p.get("li_ion", 0.0)
         if p_li >= t.damage_li_min and not math.isnan(p_damaged) and p_damaged >= t.damage_min:

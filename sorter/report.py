@@ -22,7 +22,8 @@ from .batch import MeasuredLog, measure_logs
 from .features.measure import RAW_COLUMNS
 from .features.transformers import SENSOR_GROUPS, mask_sensor
 from .model import SorterModel, load_model
-from .policy import decide
+from .readings import LogMeta
+from .scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,15 @@ def upper_bound_95(k: int, n: int) -> float:
     return float(beta.ppf(0.95, k + 1, n - k))
 
 
-def lanes_for(model: SorterModel, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def lanes_for(model: SorterModel, raw: np.ndarray, meta: LogMeta | None = None, *,
+              allow_line_mismatch: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Probabilities, P(damaged), lanes and reasons of raw rows, through the scoring path
+    (:meth:`sorter.scoring.Scorer.decide_rows`, with the line check for ``meta``)."""
     proba, p_dmg = model.predict(raw)
-    verdicts = [decide(proba[k], float(p_dmg[k]), raw[k], model.thresholds, model.classes) for k in range(raw.shape[0])]
-    lanes = np.array([v.lane for v in verdicts])
-    return proba, p_dmg, lanes, [v.reason for v in verdicts]
+    n = raw.shape[0]
+    scorer = Scorer(model, allow_line_mismatch=allow_line_mismatch)
+    decisions = scorer.decide_rows(raw, list(range(1, n + 1)), [None] * n, [""] * n, meta)
+    return proba, p_dmg, np.array([d.lane for d in decisions]), [d.reason for d in decisions]
 
 
 def headline(y: np.ndarray, lanes: np.ndarray, damaged: np.ndarray | None) -> dict[str, Any]:
@@ -183,7 +188,8 @@ def permutation_importances(model: SorterModel, raw: np.ndarray, y: np.ndarray, 
     return sorted(out, key=lambda t: -t[1])
 
 
-def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *, title: str = "") -> dict[str, Any]:
+def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *, title: str = "",
+                      meta: LogMeta | None = None, allow_line_mismatch: bool = False) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keep = m.ok & np.array([lab in CLASSES for lab in m.labels])
@@ -193,7 +199,7 @@ def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *
     extras = [m.extras[i] for i in sel]
     dmg_vals = [e.get("damaged") for e in extras]
     damaged = np.array([bool(d) for d in dmg_vals]) if any(isinstance(d, bool) for d in dmg_vals) else None
-    proba, p_dmg, lanes, reasons = lanes_for(model, raw)
+    proba, p_dmg, lanes, reasons = lanes_for(model, raw, meta, allow_line_mismatch=allow_line_mismatch)
     pred = np.array(CLASSES)[np.argmax(proba, axis=1)]
     metrics: dict[str, Any] = {
         "model": model.model_id,
@@ -206,7 +212,7 @@ def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *
     # each sensor missing in turn
     per_sensor = {}
     for s in SENSOR_GROUPS:
-        _, _, lanes_s, _ = lanes_for(model, mask_sensor(raw, s))
+        _, _, lanes_s, _ = lanes_for(model, mask_sensor(raw, s), meta, allow_line_mismatch=allow_line_mismatch)
         per_sensor[s] = headline(y, lanes_s, damaged)
     metrics["sensor_missing"] = per_sensor
     # natural dropouts in the log: items with each sensor missing
@@ -323,11 +329,17 @@ def render_report(metrics: dict[str, Any], plots: list[str], title: str = "") ->
 
 
 def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, model: SorterModel | None = None,
-                 workers: int = 1, progress: bool = False) -> dict[str, Any]:
-    """Evaluate a model on a labelled log; writes metrics.json, report.md and plots."""
+                 workers: int = 1, progress: bool = False, allow_line_mismatch: bool = False) -> dict[str, Any]:
+    """Evaluate a model on a labelled log; writes metrics.json, report.md and plots.
+
+    The log's line is checked against the model's as scoring checks it: a log of another
+    line is evaluated with lead_acid closed, unless ``allow_line_mismatch``."""
+    from .logformat import read_meta
+
     model = model or load_model(model_dir)
     m = measure_logs([log_dir], workers=workers, progress=progress)
-    return evaluate_measured(m, model, out_dir, title=f"on {Path(log_dir).name}")
+    return evaluate_measured(m, model, out_dir, title=f"on {Path(log_dir).name}", meta=read_meta(log_dir),
+                             allow_line_mismatch=allow_line_mismatch)
 
 
 def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] | None = None) -> str:
@@ -346,7 +358,9 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
         "",
         "## Out-of-scope use",
         "- Any line whose sensors differ from the training line's (tube voltage, detector, pixel pitch, camera set-up) "
-        "without retraining on that line's labelled logs: see *Another line* below for what breaks.",
+        "without calibrating the model for that line (`sorter calibrate`, about 500 labelled items) or retraining on "
+        "its labelled logs. The model enforces it: a log whose declared line differs (see *Applicability domain*) is "
+        "scored with lead_acid closed.",
         "- Deciding on anything but chemistry family and the four lanes (e.g. state of charge, grading for reuse).",
         "- Running without the X-ray or the scale: such items always go to manual, by design.",
         "",
@@ -370,6 +384,30 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
         "two: manual.",
         f"- hazard when p(damaged) ≥ {pol.get('damage_min', float('nan')):.3f} for a likely Li-ion item, or when "
         f"the surface is ≥ {pol.get('hot_excess_c')} °C over the running ambient.",
+        f"- never lead_acid for an item unlike the training lead-acid items: lead-acid novelty above "
+        f"{pol.get('novelty_max') if pol.get('novelty_max') is not None else 'no limit'} (-log10 of the chi-square "
+        "tail of its distance to the nearest lead-acid training cluster; chosen as the held-out lead-acid items' "
+        "99.5th percentile plus 1).",
+        "",
+        "## Applicability domain",
+        "",
+        "The line(s) the model is valid for, as the training (or calibration) logs declared them; a log declaring "
+        "other settings beyond the tolerance is scored with lead_acid closed (`--allow-line-mismatch` reopens it):",
+        "",
+        *[f"- `{ln.get('line')}`: X-ray {ln.get('xray_energies_kev')} keV at {ln.get('xray_mm_per_px')} mm/px, "
+          f"camera {ln.get('camera_mm_per_px')} mm/px" for ln in manifest.get("line_domain", {}).get("lines", [])],
+        f"- tolerance: {manifest.get('line_domain', {}).get('tolerance')}",
+        *([f"- calibrated from {manifest['calibration'].get('usable')} labelled items of "
+           f"`{manifest['calibration'].get('line', {}).get('line')}` (base model "
+           f"`{manifest['calibration'].get('base_model')}`); measurement maps (a, b): "
+           f"{json.dumps(manifest.get('normalisation', {}))}"] if manifest.get("calibration") else []),
+        "",
+        "What transfers between lines: the model sees only physical measurements — mass, envelope and density, the "
+        "X-ray as aluminium-equivalent areal density and the dual-energy ratio on the material scale of the line's "
+        "declared energies (the NIST table), opacity, outline geometry, thermal excess. What does not: the camera's "
+        "colours, markings and textures are measured but not used (they are how a renderer draws products), and "
+        "beam hardening bends the X-ray's material scale differently on every tube and detector — which calibration "
+        "corrects. `docs/performance.md` (section *Another line*) has the measured figures per shift.",
         "",
         "## Held-out metrics (training split)",
         "",

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from .batch import MeasuredChunk, iter_measured, start_workers
 from .errors import SorterError
-from .logformat import ITEMS_FILE
+from .logformat import ITEMS_FILE, read_meta
 from .model import SorterModel, load_model
 from .scoring import OUTPUT_COLUMNS, Decision, Scorer, error_decision
 
@@ -44,6 +44,7 @@ SCHEMA = pa.schema(
         ("p_li_ion", pa.float64()),
         ("p_other", pa.float64()),
         ("p_damaged", pa.float64()),
+        ("novelty", pa.float64()),
         ("lane", pa.string()),
         ("reason", pa.string()),
         ("problems", pa.string()),
@@ -92,7 +93,7 @@ def decisions_for_chunk(scorer: Scorer, ch: MeasuredChunk) -> list[Decision]:
     ok = np.flatnonzero(ch.ok)
     good = scorer.decide_rows(
         ch.raw[ok], [ch.lines[k].line_no for k in ok], [ch.lines[k].record.item_id for k in ok],  # type: ignore[union-attr]
-        [ch.problems[k] for k in ok],
+        [ch.problems[k] for k in ok], ch.meta,
     )
     out: list[Decision] = []
     it = iter(good)
@@ -197,7 +198,8 @@ def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int, start: 
         from .distributed import iter_decisions_dask
 
         # The workers measure and score; the model goes to them once.
-        yield from iter_decisions_dask(logs, scorer.model, start=start, client=client)
+        yield from iter_decisions_dask(logs, scorer.model, start=start, client=client,
+                                       allow_line_mismatch=scorer.allow_line_mismatch)
         return
     for ch in iter_measured(logs, workers=workers, start=start, executor=executor):
         yield ch, decisions_for_chunk(scorer, ch)
@@ -205,8 +207,12 @@ def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int, start: 
 
 def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, model_dir: str | None = None,
                model: SorterModel | None = None, workers: int = 1, engine: str = "local",
-               scheduler: str | None = None, resume: bool = True, progress: bool = False) -> ScoreSummary:
-    """Score logs into ``out`` (.csv or .parquet). See the module docstring for resuming."""
+               scheduler: str | None = None, resume: bool = True, progress: bool = False,
+               allow_line_mismatch: bool = False) -> ScoreSummary:
+    """Score logs into ``out`` (.csv or .parquet). See the module docstring for resuming.
+
+    A log whose declared line differs from the model's has its lead_acid lane closed (its
+    items go to manual), unless ``allow_line_mismatch`` (see :class:`sorter.scoring.Scorer`)."""
     outp = Path(out)
     if outp.suffix not in (".csv", ".parquet"):
         raise SorterError(f"--out {out}: use a .csv or .parquet file name")
@@ -224,7 +230,7 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
 
             client = connect(scheduler)  # before anything is written: no address or no answer leaves no OUT.partial
         return _score_logs(logs, outp, model, workers=workers, engine=engine, client=client, resume=resume,
-                           progress=progress, executor=pool)
+                           progress=progress, executor=pool, allow_line_mismatch=allow_line_mismatch)
     finally:
         if client is not None:
             client.close()
@@ -233,7 +239,8 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
 
 
 def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int, engine: str, client: Any,
-                resume: bool, progress: bool, executor: Executor | None = None) -> ScoreSummary:
+                resume: bool, progress: bool, executor: Executor | None = None,
+                allow_line_mismatch: bool = False) -> ScoreSummary:
     journal = _Journal(outp, logs, model.model_id, resume)
     summary = ScoreSummary(out=str(outp), resumed_from=journal.state["rows"])
     for seg in journal.segments():  # count what earlier runs scored
@@ -246,7 +253,9 @@ def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int
         from tqdm import tqdm
 
         bar = tqdm(total=sum(count_lines(d) for d in logs), initial=summary.items, unit="item", desc="score")
-    scorer = Scorer(model)
+    scorer = Scorer(model, allow_line_mismatch=allow_line_mismatch)
+    for d in logs:  # the line check, once per log, here (its warning once, whichever engine scores)
+        scorer.line_closed(read_meta(d))
     t0 = time.perf_counter()
     pending: list[tuple[str, Decision]] = []
     positions: dict[str, tuple[int, int]] = {}

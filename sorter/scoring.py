@@ -12,19 +12,21 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .features.measure import measure_item
 from .model import SorterModel
+from .novelty import overall
 from .policy import decide
-from .readings import Item
+from .readings import Item, LogMeta
 
 log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = (
-    "line_no", "item_id", "chemistry", "p_lead_acid", "p_li_ion", "p_other", "p_damaged", "lane", "reason", "problems",
+    "line_no", "item_id", "chemistry", "p_lead_acid", "p_li_ion", "p_other", "p_damaged", "novelty", "lane", "reason",
+    "problems",
 )
 
 
@@ -42,9 +44,13 @@ class Decision:
     lane: str
     reason: str
     problems: str = ""
+    novelty: float = math.nan  # distance from the training data (sorter.novelty; NaN: not scored)
 
     def as_row(self) -> dict[str, Any]:
         return {c: getattr(self, c) for c in OUTPUT_COLUMNS}
+
+
+_WARNED: set[tuple[str, str, bool]] = set()
 
 
 def error_decision(line_no: int, item_id: str | None, error: str) -> Decision:
@@ -63,6 +69,9 @@ class Scorer:
     Parameters
     ----------
     model : a loaded :class:`~sorter.model.SorterModel`.
+    allow_line_mismatch : score logs whose declared line settings differ from the model's
+        (:mod:`sorter.domain`) as if they matched, with a warning, instead of closing their
+        lead_acid lane.  For a line whose model is known to transfer; never the default.
 
     Examples
     --------
@@ -74,8 +83,40 @@ class Scorer:
     'manual'
     """
 
-    def __init__(self, model: SorterModel):
+    def __init__(self, model: SorterModel, *, allow_line_mismatch: bool = False):
         self.model = model
+        self.allow_line_mismatch = allow_line_mismatch
+        self._line_checks: dict[LogMeta, str | None] = {}
+
+    def line_closed(self, meta: LogMeta | None) -> str | None:
+        """Why the lead_acid lane is closed for items of a log with this meta (its declared
+        line is not the model's), or None.  Warns once per distinct meta."""
+        if meta is None or self.model.domain is None:
+            return None
+        try:
+            return self._line_checks[meta]
+        except KeyError:
+            pass
+        diffs = self.model.domain.differences(meta)
+        closed = None
+        if diffs:
+            what = "; ".join(diffs)
+            key = (self.model.model_id, what, self.allow_line_mismatch)
+            warn = log.warning if key not in _WARNED else log.debug  # once per process, however many scorers
+            _WARNED.add(key)
+            if self.allow_line_mismatch:
+                warn("LINE MISMATCH ALLOWED: the log's line differs from model %s's (%s); lead_acid stays OPEN "
+                            "because --allow-line-mismatch was given. Li-ion may reach the breaker if the model does "
+                            "not transfer: calibrate it ('sorter calibrate') or retrain it for this line",
+                            self.model.model_id, what)
+            else:
+                closed = f"line mismatch: {what}"
+                warn("the log's line differs from model %s's (%s): lead_acid is closed for its items (they go "
+                            "to manual). Fix: calibrate the model for this line ('sorter calibrate LOG --model DIR "
+                            "--out NEW_DIR' with about 500 labelled items of it) or retrain it ('sorter train'); "
+                            "--allow-line-mismatch reopens lead_acid at your own risk", self.model.model_id, what)
+        self._line_checks[meta] = closed
+        return closed
 
     def score_item(self, item: Item, ambient_c: float | None = None) -> Decision:
         """Score one item (the line's path). Never raises for bad readings."""
@@ -84,26 +125,38 @@ class Scorer:
         except Exception as err:  # noqa: BLE001 - an item that breaks measurement goes to manual
             log.exception("item %s: measurement failed", item.item_id)
             return error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}")
-        return self.decide_rows(raw[None, :], [item.record.line_no], [item.item_id], ["; ".join(item.problems)])[0]
+        return self.decide_rows(raw[None, :], [item.record.line_no], [item.item_id], ["; ".join(item.problems)],
+                                item.meta)[0]
 
-    def decide_rows(self, raw: np.ndarray, line_nos, item_ids, problems) -> list[Decision]:
-        """Decisions for stacked raw rows (the array path)."""
+    def decide_rows(self, raw: np.ndarray, line_nos, item_ids, problems,
+                    meta: LogMeta | Sequence[LogMeta | None] | None = None) -> list[Decision]:
+        """Decisions for stacked raw rows (the array path).
+
+        ``meta`` is the rows' log meta (one for all, or one per row): it decides whether the
+        model is valid for their line (:meth:`line_closed`)."""
         if raw.shape[0] == 0:
             return []
         try:
             proba, p_dmg = self.model.predict(raw)
+            novelty = self.model.novelty_scores(raw)
         except Exception as err:  # noqa: BLE001 - a model failure must not lose the items
             log.exception("model failed on %d rows", raw.shape[0])
             return [error_decision(n, i, f"model failed: {err}") for n, i in zip(line_nos, item_ids)]
+        nearest = overall(novelty)
+        lead_k = self.model.classes.index("lead_acid")
+        if meta is None or isinstance(meta, LogMeta):
+            closed = [self.line_closed(meta)] * raw.shape[0]
+        else:
+            closed = [self.line_closed(m) for m in meta]
         t = self.model.thresholds
         out = []
         for k in range(raw.shape[0]):
-            v = decide(proba[k], float(p_dmg[k]), raw[k], t, self.model.classes)
+            v = decide(proba[k], float(p_dmg[k]), raw[k], t, self.model.classes, float(novelty[k, lead_k]), closed[k])
             lane, reason = v.lane, v.reason
             if lane == "lead_acid" and problems[k]:
                 # Bad input (a field that failed validation, an image that would not load) is a
                 # fault upstream: the item goes to a safe lane, whatever the rest says.
                 lane, reason = "manual", f"bad input ({problems[k][:200]}); {reason}"
             out.append(Decision(int(line_nos[k]), item_ids[k], v.chemistry, float(proba[k, 0]), float(proba[k, 1]),
-                                float(proba[k, 2]), float(p_dmg[k]), lane, reason, problems[k]))
+                                float(proba[k, 2]), float(p_dmg[k]), lane, reason, problems[k], float(nearest[k])))
         return out

@@ -9,13 +9,18 @@ Steps (each reproducible for a seed):
 4. fit the chemistry pipeline (features -> gradient-boosted trees -> sigmoid
    calibration), with costs that make the dangerous error rare (Li-ion weighted up);
 5. fit the damaged-Li-ion detector where the logs carry a ``damaged`` truth;
-6. choose the policy thresholds on the held-out part, with each sensor missing in turn,
-   to meet the target (no Li-ion in the lead_acid lane, with a safety margin);
-7. save with skops and a manifest (hashes, versions, data digest, metrics).
+6. fit the class densities of the novelty score on the training part (:mod:`sorter.novelty`)
+   and record the training logs' declared line settings (:mod:`sorter.domain`): the model's
+   applicability domain;
+7. choose the policy thresholds on the held-out part, with each sensor missing in turn,
+   to meet the target (no Li-ion in the lead_acid lane, with a safety margin), and the
+   novelty threshold from the held-out lead-acid items;
+8. save with skops and a manifest (hashes, versions, data digest, metrics).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -31,11 +36,14 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
 from .batch import MeasuredLog, measure_logs
+from .domain import LineDomain
 from .errors import SorterError
 from .features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
 from .features.transformers import SENSOR_GROUPS, make_feature_transformer, mask_sensor
+from .logformat import read_meta
 from .model import SorterModel, save_model
-from .policy import OPTIONAL_SENSORS, PolicyThresholds, critical_problems, decide
+from .novelty import NoveltyModel
+from .policy import OPTIONAL_SENSORS, PolicyThresholds, critical_problems
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,11 @@ class TrainConfig:
     hot_excess_c: float = 6.0
     other_lane: str = "li_ion"
     workers: int = 1
+    # The novelty threshold: this quantile of the held-out lead-acid items' novelty, plus a
+    # margin (in -log10 p), and never below the floor.
+    novelty_quantile: float = 0.995
+    novelty_margin: float = 1.0
+    novelty_floor: float = 4.0
 
 
 def _logit(p: float) -> float:
@@ -180,9 +193,49 @@ def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damage
     return t, report
 
 
-def heldout_metrics(model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None) -> dict[str, Any]:
-    proba, p_dmg = model.predict(raw)
-    lanes = np.array([decide(proba[k], float(p_dmg[k]), raw[k], model.thresholds).lane for k in range(len(y))])
+# The measurements that depend on the line's X-ray (its spectrum, detector and filters) even
+# in line-independent units: ``sorter calibrate`` maps a new line's onto the training line's.
+LINE_DEPENDENT_COLUMNS = (
+    "xr_al_eq_low_p10", "xr_al_eq_low_p50", "xr_al_eq_low_p90", "xr_al_eq_high_p10", "xr_al_eq_high_p50",
+    "xr_al_eq_high_p90", "xr_mat_p25", "xr_mat_p50", "xr_mat_p75", "xr_al_eq_mass_g", "xr_pb_eq_mass_g",
+)
+REFERENCE_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def reference_quantiles(raw: np.ndarray, y: np.ndarray) -> dict[str, dict[str, list[float]]]:
+    """Per line-dependent column and class, the quantiles :data:`REFERENCE_QUANTILES` of the
+    training items: what ``sorter calibrate`` matches a new line's measurements to."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for col in LINE_DEPENDENT_COLUMNS:
+        v = raw[:, RAW_COLUMNS.index(col)]
+        out[col] = {}
+        for c in CLASSES:
+            x = v[(y == c) & np.isfinite(v)]
+            if x.size >= 20:
+                out[col][c] = [float(q) for q in np.quantile(x, REFERENCE_QUANTILES)]
+    return out
+
+
+def choose_novelty_max(model: SorterModel, raw: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> tuple[float, dict[str, Any]]:
+    """The lead-acid novelty threshold from held-out lead-acid items (those the policy could
+    send to lead_acid): a high quantile of their novelty, plus a margin, at least a floor."""
+    lead = (y == "lead_acid") & np.array([not critical_problems(row) for row in raw], dtype=bool)
+    nov = model.novelty_scores(raw[lead])[:, model.classes.index("lead_acid")]
+    nov = nov[np.isfinite(nov)]
+    q = float(np.quantile(nov, cfg.novelty_quantile)) if nov.size else cfg.novelty_floor
+    return max(cfg.novelty_floor, q + cfg.novelty_margin), {
+        "novelty_heldout_lead_acid_quantile": q, "novelty_heldout_lead_acid_n": int(nov.size)}
+
+
+def heldout_metrics(model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None,
+                    meta: Any = None) -> dict[str, Any]:
+    """The plant's table on labelled rows, through the scoring path (:class:`~sorter.scoring.Scorer`)."""
+    from .scoring import Scorer
+
+    proba, _ = model.predict(raw)
+    n = len(y)
+    decisions = Scorer(model).decide_rows(raw, list(range(1, n + 1)), [str(k) for k in range(n)], [""] * n, meta)
+    lanes = np.array([d.lane for d in decisions])
     pred = np.array(CLASSES)[np.argmax(proba, axis=1)]
     out: dict[str, Any] = {
         "n": int(len(y)),
@@ -229,8 +282,13 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
         li_tr = tr[y[tr] == "li_ion"]
         dmg_pipe = fit_damage(raw[li_tr], damaged[li_tr], cfg)
     model = SorterModel(pipe, PolicyThresholds(), CLASSES, dmg_pipe)
+    model.novelty = NoveltyModel.fit(raw[tr], y[tr], CLASSES, seed=cfg.seed)
+    model.domain = LineDomain.from_metas([read_meta(d) for d in log_dirs])
+    reference = reference_quantiles(raw[tr], y[tr])
     thresholds, th_report = choose_thresholds(model, raw[va], y[va], None if damaged is None else damaged[va], cfg)
-    model.thresholds = thresholds
+    novelty_max, nov_report = choose_novelty_max(model, raw[va], y[va], cfg)
+    th_report.update(nov_report, novelty_max=novelty_max)
+    model.thresholds = dataclasses.replace(thresholds, novelty_max=novelty_max)
     metrics = heldout_metrics(model, raw[va], y[va], None if damaged is None else damaged[va])
     names = list(pipe.named_steps["features"].get_feature_names_out())
     report = {
@@ -251,6 +309,7 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
             "seconds_total": round(time.perf_counter() - t0, 1),
         },
         "threshold_selection": th_report,
+        "reference_quantiles": reference,
         "heldout_metrics": metrics,
     }
     return model, report

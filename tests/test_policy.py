@@ -156,3 +156,36 @@ def test_per_sensor_thresholds_are_validated_and_old_manifests_load():
     old = t.to_json()
     del old["lead_acid_min_missing"]  # a manifest written before per-sensor thresholds
     assert PolicyThresholds.from_json(old).lead_acid_min_missing == {}
+
+
+def test_an_item_unlike_the_training_lead_acid_never_goes_to_lead_acid():
+    t = PolicyThresholds(lead_acid_min=0.98, not_lead_max=0.3, novelty_max=5.0)
+    assert decide(LEAD, 0.0, full_row(), t, lead_novelty=4.9).lane == "lead_acid"
+    v = decide(LEAD, 0.0, full_row(), t, lead_novelty=5.1)
+    assert v.lane == "manual" and "unlike the training lead-acid items" in v.reason and "5.1 > 5.0" in v.reason
+    # novelty concerns the breaker only: a novel Li-ion item still goes to the Li-ion lane
+    assert decide(LI, 0.0, full_row(), t, lead_novelty=50.0).lane == "li_ion"
+
+
+def test_a_closed_line_sends_lead_acid_to_manual_naming_why():
+    v = decide(LEAD, 0.0, full_row(), T, line_closed="line mismatch: line 'x'")
+    assert v.lane == "manual" and "lead_acid is closed: line mismatch: line 'x'" in v.reason
+    assert decide(LI, 0.0, full_row(), T, line_closed="line mismatch").lane == "li_ion"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0, 1), st.floats(0, 1), st.floats(0, 400), st.booleans())
+def test_lead_acid_only_when_typical_and_on_the_models_line(p_lead, p_li, novelty, closed):
+    t = PolicyThresholds(lead_acid_min=0.9, not_lead_max=0.3, novelty_max=6.0)
+    rest = max(0.0, 1 - p_lead)
+    proba = np.array([p_lead, rest * p_li, rest * (1 - p_li)])
+    v = decide(proba, 0.0, full_row(), t, lead_novelty=novelty, line_closed="x" if closed else None)
+    if v.lane == "lead_acid":
+        assert novelty <= 6.0 and not closed
+
+
+def test_novelty_max_survives_json_including_no_limit():
+    for t in (PolicyThresholds(novelty_max=7.5), PolicyThresholds()):
+        assert PolicyThresholds.from_json(t.to_json()) == t
+    with pytest.raises(ConfigError):
+        PolicyThresholds(novelty_max=0.0)

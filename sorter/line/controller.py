@@ -126,6 +126,7 @@ def score_batch(scorer: Scorer, batch: Sequence[tuple[Item, float | None]]) -> l
             [it.record.line_no for it in items],
             [it.item_id for it in items],
             ["; ".join(it.problems) for it in items],
+            [it.meta for it in items],
         )
         for k, decision in zip(index, decisions, strict=True):
             out[k] = decision

@@ -1,0 +1,154 @@
+"""``sorter calibrate``: fit a trained model to a new line from a short labelled log of it.
+
+A model measures physics through a line's sensors.  What depends on the line, and is
+re-fitted here from a few hundred labelled items of it (retraining needs thousands):
+
+1. **measurement normalisation**: the X-ray's aluminium-equivalent areal densities, material
+   scale and equivalent masses (:data:`sorter.train.LINE_DEPENDENT_COLUMNS`) carry the
+   line's spectrum and detector even in physical units (beam hardening bends them).  For
+   each, an affine map ``a * x + b`` takes the new line's class quantiles onto the training
+   line's (stored in the manifest at training time): the step-wedge calibration of an
+   industrial dual-energy sorter, done with labelled items instead of wedges;
+2. **policy thresholds** on the calibration items, with each sensor missing in turn, by the
+   same rules as training (:func:`sorter.train.choose_thresholds`): the lead_acid threshold
+   above the most lead-like non-lead item plus the safety margin, the damage threshold;
+3. **novelty threshold** from the calibration lead-acid items (:func:`sorter.train.choose_novelty_max`);
+4. **line domain**: the new model is valid for the calibration log's declared line.
+
+The classifier's trees are not refitted.  The result is a new model directory (the same skops
+files, a new manifest recording the line, the maps and the calibration log) and a report
+with the plant's safety table on the calibration items.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .batch import MeasuredLog, measure_logs
+from .domain import LineDomain
+from .errors import SorterError
+from .features.measure import RAW_COLUMNS
+from .logformat import read_meta
+from .model import SorterModel, load_model, save_model
+from .train import (
+    CLASSES,
+    LINE_DEPENDENT_COLUMNS,
+    REFERENCE_QUANTILES,
+    TrainConfig,
+    choose_novelty_max,
+    choose_thresholds,
+    heldout_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+MIN_ITEMS_PER_CLASS = 10
+SLOPE_RANGE = (0.25, 4.0)  # a map outside this is not a line difference but a broken sensor or log
+
+
+def fit_normalisation(raw: np.ndarray, y: np.ndarray, reference: dict[str, dict[str, list[float]]]
+                      ) -> tuple[dict[str, tuple[float, float]], dict[str, Any]]:
+    """Per line-dependent column, the affine map of this line's class quantiles onto the
+    reference (training) line's, by least squares over the quantiles of every class with
+    enough items on both lines.  Columns without enough points keep the identity."""
+    maps: dict[str, tuple[float, float]] = {}
+    report: dict[str, Any] = {}
+    for col in LINE_DEPENDENT_COLUMNS:
+        ref = reference.get(col, {})
+        v = raw[:, RAW_COLUMNS.index(col)]
+        xs, ys = [], []
+        for c in CLASSES:
+            x = v[(y == c) & np.isfinite(v)]
+            if c in ref and x.size >= MIN_ITEMS_PER_CLASS:
+                xs += list(np.quantile(x, REFERENCE_QUANTILES))
+                ys += ref[c]
+        if len(xs) < 2 * len(REFERENCE_QUANTILES) or np.ptp(xs) <= 1e-9:
+            report[col] = "identity (too few items or no spread)"
+            continue
+        a, b = np.polyfit(np.asarray(xs), np.asarray(ys), 1)
+        if not SLOPE_RANGE[0] <= a <= SLOPE_RANGE[1]:
+            raise SorterError(
+                f"calibration of {col}: this line's values map onto the training line's with slope {a:.3g}, outside "
+                f"{SLOPE_RANGE}; that is no line difference a calibration can absorb (a broken sensor, a log of another "
+                "kind, wrong labels?). Check the log, or retrain on this line ('sorter train')"
+            )
+        maps[col] = (float(a), float(b))
+        report[col] = [round(float(a), 4), round(float(b), 4)]
+    return maps, report
+
+
+def calibrate(log_dirs: Sequence[str], base: SorterModel, *, seed: int = 0, workers: int = 1,
+              progress: bool = False, measured: MeasuredLog | None = None) -> tuple[SorterModel, dict[str, Any]]:
+    """A copy of ``base`` calibrated for the line of ``log_dirs`` (labelled), and a report.
+    ``measured``: the logs already measured (:func:`sorter.batch.measure_logs`)."""
+    t0 = time.perf_counter()
+    metas = [read_meta(d) for d in log_dirs]
+    domain = LineDomain.from_metas(metas)
+    if len(domain.lines) != 1:
+        raise SorterError(f"the calibration logs declare {len(domain.lines)} different lines "
+                          f"({[s.line for s in domain.lines]}); calibrate for one line at a time")
+    reference = base.manifest.get("reference_quantiles")
+    if not reference:
+        raise SorterError(f"model {base.model_id} has no reference quantiles (trained before calibration existed); "
+                          "retrain it with this sorter ('sorter train') to calibrate it")
+    m = measured if measured is not None else measure_logs(log_dirs, workers=workers, progress=progress)
+    usable = m.ok & np.array([lab in CLASSES for lab in m.labels])
+    raw = m.raw[usable]
+    y = np.array([m.labels[i] for i in np.flatnonzero(usable)])
+    short = [c for c in CLASSES if (y == c).sum() < MIN_ITEMS_PER_CLASS]
+    if short:
+        raise SorterError(f"calibration needs at least {MIN_ITEMS_PER_CLASS} labelled items of each class; "
+                          f"{short} have fewer in {list(log_dirs)}. Record more of them (about 500 items in all)")
+    dmg = [m.extras[i].get("damaged") for i in np.flatnonzero(usable)]
+    damaged = np.array([bool(d) for d in dmg]) if any(isinstance(d, bool) for d in dmg) else None
+    maps, map_report = fit_normalisation(raw, y, reference)
+    model = dataclasses.replace(base, normalisation=maps, domain=domain, manifest=dict(base.manifest), path=None)
+    cfg = TrainConfig(seed=seed)
+    thresholds, th_report = choose_thresholds(model, raw, y, damaged, cfg)
+    novelty_max, nov_report = choose_novelty_max(model, raw, y, cfg)
+    model.thresholds = dataclasses.replace(thresholds, envelope=base.thresholds.envelope, novelty_max=novelty_max,
+                                           hot_excess_c=base.thresholds.hot_excess_c,
+                                           other_lane=base.thresholds.other_lane)
+    th_report.update(nov_report, novelty_max=novelty_max)
+    metrics = heldout_metrics(model, raw, y, damaged, metas[0])
+    report = {
+        "base_model": base.model_id,
+        "logs": [Path(d).name for d in log_dirs],
+        "line": domain.lines[0].to_json(),
+        "items": int(len(m.labels)),
+        "usable": int(usable.sum()),
+        "class_counts": {c: int((y == c).sum()) for c in CLASSES},
+        "normalisation": map_report,
+        "threshold_selection": th_report,
+        "metrics_on_calibration_items": metrics,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return model, report
+
+
+def calibrate_and_save(log_dirs: Sequence[str], model_dir: str | None, out_dir: str, *, name: str | None = None,
+                       seed: int = 0, workers: int = 1, progress: bool = False) -> tuple[SorterModel, dict[str, Any]]:
+    """Calibrate the model in ``model_dir`` (None: the shipped one) for the logs' line; write
+    the new model directory with its manifest, model card and ``calibration-report/`` (the
+    plant's safety table on the calibration items)."""
+    from .report import evaluate_measured, model_card
+
+    base = load_model(model_dir)
+    m = measure_logs(log_dirs, workers=workers, progress=progress)
+    model, report = calibrate(log_dirs, base, seed=seed, measured=m)
+    manifest = {k: v for k, v in base.manifest.items()
+                if k not in ("files", "policy", "novelty", "line_domain", "normalisation", "libraries", "format",
+                             "classes", "name")}
+    manifest["calibration"] = report
+    line = report["line"]["line"]
+    save_model(model, out_dir, name=name or f"{base.manifest.get('name', 'sorter')}-{line}", extra_manifest=manifest)
+    (Path(out_dir) / "MODEL_CARD.md").write_text(model_card(model.manifest), encoding="utf-8")
+    evaluate_measured(m, model, Path(out_dir) / "calibration-report",
+                      title=f"on its calibration items ({', '.join(report['logs'])}; in-sample)", meta=read_meta(log_dirs[0]))
+    return model, report

@@ -1,0 +1,80 @@
+"""``sorter calibrate``: a trained model fitted to a new line from a short labelled log."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sorter.batch import measure_logs
+from sorter.calibrate import calibrate, calibrate_and_save
+from sorter.cli import main
+from sorter.errors import SorterError
+from sorter.logformat import read_meta
+from sorter.model import load_model
+from sorter.report import lanes_for
+from sorter.simulate import SimConfig, simulate_log
+
+
+@pytest.fixture(scope="module")
+def line_b_log(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cal") / "b-cal"
+    simulate_log(SimConfig(items=300, seed=404, mix="balanced", line="b", faults=0.01), d, workers=2)
+    return d
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, line_b_log):
+    out = tmp_path_factory.mktemp("calmodel") / "model-b"
+    model, report = calibrate_and_save([str(line_b_log)], None, str(out), workers=1)
+    return out, model, report
+
+
+def test_calibrated_model_is_valid_for_the_new_line_and_opens_lead_acid(calibrated, line_b_log):
+    out, model, report = calibrated
+    loaded = load_model(out)
+    assert [s.line for s in loaded.domain.lines] == ["sim-b"]
+    assert loaded.normalisation == model.normalisation and loaded.normalisation  # some column was re-mapped
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["calibration"]["base_model"] == load_model().model_id
+    assert man["calibration"]["logs"] == ["b-cal"]
+    meta = read_meta(line_b_log)
+    m = measure_logs([line_b_log], workers=0)
+    keep = m.ok & np.array([lab in ("lead_acid", "li_ion", "other") for lab in m.labels])
+    y = np.array([m.labels[i] for i in np.flatnonzero(keep)])
+    _, _, shipped_lanes, _ = lanes_for(load_model(), m.raw[keep], meta)
+    _, _, cal_lanes, _ = lanes_for(loaded, m.raw[keep], meta)
+    assert "lead_acid" not in shipped_lanes  # the shipped model: another line, lead_acid closed
+    assert np.mean(cal_lanes[y == "lead_acid"] == "lead_acid") > 0.8
+    assert not np.any((y == "li_ion") & (cal_lanes == "lead_acid"))
+    report_md = (out / "calibration-report" / "report.md").read_text()
+    assert "Li-ion" in report_md
+    # the same classifier: calibration refits no trees (only what comes before and after them)
+    rows = np.nan_to_num(m.raw[keep][:50], nan=0.0)
+    np.testing.assert_array_equal(loaded.classifier.predict_proba(rows), load_model().classifier.predict_proba(rows))
+
+
+def test_calibration_refuses_a_log_missing_a_class(line_b_log, tmp_path):
+    lines = [ln for ln in (line_b_log / "items.jsonl").read_text().splitlines() if '"label":"other"' not in ln]
+    d = tmp_path / "no-other"
+    d.mkdir()
+    (d / "items.jsonl").write_text("\n".join(lines) + "\n")
+    (d / "meta.json").write_text((line_b_log / "meta.json").read_text())
+    (d / "images").symlink_to(line_b_log / "images")
+    with pytest.raises(SorterError, match=r"\['other'\] have fewer"):
+        calibrate([str(d)], load_model(), workers=0)
+
+
+def test_calibration_needs_a_model_trained_with_reference_quantiles(line_b_log):
+    base = load_model()
+    base.manifest = {k: v for k, v in base.manifest.items() if k != "reference_quantiles"}
+    with pytest.raises(SorterError, match="retrain it"):
+        calibrate([str(line_b_log)], base, workers=0)
+
+
+def test_cli_calibrate_refuses_a_non_empty_out(line_b_log, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("")
+    assert main(["calibrate", str(line_b_log), "--out", str(tmp_path / "taken")]) == 2
+    assert "not an empty directory" in capsys.readouterr().err
