@@ -133,7 +133,9 @@ def _coerce(key: str, value: object, default: object, where: str) -> object:
     for v in vals:
         if not lo <= v <= hi:
             raise SimulationError(f"{where}: {key}={value!r} is outside its range [{lo:g}, {hi:g}]")
-    return vals if isinstance(default, tuple) else vals[0]
+    if isinstance(default, tuple):
+        return vals
+    return int(round(vals[0])) if isinstance(default, int) and not isinstance(default, bool) else vals[0]
 
 
 def overridable_keys(profile: object) -> list[str]:
