@@ -697,20 +697,20 @@ def _power_bank(rng: np.random.Generator) -> Instance:
 
 def _odd_lead(rng: np.random.Generator) -> Instance:
     kind = str(rng.choice(["opzs", "truck", "block6v"], p=[0.35, 0.35, 0.30]))
-    if kind == "opzs":  # a single 2 V stationary cell, tall
-        ah = float(rng.choice([200, 300, 420, 600, 800]))
-        L, W = 103 + 21 * (ah / 100), 206.0
-        H = 355 + 0.18 * ah
-        v, name = 2.0, f"OPzS 2V {ah:.0f}Ah stationary cell (line c)"
+    if kind == "opzs":  # a single 2 V stationary cell, tall, with acid room above the plates
+        ah = float(rng.choice([300, 420, 600, 800]))
+        L, W, H = 83 + 14 * (ah / 100), 206.0, 355 + 0.2 * ah
+        v, name, dens = 2.0, f"OPzS 2V {ah:.0f}Ah stationary cell (line c)", float(rng.uniform(1.8, 2.1))
     elif kind == "truck":
         ah = float(rng.choice([140, 180, 225]))
         L, W, H = 513.0, 189 + 0.15 * ah, 223.0
-        v, name = 12.0, f"truck battery 12V {ah:.0f}Ah (line c)"
+        v, name, dens = 12.0, f"truck battery 12V {ah:.0f}Ah (line c)", float(rng.uniform(2.15, 2.6))
     else:
         ah = float(rng.choice([4.0, 4.5, 7.0, 10.0, 12.0]))
-        L, W, H = 70 + 4 * ah, 47 + 2 * ah, 100 + 2 * ah
-        v, name = 6.0, f"6V {ah:.0f}Ah block (line c)"
-    dens = float(rng.uniform(1.9, 2.7))
+        vol_mm3 = (0.075 * ah + 0.05) * 1e6
+        H, W = 95 + 2 * ah, 47 + 1.5 * ah
+        L = vol_mm3 / (H * W)
+        v, name, dens = 6.0, f"6V {ah:.0f}Ah block (line c)", float(rng.uniform(2.2, 2.7))
     mass = L * W * H * 1e-6 * dens
     p = Product(name, "lead_acid", "lead_acid", L, W, H, mass, v, ah)
     inst = build_lead_acid(p, rng, in_catalog=False)
