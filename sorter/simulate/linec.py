@@ -700,7 +700,7 @@ def _odd_lead(rng: np.random.Generator) -> Instance:
     if kind == "opzs":  # a single 2 V stationary cell, tall, with acid room above the plates
         ah = float(rng.choice([300, 420, 600, 800]))
         L, W, H = 83 + 14 * (ah / 100), 206.0, 355 + 0.2 * ah
-        v, name, dens = 2.0, f"OPzS 2V {ah:.0f}Ah stationary cell (line c)", float(rng.uniform(1.8, 2.1))
+        v, name, dens = 2.0, f"OPzS 2V {ah:.0f}Ah stationary cell (line c)", float(rng.uniform(1.95, 2.25))
     elif kind == "truck":
         ah = float(rng.choice([140, 180, 225]))
         L, W, H = 513.0, 189 + 0.15 * ah, 223.0
