@@ -371,8 +371,13 @@ def iter_written(cfg: SimConfig, out_dir: str, workers: int = 1, png_level: int 
     yield each record (image paths set) and its image bytes.  The caller appends the
     records to ``items.jsonl``: a line is written only after its images exist."""
     if workers <= 1:
-        for i in range(cfg.items):
-            yield _write_item(cfg, i, png_level, out_dir)
+        from threadpoolctl import threadpool_limits
+
+        # one BLAS thread, as in the worker processes: a multi-threaded matrix product may sum
+        # in another order, and a log must be the same whatever the number of workers
+        with threadpool_limits(1):
+            for i in range(cfg.items):
+                yield _write_item(cfg, i, png_level, out_dir)
         return
     import multiprocessing as mp
 
