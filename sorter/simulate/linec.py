@@ -438,6 +438,25 @@ def _shading(inst: Instance, pose: str, xs: np.ndarray, ys: np.ndarray, L: float
     return (0.3 + 0.75 * diff).astype(np.float32)
 
 
+_TONE = np.clip(np.rint(255.0 * (np.arange(256) / 255.0) ** 0.9), 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=4)
+def _weave_tile(px: float) -> np.ndarray:
+    n = 1024
+    u = np.arange(n, dtype=np.float32)[None, :] * px
+    v = np.arange(n, dtype=np.float32)[:, None] * px
+    return (5.0 * np.sin((u + v) * (2 * math.pi / 4.0)) * np.sin((u - v) * (2 * math.pi / 6.0))).astype(np.float32)
+
+
+def _weave(px: float, ny: int, nx: int) -> np.ndarray:
+    """The belt's woven texture (DN), from a cached tile."""
+    tile = _weave_tile(px)
+    if ny > tile.shape[0] or nx > tile.shape[1]:
+        tile = np.tile(tile, (ny // tile.shape[0] + 1, nx // tile.shape[1] + 1))
+    return tile[:ny, :nx]
+
+
 def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame, poly: np.ndarray,
                  prof: LineCProfile, rng: np.random.Generator) -> np.ndarray:
     px = prof.camera_mm_per_px
@@ -455,9 +474,7 @@ def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame
         width = 0.08 * W + 2
         item += (70 * inst.appearance.gloss * np.exp(-(((ys - yh) / width) ** 2)))[:, :, None]
     # the belt: woven blue-grey with a slow mottling
-    u = np.arange(nx, dtype=np.float32)[None, :] * px
-    v = np.arange(ny, dtype=np.float32)[:, None] * px
-    weave = 5.0 * np.sin((u + v) * (2 * math.pi / 4.0)) * np.sin((u - v) * (2 * math.pi / 6.0))
+    weave = _weave(px, ny, nx)
     mott = cv2.resize(rng.standard_normal((max(2, ny // 16), max(2, nx // 16))).astype(np.float32), (nx, ny),
                       interpolation=cv2.INTER_CUBIC) * 6.0
     halo = cv2.GaussianBlur(np.roll(inside, (3, -2), axis=(0, 1)), (0, 0), 3.0)
@@ -468,7 +485,6 @@ def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame
     out = out * (np.float32(prof.exposure * rng.uniform(0.93, 1.07)) * np.array(prof.colour_cast, np.float32))
     out += np.array(prof.ambient_rgb, np.float32)
     np.clip(out, 0, 255, out=out)
-    out = 255.0 * (out / 255.0) ** 0.9
     blur = prof.belt_speed_m_s * prof.camera_exposure_ms / px
     if blur > 1e-3:
         out = cv2.blur(out, (1, max(1, int(round(blur)))))
@@ -478,7 +494,7 @@ def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame
     out = out + nz * np.float32(prof.camera_noise) * np.sqrt(np.maximum(out, 1) / 128.0)
     if prof.sharpen > 0:
         out = cv2.addWeighted(out, 1 + prof.sharpen, cv2.GaussianBlur(out, (0, 0), 1.2), -prof.sharpen, 0)
-    img = np.clip(out, 0, 255).astype(np.uint8)
+    img = cv2.LUT(np.clip(out, 0, 255).astype(np.uint8), _TONE)  # the camera's tone curve
     if prof.jpeg_quality < 100:
         ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(prof.jpeg_quality)])
         if ok:
