@@ -418,7 +418,7 @@ def _texture(inst: Instance, L: float, W: float, pose: str, px: float, rng: np.r
     return tex.astype(np.float32)
 
 
-def _shading(inst: Instance, pose: str, xs: np.ndarray, ys: np.ndarray, L: float, W: float, inside: np.ndarray
+def _shading(inst: Instance, pose: str, xs: np.ndarray, ys: np.ndarray, L: float, W: float, inside: object = None
              ) -> np.ndarray:
     """Lambert shading (ambient + diffuse) of the item's top, light from the upper left."""
     light = np.array([-0.45, -0.35, 0.82])
@@ -461,29 +461,38 @@ def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame
                  prof: LineCProfile, rng: np.random.Generator) -> np.ndarray:
     px = prof.camera_mm_per_px
     tex = _texture(inst, L, W, pose, px, rng)
-    xs, ys, nx, ny = frame.grid(px, 1)
-    inside = _inside_polygon(poly, xs, ys).astype(np.float32)
-    # soften the edge: average of the mask over a 2 x 2 sub-grid would double the cost; a 3 px blur does it
-    inside = cv2.GaussianBlur(inside, (3, 3), 0.6)
-    mx = np.clip(xs / px - 0.5, 0, tex.shape[1] - 1).astype(np.float32)
-    my = np.clip(ys / px - 0.5, 0, tex.shape[0] - 1).astype(np.float32)
-    item = cv2.remap(tex, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    item *= _shading(inst, pose, xs, ys, L, W, inside)[:, :, None]
-    if inst.appearance.gloss > 0.25:  # a stripe highlight across the item
+    # light the item in its own frame: Lambert shading and a stripe highlight
+    ty, tx = tex.shape[:2]
+    txs = ((np.arange(tx, dtype=np.float32) + 0.5) * px)[None, :].repeat(ty, 0)
+    tys = ((np.arange(ty, dtype=np.float32) + 0.5) * px)[:, None].repeat(tx, 1)
+    tex *= _shading(inst, pose, txs, tys, L, W, None)[:, :, None]
+    if inst.appearance.gloss > 0.25:
         yh = rng.uniform(0.2, 0.8) * W
         width = 0.08 * W + 2
-        item += (70 * inst.appearance.gloss * np.exp(-(((ys - yh) / width) ** 2)))[:, :, None]
-    # the belt: woven blue-grey with a slow mottling
-    weave = _weave(px, ny, nx)
+        tex += (70 * inst.appearance.gloss * np.exp(-(((tys[:, :1] - yh) / width) ** 2)))[:, :, None]
+    xs, ys, nx, ny = frame.grid(px, 1)
+    item = cv2.remap(tex, xs * np.float32(1 / px) - np.float32(0.5), ys * np.float32(1 / px) - np.float32(0.5),
+                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # the footprint, anti-aliased, rasterised on the belt grid (1/16 px precision)
+    pts = frame.to_belt(poly) / px + np.array([nx / 2, ny / 2])
+    mask8 = np.zeros((ny, nx), np.uint8)
+    cv2.fillPoly(mask8, [np.rint((pts - 0.5) * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+    inside = mask8.astype(np.float32) * np.float32(1 / 255)
+    # the belt: woven blue-grey with a slow mottling and the item's soft halo
     mott = cv2.resize(rng.standard_normal((max(2, ny // 16), max(2, nx // 16))).astype(np.float32), (nx, ny),
-                      interpolation=cv2.INTER_CUBIC) * 6.0
+                      interpolation=cv2.INTER_CUBIC)
+    tone = _weave(px, ny, nx) + mott * np.float32(6.0)
     halo = cv2.GaussianBlur(np.roll(inside, (3, -2), axis=(0, 1)), (0, 0), 3.0)
-    belt_l = (weave + mott)[:, :, None] + np.array(prof.belt_rgb, np.float32)
-    belt_l *= (1 - 0.25 * halo)[:, :, None]
-    out = item * inside[:, :, None] + belt_l * (1 - inside)[:, :, None]
-    # camera response: exposure and cast, ambient light, a tone curve
-    out = out * (np.float32(prof.exposure * rng.uniform(0.93, 1.07)) * np.array(prof.colour_cast, np.float32))
-    out += np.array(prof.ambient_rgb, np.float32)
+    tone_shade = 1 - 0.25 * halo
+    belt = cv2.merge([(tone + np.float32(c)) * tone_shade for c in prof.belt_rgb])
+    out = cv2.blendLinear(item, belt, inside, 1 - inside)
+    # camera response: exposure and cast, ambient light (one affine colour transform)
+    g = prof.exposure * rng.uniform(0.93, 1.07)
+    m = np.zeros((3, 4), np.float32)
+    for c in range(3):
+        m[c, c] = g * prof.colour_cast[c]
+        m[c, 3] = prof.ambient_rgb[c]
+    out = cv2.transform(out, m)
     np.clip(out, 0, 255, out=out)
     blur = prof.belt_speed_m_s * prof.camera_exposure_ms / px
     if blur > 1e-3:
@@ -491,15 +500,17 @@ def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame
     # demosaic-like noise: drawn at half resolution, shot-noise scaled
     h2, w2 = max(1, ny // 2), max(1, nx // 2)
     nz = cv2.resize(rng.standard_normal((h2, w2, 3)).astype(np.float32), (nx, ny), interpolation=cv2.INTER_LINEAR)
-    out = out + nz * np.float32(prof.camera_noise) * np.sqrt(np.maximum(out, 1) / 128.0)
+    scale = cv2.sqrt(cv2.max(out, 1.0) * np.float32(1 / 128.0))
+    out += nz * scale * np.float32(prof.camera_noise)
     if prof.sharpen > 0:
         out = cv2.addWeighted(out, 1 + prof.sharpen, cv2.GaussianBlur(out, (0, 0), 1.2), -prof.sharpen, 0)
     img = cv2.LUT(np.clip(out, 0, 255).astype(np.uint8), _TONE)  # the camera's tone curve
     if prof.jpeg_quality < 100:
-        ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(prof.jpeg_quality)])
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, int(prof.jpeg_quality)])
         if ok:
-            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
-    return np.ascontiguousarray(img)
+            img = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return img
 
 
 # ---------------------------------------------------------------------------- scalar sensors
