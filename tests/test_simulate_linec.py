@@ -193,3 +193,23 @@ def test_linec_differs_from_line_a_like_another_recorder():
     for s in (simulate_item(SimConfig(seed=31, line="c", faults=0), i).record for i in range(10)):
         assert float(s.weight_g).is_integer() and (s.length_mm * 2).is_integer()
     assert json.dumps(a.record.extra, sort_keys=True).count(":") > 5 and set(a.record.extra) == set(c.record.extra)
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"adc_bits": 12}, "air_adu < 2\\*\\*adc_bits"), ({"jpeg_quality": 5}, "outside its range"),
+    ({"supersample": 9}, "outside its range"), ({"colour_cast": "1,1"}, "3 comma-separated numbers"),
+])
+def test_bad_linec_parameters_are_refused_with_a_clear_message(over, message):
+    with pytest.raises(SimulationError, match=message):
+        SimConfig(line="c", line_overrides=over)
+
+
+def test_the_cli_writes_a_linec_log(tmp_path):
+    from sorter.cli import main
+
+    out = tmp_path / "c"
+    assert main(["simulate", "--line", "c", "--items", "12", "--seed", "2", "--workers", "1", "--out", str(out),
+                 "--line-param", "adc_bits=16", "--line-param", "air_adu=60000"]) == 0
+    meta = read_meta(out)
+    assert meta.line == "sim-c+adc_bits=16+air_adu=60000" and meta.xray_energies_kev == SimConfig(line="c").meta().xray_energies_kev
+    assert len(list(iter_log(out))) == 12

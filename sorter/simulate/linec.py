@@ -112,6 +112,14 @@ class LineCProfile:
     thermal_noise_c: float = 0.5
     unknown_rate: float = 1 / 6  # share of items from line c's own product generator
 
+    def __post_init__(self) -> None:
+        from ..errors import SimulationError
+
+        if not self.dark_adu < self.air_adu < 2**self.adc_bits:
+            raise SimulationError(
+                f"line c: need dark_adu < air_adu < 2**adc_bits, got {self.dark_adu:g} / {self.air_adu:g} / "
+                f"{2**self.adc_bits}; set --line-param air_adu=... below the ADC's full scale")
+
     def channels(self) -> CChannels:
         return _channels(self.kvp, self.tube_filter_al_mm, self.tube_filter_cu_mm, self.k_line_fraction,
                          self.front_csi_mm, self.mid_filter_cu_mm, self.back_csi_mm)

@@ -101,6 +101,12 @@ _RANGES: dict[str, tuple[float, float]] = {
     "xray_gain": (0.5, 2.0), "xray_offset": (-0.1, 0.1), "belt_speed_m_s": (0.0, 10.0),
     "xray_integration_ms": (0.0, 50.0), "camera_exposure_ms": (0.0, 50.0), "ambient_rgb": (-50.0, 120.0),
     "scale_offset_g": (-5000.0, 5000.0), "thermal_offset_c": (-30.0, 30.0), "profiler_offset_mm": (-50.0, 50.0),
+    # line c's own fields
+    "tube_filter_cu_mm": (0.0, 10.0), "k_line_fraction": (0.0, 0.5), "front_csi_mm": (0.01, 5.0),
+    "back_csi_mm": (0.1, 20.0), "quanta_low": (10.0, 1e9), "quanta_high": (10.0, 1e9), "read_noise_adu": (0.0, 1000.0),
+    "dark_adu": (0.0, 4000.0), "air_adu": (100.0, 65535.0), "adc_bits": (8, 16), "column_gain_sd": (0.0, 0.2),
+    "supersample": (1, 4), "colour_cast": (0.1, 5.0), "sharpen": (0.0, 5.0), "jpeg_quality": (10, 100),
+    "scale_gain": (0.5, 1.5), "thermal_emissivity_assumed": (0.05, 1.0), "unknown_rate": (0.0, 1.0),
 }
 
 
