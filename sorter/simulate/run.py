@@ -406,6 +406,7 @@ class SimSummary:
     hard_cases: Counter = field(default_factory=Counter)
     poses: Counter = field(default_factory=Counter)
     products: Counter = field(default_factory=Counter)
+    families: Counter = field(default_factory=Counter)
     bytes_written: int = 0
     seconds: float = 0.0
 
@@ -416,6 +417,7 @@ class SimSummary:
             self.hard_cases[tag] += 1
         self.poses[rec.extra.get("pose", "?")] += 1
         self.products[rec.extra.get("product", "?")] += 1
+        self.families[rec.extra.get("product_family", "?")] += 1
         self.bytes_written += nbytes
 
     def format(self) -> str:
@@ -425,6 +427,7 @@ class SimSummary:
             "labels: " + ", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())),
             "poses: " + ", ".join(f"{k}={v}" for k, v in sorted(self.poses.items())),
             f"distinct products: {len(self.products)}",
+            "product families: " + ", ".join(f"{k}={v}" for k, v in sorted(self.families.items())),
             "hard cases: " + (", ".join(f"{k}={v}" for k, v in sorted(self.hard_cases.items())) or "none"),
             f"mean size per item: {self.bytes_written / max(1, self.items) / 1000:.1f} kB",
         ]
