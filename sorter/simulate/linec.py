@@ -40,7 +40,7 @@ import numpy as np
 
 from ..catalog import Product
 from ..readings import ItemRecord
-from .geometry import Box, CylinderArray, Primitive, total_mass_g
+from .geometry import Box, Primitive, total_mass_g
 from .items import (
     CATHODE,
     CELL_FORMATS,
@@ -426,8 +426,7 @@ def _texture(inst: Instance, L: float, W: float, pose: str, px: float, rng: np.r
     return tex.astype(np.float32)
 
 
-def _shading(inst: Instance, pose: str, xs: np.ndarray, ys: np.ndarray, L: float, W: float, inside: object = None
-             ) -> np.ndarray:
+def _shading(inst: Instance, pose: str, xs: np.ndarray, ys: np.ndarray, L: float, W: float) -> np.ndarray:
     """Lambert shading (ambient + diffuse) of the item's top, light from the upper left."""
     light = np.array([-0.45, -0.35, 0.82])
     light /= np.linalg.norm(light)
@@ -473,7 +472,7 @@ def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame
     ty, tx = tex.shape[:2]
     txs = ((np.arange(tx, dtype=np.float32) + 0.5) * px)[None, :].repeat(ty, 0)
     tys = ((np.arange(ty, dtype=np.float32) + 0.5) * px)[:, None].repeat(tx, 1)
-    tex *= _shading(inst, pose, txs, tys, L, W, None)[:, :, None]
+    tex *= _shading(inst, pose, txs, tys, L, W)[:, :, None]
     if inst.appearance.gloss > 0.25:
         yh = rng.uniform(0.2, 0.8) * W
         width = 0.08 * W + 2
