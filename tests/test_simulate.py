@@ -434,3 +434,19 @@ def test_leave_family_out_is_deterministic_and_complete():
 def test_unknown_family_is_refused_listing_the_vocabulary():
     with pytest.raises(SimulationError, match="valid families: lead_auto"):
         SimConfig(exclude_families=("lead",))
+
+
+def test_named_shifts_are_valid_lines_that_declare_what_differs():
+    from sorter.simulate.shifts import SHIFTS, shifted_config
+
+    base = SimConfig(line="a").meta()
+    for name in SHIFTS:
+        cfg = shifted_config(name, items=3, seed=1)
+        meta = cfg.meta()
+        assert meta.line != base.line, name
+        item = simulate_item(cfg, 0)
+        assert item.record.extra["product_family"]
+    assert shifted_config("spectrum").meta().xray_energies_kev != base.xray_energies_kev
+    assert shifted_config("pitch").meta().xray_mm_per_px == 2.5
+    with pytest.raises(SimulationError, match="choose one of spectrum"):
+        shifted_config("nope")
