@@ -94,7 +94,7 @@ LINES: dict[str, LineProfile] = {
 _RANGES: dict[str, tuple[float, float]] = {
     "kvp": (40.0, 450.0), "tube_filter_al_mm": (0.0, 20.0), "mid_filter_cu_mm": (0.0, 10.0),
     "photons_low": (10.0, 1e9), "photons_high": (10.0, 1e9), "electronic_noise": (0.0, 0.1),
-    "xray_mm_per_px": (0.2, 10.0), "camera_mm_per_px": (0.2, 10.0), "white_balance": (0.1, 5.0),
+    "xray_mm_per_px": (0.5, 10.0), "camera_mm_per_px": (0.5, 10.0), "white_balance": (0.1, 5.0),
     "exposure": (0.05, 5.0), "camera_noise": (0.0, 60.0), "belt_rgb": (0, 255), "blur_sigma_px": (0.0, 10.0),
     "scale_noise_g": (0.0, 1000.0), "scale_rel_noise": (0.0, 0.2), "profiler_noise_mm": (0.0, 50.0),
     "thermal_noise_c": (0.0, 20.0), "front_scint_mm": (0.01, 5.0), "back_scint_mm": (0.1, 20.0),
