@@ -183,8 +183,9 @@ def _choice(rng: np.random.Generator, shares: dict[str, float]) -> str:
 
 
 def _draw_product(cfg: SimConfig, rng: np.random.Generator) -> tuple[str, Any, bool]:
-    """One draw from the intake: ``("product", Product, in_catalog)`` or ``("contaminant", kind, False)``
-    and the draw's li-ion flag for damage (the generator is used in the same order as the build)."""
+    """One draw from the intake, before anything is built: ``("product", Product, in_catalog)`` or
+    ``("contaminant", kind, False)``, so a family filter can refuse it cheaply.  The generator is
+    used in the same order as before the filter existed: logs without a filter are unchanged."""
     mix = MIXES[cfg.mix]
     cat = _catalog(cfg.extra_catalogs)
     fam = _choice(rng, mix.family)
