@@ -22,8 +22,7 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def _add_simulate(sub) -> None:
-    from .simulate.run import MIXES
-    from .simulate.sensors import LINES
+    from .simulate.run import ALL_LINES, MIXES
 
     p = sub.add_parser("simulate", help="write a simulated, labelled sensor log", description=(
         "Simulate items passing the sensor bridge and write a sorter-log/1 log directory."))
@@ -31,7 +30,15 @@ def _add_simulate(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same log")
     p.add_argument("--out", required=True, help="output log directory (must be empty or new)")
     p.add_argument("--mix", default="balanced", choices=sorted(MIXES), help="intake mix (default balanced)")
-    p.add_argument("--line", default="a", choices=sorted(LINES), help="sensor set-up preset (default a)")
+    p.add_argument("--line", default="a", choices=list(ALL_LINES),
+                   help="sensor set-up preset (default a; c is a line rendered by a separate route)")
+    p.add_argument("--line-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field of the line preset, e.g. kvp=120 or xray_gain=1.05,0.97 (repeatable)")
+    p.add_argument("--line-name", default=None, help="line name declared in meta.json (default sim-LINE+KEY=VALUE...)")
+    p.add_argument("--exclude-family", action="append", default=[], metavar="FAMILY",
+                   help="leave a product family out of the intake (repeatable; see docs/simulator.md)")
+    p.add_argument("--only-family", action="append", default=[], metavar="FAMILY",
+                   help="draw only these product families (repeatable)")
     p.add_argument("--faults", type=float, default=0.002, help="per-sensor dropout probability (default 0.002)")
     p.add_argument("--unlabelled", action="store_true", help="omit the 'label' field")
     p.add_argument("--catalog", action="append", default=[], help="extra product catalogue CSV (repeatable)")
@@ -44,8 +51,18 @@ def _cmd_simulate(args) -> int:
     from .batch import default_workers
     from .simulate import SimConfig, simulate_log
 
+    from .errors import SimulationError
+
+    overrides: dict[str, str] = {}
+    for item in args.line_param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SimulationError(f"--line-param {item!r}: expected KEY=VALUE, e.g. kvp=120 or xray_gain=1.05,0.97")
+        overrides[key.strip()] = value.strip()
     cfg = SimConfig(items=args.items, seed=args.seed, mix=args.mix, line=args.line, faults=args.faults,
-                    labelled=not args.unlabelled, extra_catalogs=tuple(args.catalog), rate_hz=args.rate)
+                    labelled=not args.unlabelled, extra_catalogs=tuple(args.catalog), rate_hz=args.rate,
+                    line_overrides=overrides, line_name=args.line_name,
+                    exclude_families=tuple(args.exclude_family), only_families=tuple(args.only_family))
     summary = simulate_log(cfg, args.out, workers=args.workers or default_workers(), progress=sys.stderr.isatty())
     print(f"wrote {args.out}")
     print(summary.format())

@@ -206,8 +206,8 @@ def test_same_log_whatever_the_worker_count(tmp_path):
     a = (tmp_path / "one" / "items.jsonl").read_bytes()
     b = (tmp_path / "two" / "items.jsonl").read_bytes()
     assert a == b
-    first = json.loads(a.splitlines()[0])
-    assert (tmp_path / "one" / first["rgb"]).read_bytes() == (tmp_path / "two" / first["rgb"]).read_bytes()
+    for p in sorted((tmp_path / "one" / "images").iterdir()):
+        assert p.read_bytes() == (tmp_path / "two" / "images" / p.name).read_bytes(), p.name
 
 
 def test_unlabelled_logs_carry_no_label(tmp_path):
@@ -267,3 +267,186 @@ def test_the_documented_thousand_item_run(tmp_path, capsys):
                 "xray_blackout", "dry_lead_acid", "unknown_product", "damaged", "dropout_xray",
                 "dropout_camera", "dropout_scale", "dropout_profiler", "dropout_thermal"}
     assert expected <= tags, expected - tags
+
+
+# ---------------------------------------------------------------------------- line knobs (issue 13)
+
+
+def _li_pack_sigma(line: str = "a"):
+    from sorter.simulate.sensors import apply_overrides
+
+    inst = build(_by_name("DeWalt DCB205"), np.random.default_rng(3))
+    sigma, mats = areal_density(inst, "upright", 0.0, LINES[line].xray_mm_per_px)
+    return sigma, mats, apply_overrides
+
+
+def test_a_harder_spectrum_transmits_more_and_is_not_served_the_presets_cache():
+    sigma, mats, apply_overrides = _li_pack_sigma()
+    preset = LINES["a"]
+    t_preset = render_xray(sigma, mats, preset, np.random.default_rng(0))[0]  # fills the preset's cache
+    soft = apply_overrides(preset, {"kvp": 100})
+    hard = apply_overrides(preset, {"kvp": 220})
+    t_soft = render_xray(sigma, mats, soft, np.random.default_rng(0))[0]
+    t_hard = render_xray(sigma, mats, hard, np.random.default_rng(0))[0]
+    occ = t_preset < 0.95 * 65535
+    assert np.median(t_soft[occ]) < np.median(t_preset[occ]) < np.median(t_hard[occ])
+    assert soft.channels().mean_energy()[0] < preset.channels().mean_energy()[0] < hard.channels().mean_energy()[0]
+
+
+def test_detector_gain_and_offset_act_on_the_transmission_per_channel():
+    sigma, mats, apply_overrides = _li_pack_sigma()
+    line = apply_overrides(LINES["a"], {"xray_gain": (1.0, 0.9), "xray_offset": "0,-0.01"})
+    low, high = render_xray(sigma, mats, line, np.random.default_rng(0))
+    air = sigma.sum(axis=2) == 0
+    assert abs(float(np.median(low[air])) / 65535 - 1.0) < 0.002
+    assert abs(float(np.median(high[air])) / 65535 - 0.89) < 0.005
+
+
+def test_pitch_overrides_change_the_image_size_and_are_declared():
+    base = simulate_item(SimConfig(seed=2, faults=0), 4)
+    fine = SimConfig(seed=2, faults=0, line_overrides={"xray_mm_per_px": 1.0, "camera_mm_per_px": 0.75})
+    item = simulate_item(fine, 4)
+    assert item.record.extra["product"] == base.record.extra["product"]
+    for key, ratio in (("xray_low", 2.0), ("rgb", 2.0)):
+        got = np.array(item.images[key].shape[:2]) / np.array(base.images[key].shape[:2])
+        assert np.all(np.abs(got - ratio) < 0.35), (key, got)
+    meta = fine.meta()
+    assert meta.xray_mm_per_px == 1.0 and meta.camera_mm_per_px == 0.75
+    assert meta.line == "sim-a+camera_mm_per_px=0.75+xray_mm_per_px=1"
+
+
+def test_meta_declares_the_energies_of_the_overridden_spectrum(tmp_path):
+    cfg = SimConfig(items=2, seed=1, line="b", line_overrides={"kvp": 120, "mid_filter_cu_mm": 0.4},
+                    line_name="plant-7 test bench")
+    simulate_log(cfg, tmp_path / "log")
+    meta = read_meta(tmp_path / "log")
+    want = cfg.profile().channels().mean_energy()
+    assert meta.line == "plant-7 test bench"
+    assert meta.xray_energies_kev == (round(want[0], 1), round(want[1], 1))
+    assert meta.xray_energies_kev != SimConfig(line="b").meta().xray_energies_kev
+    over = json.loads((tmp_path / "log" / "meta.json").read_text())["simulator"]["line_overrides"]
+    assert over == {"kvp": 120.0, "mid_filter_cu_mm": 0.4}
+
+
+def test_sensor_offsets_shift_the_scalar_readings_by_their_amount():
+    base = SimConfig(seed=3, faults=0)
+    off = SimConfig(seed=3, faults=0, line_overrides={"scale_offset_g": 250, "thermal_offset_c": -3,
+                                                      "profiler_offset_mm": 4})
+    for i in range(5):
+        a, b = simulate_item(base, i).record, simulate_item(off, i).record
+        assert b.weight_g - a.weight_g == pytest.approx(250, abs=0.11)
+        assert b.surface_temp_c - a.surface_temp_c == pytest.approx(-3, abs=0.011)
+        assert b.height_mm - a.height_mm == pytest.approx(4, abs=0.11)
+
+
+def test_belt_speed_smears_the_images_along_the_belt():
+    def sharpness(item, key):
+        """Energy of the edges of the image's profiles along and across the belt (rows average the noise out)."""
+        img = item.images[key].astype(float)
+        if img.ndim == 3:
+            img = img.mean(axis=2)
+        along, across = img.mean(axis=1), img.mean(axis=0)
+        return (np.diff(along) ** 2).sum(), (np.diff(across) ** 2).sum()
+
+    still = simulate_item(SimConfig(seed=6, faults=0), 1)
+    moving = simulate_item(SimConfig(seed=6, faults=0, line_overrides={
+        "belt_speed_m_s": 3.0, "xray_integration_ms": 4.0, "camera_exposure_ms": 4.0}), 1)
+    for key in ("xray_low", "rgb"):
+        (s_along, s_across), (m_along, m_across) = sharpness(still, key), sharpness(moving, key)
+        assert m_along < 0.5 * s_along, key  # along the belt: smeared
+        assert m_across > 0.8 * s_across, key  # across it: as before
+
+
+def test_ambient_light_lifts_the_camera_image():
+    a = simulate_item(SimConfig(seed=8, faults=0), 0).images["rgb"].astype(float)
+    b = simulate_item(SimConfig(seed=8, faults=0, line_overrides={"ambient_rgb": (30, 20, 0)}), 0).images["rgb"].astype(float)
+    lift = (b - a).reshape(-1, 3).mean(axis=0)
+    assert lift[0] > 20 and 12 < lift[1] < lift[0] and abs(lift[2]) < 3
+
+
+@pytest.mark.parametrize("param, message", [
+    ("foo=1", "valid keys: kvp"), ("kvp=abc", "is not a number"), ("xray_gain=1.1", "2 comma-separated numbers"),
+    ("kvp=20", "outside its range"), ("kvp", "expected KEY=VALUE"),
+])
+def test_bad_line_parameters_exit_2_with_a_clear_message(tmp_path, capsys, param, message):
+    from sorter.cli import main
+
+    rc = main(["simulate", "--items", "2", "--out", str(tmp_path / "x"), "--line-param", param])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x" / "items.jsonl").exists()
+
+
+def test_cli_writes_a_shifted_line_and_leaves_families_out(tmp_path):
+    from sorter.cli import main
+
+    out = tmp_path / "shift"
+    rc = main(["simulate", "--items", "30", "--seed", "4", "--workers", "1", "--out", str(out), "--line", "b",
+               "--line-param", "kvp=120", "--line-param", "xray_gain=1.05,0.97", "--exclude-family", "li_pack_tool",
+               "--exclude-family", "lead_auto"])
+    assert rc == 0
+    meta = read_meta(out)
+    assert meta.line == "sim-b+kvp=120+xray_gain=1.05,0.97"
+    fams = {ln.record.extra["product_family"] for ln in iter_log(out)}
+    assert fams and not fams & {"li_pack_tool", "lead_auto"}
+
+
+# ---------------------------------------------------------------------------- product families, energy
+
+
+def test_every_record_names_a_documented_product_family_and_li_ion_energy():
+    from sorter.simulate.items import PRODUCT_FAMILIES
+
+    cfg = SimConfig(seed=9, faults=0)
+    seen = set()
+    for i in range(250):
+        e = simulate_item(cfg, i).record.extra
+        assert e["product_family"] in PRODUCT_FAMILIES
+        seen.add(e["product_family"])
+        if e["chemistry_truth"].startswith("li_ion"):
+            wh_per_kg = e["energy_wh"] / (e["true_mass_g"] / 1000)
+            assert 60 <= wh_per_kg <= 300, (e["product"], wh_per_kg)
+    assert len(seen) >= 15
+
+
+def test_unknown_li_ion_products_have_a_rated_energy():
+    from sorter.simulate.items import rated_energy_wh, unknown_product
+
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        p = unknown_product("li_ion", rng)
+        assert p.nominal_v and p.nominal_ah and p.energy_wh == rated_energy_wh(p) > 0
+        assert 70 <= p.energy_wh / p.mass_kg <= 276
+    for p in CATALOG:  # catalogue products without a published Ah get one too
+        if p.family == "li_ion":
+            assert rated_energy_wh(p) > 0
+
+
+def test_leave_family_out_is_deterministic_and_complete():
+    cfg = SimConfig(seed=10, faults=0, exclude_families=("li_dropin", "lead_auto", "contaminant_stone"))
+    fams = [simulate_item(cfg, i).record.extra["product_family"] for i in range(120)]
+    assert not set(fams) & set(cfg.exclude_families)
+    assert fams[:20] == [simulate_item(cfg, i).record.extra["product_family"] for i in range(20)]
+    only = SimConfig(seed=10, faults=0, only_families=("li_module",))
+    assert {simulate_item(only, i).record.extra["product_family"] for i in range(8)} == {"li_module"}
+
+
+def test_unknown_family_is_refused_listing_the_vocabulary():
+    with pytest.raises(SimulationError, match="valid families: lead_auto"):
+        SimConfig(exclude_families=("lead",))
+
+
+def test_named_shifts_are_valid_lines_that_declare_what_differs():
+    from sorter.simulate.shifts import SHIFTS, shifted_config
+
+    base = SimConfig(line="a").meta()
+    for name in SHIFTS:
+        cfg = shifted_config(name, items=3, seed=1)
+        meta = cfg.meta()
+        assert meta.line != base.line, name
+        item = simulate_item(cfg, 0)
+        assert item.record.extra["product_family"]
+    assert shifted_config("spectrum").meta().xray_energies_kev != base.xray_energies_kev
+    assert shifted_config("pitch").meta().xray_mm_per_px == 2.5
+    with pytest.raises(SimulationError, match="choose one of spectrum"):
+        shifted_config("nope")

@@ -273,7 +273,7 @@ def build_li_ion(p: Product, rng: np.random.Generator, in_catalog: bool = True) 
         wrap = _pick_rgb(rng, SHRINK_COLOURS)
         app = Appearance("cell", wrap, shape="cylinder", label=str(rng.choice(["brand", "li_text", "none"])),
                          accent_rgb=_pick_rgb(rng, SHRINK_COLOURS), gloss=0.6)
-        return Instance(p.name, p.chemistry, "li_ion", in_catalog, (L, W, H), prims, app, 0.9, energy_wh=p.energy_wh)
+        return Instance(p.name, p.chemistry, "li_ion", in_catalog, (L, W, H), prims, app, 0.9, energy_wh=rated_energy_wh(p))
     if kind in ("pouch_cell", "prismatic_cell"):
         fr = CELL_FRACTIONS["pouch" if kind == "pouch_cell" else "prismatic"]
         t = 0.15 if kind == "pouch_cell" else 0.8
@@ -285,7 +285,7 @@ def build_li_ion(p: Product, rng: np.random.Generator, in_catalog: bool = True) 
         app = Appearance("cell", colour, label=str(rng.choice(["brand", "li_text", "warning", "none"])), gloss=0.7,
                          posts=kind == "prismatic_cell", post_rgb=(200, 200, 205))
         return Instance(p.name, p.chemistry, "li_ion", in_catalog, (L, W, H), prims, app, 0.3 if kind == "pouch_cell" else 0.5,
-                        energy_wh=p.energy_wh)
+                        energy_wh=rated_energy_wh(p))
     return _build_pack(p, kind, rng, L, W, H, mass, cath, in_catalog)
 
 
@@ -387,7 +387,7 @@ def _build_pack(p, kind, rng, L, W, H, mass, cath, in_catalog) -> Instance:
         app = Appearance("pack", base, accent_rgb=_pick_rgb(rng, LI_BRAND_COLOURS + [(20, 20, 20)]),
                          label=str(rng.choice(["brand", "li_text", "warning", "none"], p=[0.4, 0.25, 0.15, 0.2])), gloss=0.4)
     return Instance(p.name, p.chemistry, "li_ion", in_catalog, (L, W, H), prims, app, 0.94,
-                    energy_wh=p.energy_wh, extra={"cells": cells_desc})
+                    energy_wh=rated_energy_wh(p), extra={"cells": cells_desc})
 
 
 # ---------------------------------------------------------------------------- other batteries
@@ -503,15 +503,121 @@ def unknown_product(family: str, rng: np.random.Generator) -> Product:
         chem = "li_ion_lfp"
         if rng.random() < 0.3:
             dens = rng.uniform(0.9, 1.5)
+            mass = L * W * H * 1e-6 * dens
             return Product(f"unknown LFP steel case pack {int(L)}x{int(W)}", chem, "li_ion", L, W, H,
-                           L * W * H * 1e-6 * dens, 12.8, None)
+                           mass, 12.8, _nominal_ah(mass, 12.8, SPECIFIC_ENERGY_WH_KG["dropin_steel"]))
     elif style == 1:  # a tool or appliance pack
         L, W, H = rng.uniform(80, 200), rng.uniform(50, 110), rng.uniform(35, 90)
     else:  # a long e-mobility pack
         L, W, H = rng.uniform(250, 450), rng.uniform(70, 130), rng.uniform(40, 110)
     dens = rng.uniform(0.75, 1.6)
+    mass = L * W * H * 1e-6 * dens
+    lfp = chem == "li_ion_lfp"
+    volts = 12.8 if lfp else (18.0 if style == 1 else 36.0)
+    spec = SPECIFIC_ENERGY_WH_KG["dropin" if style == 0 else ("pack_lfp" if lfp else "pack")]
     return Product(f"unknown {chem} pack {int(L)}x{int(W)}", chem, "li_ion", L, W, H,
-                   L * W * H * 1e-6 * dens, 12.8 if chem == "li_ion_lfp" else 36.0, None)
+                   mass, volts, _nominal_ah(mass, volts, spec))
+
+
+# Rated specific energy (Wh per kg of the whole item) assumed where a product's Ah is not
+# published: inside the reference range for Li-ion items (70-276 Wh/kg).
+SPECIFIC_ENERGY_WH_KG: dict[str, float] = {
+    "cyl_cell": 230.0, "cyl_cell_lfp": 120.0, "pouch_cell": 180.0, "prismatic_cell": 170.0,
+    "prismatic_cell_lfp": 140.0, "module": 140.0, "dropin": 95.0, "dropin_steel": 80.0,
+    "pack": 140.0, "pack_lfp": 100.0,
+}
+
+
+def _nominal_ah(mass_kg: float, volts: float, wh_per_kg: float) -> float:
+    return round(mass_kg * wh_per_kg / volts, 2)
+
+
+def rated_energy_wh(p: Product) -> float | None:
+    """Rated energy (V x Ah) of a Li-ion product; for products whose voltage or capacity
+    is not published, a nominal one from the mass and the kind's specific energy
+    (:data:`SPECIFIC_ENERGY_WH_KG`). ``None`` for other chemistries."""
+    if p.family != "li_ion":
+        return p.energy_wh
+    if p.energy_wh is not None:
+        return p.energy_wh
+    kind = _li_kind(p)
+    lfp = p.chemistry == "li_ion_lfp"
+    key = kind if kind in SPECIFIC_ENERGY_WH_KG else "pack"
+    if kind == "dropin" and "steel case" in p.name:
+        key = "dropin_steel"
+    elif lfp and f"{key}_lfp" in SPECIFIC_ENERGY_WH_KG:
+        key = f"{key}_lfp"
+    volts = p.nominal_v or (3.2 if lfp else 3.6)
+    return volts * _nominal_ah(p.mass_kg, volts, SPECIFIC_ENERGY_WH_KG[key])
+
+
+# ---------------------------------------------------------------------------- product families
+
+# A small vocabulary of product families, for leave-family-out experiments (``product_family``
+# in each record's truth fields).  Unknown products get the family of what they physically are.
+PRODUCT_FAMILIES: dict[str, str] = {
+    "lead_auto": "automotive starter and AGM batteries (BCI/DIN groups)",
+    "lead_traction": "deep-cycle traction and stationary cells (golf-cart GC2/GC8, 2 V OPzS)",
+    "lead_moto": "motorcycle and powersport batteries",
+    "lead_vrla_small": "sealed VRLA/SLA blocks under 8 kg (alarm, UPS, toys); unknown lead-acid under 8 kg",
+    "lead_vrla_large": "sealed VRLA/SLA blocks of 8 kg and more; unknown lead-acid of 8 kg and more",
+    "li_dropin": "lead-acid-format LFP drop-in batteries in plastic cases",
+    "li_dropin_steel": "LFP batteries in sheet-steel cases",
+    "li_pack_tool": "power-tool and appliance packs (under 30 V)",
+    "li_pack_ebike": "e-bike, hoverboard and other e-mobility packs (30 V and more)",
+    "li_pack_escooter": "e-scooter packs, 10S/13S of 18650/21700 cells in odd shapes (line c only)",
+    "li_powerbank": "power banks: a few cells or a pouch in a small shell (line c only)",
+    "li_cell_cyl": "bare cylindrical cells (18650, 21700, ...)",
+    "li_cell_pouch_prismatic": "bare pouch and prismatic cells",
+    "li_module": "EV and storage modules",
+    "other_nimh_nicd": "NiMH and NiCd modules and packs",
+    "other_alkaline": "alkaline primary cells",
+    "contaminant_steel": "steel parts",
+    "contaminant_plastic": "plastic boxes, some with contents",
+    "contaminant_wood": "wood blocks",
+    "contaminant_stone": "stones",
+    "contaminant_glass": "glass bottles",
+    "contaminant_pet": "PET bottles",
+}
+
+_CONTAMINANT_FAMILY = {"steel_part": "contaminant_steel", "plastic_box": "contaminant_plastic",
+                       "wood_block": "contaminant_wood", "stone": "contaminant_stone",
+                       "glass_bottle": "contaminant_glass", "pet_bottle": "contaminant_pet"}
+
+
+def contaminant_family(kind: str) -> str:
+    return _CONTAMINANT_FAMILY[kind]
+
+
+def product_family(p: Product) -> str:
+    """The product family (a key of :data:`PRODUCT_FAMILIES`) of a battery product."""
+    n = p.name.lower()
+    if p.family == "lead_acid":
+        if "yuasa" in n or "moto" in n:
+            return "lead_moto"
+        if "trojan" in n or "gc2" in n or "gc8" in n or "opzs" in n or "traction" in n:
+            return "lead_traction"
+        if "bci" in n or "din " in n or "sli" in n or "optima" in n or "truck" in n:
+            return "lead_auto"
+        return "lead_vrla_small" if p.mass_kg < 8 else "lead_vrla_large"
+    if p.family == "li_ion":
+        if "e-scooter" in n:
+            return "li_pack_escooter"
+        if "power bank" in n:
+            return "li_powerbank"
+        kind = _li_kind(p)
+        if kind == "cyl_cell":
+            return "li_cell_cyl"
+        if kind in ("pouch_cell", "prismatic_cell"):
+            return "li_cell_pouch_prismatic"
+        if kind == "module":
+            return "li_module"
+        if kind == "dropin":
+            return "li_dropin_steel" if "steel case" in n else "li_dropin"
+        return "li_pack_ebike" if (p.nominal_v or 0) >= 30 else "li_pack_tool"
+    if p.chemistry == "alkaline":
+        return "other_alkaline"
+    return "other_nimh_nicd"
 
 
 def build(p: Product, rng: np.random.Generator, in_catalog: bool = True) -> Instance:

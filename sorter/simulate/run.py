@@ -15,19 +15,24 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from ..catalog import Product, load_catalog
 from ..errors import SimulationError
 from ..readings import ItemRecord, LogMeta
-from .items import CONTAMINANTS, Instance, _li_kind, build, build_contaminant, unknown_product
-from .sensors import LINES, LineProfile, areal_density, outline, read_profiler, read_scale, read_thermal, render_rgb, render_xray
+from .items import (CONTAMINANTS, PRODUCT_FAMILIES, Instance, _li_kind, build, build_contaminant, contaminant_family,
+                    product_family, unknown_product)
+from .sensors import (LINES, LineProfile, apply_overrides, areal_density, outline, read_profiler, read_scale, read_thermal,
+                      render_rgb, render_xray)
 
 log = logging.getLogger(__name__)
 
 SENSORS = ("scale", "profiler", "xray", "camera", "thermal")
+# Line presets: "a" and "b" share one renderer (sensors.py); "c" has its own (linec.py).
+ALL_LINES = ("a", "b", "c")
+MAX_REDRAWS = 2000  # draws per item before a family filter is declared unsatisfiable
 
 
 @dataclass(frozen=True)
@@ -71,26 +76,74 @@ class SimConfig:
     t0: float = 1_790_000_000.0
     rate_hz: float = 2.0  # mean items per second on the belt (sets timestamps)
     extra_catalogs: tuple[str, ...] = ()
+    line_overrides: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
+    """Values replacing the line preset's (keys: the fields of ``LineProfile`` for lines a/b,
+    of ``linec.LineCProfile`` for line c); numbers, tuples, or text like ``"1.05,0.97"``."""
+    line_name: str | None = None  # the line name declared in meta.json (default sim-<line>[+key=value...])
+    exclude_families: tuple[str, ...] = ()  # product families never drawn (leave-family-out)
+    only_families: tuple[str, ...] = ()  # if set, only these product families are drawn
 
     def __post_init__(self) -> None:
         if self.items < 0:
             raise SimulationError(f"--items must be >= 0, got {self.items}")
         if self.mix not in MIXES:
             raise SimulationError(f"unknown --mix {self.mix!r}; choose one of {sorted(MIXES)}")
-        if self.line not in LINES:
-            raise SimulationError(f"unknown --line {self.line!r}; choose one of {sorted(LINES)}")
+        if self.line not in ALL_LINES:
+            raise SimulationError(f"unknown --line {self.line!r}; choose one of {list(ALL_LINES)}")
         if not 0 <= self.faults <= 1:
             raise SimulationError(f"--faults is a probability in [0, 1], got {self.faults}")
+        ov = self.line_overrides
+        items = sorted(ov.items()) if isinstance(ov, Mapping) else sorted(tuple(kv) for kv in ov)
+        object.__setattr__(self, "line_overrides", tuple((str(k), v if not isinstance(v, list) else tuple(v))
+                                                         for k, v in items))
+        for opt, fams in (("--exclude-family", self.exclude_families), ("--only-family", self.only_families)):
+            if isinstance(fams, str):
+                fams = (fams,)
+            object.__setattr__(self, "exclude_families" if opt[2] == "e" else "only_families", tuple(fams))
+            bad = [f for f in fams if f not in PRODUCT_FAMILIES]
+            if bad:
+                raise SimulationError(f"{opt}: unknown product family {bad[0]!r}; valid families: "
+                                      + ", ".join(PRODUCT_FAMILIES))
+        if self.line_name is not None and not str(self.line_name).strip():
+            raise SimulationError("--line-name must not be empty")
+        self.profile()  # refuse bad overrides now, not in a worker
+
+    def profile(self):
+        """The line's sensor profile with ``line_overrides`` applied."""
+        if self.line == "c":
+            from .linec import LINE_C
+
+            return apply_overrides(LINE_C, dict(self.line_overrides))
+        return apply_overrides(LINES[self.line], dict(self.line_overrides))
+
+    def declared_line(self) -> str:
+        """The line name written to meta.json."""
+        if self.line_name:
+            return str(self.line_name)
+        return f"sim-{self.profile().name}"
+
+    def family_allowed(self, family: str) -> bool:
+        if self.only_families and family not in self.only_families:
+            return False
+        return family not in self.exclude_families
 
     def meta(self) -> LogMeta:
-        line = LINES[self.line]
+        line = self.profile()
         ch = line.channels().mean_energy()
+        sim: dict[str, Any] = {"seed": self.seed, "mix": self.mix, "line": self.line, "faults": self.faults}
+        if self.line_overrides:
+            sim["line_overrides"] = {k: (list(getattr(line, k)) if isinstance(getattr(line, k), tuple) else getattr(line, k))
+                                     for k, _ in self.line_overrides}
+        if self.exclude_families:
+            sim["exclude_families"] = list(self.exclude_families)
+        if self.only_families:
+            sim["only_families"] = list(self.only_families)
         return LogMeta(
-            line=f"sim-{line.name}",
-            xray_mm_per_px=line.xray_mm_per_px,
+            line=self.declared_line(),
+            xray_mm_per_px=float(line.xray_mm_per_px),
             xray_energies_kev=(round(ch[0], 1), round(ch[1], 1)),
-            camera_mm_per_px=line.camera_mm_per_px,
-            extra={"simulator": {"seed": self.seed, "mix": self.mix, "line": self.line, "faults": self.faults}},
+            camera_mm_per_px=float(line.camera_mm_per_px),
+            extra={"simulator": sim},
         )
 
 
@@ -129,27 +182,46 @@ def _choice(rng: np.random.Generator, shares: dict[str, float]) -> str:
     return keys[int(rng.choice(len(keys), p=p / p.sum()))]
 
 
-def _draw_instance(cfg: SimConfig, rng: np.random.Generator) -> Instance:
+def _draw_product(cfg: SimConfig, rng: np.random.Generator) -> tuple[str, Any, bool]:
+    """One draw from the intake, before anything is built: ``("product", Product, in_catalog)`` or
+    ``("contaminant", kind, False)``, so a family filter can refuse it cheaply.  The generator is
+    used in the same order as before the filter existed: logs without a filter are unchanged."""
     mix = MIXES[cfg.mix]
     cat = _catalog(cfg.extra_catalogs)
     fam = _choice(rng, mix.family)
     if fam == "lead_acid":
         if rng.random() < mix.unknown_rate:
-            return build(unknown_product("lead_acid", rng), rng, in_catalog=False)
-        return build(cat.lead[int(rng.integers(len(cat.lead)))], rng)
+            return "product", unknown_product("lead_acid", rng), False
+        return "product", cat.lead[int(rng.integers(len(cat.lead)))], True
     if fam == "li_ion":
         kind = _choice(rng, mix.li_kinds)
         if kind == "unknown" or kind not in cat.li:
-            inst = build(unknown_product("li_ion", rng), rng, in_catalog=False)
-        else:
-            prods = cat.li[kind]
-            inst = build(prods[int(rng.integers(len(prods)))], rng)
-        if rng.random() < mix.damaged_li_rate:
-            _damage(inst, rng)
-        return inst
+            return "product", unknown_product("li_ion", rng), False
+        prods = cat.li[kind]
+        return "product", prods[int(rng.integers(len(prods)))], True
     if _choice(rng, mix.other_kinds) == "battery" and cat.other:
-        return build(cat.other[int(rng.integers(len(cat.other)))], rng)
-    return build_contaminant(CONTAMINANTS[int(rng.integers(len(CONTAMINANTS)))], rng)
+        return "product", cat.other[int(rng.integers(len(cat.other)))], True
+    return "contaminant", CONTAMINANTS[int(rng.integers(len(CONTAMINANTS)))], False
+
+
+def _draw_instance(cfg: SimConfig, rng: np.random.Generator) -> Instance:
+    for _ in range(MAX_REDRAWS):
+        what, obj, in_cat = _draw_product(cfg, rng)
+        family = product_family(obj) if what == "product" else contaminant_family(obj)
+        if cfg.family_allowed(family):
+            break
+    else:
+        raise SimulationError(
+            f"no product family left to draw after {MAX_REDRAWS} tries: --only-family {list(cfg.only_families)} "
+            f"--exclude-family {list(cfg.exclude_families)} leave nothing of mix {cfg.mix!r}; widen the filter")
+    if what == "contaminant":
+        inst = build_contaminant(obj, rng)
+    else:
+        inst = build(obj, rng, in_catalog=in_cat)
+        if inst.family == "li_ion" and rng.random() < MIXES[cfg.mix].damaged_li_rate:
+            _damage(inst, rng)
+    inst.extra["product_family"] = family
+    return inst
 
 
 def _damage(inst: Instance, rng: np.random.Generator) -> None:
@@ -206,8 +278,12 @@ def hard_cases(inst: Instance, pose: str, xl: np.ndarray | None, dropped: list[s
 
 def simulate_item(cfg: SimConfig, index: int) -> SimItem:
     """Simulate item ``index`` of a log (deterministic for ``(cfg.seed, index)``)."""
+    if cfg.line == "c":
+        from .linec import simulate_item_c
+
+        return simulate_item_c(cfg, index)
     rng = np.random.default_rng([cfg.seed, index])
-    line = LINES[cfg.line]
+    line = cfg.profile()
     inst = _draw_instance(cfg, rng)
     pose = _pose(inst, rng)
     inst.pose = pose
@@ -244,6 +320,7 @@ def simulate_item(cfg: SimConfig, index: int) -> SimItem:
         "damage": inst.damage,
         "true_mass_g": round(mass_g, 1),
         "energy_wh": None if inst.energy_wh is None else round(inst.energy_wh, 1),
+        "product_family": inst.extra["product_family"],
         "ambient_c": round(ambient, 2),
         "hard_cases": hard_cases(inst, pose, xl, dropped, line),
     }
@@ -295,8 +372,13 @@ def iter_written(cfg: SimConfig, out_dir: str, workers: int = 1, png_level: int 
     yield each record (image paths set) and its image bytes.  The caller appends the
     records to ``items.jsonl``: a line is written only after its images exist."""
     if workers <= 1:
-        for i in range(cfg.items):
-            yield _write_item(cfg, i, png_level, out_dir)
+        from threadpoolctl import threadpool_limits
+
+        # one BLAS thread, as in the worker processes: a multi-threaded matrix product may sum
+        # in another order, and a log must be the same whatever the number of workers
+        with threadpool_limits(1):
+            for i in range(cfg.items):
+                yield _write_item(cfg, i, png_level, out_dir)
         return
     import multiprocessing as mp
 
@@ -325,6 +407,7 @@ class SimSummary:
     hard_cases: Counter = field(default_factory=Counter)
     poses: Counter = field(default_factory=Counter)
     products: Counter = field(default_factory=Counter)
+    families: Counter = field(default_factory=Counter)
     bytes_written: int = 0
     seconds: float = 0.0
 
@@ -335,6 +418,7 @@ class SimSummary:
             self.hard_cases[tag] += 1
         self.poses[rec.extra.get("pose", "?")] += 1
         self.products[rec.extra.get("product", "?")] += 1
+        self.families[rec.extra.get("product_family", "?")] += 1
         self.bytes_written += nbytes
 
     def format(self) -> str:
@@ -344,6 +428,7 @@ class SimSummary:
             "labels: " + ", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())),
             "poses: " + ", ".join(f"{k}={v}" for k, v in sorted(self.poses.items())),
             f"distinct products: {len(self.products)}",
+            "product families: " + ", ".join(f"{k}={v}" for k, v in sorted(self.families.items())),
             "hard cases: " + (", ".join(f"{k}={v}" for k, v in sorted(self.hard_cases.items())) or "none"),
             f"mean size per item: {self.bytes_written / max(1, self.items) / 1000:.1f} kB",
         ]

@@ -44,9 +44,30 @@ class LineProfile:
     scale_rel_noise: float
     profiler_noise_mm: float
     thermal_noise_c: float
+    # Knobs for what else differs between real lines; the defaults leave lines a and b as they were.
+    front_scint_mm: float = 0.3  # front (low-channel) scintillator thickness
+    back_scint_mm: float = 4.0  # back (high-channel) scintillator thickness
+    xray_gain: tuple[float, float] = (1.0, 1.0)  # detector gain error per channel (low, high), on T
+    xray_offset: tuple[float, float] = (0.0, 0.0)  # detector offset per channel, in transmission units
+    belt_speed_m_s: float = 0.0  # 0: no motion blur
+    xray_integration_ms: float = 1.0  # X-ray line integration time (motion blur = speed x time)
+    camera_exposure_ms: float = 1.0  # camera exposure time (motion blur = speed x time)
+    ambient_rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)  # stray ambient light added, DN per channel
+    scale_offset_g: float = 0.0  # scale zero offset
+    thermal_offset_c: float = 0.0  # thermal camera offset
+    profiler_offset_mm: float = 0.0  # profiler offset on each of length, width, height
 
     def channels(self) -> XrayChannels:
-        return detector_channels(self.kvp, self.tube_filter_al_mm, 0.3, self.mid_filter_cu_mm, 4.0)
+        return detector_channels(self.kvp, self.tube_filter_al_mm, self.front_scint_mm, self.mid_filter_cu_mm,
+                                 self.back_scint_mm)
+
+    def xray_blur_px(self) -> float:
+        """Motion blur of the X-ray image along the belt (px): belt speed x integration time / pitch."""
+        return self.belt_speed_m_s * self.xray_integration_ms / self.xray_mm_per_px
+
+    def camera_blur_px(self) -> float:
+        """Motion blur of the camera image along the belt (px): belt speed x exposure time / pitch."""
+        return self.belt_speed_m_s * self.camera_exposure_ms / self.camera_mm_per_px
 
 
 LINES: dict[str, LineProfile] = {
@@ -68,6 +89,110 @@ LINES: dict[str, LineProfile] = {
         scale_noise_g=5.0, scale_rel_noise=0.004, profiler_noise_mm=2.0, thermal_noise_c=0.8,
     ),
 }
+
+# Limits of the knobs (a value outside is refused with its range named).
+_RANGES: dict[str, tuple[float, float]] = {
+    "kvp": (40.0, 450.0), "tube_filter_al_mm": (0.0, 20.0), "mid_filter_cu_mm": (0.0, 10.0),
+    "photons_low": (10.0, 1e9), "photons_high": (10.0, 1e9), "electronic_noise": (0.0, 0.1),
+    "xray_mm_per_px": (0.5, 10.0), "camera_mm_per_px": (0.5, 10.0), "white_balance": (0.1, 5.0),
+    "exposure": (0.05, 5.0), "camera_noise": (0.0, 60.0), "belt_rgb": (0, 255), "blur_sigma_px": (0.0, 10.0),
+    "scale_noise_g": (0.0, 1000.0), "scale_rel_noise": (0.0, 0.2), "profiler_noise_mm": (0.0, 50.0),
+    "thermal_noise_c": (0.0, 20.0), "front_scint_mm": (0.01, 5.0), "back_scint_mm": (0.1, 20.0),
+    "xray_gain": (0.5, 2.0), "xray_offset": (-0.1, 0.1), "belt_speed_m_s": (0.0, 10.0),
+    "xray_integration_ms": (0.0, 50.0), "camera_exposure_ms": (0.0, 50.0), "ambient_rgb": (-50.0, 120.0),
+    "scale_offset_g": (-5000.0, 5000.0), "thermal_offset_c": (-30.0, 30.0), "profiler_offset_mm": (-50.0, 50.0),
+    # line c's own fields
+    "tube_filter_cu_mm": (0.0, 10.0), "k_line_fraction": (0.0, 0.5), "front_csi_mm": (0.01, 5.0),
+    "back_csi_mm": (0.1, 20.0), "quanta_low": (10.0, 1e9), "quanta_high": (10.0, 1e9), "read_noise_adu": (0.0, 1000.0),
+    "dark_adu": (0.0, 4000.0), "air_adu": (100.0, 65535.0), "adc_bits": (8, 16), "column_gain_sd": (0.0, 0.2),
+    "supersample": (1, 4), "colour_cast": (0.1, 5.0), "sharpen": (0.0, 5.0), "jpeg_quality": (10, 100),
+    "scale_gain": (0.5, 1.5), "thermal_emissivity_assumed": (0.05, 1.0), "unknown_rate": (0.0, 1.0),
+}
+
+
+def _coerce(key: str, value: object, default: object, where: str) -> object:
+    """``value`` (a number, a sequence, or text like ``"1.05,0.97"``) as the type of ``default``."""
+    from ..errors import SimulationError
+
+    def num(v: object) -> float:
+        if isinstance(v, bool):
+            raise ValueError
+        f = float(v)  # type: ignore[arg-type]
+        if not math.isfinite(f):
+            raise ValueError
+        return f
+
+    try:
+        if isinstance(default, tuple):
+            parts = [p for p in value.split(",")] if isinstance(value, str) else list(value)  # type: ignore[union-attr]
+            if len(parts) != len(default):
+                raise ValueError
+            vals: tuple = tuple(num(p) for p in parts)
+            if isinstance(default[0], int):
+                vals = tuple(int(round(v)) for v in vals)
+        else:
+            vals = (num(value),)
+    except (TypeError, ValueError):
+        shape = f"{len(default)} comma-separated numbers" if isinstance(default, tuple) else "a number"
+        raise SimulationError(f"{where}: {key}={value!r} is not {shape} (default {default!r})") from None
+    lo, hi = _RANGES.get(key, (-math.inf, math.inf))
+    for v in vals:
+        if not lo <= v <= hi:
+            raise SimulationError(f"{where}: {key}={value!r} is outside its range [{lo:g}, {hi:g}]")
+    if isinstance(default, tuple):
+        return vals
+    return int(round(vals[0])) if isinstance(default, int) and not isinstance(default, bool) else vals[0]
+
+
+def overridable_keys(profile: object) -> list[str]:
+    """Field names of a line profile that ``line_overrides`` / ``--line-param`` may set."""
+    from dataclasses import fields
+
+    return [f.name for f in fields(profile) if f.name != "name"]  # type: ignore[arg-type]
+
+
+def apply_overrides(profile, overrides, where: str = "--line-param"):
+    """A copy of ``profile`` (any frozen line-profile dataclass) with ``overrides`` applied.
+
+    Unknown keys and bad values raise :class:`~sorter.errors.SimulationError` naming the
+    valid keys or the expected form.  The copy's ``name`` gains ``+key=value`` for each
+    override, so caches keyed on the profile never serve the preset's values.
+    """
+    from dataclasses import replace as _replace
+
+    from ..errors import SimulationError
+
+    if not overrides:
+        return profile
+    valid = overridable_keys(profile)
+    changes: dict[str, object] = {}
+    for key, value in dict(overrides).items():
+        if key not in valid:
+            raise SimulationError(
+                f"{where}: unknown line parameter {key!r} for line {profile.name!r}; valid keys: {', '.join(valid)}")
+        changes[key] = _coerce(key, value, getattr(profile, key), where)
+    suffix = "".join(f"+{k}={_fmt(v)}" for k, v in sorted(changes.items()))
+    return _replace(profile, name=profile.name + suffix, **changes)
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, tuple):
+        return ",".join(_fmt(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def motion_blur(img: np.ndarray, px: float) -> np.ndarray:
+    """Box blur of ``px`` pixels (fractional ends) along the image's vertical axis, the
+    belt's direction of travel."""
+    if px <= 1e-3:
+        return img
+    n = int(math.floor(px))
+    k = np.ones(n + 2 if px > n else n, np.float32)
+    if px > n:
+        k[0] = k[-1] = (px - n) / 2
+    k /= k.sum()
+    return cv2.filter2D(img, -1, k.reshape(-1, 1), borderType=cv2.BORDER_REPLICATE)
+
 
 MARGIN_MM = 16.0
 _BANK_SIZE = 1 << 22
@@ -95,8 +220,9 @@ def gaussian_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarr
 
 
 @lru_cache(maxsize=512)
-def _mu_for(materials: tuple[str, ...], line_name: str) -> tuple[np.ndarray, np.ndarray]:
-    ch = LINES[line_name].channels()
+def _mu_for(materials: tuple[str, ...], line: LineProfile) -> tuple[np.ndarray, np.ndarray]:
+    # keyed on the whole (frozen) profile: an overridden profile never gets the preset's values
+    ch = line.channels()
     return mu_matrix(materials, ch.energies_kev), ch.weights.T.astype(np.float32)
 
 
@@ -200,8 +326,7 @@ def render_xray(
     sigma: np.ndarray, materials: tuple[str, ...], line: LineProfile, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Low and high channel images (uint16, 65535 = air) with counting noise and a floor."""
-    mu, weights = _mu_for(materials, line.name) if LINES.get(line.name) == line else (
-        mu_matrix(materials, line.channels().energies_kev), line.channels().weights.T.astype(np.float32))
+    mu, weights = _mu_for(materials, line)
     h, w, m = sigma.shape
     flat = sigma.reshape(-1, m)
     occupied = np.flatnonzero(flat.any(axis=1))
@@ -212,11 +337,16 @@ def render_xray(
         np.exp(optical, out=optical)
         t[:, occupied] = (optical @ weights).T
     out = []
+    blur = line.xray_blur_px()
     for c, n0 in enumerate((line.photons_low, line.photons_high)):
         tc = t[c].reshape(h, w)
+        if blur > 1e-3:
+            tc = motion_blur(tc, blur)
         # Poisson counting noise (Gaussian approximation) plus detector read noise
         sd = np.sqrt(tc * np.float32(1 / n0) + np.float32(line.electronic_noise**2))
         meas = tc + gaussian_noise(rng, (h, w)) * sd
+        if line.xray_gain[c] != 1.0 or line.xray_offset[c] != 0.0:
+            meas = meas * np.float32(line.xray_gain[c]) + np.float32(line.xray_offset[c])
         np.clip(meas, 0.0, 1.0, out=meas)
         out.append(np.rint(meas * U16).astype(np.uint16))
     return out[0], out[1]
@@ -311,8 +441,11 @@ def render_rgb(inst: Instance, pose: str, size: tuple[float, float, float], angl
         hl = np.outer(np.exp(-((ys - hy) ** 2) / sd2), np.exp(-((xs - hx) ** 2) / sd2))
         out += (60 * app.gloss * hl * mask)[:, :, None]
     out *= cv2.merge([vign * np.float32(gain * wb) for wb in line.white_balance])
+    if any(line.ambient_rgb):
+        out += np.array(line.ambient_rgb, np.float32)
     sig = rng.uniform(*line.blur_sigma_px)
     out = cv2.GaussianBlur(out, (0, 0), sig)
+    out = motion_blur(out, line.camera_blur_px())
     out += gaussian_noise(rng, out.shape) * np.float32(line.camera_noise)
     np.clip(out, 0, 255, out=out)
     return out.astype(np.uint8)
@@ -322,7 +455,7 @@ def render_rgb(inst: Instance, pose: str, size: tuple[float, float, float], angl
 
 
 def read_scale(mass_g: float, line: LineProfile, rng: np.random.Generator) -> float:
-    return float(round(mass_g + rng.normal(0, line.scale_noise_g + line.scale_rel_noise * mass_g), 1))
+    return float(round(mass_g + line.scale_offset_g + rng.normal(0, line.scale_noise_g + line.scale_rel_noise * mass_g), 1))
 
 
 def read_profiler(poly_mm: np.ndarray, height_mm: float, angle_deg: float, line: LineProfile,
@@ -333,9 +466,9 @@ def read_profiler(poly_mm: np.ndarray, height_mm: float, angle_deg: float, line:
     pts = (poly_mm @ rot.T).astype(np.float32)
     (_, _), (w, h), _ = cv2.minAreaRect(pts)
     length, width = max(w, h), min(w, h)
-    n = line.profiler_noise_mm
-    length, width = length + rng.normal(0, n), width + rng.normal(0, n)
-    height = height_mm + rng.normal(0, n)
+    n, off = line.profiler_noise_mm, line.profiler_offset_mm
+    length, width = length + off + rng.normal(0, n), width + off + rng.normal(0, n)
+    height = height_mm + off + rng.normal(0, n)
     length, width = max(length, width), min(length, width)
     return (round(max(length, 1.0), 1), round(max(width, 1.0), 1), round(max(height, 1.0), 1))
 
@@ -349,4 +482,4 @@ def read_thermal(inst: Instance, ambient_c: float, line: LineProfile, rng: np.ra
     t_item = ambient_c + inst.heat_c + rng.normal(0, 0.8)  # storage lag: items are not all at ambient
     # radiometric mix (linearised): reading = eps*T_item + (1-eps)*T_reflected
     reading = inst.emissivity * t_item + (1 - inst.emissivity) * (ambient_c - 2.0)
-    return float(round(reading + rng.normal(0, line.thermal_noise_c), 2))
+    return float(round(reading + line.thermal_offset_c + rng.normal(0, line.thermal_noise_c), 2))
