@@ -9,7 +9,8 @@
    with each sensor removed in turn.
 2. Another line: a model retrained on a labelled log of line ``b`` (balanced mix, seed
    202) evaluated on a fresh recycler log of line ``b`` (seed 9002); and the shipped
-   model on that log without retraining.
+   model on that log without retraining (with ``--allow-line-mismatch``: by default a model
+   closes lead_acid on a line it was not made for).
 3. Speed: features + model + policy for one item with its images already in memory,
    one thread (as on the line), p50/p99 over 2000 items.
 
@@ -126,13 +127,17 @@ def main(argv=None) -> int:
                                 name="sorter-line-b")
     train_s = time.perf_counter() - t0
     ev_b = evaluate_log(str(test_b), str(reports / "retrained-on-b"), model=model_b, workers=args.workers)
-    ev_ab = evaluate_log(str(test_b), str(reports / "shipped-on-b"), model=shipped, workers=args.workers)
+    # line b is another line: scored as a plant would, lead_acid is closed for it (0 to the breaker by
+    # construction); with the mismatch allowed, this shows what carries over to it on its own
+    ev_ab = evaluate_log(str(test_b), str(reports / "shipped-on-b"), model=shipped, workers=args.workers,
+                         allow_line_mismatch=True)
     lat = one_item_latency(test_a)
 
     sections = [
         ("Shipped model, line a, fresh recycler log", ev_a),
         ("Retrained on line b, fresh recycler log of line b", ev_b),
-        ("Shipped model (line a) on line b without retraining", ev_ab),
+        ("Shipped model (line a) on line b without retraining, --allow-line-mismatch (by default lead_acid is "
+         "closed on another line)", ev_ab),
     ]
     md = ["## Classifier (issue 3)", "",
           "`python -m benchmarks.model_eval` — fresh simulated logs with seeds never used in training "
@@ -161,7 +166,8 @@ def main(argv=None) -> int:
         from sorter.report import model_card
 
         card = model_card(shipped.manifest, {"Line a, fresh recycler log (seed 9001)": ev_a,
-                                             "Line b without retraining (seed 9002) — out of scope": ev_ab})
+                                             "Line b without retraining or calibration, mismatch allowed (seed 9002) "
+                                             "— out of scope": ev_ab})
         (shipped.path / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     return 0
 

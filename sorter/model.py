@@ -4,6 +4,7 @@ A model directory holds
 
 - ``classifier.skops``: features + calibrated chemistry classifier (a scikit-learn Pipeline),
 - ``damage.skops`` (optional): the damaged-Li-ion detector,
+- ``energy.skops`` (optional): the rated-energy regressor of likely Li-ion items (:mod:`sorter.energy`),
 - ``manifest.json``: format version, library versions, feature names, classes, policy
   thresholds, a digest of the training data, metrics, and the sha256 of every file; and the
   model's applicability domain: the training line's declared settings (``line_domain``,
@@ -33,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .domain import LineDomain
+from .energy import EnergyModel
 from .errors import ModelError, ModelIntegrityError
 from .features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
 from .novelty import NoveltyModel
@@ -44,6 +46,7 @@ MODEL_FORMAT = "sorter-model/1"
 MANIFEST = "manifest.json"
 CLASSIFIER_FILE = "classifier.skops"
 DAMAGE_FILE = "damage.skops"
+ENERGY_FILE = "energy.skops"
 
 # Reviewed allow-list: the types skops reports as "untrusted" by default in our
 # pipelines, each checked to be a plain estimator or data holder whose construction
@@ -151,6 +154,7 @@ class SorterModel:
     # Per raw column, (a, b): the column is read as a * value + b before anything else (sorter
     # calibrate maps a new line's measurements onto the training line's); empty: as measured.
     normalisation: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    energy: EnergyModel | None = None  # rated energy estimate and bound of likely Li-ion items
     # Verified fast predictors of the final steps (sorter.fastpredict), built on first use.
     _fast: tuple[Any, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -192,6 +196,21 @@ class SorterModel:
         if self.novelty is None:
             return np.full((raw.shape[0], len(self.classes)), np.nan)
         return self.novelty.score(self.normalise(raw))
+
+    def energy_wh(self, raw: np.ndarray, novelty_li: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rated energy estimate and upper bound (Wh) of raw rows, as :mod:`sorter.energy`
+        defines them; the physical bound where the item is unlike the training Li-ion items
+        (``novelty_li`` above the energy model's threshold) or without an energy model."""
+        raw = np.atleast_2d(raw)
+        if self.energy is None:
+            from .energy import physical_upper_wh
+
+            upper = physical_upper_wh(raw[:, _RAW_INDEX["weight_g"]])
+            return np.full(raw.shape[0], np.nan), upper
+        fallback = None
+        if novelty_li is not None:
+            fallback = np.nan_to_num(novelty_li, nan=np.inf) > self.energy.novelty_max
+        return self.energy.predict(self.normalise(raw), fallback)
 
     def predict(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``(n, 3)`` in :attr:`classes` order and P(damaged) ``(n,)``.
@@ -237,6 +256,11 @@ def save_model(model: SorterModel, out_dir: str | os.PathLike, *, name: str = "s
         files.append(DAMAGE_FILE)
     elif (out / DAMAGE_FILE).exists():
         (out / DAMAGE_FILE).unlink()
+    if model.energy is not None:
+        sio.dump(model.energy.regressor, out / ENERGY_FILE)
+        files.append(ENERGY_FILE)
+    elif (out / ENERGY_FILE).exists():
+        (out / ENERGY_FILE).unlink()
     manifest: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "name": name,
@@ -250,6 +274,8 @@ def save_model(model: SorterModel, out_dir: str | os.PathLike, *, name: str = "s
         manifest["line_domain"] = model.domain.to_json()
     if model.normalisation:
         manifest["normalisation"] = {k: list(v) for k, v in model.normalisation.items()}
+    if model.energy is not None:
+        manifest["energy"] = model.energy.to_json()
     manifest.update(dict(extra_manifest or {}))
     manifest["files"] = {f: sha256_file(out / f) for f in files}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -369,6 +395,12 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
     unknown = sorted(set(normalisation) - set(RAW_COLUMNS))
     if unknown:
         raise ModelIntegrityError(f"{mpath}: normalisation of unknown columns {unknown}; recalibrate the model")
-    model = SorterModel(classifier, thresholds, classes, damage, manifest, d, novelty, domain, normalisation)
+    energy = None
+    if ENERGY_FILE in files:
+        try:
+            energy = EnergyModel.from_json(manifest["energy"], _load(ENERGY_FILE))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelIntegrityError(f"{mpath}: invalid energy model ({err}); retrain the model") from err
+    model = SorterModel(classifier, thresholds, classes, damage, manifest, d, novelty, domain, normalisation, energy)
     model.prepare()
     return model

@@ -248,6 +248,10 @@ def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *
     hz_wh = [float(e.get("energy_wh") or 0.0) for k, e in enumerate(extras) if lanes[k] == "hazard"]
     metrics["hazard"] = {"items": len(hz_wh), "energy_wh_known": float(sum(hz_wh)),
                          "cases_at_2_1_kwh": int(math.ceil(sum(hz_wh) / HAZARD_CASE_WH)) if hz_wh else 0}
+    energy_plot = None
+    metrics["energy"], energy_rows = energy_metrics(model, raw, y, extras)
+    if energy_rows is not None:
+        energy_plot = _energy_plot(out, *energy_rows)
     # what went wrong
     missed_damage = damaged if damaged is not None else np.zeros(len(y), bool)
     wrong = [k for k in range(len(y)) if (y[k] == "li_ion" and lanes[k] == "lead_acid") or
@@ -265,10 +269,64 @@ def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *
     metrics["wrong_items_total"] = len(wrong)
     imps = permutation_importances(model, raw, y)
     metrics["importances_top"] = imps[:25]
-    plots = _plots(out, y, pred, proba, lanes, imps)
+    plots = _plots(out, y, pred, proba, lanes, imps) + ([energy_plot] if energy_plot else [])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
     (out / "report.md").write_text(render_report(metrics, plots, title))
     return metrics
+
+
+def energy_metrics(model: SorterModel, raw: np.ndarray, y: np.ndarray, extras: list[dict[str, Any]]
+                   ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None]:
+    """The rated-energy estimate and bound (:mod:`sorter.energy`) against the truth, on every Li-ion
+    item whose rated energy the log records: median error, bound coverage, per product family."""
+    truth = np.array([float(e["energy_wh"]) if isinstance(e.get("energy_wh"), (int, float)) else np.nan
+                      for e in extras])
+    li = (y == "li_ion") & np.isfinite(truth) & (truth > 0)
+    if not li.any():
+        return {"items": 0}, None
+    nov = model.novelty_scores(raw[li])[:, model.classes.index("li_ion")]
+    est, upper = model.energy_wh(raw[li], nov)
+    t = truth[li]
+    fam = [str(e.get("product_family") or e.get("kind") or "?") for e, keep in zip(extras, li) if keep]
+    ok = np.isfinite(upper)
+    per: dict[str, dict[str, Any]] = {}
+    for f in sorted(set(fam)):
+        sel = np.array([x == f for x in fam]) & ok
+        if sel.any():
+            per[f] = {"items": int(sel.sum()), "median_abs_rel_error": float(np.nanmedian(np.abs(est[sel] - t[sel]) / t[sel])),
+                      "bound_coverage": float(np.mean(upper[sel] >= t[sel]))}
+    return {
+        "items": int(li.sum()),
+        "without_bound": int((~ok).sum()),
+        "median_abs_error_wh": float(np.nanmedian(np.abs(est - t))),
+        "median_abs_rel_error": float(np.nanmedian(np.abs(est - t) / t)),
+        "bound_coverage": float(np.mean(upper[ok] >= t[ok])) if ok.any() else None,
+        "coverage_target": None if model.energy is None else model.energy.coverage,
+        "mean_bound_over_truth": float(np.nanmean(upper[ok] / t[ok])) if ok.any() else None,
+        "per_family": per,
+    }, (t, est, upper, fam)
+
+
+def _energy_plot(out: Path, truth: np.ndarray, est: np.ndarray, upper: np.ndarray, fam: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(truth, est, s=6, label="estimate", alpha=0.6)
+    ax.scatter(truth, upper, s=6, marker="^", label="upper bound", alpha=0.6)
+    lo, hi = float(np.nanmin(truth)) * 0.8, float(np.nanmax(upper[np.isfinite(upper)], initial=np.nanmax(truth))) * 1.2
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="truth")
+    ax.set_xscale("log"), ax.set_yscale("log")
+    cov = np.mean(upper[np.isfinite(upper)] >= truth[np.isfinite(upper)]) if np.isfinite(upper).any() else float("nan")
+    ax.set_xlabel("true rated energy (Wh)"), ax.set_ylabel("estimated (Wh)")
+    ax.set_title(f"Li-ion rated energy: {len(truth)} items, bound covers {100 * cov:.2f} %")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "energy.png", dpi=110)
+    plt.close(fig)
+    return "energy.png"
 
 
 def _json_default(o: Any) -> Any:
@@ -305,6 +363,17 @@ def render_report(metrics: dict[str, Any], plots: list[str], title: str = "") ->
     hz = metrics["hazard"]
     md += [f"Hazard lane: {hz['items']} items, {hz['energy_wh_known']:.0f} Wh of known rated energy, "
            f"{hz['cases_at_2_1_kwh']} fire-safe cases at 2.1 kWh each.", ""]
+    en = metrics.get("energy", {})
+    if en.get("items"):
+        md += ["## Rated energy of Li-ion items", "",
+               f"{en['items']} Li-ion items with a recorded rated energy: median error {en['median_abs_error_wh']:.1f} Wh "
+               f"({100 * en['median_abs_rel_error']:.1f} %); the upper bound covers "
+               + ("n/a" if en["bound_coverage"] is None else f"{100 * en['bound_coverage']:.2f} %")
+               + (f" (target {100 * en['coverage_target']:.1f} %)" if en.get("coverage_target") else "")
+               + f"; {en['without_bound']} without a bound (no weight).", "",
+               _table(("family", "items", "median error", "bound coverage"),
+                      [[f, v["items"], f"{100 * v['median_abs_rel_error']:.1f} %", f"{100 * v['bound_coverage']:.2f} %"]
+                       for f, v in en["per_family"].items()]), ""]
     md += ["## Hard cases", "", _table(("case", "items", "wrong chemistry", "Li-ion in lead_acid", "lead-acid not to lead_acid", "manual"),
                                         [[k, v.get("n", 0), v.get("wrong_chemistry", 0), v.get("li_ion_in_lead_acid", 0),
                                           v.get("lead_acid_not_in_lead_lane", 0), v.get("to_manual", 0)]
@@ -340,6 +409,25 @@ def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, mo
     m = measure_logs([log_dir], workers=workers, progress=progress)
     return evaluate_measured(m, model, out_dir, title=f"on {Path(log_dir).name}", meta=read_meta(log_dir),
                              allow_line_mismatch=allow_line_mismatch)
+
+
+def _energy_card(manifest: dict[str, Any]) -> list[str]:
+    en, rep = manifest.get("energy"), manifest.get("energy_heldout", {})
+    if not en:
+        return ["No energy estimator (the training logs recorded no rated energy): items in the li_ion and hazard "
+                "lanes are bounded by mass x 0.30 Wh/g alone."]
+    q = en.get("log_q_upper")
+    out = [f"- estimate: a gradient-boosted regressor of specific energy on physical measurements ({', '.join(en['features'])}), "
+           "times the weighed mass;",
+           f"- upper bound: split conformal at {100 * en['coverage']:.1f} % coverage on {en['calibration_n']} held-out Li-ion items: "
+           + ("the estimate x " + f"{math.exp(q):.3f}" if q is not None else "too few items: the physical bound")
+           + f", never above mass x {en['max_wh_per_g']} Wh/g (which is used alone for an item unlike the training Li-ion items, "
+           f"Li-ion novelty above {en.get('novelty_max')}, or without an X-ray);"]
+    if rep.get("fitted"):
+        out.append(f"- on {rep['report_n']} other held-out Li-ion items: median error {rep['median_abs_error_wh']:.1f} Wh "
+                   f"({100 * rep['median_abs_rel_error']:.1f} %), bound coverage {100 * rep['bound_coverage']:.2f} %, "
+                   f"bound / truth {rep['mean_bound_over_truth']:.2f} on average.")
+    return out
 
 
 def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] | None = None) -> str:
@@ -388,6 +476,10 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
         f"{pol.get('novelty_max') if pol.get('novelty_max') is not None else 'no limit'} (-log10 of the chi-square "
         "tail of its distance to the nearest lead-acid training cluster; chosen as the held-out lead-acid items' "
         "99.5th percentile plus 1).",
+        "",
+        "## Rated energy of likely Li-ion items (the hazard lane's cases)",
+        "",
+        *_energy_card(manifest),
         "",
         "## Applicability domain",
         "",

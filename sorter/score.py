@@ -48,6 +48,9 @@ SCHEMA = pa.schema(
         ("lane", pa.string()),
         ("reason", pa.string()),
         ("problems", pa.string()),
+        ("weight_g", pa.float64()),
+        ("energy_wh", pa.float64()),
+        ("energy_wh_upper", pa.float64()),
     ]
 )
 SEGMENT_ROWS = 2048

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .features.measure import measure_item
+from .features.measure import RAW_COLUMNS, measure_item
 from .model import SorterModel
 from .novelty import overall
 from .policy import decide
@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = (
     "line_no", "item_id", "chemistry", "p_lead_acid", "p_li_ion", "p_other", "p_damaged", "novelty", "lane", "reason",
-    "problems",
+    "problems", "weight_g", "energy_wh", "energy_wh_upper",
 )
+ENERGY_LANES = ("li_ion", "hazard")  # the lanes of likely Li-ion items, whose rated energy is estimated
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +46,16 @@ class Decision:
     reason: str
     problems: str = ""
     novelty: float = math.nan  # distance from the training data (sorter.novelty; NaN: not scored)
+    weight_g: float = math.nan  # the scale's reading
+    energy_wh: float = math.nan  # rated energy estimate, for items in ENERGY_LANES (sorter.energy)
+    energy_wh_upper: float = math.nan  # its upper bound (the hazard lane's cases are packed by it)
 
     def as_row(self) -> dict[str, Any]:
         return {c: getattr(self, c) for c in OUTPUT_COLUMNS}
 
 
 _WARNED: set[tuple[str, str, bool]] = set()
+_WEIGHT = RAW_COLUMNS.index("weight_g")
 
 
 def error_decision(line_no: int, item_id: str | None, error: str) -> Decision:
@@ -149,14 +154,27 @@ class Scorer:
         else:
             closed = [self.line_closed(m) for m in meta]
         t = self.model.thresholds
+        verdicts = [decide(proba[k], float(p_dmg[k]), raw[k], t, self.model.classes, float(novelty[k, lead_k]),
+                           closed[k]) for k in range(raw.shape[0])]
+        energy = np.full(raw.shape[0], np.nan)
+        upper = np.full(raw.shape[0], np.nan)
+        li_rows = [k for k, v in enumerate(verdicts) if v.lane in ENERGY_LANES]
+        if li_rows:
+            try:
+                e, u = self.model.energy_wh(raw[li_rows], novelty[li_rows, self.model.classes.index("li_ion")])
+                energy[li_rows], upper[li_rows] = e, u
+            except Exception:  # noqa: BLE001 - no estimate is a NaN bound: such an item is not packed
+                log.exception("energy estimate failed on %d rows", len(li_rows))
+        weight = raw[:, _WEIGHT]
         out = []
         for k in range(raw.shape[0]):
-            v = decide(proba[k], float(p_dmg[k]), raw[k], t, self.model.classes, float(novelty[k, lead_k]), closed[k])
+            v = verdicts[k]
             lane, reason = v.lane, v.reason
             if lane == "lead_acid" and problems[k]:
                 # Bad input (a field that failed validation, an image that would not load) is a
                 # fault upstream: the item goes to a safe lane, whatever the rest says.
                 lane, reason = "manual", f"bad input ({problems[k][:200]}); {reason}"
             out.append(Decision(int(line_nos[k]), item_ids[k], v.chemistry, float(proba[k, 0]), float(proba[k, 1]),
-                                float(proba[k, 2]), float(p_dmg[k]), lane, reason, problems[k], float(nearest[k])))
+                                float(proba[k, 2]), float(p_dmg[k]), lane, reason, problems[k], float(nearest[k]),
+                                float(weight[k]), float(energy[k]), float(upper[k])))
         return out

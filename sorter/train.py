@@ -216,6 +216,44 @@ def reference_quantiles(raw: np.ndarray, y: np.ndarray) -> dict[str, dict[str, l
     return out
 
 
+def _energy(extra: dict[str, Any]) -> float:
+    v = extra.get("energy_wh")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def fit_energy(model: SorterModel, raw: np.ndarray, y: np.ndarray, energy: np.ndarray, tr: np.ndarray,
+               va: np.ndarray, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+    """The rated-energy estimator of Li-ion items (:mod:`sorter.energy`): fitted on the training
+    part's Li-ion items with a rated energy; its conformal bound, its envelope (the held-out
+    Li-ion items' novelty) and the report (error, coverage) on the held-out part."""
+    from .energy import EnergyModel
+
+    li_tr = tr[(y[tr] == "li_ion") & np.isfinite(energy[tr])]
+    li_va = va[(y[va] == "li_ion") & np.isfinite(energy[va])]
+    if li_tr.size < 30 or li_va.size < 10:
+        log.warning("only %d training and %d held-out Li-ion items with a rated energy ('energy_wh'): no energy "
+                    "estimator; the hazard lane's cases will use the physical bound (mass x 0.30 Wh/g)",
+                    li_tr.size, li_va.size)
+        return None, {"fitted": False, "train_n": int(li_tr.size), "heldout_n": int(li_va.size)}
+    # conformal calibration on one half of the held-out Li-ion items, the report on the other
+    rng = np.random.default_rng(cfg.seed)
+    cal_idx = rng.permutation(li_va)
+    cal, rep = cal_idx[: cal_idx.size // 2], cal_idx[cal_idx.size // 2 :]
+    em = EnergyModel.fit(raw[li_tr], energy[li_tr], raw[cal], energy[cal], seed=cfg.seed)
+    nov = model.novelty_scores(raw[li_va])[:, model.classes.index("li_ion")]
+    nov = nov[np.isfinite(nov)]
+    if nov.size:
+        em.novelty_max = max(cfg.novelty_floor, float(np.quantile(nov, cfg.novelty_quantile)) + cfg.novelty_margin)
+    model.energy = em
+    est, upper = model.energy_wh(raw[rep], model.novelty_scores(raw[rep])[:, model.classes.index("li_ion")])
+    truth = energy[rep]
+    rel = np.abs(est - truth) / truth
+    return em, {"fitted": True, "train_n": int(li_tr.size), "calibration_n": int(cal.size), "report_n": int(rep.size),
+                "median_abs_rel_error": float(np.nanmedian(rel)), "median_abs_error_wh": float(np.nanmedian(np.abs(est - truth))),
+                "bound_coverage": float(np.mean(upper >= truth)), "coverage_target": em.coverage,
+                "mean_bound_over_truth": float(np.nanmean(upper / truth)), "novelty_max": em.novelty_max}
+
+
 def choose_novelty_max(model: SorterModel, raw: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> tuple[float, dict[str, Any]]:
     """The lead-acid novelty threshold from held-out lead-acid items (those the policy could
     send to lead_acid): a high quantile of their novelty, plus a margin, at least a floor."""
@@ -289,6 +327,8 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
     novelty_max, nov_report = choose_novelty_max(model, raw[va], y[va], cfg)
     th_report.update(nov_report, novelty_max=novelty_max)
     model.thresholds = dataclasses.replace(thresholds, novelty_max=novelty_max)
+    energy_truth = np.array([_energy(m.extras[i]) for i in np.flatnonzero(usable)])
+    model.energy, energy_report = fit_energy(model, raw, y, energy_truth, tr, va, cfg)
     metrics = heldout_metrics(model, raw[va], y[va], None if damaged is None else damaged[va])
     names = list(pipe.named_steps["features"].get_feature_names_out())
     report = {
@@ -311,6 +351,7 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
         "threshold_selection": th_report,
         "reference_quantiles": reference,
         "heldout_metrics": metrics,
+        "energy_heldout": energy_report,
     }
     return model, report
 

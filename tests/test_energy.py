@@ -1,0 +1,104 @@
+"""Rated energy of likely Li-ion items: the estimate, the conformal bound, the physical fallback."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sorter.energy import MAX_WH_PER_G, EnergyModel, physical_upper_wh
+from sorter.features.measure import RAW_COLUMNS
+
+C = {n: i for i, n in enumerate(RAW_COLUMNS)}
+
+
+def packs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic Li-ion items: specific energy 80-250 Wh/kg, told (noisily) by their density."""
+    rng = np.random.default_rng(seed)
+    raw = np.full((n, len(RAW_COLUMNS)), np.nan)
+    w = rng.uniform(200, 20000, n)
+    spec = rng.uniform(0.08, 0.25, n)  # Wh/g
+    dens = 0.6 + 5 * spec + rng.normal(0, 0.05, n)  # kg/L: denser packs hold more
+    vol_l = w / 1000 / dens
+    side = (vol_l * 1e6) ** (1 / 3)
+    raw[:, C["weight_g"]] = w
+    raw[:, C["length_mm"]] = raw[:, C["width_mm"]] = raw[:, C["height_mm"]] = side
+    for col in ("xr_area_mm2", "xr_high_ok", "xr_low_ok", "xr_al_eq_mass_g", "xr_pb_eq_mass_g", "xr_mat_p50",
+                "xr_al_eq_high_p50", "xr_opaque_frac"):
+        raw[:, C[col]] = 1.0
+    raw[:, C["xr_al_eq_mass_g"]] = w * 1.3
+    return raw, w * spec
+
+
+@pytest.fixture(scope="module")
+def model():
+    raw, e = packs(1500, 1)
+    raw_c, e_c = packs(600, 2)
+    return EnergyModel.fit(raw, e, raw_c, e_c, seed=0)
+
+
+def test_bound_covers_fresh_items_at_the_stated_rate(model):
+    raw, e = packs(4000, 3)
+    est, upper = model.predict(raw)
+    assert np.mean(upper >= e) >= 0.985  # 99.5 % in expectation; 4000 draws of one calibration
+    assert np.median(np.abs(est - e) / e) < 0.15
+    assert (upper <= physical_upper_wh(raw[:, C["weight_g"]]) + 1e-9).all()
+
+
+def test_missing_xray_or_outside_the_envelope_falls_back_to_the_physical_bound(model):
+    raw, _ = packs(10, 4)
+    raw[:3, C["xr_area_mm2"]] = np.nan
+    est, upper = model.predict(raw, fallback=np.array([False] * 8 + [True] * 2))
+    w = raw[:, C["weight_g"]]
+    np.testing.assert_allclose(upper[:3], w[:3] * MAX_WH_PER_G)
+    np.testing.assert_allclose(upper[8:], w[8:] * MAX_WH_PER_G)
+    assert (upper[3:8] < w[3:8] * MAX_WH_PER_G).all()
+    np.testing.assert_allclose(est[:3], w[:3] * model.median_wh_per_g)
+
+
+def test_no_weight_no_bound(model):
+    raw, _ = packs(2, 5)
+    raw[0, C["weight_g"]] = np.nan
+    est, upper = model.predict(raw)
+    assert math.isnan(est[0]) and math.isnan(upper[0]) and np.isfinite(upper[1])
+
+
+def test_too_few_held_out_items_leave_only_the_physical_bound():
+    raw, e = packs(300, 6)
+    raw_c, e_c = packs(20, 7)  # rank ceil(21 x 0.995) = 21 > 20: no finite conformal quantile
+    m = EnergyModel.fit(raw, e, raw_c, e_c)
+    assert math.isinf(m.log_q_upper)
+    _, upper = m.predict(raw[:5])
+    np.testing.assert_allclose(upper, raw[:5, C["weight_g"]] * MAX_WH_PER_G)
+
+
+def test_json_round_trip(model):
+    again = EnergyModel.from_json(model.to_json(), model.regressor)
+    raw, _ = packs(20, 8)
+    for a, b in zip(again.predict(raw), model.predict(raw)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="energy features"):
+        EnergyModel.from_json({**model.to_json(), "features": ["x"]}, model.regressor)
+
+
+def test_scoring_gives_li_ion_and_hazard_items_an_energy_and_bound(tmp_path):
+    """Through the scoring path (sorter score's output): every item in the li_ion or hazard lane
+    with a weight has an estimate and a bound no larger than the physical one; no other item has."""
+    import pyarrow.parquet as pq
+
+    from sorter.score import score_logs
+    from sorter.simulate import SimConfig, simulate_log
+
+    log = tmp_path / "log"
+    simulate_log(SimConfig(items=120, seed=31, mix="balanced"), log, workers=1)
+    score_logs([str(log)], tmp_path / "s.parquet", workers=0)
+    t = pq.read_table(tmp_path / "s.parquet").to_pydict()
+    li_lanes = [k for k, lane in enumerate(t["lane"]) if lane in ("li_ion", "hazard")]
+    assert len(li_lanes) > 20
+    for k, lane in enumerate(t["lane"]):
+        w, e, u = t["weight_g"][k], t["energy_wh"][k], t["energy_wh_upper"][k]
+        if lane in ("li_ion", "hazard") and w == w:  # NaN != NaN: a missing weight has no bound
+            assert 0 < e <= u <= w * MAX_WH_PER_G + 1e-6
+        elif lane not in ("li_ion", "hazard"):
+            assert e != e and u != u
