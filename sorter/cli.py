@@ -90,7 +90,7 @@ def _cmd_simulate(args) -> int:
     if args.force and Path(args.out).is_dir():
         shutil.rmtree(args.out)
     try:
-        summary = simulate_log(cfg, args.out, workers=args.workers or default_workers(), progress=True)
+        summary = simulate_log(cfg, args.out, workers=args.workers or default_workers(), progress=sys.stderr.isatty())
     except KeyboardInterrupt:
         print(f"sorter simulate: interrupted; {args.out} holds an incomplete log of {count_lines(args.out)} items "
               f"(marked by its {INCOMPLETE_FILE} file); rerun with --force to replace it", file=sys.stderr)

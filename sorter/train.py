@@ -218,7 +218,7 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
     t0 = time.perf_counter()
     stages = Progress("train", enabled=progress)
     m = measure_logs(log_dirs, workers=cfg.workers, progress=progress)
-    usable = m.ok & np.array([lab in CLASSES for lab in m.labels])
+    usable = m.ok & np.array([lab in CLASSES for lab in m.labels], dtype=bool)
     if usable.sum() < 50:
         raise SorterError(
             f"only {int(usable.sum())} labelled, usable items in {list(log_dirs)}; training needs labelled logs "
