@@ -12,7 +12,10 @@ import sys
 import time
 from typing import IO, Any
 
-__all__ = ["Progress"]
+__all__ = ["EVERY_S", "Progress"]
+
+EVERY_S = 5.0
+"""Seconds between plain progress lines when the stream is not a terminal."""
 
 
 class Progress:
@@ -28,8 +31,8 @@ class Progress:
         ``False`` shows nothing (library default; the CLI turns it on).
     stream : file, optional
         Where to write (default ``sys.stderr``).
-    every_s : float
-        Seconds between plain lines when ``stream`` is not a terminal.
+    every_s : float, optional
+        Seconds between plain lines when ``stream`` is not a terminal (default :data:`EVERY_S`).
     initial : int
         Work already done (a resumed run).
 
@@ -44,11 +47,11 @@ class Progress:
     """
 
     def __init__(self, desc: str, total: int | None = None, *, enabled: bool = True, stream: IO[str] | None = None,
-                 every_s: float = 5.0, initial: int = 0, unit: str = "item"):
+                 every_s: float | None = None, initial: int = 0, unit: str = "item"):
         self.desc, self.total, self.unit = desc, total, unit
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
-        self.every_s = every_s
+        self.every_s = EVERY_S if every_s is None else every_s
         self.n = initial
         self._initial = initial
         self._t0 = time.monotonic()
