@@ -81,11 +81,14 @@ def _add_simulate(sub) -> None:
 
 def _cmd_simulate(args) -> int:
     from .batch import count_lines, default_workers
-    from .logformat import INCOMPLETE_FILE, ITEMS_FILE
+    from .logformat import INCOMPLETE_FILE, ITEMS_FILE, incomplete_note
     from .simulate import SimConfig, simulate_log
 
     cfg = SimConfig(items=args.items, seed=args.seed, mix=args.mix, line=args.line, faults=args.faults,
                     labelled=not args.unlabelled, extra_catalogs=tuple(args.catalog), rate_hz=args.rate)
+    if not args.force and Path(args.out).is_dir() and incomplete_note(args.out) is not None:
+        raise SorterError(f"--out {args.out} holds an incomplete log (an earlier simulation was interrupted); "
+                          "pass --force to replace it, or choose another folder")
     _check_out_dir(args.out, "a log", ITEMS_FILE, args.force)
     if args.force and Path(args.out).is_dir():
         shutil.rmtree(args.out)
