@@ -125,10 +125,10 @@ def _plots(out: Path, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, lanes:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     cal = calibration(y, proba)
     for k, c in enumerate(CLASSES):
-        bins = cal["bins"][c]
+        bins = _merge_close(cal["bins"][c])
         xs = [b["p_mean"] for b in bins]
         ys = [b["observed"] for b in bins]
-        line, = ax.plot(xs, ys, "o-", label=f"{c}: ECE {cal['ece'][c]:.3f}, Brier {cal['brier'][c]:.3f}")
+        line, = ax.plot(xs, ys, "o-", label=f"{c}: ECE {cal['ece'][c]:.2g}, Brier {cal['brier'][c]:.2g}")
         for b in bins:  # how many items each point stands for
             ax.annotate(str(b["n"]), (b["p_mean"], b["observed"]), textcoords="offset points",
                         xytext=(4, -10 + 8 * k), fontsize=7, color=line.get_color())
@@ -205,6 +205,22 @@ def calibration(y: np.ndarray, proba: np.ndarray, bins: int = RELIABILITY_BINS) 
         out["ece"][c] = float(ece) if n else float("nan")
     onehot = np.stack([(y == c).astype(float) for c in CLASSES], axis=1) if n else np.zeros((0, len(CLASSES)))
     out["brier_multiclass"] = float(np.mean(np.sum((proba - onehot) ** 2, axis=1))) if n else float("nan")
+    return out
+
+
+def _merge_close(bins: list[dict[str, Any]], width: float = 0.02) -> list[dict[str, Any]]:
+    """Bins whose mean probabilities lie within ``width`` of each other drawn as one point
+    (a confident model puts many quantile bins at almost 0 or 1), counts added."""
+    out: list[dict[str, Any]] = []
+    for b in bins:
+        if out and b["p_mean"] - out[-1]["p_first"] < width:
+            m = out[-1]
+            n = m["n"] + b["n"]
+            m["p_mean"] = (m["p_mean"] * m["n"] + b["p_mean"] * b["n"]) / n
+            m["observed"] = (m["observed"] * m["n"] + b["observed"] * b["n"]) / n
+            m["n"] = n
+        else:
+            out.append({**b, "p_first": b["p_mean"]})
     return out
 
 
