@@ -148,7 +148,7 @@ def test_every_command_documents_every_option(capsys):
             if action.option_strings and action.dest not in ("help", "verbose"):
                 assert action.help, f"sorter {name} {action.option_strings[0]} has no help"
     assert "at most 8" in sub.choices["score"].format_help()
-    for name in ("score", "train", "evaluate", "simulate"):
+    for name in ("score", "train", "evaluate", "simulate", "demo"):
         assert "--force" in sub.choices[name].format_help()
 
 

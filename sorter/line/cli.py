@@ -108,14 +108,18 @@ def run_problems(summary: Any) -> list[str]:
     if summary.plc_agrees is False:
         out.append("the PLC's lane counters differ from the controller's")
     if summary.overload:
-        out.append(f"{summary.overload} items were past their deadline before they could be scored (overload; "
-                   "replaying a recorded log? pace it with --replay-rate)")
+        out.append(f"{_items(summary.overload)} past the deadline before scoring (overload; replaying a "
+                   "recorded log? pace it with --replay-rate)")
     late = max(0, summary.deadline_misses - summary.overload)  # deadline_misses counts the overload too
     if late > 0:
-        out.append(f"{late} decisions missed their deadline")
+        out.append(f"{late} decision{'s' if late != 1 else ''} missed the deadline")
     if summary.undelivered:
-        out.append(f"{summary.undelivered} decisions were not delivered to the PLC")
+        out.append(f"{summary.undelivered} decision{'s' if summary.undelivered != 1 else ''} not delivered to the PLC")
     return out
+
+
+def _items(n: int) -> str:
+    return f"{n} item{'s' if n != 1 else ''}"
 
 
 def _check_log_dir(cfg: Any) -> None:
@@ -190,7 +194,9 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default %(default)s)")
     p.add_argument("--mix", default="recycler", help="intake mix: recycler or balanced (default %(default)s)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="directory for the audit log (default: a new temporary directory)")
+                   help="directory for the audit log, kept after the run (default: a temporary directory, deleted at "
+                        "the end)")
+    p.add_argument("--force", action="store_true", help="replace an audit log already in --out")
     p.add_argument("--pool", type=int, default=300,
                    help="distinct items simulated up front, cycled with fresh ids (default %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="scoring worker processes (default %(default)s)")
@@ -211,7 +217,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(items=args.items, rate_hz=args.rate, seed=args.seed, mix=args.mix, out=args.out,
                       pool=args.pool, workers=args.workers, scan_ms=args.scan_ms, status=not args.no_status,
-                      handle_signals=True)
+                      handle_signals=True, force=args.force)
     print(format_result(result))
     sys.stdout.flush()
     return 0 if result.ok else 1

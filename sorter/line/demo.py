@@ -81,7 +81,7 @@ def demo_config(*, items: int, rate_hz: float, seed: int, mix: str, pool: int, a
 async def run_demo_async(*, items: int = 600, rate_hz: float = 20.0, seed: int = 0, mix: str = "recycler",
                          out: str | Path | None = None, pool: int = 300, workers: int = 2, scan_ms: float = 10.0,
                          status: bool = True, stream: TextIO | None = None,
-                         handle_signals: bool = False) -> DemoResult:
+                         handle_signals: bool = False, force: bool = False) -> DemoResult:
     """Run the demo inside a running event loop (see :func:`run_demo`)."""
     stream = stream or sys.stdout
     if items < 1:
@@ -97,7 +97,7 @@ async def run_demo_async(*, items: int = 600, rate_hz: float = 20.0, seed: int =
     try:
         result = await _run_demo(items=items, rate_hz=rate_hz, seed=seed, mix=mix, out_dir=out_dir, pool=pool,
                                  workers=workers, scan_ms=scan_ms, status=status, stream=stream,
-                                 handle_signals=handle_signals, keep=out is not None)
+                                 handle_signals=handle_signals, keep=out is not None, force=force)
     finally:
         if out is None:  # a temporary folder the user never asked for: leave nothing behind
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -105,11 +105,15 @@ async def run_demo_async(*, items: int = 600, rate_hz: float = 20.0, seed: int =
 
 
 async def _run_demo(*, items: int, rate_hz: float, seed: int, mix: str, out_dir: Path, pool: int, workers: int,
-                    scan_ms: float, status: bool, stream: TextIO, handle_signals: bool, keep: bool) -> DemoResult:
+                    scan_ms: float, status: bool, stream: TextIO, handle_signals: bool, keep: bool,
+                    force: bool = False) -> DemoResult:
     audit_path = out_dir / "audit.sqlite"
+    if audit_path.exists() and force:  # --force: this demo's audit log replaces the earlier one's
+        for extra in ("", "-wal", "-shm", "-journal"):
+            audit_path.with_name(audit_path.name + extra).unlink(missing_ok=True)
     if audit_path.exists():
         raise ConfigError(f"--out {out_dir} already holds an audit log ({audit_path.name}); "
-                          "pass a new or empty directory")
+                          "pass --force to replace it, or a new or empty directory")
     # The PLC simulator starts last, just before the controller connects: a PLC that runs without a PC
     # heartbeat (during the pool generation and model loading) would rightly report it lost.
     sim = PlcSimulator("127.0.0.1", 0, scan_ms=scan_ms)
@@ -165,6 +169,8 @@ def run_demo(**kwargs: object) -> DemoResult:
         Show the live status line on stderr.
     handle_signals : bool
         Ctrl-C / SIGTERM finish the items in flight and still print the summary.
+    force : bool
+        Replace an audit log already in ``out`` (else it is refused).
     """
     return asyncio.run(run_demo_async(**kwargs))  # type: ignore[arg-type]
 

@@ -34,8 +34,10 @@ def test_demo_smoke_runs_the_whole_line_over_modbus(tmp_path: Path, capsys: pyte
 
 def test_demo_refuses_an_out_dir_with_an_audit_log(tmp_path: Path) -> None:
     (tmp_path / "audit.sqlite").write_bytes(b"")
-    with pytest.raises(ConfigError, match="already holds an audit log"):
+    with pytest.raises(ConfigError, match="already holds an audit log.*--force"):
         run_demo(items=5, out=tmp_path, status=False)
+    result = run_demo(items=5, rate_hz=30.0, pool=5, workers=1, out=tmp_path, status=False, force=True)
+    assert result.kept and result.summary.audit_rows == 5
 
 
 @pytest.mark.parametrize("command", ["run", "plc-sim", "demo"])
@@ -103,8 +105,8 @@ def test_run_exit_status_tells_the_truth() -> None:
     differ = run_problems(SimpleNamespace(**{**vars(ok), "plc_agrees": False}))
     assert differ and "PLC" in differ[0]
     late = run_problems(SimpleNamespace(**{**vars(ok), "overload": 65, "deadline_misses": 70}))
-    assert "65 items were past their deadline" in late[0] and "--replay-rate" in late[0]
-    assert "5 decisions missed their deadline" in late[1]
+    assert "65 items past the deadline" in late[0] and "--replay-rate" in late[0]
+    assert "5 decisions missed the deadline" in late[1]
 
 
 def test_a_paced_replay_hands_items_over_at_their_recorded_spacing(tmp_path: Path) -> None:
