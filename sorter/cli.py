@@ -123,10 +123,9 @@ def _add_train(sub) -> None:
 
 def _cmd_train(args) -> int:
     from .batch import default_workers
-    from .train import TrainConfig, train_and_save
-
     from .logformat import check_log_dir
     from .model import MANIFEST
+    from .train import TrainConfig, train_and_save
 
     for d in args.logs:
         check_log_dir(d)
@@ -224,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sorter",
         description="Tell lithium-ion from lead-acid batteries on a recycling conveyor and drive the divert.",
+        epilog="Outputs: a new or empty --out is written; an existing one is refused unless --force is given, "
+               "and --force only replaces what the same command wrote. Mistakes end with one line saying what "
+               "and how to fix it, and exit status 2.",
     )
     parser.add_argument("--version", action="version", version=f"sorter {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
