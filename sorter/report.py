@@ -28,6 +28,7 @@ from .features.measure import RAW_COLUMNS
 from .features.transformers import SENSOR_GROUPS, mask_sensor
 from .model import SorterModel, load_model
 from .policy import decide
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +444,8 @@ def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, mo
         notes.append(f"{log_dir} is data model {model.model_id} was trained on (its digest is in the model's "
                      "manifest): these figures are optimistic; evaluate on a log the model has not seen")
         log.warning("%s", notes[-1])
+    Progress("evaluate", enabled=progress).stage(
+        f"scoring {len(m.labels)} items, each sensor removed in turn, permutation importances and plots")
     return evaluate_measured(m, model, out_dir, title=f"on {Path(log_dir).name}", notes=notes)
 
 
