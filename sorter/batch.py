@@ -17,7 +17,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .features.measure import RAW_COLUMNS, AmbientTracker, measure_item
-from .logformat import LogLine, iter_log, load_item, read_meta
+from .logformat import ITEMS_FILE, LogLine, iter_log, load_item, read_meta
+from .progress import Progress
 from .readings import ItemRecord, LogMeta
 
 log = logging.getLogger(__name__)
@@ -203,11 +204,7 @@ class MeasuredLog:
 def measure_logs(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, progress: bool = False) -> MeasuredLog:
     """Measure whole logs into memory (training and evaluation sizes)."""
     raws, labels, ids, nos, dirs, probs, extras, oks = [], [], [], [], [], [], [], []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(unit="item", desc="measure")
+    bar = Progress("measure", total=sum(count_lines(d) for d in log_dirs), enabled=progress)
     for ch in iter_measured(log_dirs, workers=workers):
         raws.append(ch.raw)
         oks.append(ch.ok)
@@ -219,17 +216,29 @@ def measure_logs(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, pro
             dirs.append(ch.log_dir)
             extras.append({} if r is None else dict(r.extra))
         probs += ch.problems
-        if bar is not None:
-            bar.update(len(ch.lines))
-    if bar is not None:
-        bar.close()
+        bar.update(len(ch.lines))
+    bar.close()
     raw = np.vstack(raws) if raws else np.zeros((0, len(RAW_COLUMNS)))
     ok = np.concatenate(oks) if oks else np.zeros(0, bool)
     return MeasuredLog(raw, labels, ids, nos, dirs, probs, extras, ok)
+
+
+def count_lines(log_dir: str | os.PathLike) -> int:
+    """Lines in a log's ``items.jsonl`` (a torn last line counts), for progress totals."""
+    p = os.path.join(log_dir, ITEMS_FILE)
+    if not os.path.exists(p):
+        return 0
+    n = 0
+    last = b"\n"
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
 
 
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-__all__ = ["MeasuredChunk", "MeasuredLog", "iter_measured", "measure_logs", "measure_records", "start_workers"]
+__all__ = ["MeasuredChunk", "MeasuredLog", "count_lines", "iter_measured", "measure_logs", "measure_records", "start_workers"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
@@ -18,6 +20,42 @@ def _setup_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _workers(text: str) -> int:
+    """``--workers``: a whole number of processes, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of worker processes") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {n}); leave it out to use the cores, at most 8")
+    return n
+
+
+WORKERS_HELP = "worker processes (default: one per core, at most 8)"
+FORCE_HELP = "replace --out if it exists (without it, an existing --out is refused)"
+
+
+def _check_out_dir(path: str, what: str, marker: str, force: bool) -> None:
+    """The output rule every command follows: a new or empty --out folder is used; an
+    existing one is refused unless --force, and --force replaces only a folder that
+    holds what the command writes (``marker``), never an unrelated one."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise SorterError(f"--out {p} is a file; {what} is a folder: choose a folder name")
+    if not p.is_dir() or not any(p.iterdir()):
+        return
+    if not (p / marker).exists():
+        raise SorterError(f"--out {p} is not empty and does not hold {what}; choose a new or empty folder"
+                          + (" (--force only replaces an earlier output)" if force else ""))
+    if not force:
+        raise SorterError(f"--out {p} already holds {what}; pass --force to replace it, or choose another folder")
+
+
+def _num(v: object) -> str:
+    """A figure for a printed summary: 4 decimals for a fraction, as is otherwise."""
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
 # ---------------------------------------------------------------------------- simulate
 
 
@@ -28,7 +66,8 @@ def _add_simulate(sub) -> None:
         "Simulate items passing the sensor bridge and write a sorter-log/1 log directory."))
     p.add_argument("--items", type=int, default=1000, help="number of items (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same log")
-    p.add_argument("--out", required=True, help="output log directory (must be empty or new)")
+    p.add_argument("--out", required=True, help="output log directory (new or empty; see --force)")
+    p.add_argument("--force", action="store_true", help="replace --out if it holds a log (an earlier simulation)")
     p.add_argument("--mix", default="balanced", choices=sorted(MIXES), help="intake mix (default balanced)")
     p.add_argument("--line", default="a", choices=list(ALL_LINES),
                    help="sensor set-up preset (default a; c is a line rendered by a separate route)")
@@ -42,13 +81,14 @@ def _add_simulate(sub) -> None:
     p.add_argument("--faults", type=float, default=0.002, help="per-sensor dropout probability (default 0.002)")
     p.add_argument("--unlabelled", action="store_true", help="omit the 'label' field")
     p.add_argument("--catalog", action="append", default=[], help="extra product catalogue CSV (repeatable)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP)
     p.add_argument("--rate", type=float, default=2.0, help="items per second on the belt (timestamps)")
     p.set_defaults(func=_cmd_simulate)
 
 
 def _cmd_simulate(args) -> int:
-    from .batch import default_workers
+    from .batch import count_lines, default_workers
+    from .logformat import INCOMPLETE_FILE, ITEMS_FILE, incomplete_note
     from .simulate import SimConfig, simulate_log
 
     from .errors import SimulationError
@@ -63,7 +103,18 @@ def _cmd_simulate(args) -> int:
                     labelled=not args.unlabelled, extra_catalogs=tuple(args.catalog), rate_hz=args.rate,
                     line_overrides=overrides, line_name=args.line_name,
                     exclude_families=tuple(args.exclude_family), only_families=tuple(args.only_family))
-    summary = simulate_log(cfg, args.out, workers=args.workers or default_workers(), progress=sys.stderr.isatty())
+    if not args.force and Path(args.out).is_dir() and incomplete_note(args.out) is not None:
+        raise SorterError(f"--out {args.out} holds an incomplete log (an earlier simulation was interrupted); "
+                          "pass --force to replace it, or choose another folder")
+    _check_out_dir(args.out, "a log", ITEMS_FILE, args.force)
+    if args.force and Path(args.out).is_dir():
+        shutil.rmtree(args.out)
+    try:
+        summary = simulate_log(cfg, args.out, workers=args.workers or default_workers(), progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print(f"sorter simulate: interrupted; {args.out} holds an incomplete log of {count_lines(args.out)} items "
+              f"(marked by its {INCOMPLETE_FILE} file); rerun with --force to replace it", file=sys.stderr)
+        return 130
     print(f"wrote {args.out}")
     print(summary.format())
     return 0
@@ -77,23 +128,30 @@ def _add_train(sub) -> None:
         "Train the chemistry classifier, the damage detector and the policy thresholds from labelled logs, "
         "and write a model directory (skops files + manifest)."))
     p.add_argument("logs", nargs="+", help="labelled log directories")
-    p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="model directory to write (new or empty; see --force)")
+    p.add_argument("--force", action="store_true", help="replace --out if it holds a model")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed for the split and the trees; the same seed and logs give the same model (default 0)")
     p.add_argument("--name", default="sorter", help="model name in the manifest")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP + ", for measuring the items")
     p.add_argument("--val-fraction", type=float, default=0.3, help="held-out share for thresholds (default 0.3)")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
     from .batch import default_workers
+    from .logformat import check_log_dir
+    from .model import MANIFEST
     from .train import TrainConfig, train_and_save
 
+    for d in args.logs:
+        check_log_dir(d)
+    _check_out_dir(args.out, "a model", MANIFEST, args.force)
     cfg = TrainConfig(seed=args.seed, val_fraction=args.val_fraction, workers=args.workers or default_workers())
-    model, report = train_and_save(args.logs, args.out, cfg, name=args.name, progress=sys.stderr.isatty())
+    model, report = train_and_save(args.logs, args.out, cfg, name=args.name, progress=True)
     m = report["heldout_metrics"]
     print(f"wrote {args.out} ({model.model_id})")
-    print("held-out: " + ", ".join(f"{k}={v}" for k, v in m.items()))
+    print("held-out: " + ", ".join(f"{k}={_num(v)}" for k, v in m.items()))
     t = model.thresholds
     print(f"thresholds: lead_acid_min={t.lead_acid_min:.6f} not_lead_max={t.not_lead_max:.4f} "
           f"damage_min={t.damage_min:.3f} hot_excess_c={t.hot_excess_c}")
@@ -107,9 +165,10 @@ def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score recorded logs to CSV or Parquet", description=(
         "Score every line of one or more logs; one output row per input line, in order."))
     p.add_argument("logs", nargs="+", help="log directories")
-    p.add_argument("--out", required=True, help="output file, .csv or .parquet")
+    p.add_argument("--out", required=True, help="output file, .csv or .parquet (an existing file is refused; see --force)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP)
     p.add_argument("--engine", default="local", choices=["local", "dask"], help="local processes or a Dask cluster")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a partial output exists")
@@ -119,11 +178,22 @@ def _add_score(sub) -> None:
 
 def _cmd_score(args) -> int:
     from .batch import default_workers
-    from .score import score_logs
+    from .score import ScoreInterrupted, score_logs
 
-    summary = score_logs(args.logs, args.out, model_dir=args.model, workers=args.workers or default_workers(),
-                         engine=args.engine, scheduler=args.scheduler, resume=not args.no_resume,
-                         progress=sys.stderr.isatty(), allow_line_mismatch=args.allow_line_mismatch)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir() and not args.force:
+        raise SorterError(f"--out {out} already exists; pass --force to replace it, or choose another file name")
+    try:
+        summary = score_logs(args.logs, args.out, model_dir=args.model, workers=args.workers or default_workers(),
+                             engine=args.engine, scheduler=args.scheduler, resume=not args.no_resume, progress=True,
+                             allow_line_mismatch=args.allow_line_mismatch)
+    except ScoreInterrupted as err:
+        if err.rows:
+            print(f"sorter score: interrupted; {err.rows} rows saved in {err.partial}: rerun the same command to "
+                  "resume", file=sys.stderr)
+        else:
+            print("sorter score: interrupted before any row was saved", file=sys.stderr)
+        return 130
     print(summary.format())
     return 0
 
@@ -132,9 +202,10 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model on a labelled log", description=(
         "Score a labelled log and write metrics.json, report.md and PNG plots."))
     p.add_argument("log", help="labelled log directory")
-    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--out", required=True, help="report directory (new or empty; see --force)")
+    p.add_argument("--force", action="store_true", help="replace the report in --out if it holds one")
     p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP + ", for measuring the items")
     _add_line_mismatch(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -143,13 +214,14 @@ def _cmd_evaluate(args) -> int:
     from .batch import default_workers
     from .report import evaluate_log
 
+    _check_out_dir(args.out, "a report", "report.md", args.force)
     metrics = evaluate_log(args.log, args.out, model_dir=args.model, workers=args.workers or default_workers(),
-                           progress=sys.stderr.isatty(), allow_line_mismatch=args.allow_line_mismatch)
+                           progress=True, allow_line_mismatch=args.allow_line_mismatch)
     a = metrics["all_sensors"]
-    print(f"wrote {args.out}/report.md")
+    print(f"wrote {Path(args.out) / 'report.md'}")
     print(f"items={metrics['items']} li_ion_in_lead_acid={a['li_ion_in_lead_acid']}/{a['li_ion_total']} "
-          f"non_lead_in_lead_acid={a['non_lead_in_lead_acid']} lead_acid_to_lead_acid={a['lead_acid_recall']:.4f} "
-          f"manual={a['manual_rate']:.4f} damaged_to_hazard={a['damaged_to_hazard']}")
+          f"non_lead_in_lead_acid={a['non_lead_in_lead_acid']} lead_acid_to_lead_acid={_num(a['lead_acid_recall'])} "
+          f"manual={_num(a['manual_rate'])} damaged_to_hazard={_num(a['damaged_to_hazard'])}")
     return 0
 
 
@@ -170,28 +242,28 @@ def _add_calibrate(sub) -> None:
         "retraining. Writes a new model directory and OUT/calibration-report/ with the plant's safety table."))
     p.add_argument("logs", nargs="+", help="labelled log directories of the new line (about 500 items in all)")
     p.add_argument("--model", default=None, help="model to calibrate (default: the shipped model)")
-    p.add_argument("--out", required=True, help="new model directory (must not exist, or be empty)")
+    p.add_argument("--out", required=True, help="new model directory (new or empty; see --force)")
+    p.add_argument("--force", action="store_true", help="replace the model in --out if it holds one")
     p.add_argument("--name", default=None, help="model name in the manifest (default: the base name and the line)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes for measuring (default: all cores)")
+    p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP + ", for measuring the items")
     p.set_defaults(func=_cmd_calibrate)
 
 
 def _cmd_calibrate(args) -> int:
-    from pathlib import Path
-
     from .batch import default_workers
     from .calibrate import calibrate_and_save
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SorterError(f"--out {out} exists and is not an empty directory; choose a new directory")
+    _check_out_dir(args.out, "a model", "manifest.json", args.force)
+    if args.force and out.is_dir():
+        shutil.rmtree(out)
     model, report = calibrate_and_save(args.logs, args.model, args.out, name=args.name, seed=args.seed,
-                                       workers=args.workers or default_workers(), progress=sys.stderr.isatty())
+                                       workers=args.workers or default_workers(), progress=True)
     m = report["metrics_on_calibration_items"]
     print(f"wrote {out} ({model.model_id}) for line {report['line']['line']!r}, calibrated from {report['usable']} items")
     print(f"on the calibration items (in-sample): Li-ion in lead_acid {m['li_ion_in_lead_acid_lane']}, "
-          f"lead-acid to lead_acid {m['lead_acid_to_lead_acid']:.4f}, manual {m['manual_rate']:.4f}")
+          f"lead-acid to lead_acid {_num(m['lead_acid_to_lead_acid'])}, manual {_num(m['manual_rate'])}")
     print(f"report: {out / 'calibration-report' / 'report.md'}; evaluate on a fresh labelled log of the line before "
           "deploying ('sorter evaluate LOG --model DIR')")
     return 0
@@ -215,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sorter",
         description="Tell lithium-ion from lead-acid batteries on a recycling conveyor and drive the divert.",
+        epilog="Outputs: a new or empty --out is written; an existing one is refused unless --force is given, "
+               "and --force only replaces what the same command wrote. Mistakes end with one line saying what "
+               "and how to fix it, and exit status 2.",
     )
     parser.add_argument("--version", action="version", version=f"sorter {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
@@ -241,6 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sorter {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a path the user gave: unreadable, unwritable, full disk
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"sorter {args.command}: error: {err.strerror or err}{where}; check the path and its permissions",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

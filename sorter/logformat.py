@@ -57,12 +57,15 @@ from sorter.readings import (
 __all__ = [
     "ITEMS_FILE",
     "MAX_IMAGE_PIXELS",
+    "INCOMPLETE_FILE",
     "MAX_LINE_BYTES",
     "META_FILE",
     "SUPPORTED_FORMAT",
     "LogLine",
     "LogWriter",
+    "check_log_dir",
     "encode_png",
+    "incomplete_note",
     "iter_log",
     "load_item",
     "load_png",
@@ -80,6 +83,9 @@ SUPPORTED_FORMAT = "sorter-log/1"
 ITEMS_FILE = "items.jsonl"
 META_FILE = "meta.json"
 IMAGES_DIR = "images"
+INCOMPLETE_FILE = "INCOMPLETE"
+"""Present while a writer that means to finish a log (``sorter simulate``) is still writing
+it, and left behind if it was interrupted: readers warn that the log ends early."""
 
 MAX_IMAGE_PIXELS: int = 4096 * 4096
 """Largest image (width x height) :func:`load_png` decodes; checked from the PNG header."""
@@ -150,6 +156,8 @@ def read_meta(log_dir: StrPath) -> LogMeta:
     >>> read_meta(tempfile.mkdtemp()).xray_mm_per_px
     2.0
     """
+    if Path(log_dir).exists() and not Path(log_dir).is_dir():
+        check_log_dir(log_dir)
     path = Path(log_dir) / META_FILE
     try:
         text = path.read_bytes().decode("utf-8")
@@ -167,6 +175,50 @@ def read_meta(log_dir: StrPath) -> LogMeta:
             f"{path}: not valid JSON ({err}); fix the file or delete it to use the defaults"
         ) from err
     return _meta_from_json(obj, str(path))
+
+
+def check_log_dir(log_dir: StrPath) -> None:
+    """Raise :class:`LogFormatError` unless ``log_dir`` is a directory holding ``items.jsonl``.
+
+    The message says which of the usual mistakes it is (no such path, a file where the
+    log directory is expected, a directory without ``items.jsonl``) and how to fix it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> try:
+    ...     check_log_dir(tempfile.mkdtemp())
+    ... except LogFormatError as err:
+    ...     print("holds no items.jsonl" in str(err))
+    True
+    """
+    d = Path(log_dir)
+    if not d.exists():
+        raise LogFormatError(f"{d}: no such log directory; check the path (a sorter-log/1 log is a "
+                             f"directory holding {ITEMS_FILE}, see docs/log-format.md)")
+    if not d.is_dir():
+        raise LogFormatError(f"{d} is a file, not a log directory; pass the directory that holds {ITEMS_FILE}")
+    items = d / ITEMS_FILE
+    if not items.is_file():
+        raise LogFormatError(f"{d} holds no {ITEMS_FILE}, so it is not a sorter-log/1 log (or its recorder "
+                             "has not written an item yet); pass a log directory, see docs/log-format.md")
+
+
+def incomplete_note(log_dir: StrPath) -> str | None:
+    """What the log's ``INCOMPLETE`` marker says, or ``None`` when the log is complete.
+
+    A writer that means to finish a log (``sorter simulate``) creates the marker before
+    the first item and removes it after the last: a marker left behind means the log
+    ends early (the writer was interrupted), although every line in it is valid.
+    """
+    p = Path(log_dir) / INCOMPLETE_FILE
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"{p} cannot be read ({err})"
+    return text or "its writer did not finish"
 
 
 def write_meta(log_dir: StrPath, meta: LogMeta) -> None:
@@ -615,6 +667,10 @@ def iter_log(
     fh = _open_items(path, follow, poll_s, stop)
     if fh is None:
         return
+    if not follow and start_offset == 0:
+        note = incomplete_note(log_dir)
+        if note is not None:
+            logger.warning("%s is an incomplete log: %s (its items are valid, but it ends early)", log_dir, note)
     with fh:
         ids = _IdIndex()
         _skip_prefix(fh, start_offset, start_line, ids, where)
@@ -667,12 +723,10 @@ def _open_items(
         stopping = follow and stop()
         try:
             return open(path, "rb")  # noqa: SIM115 - closed by the caller's `with`
-        except FileNotFoundError as err:
+        except (FileNotFoundError, NotADirectoryError) as err:
             if not follow:
-                raise LogFormatError(
-                    f"{path} not found; a sorter-log/1 directory must contain {ITEMS_FILE} "
-                    "(pass follow=True to wait for a recorder to create it)"
-                ) from err
+                check_log_dir(path.parent)  # says which mistake it is
+                raise LogFormatError(f"{path} not found; pass a sorter-log/1 log directory") from err
         if stopping:
             return None
         time.sleep(poll_s)

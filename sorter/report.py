@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,9 +22,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .batch import MeasuredLog, measure_logs
+from .errors import SorterError
+from .logformat import check_log_dir, read_meta
 from .features.measure import RAW_COLUMNS
 from .features.transformers import SENSOR_GROUPS, mask_sensor
 from .model import SorterModel, load_model
+from .progress import Progress
 from .readings import LogMeta
 from .scoring import Scorer
 
@@ -29,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CLASSES = ("lead_acid", "li_ion", "other")
 LANES = ("lead_acid", "li_ion", "hazard", "manual")
+PRODUCT_ROWS = 40  # rows of the per-product table in report.md (metrics.json has them all)
 HAZARD_CASE_WH = 2100.0  # DoT special permit: at most 2.1 kWh of damaged Li-ion per fire-safe case
 
 
@@ -88,9 +95,10 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return "n/a" if math.isnan(v) else f"{v:.4g}"
-        return str(v)
+        # a pipe inside a cell would end the cell (and a newline the row)
+        return str(v).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = ["| " + " | ".join(fmt(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -120,24 +128,23 @@ def _plots(out: Path, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, lanes:
     plt.close(fig)
     files.append("confusion_matrix.png")
 
-    fig, ax = plt.subplots(figsize=(5, 4))
-    bins = np.linspace(0, 1, 11)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    cal = calibration(y, proba)
     for k, c in enumerate(CLASSES):
-        p = proba[:, k]
-        hit = (y == c).astype(float)
-        idx = np.clip(np.digitize(p, bins) - 1, 0, 9)
-        xs, ys = [], []
-        for b in range(10):
-            sel = idx == b
-            if sel.sum() >= 5:
-                xs.append(p[sel].mean())
-                ys.append(hit[sel].mean())
-        ax.plot(xs, ys, "o-", label=c)
+        bins = _merge_close(cal["bins"][c])
+        xs = [b["p_mean"] for b in bins]
+        ys = [b["observed"] for b in bins]
+        line, = ax.plot(xs, ys, "o-", label=f"{c}: ECE {cal['ece'][c]:.2g}, Brier {cal['brier'][c]:.2g}")
+        for b in bins:  # how many items each point stands for
+            ax.annotate(str(b["n"]), (b["p_mean"], b["observed"]), textcoords="offset points",
+                        xytext=(4, -10 + 8 * k), fontsize=7, color=line.get_color())
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_xlabel("predicted probability")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("predicted probability (mean of the bin)")
     ax.set_ylabel("observed frequency")
-    ax.set_title("Reliability diagram")
-    ax.legend()
+    ax.set_title(f"Reliability: {RELIABILITY_BINS} quantile bins per class, items per bin")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out / "reliability.png", dpi=100)
     plt.close(fig)
@@ -147,7 +154,8 @@ def _plots(out: Path, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, lanes:
     width = 0.25
     for k, c in enumerate(CLASSES):
         counts = [int(np.sum((y == c) & (lanes == lane))) for lane in LANES]
-        ax.bar(np.arange(4) + (k - 1) * width, counts, width, label=c)
+        bars = ax.bar(np.arange(4) + (k - 1) * width, counts, width, label=c)
+        ax.bar_label(bars, labels=[str(n) if n else "" for n in counts], fontsize=7)
     ax.set_xticks(range(4), LANES)
     ax.set_yscale("symlog")
     ax.set_ylabel("items")
@@ -162,13 +170,64 @@ def _plots(out: Path, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, lanes:
         top = importances[:20][::-1]
         fig, ax = plt.subplots(figsize=(6, 5))
         ax.barh([n for n, _ in top], [v for _, v in top])
-        ax.set_xlabel("drop in log-loss when shuffled")
+        ax.set_xlabel("increase in log-loss when shuffled")
         ax.set_title("Permutation importance (raw measurements)")
         fig.tight_layout()
         fig.savefig(out / "importances.png", dpi=100)
         plt.close(fig)
         files.append("importances.png")
     return files
+
+
+RELIABILITY_BINS = 10
+
+
+def calibration(y: np.ndarray, proba: np.ndarray, bins: int = RELIABILITY_BINS) -> dict[str, Any]:
+    """Reliability of each class's probability, one class against the rest.
+
+    Items are put in ``bins`` quantile bins of the predicted probability (equal counts,
+    so every bin holds data even when most probabilities sit near 0 or 1; tied edges
+    merge bins).  Returns, per class, the bins (count, mean predicted probability,
+    observed frequency), the expected calibration error (the count-weighted mean gap)
+    and the Brier score; and the multiclass Brier score (sum over classes, mean over items).
+    """
+    out: dict[str, Any] = {"bins": {}, "ece": {}, "brier": {}}
+    n = len(y)
+    for k, c in enumerate(CLASSES):
+        p = proba[:, k]
+        hit = (y == c).astype(float)
+        out["brier"][c] = float(np.mean((p - hit) ** 2)) if n else float("nan")
+        edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1))) if n else np.array([0.0, 1.0])
+        idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
+        rows, ece = [], 0.0
+        for b in range(max(len(edges) - 1, 1)):
+            sel = idx == b
+            if not sel.any():
+                continue
+            pm, ob = float(p[sel].mean()), float(hit[sel].mean())
+            rows.append({"n": int(sel.sum()), "p_mean": pm, "observed": ob})
+            ece += sel.sum() / n * abs(pm - ob)
+        out["bins"][c] = rows
+        out["ece"][c] = float(ece) if n else float("nan")
+    onehot = np.stack([(y == c).astype(float) for c in CLASSES], axis=1) if n else np.zeros((0, len(CLASSES)))
+    out["brier_multiclass"] = float(np.mean(np.sum((proba - onehot) ** 2, axis=1))) if n else float("nan")
+    return out
+
+
+def _merge_close(bins: list[dict[str, Any]], width: float = 0.02) -> list[dict[str, Any]]:
+    """Bins whose mean probabilities lie within ``width`` of each other drawn as one point
+    (a confident model puts many quantile bins at almost 0 or 1), counts added."""
+    out: list[dict[str, Any]] = []
+    for b in bins:
+        if out and b["p_mean"] - out[-1]["p_first"] < width:
+            m = out[-1]
+            n = m["n"] + b["n"]
+            m["p_mean"] = (m["p_mean"] * m["n"] + b["p_mean"] * b["n"]) / n
+            m["observed"] = (m["observed"] * m["n"] + b["observed"] * b["n"]) / n
+            m["n"] = n
+        else:
+            out.append({**b, "p_first": b["p_mean"]})
+    return out
 
 
 def permutation_importances(model: SorterModel, raw: np.ndarray, y: np.ndarray, seed: int = 0,
@@ -189,10 +248,42 @@ def permutation_importances(model: SorterModel, raw: np.ndarray, y: np.ndarray, 
 
 
 def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *, title: str = "",
-                      meta: LogMeta | None = None, allow_line_mismatch: bool = False) -> dict[str, Any]:
+                      meta: LogMeta | None = None, allow_line_mismatch: bool = False,
+                      notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Write metrics.json, report.md and the plots for measured, labelled items into ``out_dir``.
+
+    The files are written into a new sibling folder first and moved into ``out_dir`` only
+    when all are written: a failure leaves ``out_dir`` as it was (or absent).  ``notes``
+    are warnings shown at the top of the report (e.g. "this is the training data"). ``meta``
+    is the log's (its line is checked as scoring checks it; see :meth:`sorter.scoring.Scorer.line_closed`).
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    keep = m.ok & np.array([lab in CLASSES for lab in m.labels])
+    keep = m.ok & np.array([lab in CLASSES for lab in m.labels], dtype=bool)
+    if not keep.any():
+        labelled = sum(lab is not None for lab in m.labels)
+        what = (f"none of its {len(m.labels)} lines carries a usable item with a 'label' field"
+                if labelled == 0 else f"none of its {labelled} labelled lines holds a usable item")
+        raise SorterError(
+            f"nothing to evaluate: {what}. evaluate compares the lanes with each item's 'label' "
+            f"({', '.join(CLASSES)}); pass a labelled log (sorter simulate writes labels unless --unlabelled), "
+            "or use sorter score for an unlabelled one" if len(m.labels) else
+            "nothing to evaluate: the log has no items; pass a labelled log with items")
+    if out.exists() and not out.is_dir():
+        raise SorterError(f"--out {out} is a file; the report is a folder: choose a folder name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        metrics = _evaluate_into(tmp, m, keep, model, title, list(notes), meta, allow_line_mismatch)
+        out.mkdir(exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return metrics
+
+
+def _evaluate_into(out: Path, m: MeasuredLog, keep: np.ndarray, model: SorterModel, title: str,
+                   notes: list[str], meta: LogMeta | None = None, allow_line_mismatch: bool = False) -> dict[str, Any]:
     raw = m.raw[keep]
     sel = np.flatnonzero(keep)
     y = np.array([m.labels[i] for i in sel])
@@ -207,8 +298,12 @@ def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *
         "scored_items": int(keep.sum()),
         "unusable_lines": int((~m.ok).sum()),
         "accuracy": float(np.mean(pred == y)),
+        "notes": notes,
         "all_sensors": headline(y, lanes, damaged),
     }
+    cal = calibration(y, proba)
+    metrics["calibration"] = {"ece": cal["ece"], "brier": cal["brier"], "brier_multiclass": cal["brier_multiclass"],
+                              "bins": cal["bins"]}
     # each sensor missing in turn
     per_sensor = {}
     for s in SENSOR_GROUPS:
@@ -358,6 +453,7 @@ HEADLINE_HEADERS = ("sensors", "Li-ion in lead_acid", "95 % UB rate", "non-lead 
 def render_report(metrics: dict[str, Any], plots: list[str], title: str = "") -> str:
     md = [f"# Evaluation {title}".rstrip(), "", f"Model `{metrics['model']}`, {metrics['items']} items "
           f"({metrics['unusable_lines']} unusable lines went to manual), chemistry accuracy {metrics['accuracy']:.4f}.", "",
+          *[f"**Warning: {n}**\n" for n in metrics.get("notes", [])],
           "## The plant's table", "", _table(HEADLINE_HEADERS, headline_rows(metrics)), "",
           "Lanes (all sensors): " + ", ".join(f"{k}={v}" for k, v in metrics["all_sensors"]["lanes"].items()), ""]
     hz = metrics["hazard"]
@@ -382,11 +478,23 @@ def render_report(metrics: dict[str, Any], plots: list[str], title: str = "") ->
         md += ["## Items with a sensor missing in the log", "", _table(("sensor", "items", "Li-ion in lead_acid", "lanes"),
                [[s, v["items"], v["li_ion_in_lead_acid"], ", ".join(f"{k}={c}" for k, c in sorted(v["lanes"].items()))]
                 for s, v in metrics["natural_dropouts"].items()]), ""]
+    cal = metrics.get("calibration")
+    if cal:
+        md += ["## Calibration (one class against the rest)", "",
+               f"{RELIABILITY_BINS} quantile bins per class (equal item counts) in `reliability.png`, each point "
+               "labelled with its item count. ECE: the count-weighted mean gap between predicted probability and "
+               "observed frequency; Brier: the mean squared error of the probability (0 is perfect).", "",
+               _table(("class", "ECE", "Brier score"), [[c, cal["ece"][c], cal["brier"][c]] for c in CLASSES]), "",
+               f"Multiclass Brier score: {cal['brier_multiclass']:.4g}.", ""]
     prod_rows = sorted(metrics["per_product"].items(), key=lambda kv: (-kv[1].get("wrong_chemistry", 0), kv[0]))
-    md += ["## Per product (most errors first)", "", _table(
-        ("label | product", "items", "wrong chemistry", "Li-ion in lead_acid", "lead_acid", "li_ion", "hazard", "manual"),
-        [[k, v.get("n", 0), v.get("wrong_chemistry", 0), v.get("dangerous", 0), v.get("lane_lead_acid", 0),
-          v.get("lane_li_ion", 0), v.get("lane_hazard", 0), v.get("lane_manual", 0)] for k, v in prod_rows[:40]]), ""]
+    shown = prod_rows[:PRODUCT_ROWS]
+    more = (f"; the first {len(shown)} of {len(prod_rows)} products, all in metrics.json"
+            if len(prod_rows) > len(shown) else f"; all {len(prod_rows)} products")
+    md += [f"## Per product (most errors first{more})", "", _table(
+        ("label", "product", "items", "wrong chemistry", "Li-ion in lead_acid", "lead_acid", "li_ion", "hazard", "manual"),
+        [[*k.split(" | ", 1), v.get("n", 0), v.get("wrong_chemistry", 0), v.get("dangerous", 0),
+          v.get("lane_lead_acid", 0), v.get("lane_li_ion", 0), v.get("lane_hazard", 0), v.get("lane_manual", 0)]
+         for k, v in shown]), ""]
     md += [f"## Items that went wrong ({metrics['wrong_items_total']} in all; the first 60)", "", _table(
         ("line", "label", "chemistry", "lane", "product", "pose", "hard cases", "p (lead, li, other)", "reason"),
         [[w["line_no"], w["label"], w["chemistry"], w["lane"], w["product"], w["pose"], ",".join(w["hard_cases"] or []),
@@ -401,14 +509,34 @@ def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, mo
                  workers: int = 1, progress: bool = False, allow_line_mismatch: bool = False) -> dict[str, Any]:
     """Evaluate a model on a labelled log; writes metrics.json, report.md and plots.
 
-    The log's line is checked against the model's as scoring checks it: a log of another
-    line is evaluated with lead_acid closed, unless ``allow_line_mismatch``."""
-    from .logformat import read_meta
-
+    Warns (in the log and at the top of the report) when the log is the data the model
+    was trained on, recognised by the data digest in the model's manifest. The log's line is
+    checked against the model's as scoring checks it: a log of another line is evaluated with
+    lead_acid closed, unless ``allow_line_mismatch``.
+    """
+    check_log_dir(log_dir)
     model = model or load_model(model_dir)
     m = measure_logs([log_dir], workers=workers, progress=progress)
-    return evaluate_measured(m, model, out_dir, title=f"on {Path(log_dir).name}", meta=read_meta(log_dir),
-                             allow_line_mismatch=allow_line_mismatch)
+    notes = []
+    if is_training_data(m, model):
+        notes.append(f"{log_dir} is data model {model.model_id} was trained on (its digest is in the model's "
+                     "manifest): these figures are optimistic; evaluate on a log the model has not seen")
+        log.warning("%s", notes[-1])
+    Progress("evaluate", enabled=progress).stage(
+        f"scoring {len(m.labels)} items, each sensor removed in turn, permutation importances and plots")
+    return evaluate_measured(m, model, out_dir, title=f"on {Path(log_dir).name}", notes=notes,
+                             meta=read_meta(log_dir), allow_line_mismatch=allow_line_mismatch)
+
+
+def is_training_data(m: MeasuredLog, model: SorterModel) -> bool:
+    """Whether ``m`` is the whole training data of ``model``, or one of its training logs
+    (by the digests :mod:`sorter.train` writes into the manifest)."""
+    from .train import data_digest
+
+    tr = (model.manifest or {}).get("training", {})
+    known = {tr.get("data_sha256")} | set(tr.get("log_data_sha256", []) or [])
+    known.discard(None)
+    return bool(known) and data_digest(m) in known
 
 
 def _energy_card(manifest: dict[str, Any]) -> list[str]:

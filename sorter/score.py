@@ -6,10 +6,17 @@ Parquet segments, and ``progress.json`` (replaced atomically after each segment)
 records where each log stands.  A rerun after an interruption continues from the last
 segment; when every log is done the segments are streamed into ``OUT`` and the
 journal is removed, so the output equals an uninterrupted run's.
+
+The journal is keyed by the logs in the order given, a fingerprint of each (its
+``meta.json`` and the start of its ``items.jsonl``) and the model: a rerun with the
+logs reordered, renamed or replaced starts over instead of resuming.  The same log
+given twice is refused (each log is scored once).  A run that fails before scoring
+anything leaves no journal behind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,10 +33,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .batch import MeasuredChunk, iter_measured, start_workers
+from .batch import MeasuredChunk, count_lines, iter_measured, start_workers
 from .errors import SorterError
-from .logformat import ITEMS_FILE, read_meta
+from .logformat import ITEMS_FILE, META_FILE, check_log_dir, read_meta
 from .model import SorterModel, load_model
+from .progress import Progress
 from .scoring import OUTPUT_COLUMNS, Decision, Scorer, error_decision
 
 log = logging.getLogger(__name__)
@@ -54,7 +62,17 @@ SCHEMA = pa.schema(
     ]
 )
 SEGMENT_ROWS = 2048
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
+FINGERPRINT_BYTES = 1 << 16  # the start of items.jsonl that identifies a log (item ids, times)
+
+
+class ScoreInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`score_logs`: ``rows`` rows are saved in ``partial`` for a rerun to resume."""
+
+    def __init__(self, rows: int, partial: Path):
+        super().__init__(f"{rows} rows saved in {partial}")
+        self.rows = rows
+        self.partial = partial
 
 
 @dataclass
@@ -114,17 +132,35 @@ def _table(rows: list[tuple[str, Decision]]) -> pa.Table:
     return pa.table(cols, schema=SCHEMA)
 
 
-def count_lines(log_dir: str | os.PathLike) -> int:
-    p = Path(log_dir) / ITEMS_FILE
-    if not p.exists():
-        return 0
-    n = 0
-    last = b"\n"
-    with open(p, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n")
+def fingerprint(log_dir: str | os.PathLike) -> str:
+    """sha256 of a log's ``meta.json`` and the first :data:`FINGERPRINT_BYTES` of its
+    ``items.jsonl``: the same log (even renamed, or grown since) has the same fingerprint;
+    another log put in its place has another."""
+    h = hashlib.sha256()
+    for name, limit in ((META_FILE, None), (ITEMS_FILE, FINGERPRINT_BYTES)):
+        try:
+            with open(Path(log_dir) / name, "rb") as fh:
+                h.update(fh.read(limit if limit is not None else -1))
+        except FileNotFoundError:
+            h.update(b"\x00missing")
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def check_logs(logs: Sequence[str]) -> None:
+    """Refuse what cannot be scored as asked, before anything is written: a path that
+    is not a log, an unreadable ``meta.json``, the same log given twice."""
+    seen: dict[tuple[int, int], int] = {}
+    for k, d in enumerate(logs):
+        check_log_dir(d)
+        read_meta(d)
+        st = os.stat(d)
+        first = seen.setdefault((st.st_dev, st.st_ino), k)
+        if first != k:
+            raise SorterError(
+                f"{d} is given twice (as logs {first + 1} and {k + 1}"
+                + ("" if logs[first] == d else f", the first time as {logs[first]}")
+                + "); each log is scored once, so its rows are not repeated: pass it once")
 
 
 class _Journal:
@@ -133,7 +169,8 @@ class _Journal:
     def __init__(self, out: Path, logs: list[str], model_id: str, resume: bool):
         self.dir = out.with_name(out.name + ".partial")
         self.progress_path = self.dir / "progress.json"
-        key = {"version": JOURNAL_VERSION, "logs": logs, "model": model_id}
+        key = {"version": JOURNAL_VERSION, "logs": logs, "fingerprints": [fingerprint(d) for d in logs],
+               "model": model_id}
         self.state: dict[str, Any] = {**key, "segments": 0, "rows": 0, "positions": {}}
         if resume and self.progress_path.exists():
             try:
@@ -147,7 +184,8 @@ class _Journal:
                     if int(seg.stem.split("-")[1]) >= self.state["segments"]:
                         seg.unlink()
                 return
-            log.warning("%s belongs to another run (logs or model differ); starting over", self.dir)
+            log.warning("%s belongs to another run (the logs, their order or content, or the model differ); "
+                        "starting over", self.dir)
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
@@ -158,6 +196,7 @@ class _Journal:
 
     def add_segment(self, table: pa.Table, positions: dict[str, tuple[int, int]]) -> None:
         seg = self.dir / f"segment-{self.state['segments']:06d}.parquet"
+        log.debug("saving %s (%d rows; %d saved before)", seg.name, table.num_rows, self.state["rows"])
         tmp = seg.with_suffix(".tmp")
         pq.write_table(table, tmp)
         with open(tmp, "rb") as fh:
@@ -174,6 +213,9 @@ class _Journal:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.progress_path)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def segments(self) -> list[Path]:
         return [self.dir / f"segment-{i:06d}.parquet" for i in range(self.state["segments"])]
@@ -219,10 +261,14 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
     outp = Path(out)
     if outp.suffix not in (".csv", ".parquet"):
         raise SorterError(f"--out {out}: use a .csv or .parquet file name")
+    if outp.is_dir():
+        raise SorterError(f"--out {out} is a directory; name the output file, e.g. {outp / ('scores' + outp.suffix)}")
+    if not outp.parent.is_dir():
+        raise SorterError(f"--out {out}: the folder {outp.parent} does not exist; create it first")
+    if not os.access(outp.parent, os.W_OK):
+        raise SorterError(f"--out {out}: the folder {outp.parent} is not writable; choose another --out")
     logs = [str(Path(d)) for d in logs]
-    for d in logs:
-        if not Path(d).is_dir():
-            raise SorterError(f"{d}: not a log directory; pass directories holding {ITEMS_FILE}")
+    check_logs(logs)
     # The local engine's workers start first and boot while this process loads the model.
     pool = start_workers(workers) if engine == "local" and workers >= 1 else None
     client = None
@@ -244,18 +290,37 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
 def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int, engine: str, client: Any,
                 resume: bool, progress: bool, executor: Executor | None = None,
                 allow_line_mismatch: bool = False) -> ScoreSummary:
-    journal = _Journal(outp, logs, model.model_id, resume)
+    try:
+        journal = _Journal(outp, logs, model.model_id, resume)
+    except OSError as err:
+        raise SorterError(f"--out {outp}: cannot write its journal {outp.name}.partial ({err}); "
+                          "choose a writable --out") from err
+    try:
+        return _run(journal, logs, outp, model, workers=workers, engine=engine, client=client,
+                    progress=progress, executor=executor, allow_line_mismatch=allow_line_mismatch)
+    except KeyboardInterrupt as err:
+        rows = journal.state["rows"]
+        if rows == 0:
+            journal.discard()
+        raise ScoreInterrupted(rows, journal.dir) from err
+    except BaseException:
+        if journal.state["rows"] == 0:
+            journal.discard()  # nothing to resume: leave nothing behind
+        raise
+
+
+def _run(journal: _Journal, logs: list[str], outp: Path, model: SorterModel, *, workers: int, engine: str,
+         client: Any, progress: bool, executor: Executor | None, allow_line_mismatch: bool = False) -> ScoreSummary:
     summary = ScoreSummary(out=str(outp), resumed_from=journal.state["rows"])
     for seg in journal.segments():  # count what earlier runs scored
         t = pq.read_table(seg, columns=["lane", "reason", "problems"])
         for lane in t.column("lane").to_pylist():
             summary.lanes[lane] += 1
         summary.items += t.num_rows
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(count_lines(d) for d in logs), initial=summary.items, unit="item", desc="score")
+    if summary.items:
+        log.info("resuming after %d rows scored by an earlier run (%s)", summary.items, journal.dir)
+    log.info("model %s; %d log(s), %d workers, engine %s", model.model_id, len(logs), workers, engine)
+    bar = Progress("score", total=sum(count_lines(d) for d in logs), initial=summary.items, enabled=progress)
     scorer = Scorer(model, allow_line_mismatch=allow_line_mismatch)
     for d in logs:  # the line check, once per log, here (its warning once, whichever engine scores)
         scorer.line_closed(read_meta(d))
@@ -272,12 +337,11 @@ def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int
         if len(pending) >= SEGMENT_ROWS:
             journal.add_segment(_table(pending), positions)
             pending = []
-        if bar is not None:
-            bar.update(len(decisions))
+        bar.update(len(decisions))
     if pending:
         journal.add_segment(_table(pending), positions)
+    bar.close()
+    log.info("writing %s from %d segments", outp, journal.state["segments"])
     journal.finish(outp)
-    if bar is not None:
-        bar.close()
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -44,6 +44,7 @@ from .logformat import read_meta
 from .model import SorterModel, save_model
 from .novelty import NoveltyModel
 from .policy import OPTIONAL_SENSORS, PolicyThresholds, critical_problems
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,24 @@ def _sigmoid(x: float) -> float:
 
 def data_digest(m: MeasuredLog) -> str:
     """sha256 over the training rows and labels (what the model was fitted on)."""
+    return _digest(m.raw, m.labels)
+
+
+def _digest(raw: np.ndarray, labels: Sequence[str | None]) -> str:
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(np.nan_to_num(m.raw, nan=-1e300)).tobytes())
-    h.update("\x00".join(str(x) for x in m.labels).encode())
+    h.update(np.ascontiguousarray(np.nan_to_num(raw, nan=-1e300)).tobytes())
+    h.update("\x00".join(str(x) for x in labels).encode())
     return h.hexdigest()
+
+
+def log_digests(m: MeasuredLog, log_dirs: Sequence[str]) -> list[str]:
+    """:func:`data_digest` of each log's own rows, in order (``sorter evaluate`` warns when
+    it is given one of a model's training logs)."""
+    out = []
+    for d in log_dirs:
+        sel = [i for i, x in enumerate(m.log_dirs) if x == str(d)]
+        out.append(_digest(m.raw[sel], [m.labels[i] for i in sel]))
+    return out
 
 
 def _augment(raw: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Generator, share: float):
@@ -292,8 +307,9 @@ def heldout_metrics(model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged:
 def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) -> tuple[SorterModel, dict[str, Any]]:
     """Train a model from labelled logs. Returns the model and a training report."""
     t0 = time.perf_counter()
+    stages = Progress("train", enabled=progress)
     m = measure_logs(log_dirs, workers=cfg.workers, progress=progress)
-    usable = m.ok & np.array([lab in CLASSES for lab in m.labels])
+    usable = m.ok & np.array([lab in CLASSES for lab in m.labels], dtype=bool)
     if usable.sum() < 50:
         raise SorterError(
             f"only {int(usable.sum())} labelled, usable items in {list(log_dirs)}; training needs labelled logs "
@@ -314,15 +330,18 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
     xa, ya, wa = _augment(raw[tr], y[tr], w[tr], rng, cfg.dropout_augment)
     t_meas = time.perf_counter() - t0
     log.info("fitting the chemistry classifier on %d rows (%d after augmentation)", len(tr), len(ya))
+    stages.stage(f"fitting the chemistry classifier on {len(ya)} rows (the longest step; no progress count)")
     pipe = fit_classifier(xa, ya, wa, cfg)
     dmg_pipe = None
     if damaged is not None:
         li_tr = tr[y[tr] == "li_ion"]
+        stages.stage(f"fitting the damage detector on {len(li_tr)} Li-ion rows")
         dmg_pipe = fit_damage(raw[li_tr], damaged[li_tr], cfg)
     model = SorterModel(pipe, PolicyThresholds(), CLASSES, dmg_pipe)
     model.novelty = NoveltyModel.fit(raw[tr], y[tr], CLASSES, seed=cfg.seed)
     model.domain = LineDomain.from_metas([read_meta(d) for d in log_dirs])
     reference = reference_quantiles(raw[tr], y[tr])
+    stages.stage(f"choosing the policy thresholds on {len(va)} held-out rows")
     thresholds, th_report = choose_thresholds(model, raw[va], y[va], None if damaged is None else damaged[va], cfg)
     novelty_max, nov_report = choose_novelty_max(model, raw[va], y[va], cfg)
     th_report.update(nov_report, novelty_max=novelty_max)
@@ -344,6 +363,7 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
             "heldout_rows": int(len(va)),
             "class_counts": {c: int((y == c).sum()) for c in CLASSES},
             "data_sha256": data_digest(m),
+            "log_data_sha256": log_digests(m, log_dirs),
             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "seconds_measure": round(t_meas, 1),
             "seconds_total": round(time.perf_counter() - t0, 1),

@@ -77,4 +77,4 @@ def test_cli_calibrate_refuses_a_non_empty_out(line_b_log, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("")
     assert main(["calibrate", str(line_b_log), "--out", str(tmp_path / "taken")]) == 2
-    assert "not an empty directory" in capsys.readouterr().err
+    assert "is not empty and does not hold a model" in capsys.readouterr().err

@@ -57,7 +57,11 @@ def _rows(path):
 
 
 def test_dask_engine_gives_the_local_engines_rows(tmp_path, cluster, model, log_with_bad_lines, monkeypatch):
-    logs = [log_with_bad_lines, log_with_bad_lines]  # two logs: rows follow the logs, then the lines
+    import shutil
+
+    copy = tmp_path / "copy"  # the same log twice is refused: a copy of it is another log
+    shutil.copytree(log_with_bad_lines, copy)
+    logs = [log_with_bad_lines, copy]  # two logs: rows follow the logs, then the lines
     score_mod.score_logs(logs, tmp_path / "local.parquet", model=model, workers=1)
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)  # no --scheduler: the environment's
     summary = score_mod.score_logs(logs, tmp_path / "dask.parquet", model=model, engine="dask")

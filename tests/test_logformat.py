@@ -405,8 +405,16 @@ def test_over_long_line_is_reported_without_losing_the_next(
 
 
 def test_missing_items_file_is_a_log_format_error(tmp_path: Path) -> None:
-    with pytest.raises(LogFormatError, match="items.jsonl not found"):
+    with pytest.raises(LogFormatError, match="holds no items.jsonl") as err:
         list(iter_log(tmp_path))
+    assert "follow" not in str(err.value)  # the CLI's words, not a Python argument
+    with pytest.raises(LogFormatError, match="no such log directory"):
+        list(iter_log(tmp_path / "nope"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LogFormatError, match="is a file, not a log directory"):
+        list(iter_log(tmp_path / "file"))
+    with pytest.raises(LogFormatError, match="is a file, not a log directory"):
+        read_meta(tmp_path / "file")
 
 
 # ------------------------------------------------------------- torn lines

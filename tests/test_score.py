@@ -12,6 +12,7 @@ import pytest
 
 from sorter import score as score_mod
 from sorter.cli import main
+from sorter.errors import SorterError
 from sorter.features.measure import AmbientTracker
 from sorter.logformat import iter_log, load_item, read_meta
 from sorter.model import load_model
@@ -158,3 +159,140 @@ def test_workers_start_before_the_model_loads_and_none_outlive_the_run(tmp_path,
     with pytest.raises(score_mod.SorterError, match="no model here"):
         score_mod.score_logs([log_with_bad_lines], tmp_path / "p.csv", workers=2)
     assert mp.active_children() == [] and not (tmp_path / "p.csv.partial").exists()
+
+
+# ---------------------------------------------------------------- resume with other log lists
+
+
+@pytest.fixture(scope="module")
+def second_log(tmp_path_factory):
+    d = tmp_path_factory.mktemp("logs2") / "other"
+    simulate_log(SimConfig(items=20, seed=22, mix="recycler"), d)
+    return d
+
+
+def _interrupt_after_two_segments(logs, out, model, monkeypatch):
+    """Score ``logs`` into ``out`` and stop it (Ctrl-C) after two 8-row segments are saved."""
+    monkeypatch.setattr(score_mod, "SEGMENT_ROWS", 8)
+    monkeypatch.setattr("sorter.batch.CHUNK", 8)
+    real_add = score_mod._Journal.add_segment
+    calls = {"n": 0}
+
+    def crash_after_two(self, table, positions):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        calls["n"] += 1
+        return real_add(self, table, positions)
+
+    with monkeypatch.context() as m:
+        m.setattr(score_mod._Journal, "add_segment", crash_after_two)
+        with pytest.raises(score_mod.ScoreInterrupted) as err:
+            score_mod.score_logs(logs, out, model=model, workers=1)
+    assert err.value.rows == 16 and (out.parent / (out.name + ".partial")).is_dir()
+
+
+def _copy_log(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("change", ["reordered", "renamed", "swapped"])
+def test_resume_after_the_logs_changed_equals_an_uninterrupted_run(tmp_path, log_with_bad_lines, second_log,
+                                                                    model, monkeypatch, change):
+    a = _copy_log(log_with_bad_lines, tmp_path / "a")
+    b = _copy_log(second_log, tmp_path / "b")
+    out = tmp_path / "scores.csv"
+    _interrupt_after_two_segments([a, b], out, model, monkeypatch)
+    if change == "reordered":
+        logs = [b, a]
+    elif change == "renamed":
+        a.rename(tmp_path / "a2")
+        logs = [tmp_path / "a2", b]
+    else:  # the same names now hold each other's data
+        a.rename(tmp_path / "tmp")
+        b.rename(a)
+        (tmp_path / "tmp").rename(b)
+        logs = [a, b]
+    summary = score_mod.score_logs(logs, out, model=model, workers=1)
+    assert summary.resumed_from == 0  # another run: started over, not resumed
+    full = tmp_path / "full.csv"
+    score_mod.score_logs(logs, full, model=model, workers=1)
+    assert out.read_text() == full.read_text()
+    assert summary.items == len(_read_csv(full))
+
+
+def test_resume_of_the_same_logs_still_resumes(tmp_path, log_with_bad_lines, second_log, model, monkeypatch):
+    out = tmp_path / "scores.parquet"
+    _interrupt_after_two_segments([log_with_bad_lines, second_log], out, model, monkeypatch)
+    summary = score_mod.score_logs([log_with_bad_lines, second_log], out, model=model, workers=1)
+    assert summary.resumed_from == 16
+    full = tmp_path / "full.parquet"
+    score_mod.score_logs([log_with_bad_lines, second_log], full, model=model, workers=1)
+    def rows(p):  # NaN != NaN: compare them as text
+        return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                for r in pq.read_table(p).to_pylist()]
+
+    assert rows(out) == rows(full) and len(rows(full)) == summary.items
+
+
+def test_a_log_given_twice_is_refused_before_anything_is_written(tmp_path, log_with_bad_lines, second_log, model):
+    link = tmp_path / "link"
+    link.symlink_to(log_with_bad_lines, target_is_directory=True)
+    out = tmp_path / "o.csv"
+    for logs in ([log_with_bad_lines, log_with_bad_lines], [log_with_bad_lines, second_log, f"{log_with_bad_lines}/"],
+                 [log_with_bad_lines, link]):
+        with pytest.raises(SorterError, match="given twice"):
+            score_mod.score_logs(logs, out, model=model, workers=1)
+        assert not out.exists() and not (tmp_path / "o.csv.partial").exists()
+
+
+def test_a_failed_run_leaves_no_journal(tmp_path, log_with_bad_lines, model, monkeypatch):
+    def broken(*args, **kwargs):
+        raise SorterError("the disk is full")
+        yield
+
+    monkeypatch.setattr(score_mod, "iter_decisions", broken)
+    with pytest.raises(SorterError, match="disk is full"):
+        score_mod.score_logs([log_with_bad_lines], tmp_path / "o.csv", model=model, workers=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_says_how_to_resume_and_how_many_rows_are_saved(tmp_path, log_with_bad_lines, monkeypatch, capsys):
+    out = tmp_path / "o.csv"
+    monkeypatch.setattr(score_mod, "SEGMENT_ROWS", 8)
+    monkeypatch.setattr("sorter.batch.CHUNK", 8)
+    real_add = score_mod._Journal.add_segment
+    calls = {"n": 0}
+
+    def crash_after_two(self, table, positions):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real_add(self, table, positions)
+
+    monkeypatch.setattr(score_mod._Journal, "add_segment", crash_after_two)
+    assert main(["score", str(log_with_bad_lines), "--out", str(out), "--workers", "1"]) == 130
+    err = capsys.readouterr().err
+    assert "16 rows saved" in err and "rerun the same command to resume" in err
+    monkeypatch.setattr(score_mod._Journal, "add_segment", real_add)
+    assert main(["score", str(log_with_bad_lines), "--out", str(out), "--workers", "1"]) == 0
+    assert "resumed after 16" in capsys.readouterr().out
+
+
+def test_verbose_score_says_what_it_does(tmp_path, log_with_bad_lines, caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="sorter"):
+        score_mod.score_logs([log_with_bad_lines], tmp_path / "o.csv", workers=1)
+    text = caplog.text
+    assert "model sorter" in text and "writing" in text and "segment-000000" in text
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, log_with_bad_lines, monkeypatch, capsys):
+    monkeypatch.setattr("sorter.progress.EVERY_S", 0.0)
+    assert main(["score", str(log_with_bad_lines), "--out", str(tmp_path / "o.csv"), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    n = len((log_with_bad_lines / "items.jsonl").read_text().splitlines())
+    assert f"score: {n}/{n} items (100 %)" in err

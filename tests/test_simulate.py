@@ -450,3 +450,41 @@ def test_named_shifts_are_valid_lines_that_declare_what_differs():
     assert shifted_config("pitch").meta().xray_mm_per_px == 2.5
     with pytest.raises(SimulationError, match="choose one of spectrum"):
         shifted_config("nope")
+
+
+def test_an_interrupted_simulation_is_marked_and_readers_say_so(tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    from sorter.cli import main
+    from sorter.logformat import INCOMPLETE_FILE, LogWriter, incomplete_note
+
+    out = tmp_path / "log"
+    real_append = LogWriter.append
+    written = {"n": 0}
+
+    def ctrl_c_after_five(self, *args, **kwargs):
+        if written["n"] == 5:
+            raise KeyboardInterrupt
+        written["n"] += 1
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogWriter, "append", ctrl_c_after_five)
+    assert main(["simulate", "--items", "20", "--out", str(out), "--workers", "1"]) == 130
+    assert "incomplete log of 5 items" in capsys.readouterr().err
+    assert (out / INCOMPLETE_FILE).exists() and "interrupted" in incomplete_note(out)
+    with caplog.at_level(logging.WARNING, logger="sorter.logformat"):
+        assert len(list(iter_log(out))) == 5  # every line is valid...
+    assert "incomplete log" in caplog.text  # ...and the reader says the log ends early
+    monkeypatch.setattr(LogWriter, "append", real_append)
+    assert main(["simulate", "--items", "20", "--out", str(out), "--workers", "1"]) == 2
+    assert "incomplete log" in capsys.readouterr().err
+    assert main(["simulate", "--items", "20", "--out", str(out), "--workers", "1", "--force"]) == 0
+    assert not (out / INCOMPLETE_FILE).exists() and incomplete_note(out) is None
+    assert len(list(iter_log(out))) == 20
+
+
+def test_a_finished_simulation_has_no_incomplete_marker(tmp_path):
+    from sorter.logformat import INCOMPLETE_FILE
+
+    simulate_log(SimConfig(items=3, seed=1), tmp_path / "log")
+    assert not (tmp_path / "log" / INCOMPLETE_FILE).exists()

@@ -67,3 +67,41 @@ def test_cli_train_writes_a_loadable_model(tmp_path, small_log, capsys):
     assert "held-out" in capsys.readouterr().out
     assert (out / "MODEL_CARD.md").exists()
     load_model(out)
+
+
+def test_evaluate_warns_when_given_a_log_the_model_was_trained_on(tmp_path, small_log):
+    from sorter.report import evaluate_log
+
+    other = tmp_path / "other"
+    simulate_log(SimConfig(items=60, seed=78, mix="balanced"), other)
+    fresh = tmp_path / "fresh"
+    simulate_log(SimConfig(items=40, seed=79, mix="balanced"), fresh)
+    train_and_save([str(small_log), str(other)], tmp_path / "m", FAST)
+    model = load_model(tmp_path / "m")  # what `sorter evaluate --model` sees: the manifest on disk
+    seen = evaluate_log(str(small_log), str(tmp_path / "r1"), model=model, workers=1)
+    assert seen["notes"] and "trained on" in seen["notes"][0]
+    assert "**Warning:" in (tmp_path / "r1" / "report.md").read_text()
+    unseen = evaluate_log(str(fresh), str(tmp_path / "r2"), model=model, workers=1)
+    assert unseen["notes"] == []
+
+
+def test_training_announces_its_stages(small_log, capsys):
+    train([str(small_log)], FAST, progress=True)
+    err = capsys.readouterr().err
+    assert "train: fitting the chemistry classifier" in err  # no silent stretch while fitting
+    assert "choosing the policy thresholds" in err
+
+
+@pytest.mark.slow
+def test_cli_train_shows_its_stages_and_refuses_to_replace_a_model_without_force(tmp_path, small_log, capsys):
+    out = tmp_path / "m"
+    assert main(["train", str(small_log), "--out", str(out), "--workers", "1"]) == 0
+    cap = capsys.readouterr()
+    assert "train: fitting the chemistry classifier" in cap.err  # no silent stretch while fitting
+    assert "choosing the policy thresholds" in cap.err
+    held = cap.out.split("held-out: ")[1].splitlines()[0]
+    assert all(len(v.split(".", 1)[-1]) <= 4 for v in (kv.split("=")[1] for kv in held.split(", ")))
+    manifest = (out / "manifest.json").read_text()
+    assert main(["train", str(small_log), "--out", str(out), "--workers", "1", "--seed", "9"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "manifest.json").read_text() == manifest  # untouched

@@ -32,7 +32,9 @@ def _add_run(sub: Any) -> None:
             "record the decision in the audit log, and send the lane to the PLC over Modbus TCP before the item's "
             "deadline. Ctrl-C (SIGINT) or SIGTERM finishes the items in flight and prints a summary; a second "
             "signal stops at once. Settings: --config file < SORTER_SECTION_KEY environment variables < --set "
-            "options (see docs/configuration.md)."),
+            "options (see docs/configuration.md; examples/line.toml is a commented example). Exit status: 0 when "
+            "every item has its audit row, the PLC's lane counters agree with the controller and no item missed "
+            "its deadline; 1 otherwise (the summary says why); 2 for a configuration error."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", default=None, help="TOML configuration file (e.g. line.toml)")
@@ -40,7 +42,12 @@ def _add_run(sub: Any) -> None:
                    help="override one setting, e.g. --set plc.host=192.168.10.20 (repeatable; wins over "
                         "the file and the environment)")
     p.add_argument("--print-config", action="store_true",
-                   help="print the effective configuration with where each value came from, and exit")
+                   help="print the effective configuration with where each value came from, and exit (without "
+                        "--config: the defaults)")
+    p.add_argument("--replay-rate", type=float, default=None, metavar="R",
+                   help="replay a recorded log (line.source = \"log\") at R times the speed it was recorded at: "
+                        "each item is handed over when its bridge time comes round, and its deadline runs from "
+                        "then (1 = belt speed as recorded)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_run)
 
@@ -51,18 +58,100 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sorter.line.config import load_config
     from sorter.line.controller import run_line
 
-    cfg = load_config(args.config, overrides=args.overrides)
+    from sorter.errors import ConfigError
+
     if args.print_config:
+        cfg = load_config(args.config, overrides=args.overrides, validate=False)
         print(cfg.to_toml(), end="")
+        try:
+            load_config(args.config, overrides=args.overrides)
+        except ConfigError as err:
+            print(f"# not runnable as it stands: {err}", file=sys.stderr)
         return 0
-    summary = asyncio.run(run_line(cfg, handle_signals=True))
+    if args.replay_rate is not None and not args.replay_rate > 0:
+        raise ConfigError(f"--replay-rate {args.replay_rate} must be > 0 (1 replays at the recorded speed)")
+    try:
+        cfg = load_config(args.config, overrides=args.overrides)
+    except ConfigError as err:
+        if args.config is None and not args.overrides and "log_dir" in str(err):
+            raise ConfigError(
+                "no --config given: a line needs at least line.log_dir (the sensor bridge's log) and the PLC's "
+                "address; start from examples/line.toml in the source tree (every key is in "
+                "docs/configuration.md), or write the defaults with `sorter run --print-config > line.toml`; "
+                "`sorter demo` runs a whole simulated line") from err
+        raise
+    source = None
+    if cfg.line.source == "log":
+        _check_log_dir(cfg)
+        if args.replay_rate is not None:
+            source = _paced(cfg, args.replay_rate)
+    elif args.replay_rate is not None:
+        raise ConfigError("--replay-rate paces a recorded log; it needs line.source = \"log\"")
+    summary = asyncio.run(run_line(cfg, source=source, handle_signals=True))
     if args.json:
         print(json.dumps(summary.to_json(), indent=2, default=str))
     else:
         print(summary.format())
+    problems = run_problems(summary)
+    if not args.json:
+        print(f"result         {'PROBLEM: ' + '; '.join(problems) if problems else 'OK'}")
+    return 1 if problems else 0
+
+
+def run_problems(summary: Any) -> list[str]:
+    """Why a run's exit status is 1: what the summary shows went wrong (empty: all is well)."""
+    out = []
     if summary.error:
-        return 1
-    return 0 if summary.audit_ok else 1
+        out.append(str(summary.error))
+    if not summary.audit_ok:
+        out.append(f"{summary.audit_rows} audit rows for {summary.items} items")
+    if summary.plc_agrees is False:
+        out.append("the PLC's lane counters differ from the controller's")
+    if summary.overload:
+        out.append(f"{_items(summary.overload)} past the deadline before scoring (overload; replaying a "
+                   "recorded log? pace it with --replay-rate)")
+    late = max(0, summary.deadline_misses - summary.overload)  # deadline_misses counts the overload too
+    if late > 0:
+        out.append(f"{late} decision{'s' if late != 1 else ''} missed the deadline")
+    if summary.undelivered:
+        out.append(f"{summary.undelivered} decision{'s' if summary.undelivered != 1 else ''} not delivered to the PLC")
+    return out
+
+
+def _items(n: int) -> str:
+    return f"{n} item{'s' if n != 1 else ''}"
+
+
+def _check_log_dir(cfg: Any) -> None:
+    """A log the controller cannot read is a configuration error, said before anything starts."""
+    from pathlib import Path
+
+    from sorter.errors import ConfigError
+    from sorter.logformat import check_log_dir
+
+    where = cfg.origins.get("line.log_dir", "line.log_dir")
+    p = Path(cfg.line.log_dir)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{where}: line.log_dir = {str(p)!r} is a file; name the log directory")
+    if not cfg.line.follow:  # a replay: the log must be there (a live log may appear later)
+        try:
+            check_log_dir(p)
+        except Exception as err:
+            raise ConfigError(f"{where}: {err}") from err
+
+
+def _paced(cfg: Any, rate: float) -> Any:
+    """The configured log source, paced for a replay (``--replay-rate``)."""
+    from sorter.line.controller import build_source
+
+    inner = build_source(cfg)
+
+    def factory(resume: Any, is_recorded: Any) -> Any:
+        src = inner(resume, is_recorded)
+        src.pace(rate)
+        return src
+
+    return factory
 
 
 # ---------------------------------------------------------------------------- plc-sim
@@ -105,7 +194,9 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default %(default)s)")
     p.add_argument("--mix", default="recycler", help="intake mix: recycler or balanced (default %(default)s)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="directory for the audit log (default: a new temporary directory)")
+                   help="directory for the audit log, kept after the run (default: a temporary directory, deleted at "
+                        "the end)")
+    p.add_argument("--force", action="store_true", help="replace an audit log already in --out")
     p.add_argument("--pool", type=int, default=300,
                    help="distinct items simulated up front, cycled with fresh ids (default %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="scoring worker processes (default %(default)s)")
@@ -126,7 +217,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(items=args.items, rate_hz=args.rate, seed=args.seed, mix=args.mix, out=args.out,
                       pool=args.pool, workers=args.workers, scan_ms=args.scan_ms, status=not args.no_status,
-                      handle_signals=True)
+                      handle_signals=True, force=args.force)
     print(format_result(result))
     sys.stdout.flush()
     return 0 if result.ok else 1

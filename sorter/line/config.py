@@ -385,6 +385,7 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Sequence[str] = (),
+    validate: bool = True,
 ) -> LineConfig:
     """Build the configuration: defaults < file < environment < ``--set`` options.
 
@@ -399,6 +400,9 @@ def load_config(
         section is refused.
     overrides : sequence of str
         ``section.key=value`` strings, applied last, in order.
+    validate : bool
+        Check the whole configuration (``False``: only each value's type, for
+        ``sorter run --print-config`` to show an unfinished configuration).
 
     Returns
     -------
@@ -465,19 +469,20 @@ def load_config(
         values[section][key] = _coerce(section, key, raw, where, from_text=True)
         origins[f"{section}.{key}"] = where
 
-    return _build(values, origins)
+    return _build(values, origins, validate=validate)
 
 
 def _current_values(cfg: LineConfig) -> dict[str, dict[str, Any]]:
     return {s: dataclasses.asdict(getattr(cfg, s)) for s in _SECTIONS}
 
 
-def _build(values: dict[str, dict[str, Any]], origins: dict[str, str]) -> LineConfig:
+def _build(values: dict[str, dict[str, Any]], origins: dict[str, str], *, validate: bool = True) -> LineConfig:
     cfg = LineConfig(
         **{s: cls(**values[s]) for s, cls in _SECTIONS.items()},
         origins=dict(origins),
     )
-    _validate(cfg)
+    if validate:
+        _validate(cfg)
     return cfg
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class DemoResult:
     """The simulated PLC's own counters at the end (read in-process)."""
     out_dir: Path
     plc_port: int
+    kept: bool = True
+    """Whether ``out_dir`` (the audit log) still exists: a demo without ``out`` deletes its temporary folder."""
 
     @property
     def ok(self) -> bool:
@@ -78,7 +81,7 @@ def demo_config(*, items: int, rate_hz: float, seed: int, mix: str, pool: int, a
 async def run_demo_async(*, items: int = 600, rate_hz: float = 20.0, seed: int = 0, mix: str = "recycler",
                          out: str | Path | None = None, pool: int = 300, workers: int = 2, scan_ms: float = 10.0,
                          status: bool = True, stream: TextIO | None = None,
-                         handle_signals: bool = False) -> DemoResult:
+                         handle_signals: bool = False, force: bool = False) -> DemoResult:
     """Run the demo inside a running event loop (see :func:`run_demo`)."""
     stream = stream or sys.stdout
     if items < 1:
@@ -87,18 +90,39 @@ async def run_demo_async(*, items: int = 600, rate_hz: float = 20.0, seed: int =
         out_dir = Path(tempfile.mkdtemp(prefix="sorter-demo-"))
     else:
         out_dir = Path(out)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"--out {out_dir} is a file; the demo writes its audit log into a folder: "
+                              "choose a folder name")
         out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = await _run_demo(items=items, rate_hz=rate_hz, seed=seed, mix=mix, out_dir=out_dir, pool=pool,
+                                 workers=workers, scan_ms=scan_ms, status=status, stream=stream,
+                                 handle_signals=handle_signals, keep=out is not None, force=force)
+    finally:
+        if out is None:  # a temporary folder the user never asked for: leave nothing behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+    return result
+
+
+async def _run_demo(*, items: int, rate_hz: float, seed: int, mix: str, out_dir: Path, pool: int, workers: int,
+                    scan_ms: float, status: bool, stream: TextIO, handle_signals: bool, keep: bool,
+                    force: bool = False) -> DemoResult:
     audit_path = out_dir / "audit.sqlite"
+    if audit_path.exists() and force:  # --force: this demo's audit log replaces the earlier one's
+        for extra in ("", "-wal", "-shm", "-journal"):
+            audit_path.with_name(audit_path.name + extra).unlink(missing_ok=True)
     if audit_path.exists():
         raise ConfigError(f"--out {out_dir} already holds an audit log ({audit_path.name}); "
-                          "pass a new or empty directory")
+                          "pass --force to replace it, or a new or empty directory")
     # The PLC simulator starts last, just before the controller connects: a PLC that runs without a PC
     # heartbeat (during the pool generation and model loading) would rightly report it lost.
     sim = PlcSimulator("127.0.0.1", 0, scan_ms=scan_ms)
     cfg = demo_config(items=items, rate_hz=rate_hz, seed=seed, mix=mix, pool=min(pool, items),
                       audit_path=audit_path, plc_port=1, workers=workers, status=status)
     print(f"sorter demo: {items} items at {rate_hz:g}/s from a pool of {cfg.simulated.pool} ({mix} mix, seed {seed}); "
-          f"deadline {cfg.line.deadline_ms:.0f} ms; audit log {audit_path}", file=stream, flush=True)
+          f"deadline {cfg.line.deadline_ms:.0f} ms; audit log "
+          f"{audit_path if keep else 'in a temporary folder, deleted at the end (--out DIR keeps it)'}",
+          file=stream, flush=True)
     print("sorter demo: simulating the pool and loading the model in the scoring workers ...", file=stream,
           flush=True)
     scorer = ScoringPool(None, workers=workers, kind=cfg.line.scorer_pool, max_batch=cfg.line.max_batch)
@@ -117,7 +141,7 @@ async def run_demo_async(*, items: int = 600, rate_hz: float = 20.0, seed: int =
     finally:
         await scorer.close()
         await source.close()
-    return DemoResult(summary=summary, plc_counters=counters, out_dir=out_dir, plc_port=sim.port)
+    return DemoResult(summary=summary, plc_counters=counters, out_dir=out_dir, plc_port=sim.port, kept=keep)
 
 
 def run_demo(**kwargs: object) -> DemoResult:
@@ -145,6 +169,8 @@ def run_demo(**kwargs: object) -> DemoResult:
         Show the live status line on stderr.
     handle_signals : bool
         Ctrl-C / SIGTERM finish the items in flight and still print the summary.
+    force : bool
+        Replace an audit log already in ``out`` (else it is refused).
     """
     return asyncio.run(run_demo_async(**kwargs))  # type: ignore[arg-type]
 
@@ -157,5 +183,6 @@ def format_result(result: DemoResult) -> str:
              f"simulated PLC  {', '.join(f'{k} {v}' for k, v in c.items())} (read in-process at the end)",
              f"result         {'OK' if result.ok else 'PROBLEM'}: audit rows {'==' if s.audit_ok else '!='} items; "
              f"PLC lane counters {'agree' if s.plc_agrees else 'DO NOT agree'} with the controller",
-             f"audit log      {result.out_dir / 'audit.sqlite'}"]
+             f"audit log      {result.out_dir / 'audit.sqlite'}" if result.kept else
+             "audit log      not kept (it was in a temporary folder; pass --out DIR to keep it)"]
     return "\n".join(lines)

@@ -120,6 +120,7 @@ class PlcModel:
         self._heartbeat = 0
         self._pc_heartbeat: int | None = None
         self._pc_heartbeat_changed_at = 0.0
+        self._pc_seen = False  # a PC heartbeat has counted at least once since the start
         self._latched_faults = PlcFault(0)
         self._live_faults = PlcFault(0)
         self._counters = dict.fromkeys(COUNTER_NAMES, 0)
@@ -212,10 +213,14 @@ class PlcModel:
 
         pc_heartbeat = image[m.pc_heartbeat_address - m.base]
         if pc_heartbeat != self._pc_heartbeat:
+            self._pc_seen = self._pc_seen or self._pc_heartbeat is not None
             self._pc_heartbeat, self._pc_heartbeat_changed_at = pc_heartbeat, now
         if now - self._pc_heartbeat_changed_at > self.pc_heartbeat_timeout_s:
             if not self._live_faults & PlcFault.PC_HEARTBEAT_LOST:
-                logger.warning("simulated PLC: PC heartbeat lost")
+                if self._pc_seen:
+                    logger.warning("simulated PLC: PC heartbeat lost")
+                else:  # nothing was lost: no PC has connected yet (the fault bit is set all the same)
+                    logger.info("simulated PLC: no PC heartbeat yet; waiting for a PC (items go to the safe lane)")
             self._live_faults |= PlcFault.PC_HEARTBEAT_LOST
         else:
             self._live_faults &= ~PlcFault.PC_HEARTBEAT_LOST

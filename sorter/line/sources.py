@@ -304,6 +304,36 @@ class LogFollowSource(ItemSource):
         self.lines_read = 0
         self.rechecked = 0
         self.truth_known = True  # labelled logs carry it; items without a label have truth None
+        self.replay_rate: float | None = None
+        self._replay_origin: tuple[float, float] | None = None  # (first item's t, monotonic time it was read)
+        self._consuming = threading.Event()  # set when the controller starts taking items
+
+    def pace(self, rate: float) -> None:
+        """Replay a recorded log at ``rate`` times the speed it was recorded at (``sorter run
+        --replay-rate``): each item is handed over when its bridge time ``t``, counted from the
+        first item's, comes round; deadlines run from that moment (the recorded bridge times
+        are in the past).  Call before :meth:`start`."""
+        if not rate > 0:
+            raise ValueError(f"replay rate {rate} must be > 0 (1 replays at the recorded speed)")
+        self.replay_rate = float(rate)
+        self.timing = BeltTiming(self.timing.deadline_s, "arrival")
+
+    def _wait_for_turn(self, line: LogLine) -> bool:
+        """Sleep until a paced replay reaches ``line``; False if stopped meanwhile."""
+        if self.replay_rate is None or line.record is None:
+            return True
+        if self._replay_origin is None:
+            # The clock starts when the controller takes its first item, not while its scorer
+            # still loads the model: items released meanwhile would age past their deadlines.
+            while not self._consuming.wait(0.05):
+                if self._stop.is_set():
+                    return False
+        t, now = line.record.t, time.monotonic()
+        if self._replay_origin is None:
+            self._replay_origin = (t, now)
+            return True
+        wait = self._replay_origin[1] + (t - self._replay_origin[0]) / self.replay_rate - now
+        return wait <= 0 or not self._stop.wait(wait)
 
     async def start(self) -> None:
         if self._thread is not None:
@@ -331,6 +361,7 @@ class LogFollowSource(ItemSource):
     async def __aiter__(self) -> AsyncIterator[SourceItem]:  # type: ignore[override]
         if self._queue is None:
             raise SorterError("call `await source.start()` before iterating a LogFollowSource")
+        self._consuming.set()
         while True:
             got = await self._queue.get()
             if got is _DONE:
@@ -364,6 +395,8 @@ class LogFollowSource(ItemSource):
                     except LogFormatError as err:
                         meta_error = str(err)
                         logger.error("%s; every item of this log goes to the safe lane", err)
+                if not self._wait_for_turn(line):
+                    break
                 item = self._make(line, meta, meta_error)
                 if not self._put(item):
                     break

@@ -448,12 +448,20 @@ def simulate_log(cfg: SimConfig, out_dir: str | os.PathLike, *, workers: int = 1
     >>> s.items
     5
     """
-    from ..logformat import ITEMS_FILE, LogWriter
+    from ..logformat import INCOMPLETE_FILE, ITEMS_FILE, LogWriter, incomplete_note
 
     out = Path(out_dir)
     if (out / ITEMS_FILE).exists() and (out / ITEMS_FILE).stat().st_size > 0:
-        raise SimulationError(f"{out} already holds a log; choose an empty --out directory")
+        if incomplete_note(out) is not None:
+            raise SimulationError(f"{out} holds an incomplete log (an earlier simulation was interrupted); "
+                                  "delete it or pass --force to replace it, or choose another --out directory")
+        raise SimulationError(f"{out} already holds a log; pass --force to replace it, or choose an empty --out directory")
     (out / "images").mkdir(parents=True, exist_ok=True)
+    # Marks the log as unfinished until the last item is written: an interrupted run
+    # leaves a log whose lines are all valid, and readers must be able to tell it ends early.
+    (out / INCOMPLETE_FILE).write_text(
+        f"sorter simulate was interrupted before writing all {cfg.items} items (seed {cfg.seed}); "
+        "simulate again with --force to replace it\n", encoding="utf-8")
     summary = SimSummary()
     t_start = time.perf_counter()
     bar = None
@@ -470,5 +478,6 @@ def simulate_log(cfg: SimConfig, out_dir: str | os.PathLike, *, workers: int = 1
                 bar.update()
     if bar is not None:
         bar.close()
+    (out / INCOMPLETE_FILE).unlink()
     summary.seconds = time.perf_counter() - t_start
     return summary
