@@ -52,7 +52,7 @@ import datetime as dt
 import json
 import math
 import string
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -348,6 +348,8 @@ class StationState:
         If a case is open already, it stays open and is returned unchanged."""
         if self.open_case is not None:
             return self, self.open_case
+        if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+            raise CaseStateError(f"open(now={now!r}): now must be the time in epoch seconds")
         case = Case(self.config.case_id(self.next_n, now), self.next_n, float(now))
         return replace(self, open_case=case, next_n=self.next_n + 1), case
 

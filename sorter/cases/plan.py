@@ -184,7 +184,8 @@ def lane_items(table: pa.Table, lane: str, logs: LogIndex) -> Iterator[PlannedIt
         info = logs.get(log_dir, item_id)
         weight = _float(cols["weight_g"][k]) if "weight_g" in cols else info.weight_g
         product = (cols["product"][k] if "product" in cols else None) or info.product
-        yield PlannedItem(log_dir, int(cols["line_no"][k]), str(item_id), lane,
+        line_no = cols["line_no"][k]
+        yield PlannedItem(log_dir, None if line_no is None else int(line_no), str(item_id), lane,
                           PackItem(str(item_id), _float(cols["energy_wh_upper"][k]), _float(cols["energy_wh"][k]),
                                    weight, info.t), info, product)
 

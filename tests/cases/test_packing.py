@@ -197,3 +197,16 @@ def test_offer_function_and_method_agree():
     s = StationState.new(StationConfig(auto_open=True))
     it = PackItem("A", 5.0, t=T0)
     assert offer(s, it) == s.offer(it)
+
+
+def test_opening_a_case_needs_a_time():
+    with pytest.raises(CaseStateError, match="epoch seconds"):
+        StationState.new(StationConfig()).open(math.nan)
+
+
+def test_the_module_examples_run():
+    import doctest
+
+    import sorter.cases.packing as packing
+
+    assert doctest.testmod(packing).failed == 0
