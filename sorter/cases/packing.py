@@ -54,7 +54,7 @@ import math
 import string
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from ..errors import SorterError
 
@@ -264,6 +264,15 @@ class Case:
     def is_open(self) -> bool:
         return self.closed_t is None
 
+    @classmethod
+    def rebuild(cls, case_id: str, n: int, opened_t: float, items: Sequence[PackItem]) -> Case:
+        """An open case from its header and items, e.g. as the line's audit log recorded them
+        one by one (the sums are recomputed, so they cannot disagree with the items)."""
+        case = cls(case_id, n, float(opened_t))
+        for it in items:
+            case = case.with_item(it)
+        return case
+
     def with_item(self, item: PackItem) -> Case:
         w = item.weight_g
         known = _finite_nonneg(w)
@@ -295,9 +304,7 @@ class Case:
                                                         for k, x in enumerate(items)),
                    d["upper_mwh"], d["mass_mg"], d["mass_unknown"], closed, d["close_reason"])
         # The sums must be those of the items: a hand-edited state cannot under-count.
-        again = cls(case.case_id, case.n, case.opened_t)
-        for it in case.items:
-            again = again.with_item(it)
+        again = cls.rebuild(case.case_id, case.n, case.opened_t, case.items)
         if (again.upper_mwh, again.mass_mg, again.mass_unknown) != (case.upper_mwh, case.mass_mg, case.mass_unknown):
             raise CaseStateError(f"{where}: the sums do not match the items (upper_mwh {case.upper_mwh} vs "
                                  f"{again.upper_mwh}); the state file is damaged, restore it from the audit log")
@@ -320,6 +327,13 @@ class Offer:
     reason: str
     state: StationState
     closed: Case | None = None
+
+    @property
+    def seq(self) -> int | None:
+        """The item's position in its case (1 = first), if assigned."""
+        if self.kind != "assigned" or self.state.open_case is None:
+            return None
+        return len(self.state.open_case.items)
 
 
 @dataclass(frozen=True, slots=True)

@@ -213,9 +213,7 @@ def plan_items(items: Iterable[PlannedItem], config: StationConfig, *, state: St
         r: Offer = st.offer(it.item, now=now)
         if r.closed is not None:
             cases.append(r.closed)
-        it.status, it.reason, it.case_id = r.kind, r.reason, r.case_id
-        if r.case_id is not None and r.state.open_case is not None:
-            it.seq = len(r.state.open_case.items)
+        it.status, it.reason, it.case_id, it.seq = r.kind, r.reason, r.case_id, r.seq
         st = r.state
         planned.append(it)
     if close_last and st.open_case is not None:

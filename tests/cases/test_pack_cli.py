@@ -167,3 +167,19 @@ def test_cases_list_show_export(hazard_scores, packed, tmp_path, capsys):
     assert main(["cases", "export", "--items", "--from", str(packed), "--out", str(tmp_path / "items.json")]) == 0
     items = json.loads((tmp_path / "items.json").read_text())
     assert len(items) == sum(c["items"] for c in summary["cases"])
+
+
+def test_a_log_that_cannot_be_read_leaves_blanks_not_a_crash(hazard_scores, tmp_path, capsys):
+    import pyarrow as pa
+
+    t = hazard_scores["table"]
+    moved = t.set_column(t.schema.get_field_index("log"), "log", pa.array([str(tmp_path / "gone")] * t.num_rows))
+    scores = tmp_path / "moved.parquet"
+    pq.write_table(moved, scores)
+    out = tmp_path / "out"
+    assert main(["pack", str(scores), "--out", str(out), "--line", "L1"]) == 0
+    assert "no items.jsonl" in capsys.readouterr().err
+    rows = read_csv(out / "cases.csv")
+    assert [r["item_id"] for r in rows] == hazard_scores["hazard"] and all(r["t"] == "" for r in rows)
+    page = next(out.glob("case-*.html")).read_text()
+    assert "no X-ray" in page and "data:image/png" not in page

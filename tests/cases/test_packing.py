@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sorter.cases import CaseStateError, PackItem, StationConfig, StationState
+from sorter.cases import Case, CaseStateError, PackItem, StationConfig, StationState
 from sorter.cases.packing import offer
 
 T0 = 1_780_000_000.0
@@ -105,6 +105,27 @@ def test_a_restart_from_json_changes_nothing(evs, limit, auto_open):
     b, cb, _ = run(cfg, [x for e in plain for x in (e, "restart")])
     assert [(r.kind, r.case_id, r.reason) for r in a] == [(r.kind, r.case_id, r.reason) for r in b]
     assert ca == cb
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(items, max_size=60), limits)
+def test_the_open_case_rebuilds_from_per_item_records(its, limit):
+    """What the line records per item (case id, position, the item) is enough to resume exactly."""
+    cfg = StationConfig(line="L1", limit_wh=limit, auto_open=True)
+    state = StationState.new(cfg)
+    records: dict[str, list] = {}
+    for it in its:
+        r = state.offer(it, now=T0)
+        if r.kind == "assigned":
+            records.setdefault(r.case_id, []).append((r.seq, r.item))
+        state = r.state
+    c = state.open_case
+    if c is None:
+        return
+    rows = records[c.case_id]
+    assert [seq for seq, _ in rows] == list(range(1, len(rows) + 1))
+    again = Case.rebuild(c.case_id, c.n, c.opened_t, [i for _, i in rows])
+    assert StationState(cfg, again, state.next_n) == state
 
 
 def test_a_case_closes_when_the_next_bound_would_not_fit():
