@@ -231,3 +231,4 @@ def test_the_module_examples_run():
     import sorter.cases.packing as packing
 
     assert doctest.testmod(packing).failed == 0
+
