@@ -280,7 +280,17 @@ def _add_line(sub) -> None:
     line_cli.add_commands(sub)
 
 
+# ---------------------------------------------------------------------------- pack / cases
+
+
+def _add_cases(sub) -> None:
+    from .cases import cli as cases_cli
+
+    cases_cli.add_commands(sub)
+
+
 COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_calibrate, _add_score, _add_evaluate, _add_line]
+COMMANDS.append(_add_cases)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,311 @@
+"""Packing the hazard lane into 2.1 kWh cases (issue 15): cases used, fill, cases over the limit.
+
+``python -m benchmarks.cases --scores FILE [FILE ...] [--lanes hazard]``
+    Score files with the energy columns (``energy_wh``, ``energy_wh_upper``, from a model that
+    estimates each item's energy): the lane's items are packed in belt order with the model's
+    bound, and again with the mass bound alone. The truth (rated energy, nominal V x Ah) comes
+    from the logs the scores name (the simulator writes ``energy_wh`` in each record).
+
+``python -m benchmarks.cases --logs DIR [DIR ...]`` or ``--simulate 20000 --lines a,b --mix recycler``
+    No energy model: every truth Li-ion item of the logs (or of fresh simulated logs; only their
+    Li-ion items are rendered, the same items a full log of that seed holds) is packed with the
+    *simulator's truth as the bound* (an oracle: the best any estimate can do) and with the mass
+    bound alone. Labelled "truth-based" in the results.
+
+The mass bound is the scale's weight x 0.30 Wh/g (no commercial Li-ion cell passes 300 Wh/kg:
+the project's reference notes); an item without a weight reading is not packable with it.
+
+Per run and bound: items offered, packed, not packable (a bound alone over the limit, or no
+bound), cases used, the fewest cases the packed items' true energy could fill (sum / 2.1 kWh,
+rounded up), mean fill (true rated energy / 2.1 kWh) over the cases closed full (the last case,
+closed at the end of the input, is left out), cases whose TRUE rated energy exceeds 2.1 kWh
+(must be 0), and the bound's coverage (share of items whose true energy is within their bound).
+For score files also the estimate's median absolute error, overall and per product family.
+Results replace the "cases" section of docs/performance.md (unless ``--no-doc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from sorter.cases import PackItem, StationConfig, StationState
+from sorter.cases.plan import read_scores
+from sorter.logformat import iter_log
+
+from ._report import write_section
+
+SPECIFIC_WH_PER_G = 0.30
+
+
+@dataclass(frozen=True)
+class Truth:
+    item_id: str
+    energy_wh: float      # true rated energy of a Li-ion item; 0 for anything else
+    li_ion: bool
+    weight_g: float       # the scale's reading (NaN when missing)
+    product: str
+    family: str           # dropin / pack / cyl_cell / pouch_cell / prismatic_cell / module / unknown / not_li_ion
+    damaged: bool
+
+
+_KINDS: dict[str, str] | None = None
+
+
+def product_family(product: str, in_catalog: bool) -> str:
+    """The Li-ion product family of a catalogue product (the simulator's own grouping)."""
+    global _KINDS
+    if _KINDS is None:
+        from sorter.catalog import load_catalog
+        from sorter.simulate.items import _li_kind
+
+        _KINDS = {p.name: _li_kind(p) for p in load_catalog() if p.family == "li_ion"}
+    return _KINDS.get(product, "unknown") if in_catalog else "unknown"
+
+
+def _truth_of(rec) -> Truth:
+    e = rec.extra.get("energy_wh")
+    li = rec.label == "li_ion" or str(rec.extra.get("chemistry_truth", "")).startswith("li_ion")
+    prod = str(rec.extra.get("product", ""))
+    return Truth(rec.item_id, float(e) if li and e is not None else 0.0, li,
+                 math.nan if rec.weight_g is None else float(rec.weight_g), prod,
+                 product_family(prod, bool(rec.extra.get("in_catalog", True))) if li else "not_li_ion",
+                 bool(rec.extra.get("damaged", False)))
+
+
+def truth_from_log(log_dir: str) -> list[Truth]:
+    return [_truth_of(ln.record) for ln in iter_log(log_dir) if ln.record is not None]
+
+
+def _li_indices(args: tuple) -> list[int]:
+    import numpy as np
+
+    from sorter.simulate import SimConfig
+    from sorter.simulate.run import _draw_instance
+
+    items, seed, line, mix, lo, hi = args
+    cfg = SimConfig(items=items, seed=seed, line=line, mix=mix)
+    # the first draw from an item's generator picks the product (sorter.simulate.run.simulate_item)
+    return [i for i in range(lo, hi) if _draw_instance(cfg, np.random.default_rng([seed, i])).family == "li_ion"]
+
+
+def _simulate_records(args: tuple) -> list[Truth]:
+    from sorter.simulate import SimConfig, simulate_item
+
+    items, seed, line, mix, idx = args
+    cfg = SimConfig(items=items, seed=seed, line=line, mix=mix)
+    return [_truth_of(simulate_item(cfg, i).record) for i in idx]
+
+
+def truth_simulated(items: int, seed: int, line: str, mix: str, workers: int) -> tuple[list[Truth], int]:
+    """The Li-ion items of a fresh simulated log (belt order) and how many items the log holds."""
+    step = 2000
+    with ProcessPoolExecutor(workers) as pool:
+        parts = pool.map(_li_indices, [(items, seed, line, mix, lo, min(lo + step, items))
+                                        for lo in range(0, items, step)])
+        li = [i for part in parts for i in part]
+        chunks = [li[k:k + 40] for k in range(0, len(li), 40)]
+        out = [t for part in pool.map(_simulate_records, [(items, seed, line, mix, c) for c in chunks]) for t in part]
+    assert all(t.li_ion for t in out), "the pre-draw and the simulator disagree on an item's family"
+    return out, items
+
+
+# ------------------------------------------------------------------------------ packing
+
+
+@dataclass
+class Result:
+    name: str
+    offered: int
+    packed: int
+    not_packable: int
+    cases: int
+    fewest: int
+    fill_mean: float
+    fill_min: float
+    over_limit: int
+    max_case_true_wh: float
+    coverage: float
+
+
+def pack(name: str, items: Sequence[tuple[Truth, float]], limit_wh: float) -> Result:
+    """Pack (truth, bound) pairs in order with the packing core; measure against the truth."""
+    state = StationState.new(StationConfig(limit_wh=limit_wh, auto_open=True))
+    closed = []
+    packed = refused = 0
+    truth = {}
+    for k, (t, bound) in enumerate(items):
+        key = f"{k}:{t.item_id}"  # ids repeat across logs
+        truth[key] = t
+        r = state.offer(PackItem(key, bound, weight_g=t.weight_g), now=0.0)
+        if r.closed is not None:
+            closed.append(r.closed)
+        state = r.state
+        packed += r.kind == "assigned"
+        refused += r.kind != "assigned"
+    last = [state.open_case] if state.open_case is not None else []
+    true_wh = [math.fsum(truth[i.item_id].energy_wh for i in c.items) for c in closed + last]
+    full = [w / limit_wh for w in true_wh[:len(closed)]]
+    covered = [t.energy_wh <= b for t, b in items if math.isfinite(b)]
+    total_true = math.fsum(truth[i.item_id].energy_wh for c in closed + last for i in c.items)
+    return Result(name, len(items), packed, refused, len(true_wh), math.ceil(total_true / limit_wh - 1e-9),
+                  statistics.fmean(full) if full else math.nan, min(full) if full else math.nan,
+                  sum(w > limit_wh for w in true_wh), max(true_wh, default=0.0),
+                  sum(covered) / len(covered) if covered else math.nan)
+
+
+def mass_bound(t: Truth, specific: float) -> float:
+    return t.weight_g * specific if math.isfinite(t.weight_g) else math.nan
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _row(run: str, r: Result) -> str:
+    return (f"| {run} | {r.name} | {r.offered} | {r.packed} | {r.not_packable} | {r.cases} | {r.fewest} | "
+            f"{100 * r.fill_mean:.1f} % | {100 * r.fill_min:.1f} % | {r.max_case_true_wh:.0f} | **{r.over_limit}** | "
+            f"{100 * r.coverage:.2f} % |")
+
+
+HEADER = ("| run | bound | items | packed | not packable | cases | fewest possible | mean fill (true / limit) | "
+          "lowest fill | largest case, true Wh | cases over the limit (true) | bound coverage |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def run_scores(files: Iterable[str], lanes: set[str], limit: float, specific: float) -> tuple[list[str], list[str]]:
+    rows, notes = [], []
+    for f in files:
+        table = read_scores(f)
+        logs: dict[str, dict[str, Truth]] = {}
+        items: list[tuple[Truth, float, float]] = []
+        missing = 0
+        cols = {c: table.column(c).to_pylist() for c in ("log", "item_id", "lane", "energy_wh", "energy_wh_upper")}
+        for k, lane in enumerate(cols["lane"]):
+            if lane not in lanes or cols["item_id"][k] is None:
+                continue
+            d = cols["log"][k]
+            if d not in logs:
+                logs[d] = {t.item_id: t for t in truth_from_log(d)} if (Path(d) / "items.jsonl").is_file() else {}
+            t = logs[d].get(cols["item_id"][k])
+            if t is None:
+                missing += 1
+                continue
+            up = cols["energy_wh_upper"][k]
+            est = cols["energy_wh"][k]
+            items.append((t, math.nan if up is None else float(up), math.nan if est is None else float(est)))
+        name = Path(f).name
+        rows.append(_row(name, pack("model (energy_wh_upper)", [(t, b) for t, b, _ in items], limit)))
+        rows.append(_row(name, pack(f"mass x {specific:.2f} Wh/g", [(t, mass_bound(t, specific)) for t, _, _ in items],
+                                    limit)))
+        note = mass_bound_misses(name, [t for t, _, _ in items], specific)
+        if note:
+            notes.append(note)
+        err = defaultdict(list)
+        for t, _, e in items:
+            if t.li_ion and math.isfinite(e):
+                err["all Li-ion"].append(abs(e - t.energy_wh))
+                err[t.family].append(abs(e - t.energy_wh))
+        notes.append(f"{name}: estimate median absolute error " + ", ".join(
+            f"{k} {statistics.median(v):.1f} Wh (n={len(v)})" for k, v in sorted(err.items(), key=lambda kv: -len(kv[1])))
+            + (f"; {missing} item(s) without a log record left out" if missing else "")
+            + f"; {sum(not t.li_ion for t, _, _ in items)} item(s) in the lanes are not Li-ion (true energy 0)")
+    return rows, notes
+
+
+def mass_bound_misses(name: str, items: Iterable[Truth], specific: float) -> str | None:
+    """A note naming the items whose true energy exceeds the mass bound (weight read low)."""
+    miss = [t for t in items if t.li_ion and math.isfinite(t.weight_g) and t.energy_wh > t.weight_g * specific]
+    if not miss:
+        return None
+    by = defaultdict(list)
+    for t in miss:
+        by[t.product].append(t.energy_wh / t.weight_g)
+    return (f"{name}: the mass bound is below the true energy for {len(miss)} item(s): "
+            + "; ".join(f"{p} ×{len(v)} (true Wh / weight read up to {max(v):.3f} Wh/g)" for p, v in by.items()))
+
+
+def run_truth(named: Iterable[tuple[str, list[Truth], int]], limit: float, specific: float,
+              damaged_only: bool) -> tuple[list[str], list[str]]:
+    rows, notes = [], []
+    for name, truths, n_items in named:
+        li = [t for t in truths if t.li_ion and (t.damaged or not damaged_only)]
+        run = f"{name} ({n_items} items, {len(li)} Li-ion), truth-based"
+        rows.append(_row(run, pack("simulator truth (oracle)", [(t, t.energy_wh) for t in li], limit)))
+        rows.append(_row(run, pack(f"mass x {specific:.2f} Wh/g", [(t, mass_bound(t, specific)) for t in li], limit)))
+        note = mass_bound_misses(name, li, specific)
+        if note:
+            notes.append(note)
+    return rows, notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.cases", description=__doc__.split("\n\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--scores", nargs="+", help="score files with energy_wh and energy_wh_upper")
+    src.add_argument("--logs", nargs="+", help="labelled simulated logs (truth-based run)")
+    src.add_argument("--simulate", type=int, help="simulate fresh logs of this many items (truth-based run)")
+    ap.add_argument("--lines", default="a,b", help="lines to simulate (default a,b)")
+    ap.add_argument("--mix", default="recycler", help="intake mix to simulate (default recycler)")
+    ap.add_argument("--seed", type=int, default=15_001, help="seed of the first simulated log (default 15001)")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--lanes", default="hazard", help="lanes packed from score files (default hazard)")
+    ap.add_argument("--damaged-only", action="store_true", help="truth-based: pack only the damaged Li-ion items")
+    ap.add_argument("--limit-wh", type=float, default=2100.0)
+    ap.add_argument("--specific-wh-per-g", type=float, default=SPECIFIC_WH_PER_G)
+    ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/performance.md alone")
+    args = ap.parse_args(argv)
+
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    if args.scores:
+        rows, notes = run_scores(args.scores, set(args.lanes.split(",")), args.limit_wh, args.specific_wh_per_g)
+        how = f"`python -m benchmarks.cases --scores {' '.join(Path(f).name for f in args.scores)} --lanes {args.lanes}`"
+    elif args.logs:
+        named = [(Path(d).name, truth_from_log(d), sum(1 for _ in iter_log(d))) for d in args.logs]
+        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only)
+        how = f"`python -m benchmarks.cases --logs {' '.join(Path(d).name for d in args.logs)}`"
+    else:
+        named = []
+        for k, line in enumerate(args.lines.split(",")):
+            seed = args.seed + k
+            truths, n = truth_simulated(args.simulate, seed, line, args.mix, args.workers)
+            named.append((f"line {line}, {args.mix}, seed {seed}", truths, n))
+        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only)
+        how = (f"`python -m benchmarks.cases --simulate {args.simulate} --lines {args.lines} --mix {args.mix} "
+               f"--seed {args.seed}" + (" --damaged-only" if args.damaged_only else "") + "`")
+    secs = time.perf_counter() - t0
+    table = "\n".join([HEADER, *rows])
+    print(table)
+    for n in notes:
+        print(n)
+    if not args.no_doc:
+        md = (f"## Safe cases: packing the hazard lane (issue 15)\n\n{how} — {args.limit_wh:g} Wh per case. "
+              "Items in belt order through the packing core (`sorter.cases.packing`); a case closes when the next "
+              "item's bound would take its summed bound over the limit. *Fill* is the case's true rated energy "
+              "(nominal V × Ah) over the limit, for the cases closed full (the last case, closed at the end of the "
+              "input, is left out); *fewest possible* is the packed items' true energy / limit, rounded up; "
+              "*coverage* the share of items whose true energy is within their bound. A *truth-based* run has no "
+              "energy model: the simulator's truth is the bound (an oracle, the best any estimate can reach), "
+              "beside the mass bound alone (the scale's weight × "
+              f"{args.specific_wh_per_g:.2f} Wh/g, the highest specific energy of commercial Li-ion cells). Items "
+              "stay in belt order (a case is not held open for a later item that would fit), so the fill stays below "
+              "what *fewest possible* implies; an item the bound makes not packable goes to the quarantine buffer "
+              "(`docs/cases.md`), so the two bounds pack different items.\n\n"
+              f"{table}\n\n" + "".join(f"- {n}\n" for n in notes)
+              + f"\nRun time {secs:.0f} s; load average {load:.1f} at the start on {os.cpu_count()} cores "
+              f"(`uname -m`: {os.uname().machine}), shared with other work.")
+        write_section("cases", md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
