@@ -145,7 +145,15 @@ def _add_line(sub) -> None:
     line_cli.add_commands(sub)
 
 
-COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_score, _add_evaluate, _add_line]
+def _add_station(sub) -> None:
+    try:
+        from .station import cli as station_cli
+    except ImportError:  # the station's web stack is the optional `station` extra
+        return
+    station_cli.add_commands(sub)
+
+
+COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_score, _add_evaluate, _add_line, _add_station]
 
 
 def build_parser() -> argparse.ArgumentParser:
