@@ -15,6 +15,7 @@ and switches between two items; a model it refuses leaves the old one in charge.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shlex
@@ -108,7 +109,7 @@ def evaluate_on_labels(store: StationStore, log: LineLog, model_dirs: list[str |
 
     with tempfile.TemporaryDirectory(prefix="station-eval-", dir=work_dir) as tmp:
         export_labels(store, log, Path(tmp) / "labels", link=True)
-        m = measure_logs([Path(tmp) / "labels"], workers=1)
+        m = measure_logs([Path(tmp) / "labels"], workers=0)  # in this process: no pool in a web server
     keep = m.ok & np.array([lab in CLASSES for lab in m.labels], dtype=bool)
     raw = m.raw[keep]
     labels = np.array([m.labels[i] for i in np.flatnonzero(keep)])
@@ -167,7 +168,11 @@ def promote(candidate: Path, target: str | Path) -> Path:
             f"`mv {target} {target}.v1 && ln -s {target.name}.v1 {target}` (then restart or reload the line)")
     model = load_model(candidate)
     safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.model_id)
-    dest = target.parent / f"{target.name}.{safe_id}"
+    manifest = (candidate / "manifest.json").read_bytes()
+    # the manifest (thresholds included) is part of the name: same classifier, other policy = other model
+    dest = target.parent / f"{target.name}.{safe_id}-{hashlib.sha256(manifest).hexdigest()[:8]}"
+    if dest.exists() and (dest / "manifest.json").read_bytes() != manifest:
+        raise PromotionError(f"{dest} exists with another manifest; move it aside")
     if not dest.exists():
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=target.parent))
         try:
