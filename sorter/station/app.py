@@ -344,7 +344,7 @@ def _model_card(model_dir: str) -> dict[str, Any]:
 
     d = Path(model_dir) if model_dir else default_model_dir()
     out: dict[str, Any] = {"dir": str(model_dir or "the shipped model"), "manifest": None, "card": None,
-                           "target": None}
+                           "target": None, "name": Path(model_dir).name if model_dir else "the shipped model"}
     if model_dir and Path(model_dir).is_symlink():
         out["target"] = str(Path(model_dir).readlink())
     try:

@@ -56,7 +56,7 @@ def make_sample_line(root: str | Path, *, items: int = 200, base_items: int = 10
     base = root / "base"
     simulate_log(SimConfig(items=base_items, seed=seed, mix=mix, line=line), base, workers=1)
     model = load_model(model_dir)
-    m = measure_logs([base], workers=1)
+    m = measure_logs([base], workers=0)
     proba, p_dmg = model.predict(m.raw)
     decisions = []
     for k in range(len(m.labels)):

@@ -39,9 +39,9 @@ def line(sample_line_master, tmp_path):
                                     sample_line_master.items)
 
 
-def make_station(line, *, spot_check=0.25, **kw):
+def make_station(line, *, spot_check=0.25, watch=False, **kw):
     settings = settings_from_config(str(line.config), [], None, spot_check=spot_check, **kw)
-    app = create_app(settings, watch=False)
+    app = create_app(settings, watch=watch)
     store = app.state.station.store
     store.set_user("ana", "operator", hash_password(PASSWORDS["ana"]))
     store.set_user("eng", "engineer", hash_password(PASSWORDS["eng"]))
