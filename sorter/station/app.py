@@ -438,11 +438,14 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        t0 = time.perf_counter()
 
         async def send_with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + self.HEADERS
+                # Server-Timing: the server's own time for this request (browsers and the benchmark read it)
+                timing = f"app;dur={(time.perf_counter() - t0) * 1000:.2f}".encode()
+                message["headers"] = list(message["headers"]) + self.HEADERS + [(b"server-timing", timing)]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
