@@ -322,6 +322,7 @@ class LineWatcher:
             store.set_setting("spot_salt", self._salt)
         self._minutes: dict[int, _Minute] = {}
         self._recent: deque[float] = deque()  # t_decided of the last minute's rows
+        self._pending: dict[int, int] = {}  # audit id -> minute, of rows read while still pending
         self._last_id: int | None = None
         self._model: str | None = None
         self._items_total = 0
@@ -401,35 +402,38 @@ class LineWatcher:
         for rid, lane, delivery, t_decided, model_id in rows:
             self._last_id = rid
             self._items_total += 1
-            b = self._minutes.setdefault(int(t_decided // 60), _Minute())
+            minute = int(t_decided // 60)
+            b = self._minutes.setdefault(minute, _Minute())
             b.items += 1
             b.lanes[lane] = b.lanes.get(lane, 0) + 1
             b.deliveries[delivery] = b.deliveries.get(delivery, 0) + 1
+            if delivery == "pending":
+                self._pending[rid] = minute
             if t_decided >= now - 60:
                 self._recent.append(t_decided)
             self._model = model_id
             self._last_t = t_decided if self._last_t is None else max(self._last_t, t_decided)
-        # delivery outcomes change after the first read (pending -> acked/late): recount the recent minutes
-        if rows or self._minutes:
-            self._recount_recent(now)
+        self._settle_pending()
 
-    def _recount_recent(self, now: float) -> None:
-        since = int((now - 120) // 60) * 60
-        start = self._start_id(since)
-        rows = self.audit.query(
-            "SELECT CAST(t_decided / 60 AS INTEGER), lane, delivery, COUNT(*) FROM decisions "
-            "WHERE id > ? AND id <= ? GROUP BY 1, 2, 3", (start, self._last_id or 0))
-        fresh: dict[int, _Minute] = {}
-        for minute, lane, delivery, n in rows:
-            if minute * 60 < since:
+    def _settle_pending(self) -> None:
+        """Rows read while ``pending`` have had their delivery recorded since: count its outcome instead."""
+        if not self._pending:
+            return
+        ids = list(self._pending)[:900]  # under SQLite's parameter limit; the rest next time
+        rows = self.audit.query(f"SELECT id, delivery FROM decisions WHERE id IN ({', '.join('?' * len(ids))})",
+                                tuple(ids))
+        for rid, delivery in rows:
+            if delivery == "pending":
                 continue
-            b = fresh.setdefault(int(minute), _Minute())
-            b.items += n
-            b.lanes[lane] = b.lanes.get(lane, 0) + n
-            b.deliveries[delivery] = b.deliveries.get(delivery, 0) + n
-        for minute in [k for k in self._minutes if k * 60 >= since]:
-            self._minutes.pop(minute)
-        self._minutes.update(fresh)
+            minute = self._pending.pop(rid)
+            b = self._minutes.get(minute)
+            if b is not None:
+                left = b.deliveries.get("pending", 1) - 1
+                if left > 0:
+                    b.deliveries["pending"] = left
+                else:
+                    b.deliveries.pop("pending", None)
+                b.deliveries[delivery] = b.deliveries.get(delivery, 0) + 1
 
     def _sync_queue(self) -> None:
         """Queue decided items: every item that went to manual, and a spot-check sample of the rest.

@@ -188,3 +188,22 @@ def test_status_counts_follow_the_audit_log(logged_in, line):
     assert after["model_in_charge"] == "m2"
     assert "<svg" in after["chart"]
     assert "items/s" in client.get("/status").text
+
+
+def test_a_pending_decision_is_counted_by_its_final_delivery(logged_in, line):
+    app, client, _ = logged_in
+    st = app.state.station
+    now = st.watcher.clock()
+    with AuditLog(line.audit) as log:
+        log.record_decision(AuditRecord("Q-1", None, now, now, now, "li_ion", 0.0, 1.0, 0.0, "li_ion", "confident",
+                                        "m", 4.0, 90.0, "pending"))
+    st.watcher.refresh()
+    before = client.get("/status.json").json()["deliveries_hour"]
+    assert before.get("pending") == 1 and client.get("/status.json").json()["pending"] == 1
+    with AuditLog(line.audit) as log:
+        log.record_delivery("Q-1", "late", plc_status="late")
+    st.watcher.refresh()
+    after = client.get("/status.json").json()
+    assert "pending" not in after["deliveries_hour"]
+    assert after["deliveries_hour"]["late"] == before.get("late", 0) + 1
+    assert any("deadline misses" in a for a in after["alarms"])
