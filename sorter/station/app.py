@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import logging
 import math
 import time
@@ -75,6 +74,7 @@ class Station:
         self.throttle = LoginThrottle()
         self.images = ImageCache()
         self.evaluations: dict[str, list[dict[str, Any]]] = {}
+        self.eval_lock = asyncio.Lock()  # one evaluation at a time: it measures every labelled item
         self.env = Environment(loader=PackageLoader("sorter.station", "templates"),
                                autoescape=select_autoescape(["html"]))
         self.env.filters["time"] = _fmt_time
@@ -375,8 +375,9 @@ async def _evaluate(st: Station, name: str) -> list[dict[str, Any]]:
     from .promotion import evaluate_on_labels, resolve_candidate
 
     cand = resolve_candidate(st.settings.candidates_dir, name)
-    tables = await asyncio.to_thread(evaluate_on_labels, st.store, st.log, [st.settings.line_model or None, str(cand)],
-                                     Path(st.settings.store_path).parent)
+    async with st.eval_lock:
+        tables = await asyncio.to_thread(evaluate_on_labels, st.store, st.log, [st.settings.line_model or None, str(cand)],
+                                         Path(st.settings.store_path).parent)
     st.evaluations[name] = [t.to_json() for t in tables]
     return st.evaluations[name]
 
@@ -503,7 +504,3 @@ def create_app(settings: StationSettings, *, store: StationStore | None = None, 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.station = station
     return app
-
-
-def escape(text: str) -> str:
-    return html.escape(text, quote=True)

@@ -175,13 +175,11 @@ def export_labels(store: StationStore, log: LineLog, out: str | Path, *, since: 
         bad = [ln.error for ln in iter_log(tmp) if ln.record is None]
         if bad:
             raise SorterError(f"the export would hold unreadable lines ({bad[0]}); nothing was written")
-        os.rename(tmp, out) if not out.exists() else _replace_empty(tmp, out)
+        if out.exists():
+            out.rmdir()  # empty: checked above
+        os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
 
-
-def _replace_empty(tmp: Path, out: Path) -> None:
-    out.rmdir()  # empty, checked above
-    os.rename(tmp, out)

@@ -44,8 +44,6 @@ def make_sample_line(root: str | Path, *, items: int = 200, base_items: int = 10
     """
     import time
 
-    import numpy as np
-
     from sorter.batch import measure_logs
     from sorter.line.audit import AuditLog
     from sorter.model import load_model
