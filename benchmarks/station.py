@@ -23,7 +23,6 @@ import platform
 import statistics
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from benchmarks._report import write_section
