@@ -133,7 +133,7 @@ def _cmd_station(args: argparse.Namespace) -> int:
 
         from .app import create_app
     except ImportError as err:
-        raise ConfigError(f"the station needs its web stack ({err.name} is missing): pip install 'sorter[station]'") from err
+        raise ConfigError(f"the station needs its web stack ({err.name} is missing): pip install the station extra, e.g. pip install '.[station]' in a checkout") from err
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port (1-65535)")
