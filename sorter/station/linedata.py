@@ -277,6 +277,7 @@ class LineSnapshot:
     model_in_charge: str | None = None
     plc_link: str = "unknown"
     in_flight: float | None = None
+    sensors: dict[str, str] = field(default_factory=dict)  # sensor -> ok / not_reporting / stuck / saturated
     pending: int = 0
     alarms: list[str] = field(default_factory=list)
     queue: dict[str, int] = field(default_factory=dict)
@@ -386,7 +387,7 @@ class LineWatcher:
             snap.minutes.append({"minute": k * 60, "items": b.items, "lanes": dict(b.lanes),
                                  "manual_rate": (b.lanes.get("manual", 0) / b.items) if b.items else None})
         snap.lanes_hour, snap.deliveries_hour = lanes, deliveries
-        snap.plc_link, snap.in_flight = self._plc_link()
+        snap.plc_link, snap.in_flight, snap.sensors = self._controller_metrics()
         snap.queue = self.store.queue_counts()
         snap.alarms = self._alarms(snap)
         self.snapshot = snap
@@ -479,24 +480,30 @@ class LineWatcher:
             if r and r[0][0] is not None and self._last_t is not None:
                 snap.durability_lag_s = max(0.0, self._last_t - float(r[0][0]))
 
-    def _plc_link(self) -> tuple[str, float | None]:
+    def _controller_metrics(self) -> tuple[str, float | None, dict[str, str]]:
+        """PLC link state, items in flight and sensor health from the controller's Prometheus endpoint."""
         if not self.metrics_url:
-            return "unknown (metrics off)", None
+            return "unknown (metrics off)", None, {}
         try:
             from prometheus_client.parser import text_string_to_metric_families
 
             with urllib.request.urlopen(self.metrics_url, timeout=0.5) as resp:  # noqa: S310 - configured URL
                 text = resp.read(2 << 20).decode("utf-8", "replace")
         except (OSError, ValueError):
-            return "unknown (controller not answering)", None
-        state, in_flight = "unknown", None
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name == "sorter_line_plc_link_state" and s.value == 1:
-                    state = s.labels.get("state", "unknown")
-                elif s.name == "sorter_line_in_flight":
-                    in_flight = s.value
-        return state, in_flight
+            return "unknown (controller not answering)", None, {}
+        state, in_flight, sensors = "unknown", None, {}
+        try:
+            for fam in text_string_to_metric_families(text):
+                for s in fam.samples:
+                    if s.name == "sorter_line_plc_link_state" and s.value == 1:
+                        state = s.labels.get("state", "unknown")
+                    elif s.name == "sorter_line_in_flight":
+                        in_flight = s.value
+                    elif s.name == "sorter_line_sensor_status" and s.value == 1:
+                        sensors[s.labels.get("sensor", "?")] = s.labels.get("status", "?")
+        except ValueError as err:
+            logger.warning("controller metrics at %s unreadable: %s", self.metrics_url, err)
+        return state, in_flight, sensors
 
     def _alarms(self, snap: LineSnapshot) -> list[str]:
         alarms = []
@@ -513,6 +520,9 @@ class LineWatcher:
                 alarms.append(f"{n} {text} in the last two minutes (items went to manual)")
         if snap.plc_link not in ("connected",) and not snap.plc_link.startswith("unknown"):
             alarms.append(f"PLC link {snap.plc_link}")
+        for sensor, status in sorted(snap.sensors.items()):
+            if status != "ok":
+                alarms.append(f"sensor {sensor}: {status.replace('_', ' ')} (lead_acid lane closed until it recovers)")
         if snap.last_item_age_s is not None and snap.last_item_age_s > 60 and snap.rate_per_s == 0:
             alarms.append(f"no item decided for {snap.last_item_age_s:.0f} s")
         if snap.queue.get("open", 0) > 200:

@@ -26,7 +26,8 @@ PASSWORDS = {"ana": "ana's long password", "eng": "engineer's long password"}
 @pytest.fixture(scope="session")
 def sample_line_master(tmp_path_factory):
     root = tmp_path_factory.mktemp("line")
-    return make_sample_line(root / "line", items=240, base_items=80, seed=3)
+    # 240 items over the last 40 minutes: the line page has an hour to show
+    return make_sample_line(root / "line", items=240, base_items=80, seed=3, rate_hz=0.1)
 
 
 @pytest.fixture
@@ -38,8 +39,8 @@ def line(sample_line_master, tmp_path):
                                     sample_line_master.items)
 
 
-def make_station(line, *, spot_check=0.25, watch=False, **kw):
-    settings = settings_from_config(str(line.config), [], None, spot_check=spot_check, **kw)
+def make_station(line, *, spot_check=0.25, watch=False, overrides=(), **kw):
+    settings = settings_from_config(str(line.config), list(overrides), None, spot_check=spot_check, **kw)
     app = create_app(settings, watch=watch)
     store = app.state.station.store
     store.set_user("ana", "operator", hash_password(PASSWORDS["ana"]))

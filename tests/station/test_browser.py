@@ -48,9 +48,28 @@ def _truth(line):
     return {o["item_id"]: o for o in map(json.loads, (line.log_dir / "items.jsonl").read_text().splitlines())}
 
 
-def test_operator_and_engineer_in_a_real_browser(line, tmp_path):
+@pytest.fixture
+def controller_metrics():
+    """The controller's own metrics endpoint, as a running line serves it: PLC connected, sensors ok."""
+    from sorter.line.health import SENSORS
+    from sorter.line.metrics import LineMetrics
+
+    from .browserkit import free_port
+
+    port = free_port()
+    m = LineMetrics()
+    m.serve(port, "127.0.0.1")
+    m.set_link_state("connected")
+    for s in SENSORS:
+        m.set_sensor_alarm(s, "ok")
+    yield port
+    m.close()
+
+
+def test_operator_and_engineer_in_a_real_browser(line, tmp_path, controller_metrics):
     models, cands = _model_line(line, tmp_path)
-    app = make_station(line, spot_check=0.3, candidates_dir=str(cands), watch=True, refresh_s=0.3)
+    app = make_station(line, spot_check=0.3, candidates_dir=str(cands), watch=True, refresh_s=0.3,
+                       overrides=["metrics.enabled=true", f"metrics.port={controller_metrics}"])
     st = app.state.station
     truth = _truth(line)
     with serve(app) as base, browser() as b:
@@ -102,10 +121,12 @@ def test_operator_and_engineer_in_a_real_browser(line, tmp_path):
         # ---- the status page follows the line while it runs
         page.goto(base + "/status")
         before = int(page.inner_text("[data-k=items_total]"))
+        assert page.inner_text("[data-k=plc_link]") == "connected" and "xray ok" in page.inner_text("#sensors")
+        model_id = st.watcher.snapshot.model_in_charge
         now = time.time()
         with AuditLog(line.audit) as log:
             log.record_decisions([AuditRecord(f"L-{k}", None, now, now, now, "lead_acid", 0.999, 0.0, 0.001,
-                                              "lead_acid", "confident", "sorter-default@x", 4.0, 90.0, "acked")
+                                              "lead_acid", "confident", model_id, 4.0, 90.0, "acked")
                                   for k in range(25)])
         page.wait_for_function("n => Number(document.querySelector('[data-k=items_total]').textContent) >= n",
                                arg=before + 25, timeout=15_000)

@@ -207,3 +207,34 @@ def test_a_pending_decision_is_counted_by_its_final_delivery(logged_in, line):
     assert "pending" not in after["deliveries_hour"]
     assert after["deliveries_hour"]["late"] == before.get("late", 0) + 1
     assert any("deadline misses" in a for a in after["alarms"])
+
+
+def test_plc_link_and_sensor_health_come_from_the_controllers_metrics(line):
+    from sorter.line.metrics import LineMetrics
+    from sorter.station.app import create_app
+    from sorter.station.cli import settings_from_config
+
+    from .browserkit import free_port
+
+    port = free_port()
+    metrics = LineMetrics()
+    metrics.serve(port, "127.0.0.1")
+    try:
+        metrics.set_link_state("connected")
+        for sensor in ("scale", "xray"):
+            metrics.set_sensor_alarm(sensor, "ok")
+        settings = settings_from_config(str(line.config), ["metrics.enabled=true", f"metrics.port={port}"], None)
+        st = create_app(settings, watch=False).state.station
+        snap = st.watcher.refresh()
+        assert snap.plc_link == "connected" and snap.sensors == {"scale": "ok", "xray": "ok"}
+        assert not any("sensor" in a or "PLC link" in a for a in snap.alarms)
+        metrics.set_link_state("faulted")
+        metrics.set_sensor_alarm("xray", "stuck")
+        snap = st.watcher.refresh()
+        assert snap.sensors["xray"] == "stuck"
+        assert "PLC link faulted" in snap.alarms
+        assert any(a.startswith("sensor xray: stuck") for a in snap.alarms)
+    finally:
+        metrics.close()
+    snap = st.watcher.refresh()
+    assert snap.plc_link == "unknown (controller not answering)"

@@ -158,6 +158,8 @@
           (s.alarms.length ? s.alarms : ["none"]).forEach(a => {
             const li = document.createElement("li"); li.textContent = a; if (!s.alarms.length) li.className = "ok"; ul.appendChild(li);
           });
+          const sensors = Object.keys(s.sensors).sort().map(k => k + " " + s.sensors[k]).join(", ");
+          document.getElementById("sensors").textContent = sensors || "unknown (metrics off)";
           document.getElementById("chart").innerHTML = s.chart;   // built by the server from numbers only
           rows(document.getElementById("lanes"), s.lanes_hour);
           rows(document.getElementById("deliveries"), s.deliveries_hour);
