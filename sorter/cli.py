@@ -148,7 +148,7 @@ def _add_line(sub) -> None:
 def _add_station(sub) -> None:
     try:
         from .station import cli as station_cli
-    except ImportError:  # like the line's commands: left out if its package is
+    except ImportError:  # like the line's commands: left out if its package is missing
         return
     station_cli.add_commands(sub)
 
