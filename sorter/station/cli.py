@@ -70,6 +70,17 @@ def _add_station(sub: Any) -> None:
                    help="operator: verdicts; engineer: verdicts and model promotion (default operator)")
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     a.set_defaults(func=_cmd_add_user)
+    s = users.add_parser("sample", help="write a simulated line (log + audit log + line.toml) to try the station",
+                         description=(
+        "Simulate items, score them with the shipped model and write what a running line leaves behind: the "
+        "sensor log, the controller's audit log and a line.toml pointing at both, so the station can be tried "
+        "without a line."))
+    s.add_argument("--out", required=True, help="directory to create (new or empty)")
+    s.add_argument("--items", type=int, default=600, help="items on the belt (default 600)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--line", default="b", choices=["a", "b"], help="simulator sensor preset (default b: other sensors than the "
+                                               "shipped model was trained on, so more items go to manual)")
+    s.set_defaults(func=_cmd_sample)
 
 
 def _add_labels(sub: Any) -> None:
@@ -212,4 +223,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     summary = export_labels(store, LineLog(settings.log_dir, store), args.out, since=parse_since(args.since),
                             link=args.link)
     print(summary.format())
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .sample import make_sample_line
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not empty; choose a new --out directory")
+    if not 1 <= args.items <= 100_000:
+        raise ConfigError(f"--items {args.items}: give 1 to 100000 items")
+    line = make_sample_line(out, items=args.items, base_items=min(args.items, 300), seed=args.seed,
+                            line=args.line, rate_hz=max(args.items / 3000.0, 0.05))
+    print(f"wrote a sample line to {out}: {line.items} items over the last hour\n"
+          f"  sorter station add-user eng --role engineer --config {line.config}\n"
+          f"  sorter station --config {line.config} --spot-check 0.1")
     return 0

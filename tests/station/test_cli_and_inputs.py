@@ -41,6 +41,22 @@ def test_sorter_station_serves_the_login_page_on_loopback(line):
     assert "no users yet" in err and f"http://127.0.0.1:{port}/" in err
 
 
+def test_sample_command_writes_a_line_the_station_reads(tmp_path, capsys):
+    from sorter.cli import main
+    from sorter.station.app import create_app
+    from sorter.station.cli import settings_from_config
+
+    out = tmp_path / "sample"
+    assert main(["station", "sample", "--out", str(out), "--items", "30", "--line", "a"]) == 0
+    assert "sorter station --config" in capsys.readouterr().out
+    st = create_app(settings_from_config(str(out / "line.toml"), [], None, spot_check=1.0), watch=False).state.station
+    snap = st.watcher.refresh()
+    assert snap.items_total == 30 and st.store.queue_counts()["total"] == 30
+    assert st.log.record("00000030") is not None
+    assert main(["station", "sample", "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
 @given(st.text(max_size=80))
 def test_login_redirect_target_is_always_a_local_path(target):
     out = _safe_next(target)
