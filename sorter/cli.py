@@ -280,7 +280,12 @@ def _add_line(sub) -> None:
     line_cli.add_commands(sub)
 
 
-# ---------------------------------------------------------------------------- pack / cases
+def _add_station(sub) -> None:
+    try:
+        from .station import cli as station_cli
+    except ImportError:  # like the line's commands: left out if its package is missing
+        return
+    station_cli.add_commands(sub)
 
 
 def _add_cases(sub) -> None:
@@ -289,8 +294,8 @@ def _add_cases(sub) -> None:
     cases_cli.add_commands(sub)
 
 
-COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_calibrate, _add_score, _add_evaluate, _add_line]
-COMMANDS.append(_add_cases)
+COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_calibrate, _add_score, _add_evaluate, _add_line, _add_cases,
+                            _add_station]
 
 
 def build_parser() -> argparse.ArgumentParser:
