@@ -549,12 +549,16 @@ def _energy_card(manifest: dict[str, Any]) -> list[str]:
            "times the weighed mass;",
            f"- upper bound: split conformal at {100 * en['coverage']:.1f} % coverage on {en['calibration_n']} held-out Li-ion items: "
            + ("the estimate x " + f"{math.exp(q):.3f}" if q is not None else "too few items: the physical bound")
-           + f", never above mass x {en['max_wh_per_g']} Wh/g (which is used alone for an item unlike the training Li-ion items, "
-           f"Li-ion novelty above {en.get('novelty_max')}, or without an X-ray);"]
+           + f", never above the most the item may weigh (the reading + 2 % + 15 g) x {en['max_wh_per_g']} Wh/g, which is "
+           "used alone for an item unlike the training Li-ion items (Li-ion novelty above "
+           + ("no limit" if en.get("novelty_max") is None else f"{en['novelty_max']:.1f}") + ") or without an X-ray;"]
     if rep.get("fitted"):
         out.append(f"- on {rep['report_n']} other held-out Li-ion items: median error {rep['median_abs_error_wh']:.1f} Wh "
-                   f"({100 * rep['median_abs_rel_error']:.1f} %), bound coverage {100 * rep['bound_coverage']:.2f} %, "
-                   f"bound / truth {rep['mean_bound_over_truth']:.2f} on average.")
+                   f"({100 * rep['median_abs_rel_error']:.1f} %), bound coverage {100 * rep['bound_coverage']:.2f} %"
+                   + (f" of those with a bound ({rep['without_bound']} had no weight, so no bound: never packed)"
+                      if "without_bound" in rep else " (items without a weight, which have no bound and are never "
+                      "packed, counted as not covered)")
+                   + f", bound / truth {rep['mean_bound_over_truth']:.2f} on average.")
     return out
 
 

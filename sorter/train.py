@@ -263,10 +263,13 @@ def fit_energy(model: SorterModel, raw: np.ndarray, y: np.ndarray, energy: np.nd
     est, upper = model.energy_wh(raw[rep], model.novelty_scores(raw[rep])[:, model.classes.index("li_ion")])
     truth = energy[rep]
     rel = np.abs(est - truth) / truth
+    bounded = np.isfinite(upper)  # an item without a weight has no bound (it is never packed)
     return em, {"fitted": True, "train_n": int(li_tr.size), "calibration_n": int(cal.size), "report_n": int(rep.size),
                 "median_abs_rel_error": float(np.nanmedian(rel)), "median_abs_error_wh": float(np.nanmedian(np.abs(est - truth))),
-                "bound_coverage": float(np.mean(upper >= truth)), "coverage_target": em.coverage,
-                "mean_bound_over_truth": float(np.nanmean(upper / truth)), "novelty_max": em.novelty_max}
+                "without_bound": int((~bounded).sum()),
+                "bound_coverage": float(np.mean(upper[bounded] >= truth[bounded])) if bounded.any() else None,
+                "coverage_target": em.coverage, "mean_bound_over_truth": float(np.nanmean(upper / truth)),
+                "novelty_max": em.novelty_max}
 
 
 def choose_novelty_max(model: SorterModel, raw: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> tuple[float, dict[str, Any]]:
