@@ -68,6 +68,7 @@ from sorter.line.health import SensorHealth
 from sorter.line.config import LineConfig
 from sorter.line.metrics import LineMetrics, StatusLine
 from sorter.line.plc import SAFE_LANE, MemoryPlc, ModbusPlcLink, PlcLink, RegisterMap
+from sorter.line.reconcile import GAP_EVENT, SNAPSHOT_EVENT, Reconciliation, reconcile, snapshot_detail
 from sorter.line.sources import BeltTiming, ItemSource, LogFollowSource, SimulatedSource, SourceItem
 from sorter.line.workers import ScoringProcess, WorkerLost
 from sorter.readings import Item, ItemRecord
@@ -544,6 +545,8 @@ class Resume:
     """Rows in the audit log before this run."""
     pending_marked: int
     """Rows left ``pending`` by a crash, now marked ``undelivered``."""
+    pending: tuple[AuditRecord, ...] = ()
+    """Those rows, as they were (the reconciliation with the PLC looks at them)."""
 
 
 def recover_audit(path: str | os.PathLike[str]) -> Resume:
@@ -567,7 +570,7 @@ def recover_audit(path: str | os.PathLike[str]) -> Resume:
             logger.warning("audit log %s: %d decision(s) left pending by a crash marked undelivered "
                            "(their items defaulted to the safe lane unless the PLC had latched them)",
                            path, len(pending))
-        return Resume(log.resume_point(), log.count(), len(pending))
+        return Resume(log.resume_point(), log.count(), len(pending), tuple(pending))
 
 
 @dataclass
@@ -631,6 +634,15 @@ class RunSummary:
     scoring_batches: int = 0
     largest_batch: int = 0
     error: str | None = None
+    reconciliation: tuple[str, ...] = ()
+    """What the start-up reconciliation with the PLC found (empty: everything agreed or nothing to compare)."""
+    reconciliation_gap_items: int = 0
+    """Items in a lane gap or mailbox mismatch found at start-up (an alarm)."""
+    audit_sync: str = "full"
+    max_durability_lag_ms: float | None = None
+    """Worst time a committed row waited to be flushed to disk (``audit.sync = "interval"``)."""
+    startup_s: Mapping[str, float] = field(default_factory=dict)
+    """Seconds from :meth:`Controller.run` to: ``link_up``, ``scorer_ready``, ``first_ack``."""
 
     @property
     def deadline_misses(self) -> int:
@@ -714,6 +726,12 @@ class RunSummary:
             + (f"; {self.pending_marked} pending rows from a crash marked undelivered" if self.pending_marked else "")
             + (f"; resumed after line {self.resume_point}" if self.resume_point else "")
         )
+        if self.audit_sync == "interval" and self.max_durability_lag_ms is not None:
+            lines.append(f"durability     audit rows flushed to disk on a cadence; worst lag "
+                         f"{self.max_durability_lag_ms:.0f} ms (a power cut loses at most that window)")
+        if self.reconciliation:
+            head = "RECONCILE      " if self.reconciliation_gap_items else "reconcile      "
+            lines += [(head if k == 0 else "               ") + text for k, text in enumerate(self.reconciliation)]
         if self.plc_counters is not None:
             pc = self.plc_counters
             agree = self.plc_agrees
@@ -800,6 +818,10 @@ class Controller:
         self._outage_undelivered = 0
         self._last_outage_log = 0.0
         self.resume: Resume | None = None
+        self._reconciliation: Reconciliation | None = None
+        self._startup: dict[str, float] = {}
+        self._t_launch: float | None = None
+        self._max_lag_s = 0.0
 
     # -- control -------------------------------------------------------------
 
@@ -879,10 +901,27 @@ class Controller:
     # -- the run ---------------------------------------------------------------
 
     async def run(self) -> RunSummary:
-        """Run until the source ends or :meth:`request_stop`; return the summary."""
+        """Run until the source ends or :meth:`request_stop`; return the summary.
+
+        Start-up order: the audit log is recovered, then the PLC link and its
+        heartbeat come up (the PLC defaults every item to the safe lane until
+        decisions arrive), the audit log is reconciled with the PLC's counters,
+        and only then are the model (in the scoring workers) and the source
+        started, in parallel.  A slow model load therefore never leaves the PLC
+        without a PC heartbeat.
+        """
         cfg = self.config
-        self._started_mono = time.monotonic()
+        t_launch = self._started_mono = time.monotonic()
         self.resume = await asyncio.to_thread(recover_audit, cfg.audit.path)
+        background: list[asyncio.Task[Any]] = []
+        try:
+            await self.link.connect()
+        except PlcError as err:
+            logger.warning("%s; scoring goes on, decisions are undelivered until it connects", err)
+        background.append(asyncio.create_task(self.link.run_heartbeat(cfg.plc.heartbeat_ms / 1000.0),
+                                              name="plc-heartbeat"))
+        self._startup["link_up"] = time.monotonic() - t_launch
+        plc_start = await self._reconcile()
         reader = AuditLog(cfg.audit.path)  # for the reader thread's re-check of lines before the resume point
         try:
             if self.source is None:
@@ -893,24 +932,19 @@ class Controller:
             # Room for every in-flight item's two entries (decision, delivery): submit() never blocks the loop.
             self._writer = AuditWriter(cfg.audit.path, max_queue=max(10_000, 2 * cfg.line.max_in_flight + 16),
                                        delivery_delay_s=cfg.audit.delivery_flush_ms / 1000.0,
-                                       on_commit=self.metrics.audit_commit.observe)
+                                       on_commit=self.metrics.audit_commit.observe,
+                                       sync=cfg.audit.sync, sync_interval_s=cfg.audit.sync_interval_ms / 1000.0,
+                                       on_durable=self.metrics.audit_durability_lag.observe)
         except BaseException:
             reader.close()
+            for task in background:
+                task.cancel()
+            await self.link.close()
             raise
         source = self.source
-        background: list[asyncio.Task[Any]] = []
         error: str | None = None
-        plc_start: dict[str, int] | None = None
         try:
-            await asyncio.gather(self.scorer.start(), source.start())
-            try:
-                await self.link.connect()
-            except PlcError as err:
-                logger.warning("%s; scoring goes on, decisions are undelivered until it connects", err)
-            with contextlib.suppress(PlcError):
-                plc_start = await self.link.read_counters()
-            background.append(asyncio.create_task(self.link.run_heartbeat(cfg.plc.heartbeat_ms / 1000.0),
-                                                  name="plc-heartbeat"))
+            await asyncio.gather(self._start_scorer(t_launch), source.start())
             background.append(asyncio.create_task(self._monitor(), name="line-monitor"))
             self._started_mono = time.monotonic()
             logger.info("line %s running: deadline %.1f ms, up to %d items in flight, model %s",
@@ -938,6 +972,7 @@ class Controller:
             if self._own_scorer:
                 await self.scorer.close()
             await asyncio.to_thread(self._writer.close)
+            self._max_lag_s = self._writer.max_durability_lag_s
             reader.close()
             # The heartbeat goes on until the very end, so the PLC never sees the PC vanish mid-shutdown.
             for task in background:
@@ -958,10 +993,72 @@ class Controller:
                 await asyncio.sleep(wait)
         try:
             end = await self.link.read_counters()
+            mailbox = await self.link.read_mailbox() if self.settle and not self._aborted else None
         except PlcError as err:
             logger.warning("PLC counters not read at the end of the run: %s", err)
             return None
+        if mailbox is not None and self._writer is not None:
+            # Every item of the run has reached the diverter: the next start compares from here.
+            await self._record_snapshot(end, mailbox, "end")
         return {k: (end[k] - start.get(k, 0)) & 0xFFFF_FFFF for k in end}
+
+    async def _record_snapshot(self, counters: Mapping[str, int], mailbox: Sequence[Any], why: str) -> None:
+        assert self._writer is not None
+        try:
+            # Every decision of the run is committed (their tasks are done); deliveries may still be
+            # queued, and the event goes through the same queue after them.
+            last_id = await asyncio.to_thread(_last_id, self.config.audit.path)
+            await asyncio.wrap_future(self._writer.submit_event(
+                SNAPSHOT_EVENT, snapshot_detail(counters, last_id, why, mailbox)))
+        except AuditError as err:
+            logger.error("PLC counter snapshot not recorded (the next start cannot reconcile from here): %s", err)
+
+    async def _reconcile(self) -> dict[str, int] | None:
+        """Compare the audit log with the PLC's counters and mailbox; record, alarm, and snapshot.
+
+        Returns the PLC counters read (the run's baseline), or ``None`` when the PLC
+        could not be read (then nothing is compared; the next start compares from
+        the last snapshot there is).
+        """
+        assert self.resume is not None
+        try:
+            counters = await self.link.read_counters()
+            mailbox = await self.link.read_mailbox()
+        except PlcError as err:
+            logger.warning("PLC counters not read at start-up, no reconciliation with the audit log: %s", err)
+            return None
+        crash_pending = self.resume.pending
+        path = self.config.audit.path
+
+        def compare() -> Reconciliation | None:
+            with AuditLog(path) as log:
+                found = reconcile(log, counters, mailbox, crash_pending)
+                if found is not None and not found.ok:
+                    log.record_event(GAP_EVENT, found.to_json())
+                log.record_event(SNAPSHOT_EVENT, snapshot_detail(counters, log.last_id(), "start", mailbox))
+                return found
+
+        try:
+            found = await asyncio.to_thread(compare)
+        except AuditError as err:
+            logger.error("reconciliation with the PLC not recorded: %s", err)
+            return counters
+        if found is None:
+            return counters
+        self._reconciliation = found
+        self.metrics.reconciliation_gaps.set(found.gap_items)
+        for text in found.lines():
+            level = logging.ERROR if found.gap_items else logging.WARNING
+            logger.log(level, "reconciliation with the PLC: %s", text, extra={"reconciliation": found.to_json()})
+        if found.ok:
+            logger.info("reconciliation with the PLC: the audit log agrees with its counters since the %s "
+                        "snapshot (%d rows)", found.since, found.audit_rows)
+        return counters
+
+    async def _start_scorer(self, t_launch: float) -> None:
+        await self.scorer.start()
+        self._startup["scorer_ready"] = time.monotonic() - t_launch
+        self._t_launch = t_launch
 
     async def _monitor(self) -> None:
         interval = self.config.status.interval_s
@@ -1116,6 +1213,8 @@ class Controller:
                 logger.error("item=%s decision refused by the link: %s", si.item_id, err)
             else:
                 acked_mono = time.monotonic()
+                if ack.accepted and "first_ack" not in self._startup and self._t_launch is not None:
+                    self._startup["first_ack"] = acked_mono - self._t_launch
                 plc_seq, plc_status = ack.seq, ack.status
                 delivery = "acked" if ack.accepted else ("late" if ack.status == "late" else "rejected")
                 if delivery != "acked":
@@ -1220,12 +1319,22 @@ class Controller:
             scoring_batches=self.scorer.batches,
             largest_batch=self.scorer.largest_batch,
             error=error,
+            reconciliation=tuple(self._reconciliation.lines()) if self._reconciliation is not None else (),
+            reconciliation_gap_items=self._reconciliation.gap_items if self._reconciliation is not None else 0,
+            audit_sync=self.config.audit.sync,
+            max_durability_lag_ms=round(1000 * self._max_lag_s, 1) if self.config.audit.sync == "interval" else None,
+            startup_s={k: round(v, 3) for k, v in self._startup.items()},
             **truth,
         )
 
 
 def _prob(p: float) -> float | None:
     return None if p is None or not math.isfinite(p) else min(1.0, max(0.0, float(p)))
+
+
+def _last_id(path: str) -> int:
+    with AuditLog(path) as log:
+        return log.last_id()
 
 
 def _count_rows(path: str) -> int:

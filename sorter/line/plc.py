@@ -352,6 +352,18 @@ def decode_counters(status_words: Sequence[int]) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class MailboxEntry:
+    """One mailbox slot as it stands, with its acknowledgement (read at a restart to reconcile)."""
+
+    slot: int
+    ack_seq: int
+    status: int
+    slot_seq: int
+    item_id: int
+    lane_code: int
+
+
 # --------------------------------------------------------------------------
 # The interface
 # --------------------------------------------------------------------------
@@ -472,6 +484,16 @@ class PlcLink(abc.ABC):
     @abc.abstractmethod
     def state(self) -> LinkState:
         """``"connected"``, ``"connecting"``, ``"down"``, or ``"faulted"`` (PLC heartbeat stale)."""
+
+    async def read_mailbox(self) -> list[MailboxEntry]:
+        """Read every mailbox slot and its standing acknowledgement.
+
+        Raises
+        ------
+        PlcError
+            If the link is down or the read fails (links without a mailbox).
+        """
+        raise PlcError(f"{type(self).__name__} has no mailbox to read")
 
     @abc.abstractmethod
     async def read_counters(self) -> dict[str, int]:
@@ -770,6 +792,18 @@ class _MailboxLink(PlcLink):
         await self._require_connected("counters not read")
         await self._refresh()
         return dict(self._counters)
+
+    async def read_mailbox(self) -> list[MailboxEntry]:
+        await self._require_connected("mailbox not read")
+        m = self.register_map
+        plc = await self._read_range(m.status_address, m.plc_words)
+        pc = await self._read_range(m.pc_heartbeat_address, 1 + SLOT_WORDS * m.slots)
+        out = []
+        for k in range(m.slots):
+            ack_seq, status = plc[STATUS_WORDS + ACK_WORDS * k : STATUS_WORDS + ACK_WORDS * k + 2]
+            seq, hi, lo, lane = pc[1 + SLOT_WORDS * k : 1 + SLOT_WORDS * k + 4]
+            out.append(MailboxEntry(k, ack_seq, status, seq, hi << 16 | lo, lane))
+        return out
 
     # -- internals ---------------------------------------------------------
 
