@@ -67,7 +67,7 @@ from sorter.line.audit import AuditError, AuditLog, AuditRecord, AuditWriter
 from sorter.line.health import SensorHealth
 from sorter.line.config import LineConfig
 from sorter.line.metrics import LineMetrics, StatusLine
-from sorter.line.plc import SAFE_LANE, MemoryPlc, ModbusPlcLink, PlcLink, RegisterMap
+from sorter.line.plc import SAFE_LANE, MemoryPlc, ModbusPlcLink, PlcLink, PlcProtocolError, RegisterMap
 from sorter.line.reconcile import GAP_EVENT, SNAPSHOT_EVENT, Reconciliation, reconcile, snapshot_detail
 from sorter.line.sources import BeltTiming, ItemSource, LogFollowSource, SimulatedSource, SourceItem
 from sorter.line.workers import ScoringProcess, WorkerLost
@@ -822,6 +822,9 @@ class Controller:
         self._startup: dict[str, float] = {}
         self._t_launch: float | None = None
         self._max_lag_s = 0.0
+        self._early_events: list[tuple[str, dict[str, Any], float]] = []  # before the audit writer is open
+        if hasattr(link, "on_protocol_fault"):
+            link.on_protocol_fault = self._protocol_fault
 
     # -- control -------------------------------------------------------------
 
@@ -935,6 +938,9 @@ class Controller:
                                        on_commit=self.metrics.audit_commit.observe,
                                        sync=cfg.audit.sync, sync_interval_s=cfg.audit.sync_interval_ms / 1000.0,
                                        on_durable=self.metrics.audit_durability_lag.observe)
+            for kind, detail, t in self._early_events:
+                self._writer.submit_event("plc_protocol_fault", {"kind": kind, **detail}, t=t)
+            self._early_events.clear()
         except BaseException:
             reader.close()
             for task in background:
@@ -1054,6 +1060,17 @@ class Controller:
             logger.info("reconciliation with the PLC: the audit log agrees with its counters since the %s "
                         "snapshot (%d rows)", found.since, found.audit_rows)
         return counters
+
+    def _protocol_fault(self, kind: str, detail: dict[str, Any]) -> None:
+        """The link found the PLC breaking the contract: count it and record it in the audit log."""
+        self.metrics.plc_protocol_faults.labels(kind=kind).inc()
+        if self._writer is None:
+            self._early_events.append((kind, detail, time.time()))
+            return
+        try:
+            self._writer.submit_event("plc_protocol_fault", {"kind": kind, **detail})
+        except AuditError as err:
+            logger.error("PLC protocol fault not recorded in the audit log: %s", err)
 
     async def _start_scorer(self, t_launch: float) -> None:
         await self.scorer.start()
@@ -1201,6 +1218,14 @@ class Controller:
             try:
                 ack = await self.link.send_decision(si.plc_id, lane,
                                                     timeout_s=si.due_mono - time.monotonic() + self.grace_s)
+            except PlcProtocolError as err:
+                # The PLC broke the contract: its answer cannot be trusted. Not acked, not refused:
+                # where the item went is for the PLC counters (reconciliation) to say.
+                delivery = "undelivered"
+                plc_seq = err.seq
+                plc_status = f"protocol_fault:{err.kind}" + (
+                    f":status={err.raw_status}" if err.raw_status is not None else "")
+                logger.error("item=%s plc_id=%d lane=%s delivery=undelivered: %s", si.item_id, si.plc_id, lane, err)
             except PlcTimeoutError as err:
                 delivery = "late"
                 plc_seq = getattr(err, "seq", None)  # written under this seq: the PLC may still answer it
