@@ -258,8 +258,15 @@ class ScoringPool:
     def _new_process(self) -> ScoringProcess:
         return ScoringProcess(_init_worker, (self.model_dir,), _HANDLERS)
 
-    async def start(self) -> None:
+    async def start(self, *, wait_all: bool = True) -> None:
         """Start the workers and load the model in each (seconds); idempotent.
+
+        Parameters
+        ----------
+        wait_all : bool
+            ``False``: return as soon as the first worker process is ready (the
+            others join as they finish loading), so a restarted line scores its
+            first item as early as it can.  Process pools only.
 
         Raises
         ------
@@ -267,6 +274,9 @@ class ScoringPool:
             What loading the model raised (e.g. :class:`~sorter.errors.ModelError`).
         """
         if self._started:
+            return
+        if not wait_all and self.kind == "process" and self.workers > 1:
+            await self._start_first_ready()
             return
         t0 = time.monotonic()
         if self.kind == "thread":
@@ -294,6 +304,61 @@ class ScoringPool:
         self._started = True
         logger.info("scoring pool: %d %s worker(s), model %s, ready in %.1f s", self.workers, self.kind,
                     self.model_id, time.monotonic() - t0)
+
+    async def _start_first_ready(self) -> None:
+        t0 = time.monotonic()
+        procs = [self._new_process() for _ in range(self.workers)]
+        calls = [asyncio.ensure_future(p.call("warm", None)) for p in procs]
+        pending = set(calls)
+        first: tuple[ScoringProcess, tuple[int, str]] | None = None
+        try:
+            while first is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    if first is None and fut.exception() is None:
+                        first = (procs[calls.index(fut)], fut.result())
+                if first is None:
+                    if not pending:  # every worker failed: the first error says why
+                        raise next(f.exception() for f in calls if f.exception() is not None)  # type: ignore[misc]
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            await asyncio.to_thread(_close_all, procs)
+            raise
+        proc, (pid, model_id) = first
+        self._procs = [proc]
+        self._free = deque([proc])
+        self.model_id = model_id
+        self.worker_pids = [pid]
+        self._started = True
+        logger.info("scoring pool: first of %d process worker(s) ready in %.1f s, model %s", self.workers,
+                    time.monotonic() - t0, model_id)
+        for p, fut in zip(procs, calls):
+            if p is not proc:
+                self._respawning += 1
+                self._spawn_task(self._join_when_warm(p, fut), "scoring worker warming")
+
+    async def _join_when_warm(self, proc: ScoringProcess, fut: asyncio.Future[tuple[int, str]]) -> None:
+        try:
+            pid, _model_id = await fut
+        except asyncio.CancelledError:
+            proc.kill()
+            raise
+        except Exception as err:  # noqa: BLE001 - the pool works on with the workers it has; respawned later
+            logger.error("scoring worker %s failed to start: %s", proc.pid, err)
+            proc.kill()
+            self._respawning -= 1
+            if self._started:
+                self._kick()
+            return
+        self._respawning -= 1
+        if not self._started:
+            proc.kill()
+            return
+        self._procs.append(proc)
+        self._free.append(proc)
+        self.worker_pids = sorted(set(self.worker_pids) | {pid})
+        self._kick()
 
     async def score(self, item: Item, ambient_c: float | None, *, due_mono: float | None = None) -> Decision | None:
         """The decision for one item; never raises.
@@ -915,7 +980,17 @@ class Controller:
         """
         cfg = self.config
         t_launch = self._started_mono = time.monotonic()
-        self.resume = await asyncio.to_thread(recover_audit, cfg.audit.path)
+        # The model loads (seconds) in the scoring workers while the audit log is recovered and the
+        # PLC link, its heartbeat and the reconciliation come up.
+        scorer_ready = asyncio.create_task(self._start_scorer(t_launch), name="scorer-start")
+        try:
+            self.resume = await asyncio.to_thread(recover_audit, cfg.audit.path)
+        except BaseException:
+            scorer_ready.cancel()
+            await asyncio.gather(scorer_ready, return_exceptions=True)
+            if self._own_scorer:
+                await self.scorer.close()
+            raise
         background: list[asyncio.Task[Any]] = []
         try:
             await self.link.connect()
@@ -946,11 +1021,15 @@ class Controller:
             for task in background:
                 task.cancel()
             await self.link.close()
+            scorer_ready.cancel()
+            await asyncio.gather(scorer_ready, return_exceptions=True)
+            if self._own_scorer:
+                await self.scorer.close()
             raise
         source = self.source
         error: str | None = None
         try:
-            await asyncio.gather(self._start_scorer(t_launch), source.start())
+            await asyncio.gather(scorer_ready, source.start())
             background.append(asyncio.create_task(self._monitor(), name="line-monitor"))
             self._started_mono = time.monotonic()
             logger.info("line %s running: deadline %.1f ms, up to %d items in flight, model %s",
@@ -1073,7 +1152,8 @@ class Controller:
             logger.error("PLC protocol fault not recorded in the audit log: %s", err)
 
     async def _start_scorer(self, t_launch: float) -> None:
-        await self.scorer.start()
+        self._t_launch = t_launch
+        await self.scorer.start(wait_all=False)
         self._startup["scorer_ready"] = time.monotonic() - t_launch
         self._t_launch = t_launch
 

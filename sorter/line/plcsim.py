@@ -621,6 +621,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pc-timeout-s", type=float, default=1.5, help="PC heartbeat timeout in s (default %(default)s)"
     )
     parser.add_argument(
+        "--untracked", choices=["apply", "late"], default="apply",
+        help="answer to a decision for an item the PLC was never told about: apply it at once (a simulator has "
+             "no sensor bridge) or 'late' as the contract says for a real PLC (default %(default)s)")
+    parser.add_argument(
         "--report-s", type=float, default=5.0, help="print counters every this many seconds (default %(default)s)"
     )
 
@@ -641,6 +645,7 @@ def run(args: argparse.Namespace) -> int:
             device_id=args.device_id,
             register_map=RegisterMap(base=args.base, slots=args.slots),
             pc_heartbeat_timeout_s=args.pc_timeout_s,
+            untracked=getattr(args, "untracked", "apply"),
         )
     except ConfigError as err:
         print(f"sorter plc-sim: {err}")
