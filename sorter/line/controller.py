@@ -306,26 +306,19 @@ class ScoringPool:
                     self.model_id, time.monotonic() - t0)
 
     async def _start_first_ready(self) -> None:
+        """Start one worker, wait for its model, then start the others in the background.
+
+        One at a time: a worker's start-up is CPU-bound (imports, model load), so on a
+        machine with few cores the first worker is ready sooner alone than sharing the
+        CPU with the others.
+        """
         t0 = time.monotonic()
-        procs = [self._new_process() for _ in range(self.workers)]
-        calls = [asyncio.ensure_future(p.call("warm", None)) for p in procs]
-        pending = set(calls)
-        first: tuple[ScoringProcess, tuple[int, str]] | None = None
+        proc = self._new_process()
         try:
-            while first is None:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for fut in done:
-                    if first is None and fut.exception() is None:
-                        first = (procs[calls.index(fut)], fut.result())
-                if first is None:
-                    if not pending:  # every worker failed: the first error says why
-                        raise next(f.exception() for f in calls if f.exception() is not None)  # type: ignore[misc]
+            pid, model_id = await proc.call("warm", None)
         except BaseException:
-            for fut in pending:
-                fut.cancel()
-            await asyncio.to_thread(_close_all, procs)
+            await asyncio.to_thread(_close_all, [proc])
             raise
-        proc, (pid, model_id) = first
         self._procs = [proc]
         self._free = deque([proc])
         self.model_id = model_id
@@ -333,10 +326,11 @@ class ScoringPool:
         self._started = True
         logger.info("scoring pool: first of %d process worker(s) ready in %.1f s, model %s", self.workers,
                     time.monotonic() - t0, model_id)
-        for p, fut in zip(procs, calls):
-            if p is not proc:
-                self._respawning += 1
-                self._spawn_task(self._join_when_warm(p, fut), "scoring worker warming")
+        for _ in range(self.workers - 1):
+            self._respawning += 1
+            other = self._new_process()
+            self._spawn_task(self._join_when_warm(other, asyncio.ensure_future(other.call("warm", None))),
+                             "scoring worker warming")
 
     async def _join_when_warm(self, proc: ScoringProcess, fut: asyncio.Future[tuple[int, str]]) -> None:
         try:
