@@ -955,6 +955,7 @@ class AuditWriter:
         # a flush will cover, so "committed before the flush began" is exact.
         self._commit_lock = threading.Lock()
         self._unsynced_since: float | None = None  # monotonic start of the oldest commit not yet flushed
+        self._flushing_since: float | None = None  # the same, for the flush in progress
         self._flushes = 0
         self._max_lag_s = 0.0
         self._flush_stop = threading.Event()
@@ -1059,10 +1060,17 @@ class AuditWriter:
         """One flush: fdatasync the WAL.  Returns the durability lag, ``None`` if nothing was new."""
         with self._commit_lock:
             since, self._unsynced_since = self._unsynced_since, None
+            self._flushing_since = since
             if since is not None and self.flush_hook is not None:
                 self.flush_hook("snapshot")
         if since is None:
             return None
+        try:
+            return self._sync_wal(wal, since)
+        finally:
+            self._flushing_since = None
+
+    def _sync_wal(self, wal: str, since: float) -> float | None:
         try:
             fd = os.open(wal, os.O_RDONLY)
         except FileNotFoundError:
@@ -1277,6 +1285,12 @@ class AuditWriter:
     def sync(self) -> str:
         """The durability mode, ``"interval"`` or ``"full"``."""
         return self._sync
+
+    def durability_lag_s(self) -> float:
+        """How long the oldest committed row not yet flushed has waited (0 when all are durable,
+        and always 0 with ``sync="full"``).  What a power cut now would lose, in time."""
+        oldest = [t for t in (self._flushing_since, self._unsynced_since) if t is not None]
+        return time.monotonic() - min(oldest) if oldest else 0.0
 
     @property
     def flushes(self) -> int:

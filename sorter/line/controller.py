@@ -1287,6 +1287,16 @@ class Controller:
             logger.info("item=%s lane=%s delivery=late: the deadline passed while the decision was being "
                         "recorded; not sent", si.item_id, lane)
             await self._record_delivery(si.item_id, delivery, None, None, None)
+        max_lag_s = self.config.audit.max_lag_ms / 1000.0
+        if send and max_lag_s > 0 and self._writer.durability_lag_s() > max_lag_s:
+            # The operator chose a hard bound on what a power cut may lose: the disk is behind it.
+            send = False
+            delivery = "undelivered"
+            lag_ms = 1000 * self._writer.durability_lag_s()
+            self._note_undelivered(si, lane, PlcError(
+                f"not sent: audit rows have waited {lag_ms:.0f} ms for the disk, more than audit.max_lag_ms"))
+            await self._record_delivery(si.item_id, delivery, None, f"not sent: durability lag {lag_ms:.0f} ms",
+                                        None)
         if send:
             assert si.plc_id is not None
             try:

@@ -69,6 +69,9 @@ def test_commits_do_not_wait_for_a_stalled_flush_and_the_lag_is_measured_and_rec
         with sqlite3.connect(db) as other:
             assert other.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 11
         assert writer.flushes == 0
+        lag = writer.durability_lag_s()
+        time.sleep(0.05)
+        assert writer.durability_lag_s() > lag > 0  # what a power cut now would lose keeps growing
         release.set()
         deadline = time.monotonic() + 30
         while writer.flushes < 2 and time.monotonic() < deadline:
@@ -280,3 +283,37 @@ def test_a_restart_reports_a_gap_in_the_summary_and_the_audit_events(tmp_path: P
         assert [s[2]["why"] for s in snaps] == ["start", "start", "end"]
 
     asyncio.run(asyncio.wait_for(scenario(), 240))
+
+
+def test_max_lag_holds_decisions_back_while_the_disk_is_behind(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """audit.max_lag_ms: the operator's hard bound on what a power cut may lose."""
+    from sorter.line.controller import Controller, ScoringPool
+    from sorter.line.sources import generate_pool
+    from tests.line.test_controller import SIM_CFG, make_config, sim_source
+
+    release = threading.Event()
+    real = audit_module.os.fdatasync
+    monkeypatch.setattr(audit_module.os, "fdatasync", lambda fd: (release.wait(60), real(fd)))
+    pool = generate_pool(SIM_CFG, 3, workers=1)
+    cfg = make_config(tmp_path, "audit.max_lag_ms=20")
+
+    async def scenario() -> None:
+        scorer = ScoringPool(None, workers=1, kind="thread")
+        plc = MemoryPlc(scan_ms=2)
+        try:
+            await scorer.start()
+            asyncio.get_running_loop().call_later(3.0, release.set)  # the disk catches up after a while
+            summary = await Controller(cfg, link=plc, source=sim_source(cfg, pool, items=3, rate_hz=5),
+                                       scorer=scorer, settle=False).run()
+        finally:
+            release.set()
+            await scorer.close()
+        assert summary.audit_ok
+        assert summary.delivery.get("undelivered", 0) >= 1
+        with AuditLog(cfg.audit.path) as log:
+            held = [r for r in log.rows() if r.delivery == "undelivered"]
+        assert held and all(r.plc_status.startswith("not sent: durability lag") for r in held)
+        assert not plc.model.decisions.keys() & {plc_item_id(r.item_id) for r in held}
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
