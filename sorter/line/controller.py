@@ -62,7 +62,7 @@ import numpy as np
 
 from sorter import LANES
 from sorter.errors import PlcError, PlcTimeoutError, SorterError
-from sorter.features.measure import AmbientTracker, measure_item
+from sorter.features.measure import AmbientTracker
 from sorter.line.audit import AuditError, AuditLog, AuditRecord, AuditWriter
 from sorter.line.health import SensorHealth
 from sorter.line.config import LineConfig
@@ -70,7 +70,14 @@ from sorter.line.metrics import LineMetrics, StatusLine
 from sorter.line.plc import SAFE_LANE, MemoryPlc, ModbusPlcLink, PlcLink, PlcProtocolError, RegisterMap
 from sorter.line.reconcile import GAP_EVENT, SNAPSHOT_EVENT, Reconciliation, reconcile, snapshot_detail
 from sorter.line.sources import BeltTiming, ItemSource, LogFollowSource, SimulatedSource, SourceItem
-from sorter.line.workers import ScoringProcess, WorkerLost
+from sorter.line.workers import (
+    SCORING_HANDLERS,
+    ScoringProcess,
+    WorkerLost,
+    init_scoring_worker,
+    limit_threads,
+    score_batch,
+)
 from sorter.readings import Item, ItemRecord
 from sorter.scoring import Decision, Scorer, error_decision
 
@@ -96,87 +103,6 @@ RECHECK_LINES: Final = 1024
 # --------------------------------------------------------------------------- scoring
 
 
-def score_batch(scorer: Scorer, batch: Sequence[tuple[Item, float | None]]) -> list[Decision]:
-    """Decisions for several items in one model call; the same code as :meth:`Scorer.score_item`.
-
-    Each item is measured on its own (an item that breaks measurement gets an
-    error decision, lane ``manual``); the measured rows go through
-    :meth:`Scorer.decide_rows` together.  Never raises.
-
-    Examples
-    --------
-    >>> from sorter.model import load_model
-    >>> [d.lane == "lead_acid" for d in score_batch(Scorer(load_model()), [(Item(ItemRecord("x1", 0.0)), None)])]
-    [False]
-    """
-    out: list[Decision | None] = [None] * len(batch)
-    rows: list[np.ndarray] = []
-    index: list[int] = []
-    for k, (item, ambient_c) in enumerate(batch):
-        try:
-            rows.append(measure_item(item, ambient_c))
-        except Exception as err:  # noqa: BLE001 - an item that breaks measurement goes to manual
-            logger.exception("item %s: measurement failed", item.item_id)
-            out[k] = error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}")
-        else:
-            index.append(k)
-    if rows:
-        items = [batch[k][0] for k in index]
-        decisions = scorer.decide_rows(
-            np.vstack(rows),
-            [it.record.line_no for it in items],
-            [it.item_id for it in items],
-            ["; ".join(it.problems) for it in items],
-        )
-        for k, decision in zip(index, decisions, strict=True):
-            out[k] = decision
-    return [d for d in out if d is not None]
-
-
-_WORKER_SCORER: Scorer | None = None
-_WORKER_ERROR: BaseException | None = None
-
-
-def _limit_threads() -> None:
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    cv2.setNumThreads(1)  # the pool's workers are the parallelism; OpenCV's own pool would fight them
-    threadpool_limits(1)  # and so would OpenMP/BLAS threads in the model
-
-
-def _init_worker(model_dir: str | None) -> None:
-    # Ctrl-C goes to the whole process group: the controller drains, so workers must not die first.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _limit_threads()
-    from sorter.model import load_model
-
-    global _WORKER_SCORER, _WORKER_ERROR
-    try:
-        _WORKER_SCORER = Scorer(load_model(model_dir or None))
-    except Exception as err:  # noqa: BLE001 - reported by the first call, with its own message
-        # An initializer that raises breaks the whole pool with no message; keep the error to raise it.
-        _WORKER_ERROR = err
-
-
-def _worker_scorer() -> Scorer:
-    if _WORKER_ERROR is not None:
-        raise _WORKER_ERROR
-    assert _WORKER_SCORER is not None, "worker initializer did not run"
-    return _WORKER_SCORER
-
-
-def _worker_warm(_payload: object = None) -> tuple[int, str]:
-    scorer = _worker_scorer()
-    score_batch(scorer, [(Item(ItemRecord("warm-up", 0.0)), None)])
-    return os.getpid(), scorer.model.model_id
-
-
-def _worker_score(batch: list[tuple[Item, float | None]]) -> list[Decision]:
-    return score_batch(_worker_scorer(), batch)
-
-
-_HANDLERS: Final = {"warm": _worker_warm, "score": _worker_score}
 _RESPAWN_DELAY_S: Final = 1.0
 
 
@@ -256,7 +182,7 @@ class ScoringPool:
         return self._started
 
     def _new_process(self) -> ScoringProcess:
-        return ScoringProcess(_init_worker, (self.model_dir,), _HANDLERS)
+        return ScoringProcess(init_scoring_worker, (self.model_dir,), SCORING_HANDLERS)
 
     async def start(self, *, wait_all: bool = True) -> None:
         """Start the workers and load the model in each (seconds); idempotent.
@@ -282,7 +208,7 @@ class ScoringPool:
         if self.kind == "thread":
             from sorter.model import load_model
 
-            _limit_threads()
+            limit_threads()
             model = await asyncio.to_thread(load_model, self.model_dir)
             self._scorer = Scorer(model)
             self.model_id = model.model_id
