@@ -55,6 +55,7 @@ import logging
 import math
 import os
 import queue
+from collections import deque
 import sqlite3
 import threading
 import time
@@ -837,13 +838,8 @@ class AuditLog:
 # --------------------------------------------------------------------------- writer
 
 
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
 _STOP: Final = object()
+_WAL_RESET_FRAMES: Final = 4000  # about 16 MB of WAL: then the flusher lets the WAL start over (see _flush_loop)
 
 
 class AuditWriter:
@@ -886,8 +882,9 @@ class AuditWriter:
         loses at most the rows committed since the last completed flush:
         about this long, plus the flush itself when the disk stalls.
     checkpoint_interval_s : float, default 1.0
-        How often the flusher checkpoints the WAL into the database (it also
-        does when the WAL passes about 4 MB), so the WAL stays small.
+        How often the flusher checkpoints the WAL into the database (sooner
+        when the last checkpoint left more than 1000 frames, about 4 MB), so
+        the WAL is reset from its start often and stays small.
     on_durable : callable, optional
         Called on the flusher thread after each flush with the durability lag
         in seconds: how long the oldest row it made durable had waited since
@@ -958,6 +955,8 @@ class AuditWriter:
         self._flushing_since: float | None = None  # the same, for the flush in progress
         self._flushes = 0
         self._max_lag_s = 0.0
+        self.wal_resets = 0
+        """Checkpoints that held the writer for the WAL's short tail so the WAL could start over."""
         self._flush_stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.flush_hook: Callable[[str], None] | None = None
@@ -1022,12 +1021,18 @@ class AuditWriter:
         wal = self._path + "-wal"
         next_checkpoint = time.monotonic() + self._checkpoint_interval_s
         lag_note: tuple[float, int] | None = None  # (worst lag, flushes over the alarm) since the last record
+        behind = 0  # WAL frames the last checkpoint could not copy yet
+        wal_frames = 0  # frames in the WAL at the last checkpoint
+        recent: deque[float] = deque(maxlen=5)  # seconds of the last flushes' fdatasync
         last_note = 0.0
         try:
             while True:
                 stopping = self._flush_stop.wait(self._sync_interval_s)
+                t_flush = time.monotonic()
                 lag = self._flush_once(wal)
                 now = time.monotonic()
+                if lag is not None:
+                    recent.append(now - t_flush)
                 if lag is not None and lag > self._lag_alarm_s:
                     worst, count = lag_note or (0.0, 0)
                     lag_note = (max(worst, lag), count + 1)
@@ -1043,10 +1048,25 @@ class AuditWriter:
                     lag_note, last_note = None, now
                 if stopping:
                     return
-                if now >= next_checkpoint or _size(wal) > 4 << 20:
+                if now >= next_checkpoint or behind > 1000:
                     next_checkpoint = now + self._checkpoint_interval_s
+                    # A checkpoint running beside the writer copies the WAL into the database, but the
+                    # writer only starts the WAL over when a checkpoint has copied *everything* before
+                    # its next transaction, which a steady stream of commits never allows.  So once the
+                    # WAL is long, and only while the disk is quick (the last flushes synced in under
+                    # 10 ms), the writer is held for one checkpoint of the short tail (a WAL sync, a
+                    # copy, a database sync: milliseconds on a quick disk); then the WAL restarts.
+                    quiesce = wal_frames > _WAL_RESET_FRAMES and len(recent) == recent.maxlen and \
+                        max(recent) < 0.010
                     try:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        if quiesce:
+                            with self._commit_lock:
+                                result = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                            self.wal_resets += 1
+                        else:
+                            result = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                        _busy, wal_frames, copied = result  # frames in the WAL, frames copied
+                        behind = max(0, wal_frames - copied) if wal_frames >= 0 else 0
                     except sqlite3.Error as err:  # busy now and then: the next one catches up
                         logger.debug("audit log %s: checkpoint skipped: %s", self._path, err)
         except BaseException:
