@@ -787,6 +787,13 @@ class _MailboxLink(PlcLink):
                         seq=seq if first_write is not None else None,
                     )
                 wait = self.rewrite_interval_s
+                # Noted before the write: a write whose answer is lost may still have reached the PLC,
+                # and its ack must not look like an ack for a seq this PC never wrote.
+                written = self._written[slot]  # insertion-ordered: the last few seqs of the slot
+                if seq not in written:
+                    written[seq] = None
+                    if len(written) > 8:  # a PLC may still ack one of the last few seqs of a slot late
+                        del written[next(iter(written))]
                 try:
                     # Same seq every time: the PLC latches a seq once, so a rewrite is harmless.
                     write_start = time.monotonic()
@@ -803,11 +810,6 @@ class _MailboxLink(PlcLink):
                     if first_write is None:
                         first_write = write_start
                     self._slot_seq[slot] = seq
-                    written = self._written[slot]  # insertion-ordered: the last few seqs of the slot
-                    if seq not in written:
-                        written[seq] = None
-                        if len(written) > 8:  # a PLC may still ack one of the last few seqs of a slot late
-                            del written[next(iter(written))]
                     self._ensure_poller()
                 try:
                     timeout = max(0.001, min(wait, deadline - time.monotonic()))
