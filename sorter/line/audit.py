@@ -956,6 +956,7 @@ class AuditWriter:
         self._flushes = 0
         self._max_lag_s = 0.0
         self.wal_resets = 0
+        self._last_sync_s = 0.0  # how long the last fdatasync of the WAL took (the disk's quickness)
         """Checkpoints that held the writer for the WAL's short tail so the WAL could start over."""
         self._flush_stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -1023,16 +1024,15 @@ class AuditWriter:
         lag_note: tuple[float, int] | None = None  # (worst lag, flushes over the alarm) since the last record
         behind = 0  # WAL frames the last checkpoint could not copy yet
         wal_frames = 0  # frames in the WAL at the last checkpoint
-        recent: deque[float] = deque(maxlen=5)  # seconds of the last flushes' fdatasync
+        recent: deque[float] = deque(maxlen=5)  # seconds the last flushes' fdatasync took
         last_note = 0.0
         try:
             while True:
                 stopping = self._flush_stop.wait(self._sync_interval_s)
-                t_flush = time.monotonic()
                 lag = self._flush_once(wal)
                 now = time.monotonic()
                 if lag is not None:
-                    recent.append(now - t_flush)
+                    recent.append(self._last_sync_s)
                 if lag is not None and lag > self._lag_alarm_s:
                     worst, count = lag_note or (0.0, 0)
                     lag_note = (max(worst, lag), count + 1)
@@ -1102,7 +1102,9 @@ class AuditWriter:
             return None
         if fd is not None:
             try:
+                t_sync = time.monotonic()
                 os.fdatasync(fd)
+                self._last_sync_s = time.monotonic() - t_sync
             except OSError as err:
                 logger.error("audit log %s: fdatasync of the WAL failed: %s", self._path, err)
                 with self._commit_lock:
