@@ -21,18 +21,31 @@ run reports its audit transactions slower than 50 ms.  Targets: p99 <= 20 ms at 
 >= 100 items/s with zero misses.  The PLC's 10 ms scan puts a floor of about one
 scan under every acknowledgement.
 
+``--disk-load`` runs the series while another process writes and syncs large files on the audit
+directory's file system (``dd if=/dev/zero bs=1M count=1500 conv=fdatasync`` in a loop, as a
+recorder rotating files or a backup would; stopped when the series ends), and times ``fdatasync``
+alone beside the runs, so the table shows what the disk did meanwhile.  ``--sync full`` runs with
+the audit log's old durability (every commit waits for fsync) for comparison; the default is the
+line's default, ``interval``.  ``--quick`` is a short series: 6 s runs at 100 items/s, a step to 200,
+3 repeats (about 2 minutes).
+
 The result table is written into ``docs/performance.md`` (section "Line
-controller (issue 4)"), with the machine it ran on; ``--no-write`` only prints.
+controller (issue 4)", or "..._disk_load" / "..._sync_full" for those modes), with the machine it
+ran on; ``--no-write`` only prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import os
+import signal
+import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +64,7 @@ from ._report import write_section
 
 SIM = SimConfig(items=200, seed=2026, mix="recycler")
 SLOW_COMMIT_S = 0.05  # an audit transaction this slow eats most of a 90 ms deadline (a bucket of the histogram)
+SYNC_MODE = ["interval"]  # audit.sync of the runs (set from --sync)
 
 
 @dataclass
@@ -76,6 +90,7 @@ class Result:
     late_causes: dict[str, int]
     commits: int = 0
     slow_commits: int = 0  # audit transactions over SLOW_COMMIT_S
+    max_lag_ms: float | None = None  # worst durability lag (audit.sync = interval)
 
 
 def _cpu_s(pids: list[int]) -> float:
@@ -103,7 +118,7 @@ async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPoo
     try:
         cfg = load_config(None, env={}, overrides=[
             "line.source=simulated", f"audit.path={audit}", "status.enabled=false",
-            f"line.scorer_workers={scorer.workers}", "line.max_in_flight=256"])
+            f"line.scorer_workers={scorer.workers}", "line.max_in_flight=256", f"audit.sync={SYNC_MODE[0]}"])
         link = ModbusPlcLink("127.0.0.1", sim.port)
         source = SimulatedSource(SIM, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=rate_hz,
                                  pool=pool, announce=sim.expect)
@@ -140,6 +155,7 @@ async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPoo
         commits=int(_sample(ctl, "sorter_line_audit_commit_seconds_count")),
         slow_commits=int(_sample(ctl, "sorter_line_audit_commit_seconds_count")
                          - _sample(ctl, "sorter_line_audit_commit_seconds_bucket", le=str(SLOW_COMMIT_S))),
+        max_lag_ms=summary.max_durability_lag_ms,
     )
 
 
@@ -181,13 +197,13 @@ def table(results: list[Result]) -> str:
     head = ("| rate (items/s) | items | p50 ms | p99 ms | max ms (acked items) | scoring p50 / p99 ms "
             "| delivery p50 ms "
             "| mean batch | scoring CPU ms/item | controller CPU ms/item | deadline misses (overload) | undelivered "
-            "| audit commits > 50 ms | audit rows == items | PLC counters agree |")
-    out = [head, "|" + "---|" * 15]
+            "| audit commits > 50 ms | worst durability lag ms | audit rows == items | PLC counters agree |")
+    out = [head, "|" + "---|" * 16]
     for r in results:
         out.append(f"| {r.rate_hz:g} ({r.achieved_hz:.0f}) | {r.items} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | "
                    f"{_ms(r.max_ms)} | {_ms(r.score_p50_ms)} / {_ms(r.score_p99_ms)} | {_ms(r.deliver_p50_ms)} | "
                    f"{r.mean_batch:.1f} | {_ms(r.worker_cpu_ms)} | {_ms(r.main_cpu_ms)} | {r.misses} ({r.overload}) | "
-                   f"{r.undelivered} | {r.slow_commits} of {r.commits} | "
+                   f"{r.undelivered} | {r.slow_commits} of {r.commits} | {_ms(r.max_lag_ms)} | "
                    f"{'yes' if r.audit_ok else 'NO'} | {'yes' if r.plc_agrees else 'NO'} |")
     return "\n".join(out)
 
@@ -263,16 +279,18 @@ def summary_table(repeats: list[Repeat]) -> str:
     return "\n".join(out)
 
 
-def fsync_probe(directory: str, seconds: float, rate_hz: float = 100.0) -> dict[str, float]:
+def fsync_probe(directory: str, seconds: float, rate_hz: float = 100.0,
+                stop: threading.Event | None = None) -> dict[str, float]:
     """The disk alone, without SQLite: append 4 kB and ``fdatasync`` ``rate_hz`` times a second
-    for ``seconds`` in ``directory``, as the audit log's commits do; the latency distribution."""
+    for ``seconds`` (or until ``stop``) in ``directory``, as the audit log's commits do; the latency
+    distribution."""
     lat: list[float] = []
     with tempfile.TemporaryDirectory(prefix="sorter-fsync-", dir=directory) as d:
         fd = os.open(os.path.join(d, "probe"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             block = b"\0" * 4096
             end = time.monotonic() + seconds
-            while time.monotonic() < end:
+            while time.monotonic() < end and not (stop is not None and stop.is_set()):
                 os.write(fd, block)
                 t = time.perf_counter()
                 os.fdatasync(fd)
@@ -284,6 +302,41 @@ def fsync_probe(directory: str, seconds: float, rate_hz: float = 100.0) -> dict[
     return {"syncs": float(a.size), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
             "p999": float(np.percentile(a, 99.9)), "max": float(a.max()),
             "over50": float((a > 50).sum()), "over90": float((a > 90).sum())}
+
+
+class DiskLoad:
+    """Another process writing and syncing large files on a file system, in a loop, until stopped."""
+
+    def __init__(self, directory: str, mb: int = 1500) -> None:
+        self.directory, self.mb = directory, mb
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.path = os.path.join(directory, f"sorter-diskload-{os.getpid()}")
+
+    def __enter__(self) -> DiskLoad:
+        script = (f'while :; do dd if=/dev/zero of="{self.path}" bs=1M count={self.mb} conv=fdatasync '
+                  f'status=none; rm -f "{self.path}"; done')
+        self.proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class ProbeThread(threading.Thread):
+    """:func:`fsync_probe` beside the runs, until stopped."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(daemon=True, name="fsync-probe")
+        self.directory = directory
+        self.halt = threading.Event()
+        self.result: dict[str, float] | None = None
+
+    def run(self) -> None:
+        self.result = fsync_probe(self.directory, 24 * 3600.0, stop=self.halt)
 
 
 def _filesystem(path: str) -> str:
@@ -320,8 +373,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-seconds", type=float, default=120.0,
                     help="then time fdatasync alone on the audit directory's disk this long (0: skip; "
                          "default %(default)s)")
+    ap.add_argument("--disk-load", action="store_true",
+                    help="run while another process writes and syncs 1.5 GB files in a loop on the audit "
+                         "directory's file system, with the fdatasync probe running beside the runs")
+    ap.add_argument("--sync", choices=["interval", "full"], default="interval",
+                    help="audit.sync of the runs (default %(default)s, the line's default)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a short series: 6 s runs, 100 items/s, step to 200, 3 repeats (about 2 minutes)")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rates, args.step, args.down = 6.0, "100", "100,200", "50,20"
+        args.probe_seconds = min(args.probe_seconds, 20.0)
+    SYNC_MODE[0] = args.sync
+    if args.section == "line_latency" and (args.disk_load or args.sync != "interval"):
+        args.section += ("_disk_load" if args.disk_load else "") + ("_sync_full" if args.sync == "full" else "")
     # Late and refused acknowledgements are counted in the table; one warning per item would drown it.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its request timeouts are the link's business
@@ -330,16 +396,27 @@ def main(argv: list[str] | None = None) -> int:
     args.down = [float(x) for x in args.down.split(",") if x]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cores = os.cpu_count() or 1
-    repeats = asyncio.run(bench(args))
+    audit_dir = args.audit_dir or tempfile.gettempdir()
+    beside: ProbeThread | None = None
+    with contextlib.ExitStack() as stack:
+        if args.disk_load:
+            stack.enter_context(DiskLoad(audit_dir))
+            beside = ProbeThread(audit_dir)
+            beside.start()
+            stack.callback(lambda: (beside.halt.set(), beside.join(60)))
+            print(f"disk load: dd bs=1M count=1500 conv=fdatasync in a loop in {audit_dir}", flush=True)
+        repeats = asyncio.run(bench(args))
     # The line's figures are the worst repeat's: the highest rate sustained in every repeat,
     # and the highest p99 at 100 items/s.
     worst = min(repeats, key=lambda rep: rep.best)
     fixed, step, best = worst.fixed, worst.step, worst.best
     p99_100 = [r for rep in repeats for r in rep.fixed if r.rate_hz == 100]
     at100 = max(p99_100, key=lambda r: (not _p99_met(r), r.p99_ms or math.inf), default=None)
-    audit_dir = args.audit_dir or tempfile.gettempdir()
     audit_fs = _filesystem(audit_dir)
-    probe = fsync_probe(audit_dir, args.probe_seconds) if args.probe_seconds > 0 else None
+    if beside is not None:
+        probe = beside.result
+    else:
+        probe = fsync_probe(audit_dir, args.probe_seconds) if args.probe_seconds > 0 else None
     if probe:
         print(f"fdatasync alone, {probe['syncs']:.0f} syncs of 4 kB at 100/s: p50 {probe['p50']:.2f} ms, p99 "
               f"{probe['p99']:.2f} ms, p99.9 {probe['p999']:.1f} ms, max {probe['max']:.0f} ms; "
@@ -352,8 +429,22 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(summary_table(repeats))
     print(f"\nhighest sustained rate with zero deadline misses in every repeat: {best:g} items/s")
+    title = "## Line controller (issue 4)"
+    if args.disk_load:
+        title = "## Line controller under disk load (issue 14)"
+    if args.sync == "full":
+        title += ", `audit.sync = \"full\"` (every commit waits for fsync)"
     md = [
-        "## Line controller (issue 4)",
+        title,
+        "",
+        f"Command: `python -m benchmarks.line_latency{' --quick' if args.quick else ''}"
+        f"{' --disk-load' if args.disk_load else ''}{' --sync full' if args.sync == 'full' else ''}`. "
+        f"Audit durability: `audit.sync = \"{args.sync}\"`"
+        + (" (commits do not wait for the disk; a flusher syncs every 20 ms)." if args.sync == "interval" else
+           " (every commit waits for fsync before its decision is sent).")
+        + (" **Disk load**: another process runs `dd if=/dev/zero bs=1M count=1500 conv=fdatasync` in a loop on "
+           "the audit directory's file system for the whole series, and the fdatasync probe below ran beside "
+           "the runs, at the same time." if args.disk_load else ""),
         "",
         "`python -m benchmarks.line_latency` — the real line on loopback: PLC simulator (pymodbus Modbus TCP "
         f"server, {args.scan_ms:g} ms scan) told about each item at the bridge, a simulated conveyor at a fixed "
@@ -391,14 +482,20 @@ def main(argv: list[str] | None = None) -> int:
         f"Load average of the machine (other work shares it): {load:.1f} at the start, {load_end:.1f} at the end.",
     ]
     if probe:
+        when = ("beside the runs, under the disk load" if beside is not None else
+                f"after the runs, for {args.probe_seconds:g} s, nothing else of ours running")
+        consequence = (" With `audit.sync = \"full\"` a decision is sent only after its commit is on disk, so "
+                       "every such stall holds back the decisions behind it, and those items go to the PLC's safe "
+                       "lane." if args.sync == "full" else
+                       " With `audit.sync = \"interval\"` such a stall delays only the flusher: the worst "
+                       "durability lag in the table is the window a power cut would have lost.")
         md += [
             "",
-            f"The disk alone (no SQLite, nothing else running): {probe['syncs']:.0f} appends of 4 kB, each followed "
-            f"by `fdatasync`, at 100 per second for {args.probe_seconds:g} s in the audit directory: p50 "
+            f"What the disk did ({when}; no SQLite): {probe['syncs']:.0f} appends of 4 kB, each followed "
+            f"by `fdatasync`, at 100 per second in the audit directory: p50 "
             f"{probe['p50']:.2f} ms, p99 {probe['p99']:.2f} ms, p99.9 {probe['p999']:.1f} ms, max "
             f"{probe['max']:.0f} ms; **{probe['over50']:.0f} syncs over 50 ms, {probe['over90']:.0f} over the "
-            "90 ms deadline**. A decision is sent only after its commit is on disk, so every such stall holds "
-            "back the decisions behind it, and those items go to the PLC's safe lane.",
+            "90 ms deadline**." + consequence,
         ]
     runs = [r for rep in repeats for r in rep.fixed + rep.step if r.worker_cpu_ms is not None and r.items]
     if runs:

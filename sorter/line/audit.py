@@ -4,10 +4,34 @@ The controller records every decision here *before* it counts as made, and
 later the outcome of its delivery to the PLC.  The log is built to survive a
 crash of the process (``kill -9``) without losing anything it acknowledged:
 
-- ``journal_mode=WAL`` and ``synchronous=FULL``: a transaction is on disk
-  (fsync'd) when ``COMMIT`` returns, and readers never block the writer.
+- ``journal_mode=WAL``: a committed transaction is in the write-ahead log,
+  visible to any other connection and to a restarted process, and readers
+  never block the writer.
 - Each public write commits before it returns; :class:`AuditWriter` resolves
   a future only after the transaction holding its row has committed.
+- Two durability modes (``sync``):
+
+  ``"full"`` (:class:`AuditLog`'s default): ``synchronous=FULL``, every
+  commit waits for ``fsync``; a power cut loses nothing committed.
+
+  ``"interval"`` (:class:`AuditWriter`'s default, the line's default): the
+  writer's commits do not wait for the disk (``synchronous=OFF``, automatic
+  checkpoints off), so a disk that stalls for hundreds of milliseconds never
+  holds a decision back.  A separate *flusher* thread makes them durable on a
+  fixed cadence (``sync_interval_s``): it ``fdatasync``s the WAL file, and now
+  and then checkpoints the WAL into the database from its own connection
+  with ``synchronous=FULL`` (WAL synced before the copy, database after it,
+  so a WAL that the writer later reuses never holds the only copy of a row).
+  A process crash (``kill -9``) loses nothing committed (the data is in the
+  kernel's page cache); a power cut loses at most the rows committed since
+  the last completed flush.  The flusher reports how far durability lags
+  (``on_durable``) and records lags over ``lag_alarm_s`` in the ``events``
+  table.
+- An ``events`` table holds what is not one item's decision: durability lags,
+  PLC protocol faults, reconciliation gaps, PLC counter snapshots
+  (:meth:`AuditLog.record_event`, :meth:`AuditLog.events`).  It was added
+  without changing the ``decisions`` layout, so the schema version is still 1
+  and older logs gain the table when opened.
 - ``item_id`` is unique: a restarted controller that re-reads part of its
   source log cannot record an item twice (:meth:`AuditLog.record_decision`
   returns ``False``), and :meth:`AuditLog.resume_point` tells it where to
@@ -26,15 +50,18 @@ with :class:`AuditRecordError` before anything is written.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import queue
+from collections import deque
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from os import PathLike
 from types import TracebackType
@@ -46,6 +73,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DELIVERY_STATES",
+    "SYNC_MODES",
     "SCHEMA_VERSION",
     "AuditError",
     "AuditLog",
@@ -75,6 +103,10 @@ the PLC.  ``rejected``: the PLC refused it (see ``plc_status``).
 """
 
 StrPath = str | PathLike[str]
+
+SYNC_MODES: Final[tuple[str, ...]] = ("interval", "full")
+"""``"interval"``: commits do not wait for fsync, a flusher syncs on a cadence;
+``"full"``: every commit waits for fsync (see the module notes)."""
 
 
 class AuditError(SorterError, OSError):
@@ -286,6 +318,15 @@ CREATE TABLE decisions (
 CREATE INDEX decisions_source_line ON decisions (source_line);
 CREATE INDEX decisions_pending ON decisions (id) WHERE delivery = 'pending';
 """
+_EVENTS_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY,
+    t       REAL    NOT NULL,              -- epoch s
+    kind    TEXT    NOT NULL,
+    detail  TEXT    NOT NULL               -- JSON object
+)
+"""
+_EVENT_INSERT: Final = "INSERT INTO events (t, kind, detail) VALUES (?, ?, ?)"
 
 _INSERT: Final = (
     f"INSERT INTO decisions ({', '.join(_COLUMNS)}) "
@@ -302,6 +343,19 @@ _PAGE_ROWS: Final = 1000
 # An operation queued for a batch: ("decision", AuditRecord) or
 # ("delivery", (item_id, delivery, plc_seq, plc_status, t_acked)).
 _Op = tuple[str, Any]
+
+
+def _event_payload(kind: str, detail: Mapping[str, Any], t: float | None) -> tuple[float, str, str]:
+    if not isinstance(kind, str) or not kind:
+        raise AuditRecordError(f"event kind must be a non-empty str, got {kind!r}")
+    try:
+        text = json.dumps(dict(detail), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise AuditRecordError(f"event {kind!r}: detail must be a JSON object of finite values: {err}") from err
+    when = time.time() if t is None else t
+    if not _is_finite(when):
+        raise AuditRecordError(f"event {kind!r}: t must be a finite epoch time, got {t!r}")
+    return (float(when), kind, text)
 
 
 def _wrap(err: sqlite3.Error, path: str, doing: str) -> AuditError:
@@ -327,7 +381,7 @@ def _wrap(err: sqlite3.Error, path: str, doing: str) -> AuditError:
 class AuditLog:
     """Synchronous, durable audit log in one SQLite file.
 
-    Every write commits (with fsync) before it returns.  One connection,
+    Every write commits before it returns (with fsync when ``sync="full"``).  One connection,
     guarded by a lock: any thread may call, one call at a time.
 
     Parameters
@@ -338,6 +392,10 @@ class AuditLog:
     busy_timeout_s : float, default 5.0
         How long a write waits for another connection's lock before raising
         :class:`AuditError`.
+    sync : {"full", "interval"}, default "full"
+        ``"full"``: every commit waits for fsync.  ``"interval"``: commits do
+        not wait for the disk and automatic checkpoints are off; only use it
+        under an :class:`AuditWriter`, whose flusher makes the rows durable.
 
     Raises
     ------
@@ -360,11 +418,14 @@ class AuditLog:
     (1, {'acked': 1})
     """
 
-    def __init__(self, path: StrPath, *, busy_timeout_s: float = 5.0) -> None:
+    def __init__(self, path: StrPath, *, busy_timeout_s: float = 5.0, sync: str = "full") -> None:
         if not _is_finite(busy_timeout_s) or busy_timeout_s < 0:
             raise AuditRecordError(
                 f"busy_timeout_s must be a finite number >= 0, got {busy_timeout_s!r}"
             )
+        if sync not in SYNC_MODES:
+            raise AuditRecordError(f"sync must be one of {SYNC_MODES}, got {sync!r}")
+        self._sync = sync
         self._path = str(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -390,7 +451,13 @@ class AuditLog:
     def _setup(self, conn: sqlite3.Connection) -> None:
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            conn.execute("PRAGMA synchronous=FULL")
+            if self._sync == "full":
+                conn.execute("PRAGMA synchronous=FULL")
+            else:
+                # Commits never call fsync, and never run a checkpoint (which would): the
+                # AuditWriter's flusher does both, off the decisions' path.
+                conn.execute("PRAGMA synchronous=OFF")
+                conn.execute("PRAGMA wal_autocheckpoint=0")
             # No-op on Linux; on macOS plain fsync does not reach the platter.
             conn.execute("PRAGMA fullfsync=ON")
         except sqlite3.Error as err:
@@ -425,6 +492,15 @@ class AuditLog:
                 f"writes version {SCHEMA_VERSION}; open it with the sorter that "
                 "wrote it, or start a new log file"
             )
+        try:
+            has_events = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+            ).fetchone()
+        except sqlite3.Error as err:
+            raise _wrap(err, self._path, "read the schema") from err
+        if not has_events:
+            with self._transaction(conn, "add the events table"):
+                conn.execute(_EVENTS_SCHEMA)
 
     def _schema_version(self, conn: sqlite3.Connection) -> int | None:
         try:
@@ -603,9 +679,48 @@ class AuditLog:
                 for kind, payload in ops:
                     if kind == "decision":
                         out.append(self._insert(conn, payload))
+                    elif kind == "event":
+                        conn.execute(_EVENT_INSERT, payload)
+                        out.append(None)
                     else:
                         out.append(self._update(conn, payload))
         return out
+
+    def record_event(self, kind: str, detail: Mapping[str, Any], *, t: float | None = None) -> None:
+        """Record something that is not one item's decision, and commit.
+
+        Parameters
+        ----------
+        kind : str
+            What happened, e.g. ``"reconciliation_gap"``, ``"durability_lag"``,
+            ``"plc_protocol_fault"``, ``"plc_counters"``.
+        detail : mapping
+            JSON-serialisable details.
+        t : float, optional
+            When (epoch s); now by default.
+        """
+        payload = _event_payload(kind, detail, t)
+        with self._lock:
+            conn = self._connection()
+            with self._transaction(conn, "record an event"):
+                conn.execute(_EVENT_INSERT, payload)
+
+    def events(self, kind: str | None = None) -> list[tuple[float, str, dict[str, Any]]]:
+        """Recorded events ``(t, kind, detail)`` in order, all or of one kind."""
+        if kind is None:
+            rows = self._read("SELECT t, kind, detail FROM events ORDER BY id")
+        else:
+            rows = self._read("SELECT t, kind, detail FROM events WHERE kind = ? ORDER BY id", (kind,))
+        return [(t, k, json.loads(d)) for t, k, d in rows]
+
+    def last_id(self) -> int:
+        """The insertion id of the newest decision (0 if none)."""
+        return int(self._read("SELECT COALESCE(MAX(id), 0) FROM decisions")[0][0])
+
+    def rows_after(self, row_id: int) -> list[tuple[int, AuditRecord]]:
+        """Decisions with an insertion id above ``row_id``, with their id, in order."""
+        rows = self._read(f"{_SELECT} WHERE id > ? ORDER BY id", (row_id,))
+        return [(row[0], AuditRecord(*row[1:])) for row in rows]
 
     # -- reads ------------------------------------------------------------------
 
@@ -670,8 +785,9 @@ class AuditLog:
         Returns
         -------
         dict
-            ``journal_mode`` (``"wal"``), ``synchronous`` (``2`` = FULL),
-            ``busy_timeout_ms`` and ``schema_version``.
+            ``journal_mode`` (``"wal"``), ``synchronous`` (``2`` = FULL; ``0``
+            in ``"interval"`` mode, whose flusher syncs), ``wal_autocheckpoint``
+            (``0`` in ``"interval"`` mode), ``busy_timeout_ms`` and ``schema_version``.
         """
         with self._lock:
             conn = self._connection()
@@ -679,6 +795,7 @@ class AuditLog:
                 return {
                     "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
                     "synchronous": conn.execute("PRAGMA synchronous").fetchone()[0],
+                    "wal_autocheckpoint": conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
                     "busy_timeout_ms": conn.execute("PRAGMA busy_timeout").fetchone()[0],
                     "schema_version": conn.execute(
                         "SELECT version FROM schema_version"
@@ -720,7 +837,9 @@ class AuditLog:
 
 # --------------------------------------------------------------------------- writer
 
+
 _STOP: Final = object()
+_WAL_RESET_FRAMES: Final = 4000  # about 16 MB of WAL: then the flusher lets the WAL start over (see _flush_loop)
 
 
 class AuditWriter:
@@ -752,7 +871,28 @@ class AuditWriter:
         marks ``undelivered``; the PLC's counters stay the truth).
     on_commit : callable, optional
         Called on the writer thread with the seconds each transaction took
-        (write and fsync), e.g. a metrics histogram's ``observe``.
+        (write, and fsync when ``sync="full"``), e.g. a metrics histogram's ``observe``.
+    sync : {"interval", "full"}, default "interval"
+        ``"interval"``: commits do not wait for the disk; the flusher thread
+        makes them durable every ``sync_interval_s``.  ``"full"``: every
+        commit waits for fsync (for disks with power-loss protection, whose
+        fsync is fast and steady).  See the module notes.
+    sync_interval_s : float, default 0.02
+        Cadence of the flusher (``"interval"`` mode), 0.001..1 s.  A power cut
+        loses at most the rows committed since the last completed flush:
+        about this long, plus the flush itself when the disk stalls.
+    checkpoint_interval_s : float, default 1.0
+        How often the flusher checkpoints the WAL into the database (sooner
+        when the last checkpoint left more than 1000 frames, about 4 MB), so
+        the WAL is reset from its start often and stays small.
+    on_durable : callable, optional
+        Called on the flusher thread after each flush with the durability lag
+        in seconds: how long the oldest row it made durable had waited since
+        its transaction began.  E.g. a metrics histogram's ``observe``.
+    lag_alarm_s : float, default 0.25
+        A flush whose lag exceeds this is logged (WARNING) and recorded in the
+        ``events`` table as ``durability_lag`` (at most one record every 10 s,
+        with the worst lag and the count since the last record).
 
     Raises
     ------
@@ -789,7 +929,41 @@ class AuditWriter:
         max_batch: int = 1000,
         delivery_delay_s: float = 0.0,
         on_commit: Callable[[float], None] | None = None,
+        sync: str = "interval",
+        sync_interval_s: float = 0.02,
+        checkpoint_interval_s: float = 1.0,
+        on_durable: Callable[[float], None] | None = None,
+        lag_alarm_s: float = 0.25,
     ) -> None:
+        if sync not in SYNC_MODES:
+            raise AuditRecordError(f"sync must be one of {SYNC_MODES}, got {sync!r}")
+        if not _is_finite(sync_interval_s) or not 0.001 <= sync_interval_s <= 1.0:
+            raise AuditRecordError(f"sync_interval_s must be in [0.001, 1] s, got {sync_interval_s!r}")
+        if not _is_finite(checkpoint_interval_s) or checkpoint_interval_s <= 0:
+            raise AuditRecordError(f"checkpoint_interval_s must be > 0, got {checkpoint_interval_s!r}")
+        if not _is_finite(lag_alarm_s) or lag_alarm_s <= 0:
+            raise AuditRecordError(f"lag_alarm_s must be > 0, got {lag_alarm_s!r}")
+        self._sync = sync
+        self._sync_interval_s = float(sync_interval_s)
+        self._checkpoint_interval_s = float(checkpoint_interval_s)
+        self._on_durable = on_durable
+        self._lag_alarm_s = float(lag_alarm_s)
+        # Held by the writer around each transaction and by the flusher while it notes what
+        # a flush will cover, so "committed before the flush began" is exact.
+        self._commit_lock = threading.Lock()
+        self._unsynced_since: float | None = None  # monotonic start of the oldest commit not yet flushed
+        self._flushing_since: float | None = None  # the same, for the flush in progress
+        self._flushes = 0
+        self._max_lag_s = 0.0
+        self.wal_resets = 0
+        self._last_sync_s = 0.0  # how long the last fdatasync of the WAL took (the disk's quickness)
+        """Checkpoints that held the writer for the WAL's short tail so the WAL could start over."""
+        self._flush_stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self.flush_hook: Callable[[str], None] | None = None
+        """Test hook, called on the flusher thread: ``"snapshot"`` with the writer held
+        (the files then hold exactly what this flush will make durable), ``"synced"``
+        once the flush is on disk.  Used to simulate a power cut."""
         if not _is_finite(delivery_delay_s) or not 0.0 <= delivery_delay_s <= 10.0:
             raise AuditRecordError(f"delivery_delay_s must be in [0, 10] s, got {delivery_delay_s!r}")
         if not _is_int(max_queue) or max_queue < 1:
@@ -816,12 +990,146 @@ class AuditWriter:
         )
         self._thread.start()
         started.result()  # re-raises AuditError from opening the log
+        if self._sync == "interval":
+            flusher_started: Future[None] = Future()
+            self._flusher = threading.Thread(
+                target=self._flush_loop,
+                args=(busy_timeout_s, flusher_started),
+                name=f"sorter-audit-flusher[{self._path}]",
+                daemon=True,
+            )
+            self._flusher.start()
+            try:
+                flusher_started.result()
+            except BaseException:
+                self.close()
+                raise
+
+    # -- the flusher thread ---------------------------------------------------
+
+    def _flush_loop(self, busy_timeout_s: float, started: Future[None]) -> None:
+        """Make committed rows durable every ``sync_interval_s``, off the decisions' path."""
+        try:
+            # Its own connection, synchronous=FULL: a checkpoint it runs syncs the WAL before
+            # copying it and the database after, before the writer may reuse the WAL.
+            conn = sqlite3.connect(self._path, timeout=busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as err:
+            started.set_exception(_wrap(err, self._path, "open the flusher's connection"))
+            return
+        started.set_result(None)
+        wal = self._path + "-wal"
+        next_checkpoint = time.monotonic() + self._checkpoint_interval_s
+        lag_note: tuple[float, int] | None = None  # (worst lag, flushes over the alarm) since the last record
+        behind = 0  # WAL frames the last checkpoint could not copy yet
+        wal_frames = 0  # frames in the WAL at the last checkpoint
+        recent: deque[float] = deque(maxlen=5)  # seconds the last flushes' fdatasync took
+        last_note = 0.0
+        try:
+            while True:
+                stopping = self._flush_stop.wait(self._sync_interval_s)
+                lag = self._flush_once(wal)
+                now = time.monotonic()
+                if lag is not None:
+                    recent.append(self._last_sync_s)
+                if lag is not None and lag > self._lag_alarm_s:
+                    worst, count = lag_note or (0.0, 0)
+                    lag_note = (max(worst, lag), count + 1)
+                if lag_note is not None and (now - last_note >= 10.0 or stopping):
+                    worst, count = lag_note
+                    logger.warning("audit log %s: durability lagged %.0f ms behind the commits (%d flush(es) over "
+                                   "%.0f ms); a power cut now would lose that much", self._path, 1000 * worst,
+                                   count, 1000 * self._lag_alarm_s)
+                    with suppress(AuditError):
+                        self.submit_event("durability_lag", {"worst_lag_ms": round(1000 * worst, 1),
+                                                             "flushes_over_alarm": count,
+                                                             "alarm_ms": 1000 * self._lag_alarm_s})
+                    lag_note, last_note = None, now
+                if stopping:
+                    return
+                if now >= next_checkpoint or behind > 1000:
+                    next_checkpoint = now + self._checkpoint_interval_s
+                    # A checkpoint running beside the writer copies the WAL into the database, but the
+                    # writer only starts the WAL over when a checkpoint has copied *everything* before
+                    # its next transaction, which a steady stream of commits never allows.  So once the
+                    # WAL is long, and only while the disk is quick (the last flushes synced in under
+                    # 10 ms), the writer is held for one checkpoint of the short tail (a WAL sync, a
+                    # copy, a database sync: milliseconds on a quick disk); then the WAL restarts.
+                    quiesce = wal_frames > _WAL_RESET_FRAMES and len(recent) == recent.maxlen and \
+                        max(recent) < 0.010
+                    try:
+                        if quiesce:
+                            with self._commit_lock:
+                                result = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                            self.wal_resets += 1
+                        else:
+                            result = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                        _busy, wal_frames, copied = result  # frames in the WAL, frames copied
+                        behind = max(0, wal_frames - copied) if wal_frames >= 0 else 0
+                    except sqlite3.Error as err:  # busy now and then: the next one catches up
+                        logger.debug("audit log %s: checkpoint skipped: %s", self._path, err)
+        except BaseException:
+            logger.exception("audit flusher %s stopped unexpectedly; rows are committed but no longer "
+                             "flushed on a cadence", self._path)
+            raise
+        finally:
+            conn.close()
+
+    def _flush_once(self, wal: str) -> float | None:
+        """One flush: fdatasync the WAL.  Returns the durability lag, ``None`` if nothing was new."""
+        with self._commit_lock:
+            since, self._unsynced_since = self._unsynced_since, None
+            self._flushing_since = since
+            if since is not None and self.flush_hook is not None:
+                self.flush_hook("snapshot")
+        if since is None:
+            return None
+        try:
+            return self._sync_wal(wal, since)
+        finally:
+            self._flushing_since = None
+
+    def _sync_wal(self, wal: str, since: float) -> float | None:
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None  # no WAL: everything is in the database file, synced by the checkpoint that removed it
+        except OSError as err:
+            logger.error("audit log %s: cannot open the WAL to flush it: %s", self._path, err)
+            with self._commit_lock:  # still unsynced: the next flush must cover it
+                self._unsynced_since = since if self._unsynced_since is None else min(since, self._unsynced_since)
+            return None
+        if fd is not None:
+            try:
+                t_sync = time.monotonic()
+                os.fdatasync(fd)
+                self._last_sync_s = time.monotonic() - t_sync
+            except OSError as err:
+                logger.error("audit log %s: fdatasync of the WAL failed: %s", self._path, err)
+                with self._commit_lock:
+                    self._unsynced_since = (since if self._unsynced_since is None
+                                            else min(since, self._unsynced_since))
+                return None
+            finally:
+                os.close(fd)
+        lag = time.monotonic() - since
+        self._flushes += 1
+        self._max_lag_s = max(self._max_lag_s, lag)
+        if self.flush_hook is not None:
+            self.flush_hook("synced")
+        if self._on_durable is not None:
+            try:
+                self._on_durable(lag)
+            except Exception:  # noqa: BLE001 - an observer must not stop the flusher
+                logger.exception("audit flusher %s: durability observer failed", self._path)
+        return lag
 
     # -- the writer thread ----------------------------------------------------
 
     def _run(self, busy_timeout_s: float, started: Future[None]) -> None:
         try:
-            log = AuditLog(self._path, busy_timeout_s=busy_timeout_s)
+            log = AuditLog(self._path, busy_timeout_s=busy_timeout_s, sync=self._sync)
         except BaseException as err:
             started.set_exception(err)
             return
@@ -871,7 +1179,10 @@ class AuditWriter:
     def _commit(self, log: AuditLog, batch: list[tuple[str, Any, Future[Any]]]) -> None:
         t0 = time.monotonic()
         try:
-            results = log._apply([(kind, payload) for kind, payload, _ in batch])
+            with self._commit_lock:
+                if self._unsynced_since is None:
+                    self._unsynced_since = t0
+                results = log._apply([(kind, payload) for kind, payload, _ in batch])
         except AuditError as err:
             logger.warning(
                 "audit writer %s: %d entries not recorded: %s", self._path, len(batch), err
@@ -987,6 +1298,32 @@ class AuditWriter:
             "delivery", (item_id, delivery, plc_seq, plc_status, t_acked), timeout
         )
 
+    def submit_event(self, kind: str, detail: Mapping[str, Any], *, t: float | None = None,
+                     timeout: float | None = None) -> Future[None]:
+        """Queue an event (see :meth:`AuditLog.record_event`); resolves after its commit."""
+        return self._enqueue("event", _event_payload(kind, detail, t), timeout)
+
+    @property
+    def sync(self) -> str:
+        """The durability mode, ``"interval"`` or ``"full"``."""
+        return self._sync
+
+    def durability_lag_s(self) -> float:
+        """How long the oldest committed row not yet flushed has waited (0 when all are durable,
+        and always 0 with ``sync="full"``).  What a power cut now would lose, in time."""
+        oldest = [t for t in (self._flushing_since, self._unsynced_since) if t is not None]
+        return time.monotonic() - min(oldest) if oldest else 0.0
+
+    @property
+    def flushes(self) -> int:
+        """Flushes that made new rows durable (``"interval"`` mode)."""
+        return self._flushes
+
+    @property
+    def max_durability_lag_s(self) -> float:
+        """The worst durability lag seen so far (``"interval"`` mode; 0 in ``"full"``)."""
+        return self._max_lag_s
+
     @property
     def transactions(self) -> int:
         """Transactions committed so far (``entries / transactions`` is the batching factor)."""
@@ -1033,6 +1370,11 @@ class AuditWriter:
                 f"audit writer {self._path}: queue not drained after {timeout} s "
                 f"({self._queue.qsize()} entries waiting); the disk is not keeping up"
             )
+        # The writer's connection is closed: a last flush makes everything durable.
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            self._flush_stop.set()
+            flusher.join(timeout)
 
     def __enter__(self) -> AuditWriter:
         return self

@@ -148,6 +148,17 @@ class AuditSection:
     delivery_flush_ms: float = 50.0
     """Longest a delivery outcome waits to share a transaction with the next decision (0: commit at once).
     Decisions themselves are always committed at once, before they are sent."""
+    sync: str = "interval"
+    """``"interval"``: commits do not wait for the disk; a flusher thread makes them durable every
+    ``sync_interval_ms`` (a power cut loses at most that window).  ``"full"``: every commit waits for
+    fsync before its decision is sent (for disks with power-loss protection)."""
+    sync_interval_ms: float = 20.0
+    """Cadence of the flusher with ``sync = "interval"`` (1..1000 ms; at most 50 ms is advised)."""
+    max_lag_ms: float = 0.0
+    """With ``sync = "interval"``: send no decision while committed rows have waited longer than this to
+    reach the disk (the item goes to the safe lane), so a power cut can never lose more than this window.
+    0 (the default) never holds a decision back for the disk; the restart's reconciliation flags what a
+    power cut lost."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,7 @@ _CHOICES: Final[dict[tuple[str, str], tuple[str, ...]]] = {
     ("line", "deadline_from"): ("bridge", "arrival"),
     ("line", "scorer_pool"): ("process", "thread"),
     ("plc", "kind"): ("modbus", "memory"),
+    ("audit", "sync"): ("interval", "full"),
 }
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
@@ -549,6 +561,10 @@ def _validate(cfg: LineConfig) -> None:
 
     need(bool(cfg.audit.path), "audit", "path", "must name the audit database file")
     need(0 <= cfg.audit.delivery_flush_ms <= 10_000, "audit", "delivery_flush_ms", "must be in 0..10000")
+    need(cfg.audit.max_lag_ms == 0 or cfg.audit.max_lag_ms >= cfg.audit.sync_interval_ms, "audit", "max_lag_ms",
+         "must be 0 (off) or at least audit.sync_interval_ms")
+    need(1 <= cfg.audit.sync_interval_ms <= 1000, "audit", "sync_interval_ms",
+         "must be in 1..1000 (a power cut loses at most this window of rows; 20 ms is the default)")
 
     m = cfg.metrics
     try:

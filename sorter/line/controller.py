@@ -62,14 +62,22 @@ import numpy as np
 
 from sorter import LANES
 from sorter.errors import PlcError, PlcTimeoutError, SorterError
-from sorter.features.measure import AmbientTracker, measure_item
+from sorter.features.measure import AmbientTracker
 from sorter.line.audit import AuditError, AuditLog, AuditRecord, AuditWriter
 from sorter.line.health import SensorHealth
 from sorter.line.config import LineConfig
 from sorter.line.metrics import LineMetrics, StatusLine
-from sorter.line.plc import SAFE_LANE, MemoryPlc, ModbusPlcLink, PlcLink, RegisterMap
+from sorter.line.plc import SAFE_LANE, MemoryPlc, ModbusPlcLink, PlcLink, PlcProtocolError, RegisterMap
+from sorter.line.reconcile import GAP_EVENT, SNAPSHOT_EVENT, Reconciliation, reconcile, snapshot_detail
 from sorter.line.sources import BeltTiming, ItemSource, LogFollowSource, SimulatedSource, SourceItem
-from sorter.line.workers import ScoringProcess, WorkerLost
+from sorter.line.workers import (
+    SCORING_HANDLERS,
+    ScoringProcess,
+    WorkerLost,
+    init_scoring_worker,
+    limit_threads,
+    score_batch,
+)
 from sorter.readings import Item, ItemRecord
 from sorter.scoring import Decision, Scorer, error_decision
 
@@ -95,88 +103,6 @@ RECHECK_LINES: Final = 1024
 # --------------------------------------------------------------------------- scoring
 
 
-def score_batch(scorer: Scorer, batch: Sequence[tuple[Item, float | None]]) -> list[Decision]:
-    """Decisions for several items in one model call; the same code as :meth:`Scorer.score_item`.
-
-    Each item is measured on its own (an item that breaks measurement gets an
-    error decision, lane ``manual``); the measured rows go through
-    :meth:`Scorer.decide_rows` together.  Never raises.
-
-    Examples
-    --------
-    >>> from sorter.model import load_model
-    >>> [d.lane == "lead_acid" for d in score_batch(Scorer(load_model()), [(Item(ItemRecord("x1", 0.0)), None)])]
-    [False]
-    """
-    out: list[Decision | None] = [None] * len(batch)
-    rows: list[np.ndarray] = []
-    index: list[int] = []
-    for k, (item, ambient_c) in enumerate(batch):
-        try:
-            rows.append(measure_item(item, ambient_c))
-        except Exception as err:  # noqa: BLE001 - an item that breaks measurement goes to manual
-            logger.exception("item %s: measurement failed", item.item_id)
-            out[k] = error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}")
-        else:
-            index.append(k)
-    if rows:
-        items = [batch[k][0] for k in index]
-        decisions = scorer.decide_rows(
-            np.vstack(rows),
-            [it.record.line_no for it in items],
-            [it.item_id for it in items],
-            ["; ".join(it.problems) for it in items],
-            [it.meta for it in items],
-        )
-        for k, decision in zip(index, decisions, strict=True):
-            out[k] = decision
-    return [d for d in out if d is not None]
-
-
-_WORKER_SCORER: Scorer | None = None
-_WORKER_ERROR: BaseException | None = None
-
-
-def _limit_threads() -> None:
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    cv2.setNumThreads(1)  # the pool's workers are the parallelism; OpenCV's own pool would fight them
-    threadpool_limits(1)  # and so would OpenMP/BLAS threads in the model
-
-
-def _init_worker(model_dir: str | None) -> None:
-    # Ctrl-C goes to the whole process group: the controller drains, so workers must not die first.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _limit_threads()
-    from sorter.model import load_model
-
-    global _WORKER_SCORER, _WORKER_ERROR
-    try:
-        _WORKER_SCORER = Scorer(load_model(model_dir or None))
-    except Exception as err:  # noqa: BLE001 - reported by the first call, with its own message
-        # An initializer that raises breaks the whole pool with no message; keep the error to raise it.
-        _WORKER_ERROR = err
-
-
-def _worker_scorer() -> Scorer:
-    if _WORKER_ERROR is not None:
-        raise _WORKER_ERROR
-    assert _WORKER_SCORER is not None, "worker initializer did not run"
-    return _WORKER_SCORER
-
-
-def _worker_warm(_payload: object = None) -> tuple[int, str]:
-    scorer = _worker_scorer()
-    score_batch(scorer, [(Item(ItemRecord("warm-up", 0.0)), None)])
-    return os.getpid(), scorer.model.model_id
-
-
-def _worker_score(batch: list[tuple[Item, float | None]]) -> list[Decision]:
-    return score_batch(_worker_scorer(), batch)
-
-
-_HANDLERS: Final = {"warm": _worker_warm, "score": _worker_score}
 _RESPAWN_DELAY_S: Final = 1.0
 
 
@@ -256,10 +182,17 @@ class ScoringPool:
         return self._started
 
     def _new_process(self) -> ScoringProcess:
-        return ScoringProcess(_init_worker, (self.model_dir,), _HANDLERS)
+        return ScoringProcess(init_scoring_worker, (self.model_dir,), SCORING_HANDLERS)
 
-    async def start(self) -> None:
+    async def start(self, *, wait_all: bool = True) -> None:
         """Start the workers and load the model in each (seconds); idempotent.
+
+        Parameters
+        ----------
+        wait_all : bool
+            ``False``: return as soon as the first worker process is ready (the
+            others join as they finish loading), so a restarted line scores its
+            first item as early as it can.  Process pools only.
 
         Raises
         ------
@@ -268,11 +201,14 @@ class ScoringPool:
         """
         if self._started:
             return
+        if not wait_all and self.kind == "process" and self.workers > 1:
+            await self._start_first_ready()
+            return
         t0 = time.monotonic()
         if self.kind == "thread":
             from sorter.model import load_model
 
-            _limit_threads()
+            limit_threads()
             model = await asyncio.to_thread(load_model, self.model_dir)
             self._scorer = Scorer(model)
             self.model_id = model.model_id
@@ -294,6 +230,55 @@ class ScoringPool:
         self._started = True
         logger.info("scoring pool: %d %s worker(s), model %s, ready in %.1f s", self.workers, self.kind,
                     self.model_id, time.monotonic() - t0)
+
+    async def _start_first_ready(self) -> None:
+        """Start one worker, wait for its model, then start the others in the background.
+
+        One at a time: a worker's start-up is CPU-bound (imports, model load), so on a
+        machine with few cores the first worker is ready sooner alone than sharing the
+        CPU with the others.
+        """
+        t0 = time.monotonic()
+        proc = self._new_process()
+        try:
+            pid, model_id = await proc.call("warm", None)
+        except BaseException:
+            await asyncio.to_thread(_close_all, [proc])
+            raise
+        self._procs = [proc]
+        self._free = deque([proc])
+        self.model_id = model_id
+        self.worker_pids = [pid]
+        self._started = True
+        logger.info("scoring pool: first of %d process worker(s) ready in %.1f s, model %s", self.workers,
+                    time.monotonic() - t0, model_id)
+        for _ in range(self.workers - 1):
+            self._respawning += 1
+            other = self._new_process()
+            self._spawn_task(self._join_when_warm(other, asyncio.ensure_future(other.call("warm", None))),
+                             "scoring worker warming")
+
+    async def _join_when_warm(self, proc: ScoringProcess, fut: asyncio.Future[tuple[int, str]]) -> None:
+        try:
+            pid, _model_id = await fut
+        except asyncio.CancelledError:
+            proc.kill()
+            raise
+        except Exception as err:  # noqa: BLE001 - the pool works on with the workers it has; respawned later
+            logger.error("scoring worker %s failed to start: %s", proc.pid, err)
+            proc.kill()
+            self._respawning -= 1
+            if self._started:
+                self._kick()
+            return
+        self._respawning -= 1
+        if not self._started:
+            proc.kill()
+            return
+        self._procs.append(proc)
+        self._free.append(proc)
+        self.worker_pids = sorted(set(self.worker_pids) | {pid})
+        self._kick()
 
     async def score(self, item: Item, ambient_c: float | None, *, due_mono: float | None = None) -> Decision | None:
         """The decision for one item; never raises.
@@ -545,6 +530,8 @@ class Resume:
     """Rows in the audit log before this run."""
     pending_marked: int
     """Rows left ``pending`` by a crash, now marked ``undelivered``."""
+    pending: tuple[AuditRecord, ...] = ()
+    """Those rows, as they were (the reconciliation with the PLC looks at them)."""
 
 
 def recover_audit(path: str | os.PathLike[str]) -> Resume:
@@ -568,7 +555,7 @@ def recover_audit(path: str | os.PathLike[str]) -> Resume:
             logger.warning("audit log %s: %d decision(s) left pending by a crash marked undelivered "
                            "(their items defaulted to the safe lane unless the PLC had latched them)",
                            path, len(pending))
-        return Resume(log.resume_point(), log.count(), len(pending))
+        return Resume(log.resume_point(), log.count(), len(pending), tuple(pending))
 
 
 @dataclass
@@ -632,6 +619,15 @@ class RunSummary:
     scoring_batches: int = 0
     largest_batch: int = 0
     error: str | None = None
+    reconciliation: tuple[str, ...] = ()
+    """What the start-up reconciliation with the PLC found (empty: everything agreed or nothing to compare)."""
+    reconciliation_gap_items: int = 0
+    """Items in a lane gap or mailbox mismatch found at start-up (an alarm)."""
+    audit_sync: str = "full"
+    max_durability_lag_ms: float | None = None
+    """Worst time a committed row waited to be flushed to disk (``audit.sync = "interval"``)."""
+    startup_s: Mapping[str, float] = field(default_factory=dict)
+    """Seconds from :meth:`Controller.run` to: ``link_up``, ``scorer_ready``, ``first_ack``."""
 
     @property
     def deadline_misses(self) -> int:
@@ -715,6 +711,12 @@ class RunSummary:
             + (f"; {self.pending_marked} pending rows from a crash marked undelivered" if self.pending_marked else "")
             + (f"; resumed after line {self.resume_point}" if self.resume_point else "")
         )
+        if self.audit_sync == "interval" and self.max_durability_lag_ms is not None:
+            lines.append(f"durability     audit rows flushed to disk on a cadence; worst lag "
+                         f"{self.max_durability_lag_ms:.0f} ms (a power cut loses at most that window)")
+        if self.reconciliation:
+            head = "RECONCILE      " if self.reconciliation_gap_items else "reconcile      "
+            lines += [(head if k == 0 else "               ") + text for k, text in enumerate(self.reconciliation)]
         if self.plc_counters is not None:
             pc = self.plc_counters
             agree = self.plc_agrees
@@ -801,6 +803,13 @@ class Controller:
         self._outage_undelivered = 0
         self._last_outage_log = 0.0
         self.resume: Resume | None = None
+        self._reconciliation: Reconciliation | None = None
+        self._startup: dict[str, float] = {}
+        self._t_launch: float | None = None
+        self._max_lag_s = 0.0
+        self._early_events: list[tuple[str, dict[str, Any], float]] = []  # before the audit writer is open
+        if hasattr(link, "on_protocol_fault"):
+            link.on_protocol_fault = self._protocol_fault
 
     # -- control -------------------------------------------------------------
 
@@ -880,10 +889,37 @@ class Controller:
     # -- the run ---------------------------------------------------------------
 
     async def run(self) -> RunSummary:
-        """Run until the source ends or :meth:`request_stop`; return the summary."""
+        """Run until the source ends or :meth:`request_stop`; return the summary.
+
+        Start-up order: the audit log is recovered, then the PLC link and its
+        heartbeat come up (the PLC defaults every item to the safe lane until
+        decisions arrive), the audit log is reconciled with the PLC's counters,
+        and only then are the model (in the scoring workers) and the source
+        started, in parallel.  A slow model load therefore never leaves the PLC
+        without a PC heartbeat.
+        """
         cfg = self.config
-        self._started_mono = time.monotonic()
-        self.resume = await asyncio.to_thread(recover_audit, cfg.audit.path)
+        t_launch = self._started_mono = time.monotonic()
+        # The model loads (seconds) in the scoring workers while the audit log is recovered and the
+        # PLC link, its heartbeat and the reconciliation come up.
+        scorer_ready = asyncio.create_task(self._start_scorer(t_launch), name="scorer-start")
+        try:
+            self.resume = await asyncio.to_thread(recover_audit, cfg.audit.path)
+        except BaseException:
+            scorer_ready.cancel()
+            await asyncio.gather(scorer_ready, return_exceptions=True)
+            if self._own_scorer:
+                await self.scorer.close()
+            raise
+        background: list[asyncio.Task[Any]] = []
+        try:
+            await self.link.connect()
+        except PlcError as err:
+            logger.warning("%s; scoring goes on, decisions are undelivered until it connects", err)
+        background.append(asyncio.create_task(self.link.run_heartbeat(cfg.plc.heartbeat_ms / 1000.0),
+                                              name="plc-heartbeat"))
+        self._startup["link_up"] = time.monotonic() - t_launch
+        plc_start = await self._reconcile()
         reader = AuditLog(cfg.audit.path)  # for the reader thread's re-check of lines before the resume point
         try:
             if self.source is None:
@@ -894,24 +930,26 @@ class Controller:
             # Room for every in-flight item's two entries (decision, delivery): submit() never blocks the loop.
             self._writer = AuditWriter(cfg.audit.path, max_queue=max(10_000, 2 * cfg.line.max_in_flight + 16),
                                        delivery_delay_s=cfg.audit.delivery_flush_ms / 1000.0,
-                                       on_commit=self.metrics.audit_commit.observe)
+                                       on_commit=self.metrics.audit_commit.observe,
+                                       sync=cfg.audit.sync, sync_interval_s=cfg.audit.sync_interval_ms / 1000.0,
+                                       on_durable=self.metrics.audit_durability_lag.observe)
+            for kind, detail, t in self._early_events:
+                self._writer.submit_event("plc_protocol_fault", {"kind": kind, **detail}, t=t)
+            self._early_events.clear()
         except BaseException:
             reader.close()
+            for task in background:
+                task.cancel()
+            await self.link.close()
+            scorer_ready.cancel()
+            await asyncio.gather(scorer_ready, return_exceptions=True)
+            if self._own_scorer:
+                await self.scorer.close()
             raise
         source = self.source
-        background: list[asyncio.Task[Any]] = []
         error: str | None = None
-        plc_start: dict[str, int] | None = None
         try:
-            await asyncio.gather(self.scorer.start(), source.start())
-            try:
-                await self.link.connect()
-            except PlcError as err:
-                logger.warning("%s; scoring goes on, decisions are undelivered until it connects", err)
-            with contextlib.suppress(PlcError):
-                plc_start = await self.link.read_counters()
-            background.append(asyncio.create_task(self.link.run_heartbeat(cfg.plc.heartbeat_ms / 1000.0),
-                                                  name="plc-heartbeat"))
+            await asyncio.gather(scorer_ready, source.start())
             background.append(asyncio.create_task(self._monitor(), name="line-monitor"))
             self._started_mono = time.monotonic()
             logger.info("line %s running: deadline %.1f ms, up to %d items in flight, model %s",
@@ -939,6 +977,7 @@ class Controller:
             if self._own_scorer:
                 await self.scorer.close()
             await asyncio.to_thread(self._writer.close)
+            self._max_lag_s = self._writer.max_durability_lag_s
             reader.close()
             # The heartbeat goes on until the very end, so the PLC never sees the PC vanish mid-shutdown.
             for task in background:
@@ -959,10 +998,84 @@ class Controller:
                 await asyncio.sleep(wait)
         try:
             end = await self.link.read_counters()
+            mailbox = await self.link.read_mailbox() if self.settle and not self._aborted else None
         except PlcError as err:
             logger.warning("PLC counters not read at the end of the run: %s", err)
             return None
+        if mailbox is not None and self._writer is not None:
+            # Every item of the run has reached the diverter: the next start compares from here.
+            await self._record_snapshot(end, mailbox, "end")
         return {k: (end[k] - start.get(k, 0)) & 0xFFFF_FFFF for k in end}
+
+    async def _record_snapshot(self, counters: Mapping[str, int], mailbox: Sequence[Any], why: str) -> None:
+        assert self._writer is not None
+        try:
+            # Every decision of the run is committed (their tasks are done); deliveries may still be
+            # queued, and the event goes through the same queue after them.
+            last_id = await asyncio.to_thread(_last_id, self.config.audit.path)
+            await asyncio.wrap_future(self._writer.submit_event(
+                SNAPSHOT_EVENT, snapshot_detail(counters, last_id, why, mailbox)))
+        except AuditError as err:
+            logger.error("PLC counter snapshot not recorded (the next start cannot reconcile from here): %s", err)
+
+    async def _reconcile(self) -> dict[str, int] | None:
+        """Compare the audit log with the PLC's counters and mailbox; record, alarm, and snapshot.
+
+        Returns the PLC counters read (the run's baseline), or ``None`` when the PLC
+        could not be read (then nothing is compared; the next start compares from
+        the last snapshot there is).
+        """
+        assert self.resume is not None
+        try:
+            counters = await self.link.read_counters()
+            mailbox = await self.link.read_mailbox()
+        except PlcError as err:
+            logger.warning("PLC counters not read at start-up, no reconciliation with the audit log: %s", err)
+            return None
+        crash_pending = self.resume.pending
+        path = self.config.audit.path
+
+        def compare() -> Reconciliation | None:
+            with AuditLog(path) as log:
+                found = reconcile(log, counters, mailbox, crash_pending)
+                if found is not None and not found.ok:
+                    log.record_event(GAP_EVENT, found.to_json())
+                log.record_event(SNAPSHOT_EVENT, snapshot_detail(counters, log.last_id(), "start", mailbox))
+                return found
+
+        try:
+            found = await asyncio.to_thread(compare)
+        except AuditError as err:
+            logger.error("reconciliation with the PLC not recorded: %s", err)
+            return counters
+        if found is None:
+            return counters
+        self._reconciliation = found
+        self.metrics.reconciliation_gaps.set(found.gap_items)
+        for text in found.lines():
+            level = logging.ERROR if found.gap_items else logging.WARNING
+            logger.log(level, "reconciliation with the PLC: %s", text, extra={"reconciliation": found.to_json()})
+        if found.ok:
+            logger.info("reconciliation with the PLC: the audit log agrees with its counters since the %s "
+                        "snapshot (%d rows)", found.since, found.audit_rows)
+        return counters
+
+    def _protocol_fault(self, kind: str, detail: dict[str, Any]) -> None:
+        """The link found the PLC breaking the contract: count it and record it in the audit log."""
+        self.metrics.plc_protocol_faults.labels(kind=kind).inc()
+        if self._writer is None:
+            self._early_events.append((kind, detail, time.time()))
+            return
+        try:
+            self._writer.submit_event("plc_protocol_fault", {"kind": kind, **detail})
+        except AuditError as err:
+            logger.error("PLC protocol fault not recorded in the audit log: %s", err)
+
+    async def _start_scorer(self, t_launch: float) -> None:
+        self._t_launch = t_launch
+        await self.scorer.start(wait_all=False)
+        self._startup["scorer_ready"] = time.monotonic() - t_launch
+        self._t_launch = t_launch
 
     async def _monitor(self) -> None:
         interval = self.config.status.interval_s
@@ -1100,11 +1213,29 @@ class Controller:
             logger.info("item=%s lane=%s delivery=late: the deadline passed while the decision was being "
                         "recorded; not sent", si.item_id, lane)
             await self._record_delivery(si.item_id, delivery, None, None, None)
+        max_lag_s = self.config.audit.max_lag_ms / 1000.0
+        if send and max_lag_s > 0 and self._writer.durability_lag_s() > max_lag_s:
+            # The operator chose a hard bound on what a power cut may lose: the disk is behind it.
+            send = False
+            delivery = "undelivered"
+            lag_ms = 1000 * self._writer.durability_lag_s()
+            self._note_undelivered(si, lane, PlcError(
+                f"not sent: audit rows have waited {lag_ms:.0f} ms for the disk, more than audit.max_lag_ms"))
+            await self._record_delivery(si.item_id, delivery, None, f"not sent: durability lag {lag_ms:.0f} ms",
+                                        None)
         if send:
             assert si.plc_id is not None
             try:
                 ack = await self.link.send_decision(si.plc_id, lane,
                                                     timeout_s=si.due_mono - time.monotonic() + self.grace_s)
+            except PlcProtocolError as err:
+                # The PLC broke the contract: its answer cannot be trusted. Not acked, not refused:
+                # where the item went is for the PLC counters (reconciliation) to say.
+                delivery = "undelivered"
+                plc_seq = err.seq
+                plc_status = f"protocol_fault:{err.kind}" + (
+                    f":status={err.raw_status}" if err.raw_status is not None else "")
+                logger.error("item=%s plc_id=%d lane=%s delivery=undelivered: %s", si.item_id, si.plc_id, lane, err)
             except PlcTimeoutError as err:
                 delivery = "late"
                 plc_seq = getattr(err, "seq", None)  # written under this seq: the PLC may still answer it
@@ -1117,6 +1248,8 @@ class Controller:
                 logger.error("item=%s decision refused by the link: %s", si.item_id, err)
             else:
                 acked_mono = time.monotonic()
+                if ack.accepted and "first_ack" not in self._startup and self._t_launch is not None:
+                    self._startup["first_ack"] = acked_mono - self._t_launch
                 plc_seq, plc_status = ack.seq, ack.status
                 delivery = "acked" if ack.accepted else ("late" if ack.status == "late" else "rejected")
                 if delivery != "acked":
@@ -1221,12 +1354,22 @@ class Controller:
             scoring_batches=self.scorer.batches,
             largest_batch=self.scorer.largest_batch,
             error=error,
+            reconciliation=tuple(self._reconciliation.lines()) if self._reconciliation is not None else (),
+            reconciliation_gap_items=self._reconciliation.gap_items if self._reconciliation is not None else 0,
+            audit_sync=self.config.audit.sync,
+            max_durability_lag_ms=round(1000 * self._max_lag_s, 1) if self.config.audit.sync == "interval" else None,
+            startup_s={k: round(v, 3) for k, v in self._startup.items()},
             **truth,
         )
 
 
 def _prob(p: float) -> float | None:
     return None if p is None or not math.isfinite(p) else min(1.0, max(0.0, float(p)))
+
+
+def _last_id(path: str) -> int:
+    with AuditLog(path) as log:
+        return log.last_id()
 
 
 def _count_rows(path: str) -> int:

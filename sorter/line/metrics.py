@@ -32,9 +32,19 @@ Metric names
     Known rated energy of the items that went to the hazard lane (from the
     source's truth; 0 where unknown).
 ``sorter_line_audit_commit_seconds``
-    Histogram of audit-log transactions (write + fsync).  A decision is sent only
-    after its commit, so commits that take tens of milliseconds (a disk that
-    stalls on fsync) show up here before they show up as deadline misses.
+    Histogram of audit-log transactions (write, plus fsync with ``audit.sync = "full"``).
+    A decision is sent only after its commit, so commits that take tens of
+    milliseconds show up here before they show up as deadline misses.
+``sorter_line_audit_durability_lag_seconds``
+    Histogram, one per flush (``audit.sync = "interval"``): how long the oldest
+    row the flush made durable had waited.  A power cut loses at most this
+    window; alert when it passes a few hundred milliseconds.
+``sorter_line_reconciliation_gaps``
+    Items in a gap between the audit log and the PLC's counters or mailbox,
+    found at start-up (see :mod:`sorter.line.reconcile`).
+``sorter_line_plc_protocol_faults_total{kind}``
+    PLC protocol faults: header registers changed, undefined ack status, ack
+    for a seq not written (see ``docs/plc-interface.md``).
 """
 
 from __future__ import annotations
@@ -99,6 +109,16 @@ class LineMetrics:
         self.audit_commit = Histogram("sorter_line_audit_commit_seconds",
                                       "Audit-log transactions (write and fsync), one per group commit",
                                       buckets=_COMMIT_BUCKETS, registry=r)
+        self.audit_durability_lag = Histogram(
+            "sorter_line_audit_durability_lag_seconds",
+            "How long committed audit rows waited to be flushed to disk, one per flush (audit.sync = interval)",
+            buckets=_COMMIT_BUCKETS, registry=r)
+        self.reconciliation_gaps = Gauge("sorter_line_reconciliation_gaps",
+                                         "Items in a gap between the audit log and the PLC counters at start-up",
+                                         registry=r)
+        self.plc_protocol_faults = Counter("sorter_line_plc_protocol_faults",
+                                           "PLC protocol faults (header change, undefined ack status, ...)",
+                                           ["kind"], registry=r)
         self.hazard_energy = Counter("sorter_line_hazard_energy_wh",
                                      "Known rated energy of items sent to the hazard lane (Wh)", registry=r)
         for state in LINK_STATES:

@@ -111,6 +111,17 @@ class PlcFault(enum.IntFlag):
     """Live: the diverter cannot act; every item goes to the safe lane."""
 
 
+RESERVED_FAULT_BITS: Final = 0xFFF0
+"""Bits 4-15 of the fault word: reserved (0).  The PC treats any of them as a fault it does not know."""
+
+BLOCKING_FAULTS: Final = int(PlcFault.PC_HEARTBEAT_LOST | PlcFault.DIVERTER_FAULT) | RESERVED_FAULT_BITS
+"""Fault-word bits during which the PC sends no decision (the items go to the safe lane by the PLC's default).
+
+``pc_heartbeat_lost`` and ``diverter_fault``: the PLC would refuse the decision (``rejected_fault``)
+or could not act on it.  A reserved bit: a fault this PC does not know, so it does not assume the
+PLC can act.  The latched bits (``decision_overrun``, ``check_error``) raise an alarm and do not
+stop sending: each decision still gets its own answer."""
+
 COUNTER_NAMES: Final = ("lead_acid", "li_ion", "hazard", "manual", "defaulted", "late", "rejected")
 """PLC counters, in register order (each a uint32, high word first)."""
 
@@ -352,6 +363,18 @@ def decode_counters(status_words: Sequence[int]) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class MailboxEntry:
+    """One mailbox slot as it stands, with its acknowledgement (read at a restart to reconcile)."""
+
+    slot: int
+    ack_seq: int
+    status: int
+    slot_seq: int
+    item_id: int
+    lane_code: int
+
+
 # --------------------------------------------------------------------------
 # The interface
 # --------------------------------------------------------------------------
@@ -473,6 +496,16 @@ class PlcLink(abc.ABC):
     def state(self) -> LinkState:
         """``"connected"``, ``"connecting"``, ``"down"``, or ``"faulted"`` (PLC heartbeat stale)."""
 
+    async def read_mailbox(self) -> list[MailboxEntry]:
+        """Read every mailbox slot and its standing acknowledgement.
+
+        Raises
+        ------
+        PlcError
+            If the link is down or the read fails (links without a mailbox).
+        """
+        raise PlcError(f"{type(self).__name__} has no mailbox to read")
+
     @abc.abstractmethod
     async def read_counters(self) -> dict[str, int]:
         """Read the PLC's counters: items per lane, ``defaulted``, ``late``, ``rejected``.
@@ -535,6 +568,24 @@ class AckTimeoutError(PlcTimeoutError):
     def __init__(self, message: str, *, seq: int | None = None) -> None:
         super().__init__(message)
         self.seq = seq
+
+
+class PlcProtocolError(PlcError):
+    """The PLC broke the register contract: a header register changed mid-run, an
+    acknowledgement carries an undefined status, or acknowledges a seq the PC never wrote.
+
+    The PC stops sending, records the raw values, and re-runs the connect handshake.
+    ``seq`` and ``raw_status`` are those of the decision concerned, when there is one: the
+    PLC's answer for it cannot be trusted, so where the item went is the PLC's counters' business.
+    """
+
+    def __init__(self, message: str, *, kind: str, detail: Mapping[str, Any], seq: int | None = None,
+                 raw_status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.detail = dict(detail)
+        self.seq = seq
+        self.raw_status = raw_status
 
 
 @dataclass
@@ -617,6 +668,13 @@ class _MailboxLink(PlcLink):
         self._fault_word = 0
         self._counters: dict[str, int] = {}
         self._last_error = ""
+        self._header: tuple[int, int, int, int] | None = None  # version, slots, safe lane, scan ms at connect
+        self._acks_seen: list[tuple[int, int]] = [(0, 0)] * n
+        self._written: list[dict[int, None]] = [{} for _ in range(n)]  # seqs this PC wrote (or found) per slot
+        self._stale_seen = False  # a read saw the PLC heartbeat unchanged for longer than the timeout
+        self.protocol_faults = 0
+        self.on_protocol_fault: Callable[[str, dict[str, Any]], None] | None = None
+        """Called with ``(kind, detail)`` for every protocol fault (the controller records it)."""
 
     # -- transport hooks ---------------------------------------------------
 
@@ -695,6 +753,7 @@ class _MailboxLink(PlcLink):
         self._reconnect_task = self._poller = None
         self._fail_pending(PlcError(f"PLC link to {self._describe()} closed"))
         self._connected = False
+        self._connecting = False
         self._drop_transport()
 
     async def send_decision(self, item_id: int, lane: str, *, timeout_s: float) -> Ack:
@@ -728,6 +787,13 @@ class _MailboxLink(PlcLink):
                         seq=seq if first_write is not None else None,
                     )
                 wait = self.rewrite_interval_s
+                # Noted before the write: a write whose answer is lost may still have reached the PLC,
+                # and its ack must not look like an ack for a seq this PC never wrote.
+                written = self._written[slot]  # insertion-ordered: the last few seqs of the slot
+                if seq not in written:
+                    written[seq] = None
+                    if len(written) > 8:  # a PLC may still ack one of the last few seqs of a slot late
+                        del written[next(iter(written))]
                 try:
                     # Same seq every time: the PLC latches a seq once, so a rewrite is harmless.
                     write_start = time.monotonic()
@@ -771,6 +837,18 @@ class _MailboxLink(PlcLink):
         await self._refresh()
         return dict(self._counters)
 
+    async def read_mailbox(self) -> list[MailboxEntry]:
+        await self._require_connected("mailbox not read")
+        m = self.register_map
+        plc = await self._read_range(m.status_address, m.plc_words)
+        pc = await self._read_range(m.pc_heartbeat_address, 1 + SLOT_WORDS * m.slots)
+        out = []
+        for k in range(m.slots):
+            ack_seq, status = plc[STATUS_WORDS + ACK_WORDS * k : STATUS_WORDS + ACK_WORDS * k + 2]
+            seq, hi, lo, lane = pc[1 + SLOT_WORDS * k : 1 + SLOT_WORDS * k + 4]
+            out.append(MailboxEntry(k, ack_seq, status, seq, hi << 16 | lo, lane))
+        return out
+
     # -- internals ---------------------------------------------------------
 
     async def _require_connected(self, consequence: str) -> None:
@@ -792,6 +870,18 @@ class _MailboxLink(PlcLink):
                 raise PlcError(
                     f"PLC heartbeat at {self._describe()} has not changed for more than "
                     f"{self.heartbeat_timeout_s} s (PLC in STOP or its scan is hung): {consequence}"
+                )
+        if self._fault_word & BLOCKING_FAULTS:
+            # Our view may be a heartbeat old (up to heartbeat_ms): look again before refusing.
+            try:
+                await self._refresh()
+            except PlcError as err:
+                raise PlcError(f"PLC at {self._describe()} does not answer: {consequence}") from err
+            if self._fault_word & BLOCKING_FAULTS:
+                raise PlcError(
+                    f"PLC at {self._describe()} reports fault word 0x{self._fault_word:04x} "
+                    f"{sorted(fault_names(self._fault_word & BLOCKING_FAULTS))}: {consequence} "
+                    "(the PLC sends the item to the safe lane; see docs/plc-interface.md, fault word)"
                 )
 
     async def _establish(self) -> None:
@@ -825,13 +915,43 @@ class _MailboxLink(PlcLink):
         self._pc_heartbeat = pc_area[0]
         # A PC restart must not reuse the seq still standing in a slot: the PLC would ignore it.
         self._slot_seq = [pc_area[1 + SLOT_WORDS * i] for i in range(m.slots)]
+        self._written = [{q: None} if q else {} for q in self._slot_seq]
+        self._header = (version, slots, safe_lane, status[5])
+        # Acknowledgements standing now were written before this connection: only changes are checked.
+        self._acks_seen = [
+            (status[STATUS_WORDS + ACK_WORDS * k], status[STATUS_WORDS + ACK_WORDS * k + 1]) for k in range(m.slots)
+        ]
+        for k, (ack_seq, _st) in enumerate(self._acks_seen):
+            if ack_seq:
+                self._written[k][ack_seq] = None
         self._failures = 0
         self._plc_heartbeat = None
+        self._stale_seen = False
+        self._fault_word = status[3]
         self._absorb_status(status)
         self._plc_heartbeat_seen_at = time.monotonic()
+        if status[3] & PlcFault.PC_HEARTBEAT_LOST:
+            # The PLC sets bit 0 from its program start until the PC heartbeat first changes
+            # (docs/plc-interface.md): expected at every link-up.  Bump it now, and give the PLC a
+            # few scans to see it, so the first decision is not refused for a stale view.
+            await self._handshake_heartbeat(status[5])
         self._connected = True
         self._last_error = ""
-        logger.info("PLC link up: %s (protocol %d, %d slots)", self._describe(), version, slots)
+        logger.info("PLC link up: %s (protocol %d, %d slots, scan %d ms, fault word 0x%04x)", self._describe(),
+                    version, slots, status[5], self._fault_word)
+
+    async def _handshake_heartbeat(self, scan_ms: int) -> None:
+        try:
+            self._pc_heartbeat = (self._pc_heartbeat + 1) & 0xFFFF
+            await self._write_regs(self.register_map.pc_heartbeat_address, [self._pc_heartbeat])
+            wait_until = time.monotonic() + max(0.05, 3 * min(max(scan_ms, 1), 1000) / 1000.0)
+            while True:
+                await self._refresh()
+                if not self._fault_word & PlcFault.PC_HEARTBEAT_LOST or time.monotonic() >= wait_until:
+                    return
+                await asyncio.sleep(max(self.poll_interval_s, 0.002))
+        except PlcError as err:  # the link handles its own failures; the handshake itself has succeeded
+            logger.debug("PC heartbeat during the handshake failed: %s", err)
 
     def _lost(self, reason: str) -> None:
         """The transport failed: fail waiting decisions, reconnect in the background."""
@@ -945,21 +1065,91 @@ class _MailboxLink(PlcLink):
 
     def _absorb_status(self, words: Sequence[int]) -> None:
         now = time.monotonic()
+        header = (words[0], words[1], words[4], words[5])
+        if self._connected and self._header is not None and header != self._header:
+            names = ("PROTOCOL_VERSION", "SLOT_COUNT", "SAFE_LANE", "SCAN_MS")
+            changed = {n: {"at_connect": a, "now": b} for n, a, b in zip(names, self._header, header) if a != b}
+            self._protocol_fault(
+                "header_changed", f"PLC header registers changed mid-run ({', '.join(changed)}: "
+                + ", ".join(f"{v['at_connect']} -> {v['now']}" for v in changed.values())
+                + "); stopped sending, re-running the connect handshake", {"changed": changed})
+            return
         heartbeat = words[2]
         if heartbeat != self._plc_heartbeat:
+            if self._stale_seen and self._connected:
+                gap = now - self._plc_heartbeat_seen_at
+                self._stale_seen = False
+                self._plc_heartbeat, self._plc_heartbeat_seen_at = heartbeat, now
+                logger.warning("PLC heartbeat restored at %s after %.1f s without change: treated as a PLC program "
+                               "start (STOP -> RUN, docs/plc-interface.md rule 8); re-running the connect handshake",
+                               self._describe(), gap)
+                self._lost("PLC program start (heartbeat restored after STOP)")
+                return
             self._plc_heartbeat = heartbeat
             self._plc_heartbeat_seen_at = now
+        elif now - self._plc_heartbeat_seen_at > self.heartbeat_timeout_s and not self._stale_seen:
+            self._stale_seen = True
+            logger.warning("PLC heartbeat at %s unchanged for %.1f s: link faulted (PLC in STOP or its scan hung)",
+                           self._describe(), now - self._plc_heartbeat_seen_at)
         if words[3] != self._fault_word:
-            level = logging.WARNING if words[3] else logging.INFO
+            level = logging.WARNING if words[3] & ~PlcFault.PC_HEARTBEAT_LOST or (
+                words[3] and self._connected) else logging.INFO
             logger.log(level, "PLC fault word now 0x%04x %s", words[3], sorted(fault_names(words[3])))
+            if words[3] & RESERVED_FAULT_BITS and not self._fault_word & RESERVED_FAULT_BITS & words[3]:
+                self._report_fault("reserved_fault_bits", {"fault_word": words[3]},
+                                   f"PLC set reserved fault-word bits 0x{words[3] & RESERVED_FAULT_BITS:04x}; "
+                                   "no decision is sent while they are set")
             self._fault_word = words[3]
         self._counters = decode_counters(words)
-        for slot, pending in self._pending.items():
-            ack_seq, status = words[STATUS_WORDS + ACK_WORDS * slot : STATUS_WORDS + ACK_WORDS * slot + 2]
-            if ack_seq == pending.seq and status != AckStatus.NONE and not pending.done.is_set():
+        for slot in range(self.register_map.slots):
+            ack = (words[STATUS_WORDS + ACK_WORDS * slot], words[STATUS_WORDS + ACK_WORDS * slot + 1])
+            if ack == self._acks_seen[slot]:
+                continue
+            self._acks_seen[slot] = ack
+            ack_seq, status = ack
+            pending = self._pending.get(slot)
+            if status > max(AckStatus):
+                self._protocol_fault(
+                    "undefined_ack_status", f"PLC acknowledged seq {ack_seq} in slot {slot} with status {status}, "
+                    f"which the contract does not define (0..{int(max(AckStatus))}); stopped sending, re-running the "
+                    "connect handshake", {"slot": slot, "ack_seq": ack_seq, "raw_status": status},
+                    seq=ack_seq, raw_status=status)
+                return
+            # Status 0 answers nothing (a program start writes [standing seq, 0] into every slot).
+            if ack_seq and status != AckStatus.NONE and ack_seq not in self._written[slot]:
+                self._protocol_fault(
+                    "ack_for_unwritten_seq", f"PLC acknowledged seq {ack_seq} in slot {slot} (status {status}), a "
+                    "seq this PC never wrote there; stopped sending, re-running the connect handshake",
+                    {"slot": slot, "ack_seq": ack_seq, "raw_status": status})
+                return
+            if pending is not None and ack_seq == pending.seq and status != AckStatus.NONE \
+                    and not pending.done.is_set():
                 pending.status = status
                 pending.acked_at = now
                 pending.done.set()
+
+    def _report_fault(self, kind: str, detail: dict[str, Any], message: str) -> None:
+        self.protocol_faults += 1
+        logger.error("PLC protocol fault at %s: %s", self._describe(), message,
+                     extra={"plc_fault": kind, "detail": detail})
+        if self.on_protocol_fault is not None:
+            try:
+                self.on_protocol_fault(kind, {"message": message, **detail})
+            except Exception:  # noqa: BLE001 - an observer must not break the link
+                logger.exception("protocol fault observer failed")
+
+    def _protocol_fault(self, kind: str, message: str, detail: dict[str, Any], *, seq: int | None = None,
+                        raw_status: int | None = None) -> None:
+        """The PLC broke the contract: alarm, record, stop sending, and re-run the handshake."""
+        self._report_fault(kind, detail, message)
+        for pending in self._pending.values():
+            if not pending.done.is_set():
+                pending.error = PlcProtocolError(
+                    f"decision for item {pending.item_id} (seq {pending.seq}) not confirmed: {message}", kind=kind,
+                    detail=detail, seq=pending.seq,
+                    raw_status=raw_status if seq == pending.seq else None)
+                pending.done.set()
+        self._lost(f"protocol fault: {kind}")
 
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
@@ -1222,6 +1412,9 @@ class MemoryPlc(_MailboxLink):
         Size of the PLC's table of pending decisions.
     latency_s : float
         Simulated one-way latency of every register access.
+    untracked : {"apply", "late"}
+        What the PLC answers for an item never announced (see
+        :class:`sorter.line.plcsim.PlcModel`); ``"apply"``: diverted at once.
     **link_options
         Passed to the link: ``heartbeat_timeout_s``, ``request_timeout_s``,
         ``reconnect_min_s``, ``reconnect_max_s``, ``poll_interval_s``,
@@ -1249,6 +1442,7 @@ class MemoryPlc(_MailboxLink):
         pc_heartbeat_timeout_s: float = 1.5,
         decision_capacity: int = 256,
         latency_s: float = 0.0,
+        untracked: str = "apply",
         **link_options: Any,
     ) -> None:
         from sorter.line.plcsim import PlcModel
@@ -1275,6 +1469,7 @@ class MemoryPlc(_MailboxLink):
             scan_ms=scan_ms,
             pc_heartbeat_timeout_s=pc_heartbeat_timeout_s,
             decision_capacity=decision_capacity,
+            untracked=untracked,
         )
         self._image = [0] * self.register_map.size
         self._reachable = True
@@ -1318,7 +1513,9 @@ class MemoryPlc(_MailboxLink):
         self._scanning = False
 
     def resume_scan(self) -> None:
-        """Put the PLC back in RUN."""
+        """Put the PLC back in RUN: a program start (rule 8) before the next scan."""
+        if not self._scanning:
+            self._image[: self.register_map.plc_words] = self.model.power_on(self._image, time.monotonic())
         self._scanning = True
 
     async def close(self) -> None:

@@ -16,8 +16,19 @@ Item tracking: the real PLC learns about an item at the sensor bridge and
 shifts it along with the belt encoder.  Here :meth:`PlcModel.expect` announces
 an item and the monotonic time it reaches the diverter.  An announced item with
 no accepted decision by then goes to the safe lane (``manual``) and counts as
-``defaulted``; a decision arriving later is acknowledged ``late``.  Decisions
-for items never announced are applied at once (no belt model for them).
+``defaulted``; a decision arriving later is acknowledged ``late``.  A decision
+for an item the PLC does not track is answered ``late`` by the contract (rule 9);
+a rig without a sensor bridge (``untracked="apply"``, the default of
+:class:`PlcSimulator` and :class:`~sorter.line.plc.MemoryPlc`) applies it at once instead.
+
+Program start (power-on, and STOP -> RUN: rule 8) latches every standing seq,
+clears the pending table and the latched fault bits, and sets
+``pc_heartbeat_lost`` until the PC heartbeat first changes.
+
+Fault injection for tests: ``acking``, ``diverter_fault``, ``answer_status``
+(acknowledge with a raw status while carrying out the real one),
+:meth:`PlcModel.force_ack`, and the header attributes ``protocol_version``,
+``slot_count``, ``safe_lane_code`` and ``scan_ms``.
 """
 
 from __future__ import annotations
@@ -77,6 +88,17 @@ class PlcModel:
     diverter_fault : bool
         ``True`` raises :attr:`PlcFault.DIVERTER_FAULT`: decisions are refused
         and every item goes to the safe lane.
+    untracked : {"late", "apply"}
+        What a decision for an item never announced gets: ``"late"`` (the
+        contract, rule 9: nothing is carried out) or ``"apply"`` (a rig without
+        a sensor bridge: diverted at once).
+    answer_status : int or None
+        Fault injection: acknowledge every latched decision with this raw
+        status word (e.g. 9), while carrying out the real outcome.
+    protocol_version, slot_count, safe_lane_code : int
+        The header words published (fault injection: change them mid-run).
+    extra_faults : int
+        Fault injection: bits OR-ed into the fault word (e.g. a reserved bit).
 
     Examples
     --------
@@ -100,7 +122,10 @@ class PlcModel:
         scan_ms: float = 10.0,
         pc_heartbeat_timeout_s: float = 1.5,
         decision_capacity: int = 256,
+        untracked: str = "late",
     ) -> None:
+        if untracked not in ("late", "apply"):
+            raise ConfigError(f"untracked={untracked!r}: use 'late' (the contract) or 'apply' (no sensor bridge)")
         if not scan_ms > 0:
             raise ConfigError(f"scan_ms={scan_ms!r} must be > 0 (a PLC scans every 1-20 ms)")
         if not pc_heartbeat_timeout_s > 0:
@@ -113,6 +138,13 @@ class PlcModel:
         self.decision_capacity = decision_capacity
         self.acking = True
         self.diverter_fault = False
+        self.untracked = untracked
+        self.answer_status: int | None = None
+        self.protocol_version = PROTOCOL_VERSION
+        self.slot_count = self.register_map.slots
+        self.safe_lane_code = int(Lane.MANUAL)
+        self.extra_faults = 0
+        self.program_starts = 0
         self.scans = 0
         n = self.register_map.slots
         self._latched = [0] * n
@@ -153,6 +185,10 @@ class PlcModel:
         """Clear the latched fault bits (what the operator's reset on the HMI does)."""
         self._latched_faults = PlcFault(0)
 
+    def force_ack(self, slot: int, seq: int, status: int) -> None:
+        """Fault injection: make ``ACK[slot]`` read ``[seq, status]`` from the next scan on."""
+        self._acks[slot] = (seq, status)
+
     def expect(self, item_id: int, due_monotonic: float) -> None:
         """Announce an item on the belt that reaches the diverter at ``due_monotonic``.
 
@@ -188,7 +224,11 @@ class PlcModel:
         self._pending.clear()
         self._pc_heartbeat = image[m.pc_heartbeat_address - m.base]
         self._pc_heartbeat_changed_at = now
-        self._live_faults = PlcFault(0)
+        # No PC heartbeat seen since the start: bit 0 stays set until PC_HEARTBEAT changes.
+        self._pc_seen = False
+        self._live_faults = PlcFault.PC_HEARTBEAT_LOST
+        self._latched_faults = PlcFault(0)  # a program start resets the latched bits, as the HMI reset does
+        self.program_starts += 1
         return self._outputs()
 
     def scan(self, image: Sequence[int], now: float) -> list[int]:
@@ -215,7 +255,10 @@ class PlcModel:
         if pc_heartbeat != self._pc_heartbeat:
             self._pc_seen = self._pc_seen or self._pc_heartbeat is not None
             self._pc_heartbeat, self._pc_heartbeat_changed_at = pc_heartbeat, now
-        if now - self._pc_heartbeat_changed_at > self.pc_heartbeat_timeout_s:
+            self._pc_seen = True
+        if not self._pc_seen:
+            self._live_faults |= PlcFault.PC_HEARTBEAT_LOST  # since the program start, no PC heartbeat yet
+        elif now - self._pc_heartbeat_changed_at > self.pc_heartbeat_timeout_s:
             if not self._live_faults & PlcFault.PC_HEARTBEAT_LOST:
                 if self._pc_seen:
                     logger.warning("simulated PLC: PC heartbeat lost")
@@ -237,7 +280,7 @@ class PlcModel:
                 if seq != 0 and seq != self._latched[i]:
                     self._latched[i] = seq
                     status = self._latch(list(words), now)
-                    self._acks[i] = (seq, status)
+                    self._acks[i] = (seq, status if self.answer_status is None else self.answer_status)
 
         # Items reach the diverter after this scan's mailbox: a decision latched
         # in the same scan is in time.
@@ -270,8 +313,12 @@ class PlcModel:
             return self._reject(AckStatus.REJECTED_DUPLICATE, item_id)
         if item_id in self._pending:
             return self._reject(AckStatus.REJECTED_DUPLICATE, item_id)
-        if item_id not in self._tracked:  # not announced: no belt model, divert now
-            self._divert(item_id, slot.lane, defaulted=False)
+        if item_id not in self._tracked:
+            if self.untracked == "late":  # rule 9: an item the PLC does not track cannot be diverted
+                self._counters["late"] += 1
+                logger.info("simulated PLC: decision for item %d, which it does not track: late", item_id)
+                return AckStatus.LATE
+            self._divert(item_id, slot.lane, defaulted=False)  # a rig without a bridge: divert now
             return AckStatus.ACCEPTED
         if len(self._pending) >= self.decision_capacity:
             self._latched_faults |= PlcFault.DECISION_OVERRUN
@@ -294,11 +341,11 @@ class PlcModel:
 
     def _outputs(self) -> list[int]:
         words = [
-            PROTOCOL_VERSION,
-            self.register_map.slots,
+            self.protocol_version,
+            self.slot_count,
             self._heartbeat,
-            int(self.faults),
-            int(Lane.MANUAL),
+            int(self.faults) | self.extra_faults,
+            self.safe_lane_code,
             min(0xFFFF, round(self.scan_ms)),
         ]
         for name in COUNTER_NAMES:
@@ -345,6 +392,9 @@ class PlcSimulator:
         Pending decisions the simulated PLC can hold.
     allow_remote : bool
         Permit a non-loopback ``host``.
+    untracked : {"apply", "late"}
+        What a decision for an item never announced gets (see :class:`PlcModel`);
+        ``"apply"`` by default, since a stand-alone simulator has no sensor bridge.
 
     Examples
     --------
@@ -374,6 +424,7 @@ class PlcSimulator:
         pc_heartbeat_timeout_s: float = 1.5,
         decision_capacity: int = 256,
         allow_remote: bool = False,
+        untracked: str = "apply",
     ) -> None:
         try:
             ip = ipaddress.ip_address(host)
@@ -395,6 +446,7 @@ class PlcSimulator:
             scan_ms=scan_ms,
             pc_heartbeat_timeout_s=pc_heartbeat_timeout_s,
             decision_capacity=decision_capacity,
+            untracked=untracked,
         )
         self.register_map = self.model.register_map
         self._requested_port = port
@@ -402,6 +454,7 @@ class PlcSimulator:
         self._server: Any = None
         self._scan_task: asyncio.Task[None] | None = None
         self._scanning = True
+        self._restart = False
         self._scan_writing = False
 
     @property
@@ -433,7 +486,9 @@ class PlcSimulator:
         self._scanning = False
 
     def resume_scan(self) -> None:
-        """Put the PLC back in RUN."""
+        """Put the PLC back in RUN: a program start (rule 8) before the next scan."""
+        if not self._scanning:
+            self._restart = True
         self._scanning = True
 
     async def start(self) -> None:
@@ -518,7 +573,11 @@ class PlcSimulator:
     async def _scan_once(self, m: RegisterMap) -> None:
         server = self._server
         image = await server.async_getValues(self.device_id, 3, m.base, m.size)
-        out = self.model.scan(image, time.monotonic())
+        if self._restart:  # STOP -> RUN is a program start
+            self._restart = False
+            out = self.model.power_on(image, time.monotonic())
+        else:
+            out = self.model.scan(image, time.monotonic())
         # Only the scan may write the PLC area; _guard checks this flag.  The
         # datastore call does not yield to the loop, so no client request
         # can slip in while the flag is set.
@@ -567,6 +626,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pc-timeout-s", type=float, default=1.5, help="PC heartbeat timeout in s (default %(default)s)"
     )
     parser.add_argument(
+        "--untracked", choices=["apply", "late"], default="apply",
+        help="answer to a decision for an item the PLC was never told about: apply it at once (a simulator has "
+             "no sensor bridge) or 'late' as the contract says for a real PLC (default %(default)s)")
+    parser.add_argument(
         "--report-s", type=float, default=5.0, help="print counters every this many seconds (default %(default)s)"
     )
 
@@ -587,6 +650,7 @@ def run(args: argparse.Namespace) -> int:
             device_id=args.device_id,
             register_map=RegisterMap(base=args.base, slots=args.slots),
             pc_heartbeat_timeout_s=args.pc_timeout_s,
+            untracked=getattr(args, "untracked", "apply"),
         )
     except ConfigError as err:
         print(f"sorter plc-sim: {err}")

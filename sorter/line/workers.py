@@ -18,6 +18,11 @@ The wire format is that of :class:`multiprocessing.connection.Connection`
 (a 4-byte big-endian length, then the pickle), so the worker side simply uses
 ``recv_bytes`` / ``send_bytes``.  A request is ``(kind, payload)``; an answer is
 ``("ok", value)`` or ``("err", exception)``.
+
+The scoring worker's own side (:func:`init_scoring_worker`, :data:`SCORING_HANDLERS`,
+:func:`score_batch`) lives here too, not in :mod:`sorter.line.controller`: a spawned worker
+imports only the module of the functions it runs, so it skips the controller's imports (audit
+log, metrics, PLC link, sources, simulator) and is ready sooner after a restart.
 """
 
 from __future__ import annotations
@@ -25,16 +30,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
+import os
 import pickle
+import signal
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Final
+
+import numpy as np
+
+from sorter.features.measure import measure_item
+from sorter.readings import Item, ItemRecord
+from sorter.scoring import Decision, Scorer, error_decision
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ScoringProcess", "WorkerLost"]
+__all__ = ["SCORING_HANDLERS", "ScoringProcess", "WorkerLost", "init_scoring_worker", "limit_threads", "score_batch"]
 
 _HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")
@@ -167,3 +180,93 @@ class ScoringProcess:
 
     def __repr__(self) -> str:
         return f"ScoringProcess(pid={self.pid}, alive={self.process.is_alive()}, broken={self.broken})"
+
+
+# --------------------------------------------------------------------------- the scoring worker's side
+
+
+def score_batch(scorer: Scorer, batch: Sequence[tuple[Item, float | None]]) -> list[Decision]:
+    """Decisions for several items in one model call; the same code as :meth:`Scorer.score_item`.
+
+    Each item is measured on its own (an item that breaks measurement gets an
+    error decision, lane ``manual``); the measured rows go through
+    :meth:`Scorer.decide_rows` together.  Never raises.
+
+    Examples
+    --------
+    >>> from sorter.model import load_model
+    >>> [d.lane == "lead_acid" for d in score_batch(Scorer(load_model()), [(Item(ItemRecord("x1", 0.0)), None)])]
+    [False]
+    """
+    out: list[Decision | None] = [None] * len(batch)
+    rows: list[np.ndarray] = []
+    index: list[int] = []
+    for k, (item, ambient_c) in enumerate(batch):
+        try:
+            rows.append(measure_item(item, ambient_c))
+        except Exception as err:  # noqa: BLE001 - an item that breaks measurement goes to manual
+            logger.exception("item %s: measurement failed", item.item_id)
+            out[k] = error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}")
+        else:
+            index.append(k)
+    if rows:
+        items = [batch[k][0] for k in index]
+        decisions = scorer.decide_rows(
+            np.vstack(rows),
+            [it.record.line_no for it in items],
+            [it.item_id for it in items],
+            ["; ".join(it.problems) for it in items],
+            [it.meta for it in items],
+        )
+        for k, decision in zip(index, decisions, strict=True):
+            out[k] = decision
+    return [d for d in out if d is not None]
+
+
+_WORKER_SCORER: Scorer | None = None
+_WORKER_ERROR: BaseException | None = None
+
+
+def limit_threads() -> None:
+    """One thread each for OpenCV and OpenMP/BLAS: the pool's workers are the parallelism."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(1)  # the pool's workers are the parallelism; OpenCV's own pool would fight them
+    threadpool_limits(1)  # and so would OpenMP/BLAS threads in the model
+
+
+def init_scoring_worker(model_dir: str | None) -> None:
+    """A scoring worker's start: load the model once (its error, if any, is raised by each call)."""
+    # Ctrl-C goes to the whole process group: the controller drains, so workers must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_threads()
+    from sorter.model import load_model
+
+    global _WORKER_SCORER, _WORKER_ERROR
+    try:
+        _WORKER_SCORER = Scorer(load_model(model_dir or None))
+    except Exception as err:  # noqa: BLE001 - reported by the first call, with its own message
+        # An initializer that raises breaks the whole pool with no message; keep the error to raise it.
+        _WORKER_ERROR = err
+
+
+def _worker_scorer() -> Scorer:
+    if _WORKER_ERROR is not None:
+        raise _WORKER_ERROR
+    assert _WORKER_SCORER is not None, "worker initializer did not run"
+    return _WORKER_SCORER
+
+
+def _worker_warm(_payload: object = None) -> tuple[int, str]:
+    scorer = _worker_scorer()
+    score_batch(scorer, [(Item(ItemRecord("warm-up", 0.0)), None)])
+    return os.getpid(), scorer.model.model_id
+
+
+def _worker_score(batch: list[tuple[Item, float | None]]) -> list[Decision]:
+    return score_batch(_worker_scorer(), batch)
+
+
+SCORING_HANDLERS: Final = {"warm": _worker_warm, "score": _worker_score}
+"""Request kinds a scoring worker serves."""
