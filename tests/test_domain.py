@@ -90,3 +90,27 @@ def test_a_log_of_another_line_closes_lead_acid_and_says_why(model, caplog):
     assert len([w for w in warnings if "lead_acid is closed" in w]) == 1
     assert "sorter calibrate" in warnings[0]
     assert len([w for w in warnings if "LINE MISMATCH ALLOWED" in w]) == 1
+
+
+def test_the_line_passes_allow_line_mismatch_from_its_configuration_to_its_scorers(tmp_path):
+    import asyncio
+
+    from sorter.line.config import load_config
+    from sorter.line.controller import ScoringPool
+
+    cfg_file = tmp_path / "line.toml"
+    cfg_file.write_text('[line]\nsource = "simulated"\nallow_line_mismatch = true\n')
+    cfg = load_config(cfg_file)
+    assert cfg.line.allow_line_mismatch is True
+    assert load_config(None, validate=False).line.allow_line_mismatch is False  # the default: closed
+
+    async def scorer_flag(allow: bool) -> bool:
+        pool = ScoringPool(None, workers=1, kind="thread", allow_line_mismatch=allow)
+        await pool.start()
+        try:
+            return pool._scorer.allow_line_mismatch  # noqa: SLF001 - what the pool scores with
+        finally:
+            await pool.close()
+
+    assert asyncio.run(scorer_flag(True)) is True
+    assert asyncio.run(scorer_flag(False)) is False

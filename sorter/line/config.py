@@ -67,6 +67,10 @@ class LineSection:
     """Name of the line, used in logs and metrics labels."""
     model: str = ""
     """Model directory; ``""`` loads the model shipped with sorter."""
+    allow_line_mismatch: bool = False
+    """Score items of a log whose declared line (``meta.json``) differs from the model's as if it
+    matched. Without it, lead_acid is closed for them (they go to manual) until the model is
+    calibrated for this line (``sorter calibrate``) or retrained. Dangerous; never the default."""
     source: str = "log"
     """``"log"``: follow a ``sorter-log/1`` directory; ``"simulated"``: an in-process conveyor."""
     log_dir: str = ""

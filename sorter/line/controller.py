@@ -146,12 +146,13 @@ class ScoringPool:
     """
 
     def __init__(self, model_dir: str | None = None, *, workers: int = 2, kind: str = "process",
-                 max_batch: int = 16) -> None:
+                 max_batch: int = 16, allow_line_mismatch: bool = False) -> None:
         if kind not in ("process", "thread"):
             raise ValueError(f"kind={kind!r}: use 'process' or 'thread'")
         if workers < 1 or max_batch < 1:
             raise ValueError(f"workers={workers} and max_batch={max_batch} must be >= 1")
         self.model_dir = model_dir or None
+        self.allow_line_mismatch = allow_line_mismatch
         self.workers = workers
         self.kind = kind
         self.max_batch = max_batch
@@ -182,7 +183,7 @@ class ScoringPool:
         return self._started
 
     def _new_process(self) -> ScoringProcess:
-        return ScoringProcess(init_scoring_worker, (self.model_dir,), SCORING_HANDLERS)
+        return ScoringProcess(init_scoring_worker, (self.model_dir, self.allow_line_mismatch), SCORING_HANDLERS)
 
     async def start(self, *, wait_all: bool = True) -> None:
         """Start the workers and load the model in each (seconds); idempotent.
@@ -210,7 +211,7 @@ class ScoringPool:
 
             limit_threads()
             model = await asyncio.to_thread(load_model, self.model_dir)
-            self._scorer = Scorer(model)
+            self._scorer = Scorer(model, allow_line_mismatch=self.allow_line_mismatch)
             self.model_id = model.model_id
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sorter-score")
             await asyncio.get_running_loop().run_in_executor(
@@ -781,7 +782,8 @@ class Controller:
         self.source: ItemSource | None = source if isinstance(source, ItemSource) else None
         self._own_scorer = scorer is None
         self.scorer = scorer or ScoringPool(config.line.model, workers=config.line.scorer_workers,
-                                            kind=config.line.scorer_pool, max_batch=config.line.max_batch)
+                                            kind=config.line.scorer_pool, max_batch=config.line.max_batch,
+                                            allow_line_mismatch=config.line.allow_line_mismatch)
         self.metrics = metrics or LineMetrics()
         self.status = status
         self.settle = settle
@@ -864,6 +866,7 @@ class Controller:
         try:
             await asyncio.to_thread(load_model, model_dir or None)
             new = ScoringPool(model_dir, workers=self.scorer.workers, kind=self.scorer.kind,
+                              allow_line_mismatch=getattr(self.scorer, "allow_line_mismatch", False),
                               max_batch=self.scorer.max_batch)
             await new.start()
         except Exception as err:  # noqa: BLE001 - any failure: keep the model that works

@@ -236,8 +236,9 @@ def limit_threads() -> None:
     threadpool_limits(1)  # and so would OpenMP/BLAS threads in the model
 
 
-def init_scoring_worker(model_dir: str | None) -> None:
-    """A scoring worker's start: load the model once (its error, if any, is raised by each call)."""
+def init_scoring_worker(model_dir: str | None, allow_line_mismatch: bool = False) -> None:
+    """A scoring worker's start: load the model once (its error, if any, is raised by each call).
+    ``allow_line_mismatch``: as :class:`sorter.scoring.Scorer`'s (``line.allow_line_mismatch``)."""
     # Ctrl-C goes to the whole process group: the controller drains, so workers must not die first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_threads()
@@ -245,7 +246,7 @@ def init_scoring_worker(model_dir: str | None) -> None:
 
     global _WORKER_SCORER, _WORKER_ERROR
     try:
-        _WORKER_SCORER = Scorer(load_model(model_dir or None))
+        _WORKER_SCORER = Scorer(load_model(model_dir or None), allow_line_mismatch=allow_line_mismatch)
     except Exception as err:  # noqa: BLE001 - reported by the first call, with its own message
         # An initializer that raises breaks the whole pool with no message; keep the error to raise it.
         _WORKER_ERROR = err

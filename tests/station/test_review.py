@@ -85,7 +85,7 @@ def test_a_correction_is_appended_never_overwritten(logged_in):
     assert hist[1].corrects == hist[0].id
     page = client.get(f"/review/item/{item}").text
     assert "corrects #" in page and "lead_acid" in page
-    assert "xr_att_low_p50" in page  # the measurements
+    assert "xr_al_eq_low_p50" in page  # the measurements
 
 
 def test_bad_verdicts_are_refused(logged_in):
