@@ -4,7 +4,7 @@
 
 The committed outputs must come from one run of the whole notebook, top to bottom
 (tests/test_notebooks.py checks that every code cell has its outputs, in order); CI
-runs the notebooks again with ``pytest --nbmake``.  Machine-specific metadata is dropped.
+runs them again and compares their outputs (tests/test_notebooks.py).  Machine-specific metadata is dropped.
 """
 
 from __future__ import annotations
