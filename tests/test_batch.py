@@ -83,9 +83,9 @@ def test_an_item_that_breaks_loading_or_measuring_loses_only_its_own_row(log_wit
     """Items are loaded a group at a time before they are measured: a failure in either step marks
     that item's row (NaN, "measurement failed") and no other, whatever its place in the group."""
     import sorter.batch as batch
-    from sorter.batch import _chunks, measure_records
+    from sorter.batch import iter_chunks, measure_records
 
-    d, meta, _, recs = next(_chunks([log_with_bad_lines], 64))
+    d, meta, _, recs = next(iter_chunks([log_with_bad_lines], 64))
     good, good_problems = measure_records(d, meta, recs)
     monkeypatch.setattr(batch, "LOAD_GROUP", 4)
     bad_load, bad_measure = recs[2][0].item_id, recs[5][0].item_id
@@ -109,3 +109,24 @@ def test_an_item_that_breaks_loading_or_measuring_loses_only_its_own_row(log_wit
     others = [k for k in range(len(recs)) if k not in (2, 5)]
     np.testing.assert_array_equal(raw[others], good[others])
     assert [problems[k] for k in others] == [good_problems[k] for k in others]
+
+
+def test_the_engines_sit_below_the_score_driver():
+    """``sorter score`` picks an engine from its table; the engines never import the driver
+    (the chunk primitive lives in the batch module), so importing them loads no ``sorter.score``."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sorter.batch, sorter.distributed; "
+            "assert 'sorter.score' not in sys.modules, 'an engine imports the score driver'; "
+            "import sorter.score as s; "
+            "assert s.ENGINES == {'local': sorter.batch.iter_decisions, 'dask': sorter.distributed.iter_decisions}")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unknown_engine_is_refused(log_with_bad_lines):
+    from sorter import score
+    from sorter.errors import SorterError
+
+    with pytest.raises(SorterError, match="unknown engine 'spark'; use one of dask, local"):
+        next(score.iter_decisions([str(log_with_bad_lines)], None, workers=0, engine="spark"))

@@ -358,12 +358,10 @@ def _write_item(cfg: SimConfig, index: int, png_level: int, out_dir: str) -> tup
 
 
 def _write_chunk(cfg: SimConfig, start: int, stop: int, png_level: int, out_dir: str) -> list[tuple[ItemRecord, int]]:
-    import cv2
-    from threadpoolctl import threadpool_limits
+    from ..threads import single_threaded
 
-    cv2.setNumThreads(1)  # OpenCV's pool is not fork-safe and would fight the processes
-    with threadpool_limits(1):  # one BLAS thread per process: the processes are the parallelism
-        return [_write_item(cfg, i, png_level, out_dir) for i in range(start, stop)]
+    single_threaded()  # the processes are the parallelism: one OpenCV and one BLAS thread each
+    return [_write_item(cfg, i, png_level, out_dir) for i in range(start, stop)]
 
 
 def iter_written(cfg: SimConfig, out_dir: str, workers: int = 1, png_level: int = 1, chunk: int = 32
