@@ -16,7 +16,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .features.measure import RAW_COLUMNS, AmbientTracker, measure_item
+from .features.ambient import AmbientTracker
+from .features.measure import RAW_COLUMNS, measure_item
 from .logformat import ITEMS_FILE, LogLine, iter_log, load_item, read_meta
 from .progress import Progress
 from .readings import ItemRecord, LogMeta
