@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .errors import ErrorKind
 from .features.ambient import AmbientTracker
 from .features.measure import RAW_COLUMNS, measure_item
 from .logformat import ITEMS_FILE, LogLine, iter_log, load_item, read_meta
@@ -201,7 +202,8 @@ def decisions_for_chunk(scorer: Scorer, ch: MeasuredChunk) -> list[Decision]:
     out: list[Decision] = []
     it = iter(good)
     for k, ln in enumerate(ch.lines):
-        out.append(next(it) if ch.ok[k] else error_decision(ln.line_no, ln.item_id, ch.problems[k]))
+        out.append(next(it) if ch.ok[k] else error_decision(ln.line_no, ln.item_id, ch.problems[k],
+                                                             ln.kind or ErrorKind.OTHER))
     return out
 
 

@@ -21,11 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import LANES
 from .batch import MeasuredLog, measure_logs
 from .errors import SorterError
-from .logformat import check_log_dir, read_meta
 from .features.measure import RAW_COLUMNS
 from .features.transformers import SENSOR_GROUPS, mask_sensor
+from .logformat import check_log_dir, read_meta
 from .model import SorterModel, load_model
 from .progress import Progress
 from .readings import LogMeta
@@ -34,7 +35,6 @@ from .scoring import Scorer
 log = logging.getLogger(__name__)
 
 CLASSES = ("lead_acid", "li_ion", "other")
-LANES = ("lead_acid", "li_ion", "hazard", "manual")
 PRODUCT_ROWS = 40  # rows of the per-product table in report.md (metrics.json has them all)
 HAZARD_CASE_WH = 2100.0  # DoT special permit: at most 2.1 kWh of damaged Li-ion per fire-safe case
 

@@ -87,8 +87,8 @@ class ScoreSummary:
     def add(self, d: Decision) -> None:
         self.items += 1
         self.lanes[d.lane] += 1
-        if d.reason.startswith("cannot score"):
-            self.errors[_error_kind(d.reason)] += 1
+        if d.error_kind:  # could not be scored: counted by its code (sorter.errors.ErrorKind)
+            self.errors[str(d.error_kind)] += 1
         elif d.problems:
             self.errors["reading problem (scored)"] += 1
 
@@ -99,14 +99,6 @@ class ScoreSummary:
                  "lanes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.lanes.items())),
                  "errors: " + (", ".join(f"{k}={v}" for k, v in sorted(self.errors.items())) or "none")]
         return "\n".join(lines)
-
-
-def _error_kind(reason: str) -> str:
-    r = reason.lower()
-    for key in ("duplicate", "torn", "json", "utf-8", "item_id", "field 't'", "measurement failed", "model failed"):
-        if key in r:
-            return key
-    return "other"
 
 
 def _table(rows: list[tuple[str, Decision]]) -> pa.Table:

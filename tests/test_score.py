@@ -296,3 +296,30 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, log_with_bad_lin
     err = capsys.readouterr().err
     n = len((log_with_bad_lines / "items.jsonl").read_text().splitlines())
     assert f"score: {n}/{n} items (100 %)" in err
+
+
+def test_the_error_summary_counts_each_kind_by_its_code(tmp_path, model):
+    """Unscorable lines are counted by the code the reader gave them (sorter.errors.ErrorKind),
+    not by words found in the message: the location "items.jsonl" names no kind."""
+    from sorter.errors import ErrorKind
+
+    d = tmp_path / "log"
+    d.mkdir()
+    (d / "items.jsonl").write_bytes(b"\n".join([
+        b'{"t": 1}',  # no item_id
+        b'{"item_id": "a"}',  # no t
+        b'{"item_id": "b", "t": "noon"}',  # a bad t
+        b"\xff\xfe",  # not UTF-8
+        b"",  # blank
+        b"[1]",  # not an object
+        b"{bad",  # not JSON
+        b'{"item_id": "c", "t": 1}',
+        b'{"item_id": "c", "t": 2}',  # duplicate
+        b'{"item_id": "d", "t"',  # torn (no newline at the end)
+    ]))
+    summary = score_mod.score_logs([d], tmp_path / "o.csv", model=model, workers=0)
+    assert dict(summary.errors) == {
+        ErrorKind.ITEM_ID: 1, ErrorKind.TIME: 2, ErrorKind.UTF8: 1, ErrorKind.JSON: 3, ErrorKind.DUPLICATE: 1,
+        ErrorKind.TORN: 1,
+    }
+    assert "errors: duplicate=1, field 't'=2, item_id=1, json=3, torn=1, utf-8=1" in summary.format()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-from sorter.errors import LogFormatError
+from sorter.errors import ErrorKind, LogFormatError
 from sorter.logformat.constants import ITEMS_FILE, MAX_LINE_BYTES, StrPath
 from sorter.logformat.incomplete import incomplete_note
 from sorter.logformat.meta import check_log_dir
@@ -31,6 +31,7 @@ class LogLine:
 
     Exactly one of ``record`` and ``error`` is set.  ``end_offset`` is where a
     reader resumes (``iter_log(..., start_offset=l.end_offset, start_line=l.line_no + 1)``).
+    ``kind`` is the code of the error (:class:`~sorter.errors.ErrorKind`), None for a record.
     """
 
     line_no: int
@@ -39,6 +40,7 @@ class LogLine:
     record: ItemRecord | None
     error: str | None
     item_id: str | None
+    kind: ErrorKind | None = None
 
 
 class _IdIndex:
@@ -279,6 +281,7 @@ def _too_long(line_no: int, offset: int, end: int, where: str) -> LogLine:
             "paths, not image data — fix the recorder"
         ),
         item_id=None,
+        kind=ErrorKind.TOO_LONG,
     )
 
 
@@ -288,45 +291,47 @@ def _make_line(
     loc = f"{where} line {line_no}"
     end = offset + len(raw)
 
-    def bad(error: str, item_id: str | None = None) -> LogLine:
-        return LogLine(line_no, offset, end, None, error, item_id)
+    def bad(error: str, kind: ErrorKind, item_id: str | None = None) -> LogLine:
+        return LogLine(line_no, offset, end, None, error, item_id, kind)
 
     body = raw[:-1] if raw.endswith(b"\n") else raw  # a CR of CRLF is JSON whitespace
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         if torn:
-            return bad(_torn_message(loc))
+            return bad(_torn_message(loc), ErrorKind.TORN)
         return bad(
             f"{loc}: not valid UTF-8 (bad byte at position {err.start} of the line); "
-            "write the log as UTF-8 JSON, or delete the line"
+            "write the log as UTF-8 JSON, or delete the line",
+            ErrorKind.UTF8,
         )
     if offset == 0 and text.startswith("\ufeff"):  # a BOM some editors add
         text = text[1:]
     if not text.strip():
-        return bad(f"{loc}: blank line; each line must hold one JSON object — delete it")
+        return bad(f"{loc}: blank line; each line must hold one JSON object — delete it", ErrorKind.JSON)
     try:
         obj = json.loads(text, parse_constant=_NonFinite)
     except (ValueError, RecursionError) as err:
         if torn:
-            return bad(_torn_message(loc))
+            return bad(_torn_message(loc), ErrorKind.TORN)
         if isinstance(err, json.JSONDecodeError):
             detail = f"{err.msg} at column {err.colno}"
         else:  # too deeply nested, or an integer with too many digits
             detail = _show(str(err), 120)
-        return bad(f"{loc}: not valid JSON ({detail}); fix the recorder, or delete the line")
+        return bad(f"{loc}: not valid JSON ({detail}); fix the recorder, or delete the line", ErrorKind.JSON)
     item_id = obj.get("item_id") if isinstance(obj, dict) else None
     if not isinstance(item_id, str) or not item_id.strip():
         item_id = None
     try:
         record = parse_record(obj, line_no=line_no, where=where)
     except LogFormatError as err:
-        return bad(str(err), item_id)
+        return bad(str(err), err.kind, item_id)
     first = ids.first_line(record.item_id)
     if first is not None:
         return bad(
             f"{loc}: duplicate item_id {_show(record.item_id)} (first seen at line {first}); "
             "item ids must be unique within a log — fix the recorder's id counter",
+            ErrorKind.DUPLICATE,
             record.item_id,
         )
     ids.add(record.item_id, line_no)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from sorter.errors import LogFormatError
+from sorter.errors import ErrorKind, LogFormatError
 from sorter.readings import (
     IMAGE_FIELDS,
     KNOWN_FIELDS,
@@ -77,29 +77,34 @@ def parse_record(obj: object, *, line_no: int = 0, where: str = "") -> ItemRecor
     if not isinstance(obj, Mapping):
         raise LogFormatError(
             f"{loc}: expected a JSON object, got {_json_type(obj)}; each line must be "
-            'one object such as {"item_id": "A1", "t": 1767225600.0}'
+            'one object such as {"item_id": "A1", "t": 1767225600.0}',
+            kind=ErrorKind.JSON,
         )
     item_id = obj.get("item_id")
     if "item_id" not in obj:
         raise LogFormatError(
             f"{loc}: field 'item_id' is missing; every line needs the string id the "
-            "sensor bridge gave the item"
+            "sensor bridge gave the item",
+            kind=ErrorKind.ITEM_ID,
         )
     if not isinstance(item_id, str) or not item_id.strip():
         raise LogFormatError(
             f"{loc}: field 'item_id' is {_show(item_id)}, expected a non-empty string; "
-            "fix the recorder (write the id as a JSON string)"
+            "fix the recorder (write the id as a JSON string)",
+            kind=ErrorKind.ITEM_ID,
         )
     if "t" not in obj:
         raise LogFormatError(
             f"{loc}: field 't' is missing; every line needs the time the item passed "
-            "the sensor bridge, in epoch seconds"
+            "the sensor bridge, in epoch seconds",
+            kind=ErrorKind.TIME,
         )
     t = _as_float(obj["t"])
     if t is None:
         raise LogFormatError(
             f"{loc}: field 't' is {_show(obj['t'])}, expected a finite number "
-            "(epoch seconds); fix the recorder's clock or drop the line"
+            "(epoch seconds); fix the recorder's clock or drop the line",
+            kind=ErrorKind.TIME,
         )
 
     problems: list[str] = []
