@@ -6,7 +6,6 @@ import csv
 import json
 import math
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,31 +14,8 @@ from sorter.cli import main
 from sorter.errors import SorterError
 from sorter.features.measure import AmbientTracker
 from sorter.logformat import iter_log, load_item, read_meta
-from sorter.model import load_model
 from sorter.scoring import Scorer
 from sorter.simulate import SimConfig, simulate_log
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def log_with_bad_lines(tmp_path_factory):
-    d = tmp_path_factory.mktemp("logs") / "log"
-    simulate_log(SimConfig(items=40, seed=21, mix="recycler", faults=0.05), d)
-    lines = (d / "items.jsonl").read_text().splitlines()
-    bad = [
-        "{not json",  # invalid JSON
-        json.dumps({"item_id": "x-missing-t"}),  # no t
-        lines[3],  # duplicate item id
-        json.dumps({**json.loads(lines[5]), "item_id": "x-bad-image", "rgb": "images/nope.png",
-                    "xray_low": "../../etc/passwd"}),
-    ]
-    lines = lines[:10] + bad + lines[10:]
-    (d / "items.jsonl").write_text("\n".join(lines) + "\n")
-    return d
 
 
 def _read_csv(p):
