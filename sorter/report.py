@@ -103,6 +103,19 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+REPORT_EXTRA_HINT = "pip install 'sorter[report]'"
+
+
+def require_matplotlib(what: str) -> None:
+    """Raise a :class:`SorterError` (the CLI's exit 2) saying how to install the report extra
+    when matplotlib, which only the reports' plots need, is not installed."""
+    try:
+        import matplotlib  # noqa: F401 - only whether it imports
+    except ImportError as err:
+        raise SorterError(f"{what} draws its plots with matplotlib, which is not installed; install the "
+                          f"report extra: {REPORT_EXTRA_HINT}") from err
+
+
 def _plots(out: Path, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, lanes: np.ndarray,
            importances: list[tuple[str, float]]) -> list[str]:
     import matplotlib
@@ -514,6 +527,7 @@ def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, mo
     checked against the model's as scoring checks it: a log of another line is evaluated with
     lead_acid closed, unless ``allow_line_mismatch``.
     """
+    require_matplotlib("sorter evaluate")
     check_log_dir(log_dir)
     model = model or load_model(model_dir)
     m = measure_logs([log_dir], workers=workers, progress=progress)

@@ -13,7 +13,7 @@ from sorter.errors import SimulationError
 from sorter.logformat import iter_log, load_item, read_meta
 from sorter.simulate import SimConfig, simulate_item, simulate_log
 from sorter.simulate.geometry import Box, CylinderArray, project_z
-from sorter.simulate.items import POSES, build, build_contaminant, CONTAMINANTS
+from sorter.simulate.items import CONTAMINANTS, POSES, build, build_contaminant
 from sorter.simulate.physics import XrayChannels, attenuation_table, detector_channels, transmission
 from sorter.simulate.sensors import LINES, areal_density, render_xray
 

@@ -22,10 +22,29 @@ import numpy as np
 from ..catalog import Product, load_catalog
 from ..errors import SimulationError
 from ..readings import ItemRecord, LogMeta
-from .items import (CONTAMINANTS, PRODUCT_FAMILIES, Instance, _li_kind, build, build_contaminant, contaminant_family,
-                    product_family, unknown_product)
-from .sensors import (LINES, LineProfile, apply_overrides, areal_density, outline, read_profiler, read_scale, read_thermal,
-                      render_rgb, render_xray)
+from .items import (
+    CONTAMINANTS,
+    PRODUCT_FAMILIES,
+    Instance,
+    _li_kind,
+    build,
+    build_contaminant,
+    contaminant_family,
+    product_family,
+    unknown_product,
+)
+from .sensors import (
+    LINES,
+    LineProfile,
+    apply_overrides,
+    areal_density,
+    outline,
+    read_profiler,
+    read_scale,
+    read_thermal,
+    render_rgb,
+    render_xray,
+)
 
 log = logging.getLogger(__name__)
 
