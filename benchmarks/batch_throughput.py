@@ -53,11 +53,11 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 
-from sorter.batch import CHUNK, _assemble, _chunks, start_workers
+from sorter.batch import CHUNK, assemble_chunk, decisions_for_chunk, iter_chunks, start_workers
 from sorter.features.measure import RAW_COLUMNS, measure_camera, measure_scalars, measure_xray
 from sorter.logformat import load_item
 from sorter.model import load_model
-from sorter.score import count_lines, decisions_for_chunk
+from sorter.score import count_lines
 from sorter.scoring import Scorer
 from sorter.simulate import SimConfig, simulate_log
 
@@ -188,7 +188,7 @@ def decode_run(log: Path, workers: int) -> Run:
             t0 = time.perf_counter()
             done = 0
             pending: deque = deque()
-            for d, meta, _, recs in _chunks([log], CHUNK):
+            for d, meta, _, recs in iter_chunks([log], CHUNK):
                 pending.append(pool.submit(_decode_records, d, meta, recs))
                 if len(pending) >= 2 * workers:
                     done += pending.popleft().result()
@@ -337,7 +337,7 @@ def breakdown(log: Path, n: int = STAGE_ITEMS) -> dict[str, float]:
     t = dict.fromkeys(("read", "decode", "measure", "xray", "camera", "decide"), 0.0)
     items = 0
     with threadpool_limits(1):
-        chunks = itertools.islice(_chunks([log], CHUNK), n // CHUNK)
+        chunks = itertools.islice(iter_chunks([log], CHUNK), n // CHUNK)
         while True:
             t0 = time.perf_counter()
             try:
@@ -360,7 +360,7 @@ def breakdown(log: Path, n: int = STAGE_ITEMS) -> dict[str, float]:
                 t["camera"] += td - tc
             raw = np.reshape(rows, (-1, len(RAW_COLUMNS)))
             t3 = time.perf_counter()
-            decisions_for_chunk(scorer, _assemble(d, lines, raw, ["; ".join(it.problems) for it in loaded]))
+            decisions_for_chunk(scorer, assemble_chunk(d, lines, raw, ["; ".join(it.problems) for it in loaded]))
             t4 = time.perf_counter()
             for k, dt in zip(("read", "decode", "measure", "decide"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 t[k] += dt

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .lanes import Lane
+
 try:
     __version__ = version("sorter")
 except PackageNotFoundError:  # running from a source tree that is not installed
@@ -12,7 +14,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 CLASSES: tuple[str, ...] = ("lead_acid", "li_ion", "other")
 """Chemistry families the classifier predicts, in model column order."""
 
-LANES: tuple[str, ...] = ("lead_acid", "li_ion", "hazard", "manual")
-"""Divert lanes. Only ``lead_acid`` leads to the breaker; the others are safe for Li-ion."""
+LANES: tuple[Lane, ...] = tuple(Lane)
+"""Divert lanes (``lead_acid``, ``li_ion``, ``hazard``, ``manual``: :class:`sorter.lanes.Lane`).
+Only ``lead_acid`` leads to the breaker; the others are safe for Li-ion."""
 
-__all__ = ["CLASSES", "LANES", "__version__"]
+__all__ = ["CLASSES", "LANES", "Lane", "__version__"]

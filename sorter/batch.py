@@ -16,10 +16,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .features.measure import RAW_COLUMNS, AmbientTracker, measure_item
+from .errors import ErrorKind
+from .features.ambient import AmbientTracker
+from .features.measure import RAW_COLUMNS, measure_item
 from .logformat import ITEMS_FILE, LogLine, iter_log, load_item, read_meta
 from .progress import Progress
 from .readings import ItemRecord, LogMeta
+from .scoring import Decision, Scorer, error_decision
+from .threads import single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +46,6 @@ class MeasuredChunk:
         return [ln.record for ln in self.lines]
 
 
-def _init_worker() -> None:
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    cv2.setNumThreads(1)  # OpenCV's own pool fights the processes and is not fork-safe
-    threadpool_limits(1)  # and so would BLAS threads: the processes are the parallelism
-
-
 def _ready() -> None:
     return None
 
@@ -60,7 +56,7 @@ def start_workers(workers: int) -> ProcessPoolExecutor:
     Pass it to :func:`iter_measured` as ``executor`` and shut it down when done."""
     import multiprocessing as mp
 
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=single_threaded)
     for _ in range(workers):
         pool.submit(_ready)  # each submit to a pool without an idle worker starts one
     return pool
@@ -69,7 +65,8 @@ def start_workers(workers: int) -> ProcessPoolExecutor:
 LOAD_GROUP = 32  # items a worker loads before measuring them (about 11 MB of images)
 
 
-def measure_records(log_dir: str, meta: LogMeta, recs: Sequence[tuple[ItemRecord, float | None]]) -> tuple[np.ndarray, list[str]]:
+def measure_records(log_dir: str, meta: LogMeta, recs: Sequence[tuple[ItemRecord, float | None]]
+                    ) -> tuple[np.ndarray, list[str]]:
     """Load and measure records (runs in a worker). Never raises for one bad item.
 
     Items are loaded :data:`LOAD_GROUP` at a time, then measured: decoding PNGs and measuring
@@ -99,8 +96,14 @@ def measure_records(log_dir: str, meta: LogMeta, recs: Sequence[tuple[ItemRecord
     return raw, problems
 
 
-def _chunks(log_dirs: Sequence[str | os.PathLike], chunk: int, start: dict[str, tuple[int, int]] | None = None
-            ) -> Iterator[tuple[str, LogMeta, list[LogLine], list[tuple[ItemRecord, float | None]]]]:
+def iter_chunks(log_dirs: Sequence[str | os.PathLike], chunk: int, start: dict[str, tuple[int, int]] | None = None
+                ) -> Iterator[tuple[str, LogMeta, list[LogLine], list[tuple[ItemRecord, float | None]]]]:
+    """The lines of the logs in chunks of ``chunk``, in order: ``(log_dir, meta, lines, records)``,
+    the records being the usable ones of ``lines`` with their running ambient estimates.
+
+    Read in one process (cheap), so that the ambient estimate runs in log order whoever
+    measures the chunk; ``start`` maps a log to the ``(offset, line_no)`` it resumes at.
+    """
     for d in log_dirs:
         d = str(d)
         meta = read_meta(d)
@@ -130,8 +133,10 @@ def _with_ambient(lines: list[LogLine], ambient: AmbientTracker) -> list[tuple[I
     return out
 
 
-def _assemble(d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: list[str],
-              meta: LogMeta | None = None) -> MeasuredChunk:
+def assemble_chunk(d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: list[str],
+                   meta: LogMeta | None = None) -> MeasuredChunk:
+    """A :class:`MeasuredChunk` of all ``lines`` from the measurements of their usable records
+    (bad lines get NaN rows and their error as the problem)."""
     n = len(lines)
     raw = np.full((n, len(RAW_COLUMNS)), np.nan)
     ok = np.array([ln.record is not None for ln in lines], bool)
@@ -162,9 +167,9 @@ def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, ch
         threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
         try:
-            for d, meta, lines, recs in _chunks(log_dirs, chunk, start):
+            for d, meta, lines, recs in iter_chunks(log_dirs, chunk, start):
                 raw, probs = measure_records(d, meta, recs)
-                yield _assemble(d, lines, raw, probs, meta)
+                yield assemble_chunk(d, lines, raw, probs, meta)
         finally:
             cv2.setNumThreads(threads)
         return
@@ -173,18 +178,43 @@ def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, ch
         executor = start_workers(workers)
     try:
         pending: list[tuple[str, LogMeta, list[LogLine], Any]] = []
-        for d, meta, lines, recs in _chunks(log_dirs, chunk, start):
+        for d, meta, lines, recs in iter_chunks(log_dirs, chunk, start):
             pending.append((d, meta, lines, executor.submit(measure_records, d, meta, recs)))
             while len(pending) >= 2 * max(workers, 1):
                 pd, pm, pl, fut = pending.pop(0)
                 raw, probs = fut.result()
-                yield _assemble(pd, pl, raw, probs, pm)
+                yield assemble_chunk(pd, pl, raw, probs, pm)
         for pd, pm, pl, fut in pending:
             raw, probs = fut.result()
-            yield _assemble(pd, pl, raw, probs, pm)
+            yield assemble_chunk(pd, pl, raw, probs, pm)
     finally:
         if own:
             executor.shutdown(cancel_futures=True)
+
+
+def decisions_for_chunk(scorer: Scorer, ch: MeasuredChunk) -> list[Decision]:
+    """Decisions for a measured chunk, in line order (bad lines get a manual row)."""
+    ok = np.flatnonzero(ch.ok)
+    good = scorer.decide_rows(
+        ch.raw[ok], [ch.lines[k].line_no for k in ok], [ch.lines[k].record.item_id for k in ok],  # type: ignore[union-attr]
+        [ch.problems[k] for k in ok], ch.meta,
+    )
+    out: list[Decision] = []
+    it = iter(good)
+    for k, ln in enumerate(ch.lines):
+        out.append(next(it) if ch.ok[k] else error_decision(ln.line_no, ln.item_id, ch.problems[k],
+                                                             ln.kind or ErrorKind.OTHER))
+    return out
+
+
+def iter_decisions(logs: Sequence[str], scorer: Scorer, start: dict[str, tuple[int, int]] | None = None, *,
+                   workers: int = 1, executor: Executor | None = None, client: Any = None
+                   ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+    """The local engine: measured chunks and their decisions, in order; worker processes
+    measure (:func:`iter_measured`), this process scores.  ``client`` is for the engines'
+    common signature (:data:`sorter.score.ENGINES`) and unused here."""
+    for ch in iter_measured(logs, workers=workers, start=start, executor=executor):
+        yield ch, decisions_for_chunk(scorer, ch)
 
 
 @dataclass
@@ -241,4 +271,5 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-__all__ = ["MeasuredChunk", "MeasuredLog", "count_lines", "iter_measured", "measure_logs", "measure_records", "start_workers"]
+__all__ = ["MeasuredChunk", "MeasuredLog", "assemble_chunk", "count_lines", "decisions_for_chunk", "iter_chunks",
+           "iter_decisions", "iter_measured", "measure_logs", "measure_records", "start_workers"]

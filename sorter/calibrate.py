@@ -137,8 +137,9 @@ def calibrate_and_save(log_dirs: Sequence[str], model_dir: str | None, out_dir: 
     """Calibrate the model in ``model_dir`` (None: the shipped one) for the logs' line; write
     the new model directory with its manifest, model card and ``calibration-report/`` (the
     plant's safety table on the calibration items)."""
-    from .report import evaluate_measured, model_card
+    from .report import evaluate_measured, model_card, require_matplotlib
 
+    require_matplotlib("sorter calibrate's calibration report")  # before minutes of work, not after
     base = load_model(model_dir)
     m = measure_logs(log_dirs, workers=workers, progress=progress)
     model, report = calibrate(log_dirs, base, seed=seed, measured=m)

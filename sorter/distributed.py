@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from . import batch
-from .batch import MeasuredChunk, _assemble, _chunks, _init_worker, measure_records
+from .batch import MeasuredChunk, assemble_chunk, decisions_for_chunk, iter_chunks, measure_records
 from .errors import SorterError
 from .logformat import LogLine
 from .model import SorterModel, _versions_compatible, library_versions
 from .readings import ItemRecord, LogMeta
-from .score import decisions_for_chunk
 from .scoring import Decision, Scorer
+from .threads import single_threaded
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
-__all__ = ["SCHEDULER_ENV", "connect", "iter_decisions_dask", "score_chunk"]
+__all__ = ["SCHEDULER_ENV", "connect", "iter_decisions", "iter_decisions_dask", "score_chunk"]
 
 
 def connect(scheduler: str | None = None) -> Client:
@@ -155,7 +155,7 @@ def keep_freed_memory() -> bool:
 def _single_threaded() -> None:
     """Once per worker process: one OpenCV/BLAS thread (the workers are the parallelism),
     and glibc's default handling of freed memory (:func:`keep_freed_memory`)."""
-    _init_worker()
+    single_threaded()
     keep_freed_memory()
 
 
@@ -171,7 +171,7 @@ def score_chunk(model: SorterModel, log_dir: str, meta: LogMeta, lines: list[Log
     _single_threaded()
     raw, problems = measure_records(log_dir, meta, recs)
     scorer = Scorer(model, allow_line_mismatch=allow_line_mismatch)
-    decisions = decisions_for_chunk(scorer, _assemble(log_dir, lines, raw, problems, meta))
+    decisions = decisions_for_chunk(scorer, assemble_chunk(log_dir, lines, raw, problems, meta))
     return raw, problems, decisions
 
 
@@ -213,7 +213,7 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
         _check_workers(client, address, model, list(paths.values()), _connect_timeout())
         window = window or 2 * max(1, sum(client.nthreads().values()))
         model_ref = client.scatter(model, broadcast=True, hash=False)
-        for d, meta, lines, recs in _chunks(logs, chunk, start):
+        for d, meta, lines, recs in iter_chunks(logs, chunk, start):
             pending.append((d, lines, client.submit(score_chunk, model_ref, paths[d], meta, lines, recs,
                                                     allow_line_mismatch, pure=False), meta))
             if len(pending) >= window:
@@ -227,6 +227,16 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
             client.close()
 
 
+def iter_decisions(logs: Sequence[str], scorer: Scorer, start: dict[str, tuple[int, int]] | None = None, *,
+                   workers: int = 1, executor: Any = None, client: Client | None = None
+                   ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+    """The Dask engine, with the engines' common signature (:data:`sorter.score.ENGINES`): the
+    workers measure and score, the model goes to them once.  ``workers`` and ``executor`` are
+    the local engine's and unused here."""
+    yield from iter_decisions_dask(logs, scorer.model, start=start, client=client,
+                                   allow_line_mismatch=scorer.allow_line_mismatch)
+
+
 def _collect(log_dir: str, lines: list[LogLine], fut: Any, meta: LogMeta) -> tuple[MeasuredChunk, list[Decision]]:
     try:
         raw, problems, decisions = fut.result()
@@ -235,4 +245,4 @@ def _collect(log_dir: str, lines: list[LogLine], fut: Any, meta: LogMeta) -> tup
             f"{log_dir} lines {lines[0].line_no}-{lines[-1].line_no}: the Dask task failed ({err!r}); see the "
             "worker logs, then rerun the same command: scoring resumes after the last written segment"
         ) from err
-    return _assemble(log_dir, lines, raw, problems, meta), decisions
+    return assemble_chunk(log_dir, lines, raw, problems, meta), decisions

@@ -39,8 +39,9 @@ import numpy as np
 
 from .errors import ConfigError
 from .features.measure import CAMERA_COLUMNS, RAW_COLUMNS
+from .lanes import Lane
 
-SAFE_LANES = ("li_ion", "hazard", "manual")
+SAFE_LANES = (Lane.LI_ION, Lane.HAZARD, Lane.MANUAL)  # every lane but lead_acid
 _COL = {n: i for i, n in enumerate(RAW_COLUMNS)}
 # Non-critical sensors, and the raw columns that are all present when the sensor gave a
 # usable reading (the camera's shape columns are only measured when it saw the item).
@@ -87,7 +88,7 @@ class PolicyThresholds:
         if not self.novelty_max > 0:
             raise ConfigError(f"novelty_max must be > 0, got {self.novelty_max}")
         if self.other_lane not in SAFE_LANES:
-            raise ConfigError(f"other_lane must be one of {SAFE_LANES}, got {self.other_lane!r}")
+            raise ConfigError(f"other_lane must be one of {tuple(map(str, SAFE_LANES))}, got {self.other_lane!r}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -21,11 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import LANES
 from .batch import MeasuredLog, measure_logs
 from .errors import SorterError
-from .logformat import check_log_dir, read_meta
 from .features.measure import RAW_COLUMNS
 from .features.transformers import SENSOR_GROUPS, mask_sensor
+from .logformat import check_log_dir, read_meta
 from .model import SorterModel, load_model
 from .progress import Progress
 from .readings import LogMeta
@@ -34,7 +35,6 @@ from .scoring import Scorer
 log = logging.getLogger(__name__)
 
 CLASSES = ("lead_acid", "li_ion", "other")
-LANES = ("lead_acid", "li_ion", "hazard", "manual")
 PRODUCT_ROWS = 40  # rows of the per-product table in report.md (metrics.json has them all)
 HAZARD_CASE_WH = 2100.0  # DoT special permit: at most 2.1 kWh of damaged Li-ion per fire-safe case
 
@@ -101,6 +101,19 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(fmt(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+REPORT_EXTRA_HINT = "pip install 'sorter[report]'"
+
+
+def require_matplotlib(what: str) -> None:
+    """Raise a :class:`SorterError` (the CLI's exit 2) saying how to install the report extra
+    when matplotlib, which only the reports' plots need, is not installed."""
+    try:
+        import matplotlib  # noqa: F401 - only whether it imports
+    except ImportError as err:
+        raise SorterError(f"{what} draws its plots with matplotlib, which is not installed; install the "
+                          f"report extra: {REPORT_EXTRA_HINT}") from err
 
 
 def _plots(out: Path, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, lanes: np.ndarray,
@@ -514,6 +527,7 @@ def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, mo
     checked against the model's as scoring checks it: a log of another line is evaluated with
     lead_acid closed, unless ``allow_line_mismatch``.
     """
+    require_matplotlib("sorter evaluate")
     check_log_dir(log_dir)
     model = model or load_model(model_dir)
     m = measure_logs([log_dir], workers=workers, progress=progress)

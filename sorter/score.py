@@ -26,19 +26,19 @@ from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .batch import MeasuredChunk, count_lines, iter_measured, start_workers
+from . import batch, distributed
+from .batch import MeasuredChunk, count_lines, start_workers
 from .errors import SorterError
 from .logformat import ITEMS_FILE, META_FILE, check_log_dir, read_meta
 from .model import SorterModel, load_model
 from .progress import Progress
-from .scoring import OUTPUT_COLUMNS, Decision, Scorer, error_decision
+from .scoring import OUTPUT_COLUMNS, Decision, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ class ScoreSummary:
     def add(self, d: Decision) -> None:
         self.items += 1
         self.lanes[d.lane] += 1
-        if d.reason.startswith("cannot score"):
-            self.errors[_error_kind(d.reason)] += 1
+        if d.error_kind:  # could not be scored: counted by its code (sorter.errors.ErrorKind)
+            self.errors[str(d.error_kind)] += 1
         elif d.problems:
             self.errors["reading problem (scored)"] += 1
 
@@ -99,28 +99,6 @@ class ScoreSummary:
                  "lanes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.lanes.items())),
                  "errors: " + (", ".join(f"{k}={v}" for k, v in sorted(self.errors.items())) or "none")]
         return "\n".join(lines)
-
-
-def _error_kind(reason: str) -> str:
-    r = reason.lower()
-    for key in ("duplicate", "torn", "json", "utf-8", "item_id", "field 't'", "measurement failed", "model failed"):
-        if key in r:
-            return key
-    return "other"
-
-
-def decisions_for_chunk(scorer: Scorer, ch: MeasuredChunk) -> list[Decision]:
-    """Decisions for a measured chunk, in line order (bad lines get a manual row)."""
-    ok = np.flatnonzero(ch.ok)
-    good = scorer.decide_rows(
-        ch.raw[ok], [ch.lines[k].line_no for k in ok], [ch.lines[k].record.item_id for k in ok],  # type: ignore[union-attr]
-        [ch.problems[k] for k in ok], ch.meta,
-    )
-    out: list[Decision] = []
-    it = iter(good)
-    for k, ln in enumerate(ch.lines):
-        out.append(next(it) if ch.ok[k] else error_decision(ln.line_no, ln.item_id, ch.problems[k]))
-    return out
 
 
 def _table(rows: list[tuple[str, Decision]]) -> pa.Table:
@@ -234,20 +212,26 @@ class _Journal:
         shutil.rmtree(self.dir)
 
 
-def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int, start: dict[str, tuple[int, int]] | None = None,
-                   engine: str = "local", client: Any = None, executor: Executor | None = None
-                   ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
-    """Measured chunks and their decisions, in order (``client``: a connected Dask client for
-    ``engine="dask"``; ``executor``: the local engine's worker pool, if started already)."""
-    if engine == "dask":
-        from .distributed import iter_decisions_dask
+ENGINES: dict[str, Callable[..., Iterator[tuple[MeasuredChunk, list[Decision]]]]] = {
+    "local": batch.iter_decisions,  # worker processes measure, this process scores
+    "dask": distributed.iter_decisions,  # the Dask workers measure and score
+}
+"""The scoring engines, by ``--engine`` name.  Each is called as ``engine(logs, scorer, start, *,
+workers=, executor=, client=)`` and yields ``(MeasuredChunk, decisions)`` in line order."""
 
-        # The workers measure and score; the model goes to them once.
-        yield from iter_decisions_dask(logs, scorer.model, start=start, client=client,
-                                       allow_line_mismatch=scorer.allow_line_mismatch)
-        return
-    for ch in iter_measured(logs, workers=workers, start=start, executor=executor):
-        yield ch, decisions_for_chunk(scorer, ch)
+
+def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int,
+                   start: dict[str, tuple[int, int]] | None = None, engine: str = "local", client: Any = None,
+                   executor: Executor | None = None
+                   ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+    """Measured chunks and their decisions, in order, from the :data:`ENGINES` entry ``engine``
+    (``client``: a connected Dask client for ``engine="dask"``; ``executor``: the local engine's
+    worker pool, if started already)."""
+    try:
+        run = ENGINES[engine]
+    except KeyError:
+        raise SorterError(f"unknown engine {engine!r}; use one of {', '.join(sorted(ENGINES))}") from None
+    yield from run(logs, scorer, start, workers=workers, executor=executor, client=client)
 
 
 def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, model_dir: str | None = None,
@@ -275,9 +259,8 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
     try:
         model = model or load_model(model_dir)
         if engine == "dask":
-            from .distributed import connect
-
-            client = connect(scheduler)  # before anything is written: no address or no answer leaves no OUT.partial
+            # before anything is written: no address or no answer leaves no OUT.partial
+            client = distributed.connect(scheduler)
         return _score_logs(logs, outp, model, workers=workers, engine=engine, client=client, resume=resume,
                            progress=progress, executor=pool, allow_line_mismatch=allow_line_mismatch)
     finally:

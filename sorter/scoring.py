@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import ErrorKind
 from .features.measure import RAW_COLUMNS, measure_item
+from .lanes import Lane
 from .model import SorterModel
 from .novelty import overall
 from .policy import decide
@@ -28,7 +30,7 @@ OUTPUT_COLUMNS = (
     "line_no", "item_id", "chemistry", "p_lead_acid", "p_li_ion", "p_other", "p_damaged", "novelty", "lane", "reason",
     "problems", "weight_g", "energy_wh", "energy_wh_upper",
 )
-ENERGY_LANES = ("li_ion", "hazard")  # the lanes of likely Li-ion items, whose rated energy is estimated
+ENERGY_LANES = (Lane.LI_ION, Lane.HAZARD)  # the lanes of likely Li-ion items, whose rated energy is estimated
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,9 @@ class Decision:
     weight_g: float = math.nan  # the scale's reading
     energy_wh: float = math.nan  # rated energy estimate, for items in ENERGY_LANES (sorter.energy)
     energy_wh_upper: float = math.nan  # its upper bound (the hazard lane's cases are packed by it)
+    # why it could not be scored (an ErrorKind code; "" when it was scored): not an output
+    # column, and not part of equality (it is the reason's code, not more of the outcome)
+    error_kind: str = field(default="", compare=False)
 
     def as_row(self) -> dict[str, Any]:
         return {c: getattr(self, c) for c in OUTPUT_COLUMNS}
@@ -58,10 +63,12 @@ _WARNED: set[tuple[str, str, bool]] = set()
 _WEIGHT = RAW_COLUMNS.index("weight_g")
 
 
-def error_decision(line_no: int, item_id: str | None, error: str) -> Decision:
-    """The row of an item that cannot be scored: lane ``manual`` and the reason."""
+def error_decision(line_no: int, item_id: str | None, error: str, kind: ErrorKind = ErrorKind.OTHER) -> Decision:
+    """The row of an item that cannot be scored: lane ``manual``, the reason, and ``kind``, the
+    reason's code (:class:`~sorter.errors.ErrorKind`) that summaries count."""
     nan = math.nan
-    return Decision(line_no, item_id, None, nan, nan, nan, nan, "manual", f"cannot score: {error}", error)
+    return Decision(line_no, item_id, None, nan, nan, nan, nan, Lane.MANUAL, f"cannot score: {error}", error,
+                    error_kind=kind)
 
 
 class Scorer:
@@ -129,7 +136,8 @@ class Scorer:
             raw = measure_item(item, ambient_c)
         except Exception as err:  # noqa: BLE001 - an item that breaks measurement goes to manual
             log.exception("item %s: measurement failed", item.item_id)
-            return error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}")
+            return error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}",
+                                  ErrorKind.MEASUREMENT)
         return self.decide_rows(raw[None, :], [item.record.line_no], [item.item_id], ["; ".join(item.problems)],
                                 item.meta)[0]
 
@@ -146,7 +154,7 @@ class Scorer:
             novelty = self.model.novelty_scores(raw)
         except Exception as err:  # noqa: BLE001 - a model failure must not lose the items
             log.exception("model failed on %d rows", raw.shape[0])
-            return [error_decision(n, i, f"model failed: {err}") for n, i in zip(line_nos, item_ids)]
+            return [error_decision(n, i, f"model failed: {err}", ErrorKind.MODEL) for n, i in zip(line_nos, item_ids)]
         nearest = overall(novelty)
         lead_k = self.model.classes.index("lead_acid")
         if meta is None or isinstance(meta, LogMeta):
@@ -170,10 +178,10 @@ class Scorer:
         for k in range(raw.shape[0]):
             v = verdicts[k]
             lane, reason = v.lane, v.reason
-            if lane == "lead_acid" and problems[k]:
+            if lane == Lane.LEAD_ACID and problems[k]:
                 # Bad input (a field that failed validation, an image that would not load) is a
                 # fault upstream: the item goes to a safe lane, whatever the rest says.
-                lane, reason = "manual", f"bad input ({problems[k][:200]}); {reason}"
+                lane, reason = Lane.MANUAL, f"bad input ({problems[k][:200]}); {reason}"
             out.append(Decision(int(line_nos[k]), item_ids[k], v.chemistry, float(proba[k, 0]), float(proba[k, 1]),
                                 float(proba[k, 2]), float(p_dmg[k]), lane, reason, problems[k], float(nearest[k]),
                                 float(weight[k]), float(energy[k]), float(upper[k])))

@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from sorter.batch import iter_measured
-from sorter.simulate import SimConfig, simulate_log
-
-
-@pytest.fixture(scope="module")
-def log_with_bad_lines(tmp_path_factory):
-    """A simulated log with an invalid JSON line, a duplicate item id and an item whose image is gone."""
-    d = tmp_path_factory.mktemp("batch") / "log"
-    simulate_log(SimConfig(items=30, seed=31, mix="recycler"), d)
-    lines = (d / "items.jsonl").read_text().splitlines()
-    gone = json.loads(lines[7])
-    (d / gone["rgb"]).unlink()
-    lines = lines[:5] + ["{not json", lines[2]] + lines[5:]
-    (d / "items.jsonl").write_text("\n".join(lines) + "\n")
-    return d
 
 
 def _flatten(chunks):
@@ -35,15 +19,18 @@ def _flatten(chunks):
     return lines, np.vstack(raw), problems, np.concatenate(ok)
 
 
-def test_every_line_once_in_order_bad_lines_included(log_with_bad_lines):
+def test_every_line_once_in_order_bad_lines_included(log_with_bad_lines, bad_log_layout):
+    BAD_LOG = bad_log_layout
     lines, raw, problems, ok = _flatten(iter_measured([log_with_bad_lines], workers=1, chunk=4))
-    assert [ln.line_no for ln in lines] == list(range(1, 33))
+    assert [ln.line_no for ln in lines] == list(range(1, BAD_LOG["lines"] + 1))
     bad = {ln.line_no: p for ln, p, good in zip(lines, problems, ok) if not good}
-    assert sorted(bad) == [6, 7]
-    assert "JSON" in bad[6] and "duplicate" in bad[7]
+    assert sorted(bad) == sorted(BAD_LOG["bad"]) == [11, 12, 13]
+    assert "JSON" in bad[11] and "field 't'" in bad[12] and "duplicate" in bad[13]
     assert np.isnan(raw[~ok]).all() and np.isfinite(raw[ok]).any(axis=1).all()
-    gone = next(k for k, ln in enumerate(lines) if ln.line_no == 10)
+    gone = next(k for k, ln in enumerate(lines) if ln.line_no == BAD_LOG["bad_image"])
     assert ok[gone] and "rgb" in problems[gone] and "not found" in problems[gone]
+    gone = next(k for k, ln in enumerate(lines) if ln.line_no == BAD_LOG["gone_xray_low"])
+    assert ok[gone] and "xray_low" in problems[gone] and "not found" in problems[gone]
 
 
 def test_workers_and_chunk_size_do_not_change_the_measurements(log_with_bad_lines):
@@ -68,6 +55,7 @@ def test_resuming_mid_log_measures_as_the_full_run(log_with_bad_lines):
     assert tail[2] == problems[k:]
 
 
+@pytest.mark.e2e
 def test_scoring_worker_does_not_import_scikit_learn():
     """What a scoring worker imports (to measure) leaves scikit-learn out: it would add about a
     second of start-up and 90 MB to every worker process."""
@@ -83,9 +71,9 @@ def test_an_item_that_breaks_loading_or_measuring_loses_only_its_own_row(log_wit
     """Items are loaded a group at a time before they are measured: a failure in either step marks
     that item's row (NaN, "measurement failed") and no other, whatever its place in the group."""
     import sorter.batch as batch
-    from sorter.batch import _chunks, measure_records
+    from sorter.batch import iter_chunks, measure_records
 
-    d, meta, _, recs = next(_chunks([log_with_bad_lines], 64))
+    d, meta, _, recs = next(iter_chunks([log_with_bad_lines], 64))
     good, good_problems = measure_records(d, meta, recs)
     monkeypatch.setattr(batch, "LOAD_GROUP", 4)
     bad_load, bad_measure = recs[2][0].item_id, recs[5][0].item_id
@@ -109,3 +97,25 @@ def test_an_item_that_breaks_loading_or_measuring_loses_only_its_own_row(log_wit
     others = [k for k in range(len(recs)) if k not in (2, 5)]
     np.testing.assert_array_equal(raw[others], good[others])
     assert [problems[k] for k in others] == [good_problems[k] for k in others]
+
+
+@pytest.mark.e2e
+def test_the_engines_sit_below_the_score_driver():
+    """``sorter score`` picks an engine from its table; the engines never import the driver
+    (the chunk primitive lives in the batch module), so importing them loads no ``sorter.score``."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sorter.batch, sorter.distributed; "
+            "assert 'sorter.score' not in sys.modules, 'an engine imports the score driver'; "
+            "import sorter.score as s; "
+            "assert s.ENGINES == {'local': sorter.batch.iter_decisions, 'dask': sorter.distributed.iter_decisions}")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unknown_engine_is_refused(log_with_bad_lines):
+    from sorter import score
+    from sorter.errors import SorterError
+
+    with pytest.raises(SorterError, match="unknown engine 'spark'; use one of dask, local"):
+        next(score.iter_decisions([str(log_with_bad_lines)], None, workers=0, engine="spark"))

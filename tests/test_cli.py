@@ -209,3 +209,36 @@ def test_an_unwritable_output_folder_is_a_message(place, tmp_path, capsys, monke
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode == os.W_OK else real_access(p, mode, **kw))
     rc, text = _run(["score", str(place / "labelled"), "--out", str(tmp_path / "o.csv")], capsys)
     assert rc == 2 and "not writable" in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("command", [["evaluate", "{log}", "--out", "{out}"], ["calibrate", "{log}", "--out", "{out}"]])
+def test_reports_without_matplotlib_say_how_to_install_it(command, tmp_path, capsys, monkeypatch):
+    """matplotlib is the report extra: without it, evaluate and calibrate stop before any work
+    with exit 2 and the install command, and write nothing."""
+    log, out = tmp_path / "log", tmp_path / "out"
+    simulate_log(SimConfig(items=5, seed=3), log)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    assert main([a.format(log=log, out=out) for a in command]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "pip install 'sorter[report]'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.e2e
+def test_the_demo_runs_without_matplotlib(tmp_path):
+    """The README's demo installs plain `.` (no report extra): `sorter demo` must not need
+    matplotlib, in its own process or its workers' (a stand-in package that refuses to import
+    comes first on the path of both)."""
+    import os
+    import subprocess
+
+    blocker = tmp_path / "blocked" / "matplotlib"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text('raise ImportError("matplotlib is not installed")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), *sys.path])}
+    blocked = subprocess.run([sys.executable, "-c", "import matplotlib"], env=env, capture_output=True, text=True)
+    assert "matplotlib is not installed" in blocked.stderr  # the stand-in works
+    run = subprocess.run([sys.executable, "-m", "sorter", "demo", "--items", "30", "--pool", "10", "--workers", "1",
+                          "--no-status"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "result         OK" in run.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import socket
@@ -14,14 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 distributed = pytest.importorskip("distributed")
+pytestmark = pytest.mark.e2e  # a local Dask cluster in other processes
 
 import dask  # noqa: E402
 
 from sorter import score as score_mod  # noqa: E402
 from sorter.distributed import iter_decisions_dask  # noqa: E402
 from sorter.errors import SorterError  # noqa: E402
-from sorter.model import load_model  # noqa: E402
-from sorter.simulate import SimConfig, simulate_log  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,30 +31,14 @@ def cluster():
     os.environ.update(environ)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def log_with_bad_lines(tmp_path_factory):
-    """A simulated log with an invalid JSON line, a duplicate item id and an item whose image is gone."""
-    d = tmp_path_factory.mktemp("dask") / "log"
-    simulate_log(SimConfig(items=40, seed=41, mix="recycler", faults=0.05), d)
-    lines = (d / "items.jsonl").read_text().splitlines()
-    (d / json.loads(lines[12])["xray_low"]).unlink()
-    lines = lines[:8] + ["{not json", lines[3]] + lines[8:]
-    (d / "items.jsonl").write_text("\n".join(lines) + "\n")
-    return d
-
-
 def _rows(path):
     """Output rows with NaN made comparable."""
     return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
             for r in pq.read_table(path).to_pylist()]
 
 
-def test_dask_engine_gives_the_local_engines_rows(tmp_path, cluster, model, log_with_bad_lines, monkeypatch):
+def test_dask_engine_gives_the_local_engines_rows(tmp_path, cluster, model, log_with_bad_lines, bad_log_layout,
+                                                  monkeypatch):
     import shutil
 
     copy = tmp_path / "copy"  # the same log twice is refused: a copy of it is another log
@@ -66,24 +48,25 @@ def test_dask_engine_gives_the_local_engines_rows(tmp_path, cluster, model, log_
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)  # no --scheduler: the environment's
     summary = score_mod.score_logs(logs, tmp_path / "dask.parquet", model=model, engine="dask")
     local, dask_rows = _rows(tmp_path / "local.parquet"), _rows(tmp_path / "dask.parquet")
-    n = 42
+    n = bad_log_layout["lines"]
     assert summary.items == len(dask_rows) == 2 * n
     assert dask_rows == local  # every column of every row
     assert [r["line_no"] for r in dask_rows] == list(range(1, n + 1)) * 2
     bad = [r for r in dask_rows[:n] if r["reason"].startswith("cannot score")]
-    assert [r["line_no"] for r in bad] == [9, 10] and all(r["lane"] == "manual" for r in bad)
-    gone = dask_rows[14]
-    assert gone["line_no"] == 15 and "xray_low" in gone["problems"] and gone["lane"] != "lead_acid"
+    assert [r["line_no"] for r in bad] == sorted(bad_log_layout["bad"]) and all(r["lane"] == "manual" for r in bad)
+    gone = dask_rows[bad_log_layout["gone_xray_low"] - 1]
+    assert gone["line_no"] == bad_log_layout["gone_xray_low"] and "xray_low" in gone["problems"]
+    assert gone["lane"] != "lead_acid"
 
 
-def test_results_come_in_order_with_many_small_tasks(cluster, model, log_with_bad_lines):
+def test_results_come_in_order_with_many_small_tasks(cluster, model, log_with_bad_lines, bad_log_layout):
     seen = []
     for ch, decisions in iter_decisions_dask([str(log_with_bad_lines)], model, scheduler=cluster.scheduler_address,
                                              chunk=3, window=5):
         assert [d.line_no for d in decisions] == [ln.line_no for ln in ch.lines]
         assert [d.item_id for d in decisions] == [ln.item_id for ln in ch.lines]
         seen += [ln.line_no for ln in ch.lines]
-    assert seen == list(range(1, 43))
+    assert seen == list(range(1, bad_log_layout["lines"] + 1))
 
 
 def test_resume_with_the_dask_engine(tmp_path, cluster, model, log_with_bad_lines, monkeypatch):

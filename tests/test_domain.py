@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from sorter.domain import LineDomain, LineSettings
-from sorter.model import load_model
-from sorter.readings import Item, ItemRecord, LogMeta
+from sorter.readings import Item, LogMeta
 from sorter.scoring import Scorer
 
 A = LineSettings("sim-a", (53.1, 96.2), 2.0, 1.5)
@@ -42,11 +41,6 @@ def test_domain_round_trips_and_matches_any_of_its_lines():
     assert dom.lines == (A, b)
     assert dom.differences(meta(line="sim-b", xray_energies_kev=(51.0, 92.3), xray_mm_per_px=1.6,
                                 camera_mm_per_px=2.0)) == []
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
 
 
 def test_shipped_model_records_its_training_line(model):

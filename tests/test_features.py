@@ -394,3 +394,52 @@ def test_material_scale_orders_the_reference_materials():
     s = material_scale((53.1, 96.2))
     assert s.r_plastic < s.r_iron and s.mu_al_low > s.mu_al_high > 0
     assert s.pb_basis is not None
+
+
+def test_every_measurement_is_written_to_its_column_by_name():
+    """measure_xray and measure_camera write their outputs only through the name-to-index maps
+    (``_X["xr_..."]``, ``_C["cam_..."]``, single names or ``first : last + 1`` ranges), every
+    column is written somewhere, and no output is written at a bare number: reordering or
+    extending XRAY_COLUMNS / CAMERA_COLUMNS cannot mislabel a measurement silently."""
+    import ast
+    import inspect
+
+    from sorter.features import measure as m
+
+    tree = ast.parse(inspect.getsource(m))
+    written: dict[str, set[str]] = {"_X": set(), "_C": set()}
+    columns = {"_X": m.XRAY_COLUMNS, "_C": m.CAMERA_COLUMNS}
+
+    def name_of(node):
+        if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in written
+                and isinstance(node.slice, ast.Constant)):
+            return node.value.id, node.slice.value
+        return None
+
+    groups = [f for f in tree.body if isinstance(f, ast.FunctionDef)
+              and (f.name in ("measure_xray", "measure_camera") or f.name.startswith("_xray_"))]
+    assert len(groups) >= 5  # measure_xray, its outline / attenuation / structure parts, measure_camera
+    for node in (n for f in groups for n in ast.walk(f)):
+        if not isinstance(node, (ast.Assign, ast.AugAssign)):
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        flat = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+        for t in flat:
+            if not (isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id == "out"):
+                continue
+            idx = t.slice
+            if isinstance(idx, ast.Slice):
+                lo = name_of(idx.lower)
+                hi = idx.upper
+                assert lo is not None and isinstance(hi, ast.BinOp), ast.unparse(t)
+                hi_name = name_of(hi.left)
+                assert hi_name is not None and hi_name[0] == lo[0] and ast.unparse(hi.right) == "1", ast.unparse(t)
+                cols = columns[lo[0]]
+                written[lo[0]].update(cols[cols.index(lo[1]) : cols.index(hi_name[1]) + 1])
+            else:
+                named = name_of(idx)
+                assert named is not None, f"out written at {ast.unparse(idx)!r}, not by column name"
+                assert named[1] in columns[named[0]], named
+                written[named[0]].add(named[1])
+    assert written["_X"] == set(m.XRAY_COLUMNS)
+    assert written["_C"] == set(m.CAMERA_COLUMNS)

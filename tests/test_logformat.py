@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sorter.logformat as lf
+import sorter.logformat.images as lf_images
+import sorter.logformat.reader as lf_reader
 from sorter.errors import ImageError, LogFormatError, SorterError, UnsafePathError
 from sorter.logformat import (
     ITEMS_FILE,
@@ -396,7 +397,7 @@ def test_a_bad_first_occurrence_does_not_block_the_id(tmp_path: Path) -> None:
 def test_over_long_line_is_reported_without_losing_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lf, "MAX_LINE_BYTES", 64)
+    monkeypatch.setattr(lf_reader, "MAX_LINE_BYTES", 64)  # the streaming reader's limit
     write_lines(tmp_path, good("A1"), good("A2", note="x" * 500), good("A3"))
     lines = list(iter_log(tmp_path))
     assert [ln.item_id for ln in lines] == ["A1", None, "A3"]
@@ -596,7 +597,7 @@ def test_decompression_bomb_is_refused_from_the_header(
     def must_not_decode(*args: object) -> None:
         raise AssertionError("decoded an image whose header is over the limit")
 
-    monkeypatch.setattr(lf.cv2, "imdecode", must_not_decode)
+    monkeypatch.setattr(lf_images.cv2, "imdecode", must_not_decode)
     path = tmp_path / "bomb.png"
     path.write_bytes(png_bytes(100_000, 100_000, 16, 0, rows=b"\x00" * 1000))
     for kind in ("xray", "rgb"):

@@ -10,13 +10,7 @@ import pytest
 
 from sorter import report as report_mod
 from sorter.errors import SorterError
-from sorter.model import load_model
 from sorter.simulate import SimConfig, simulate_log
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
 
 
 @pytest.fixture(scope="module")

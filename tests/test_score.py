@@ -6,7 +6,6 @@ import csv
 import json
 import math
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,31 +14,8 @@ from sorter.cli import main
 from sorter.errors import SorterError
 from sorter.features.measure import AmbientTracker
 from sorter.logformat import iter_log, load_item, read_meta
-from sorter.model import load_model
 from sorter.scoring import Scorer
 from sorter.simulate import SimConfig, simulate_log
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def log_with_bad_lines(tmp_path_factory):
-    d = tmp_path_factory.mktemp("logs") / "log"
-    simulate_log(SimConfig(items=40, seed=21, mix="recycler", faults=0.05), d)
-    lines = (d / "items.jsonl").read_text().splitlines()
-    bad = [
-        "{not json",  # invalid JSON
-        json.dumps({"item_id": "x-missing-t"}),  # no t
-        lines[3],  # duplicate item id
-        json.dumps({**json.loads(lines[5]), "item_id": "x-bad-image", "rgb": "images/nope.png",
-                    "xray_low": "../../etc/passwd"}),
-    ]
-    lines = lines[:10] + bad + lines[10:]
-    (d / "items.jsonl").write_text("\n".join(lines) + "\n")
-    return d
 
 
 def _read_csv(p):
@@ -296,3 +272,30 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, log_with_bad_lin
     err = capsys.readouterr().err
     n = len((log_with_bad_lines / "items.jsonl").read_text().splitlines())
     assert f"score: {n}/{n} items (100 %)" in err
+
+
+def test_the_error_summary_counts_each_kind_by_its_code(tmp_path, model):
+    """Unscorable lines are counted by the code the reader gave them (sorter.errors.ErrorKind),
+    not by words found in the message: the location "items.jsonl" names no kind."""
+    from sorter.errors import ErrorKind
+
+    d = tmp_path / "log"
+    d.mkdir()
+    (d / "items.jsonl").write_bytes(b"\n".join([
+        b'{"t": 1}',  # no item_id
+        b'{"item_id": "a"}',  # no t
+        b'{"item_id": "b", "t": "noon"}',  # a bad t
+        b"\xff\xfe",  # not UTF-8
+        b"",  # blank
+        b"[1]",  # not an object
+        b"{bad",  # not JSON
+        b'{"item_id": "c", "t": 1}',
+        b'{"item_id": "c", "t": 2}',  # duplicate
+        b'{"item_id": "d", "t"',  # torn (no newline at the end)
+    ]))
+    summary = score_mod.score_logs([d], tmp_path / "o.csv", model=model, workers=0)
+    assert dict(summary.errors) == {
+        ErrorKind.ITEM_ID: 1, ErrorKind.TIME: 2, ErrorKind.UTF8: 1, ErrorKind.JSON: 3, ErrorKind.DUPLICATE: 1,
+        ErrorKind.TORN: 1,
+    }
+    assert "errors: duplicate=1, field 't'=2, item_id=1, json=3, torn=1, utf-8=1" in summary.format()

@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Literal, Sequence
 
-from ..errors import SorterError
+from ..errors import CaseStateError
 
 __all__ = [
     "DEFAULT_ID_SCHEME",
@@ -79,10 +79,6 @@ STATE_FORMAT = "sorter-case-station/1"
 
 OfferKind = Literal["assigned", "not_packable", "no_case_ready"]
 _ID_FIELDS = frozenset({"line", "date", "n"})
-
-
-class CaseStateError(SorterError, ValueError):
-    """A case station's configuration or saved state is invalid."""
 
 
 def _milli_up(x: float) -> int:

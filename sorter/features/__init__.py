@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .measure import RAW_COLUMNS, AmbientTracker, measure_item
+from .ambient import AmbientTracker
+from .measure import RAW_COLUMNS, measure_item
 
 _TRANSFORMERS = (
     "CameraFeatures",

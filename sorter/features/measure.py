@@ -7,19 +7,27 @@ of :data:`RAW_COLUMNS`; the scikit-learn transformers in :mod:`sorter.features.t
 turn those columns into model features with explicit missing-reading indicators.
 
 The same function serves the line (one item at a time) and batch scoring (many).
+
+Every measurement is written to its column by name (``_X[...]``, ``_C[...]``).  The module
+is longer than most (about 700 lines) on purpose: the X-ray and camera groups share the
+binning, percentile and outline helpers whose shortcuts are proven bit-identical to the
+plain numpy/OpenCV calls in ``tests/test_features.py``, and they read best side by side.
+The running ambient estimate, which is state rather than a measurement, is
+:mod:`sorter.features.ambient`.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from ..readings import Item, LogMeta
+from .ambient import AmbientTracker  # noqa: F401 - importable from here, as before it had its own module
 
 # What the measurements mean: raised whenever a change alters their values (not just their
 # cost), so that a model trained on other measurements is refused rather than misled.
@@ -96,7 +104,10 @@ CAMERA_COLUMNS = (
     "cam_defect_rel",
 )
 RAW_COLUMNS: tuple[str, ...] = (*SCALE_COLUMNS, *THERMAL_COLUMNS, *XRAY_COLUMNS, *CAMERA_COLUMNS)
+# Column indices by name: every measurement is written through these, so a reordered or extended
+# column tuple can never mislabel one.
 _X = {name: i for i, name in enumerate(XRAY_COLUMNS)}
+_C = {name: i for i, name in enumerate(CAMERA_COLUMNS)}
 
 
 def _nan(n: int) -> np.ndarray:
@@ -346,11 +357,12 @@ def xray_binning(mm_per_px: float) -> int:
 
 
 def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta) -> np.ndarray:
-    """Raw X-ray measurements (see :data:`XRAY_COLUMNS`).
+    """Raw X-ray measurements (see :data:`XRAY_COLUMNS`), in three groups.
 
-    The outline (size, shape, dents) is measured on the detector's pixels; the attenuation
-    statistics and the internal structure on pixels binned to about
-    :data:`XRAY_WORK_MM_PER_PX` (see :func:`xray_binning`): what they tell (materials, cells of
+    The outline (size, shape, dents: :func:`_xray_outline`) is measured on the detector's
+    pixels; the attenuation statistics (:func:`_xray_attenuation`) and the internal structure
+    (:func:`_xray_structure`) on pixels binned to about :data:`XRAY_WORK_MM_PER_PX` (see
+    :func:`xray_binning` and :func:`_xray_work_view`): what they tell (materials, cells of
     18 mm and more, case walls, BMS boards, gas voids) spans several such pixels, and every
     step after the binning costs a third to a half as much.
 
@@ -364,24 +376,54 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
         return out
     if low is not None and high is not None and low.shape != high.shape:
         high = None  # the channels disagree: trust neither pairing, keep the low channel
-    out[0] = float(low is not None)
-    out[1] = float(high is not None)
+    out[_X["xr_low_ok"]] = float(low is not None)
+    out[_X["xr_high_ok"]] = float(high is not None)
     px = meta.xray_mm_per_px
     mask, outline = _object_outline(low, high)
     area_px = int(np.count_nonzero(mask))
-    out[2] = area_px * px * px
+    out[_X["xr_area_mm2"]] = area_px * px * px
     if area_px < 4 or outline is None:
         return out  # nothing in the beam: the policy treats this as an invalid reading
+    box = _xray_outline(out, outline, px)
+    view = _xray_work_view(low, high, mask, outline, box, area_px, px)
+    _xray_attenuation(out, view, material_scale(tuple(meta.xray_energies_kev)))
+    _xray_structure(out, view, box)
+    return out
+
+
+def _xray_outline(out: np.ndarray, outline: np.ndarray, px: float) -> tuple:
+    """Writes the outline's columns (length, width, rectangularity, solidity, deepest dent),
+    measured on the detector's own pixels (dents are a few mm); returns its min-area rectangle."""
     # The outline holds every extreme pixel of the (single, filled) mask, so its minimum-area
     # rectangle is the mask's, at a fraction of the points.
     box = cv2.minAreaRect(outline)
-    (cx, cy), (w, h), ang = box
-    out[3], out[4] = max(w, h) * px, min(w, h) * px
+    (_, _), (w, h), _ = box
+    out[_X["xr_len_mm"]], out[_X["xr_wid_mm"]] = max(w, h) * px, min(w, h) * px
     _, _, _, rect, solid, dent = outline_shape(outline, box)
     out[_X["xr_rectangularity"]], out[_X["xr_solidity"]], out[_X["xr_defect_rel"]] = rect, solid, dent
-    # The outline above is the detector's own (dents are a few mm); what follows is measured on
-    # pixels binned to about XRAY_WORK_MM_PER_PX, the mask binned with them (pixels at least half
-    # inside the item).
+    return box
+
+
+class _XrayView(NamedTuple):
+    """The images the attenuation and the structure are measured on: binned to about
+    :data:`XRAY_WORK_MM_PER_PX` when the item is large enough, else the detector's own."""
+
+    low: np.ndarray | None
+    high: np.ndarray | None
+    mask: np.ndarray  # bool: the item
+    area_px: int  # pixels in ``mask``
+    cx: float  # the centre of the item's min-area rectangle, in these pixels
+    cy: float
+    px: float  # mm per pixel
+    rect: tuple[int, int, int, int]  # the item's bounding rectangle (x, y, w, h)
+
+
+def _xray_work_view(low: np.ndarray | None, high: np.ndarray | None, mask: np.ndarray, outline: np.ndarray,
+                    box: tuple, area_px: int, px: float) -> _XrayView:
+    """The images binned to about XRAY_WORK_MM_PER_PX, the mask binned with them (pixels at
+    least half inside the item); the detector's pixels when there is no binning or the binned
+    item would be a sliver."""
+    (cx, cy), _, _ = box
     f = xray_binning(px)
     binned = None
     if f > 1 and mask.shape[0] >= 8 * f and mask.shape[1] >= 8 * f:
@@ -391,18 +433,26 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
         low, high, mask, area_px = _bin(low, f), _bin(high, f), binned, n_binned
         cx, cy = (cx - (f - 1) / 2) / f, (cy - (f - 1) / 2) / f  # the centre in binned pixels
         px *= f
-        sx, sy, sw, sh = cv2.boundingRect(mask.view(np.uint8))
+        rect = cv2.boundingRect(mask.view(np.uint8))
     else:
-        sx, sy, sw, sh = cv2.boundingRect(outline)
+        rect = cv2.boundingRect(outline)
+    return _XrayView(low, high, mask, area_px, cx, cy, px, rect)
+
+
+def _xray_attenuation(out: np.ndarray, v: _XrayView, scale: MaterialScale) -> None:
+    """Writes the attenuation columns: opaque share, aluminium-equivalent areal densities and
+    mass, the measurable share, the material scale's quartiles, the (density, material)
+    histogram and the lead-equivalent mass."""
     # Work on the raw 16-bit values inside the item: thresholds as integer levels, attenuation
     # percentiles from a radix sort of the levels (see _level_below and _att_percentiles), and
     # attenuations looked up in _ATT (the same values as _attenuation computes, at a third of its cost).
-    u_low = None if low is None else low[mask]
-    u_high = None if high is None else high[mask]
-    scale = material_scale(tuple(meta.xray_energies_kev))
-    px_cm2 = (px / 10) ** 2
+    u_low = None if v.low is None else v.low[v.mask]
+    u_high = None if v.high is None else v.high[v.mask]
+    area_px = v.area_px
+    px_cm2 = (v.px / 10) ** 2
     if u_low is not None and u_high is not None:
-        out[_X["xr_opaque_frac"]] = float(np.count_nonzero((u_low < _OPAQUE_LOW_U) & (u_high < _OPAQUE_HIGH_U))) / area_px
+        opaque = (u_low < _OPAQUE_LOW_U) & (u_high < _OPAQUE_HIGH_U)
+        out[_X["xr_opaque_frac"]] = float(np.count_nonzero(opaque)) / area_px
     elif u_low is not None:
         out[_X["xr_opaque_frac"]] = float(np.count_nonzero(u_low < _OPAQUE_LOW_U)) / area_px
     else:
@@ -412,7 +462,8 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
     # (noise, offset), which differs from line to line and says nothing more about the item.
     if u_low is not None:
         censored = np.maximum(u_low, np.uint16(_OPAQUE_LOW_U))
-        out[_X["xr_al_eq_low_p10"] : _X["xr_al_eq_low_p90"] + 1] = _att_percentiles(censored, (10, 50, 90)) / scale.mu_al_low
+        out[_X["xr_al_eq_low_p10"] : _X["xr_al_eq_low_p90"] + 1] = (
+            _att_percentiles(censored, (10, 50, 90)) / scale.mu_al_low)
     if u_high is not None:
         censored = np.maximum(u_high, np.uint16(_OPAQUE_HIGH_U))
         out[_X["xr_al_eq_high_p10"] : _X["xr_al_eq_high_p90"] + 1] = (
@@ -440,10 +491,18 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
                 sigma_pb = np.maximum(i00 * a_low.astype(np.float64) + i01 * a_high, 0.0)
                 out[_X["xr_pb_eq_mass_g"]] = float(sigma_pb.sum()) * px_cm2
         out[_X["xr_hist_t0_r0"] : _X["xr_hist_t2_r3"] + 1] = hist.ravel()
-    # internal structure, on the attenuation image aligned with the item's long axis: only the
-    # item's box of the image is turned (zero around it), into the box it turns into, clipped
-    # to the frame as a full-frame turn would clip it
-    u_ref = high if high is not None else low
+
+
+def _xray_structure(out: np.ndarray, v: _XrayView, box: tuple) -> None:
+    """Writes the internal-structure columns: the dominant periods along and across the item
+    (cells, plates) and the share of voids, on the attenuation image aligned with the item's
+    long axis."""
+    (_, _), (w, h), ang = box
+    cx, cy, px, mask = v.cx, v.cy, v.px, v.mask
+    sx, sy, sw, sh = v.rect
+    # only the item's box of the image is turned (zero around it), into the box it turns into,
+    # clipped to the frame as a full-frame turn would clip it
+    u_ref = v.high if v.high is not None else v.low
     att_img = _ATT9.take(u_ref[sy : sy + sh, sx : sx + sw])  # type: ignore[index]
     mbox = mask[sy : sy + sh, sx : sx + sw]
     att_img[~mbox] = 0
@@ -464,9 +523,10 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
         cm = amask[by : by + bh, bx : bx + bw]
         # trim the case walls: the middle 80 % in each direction
         hh, ww = crop.shape
-        inner = crop[int(0.1 * hh) : max(int(0.9 * hh), int(0.1 * hh) + 1), int(0.1 * ww) : max(int(0.9 * ww), int(0.1 * ww) + 1)]
-        out[_X['xr_long_period_mm']], out[_X['xr_long_power']] = _periodicity(inner.sum(axis=0) / inner.shape[0], px)
-        out[_X['xr_cross_period_mm']], out[_X['xr_cross_power']] = _periodicity(inner.sum(axis=1) / inner.shape[1], px)
+        inner = crop[int(0.1 * hh) : max(int(0.9 * hh), int(0.1 * hh) + 1),
+                     int(0.1 * ww) : max(int(0.9 * ww), int(0.1 * ww) + 1)]
+        out[_X["xr_long_period_mm"]], out[_X["xr_long_power"]] = _periodicity(inner.sum(axis=0) / inner.shape[0], px)
+        out[_X["xr_cross_period_mm"]], out[_X["xr_cross_power"]] = _periodicity(inner.sum(axis=1) / inner.shape[1], px)
         # the interior: the item less about 4 mm all round (5 x 5 at 2 mm, 3 x 3 at 3-4 mm)
         interior = cv2.erode(cm, _square(max(3, round(8 / px) | 1))).view(bool)
         interior &= crop < 5.3  # only where the high channel measures (T > 0.005): the floor's noise is no structure
@@ -477,7 +537,6 @@ def measure_xray(low: np.ndarray | None, high: np.ndarray | None, meta: LogMeta)
             out[_X["xr_void_frac"]] = _frac(smooth < 0.7 * _percentiles(smooth, (50,))[0])
         else:
             out[_X["xr_void_frac"]] = 0.0
-    return out
 
 
 # ---------------------------------------------------------------------------- camera
@@ -549,12 +608,12 @@ def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _K3)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
-        out[0] = 0.0
+        out[_C["cam_area_mm2"]] = 0.0
         return out
     c = max(contours, key=cv2.contourArea)
     area = cv2.contourArea(c)
     if area < 16:
-        out[0] = 0.0
+        out[_C["cam_area_mm2"]] = 0.0
         return out
     _, long_px, short_px, rect, solid, dent = outline_shape(c)
     # The rest looks only at the item: work in its bounding box, with a margin for the
@@ -567,33 +626,33 @@ def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
     obj = np.zeros(rgb.shape[:2], np.uint8)
     cv2.drawContours(obj, [c], -1, 1, -1, offset=(-x0, -y0))
     objb = obj.view(bool)
-    out[0] = area * px * px
-    out[1], out[2] = long_px * px, short_px * px
-    out[3], out[4] = rect, solid
-    out[24] = dent
+    out[_C["cam_area_mm2"]] = area * px * px
+    out[_C["cam_len_mm"]], out[_C["cam_wid_mm"]] = long_px * px, short_px * px
+    out[_C["cam_rectangularity"]], out[_C["cam_solidity"]] = rect, solid
+    out[_C["cam_defect_rel"]] = dent
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     hue, sat, val = hsv[..., 0][objb], hsv[..., 1][objb], hsv[..., 2][objb]
     n_px = hue.size
     # saturation-weighted mean direction of the hue
     wsum = np.bincount(hue, weights=sat, minlength=256)
     sw = wsum.sum()
-    out[5] = float(wsum @ _HUE_COS / sw) if sw > 0 else 0.0
-    out[6] = float(wsum @ _HUE_SIN / sw) if sw > 0 else 0.0
-    out[7], out[8] = _level_stats(np.bincount(sat, minlength=256).astype(np.float64))
+    out[_C["cam_hue_cos"]] = float(wsum @ _HUE_COS / sw) if sw > 0 else 0.0
+    out[_C["cam_hue_sin"]] = float(wsum @ _HUE_SIN / sw) if sw > 0 else 0.0
+    out[_C["cam_sat_mean"]], out[_C["cam_sat_std"]] = _level_stats(np.bincount(sat, minlength=256).astype(np.float64))
     vcount = np.bincount(val, minlength=256).astype(np.float64)
-    out[9], out[10] = _level_stats(vcount)
-    out[11] = float(vcount[:60].sum() / n_px)
+    out[_C["cam_val_mean"]], out[_C["cam_val_std"]] = _level_stats(vcount)
+    out[_C["cam_dark_frac"]] = float(vcount[:60].sum() / n_px)
     colourful = (sat > 100) & (val > 70)
-    out[12] = _frac(colourful)
+    out[_C["cam_colourful_frac"]] = _frac(colourful)
     pale = sat < 40
     light_grey = pale & (val > 120) & (val < 215)
-    out[13] = _frac(light_grey)
-    out[14] = _frac(pale & (val >= 215))
+    out[_C["cam_light_grey_frac"]] = _frac(light_grey)
+    out[_C["cam_white_frac"]] = _frac(pale & (val >= 215))
     if colourful.any():
         bins = np.minimum(hue[colourful] // 30, 5)
-        out[15:21] = np.bincount(bins, minlength=6)[:6] / n_px
+        out[_C["cam_hue_hist0"] : _C["cam_hue_hist5"] + 1] = np.bincount(bins, minlength=6)[:6] / n_px
     else:
-        out[15:21] = 0.0
+        out[_C["cam_hue_hist0"] : _C["cam_hue_hist5"] + 1] = 0.0
     # terminal posts: small round light-grey blobs inside the item
     grey_img = cv2.bitwise_and(cv2.inRange(hsv, _GREY_LO, _GREY_HI), obj)  # light_grey, as an image
     n, _, stats, _ = cv2.connectedComponentsWithStats(grey_img, connectivity=8, ltype=_label_type(grey_img))
@@ -602,14 +661,14 @@ def measure_camera(rgb: np.ndarray | None, meta: LogMeta) -> np.ndarray:
         a, bw, bh = (stats[1:, cv2.CC_STAT_AREA], stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
         aspect = bw / np.maximum(bh, 1)
         round_blob = (a >= a_min) & (a <= a_max) & (aspect >= 0.6) & (aspect <= 1.6) & (a >= 0.6 * bw * bh)
-        out[21] = float(round_blob.sum())
+        out[_C["cam_post_blobs"]] = float(round_blob.sum())
     else:
-        out[21] = 0.0
+        out[_C["cam_post_blobs"]] = 0.0
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     edges = cv2.Canny(gray, 60, 150)
     inner = cv2.erode(obj, _K5).view(bool)
-    out[22] = _frac(edges[inner]) if inner.any() else 0.0  # Canny marks edges 255, the rest 0
-    out[23] = float(_mean(dist[objb]))
+    out[_C["cam_edge_density"]] = _frac(edges[inner]) if inner.any() else 0.0  # Canny marks edges 255, the rest 0
+    out[_C["cam_contrast_to_belt"]] = float(_mean(dist[objb]))
     return out
 
 
@@ -640,32 +699,3 @@ def measure_item(item: Item, ambient_c: float | None = None) -> np.ndarray:
             measure_camera(item.rgb, item.meta),
         ]
     )
-
-
-class AmbientTracker:
-    """Running estimate of the hall's ambient temperature from the items' own readings.
-
-    Sound batteries sit at ambient, so the running median of recent surface
-    temperatures tracks the hall's temperature; an item's thermal excess is measured
-    against the estimate *before* it is updated with that item.  Items far above the
-    estimate (hot ones) are not fed in, so a run of hot items cannot drag it up.
-    """
-
-    def __init__(self, window: int = 64, initial_c: float | None = None, reject_above_c: float = 8.0):
-        self.window = window
-        self.reject_above_c = reject_above_c
-        self._buf: list[float] = [] if initial_c is None else [initial_c]
-
-    @property
-    def ambient_c(self) -> float | None:
-        return float(statistics.median(self._buf)) if self._buf else None  # np.median's value, without its overhead
-
-    def observe(self, surface_temp_c: float | None) -> float | None:
-        """Return the ambient estimate for this item, then learn from its reading."""
-        est = self.ambient_c
-        if surface_temp_c is not None and math.isfinite(surface_temp_c):
-            if est is None or surface_temp_c - est < self.reject_above_c:
-                self._buf.append(float(surface_temp_c))
-                if len(self._buf) > self.window:
-                    self._buf.pop(0)
-        return est

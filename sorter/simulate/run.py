@@ -22,10 +22,29 @@ import numpy as np
 from ..catalog import Product, load_catalog
 from ..errors import SimulationError
 from ..readings import ItemRecord, LogMeta
-from .items import (CONTAMINANTS, PRODUCT_FAMILIES, Instance, _li_kind, build, build_contaminant, contaminant_family,
-                    product_family, unknown_product)
-from .sensors import (LINES, LineProfile, apply_overrides, areal_density, outline, read_profiler, read_scale, read_thermal,
-                      render_rgb, render_xray)
+from .items import (
+    CONTAMINANTS,
+    PRODUCT_FAMILIES,
+    Instance,
+    _li_kind,
+    build,
+    build_contaminant,
+    contaminant_family,
+    product_family,
+    unknown_product,
+)
+from .sensors import (
+    LINES,
+    LineProfile,
+    apply_overrides,
+    areal_density,
+    outline,
+    read_profiler,
+    read_scale,
+    read_thermal,
+    render_rgb,
+    render_xray,
+)
 
 log = logging.getLogger(__name__)
 
@@ -358,12 +377,10 @@ def _write_item(cfg: SimConfig, index: int, png_level: int, out_dir: str) -> tup
 
 
 def _write_chunk(cfg: SimConfig, start: int, stop: int, png_level: int, out_dir: str) -> list[tuple[ItemRecord, int]]:
-    import cv2
-    from threadpoolctl import threadpool_limits
+    from ..threads import single_threaded
 
-    cv2.setNumThreads(1)  # OpenCV's pool is not fork-safe and would fight the processes
-    with threadpool_limits(1):  # one BLAS thread per process: the processes are the parallelism
-        return [_write_item(cfg, i, png_level, out_dir) for i in range(start, stop)]
+    single_threaded()  # the processes are the parallelism: one OpenCV and one BLAS thread each
+    return [_write_item(cfg, i, png_level, out_dir) for i in range(start, stop)]
 
 
 def iter_written(cfg: SimConfig, out_dir: str, workers: int = 1, png_level: int = 1, chunk: int = 32

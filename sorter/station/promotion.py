@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from sorter.errors import ModelError, SorterError
+from sorter.errors import ModelError, PromotionError
 
 from .export import export_labels
 from .linedata import LineLog
@@ -42,10 +42,6 @@ __all__ = ["PromotionError", "SafetyTable", "evaluate_on_labels", "promote", "re
 LANES: Final = ("lead_acid", "li_ion", "hazard", "manual")
 CLASSES: Final = ("lead_acid", "li_ion", "other")
 MIN_ITEMS: Final = 20
-
-
-class PromotionError(SorterError, PermissionError):
-    """A promotion was refused (failed safety table, wrong role, unusable target)."""
 
 
 @dataclass

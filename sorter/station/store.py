@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import Any, Final
 
-from sorter.errors import SorterError
+from sorter.errors import StationError
 
 __all__ = [
     "LABELS",
@@ -90,10 +90,6 @@ CREATE TABLE IF NOT EXISTS promotions (
     outcome     TEXT NOT NULL
 );
 """
-
-
-class StationError(SorterError, ValueError):
-    """A request to the station store is invalid (unknown user, bad verdict ...)."""
 
 
 @dataclass(frozen=True, slots=True)

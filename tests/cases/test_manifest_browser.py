@@ -16,7 +16,8 @@ from sorter.cases.plan import ItemInfo, PlannedItem
 
 pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed (the test extra)")
 CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)"),
+              pytest.mark.e2e]
 
 from sorter.cases.browser import render  # noqa: E402
 

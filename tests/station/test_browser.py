@@ -25,7 +25,7 @@ from .browserkit import browser, browser_login, chromium_path, serve, verdict_by
 from .conftest import PASSWORDS, make_station
 from .test_models import _model_line
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 if chromium_path() is None or not __import__("importlib").util.find_spec("playwright"):
     if os.environ.get("SORTER_REQUIRE_BROWSER") == "1":

@@ -8,6 +8,7 @@ import sys
 import time
 
 import httpx
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from sorter.station.linedata import spot_checked
 from .browserkit import free_port
 
 
+@pytest.mark.e2e
 def test_sorter_station_serves_the_login_page_on_loopback(line):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}

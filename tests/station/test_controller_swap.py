@@ -42,6 +42,7 @@ def _wait(cond, timeout_s, what):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_engineer_promotion_reaches_the_running_controller(line, tmp_path):
     root = line.root
     models = root / "models"
