@@ -153,6 +153,7 @@ class PlcModel:
         self._pc_heartbeat: int | None = None
         self._pc_heartbeat_changed_at = 0.0
         self._pc_seen = False  # a PC heartbeat has counted at least once since the start
+        self._told_waiting = False  # "no PC heartbeat yet" logged since the start
         self._latched_faults = PlcFault(0)
         self._live_faults = PlcFault(0)
         self._counters = dict.fromkeys(COUNTER_NAMES, 0)
@@ -226,6 +227,7 @@ class PlcModel:
         self._pc_heartbeat_changed_at = now
         # No PC heartbeat seen since the start: bit 0 stays set until PC_HEARTBEAT changes.
         self._pc_seen = False
+        self._told_waiting = False
         self._live_faults = PlcFault.PC_HEARTBEAT_LOST
         self._latched_faults = PlcFault(0)  # a program start resets the latched bits, as the HMI reset does
         self.program_starts += 1
@@ -253,17 +255,18 @@ class PlcModel:
 
         pc_heartbeat = image[m.pc_heartbeat_address - m.base]
         if pc_heartbeat != self._pc_heartbeat:
+            # the first value read is where the register stands, not a count: a PC is seen once it changes
             self._pc_seen = self._pc_seen or self._pc_heartbeat is not None
             self._pc_heartbeat, self._pc_heartbeat_changed_at = pc_heartbeat, now
-            self._pc_seen = True
         if not self._pc_seen:
             self._live_faults |= PlcFault.PC_HEARTBEAT_LOST  # since the program start, no PC heartbeat yet
+            if now - self._pc_heartbeat_changed_at > self.pc_heartbeat_timeout_s and not self._told_waiting:
+                # nothing was lost: no PC has connected yet (the fault bit is set all the same)
+                logger.info("simulated PLC: no PC heartbeat yet; waiting for a PC (items go to the safe lane)")
+                self._told_waiting = True
         elif now - self._pc_heartbeat_changed_at > self.pc_heartbeat_timeout_s:
             if not self._live_faults & PlcFault.PC_HEARTBEAT_LOST:
-                if self._pc_seen:
-                    logger.warning("simulated PLC: PC heartbeat lost")
-                else:  # nothing was lost: no PC has connected yet (the fault bit is set all the same)
-                    logger.info("simulated PLC: no PC heartbeat yet; waiting for a PC (items go to the safe lane)")
+                logger.warning("simulated PLC: PC heartbeat lost")
             self._live_faults |= PlcFault.PC_HEARTBEAT_LOST
         else:
             self._live_faults &= ~PlcFault.PC_HEARTBEAT_LOST
