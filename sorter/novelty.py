@@ -52,6 +52,7 @@ NOVELTY_FEATURES = (
     "xray_vs_envelope_area",
 )
 MAX_NOVELTY = 300.0  # -log10 of the smallest tail probability reported
+MIN_ROWS = 3  # a class density needs this many complete items (a few: one wide Gaussian; 50 a component)
 
 
 def novelty_inputs(raw: np.ndarray) -> np.ndarray:
@@ -101,8 +102,9 @@ class ClassDensity:
         from sklearn.mixture import GaussianMixture
 
         full = x[np.isfinite(x).all(axis=1)]
-        if full.shape[0] < 10:
-            raise ValueError(f"need at least 10 complete rows to fit a class density, got {full.shape[0]}")
+        if full.shape[0] < MIN_ROWS:
+            raise ValueError(f"need at least {MIN_ROWS} items with every sensor read to fit a class density, "
+                             f"got {full.shape[0]}")
         center = np.median(full, axis=0)
         q75, q25 = np.percentile(full, [75, 25], axis=0)
         # a floor on the spread: a feature a class barely varies in (an opaque share of 1) must not
@@ -163,8 +165,17 @@ class NoveltyModel:
 
     @classmethod
     def fit(cls, raw: np.ndarray, y: np.ndarray, classes: tuple[str, ...], seed: int = 0) -> "NoveltyModel":
+        from .errors import SorterError
+
         x = novelty_inputs(raw)
-        return cls(tuple(classes), tuple(ClassDensity.fit(x[y == c], seed=seed) for c in classes))
+        densities = []
+        for c in classes:
+            try:
+                densities.append(ClassDensity.fit(x[y == c], seed=seed))
+            except ValueError as err:
+                raise SorterError(f"class {c!r}: {err}; record more {c} items with the scale, profiler and X-ray "
+                                  "all working (the novelty score learns what typical items of each class are)") from err
+        return cls(tuple(classes), tuple(densities))
 
     def score(self, raw: np.ndarray) -> np.ndarray:
         """Novelty of raw rows for each class: shape ``(n, n_classes)``."""

@@ -85,3 +85,12 @@ def test_model_json_refuses_other_features():
     d["features"] = ["something", "else"]
     with pytest.raises(ValueError, match="novelty features"):
         NoveltyModel.from_json(d)
+
+
+def test_a_class_with_a_handful_of_items_gets_a_wide_density_and_none_fails_clearly():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4, len(NOVELTY_FEATURES)))
+    d = ClassDensity.fit(x)  # four operator-labelled items of a class: one broad Gaussian
+    assert np.isfinite(d.score(x)).all()
+    with pytest.raises(ValueError, match="at least 3 items"):
+        ClassDensity.fit(x[:2])
