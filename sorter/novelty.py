@@ -173,8 +173,9 @@ class NoveltyModel:
             try:
                 densities.append(ClassDensity.fit(x[y == c], seed=seed))
             except ValueError as err:
-                raise SorterError(f"class {c!r}: {err}; record more {c} items with the scale, profiler and X-ray "
-                                  "all working (the novelty score learns what typical items of each class are)") from err
+                raise SorterError(f"class {c!r}: {err}; record more {c} items with the scale, profiler and "
+                                  "X-ray all working (the novelty score learns what typical items of each class "
+                                  "are)") from err
         return cls(tuple(classes), tuple(densities))
 
     def score(self, raw: np.ndarray) -> np.ndarray:
