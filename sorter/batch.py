@@ -8,6 +8,7 @@ output rows follow the input lines one for one, bad lines included.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -273,3 +274,26 @@ def default_workers() -> int:
 
 __all__ = ["MeasuredChunk", "MeasuredLog", "assemble_chunk", "count_lines", "decisions_for_chunk", "iter_chunks",
            "iter_decisions", "iter_measured", "measure_logs", "measure_records", "start_workers"]
+
+
+def data_digest(m: MeasuredLog) -> str:
+    """sha256 over measured rows and labels: what a model was fitted on (the manifest keeps it,
+    and ``sorter evaluate`` recognises its training data by it)."""
+    return _digest(m.raw, m.labels)
+
+
+def _digest(raw: np.ndarray, labels: Sequence[str | None]) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(np.nan_to_num(raw, nan=-1e300)).tobytes())
+    h.update("\x00".join(str(x) for x in labels).encode())
+    return h.hexdigest()
+
+
+def log_digests(m: MeasuredLog, log_dirs: Sequence[str]) -> list[str]:
+    """:func:`data_digest` of each log's own rows, in order (``sorter evaluate`` warns when
+    it is given one of a model's training logs)."""
+    out = []
+    for d in log_dirs:
+        sel = [i for i, x in enumerate(m.log_dirs) if x == str(d)]
+        out.append(_digest(m.raw[sel], [m.labels[i] for i in sel]))
+    return out

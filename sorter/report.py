@@ -545,7 +545,7 @@ def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, mo
 def is_training_data(m: MeasuredLog, model: SorterModel) -> bool:
     """Whether ``m`` is the whole training data of ``model``, or one of its training logs
     (by the digests :mod:`sorter.train` writes into the manifest)."""
-    from .train import data_digest
+    from .batch import data_digest
 
     tr = (model.manifest or {}).get("training", {})
     known = {tr.get("data_sha256")} | set(tr.get("log_data_sha256", []) or [])

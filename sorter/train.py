@@ -21,7 +21,6 @@ Steps (each reproducible for a seed):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import time
@@ -35,7 +34,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
-from .batch import MeasuredLog, measure_logs
+from .batch import data_digest, log_digests, measure_logs
 from .domain import LineDomain
 from .errors import SorterError
 from .features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
@@ -85,28 +84,6 @@ def _logit(p: float) -> float:
 
 def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
-
-
-def data_digest(m: MeasuredLog) -> str:
-    """sha256 over the training rows and labels (what the model was fitted on)."""
-    return _digest(m.raw, m.labels)
-
-
-def _digest(raw: np.ndarray, labels: Sequence[str | None]) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(np.nan_to_num(raw, nan=-1e300)).tobytes())
-    h.update("\x00".join(str(x) for x in labels).encode())
-    return h.hexdigest()
-
-
-def log_digests(m: MeasuredLog, log_dirs: Sequence[str]) -> list[str]:
-    """:func:`data_digest` of each log's own rows, in order (``sorter evaluate`` warns when
-    it is given one of a model's training logs)."""
-    out = []
-    for d in log_dirs:
-        sel = [i for i, x in enumerate(m.log_dirs) if x == str(d)]
-        out.append(_digest(m.raw[sel], [m.labels[i] for i in sel]))
-    return out
 
 
 def _augment(raw: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Generator, share: float):
