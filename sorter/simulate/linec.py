@@ -868,32 +868,6 @@ def _ambient_c(cfg: SimConfig, t: float) -> float:
 # ---------------------------------------------------------------------------- one item
 
 
-def _tags(inst: Instance, xl: np.ndarray | None, dropped: list[str], prof: LineCProfile) -> list[str]:
-    tags: list[str] = []
-    a = inst.appearance
-    if a.kind == "dropin":
-        tags.append("lookalike_dropin")
-    if inst.family == "li_ion" and a.kind == "cell" and inst.mass_g / (np.prod(inst.size_mm) * 1e-3) > 1.8:
-        tags.append("dense_bare_cell")
-    if inst.chemistry in ("nimh", "nicd", "alkaline"):
-        tags.append("xray_lookalike_other")
-    if "steel case" in inst.product:
-        tags.append("steel_cased_li_ion")
-    if inst.extra.get("dry"):
-        tags.append("dry_lead_acid")
-    if inst.family != "lead_acid" and xl is not None:
-        occ = xl < 0.98 * U16
-        floor = 20 * prof.read_noise_adu / (prof.air_adu - prof.dark_adu) * U16
-        if occ.any() and np.mean(xl[occ] < floor) > 0.5:
-            tags.append("xray_blackout")
-    if not inst.in_catalog:
-        tags.append("unknown_product")
-    if inst.damage:
-        tags.append("damaged")
-    tags += [f"dropout_{s}" for s in dropped]
-    return tags
-
-
 def _swollen_voids(sig: np.ndarray, xc: np.ndarray, yc: np.ndarray, L: float, W: float, rng: np.random.Generator) -> None:
     """Gas pockets: ellipsoidal regions of lower density in the item frame."""
     for _ in range(int(rng.integers(1, 4))):
@@ -905,7 +879,7 @@ def _swollen_voids(sig: np.ndarray, xc: np.ndarray, yc: np.ndarray, L: float, W:
 
 def simulate_item_c(cfg: SimConfig, index: int) -> SimItem:
     """Simulate item ``index`` on line c (deterministic for ``(cfg.seed, index)``)."""
-    from .run import SimItem
+    from .run import SimItem, hard_cases
 
     rng = np.random.default_rng([cfg.seed, index, 3])
     prof: LineCProfile = cfg.profile()
@@ -952,7 +926,9 @@ def simulate_item_c(cfg: SimConfig, index: int) -> SimItem:
         "energy_wh": None if inst.energy_wh is None else round(inst.energy_wh, 1),
         "product_family": family,
         "ambient_c": round(ambient, 2),
-        "hard_cases": _tags(inst, xl, dropped, prof),
+        # the same truth tags as lines a/b; only what counts as blacked out is this detector's
+        "hard_cases": hard_cases(inst, xl, dropped,
+                                 20 * prof.read_noise_adu / (prof.air_adu - prof.dark_adu) * U16),
     }
     rec = ItemRecord(
         item_id=f"{index + 1:08d}", t=round(t, 3), weight_g=weight, length_mm=dims[0], width_mm=dims[1],

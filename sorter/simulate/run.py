@@ -35,7 +35,6 @@ from .items import (
 )
 from .sensors import (
     LINES,
-    LineProfile,
     apply_overrides,
     areal_density,
     outline,
@@ -269,8 +268,11 @@ def _ambient(cfg: SimConfig, t: float) -> float:
     return base + 4.0 * math.sin(2 * math.pi * (t - cfg.t0) / 86400.0) + 1.5 * math.sin((t - cfg.t0) / 1800.0)
 
 
-def hard_cases(inst: Instance, pose: str, xl: np.ndarray | None, dropped: list[str], line: LineProfile) -> list[str]:
-    """Tags naming why an item is hard (kept in the log for evaluation only)."""
+def hard_cases(inst: Instance, xl: np.ndarray | None, dropped: list[str], blackout_below: float) -> list[str]:
+    """Tags naming why an item is hard (kept in the log for evaluation only).
+
+    ``blackout_below``: the 16-bit low-channel level under which a pixel counts as blacked out
+    (about 20 read-noise sigmas of the line's detector, whose noise model is the renderer's own)."""
     tags: list[str] = []
     a = inst.appearance
     if a.kind == "dropin":
@@ -285,7 +287,7 @@ def hard_cases(inst: Instance, pose: str, xl: np.ndarray | None, dropped: list[s
         tags.append("dry_lead_acid")
     if inst.family != "lead_acid" and xl is not None:
         occupied = xl < 0.98 * 65535
-        if occupied.any() and np.mean(xl[occupied] < 20 * line.electronic_noise * 65535) > 0.5:
+        if occupied.any() and np.mean(xl[occupied] < blackout_below) > 0.5:
             tags.append("xray_blackout")
     if not inst.in_catalog:
         tags.append("unknown_product")
@@ -341,7 +343,7 @@ def simulate_item(cfg: SimConfig, index: int) -> SimItem:
         "energy_wh": None if inst.energy_wh is None else round(inst.energy_wh, 1),
         "product_family": inst.extra["product_family"],
         "ambient_c": round(ambient, 2),
-        "hard_cases": hard_cases(inst, pose, xl, dropped, line),
+        "hard_cases": hard_cases(inst, xl, dropped, 20 * line.electronic_noise * 65535),
     }
     rec = ItemRecord(
         item_id=f"{index + 1:08d}",
