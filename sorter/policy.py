@@ -13,8 +13,13 @@ Rules, in order (the first that applies decides):
 4. ``p_lead_acid >= lead_acid_min`` *and* every critical reading present and valid *and* the
    item's log comes from a line the model is valid for (its declared settings, see
    :mod:`sorter.domain`) *and* the item is typical of the training lead-acid items (its
-   lead-acid novelty at most ``novelty_max``, see :mod:`sorter.novelty`) -> ``lead_acid``;
-   when only the line or the novelty stands in the way -> ``manual``, the reason naming it.
+   lead-acid novelty at most ``novelty_max``, see :mod:`sorter.novelty`) *and* the item is
+   not too light for lead-acid (its weight over its envelope's volume at least
+   ``lead_density_min`` kg/L, when the profiler measured it) -> ``lead_acid``;
+   when only the line, the novelty or the density stands in the way -> ``manual``, the
+   reason naming it.  The density is a physical proof that carries from line to line (a
+   scale and a profiler measure the same on every line): lead-acid batteries run
+   1.8-3.1 kg/L of envelope, a lithium drop-in made to look like one 0.7-1.7 kg/L.
    Critical are the two independent physical proofs of lead: the dual-energy X-ray (both
    channels, with an object in the beam) and the scale.  The profiler, camera and thermal
    camera are not critical: the model was trained with each of them missing in turn, and
@@ -72,6 +77,9 @@ class PolicyThresholds:
     envelope: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     # Highest lead-acid novelty (sorter.novelty) with which an item may go to lead_acid.
     novelty_max: float = math.inf
+    # Lowest envelope density (weight / profiler volume, kg/L) with which an item may go to
+    # lead_acid; 0 = no such check (models trained before it).
+    lead_density_min: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.lead_acid_min <= 1:
@@ -87,6 +95,8 @@ class PolicyThresholds:
                 raise ConfigError(f"lead_acid_min_missing[{sensor!r}] must be in [lead_acid_min, 1], got {v}")
         if not self.novelty_max > 0:
             raise ConfigError(f"novelty_max must be > 0, got {self.novelty_max}")
+        if not 0 <= self.lead_density_min < 5:
+            raise ConfigError(f"lead_density_min must be in [0, 5) kg/L, got {self.lead_density_min}")
         if self.other_lane not in SAFE_LANES:
             raise ConfigError(f"other_lane must be one of {tuple(map(str, SAFE_LANES))}, got {self.other_lane!r}")
 
@@ -120,6 +130,16 @@ class Verdict:
     lane: str
     reason: str
     chemistry: str | None
+
+
+def envelope_density(raw: np.ndarray | list[float]) -> float:
+    """The item's weight over its envelope's volume (length x width x height from the
+    profiler) in kg/L; NaN when the scale or the profiler gave no usable reading."""
+    w = raw[_COL["weight_g"]]
+    vol = raw[_COL["length_mm"]] * raw[_COL["width_mm"]] * raw[_COL["height_mm"]]
+    if not (w > 0 and vol > 0):  # NaN compares False: missing readings give NaN
+        return math.nan
+    return float(w / vol * 1e3)
 
 
 def critical_problems(raw: np.ndarray | list[float]) -> list[str]:
@@ -188,6 +208,12 @@ def decide(
             return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but {', '.join(crit)}", chem)
         if line_closed:
             return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but lead_acid is closed: {line_closed}", chem)
+        if t.lead_density_min > 0:
+            dens = envelope_density(raw)
+            if dens < t.lead_density_min:
+                return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but too light for lead-acid: "
+                                         f"{dens:.2f} kg/L under {t.lead_density_min:.2f} (a lithium drop-in "
+                                         "in a lead-acid case?)", chem)
         if lead_novelty > t.novelty_max:
             return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but unlike the training lead-acid items "
                                      f"(novelty {lead_novelty:.1f} > {t.novelty_max:.1f})", chem)

@@ -622,6 +622,12 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
         f"{pol.get('novelty_max') if pol.get('novelty_max') is not None else 'no limit'} (-log10 of the chi-square "
         "tail of its distance to the nearest lead-acid training cluster; chosen as the held-out lead-acid items' "
         "99.5th percentile plus 1).",
+        "- never lead_acid for an item too light for lead-acid: "
+        + (f"weight over its profiled envelope under {pol['lead_density_min']:.2f} kg/L (0.9 times the lightest "
+           "0.1 % of the held-out lead-acid items; lead-acid runs 1.8-3.1 kg/L, a lithium drop-in in a lead-acid "
+           "case 0.7-1.7). An item this check stops sets no probability threshold."
+           if pol.get("lead_density_min") else "no such check in this model (trained before it).")
+        + " Without a profiler reading the density is unknown and the stricter no-profiler threshold applies.",
         "",
         "## Rated energy of likely Li-ion items (the hazard lane's cases)",
         "",

@@ -42,7 +42,7 @@ from .features.transformers import SENSOR_GROUPS, make_feature_transformer, mask
 from .logformat import read_meta
 from .model import SorterModel, save_model
 from .novelty import NoveltyModel
-from .policy import OPTIONAL_SENSORS, PolicyThresholds, critical_problems
+from .policy import OPTIONAL_SENSORS, PolicyThresholds, critical_problems, envelope_density
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ class TrainConfig:
     dropout_augment: float = 0.15  # share of training rows copied once per sensor with that sensor missing
     lead_margin_logit: float = 1.5  # safety margin above the most lead-like non-lead item seen, in logits
     lead_acid_min_floor: float = 0.9
+    # The lead-acid density gate (policy rule 4): this share of the lightest held-out
+    # lead-acid items' envelope density (their 0.1 % quantile), in kg/L.
+    lead_density_quantile: float = 0.001
+    lead_density_factor: float = 0.9
     damage_recall_target: float = 0.97
     hot_excess_c: float = 6.0
     other_lane: str = "li_ion"
@@ -139,6 +143,14 @@ def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damage
     variants = [("all", raw)] + [(s, mask_sensor(raw, s)) for s in SENSOR_GROUPS]
     report: dict[str, Any] = {}
     probas = {}
+    # The density gate first: an item it stops cannot reach lead_acid, so it sets no
+    # probability threshold (a lithium drop-in in a lead-acid case is stopped by physics).
+    dens_lead = np.array([envelope_density(row) for row in raw[y == "lead_acid"]])
+    dens_lead = dens_lead[np.isfinite(dens_lead)]
+    density_min = (float(np.quantile(dens_lead, cfg.lead_density_quantile)) * cfg.lead_density_factor
+                   if dens_lead.size >= 20 else 0.0)
+    report["lead_density_min"] = density_min
+    report["lead_density_heldout_n"] = int(dens_lead.size)
 
     def threshold(worst: float) -> float:
         return min(max(cfg.lead_acid_min_floor, _sigmoid(_logit(worst) + cfg.lead_margin_logit)), 1 - 1e-9)
@@ -148,7 +160,8 @@ def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damage
         proba, _ = model.predict(r)
         probas[name] = proba
         # only rows the policy could send to lead_acid: critical readings present and valid
-        eligible = np.array([not critical_problems(row) for row in r], dtype=bool)
+        eligible = np.array([not critical_problems(row) and not envelope_density(row) < density_min for row in r],
+                            dtype=bool)
         nonlead = proba[(y != "lead_acid") & eligible, 0]
         m = float(nonlead.max()) if nonlead.size else 0.0
         report[f"max_p_lead_nonlead_{name}"] = m
@@ -178,7 +191,7 @@ def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damage
             lo, hi = float(v.min()), float(v.max())
             envelope[col] = (lo * 0.5, hi * 1.5)  # generous: only far-out items count as unknown
     t = PolicyThresholds(lead_acid_min=lead_min, lead_acid_min_missing=lead_min_missing, not_lead_max=not_lead,
-                         damage_min=dmg_min,
+                         damage_min=dmg_min, lead_density_min=density_min,
                          hot_excess_c=cfg.hot_excess_c, other_lane=cfg.other_lane, envelope=envelope)
     report.update({"lead_acid_min": lead_min, "lead_acid_min_missing": lead_min_missing, "not_lead_max": not_lead,
                    "damage_min": dmg_min})

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sorter.errors import ConfigError
 from sorter.features.measure import RAW_COLUMNS
 from sorter.features.transformers import SENSOR_GROUPS, mask_sensor
-from sorter.policy import PolicyThresholds, critical_problems, decide, missing_optional
+from sorter.policy import PolicyThresholds, critical_problems, decide, envelope_density, missing_optional
 
 T = PolicyThresholds(lead_acid_min=0.98, not_lead_max=0.3, damage_min=0.4, hot_excess_c=6.0,
                      envelope={"weight_g": (10.0, 60000.0)})
@@ -189,3 +189,41 @@ def test_novelty_max_survives_json_including_no_limit():
         assert PolicyThresholds.from_json(t.to_json()) == t
     with pytest.raises(ConfigError):
         PolicyThresholds(novelty_max=0.0)
+
+
+def test_an_item_too_light_for_lead_acid_goes_to_manual_however_lead_like():
+    # a 12 V LiFePO4 drop-in in a group-24 case: 11.9 kg in 10.1 L is 1.18 kg/L, lead-acid 1.8-3.1
+    t = PolicyThresholds(lead_acid_min=0.9, not_lead_max=0.3, lead_density_min=1.4)
+    v = decide(np.array([0.9999, 0.0001, 0.0]), 0.0, full_row(weight_g=11900.0), t)
+    assert v.lane == "manual" and "too light for lead-acid" in v.reason and "1.18 kg/L" in v.reason
+    assert decide(LEAD, 0.0, full_row(weight_g=20000.0), t).lane == "lead_acid"  # 1.98 kg/L
+    # a light item the model calls Li-ion still goes to the Li-ion lane
+    assert decide(LI, 0.0, full_row(weight_g=11900.0), t).lane == "li_ion"
+
+
+def test_without_a_profiler_the_density_is_unknown_and_the_stricter_threshold_decides():
+    t = PolicyThresholds(lead_acid_min=0.9, not_lead_max=0.3, lead_density_min=1.4,
+                         lead_acid_min_missing={"profiler": 0.99})
+    raw = mask_sensor(full_row(weight_g=11900.0)[None, :], "profiler")[0]
+    assert np.isnan(envelope_density(raw))
+    assert decide(np.array([0.995, 0.005, 0.0]), 0.0, raw, t).lane == "lead_acid"
+    assert decide(np.array([0.95, 0.05, 0.0]), 0.0, raw, t).lane == "manual"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0.9, 1.0), st.floats(100.0, 60000.0))
+def test_lead_acid_never_below_the_density_gate(p_lead, weight):
+    t = PolicyThresholds(lead_acid_min=0.9, not_lead_max=0.3, lead_density_min=1.5)
+    raw = full_row(weight_g=weight)
+    v = decide(np.array([p_lead, 1 - p_lead, 0.0]), 0.0, raw, t)
+    if v.lane == "lead_acid":
+        assert envelope_density(raw) >= 1.5
+
+
+def test_density_gate_survives_json_and_old_manifests_have_none():
+    t = PolicyThresholds(lead_acid_min=0.9, not_lead_max=0.3, lead_density_min=1.43)
+    assert PolicyThresholds.from_json(t.to_json()).lead_density_min == 1.43
+    old = {k: v for k, v in t.to_json().items() if k != "lead_density_min"}
+    assert PolicyThresholds.from_json(old).lead_density_min == 0.0
+    with pytest.raises(ConfigError, match="lead_density_min"):
+        PolicyThresholds(lead_density_min=-1.0)
