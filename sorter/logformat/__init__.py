@@ -28,7 +28,8 @@ The package, in the order of the data (each module imports only the ones above i
 * :mod:`.meta` — ``meta.json`` and the log-directory check; :mod:`.incomplete` — the
   ``INCOMPLETE`` marker;
 * :mod:`.reader` — the streaming reader; :mod:`.images` — PNG safety and item loading;
-* :mod:`.writer` — the crash-safe writer.
+* :mod:`.segments` — rotated logs: segment files, headers, :func:`locate_line`;
+* :mod:`.writer` — the crash-safe writer (rotating when asked).
 
 Everything is re-exported here: import from ``sorter.logformat``.
 """
@@ -50,6 +51,7 @@ from sorter.logformat.incomplete import incomplete_note
 from sorter.logformat.meta import check_log_dir, read_meta, write_meta
 from sorter.logformat.reader import LogLine, iter_log
 from sorter.logformat.records import parse_record
+from sorter.logformat.segments import LogPosition, item_files, layout, locate_line, segment_file
 from sorter.logformat.writer import LogWriter
 
 __all__ = [
@@ -60,15 +62,20 @@ __all__ = [
     "META_FILE",
     "SUPPORTED_FORMAT",
     "LogLine",
+    "LogPosition",
     "LogWriter",
     "check_log_dir",
     "encode_png",
     "incomplete_note",
+    "item_files",
+    "layout",
+    "locate_line",
     "iter_log",
     "load_item",
     "load_png",
     "parse_record",
     "read_meta",
     "resolve_image_path",
+    "segment_file",
     "write_meta",
 ]
