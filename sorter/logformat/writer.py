@@ -201,7 +201,6 @@ class LogWriter:
         final = self.log_dir / segment_file(n)
         if final.exists():
             raise LogFormatError(f"{final} exists already; is another writer appending to this log?")
-        (self.log_dir / segment_images(n)).mkdir(exist_ok=True)
         tmp = final.with_name(final.name + ".tmp")
         with open(tmp, "wb") as fh:
             fh.write(header_line(n, first_line))
@@ -222,7 +221,6 @@ class LogWriter:
         self.segment = n
         self._seg_lines = 0
         self._images_dir = segment_images(n)
-        (self.log_dir / self._images_dir).mkdir(exist_ok=True)
         self._fh = open(self.log_dir / segment_file(n), "ab")  # noqa: SIM115 - closed in close()
 
     @property
@@ -344,6 +342,8 @@ class LogWriter:
             encoded[key] = encode_png(img, self.png_level)
         paths: dict[str, str] = {}
         stem = _safe_name(item_id)
+        if encoded and self.rotated:
+            (self.log_dir / self._images_dir).mkdir(exist_ok=True)
         for key, data in encoded.items():
             rel = f"{self._images_dir}/{stem}_{key}.png"
             with open(self.log_dir / rel, "wb") as fh:
