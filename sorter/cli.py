@@ -310,8 +310,47 @@ def _add_cases(sub) -> None:
     cases_cli.add_commands(sub)
 
 
+def _days(text: str) -> float | None:
+    """``--keep-*-days``: a number of days >= 0, or ``forever``."""
+    if text.strip().lower() == "forever":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (or 'forever')") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of days >= 0 (got {text}), or 'forever'")
+    return v
+
+
+def _add_retention(sub) -> None:
+    p = sub.add_parser("retention", help="delete old images of a line log by the retention policy", description=(
+        "Delete the images of items the line sorted (lead_acid, li_ion) after --keep-sorted-days, and those of "
+        "labelled items (manual, hazard, station spot checks and verdicts) after --keep-labelled-days (default "
+        "forever). The item lines stay; a deleted image reads as 'expired' everywhere. See docs/operations.md."))
+    p.add_argument("log", help="the log directory (single-file or rotated)")
+    p.add_argument("--audit", required=True, help="the line's audit log (audit.sqlite), read only: the lane of each item")
+    p.add_argument("--station", default=None,
+                   help="the station's store (station.sqlite), read only: queued and verdict items count as labelled")
+    p.add_argument("--keep-sorted-days", type=_days, default=7.0, metavar="D",
+                   help="days to keep images of items sorted to lead_acid or li_ion (default 7)")
+    p.add_argument("--keep-labelled-days", type=_days, default=None, metavar="D2",
+                   help="days to keep images of labelled items, or 'forever' (the default)")
+    p.add_argument("--dry-run", action="store_true", help="delete nothing; show what would go and how many bytes")
+    p.set_defaults(func=_cmd_retention)
+
+
+def _cmd_retention(args) -> int:
+    from .retention import RetentionPolicy, run_retention
+
+    policy = RetentionPolicy(keep_sorted_days=args.keep_sorted_days, keep_labelled_days=args.keep_labelled_days)
+    report = run_retention(args.log, args.audit, policy=policy, station=args.station, dry_run=args.dry_run)
+    print(report.format())
+    return 0
+
+
 COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_calibrate, _add_score, _add_evaluate, _add_line, _add_cases,
-                            _add_station]
+                            _add_station, _add_retention]
 
 
 def build_parser() -> argparse.ArgumentParser:
