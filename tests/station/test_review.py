@@ -238,3 +238,21 @@ def test_plc_link_and_sensor_health_come_from_the_controllers_metrics(line):
         metrics.close()
     snap = st.watcher.refresh()
     assert snap.plc_link == "unknown (controller not answering)"
+
+
+def test_an_image_deleted_by_retention_shows_as_expired(logged_in):
+    from sorter.logformat import record_expired
+
+    app, client, _ = logged_in
+    page = client.get("/review").text
+    first = re.search(r'data-item-id="([^"]+)"', page).group(1)
+    st = app.state.station
+    rec = st.log.record(first)
+    path = st.log.image_path(rec, "rgb")
+    record_expired(path.parent, [path.name])
+    path.unlink()
+    page = client.get("/review").text
+    assert "image expired" in page and f"/image/{first}/rgb.png" not in page
+    assert f"/image/{first}/xray_low.png" in page  # the others are still shown
+    r = client.get(f"/image/{first}/rgb.png")
+    assert r.status_code == 404 and "expired" in r.text
