@@ -243,9 +243,22 @@ def run_retention(
     return report
 
 
+def _image_file(log_dir: Path, rel: str, folders: dict[str, Path]) -> Path:
+    """The image's file, its folder checked to lie inside the log (once per folder: resolving every
+    path costs more than the deletion).  A symlinked image file is deleted as a link, never its target."""
+    head, sep, name = rel.rpartition("/")
+    if not sep or not head or name in ("", ".", "..") or "\\" in name:
+        return resolve_image_path(log_dir, rel)
+    folder = folders.get(head)
+    if folder is None:
+        folder = folders[head] = resolve_image_path(log_dir, head)
+    return folder / name
+
+
 def _expire_batch(batch: list[ItemRecord], lookup: _Lookup, policy: RetentionPolicy, now: float, log_dir: Path,
                   report: RetentionReport, dry_run: bool, sample: int) -> None:
     classes = lookup.classify([r.item_id for r in batch])
+    folders: dict[str, Path] = {}
     doomed: dict[Path, list[tuple[str, int]]] = defaultdict(list)  # folder -> [(file name, bytes)]
     for rec in batch:
         klass = classes[rec.item_id]
@@ -259,7 +272,7 @@ def _expire_batch(batch: list[ItemRecord], lookup: _Lookup, policy: RetentionPol
             if not rel:
                 continue
             try:
-                path = resolve_image_path(log_dir, rel)
+                path = _image_file(log_dir, rel, folders)
             except ImageError as err:
                 report.problems.append(f"item {rec.item_id} {name}: {err} (left alone)")
                 continue
