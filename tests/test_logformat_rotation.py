@@ -182,3 +182,20 @@ def test_duplicates_are_caught_across_a_segment_boundary(tmp_path):
         w.append(_rec(2))
         with pytest.raises(LogFormatError, match="duplicate"):
             w.append(_rec(2))  # the first id of segment 2 repeats one of segment 1
+
+
+def test_simulate_writes_a_rotated_log_that_batch_tools_count_as_one(tmp_path, capsys):
+    from sorter.batch import count_lines
+    from sorter.cli import main
+    from sorter.score import fingerprint
+
+    out = tmp_path / "sim"
+    assert main(["simulate", "--items", "12", "--out", str(out), "--rotate-items", "5", "--workers", "1"]) == 0
+    assert [p.name for p in item_files(out)] == [segment_file(k) for k in (1, 2, 3)]
+    assert count_lines(out) == 12 and len(list(iter_log(out))) == 12
+    fp = fingerprint(out)
+    assert main(["simulate", "--items", "12", "--out", str(out), "--rotate-items", "5", "--workers", "1",
+                 "--force"]) == 0
+    assert fingerprint(out) == fp  # the same seed: the same log
+    with pytest.raises(SystemExit):
+        main(["simulate", "--items", "3", "--out", str(out), "--rotate-items", "0"])

@@ -134,6 +134,13 @@ def test_an_expired_image_sends_the_item_to_a_safe_lane_with_the_reason(tmp_path
         p.unlink()
     after = {d.item_id: d for d in (scorer.score_item(load_item(r, log, meta)) for r in lead)}
     assert all(d.lane == "manual" and d.reason.startswith("image expired") for d in after.values())
+    # batch scoring (the rotated log read as one) says the same
+    from sorter.batch import iter_decisions
+
+    batch = {d.item_id: d for _, ds in iter_decisions([str(log)], scorer, workers=1) for d in ds}
+    assert len(batch) == 40
+    assert all(batch[i].lane == "manual" and batch[i].reason.startswith("image expired") for i in after)
+    assert all(batch[d.item_id].lane == d.lane for d in before if d.item_id not in after)
 
 
 def test_case_manifest_thumbnail_of_an_expired_image_says_expired(tmp_path):
