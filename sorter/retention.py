@@ -22,6 +22,7 @@ station store are only read.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -30,11 +31,19 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from .errors import ConfigError, ImageError, SorterError
+from .errors import ConfigError, ImageError, LogFormatError, SorterError
 from .lanes import Lane
-from .logformat import check_log_dir, is_expired, iter_log, record_expired, resolve_image_path
+from .logformat import (
+    LogLine,
+    LogPosition,
+    check_log_dir,
+    is_expired,
+    iter_log,
+    record_expired,
+    resolve_image_path,
+)
 from .readings import IMAGE_FIELDS, ItemRecord
 
 logger = logging.getLogger(__name__)
@@ -43,6 +52,10 @@ DAY_S = 86400.0
 SORTED_LANES = frozenset({Lane.LEAD_ACID.value, Lane.LI_ION.value})
 LABELLED_LANES = frozenset({Lane.MANUAL.value, Lane.HAZARD.value})
 _CHUNK = 500  # item ids per SQL query (below SQLite's variable limit)
+STATE_FILE = "retention.json"
+"""In the log directory: where the lines end whose images are settled (older than every finite keep
+time, so deleted or kept for good), and the policy that settled them.  The next run with a policy
+that keeps at least as long starts there instead of at the first line."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,7 @@ class RetentionReport:
     images_deleted: int = 0
     bytes_deleted: int = 0
     already_expired: int = 0
+    skipped_lines: int = 0  # settled by earlier runs, not read again
     sample: list[str] = field(default_factory=list)  # the first paths deleted, for a dry run's listing
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -111,7 +125,8 @@ class RetentionReport:
             f"{verb}: {self.images_deleted} images, {self.bytes_deleted} bytes "
             f"({self.bytes_deleted / 1e6:.1f} MB) of {sum(self.expired_items.values())} items ("
             + (", ".join(f"{k}={v}" for k, v in sorted(self.expired_items.items())) or "none") + ")",
-            f"expired by earlier runs: {self.already_expired} images",
+            f"expired by earlier runs: {self.already_expired} images"
+            + (f" (and {self.skipped_lines} settled lines not read again)" if self.skipped_lines else ""),
         ]
         if self.dry_run and self.sample:
             lines.append("first images it would delete:")
@@ -215,10 +230,19 @@ def run_retention(
     check_log_dir(log_dir)
     report = RetentionReport(str(log_dir), dry_run)
     ages = [s for s in (policy.keep_s("sorted"), policy.keep_s("labelled")) if s is not None]
+    final_age = max(ages, default=0.0)  # older than this, an item's images are as deleted as they will ever be
     lookup = _Lookup(audit, station)
+    next_start: LogPosition | None = None
+    settled = True
     try:
         batch: list[ItemRecord] = []
-        for ln in iter_log(log_dir):
+        for ln in _lines_from(log_dir, _load_state(Path(log_dir), policy), report):
+            if settled:
+                if ln.record is not None and now - ln.record.t < final_age:
+                    settled = False
+                    next_start = LogPosition(ln.segment, ln.offset, ln.line_no)
+                else:
+                    next_start = ln.next_position
             if ln.record is None:
                 continue
             report.items += 1
@@ -237,10 +261,58 @@ def run_retention(
             _expire_batch(batch, lookup, policy, now, Path(log_dir), report, dry_run, sample)
     finally:
         lookup.close()
+    if not dry_run and next_start is not None:
+        _save_state(Path(log_dir), policy, next_start)
     report.seconds = time.perf_counter() - t0
     logger.info("retention of %s: %s %d images, %d bytes", log_dir, "would delete" if dry_run else "deleted",
                 report.images_deleted, report.bytes_deleted)
     return report
+
+
+def _lines_from(log_dir: str | os.PathLike, start: LogPosition | None, report: RetentionReport) -> Iterator[LogLine]:
+    """The log's lines from ``start`` (where the last run's settled lines end), or from the top
+    if that position no longer fits the log."""
+    it = iter_log(log_dir, start=start)
+    try:
+        first = next(it, None)
+    except LogFormatError as err:
+        report.problems.append(f"{Path(log_dir) / STATE_FILE} does not fit the log ({err}); read it from the top")
+        it = iter_log(log_dir)
+        first = next(it, None)
+    if first is None:
+        return
+    report.skipped_lines = first.line_no - 1
+    yield first
+    yield from it
+
+
+def _at_least(current: float | None, recorded: float | None) -> bool:
+    """Whether ``current`` keeps images at least as long as ``recorded`` (None: forever)."""
+    return current is None or (recorded is not None and current >= recorded)
+
+
+def _load_state(log_dir: Path, policy: RetentionPolicy) -> LogPosition | None:
+    """Where the lines settled by earlier runs end, if the policy keeps at least as long as theirs."""
+    try:
+        obj = json.loads((log_dir / STATE_FILE).read_text(encoding="utf-8"))
+        pos = LogPosition(int(obj["segment"]), int(obj["offset"]), int(obj["line_no"]))
+        rec_sorted, rec_labelled = obj["keep_sorted_days"], obj["keep_labelled_days"]
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as err:
+        logger.warning("%s is unusable (%s); reading the log from the top", log_dir / STATE_FILE, err)
+        return None
+    if _at_least(policy.keep_sorted_days, rec_sorted) and _at_least(policy.keep_labelled_days, rec_labelled):
+        return pos
+    return None  # a stricter policy than last time: every line may have images to delete
+
+
+def _save_state(log_dir: Path, policy: RetentionPolicy, pos: LogPosition) -> None:
+    obj = {"keep_sorted_days": policy.keep_sorted_days, "keep_labelled_days": policy.keep_labelled_days,
+           "segment": pos.segment, "offset": pos.offset, "line_no": pos.line_no}
+    tmp = log_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(obj) + "\n", encoding="utf-8")
+    os.replace(tmp, log_dir / STATE_FILE)
 
 
 def _image_file(log_dir: Path, rel: str, folders: dict[str, Path]) -> Path:

@@ -73,6 +73,15 @@ def test_old_sorted_images_go_labelled_and_young_ones_stay(tmp_path):
                        policy=RetentionPolicy(keep_sorted_days=7, keep_labelled_days=9))
     gone = {i for i, rec in _present(log).items() if not _has_images(log, rec)}
     assert gone == {"I0", "I1", "I2", "I3", "I4", "I6", "I7"} and r2.already_expired == 6
+    assert r2.skipped_lines == 0  # a stricter policy than the first run's: every line is read again
+    # the next run with the same policy starts after the lines settled for good (older than 9 days)
+    r3 = run_retention(log, audit, station=station, now=NOW,
+                       policy=RetentionPolicy(keep_sorted_days=7, keep_labelled_days=9))
+    assert r3.skipped_lines == 5 and r3.items == 3 and r3.images_deleted == 0
+    # a day later item I5 (sorted, then 2 days old) is still kept; 6 days later it goes
+    r4 = run_retention(log, audit, station=station, now=NOW + 6 * DAY,
+                       policy=RetentionPolicy(keep_sorted_days=7, keep_labelled_days=9))
+    assert r4.skipped_lines == 5 and r4.expired_items == {"sorted": 1}
 
 
 def test_dry_run_deletes_nothing_and_says_what_and_how_many_bytes(tmp_path, capsys):
