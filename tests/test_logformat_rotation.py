@@ -199,3 +199,38 @@ def test_simulate_writes_a_rotated_log_that_batch_tools_count_as_one(tmp_path, c
     assert fingerprint(out) == fp  # the same seed: the same log
     with pytest.raises(SystemExit):
         main(["simulate", "--items", "3", "--out", str(out), "--rotate-items", "0"])
+
+
+line_kinds = st.lists(st.sampled_from(["item", "item", "item", "bad json", "no id", "repeat"]), max_size=30)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=line_kinds, cuts=st.lists(st.integers(0, 30), max_size=4), torn=st.booleans())
+def test_bad_lines_read_the_same_in_segments_as_in_one_file(tmp_path_factory, kinds, cuts, torn):
+    """Raw lines (bad JSON, no id, a repeated id) split into hand-made segments read as in one file.
+
+    Duplicates are detected within a segment and its neighbour (bounded memory), so a repeat here
+    repeats the line just before it."""
+    from sorter.logformat.segments import header_line
+
+    raw, last = [], None
+    for k, kind in enumerate(kinds):
+        if kind == "item" or (kind == "repeat" and last is None):
+            last = f"X{k}"
+            raw.append(f'{{"item_id":"{last}","t":{k}}}\n'.encode())
+        elif kind == "repeat":
+            raw.append(f'{{"item_id":"{last}","t":{k}}}\n'.encode())
+        elif kind == "bad json":
+            raw.append(b'{"item_id": oops}\n')
+            last = None  # a repeat only of the line just before: in the same or the adjacent segment
+        else:
+            raw.append(b'{"t": 1}\n')
+            last = None
+    tail = b'{"item_id":"Z","t"' if torn else b""
+    one, rot = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("rot")
+    (one / ITEMS_FILE).write_bytes(b"".join(raw) + tail)
+    bounds = sorted({0, len(raw), *[c for c in cuts if c <= len(raw)]})
+    for seg, (a, b) in enumerate(zip(bounds, bounds[1:] or [len(raw)]), start=1):
+        body = b"".join(raw[a:b]) + (tail if b == len(raw) else b"")
+        (rot / segment_file(seg)).write_bytes(header_line(seg, a + 1) + body)
+    assert _view(iter_log(rot)) == _view(iter_log(one))
