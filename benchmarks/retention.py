@@ -1,7 +1,7 @@
 """Disk use over weeks: log rotation plus image retention level the disk off (issue 19, items 2 and 3).
 
-``python -m benchmarks.retention [--hours 72] [--items-per-hour 240] [--rotate-items 200]
-[--every-hours 6] [--keep-sorted-hours 12] [--keep-labelled-hours 36] [--no-write]``
+``python -m benchmarks.retention [--hours 48] [--items-per-hour 120] [--rotate-items 100]
+[--every-hours 4] [--keep-sorted-hours 8] [--keep-labelled-hours 20] [--no-write]``
 
 Simulates a line at a small scale on a simulated clock: items with their three images are
 recorded through ``LogWriter(rotate_items=...)`` (a rotated log), each is decided by the shipped
@@ -86,12 +86,12 @@ def simulate(root: Path, pool, lanes, args, policy: RetentionPolicy) -> list[dic
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hours", type=float, default=72)
-    ap.add_argument("--items-per-hour", type=int, default=240)
-    ap.add_argument("--rotate-items", type=int, default=200)
-    ap.add_argument("--every-hours", type=float, default=6)
-    ap.add_argument("--keep-sorted-hours", type=float, default=12)
-    ap.add_argument("--keep-labelled-hours", type=float, default=36)
+    ap.add_argument("--hours", type=float, default=48)
+    ap.add_argument("--items-per-hour", type=int, default=120)
+    ap.add_argument("--rotate-items", type=int, default=100)
+    ap.add_argument("--every-hours", type=float, default=4)
+    ap.add_argument("--keep-sorted-hours", type=float, default=8)
+    ap.add_argument("--keep-labelled-hours", type=float, default=20)
     ap.add_argument("--pool", type=int, default=48, help="distinct simulated items, cycled with new ids")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = ap.parse_args(argv)
