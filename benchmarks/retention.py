@@ -36,6 +36,7 @@ from sorter.station.store import QueueItem, StationStore
 from ._report import write_section
 
 T0 = 1.78e9  # the simulated clock's start (epoch s)
+SPOT = 0.02  # the station's spot-check share of the other lanes
 
 
 def _disk(log: Path) -> tuple[int, int]:
@@ -70,7 +71,7 @@ def simulate(root: Path, pool, lanes, args, policy: RetentionPolicy) -> list[dic
             rec = w.append(rec, sim.images)
             a.record_decision(AuditRecord(rec.item_id, rec.line_no, t, t, t, None, None, None, None, lane,
                                           "benchmark", "default", 5.0, 90.0, "acked"))
-            if lane == "manual" or spot_checked(rec.item_id, 0.02, "bench"):
+            if lane == "manual" or spot_checked(rec.item_id, SPOT, "bench"):
                 store.add_queue_items([QueueItem(i + 1, rec.item_id, "manual" if lane == "manual" else "spot",
                                                  lane, t, rec.line_no)])
             if (i + 1) % per_run == 0:
@@ -126,12 +127,19 @@ def main(argv=None) -> int:
         out.append(f"| {ra['hour']:.0f} | {ra['items']} | {ra['segments']} | {ra['img'] / 1e6:.2f} | "
                    f"{ra['lines'] / 1e6:.3f} | {ra['deleted']} | {ra['run_s']:.2f} | {rb['img'] / 1e6:.2f} |")
     plateau = [r["img"] for r in a if r["hour"] > args.keep_labelled_hours + args.every_hours]
-    no_ret = a[-1]["items"] * (a[0]["img"] / a[0]["items"]) if a and a[0]["items"] else 0
-    out += ["", f"Images are {a[0]['img'] / max(1, a[0]['items']) / 1000:.1f} kB per item; without retention "
+    per_item = a[0]["img"] / max(1, a[0]["items"])
+    no_ret = a[-1]["items"] * per_item
+    # the expected level: R x B x (sorted share x keep sorted + labelled share x keep labelled)
+    sorted_share = sum(lanes.count(x) for x in ("lead_acid", "li_ion")) / len(lanes) * (1 - SPOT)
+    expected = args.items_per_hour * per_item * (sorted_share * args.keep_sorted_hours
+                                                 + (1 - sorted_share) * args.keep_labelled_hours)
+    out += ["", f"Images are {per_item / 1000:.1f} kB per item; without retention "
             f"they would reach {no_ret / 1e6:.1f} MB by hour {a[-1]['hour']:.0f}."]
     if plateau:
         out.append(f"Once the labelled keep time has passed, the bounded policy's images stay between "
-                   f"{min(plateau) / 1e6:.2f} and {max(plateau) / 1e6:.2f} MB (levelled off); the item lines grow "
+                   f"{min(plateau) / 1e6:.2f} and {max(plateau) / 1e6:.2f} MB (levelled off; the formula in "
+                   f"docs/operations.md, with {sorted_share:.0%} of the items sorted and not spot-checked, "
+                   f"expects {expected / 1e6:.1f} MB); the item lines grow "
                    f"by about {a[-1]['lines'] / a[-1]['hour'] / 1e3:.1f} kB an hour. With labelled images kept "
                    "forever the images grow at the labelled share only. "
                    "At the real line's scale the same policy bounds images to about (rate x sorted share x keep "
