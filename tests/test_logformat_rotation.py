@@ -234,3 +234,12 @@ def test_bad_lines_read_the_same_in_segments_as_in_one_file(tmp_path_factory, ki
         body = b"".join(raw[a:b]) + (tail if b == len(raw) else b"")
         (rot / segment_file(seg)).write_bytes(header_line(seg, a + 1) + body)
     assert _view(iter_log(rot)) == _view(iter_log(one))
+
+
+def test_dask_workers_check_that_they_can_read_a_rotated_log(tmp_path):
+    from sorter.distributed import _readable
+
+    _write(tmp_path / "rot", 3, rotate=2)
+    _write(tmp_path / "one", 3)
+    assert _readable(str(tmp_path / "rot")) and _readable(str(tmp_path / "one"))
+    assert not _readable(str(tmp_path / "nothing"))
