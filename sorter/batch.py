@@ -17,10 +17,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ErrorKind
+from .errors import ErrorKind, SorterError
 from .features.ambient import AmbientTracker
 from .features.measure import RAW_COLUMNS, measure_item
-from .logformat import ITEMS_FILE, LogLine, iter_log, load_item, read_meta
+from .logformat import ITEMS_FILE, LogLine, item_files, iter_log, load_item, read_meta
 from .progress import Progress
 from .readings import ItemRecord, LogMeta
 from .scoring import Decision, Scorer, error_decision
@@ -255,17 +255,25 @@ def measure_logs(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, pro
 
 
 def count_lines(log_dir: str | os.PathLike) -> int:
-    """Lines in a log's ``items.jsonl`` (a torn last line counts), for progress totals."""
-    p = os.path.join(log_dir, ITEMS_FILE)
-    if not os.path.exists(p):
+    """Item lines in a log (``items.jsonl`` or all segments of a rotated log; a torn last
+    line counts, a segment's header does not), for progress totals."""
+    try:
+        files = item_files(log_dir)
+    except SorterError:
         return 0
-    n = 0
-    last = b"\n"
-    with open(p, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n")
+    total = 0
+    for p in files:
+        n = 0
+        last = b"\n"
+        try:
+            with open(p, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    n += block.count(b"\n")
+                    last = block[-1:]
+        except FileNotFoundError:
+            continue
+        total += n + (last != b"\n") - (p.name != ITEMS_FILE)  # a segment's first line is its header
+    return total
 
 
 def default_workers() -> int:

@@ -20,6 +20,17 @@ def _setup_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _positive_int(text: str) -> int:
+    """A whole number, at least 1 (``--rotate-items``)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {n})")
+    return n
+
+
 def _workers(text: str) -> int:
     """``--workers``: a whole number of processes, at least 1."""
     try:
@@ -83,12 +94,15 @@ def _add_simulate(sub) -> None:
     p.add_argument("--catalog", action="append", default=[], help="extra product catalogue CSV (repeatable)")
     p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP)
     p.add_argument("--rate", type=float, default=2.0, help="items per second on the belt (timestamps)")
+    p.add_argument("--rotate-items", type=_positive_int, default=None, metavar="N",
+                   help="write a rotated log: a new segment file (items-000001.jsonl, ...) every N items "
+                        "(docs/log-format.md, 'Rotation'); default one items.jsonl")
     p.set_defaults(func=_cmd_simulate)
 
 
 def _cmd_simulate(args) -> int:
     from .batch import count_lines, default_workers
-    from .logformat import INCOMPLETE_FILE, ITEMS_FILE, incomplete_note
+    from .logformat import INCOMPLETE_FILE, ITEMS_FILE, incomplete_note, segment_file
     from .simulate import SimConfig, simulate_log
 
     from .errors import SimulationError
@@ -106,11 +120,13 @@ def _cmd_simulate(args) -> int:
     if not args.force and Path(args.out).is_dir() and incomplete_note(args.out) is not None:
         raise SorterError(f"--out {args.out} holds an incomplete log (an earlier simulation was interrupted); "
                           "pass --force to replace it, or choose another folder")
-    _check_out_dir(args.out, "a log", ITEMS_FILE, args.force)
+    marker = segment_file(1) if (Path(args.out) / segment_file(1)).exists() else ITEMS_FILE
+    _check_out_dir(args.out, "a log", marker, args.force)
     if args.force and Path(args.out).is_dir():
         shutil.rmtree(args.out)
     try:
-        summary = simulate_log(cfg, args.out, workers=args.workers or default_workers(), progress=sys.stderr.isatty())
+        summary = simulate_log(cfg, args.out, workers=args.workers or default_workers(), progress=sys.stderr.isatty(),
+                               rotate_items=args.rotate_items)
     except KeyboardInterrupt:
         print(f"sorter simulate: interrupted; {args.out} holds an incomplete log of {count_lines(args.out)} items "
               f"(marked by its {INCOMPLETE_FILE} file); rerun with --force to replace it", file=sys.stderr)
@@ -294,8 +310,47 @@ def _add_cases(sub) -> None:
     cases_cli.add_commands(sub)
 
 
+def _days(text: str) -> float | None:
+    """``--keep-*-days``: a number of days >= 0, or ``forever``."""
+    if text.strip().lower() == "forever":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (or 'forever')") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of days >= 0 (got {text}), or 'forever'")
+    return v
+
+
+def _add_retention(sub) -> None:
+    p = sub.add_parser("retention", help="delete old images of a line log by the retention policy", description=(
+        "Delete the images of items the line sorted (lead_acid, li_ion) after --keep-sorted-days, and those of "
+        "labelled items (manual, hazard, station spot checks and verdicts) after --keep-labelled-days (default "
+        "forever). The item lines stay; a deleted image reads as 'expired' everywhere. See docs/operations.md."))
+    p.add_argument("log", help="the log directory (single-file or rotated)")
+    p.add_argument("--audit", required=True, help="the line's audit log (audit.sqlite), read only: the lane of each item")
+    p.add_argument("--station", default=None,
+                   help="the station's store (station.sqlite), read only: queued and verdict items count as labelled")
+    p.add_argument("--keep-sorted-days", type=_days, default=7.0, metavar="D",
+                   help="days to keep images of items sorted to lead_acid or li_ion (default 7)")
+    p.add_argument("--keep-labelled-days", type=_days, default=None, metavar="D2",
+                   help="days to keep images of labelled items, or 'forever' (the default)")
+    p.add_argument("--dry-run", action="store_true", help="delete nothing; show what would go and how many bytes")
+    p.set_defaults(func=_cmd_retention)
+
+
+def _cmd_retention(args) -> int:
+    from .retention import RetentionPolicy, run_retention
+
+    policy = RetentionPolicy(keep_sorted_days=args.keep_sorted_days, keep_labelled_days=args.keep_labelled_days)
+    report = run_retention(args.log, args.audit, policy=policy, station=args.station, dry_run=args.dry_run)
+    print(report.format())
+    return 0
+
+
 COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_calibrate, _add_score, _add_evaluate, _add_line, _add_cases,
-                            _add_station]
+                            _add_station, _add_retention]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,7 +81,14 @@ def _worker_facts(log_dirs: Sequence[str]) -> dict[str, Any]:
     from . import __version__
 
     return {"sorter": __version__, "libraries": library_versions(),
-            "unreadable": [d for d in log_dirs if not os.access(os.path.join(d, "items.jsonl"), os.R_OK)]}
+            "unreadable": [d for d in log_dirs if not _readable(d)]}
+
+
+def _readable(log_dir: str) -> bool:
+    """Whether this process can read the log's items (``items.jsonl`` or its first segment)."""
+    from .logformat import ITEMS_FILE, segment_file
+
+    return any(os.access(os.path.join(log_dir, name), os.R_OK) for name in (ITEMS_FILE, segment_file(1)))
 
 
 def _check_workers(client: Client, address: str, model: SorterModel, log_dirs: Sequence[str],
@@ -114,7 +121,7 @@ def _check_workers(client: Client, address: str, model: SorterModel, log_dirs: S
             )
         if f["unreadable"]:
             raise SorterError(
-                f"Dask worker {worker} cannot read {f['unreadable'][0]}/items.jsonl; the workers need the logs "
+                f"Dask worker {worker} cannot read the items of {f['unreadable'][0]}; the workers need the logs "
                 "at the same absolute paths as the client (a shared or copied file system)"
             )
 

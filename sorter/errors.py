@@ -58,6 +58,14 @@ class UnsafePathError(ImageError):
     """An image path resolves outside the log directory."""
 
 
+class ImageExpiredError(ImageError):
+    """An image was deleted on purpose by the retention policy (``sorter retention``).
+
+    Not a fault: readers treat the image as absent and say "expired".  A missing image
+    that no retention run recorded is an :class:`ImageError` as before.
+    """
+
+
 class ModelError(SorterError, RuntimeError):
     """A model directory cannot be used."""
 

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from . import batch, distributed
 from .batch import MeasuredChunk, count_lines, start_workers
 from .errors import SorterError
-from .logformat import ITEMS_FILE, META_FILE, check_log_dir, read_meta
+from .logformat import ITEMS_FILE, META_FILE, check_log_dir, item_files, read_meta
 from .model import SorterModel, load_model
 from .progress import Progress
 from .scoring import OUTPUT_COLUMNS, Decision, Scorer
@@ -112,10 +112,15 @@ def _table(rows: list[tuple[str, Decision]]) -> pa.Table:
 
 def fingerprint(log_dir: str | os.PathLike) -> str:
     """sha256 of a log's ``meta.json`` and the first :data:`FINGERPRINT_BYTES` of its
-    ``items.jsonl``: the same log (even renamed, or grown since) has the same fingerprint;
-    another log put in its place has another."""
+    ``items.jsonl`` (of its first segment, when rotated): the same log (even renamed, or grown
+    since) has the same fingerprint; another log put in its place has another."""
     h = hashlib.sha256()
-    for name, limit in ((META_FILE, None), (ITEMS_FILE, FINGERPRINT_BYTES)):
+    try:
+        files = item_files(log_dir)
+    except SorterError:
+        files = []
+    first = files[0].name if files else ITEMS_FILE  # a rotated log: its first segment
+    for name, limit in ((META_FILE, None), (first, FINGERPRINT_BYTES)):
         try:
             with open(Path(log_dir) / name, "rb") as fh:
                 h.update(fh.read(limit if limit is not None else -1))

@@ -19,6 +19,7 @@ import numpy as np
 from .errors import ErrorKind
 from .features.measure import RAW_COLUMNS, measure_item
 from .lanes import Lane
+from .logformat.expiry import EXPIRED_PROBLEM
 from .model import SorterModel
 from .novelty import overall
 from .policy import decide
@@ -178,7 +179,13 @@ class Scorer:
         for k in range(raw.shape[0]):
             v = verdicts[k]
             lane, reason = v.lane, v.reason
-            if lane == Lane.LEAD_ACID and problems[k]:
+            if problems[k] and EXPIRED_PROBLEM in problems[k]:
+                # An image deleted by the retention policy: the item is judged on less than the line
+                # saw, like an item with a sensor missing, and never reaches lead_acid on it.
+                if lane == Lane.LEAD_ACID:
+                    lane = Lane.MANUAL
+                reason = f"{EXPIRED_PROBLEM}; {reason}"
+            elif lane == Lane.LEAD_ACID and problems[k]:
                 # Bad input (a field that failed validation, an image that would not load) is a
                 # fault upstream: the item goes to a safe lane, whatever the rest says.
                 lane, reason = Lane.MANUAL, f"bad input ({problems[k][:200]}); {reason}"

@@ -96,17 +96,25 @@ def load_consignor(path: str | Path | None) -> Consignor:
     return Consignor(dict(data))
 
 
+THUMB_EXPIRED = "expired"
+"""What :func:`xray_thumbnail` returns for an image the retention policy deleted."""
+
+
 def xray_thumbnail(log_dir: str | None, rel: str | None, px: int = THUMB_PX) -> str | None:
     """A small grey-scale PNG data URI of an item's X-ray (dark = absorbing); ``None`` when
-    the image is missing or unusable (the page shows a placeholder)."""
+    the image is missing or unusable (the page shows a placeholder), :data:`THUMB_EXPIRED`
+    when the retention policy deleted it (the page says "expired")."""
     if not log_dir or not rel:
         return None
     import cv2
 
+    from ..errors import ImageExpiredError
     from ..logformat import load_png, resolve_image_path
 
     try:
         img = load_png(resolve_image_path(log_dir, rel), kind="xray")
+    except ImageExpiredError:
+        return THUMB_EXPIRED
     except (SorterError, OSError, ValueError) as err:
         log.warning("no thumbnail for %s in %s: %s", rel, log_dir, err)
         return None

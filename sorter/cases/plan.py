@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import LogFormatError, SorterError
-from ..logformat import ITEMS_FILE, iter_log, read_meta
+from ..logformat import ITEMS_FILE, iter_log, layout, read_meta
 from .packing import Case, Offer, PackItem, StationConfig, StationState
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,11 @@ class LogIndex:
 
     def _read(self, log_dir: str) -> dict[str, ItemInfo]:
         out: dict[str, ItemInfo] = {}
-        if not (Path(log_dir) / ITEMS_FILE).is_file():
+        try:
+            kind = layout(log_dir)
+        except LogFormatError:
+            kind = None
+        if kind is None:
             self.problems.append(f"{log_dir}: no {ITEMS_FILE}; times, X-ray thumbnails and products left blank")
             return out
         try:

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Final
 
 from sorter.errors import LogFormatError, SorterError
-from sorter.logformat import LogLine, iter_log, load_item, read_meta
+from sorter.logformat import LogLine, LogPosition, iter_log, layout, load_item, locate_line, read_meta
 from sorter.readings import Item, LogMeta
 from sorter.simulate.run import SimConfig, SimItem, simulate_item
 
@@ -120,7 +120,8 @@ class SourceItem:
         Id for the PLC (:func:`plc_item_id`); ``None`` when the line carried no
         id, so no decision can be addressed to the item (the PLC defaults it).
     source_line : int or None
-        1-based line in ``items.jsonl``; ``None`` for a simulated item.
+        1-based line of the log (counted across the segments of a rotated log); ``None``
+        for a simulated item.
     t_item : float
         Bridge time (epoch s).
     t_available : float
@@ -234,7 +235,11 @@ class LogFollowSource(ItemSource):
     timing : BeltTiming
         Deadlines.
     start_line : int
-        First line to hand over (``audit.resume_point() + 1`` after a restart).
+        First line to hand over (``audit.resume_point() + 1`` after a restart).  Lines are
+        numbered across the whole log, so in a rotated log (``docs/log-format.md``) this
+        names a segment and an offset in it: reading starts in the segment holding
+        ``recheck_from`` (found from the segment headers, :func:`~sorter.logformat.locate_line`),
+        not at the first segment.
     recheck_from : int, optional
         Lines from here up to ``start_line - 1`` are handed over again if
         ``is_recorded`` says their item has no audit row (a crash can commit
@@ -303,6 +308,8 @@ class LogFollowSource(ItemSource):
         self._warned_future = False
         self.lines_read = 0
         self.rechecked = 0
+        self.position: LogPosition | None = None
+        """Where the line after the last one handed over starts (segment, offset, line)."""
         self.truth_known = True  # labelled logs carry it; items without a label have truth None
         self.replay_rate: float | None = None
         self._replay_origin: tuple[float, float] | None = None  # (first item's t, monotonic time it was read)
@@ -377,8 +384,8 @@ class LogFollowSource(ItemSource):
         meta: LogMeta | None = None
         meta_error: str | None = None
         try:
-            for line in iter_log(self.log_dir, follow=self.follow, poll_s=self.poll_s,
-                                 should_stop=self._stop.is_set):
+            for line in iter_log(self.log_dir, start=self._start_position(), follow=self.follow,
+                                 poll_s=self.poll_s, should_stop=self._stop.is_set):
                 if self._stop.is_set():
                     break
                 self.lines_read += 1
@@ -400,11 +407,19 @@ class LogFollowSource(ItemSource):
                 item = self._make(line, meta, meta_error)
                 if not self._put(item):
                     break
+                self.position = line.next_position
         except BaseException as err:  # noqa: BLE001 - reported to the consumer, never lost
             logger.error("log reader for %s stopped: %s", self.log_dir, err)
             self._error = err
         finally:
             self._put(_DONE, always=True)
+
+    def _start_position(self) -> LogPosition | None:
+        """Where reading starts: the segment holding ``recheck_from`` in a rotated log, else the top."""
+        first = min(self.recheck_from, self.start_line)
+        if first <= 1 or layout(self.log_dir) != "rotated":
+            return None  # a single file is read from the top (its prefix is skipped quickly)
+        return locate_line(self.log_dir, first)
 
     def _recorded(self, line: LogLine) -> bool:
         assert self._is_recorded is not None

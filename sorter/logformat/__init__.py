@@ -28,7 +28,9 @@ The package, in the order of the data (each module imports only the ones above i
 * :mod:`.meta` — ``meta.json`` and the log-directory check; :mod:`.incomplete` — the
   ``INCOMPLETE`` marker;
 * :mod:`.reader` — the streaming reader; :mod:`.images` — PNG safety and item loading;
-* :mod:`.writer` — the crash-safe writer.
+* :mod:`.expiry` — tombstones of images a retention run deleted ("expired", not missing);
+* :mod:`.segments` — rotated logs: segment files, headers, :func:`locate_line`;
+* :mod:`.writer` — the crash-safe writer (rotating when asked).
 
 Everything is re-exported here: import from ``sorter.logformat``.
 """
@@ -45,14 +47,18 @@ from sorter.logformat.constants import (
     SUPPORTED_FORMAT,
     StrPath,  # noqa: F401 - importable as before the split
 )
+from sorter.logformat.expiry import EXPIRED_FILE, EXPIRED_PROBLEM, is_expired, record_expired
 from sorter.logformat.images import encode_png, load_item, load_png, resolve_image_path
 from sorter.logformat.incomplete import incomplete_note
 from sorter.logformat.meta import check_log_dir, read_meta, write_meta
 from sorter.logformat.reader import LogLine, iter_log
 from sorter.logformat.records import parse_record
+from sorter.logformat.segments import LogPosition, item_files, layout, locate_line, segment_file
 from sorter.logformat.writer import LogWriter
 
 __all__ = [
+    "EXPIRED_FILE",
+    "EXPIRED_PROBLEM",
     "ITEMS_FILE",
     "MAX_IMAGE_PIXELS",
     "INCOMPLETE_FILE",
@@ -60,15 +66,22 @@ __all__ = [
     "META_FILE",
     "SUPPORTED_FORMAT",
     "LogLine",
+    "LogPosition",
     "LogWriter",
     "check_log_dir",
     "encode_png",
     "incomplete_note",
+    "is_expired",
+    "item_files",
+    "layout",
+    "locate_line",
     "iter_log",
     "load_item",
     "load_png",
     "parse_record",
     "read_meta",
+    "record_expired",
     "resolve_image_path",
+    "segment_file",
     "write_meta",
 ]

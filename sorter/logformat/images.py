@@ -13,8 +13,9 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from sorter.errors import ImageError, UnsafePathError
+from sorter.errors import ImageError, ImageExpiredError, UnsafePathError
 from sorter.logformat.constants import ITEMS_FILE, MAX_IMAGE_PIXELS, StrPath
+from sorter.logformat.expiry import EXPIRED_FILE, EXPIRED_PROBLEM, is_expired
 from sorter.logformat.records import _show
 from sorter.readings import (
     IMAGE_FIELDS,
@@ -124,6 +125,9 @@ def load_png(
 
     Raises
     ------
+    ImageExpiredError
+        If the file was deleted by a retention run (its folder's ``EXPIRED`` lists it):
+        not a fault, the message says "image expired".
     ImageError
         If the file is missing, empty, not a PNG, too large, of the wrong kind,
         corrupt or truncated; the message names the file and the fix.
@@ -152,6 +156,11 @@ def load_png(
                 )
             data = header + fh.read()
     except FileNotFoundError as err:
+        if is_expired(path):
+            raise ImageExpiredError(
+                f"{path}: {EXPIRED_PROBLEM} (deleted by the retention policy, listed in its folder's "
+                f"{EXPIRED_FILE} file); the item's other readings are still in the log"
+            ) from err
         raise ImageError(
             f"{path}: image file not found; check the path in items.jsonl and that the "
             "images folder was copied with the log"
@@ -308,8 +317,10 @@ def load_item(record: ItemRecord, log_dir: StrPath, meta: LogMeta) -> Item:
 
     Never raises for image problems: an image that is unsafe, missing, corrupt or
     of the wrong kind is ``None`` and its reason is appended to ``problems``
-    (after the record's own problems).  An X-ray pair whose two images differ in
-    size is dropped too, because the dual-energy ratio needs them pixel-aligned.
+    (after the record's own problems).  An image deleted by a retention run is ``None``
+    too, its problem saying "image expired" (scoring sends such an item to a safe lane).
+    An X-ray pair whose two images differ in size is dropped too, because the
+    dual-energy ratio needs them pixel-aligned.
 
     Examples
     --------
@@ -321,7 +332,9 @@ def load_item(record: ItemRecord, log_dir: StrPath, meta: LogMeta) -> Item:
     """
     problems = list(record.problems)
     images: dict[str, np.ndarray | None] = {}
-    where = f"{Path(log_dir) / ITEMS_FILE} line {record.line_no}" if record.line_no else str(log_dir)
+    single = Path(log_dir) / ITEMS_FILE
+    # a rotated log's lines are numbered across its segments: name the log directory
+    where = f"{single if single.exists() else Path(log_dir)} line {record.line_no}" if record.line_no else str(log_dir)
     for name in IMAGE_FIELDS:
         rel = getattr(record, name)
         images[name] = None

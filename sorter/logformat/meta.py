@@ -16,6 +16,7 @@ from sorter.logformat.records import (
     _NonFinite,
     _show,
 )
+from sorter.logformat.segments import layout, list_segments
 from sorter.readings import LogMeta
 
 
@@ -67,7 +68,8 @@ def read_meta(log_dir: StrPath) -> LogMeta:
 
 
 def check_log_dir(log_dir: StrPath) -> None:
-    """Raise :class:`LogFormatError` unless ``log_dir`` is a directory holding ``items.jsonl``.
+    """Raise :class:`LogFormatError` unless ``log_dir`` is a directory holding ``items.jsonl``
+    (or the segment files of a rotated log, numbered without a gap).
 
     The message says which of the usual mistakes it is (no such path, a file where the
     log directory is expected, a directory without ``items.jsonl``) and how to fix it.
@@ -87,6 +89,9 @@ def check_log_dir(log_dir: StrPath) -> None:
                              f"directory holding {ITEMS_FILE}, see docs/log-format.md)")
     if not d.is_dir():
         raise LogFormatError(f"{d} is a file, not a log directory; pass the directory that holds {ITEMS_FILE}")
+    if layout(d) == "rotated":
+        list_segments(d)  # a missing segment is an error
+        return
     items = d / ITEMS_FILE
     if not items.is_file():
         raise LogFormatError(f"{d} holds no {ITEMS_FILE}, so it is not a sorter-log/1 log (or its recorder "

@@ -19,8 +19,17 @@ from sorter.errors import ImageError, LogFormatError
 from sorter.logformat.constants import IMAGES_DIR, ITEMS_FILE, META_FILE, StrPath
 from sorter.logformat.images import encode_png
 from sorter.logformat.meta import read_meta, write_meta
-from sorter.logformat.reader import LogLine, _IdIndex, iter_log
+from sorter.logformat.reader import LogLine, _IdIndex, _IdWindow, iter_log
 from sorter.logformat.records import _as_float, _clean_json, _show, parse_record
+from sorter.logformat.segments import (
+    LogPosition,
+    header_line,
+    layout,
+    list_segments,
+    read_header,
+    segment_file,
+    segment_images,
+)
 from sorter.readings import (
     IMAGE_FIELDS,
     NUMERIC_FIELDS,
@@ -70,6 +79,11 @@ class LogWriter:
         PNG compression level (1 records fast and decodes fast).
     fsync : bool
         ``fsync`` every image and line (survives power loss, costs milliseconds).
+    rotate_items : int, optional
+        Write a rotated log (``items-000001.jsonl``, …, see ``docs/log-format.md``),
+        starting a new segment every ``rotate_items`` items; :meth:`rotate` starts one
+        at any time (e.g. every hour).  Without it a new log is one ``items.jsonl``.
+        An existing log keeps its layout; reopening a rotated log starts a new segment.
 
     Examples
     --------
@@ -91,18 +105,37 @@ class LogWriter:
         *,
         png_level: int = 1,
         fsync: bool = False,
+        rotate_items: int | None = None,
     ) -> None:
         if not 0 <= png_level <= 9:
             raise ImageError(f"png_level must be 0..9 (zlib level), got {png_level}")
+        if rotate_items is not None and (isinstance(rotate_items, bool) or not isinstance(rotate_items, int)
+                                         or rotate_items < 1):
+            raise LogFormatError(f"rotate_items must be a whole number >= 1 (items per segment), got {rotate_items!r}")
         self.log_dir = Path(log_dir)
         self.png_level = png_level
         self.fsync = fsync
-        self._ids = _IdIndex()
+        self.rotate_items = rotate_items
         self._next_line = 1
         self._fh: IO[bytes] | None = None
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        kind = layout(self.log_dir)
+        if kind == "single" and rotate_items is not None:
+            raise LogFormatError(
+                f"{self.log_dir} holds a single {ITEMS_FILE}; a rotated log starts in a new log directory "
+                "(or append to this one without rotation)"
+            )
+        self.rotated = kind == "rotated" or (kind is None and rotate_items is not None)
+        self.segment = 0
+        """The segment being written (0: a single-file log)."""
+        self._seg_lines = 0
+        self._images_dir = IMAGES_DIR
+        self._ids: _IdIndex = _IdWindow() if self.rotated else _IdIndex()
         items = self.log_dir / ITEMS_FILE
-        has_items = items.exists() and items.stat().st_size > 0
+        if self.rotated:
+            has_items = kind == "rotated"
+        else:
+            has_items = items.exists() and items.stat().st_size > 0
         current = read_meta(self.log_dir)  # the defaults when there is no meta.json
         if meta is None:
             meta = current
@@ -115,6 +148,9 @@ class LogWriter:
         if not same or not (self.log_dir / META_FILE).exists():
             write_meta(self.log_dir, meta)
         self.meta = meta
+        if self.rotated:
+            self._open_rotated()
+            return
         torn = self._scan_existing(items) if has_items else False
         (self.log_dir / IMAGES_DIR).mkdir(exist_ok=True)
         self._fh = open(items, "ab")  # noqa: SIM115 - closed in close()
@@ -138,6 +174,72 @@ class LogWriter:
         with open(items, "rb") as fh:
             fh.seek(last.end_offset - 1)
             return fh.read(1) != b"\n"
+
+    def _open_rotated(self) -> None:
+        """Continue a rotated log in a new segment (or the last one, if it has no line yet)."""
+        segs = list_segments(self.log_dir)
+        if not segs:
+            self._start_segment(1, 1)
+            return
+        last = segs[-1]
+        first = read_header(self.log_dir / segment_file(last), last).first_line
+        lines = 0
+        for line in iter_log(self.log_dir, start=LogPosition(last, 0, 1)):
+            if line.record is not None:
+                self._ids.add(line.record.item_id, line.line_no)
+            lines += 1
+        self._next_line = first + lines
+        self.segment = last
+        if lines == 0:
+            self._open_segment(last)
+            return
+        # A new segment: a torn last line of the old one stays as it is (readers report it).
+        self._start_segment(last + 1, self._next_line)
+
+    def _start_segment(self, n: int, first_line: int) -> None:
+        """Create segment ``n`` whole (header written under a temporary name, then renamed)."""
+        final = self.log_dir / segment_file(n)
+        if final.exists():
+            raise LogFormatError(f"{final} exists already; is another writer appending to this log?")
+        tmp = final.with_name(final.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(header_line(n, first_line))
+            fh.flush()
+            if self.fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        if self.fsync:
+            _fsync_dir(self.log_dir)
+        self._open_segment(n)
+
+    def _open_segment(self, n: int) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        if n != self.segment and self.segment:
+            assert isinstance(self._ids, _IdWindow)
+            self._ids.next_segment()
+        self.segment = n
+        self._seg_lines = 0
+        self._images_dir = segment_images(n)
+        self._fh = open(self.log_dir / segment_file(n), "ab")  # noqa: SIM115 - closed in close()
+
+    @property
+    def items_path(self) -> Path:
+        """The file lines are appended to now: ``items.jsonl`` or the current segment."""
+        return self.log_dir / (segment_file(self.segment) if self.rotated else ITEMS_FILE)
+
+    def rotate(self) -> None:
+        """Start a new segment now (a rotated log only; a no-op while the segment has no line).
+
+        The current segment is complete when the next one appears: a follower that sees
+        segment ``k + 1`` reads ``k`` to its end once more and moves on.
+        """
+        if self._fh is None:
+            raise LogFormatError(f"cannot rotate {self.log_dir}: the LogWriter is closed")
+        if not self.rotated:
+            raise LogFormatError(f"{self.log_dir} is a single-file log; open a new log with rotate_items to rotate")
+        if self._seg_lines:
+            self._start_segment(self.segment + 1, self._next_line)
 
     def __enter__(self) -> LogWriter:
         return self
@@ -181,7 +283,9 @@ class LogWriter:
         """
         if self._fh is None:
             raise LogFormatError(f"cannot append to {self.log_dir}: the LogWriter is closed")
-        where = f"{self.log_dir / ITEMS_FILE} (writing item {_show(record.item_id)})"
+        if self.rotate_items is not None and self._seg_lines >= self.rotate_items:
+            self.rotate()
+        where = f"{self.items_path} (writing item {_show(record.item_id)})"
         if not isinstance(record.item_id, str) or not record.item_id.strip():
             raise LogFormatError(f"{where}: item_id must be a non-empty string")
         record = _plain_numbers(record)
@@ -207,12 +311,11 @@ class LogWriter:
                 f"{where}: the record cannot be written as JSON ({err}); extra fields "
                 "must be JSON types (str, finite numbers, bool, None, lists, dicts)"
             ) from err
-        written = parse_record(
-            json.loads(line), line_no=self._next_line, where=str(self.log_dir / ITEMS_FILE)
-        )
+        written = parse_record(json.loads(line), line_no=self._next_line, where=str(self.items_path))
         self._write_line(line + b"\n")
         self._ids.add(record.item_id, self._next_line)
         self._next_line += 1
+        self._seg_lines += 1
         return written
 
     def _write_images(self, item_id: str, images: Mapping[str, np.ndarray]) -> dict[str, str]:
@@ -239,8 +342,10 @@ class LogWriter:
             encoded[key] = encode_png(img, self.png_level)
         paths: dict[str, str] = {}
         stem = _safe_name(item_id)
+        if encoded and self.rotated:
+            (self.log_dir / self._images_dir).mkdir(exist_ok=True)
         for key, data in encoded.items():
-            rel = f"{IMAGES_DIR}/{stem}_{key}.png"
+            rel = f"{self._images_dir}/{stem}_{key}.png"
             with open(self.log_dir / rel, "wb") as fh:
                 fh.write(data)
                 if self.fsync:
@@ -248,7 +353,7 @@ class LogWriter:
                     os.fsync(fh.fileno())
             paths[key] = rel
         if paths and self.fsync:
-            _fsync_dir(self.log_dir / IMAGES_DIR)
+            _fsync_dir(self.log_dir / self._images_dir)
         return paths
 
     def _write_line(self, data: bytes) -> None:

@@ -455,7 +455,7 @@ class SimSummary:
 
 
 def simulate_log(cfg: SimConfig, out_dir: str | os.PathLike, *, workers: int = 1, png_level: int = 1,
-                 progress: bool = False) -> SimSummary:
+                 progress: bool = False, rotate_items: int | None = None) -> SimSummary:
     """Write a simulated ``sorter-log/1`` log to ``out_dir`` and return its summary.
 
     Examples
@@ -467,10 +467,11 @@ def simulate_log(cfg: SimConfig, out_dir: str | os.PathLike, *, workers: int = 1
     >>> s.items
     5
     """
-    from ..logformat import INCOMPLETE_FILE, ITEMS_FILE, LogWriter, incomplete_note
+    from ..logformat import INCOMPLETE_FILE, ITEMS_FILE, LogWriter, incomplete_note, layout
 
     out = Path(out_dir)
-    if (out / ITEMS_FILE).exists() and (out / ITEMS_FILE).stat().st_size > 0:
+    single = (out / ITEMS_FILE).exists() and (out / ITEMS_FILE).stat().st_size > 0
+    if single or layout(out) == "rotated":
         if incomplete_note(out) is not None:
             raise SimulationError(f"{out} holds an incomplete log (an earlier simulation was interrupted); "
                                   "delete it or pass --force to replace it, or choose another --out directory")
@@ -488,7 +489,7 @@ def simulate_log(cfg: SimConfig, out_dir: str | os.PathLike, *, workers: int = 1
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.items, unit="item", desc="simulate")
-    with LogWriter(out, cfg.meta()) as writer:
+    with LogWriter(out, cfg.meta(), rotate_items=rotate_items) as writer:
         for rec, nbytes in iter_written(cfg, str(out), workers, png_level):
             written = writer.append(rec)
             nbytes += len(json.dumps(written.to_json(), separators=(",", ":"))) + 1

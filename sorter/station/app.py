@@ -32,7 +32,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from sorter.errors import ImageError, SorterError
+from sorter.errors import ImageError, ImageExpiredError, SorterError
+from sorter.logformat import is_expired
 
 from .auth import LoginThrottle, check_password, csrf_ok, new_csrf_token
 from .images import ImageCache, render_image
@@ -220,20 +221,32 @@ def _item_context(st: Station, item_id: str) -> dict[str, Any] | None:
             readings.append((name, getattr(rec, name), unit))
     images = []
     if rec is not None:
+        gone = {name: _expired(st, rec, name) for name in ("xray_low", "xray_high", "rgb")}
         if rec.xray_low and rec.xray_high:
-            images.append(("material", "X-ray, both energies (colour: material)"))
+            images.append(("material", "X-ray, both energies (colour: material)",
+                           gone["xray_low"] or gone["xray_high"]))
         if rec.xray_low:
-            images.append(("xray_low", "X-ray low energy"))
+            images.append(("xray_low", "X-ray low energy", gone["xray_low"]))
         if rec.xray_high:
-            images.append(("xray_high", "X-ray high energy"))
+            images.append(("xray_high", "X-ray high energy", gone["xray_high"]))
         if rec.rgb:
-            images.append(("rgb", "camera"))
+            images.append(("rgb", "camera", gone["rgb"]))
     probs = [(c, audit.get(f"p_{c}")) for c in LABELS]
     return {
         "q": q, "audit": audit, "record": rec, "readings": readings, "images": images, "probs": probs,
         "novelty": audit.get(novelty_col) if novelty_col else None, "extras": extras,
         "history": st.store.history(item_id), "problems": list(rec.problems) if rec else [],
     }
+
+
+def _expired(st: Station, rec: Any, name: str) -> bool:
+    """Whether the record's image ``name`` was deleted by the retention policy (shown as expired)."""
+    if getattr(rec, name) is None:
+        return False
+    try:
+        return is_expired(st.log.image_path(rec, name))
+    except ImageError:
+        return False
 
 
 def _measurements(st: Station, item_id: str) -> list[tuple[str, float]]:
@@ -327,6 +340,8 @@ async def image(st: Station, request: Request) -> Response:
             return PlainError(404, "no record of this item in the line's log")
         try:
             data = await asyncio.to_thread(render_image, st.log, rec, kind)
+        except ImageExpiredError:
+            return PlainError(404, "image expired (deleted by the retention policy)")
         except ImageError as err:
             logger.warning("station: image %s of %s refused: %s", kind, item_id, err)
             return PlainError(404, "image not available")

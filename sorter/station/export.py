@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sorter.errors import ImageError, SorterError
-from sorter.logformat import ITEMS_FILE, iter_log, write_meta
+from sorter.logformat import ITEMS_FILE, is_expired, iter_log, write_meta
 
 from .linedata import LineLog
 from .store import StationStore
@@ -143,7 +143,8 @@ def export_labels(store: StationStore, log: LineLog, out: str | Path, *, since: 
                     try:
                         src = log.image_path(rec, name)
                         if not src.is_file():
-                            raise ImageError(f"{src.name} is missing")
+                            raise ImageError(f"{src.name} " + ("expired (deleted by the retention policy)"
+                                                              if is_expired(src) else "is missing"))
                     except ImageError as err:
                         summary.images_refused.append(f"item {rec.item_id} {name}: {err}")
                         obj[name] = None

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from sorter.errors import ImageError, LogFormatError, SorterError
-from sorter.logformat import ITEMS_FILE, parse_record, read_meta, resolve_image_path
+from sorter.logformat import ITEMS_FILE, layout, locate_line, parse_record, read_meta, resolve_image_path, segment_file
+from sorter.logformat.segments import read_header
 from sorter.readings import ItemRecord, LogMeta
 
 from .store import QueueItem, StationStore
@@ -163,27 +164,39 @@ class LineLog:
         """Index lines appended since the last call; returns how many items were added."""
         if self.log_dir is None:
             return 0
+        try:
+            kind = layout(self.log_dir)
+        except LogFormatError as err:
+            self.problem = str(err)
+            return 0
+        if kind == "rotated":
+            return self._index_segments()
         path = self.log_dir / ITEMS_FILE
         offset = int(self.store.get_setting("log_offset", "0") or 0)
         line_no = int(self.store.get_setting("log_next_line", "1") or 1)
+        return self._index_file(path, offset, line_no, None)[0]
+
+    def _index_file(self, path: Path, offset: int, line_no: int, segment: int | None) -> tuple[int, bool]:
+        """Index complete lines of ``path`` from ``offset`` (at most :attr:`MAX_READ` bytes);
+        (items added, whether everything up to the last newline was read)."""
         try:
             size = path.stat().st_size
         except FileNotFoundError:
             self.problem = f"{path} does not exist (yet)"
-            return 0
+            return 0, False
         if size < offset:
             self.problem = (f"{path} is shorter than what was already read ({size} < {offset} bytes): the log "
                             "was truncated or replaced; start the station with a new store for a new log")
-            return 0
+            return 0, False
         self.problem = None
         if size == offset:
-            return 0
+            return 0, True
         with open(path, "rb") as fh:
             fh.seek(offset)
             data = fh.read(min(size - offset, self.MAX_READ))
         end = data.rfind(b"\n")
         if end < 0:
-            return 0  # an incomplete last line: read it once it is complete
+            return 0, size - offset <= self.MAX_READ  # an incomplete last line: read it once it is complete
         rows = []
         pos = 0
         for raw in data[: end + 1].split(b"\n")[:-1]:
@@ -197,8 +210,39 @@ class LineLog:
             if isinstance(item_id, str) and item_id:
                 rows.append((item_id, line_no, start, offset + pos))
             line_no += 1
-        self.store.add_log_index(rows, offset + end + 1, line_no)
-        return len(rows)
+        self.store.add_log_index(rows, offset + end + 1, line_no, segment)
+        return len(rows), offset + len(data) >= size
+
+    def _index_segments(self, max_segments: int = 64) -> int:
+        """Index a rotated log: on from the segment read last, into the next ones once they exist."""
+        assert self.log_dir is not None
+        seg = int(self.store.get_setting("log_segment", "1") or 1)
+        added = 0
+        for _ in range(max_segments):
+            offset = int(self.store.get_setting("log_offset", "0") or 0)
+            line_no = int(self.store.get_setting("log_next_line", "1") or 1)
+            path = self.log_dir / segment_file(seg)
+            try:
+                hdr = read_header(path, seg)
+            except FileNotFoundError:
+                self.problem = f"{path} does not exist (yet)"
+                return added
+            except LogFormatError as err:
+                self.problem = str(err)
+                return added
+            if offset < hdr.end:
+                offset, line_no = hdr.end, hdr.first_line
+            nxt = self.log_dir / segment_file(seg + 1)
+            sealed = nxt.exists()  # looked at first: the segment is then complete when read below
+            n, complete = self._index_file(path, offset, line_no, seg)
+            added += n
+            if not (complete and sealed):
+                return added
+            # on to the next segment, whose header says where its lines start
+            nh = read_header(nxt, seg + 1)
+            self.store.add_log_index([], 0, nh.first_line, seg + 1)
+            seg += 1
+        return added
 
     def record(self, item_id: str) -> ItemRecord | None:
         """The item's validated record, or ``None`` when the log has no such item."""
@@ -209,6 +253,12 @@ class LineLog:
             return None
         line_no, start, end = pos
         path = self.log_dir / ITEMS_FILE
+        if not path.exists():  # a rotated log: the segment holding the line, from the segment headers
+            try:
+                path = self.log_dir / segment_file(locate_line(self.log_dir, line_no).segment)
+            except LogFormatError as err:
+                logger.warning("%s: %s", self.log_dir, err)
+                return None
         with open(path, "rb") as fh:
             fh.seek(start)
             raw = fh.read(end - start)

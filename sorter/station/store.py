@@ -354,9 +354,14 @@ class StationStore:
 
     # -- log index ---------------------------------------------------------------
 
-    def add_log_index(self, rows: Sequence[tuple[str, int, int, int]], end_offset: int, next_line: int) -> None:
-        """Remember where items are in the line's log, and how far it was read."""
+    def add_log_index(self, rows: Sequence[tuple[str, int, int, int]], end_offset: int, next_line: int,
+                      segment: int | None = None) -> None:
+        """Remember where items are in the line's log, and how far it was read (in ``segment``
+        of a rotated log, when given: all in one transaction)."""
         with self._tx() as c:
+            if segment is not None:
+                c.execute("INSERT INTO settings VALUES ('log_segment', ?) ON CONFLICT (key) DO UPDATE SET "
+                          "value = excluded.value", (str(segment),))
             c.executemany("INSERT INTO log_index VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
             c.execute("INSERT INTO settings VALUES ('log_offset', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                       (str(end_offset),))

@@ -238,3 +238,48 @@ def test_plc_link_and_sensor_health_come_from_the_controllers_metrics(line):
         metrics.close()
     snap = st.watcher.refresh()
     assert snap.plc_link == "unknown (controller not answering)"
+
+
+def test_an_image_deleted_by_retention_shows_as_expired(logged_in):
+    from sorter.logformat import record_expired
+
+    app, client, _ = logged_in
+    page = client.get("/review").text
+    first = re.search(r'data-item-id="([^"]+)"', page).group(1)
+    st = app.state.station
+    rec = st.log.record(first)
+    path = st.log.image_path(rec, "rgb")
+    record_expired(path.parent, [path.name])
+    path.unlink()
+    page = client.get("/review").text
+    assert "image expired" in page and f"/image/{first}/rgb.png" not in page
+    assert f"/image/{first}/xray_low.png" in page  # the others are still shown
+    r = client.get(f"/image/{first}/rgb.png")
+    assert r.status_code == 404 and "expired" in r.text
+
+
+def test_the_station_indexes_a_rotated_log_across_rotations(tmp_path):
+    from sorter.logformat import LogWriter, segment_file
+    from sorter.readings import ItemRecord
+    from sorter.station.linedata import LineLog
+    from sorter.station.store import StationStore
+
+    log_dir = tmp_path / "log"
+    store = StationStore(tmp_path / "station.sqlite")
+    idx = LineLog(log_dir, store)
+    assert idx.index_new() == 0 and "does not exist" in idx.problem
+    with LogWriter(log_dir, rotate_items=4) as w:
+        for i in range(10):
+            w.append(ItemRecord(item_id=f"R{i}", t=1.7e9 + i, weight_g=10.0 + i))
+    assert idx.index_new() == 10
+    with open(log_dir / segment_file(3), "ab") as fh:
+        fh.write(b'{"item_id":"torn"')  # the recorder died mid-line; it restarts in a new segment
+    with LogWriter(log_dir, rotate_items=4) as w:
+        for i in range(10, 15):
+            w.append(ItemRecord(item_id=f"R{i}", t=1.7e9 + i, weight_g=10.0 + i))
+    assert idx.index_new() == 5 and idx.problem is None
+    for i in range(15):
+        rec = idx.record(f"R{i}")
+        assert rec is not None and rec.weight_g == 10.0 + i
+    assert idx.record("R12").line_no == 14  # the torn line 11 counts, as every reader counts it
+    store.close()
