@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sorter.line.audit import AuditLog, AuditRecord
-from sorter.line.plc import LANE_NAMES, AckStatus, MailboxEntry
-from sorter.line.sources import plc_item_id
+from sorter.line.plc.protocol import LANE_NAMES, AckStatus, MailboxEntry, plc_item_id
 
 logger = logging.getLogger(__name__)
 

@@ -29,13 +29,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sorter import LANES
+from sorter.line.app import build_source
 from sorter.line.audit import AuditLog, AuditRecord
 from sorter.line.config import LineConfig, load_config
-from sorter.line.controller import Controller, RunSummary, ScoringPool, build_source, score_batch
+from sorter.line.controller import Controller
 from sorter.line.metrics import LineMetrics, StatusLine
 from sorter.line.plc import MemoryPlc, ModbusPlcLink
-from sorter.line.plcsim import PlcSimulator
+from sorter.line.plc.sim import PlcSimulator
+from sorter.line.scoring_pool import ScoringPool
 from sorter.line.sources import BeltTiming, SimulatedSource, generate_pool, plc_item_id
+from sorter.line.summary import RunSummary
 from sorter.logformat import LogWriter
 from sorter.readings import Item
 from sorter.scoring import Scorer
@@ -130,7 +133,7 @@ def test_batched_scoring_gives_the_same_decisions_as_one_at_a_time(scorer: Scori
     single = Scorer(load_model(None))
     items = [Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"),
                   SIM_CFG.meta()) for s in sim_pool[:12]]
-    batch = score_batch(single, [(it, 18.0) for it in items])
+    batch = single.score_items([(it, 18.0) for it in items])
     for it, d in zip(items, batch, strict=True):
         one = single.score_item(it, 18.0)
         assert (d.item_id, d.lane, d.reason) == (one.item_id, one.lane, one.reason)

@@ -20,14 +20,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sorter import LANES
+from sorter.cli import main as sorter_main
 from sorter.errors import ConfigError, PlcError, PlcTimeoutError
+from sorter.lanes import Lane
 from sorter.line.plc import (
     LANE_CODES,
-    SAFE_LANE,
     SLOT_WORDS,
     Ack,
     AckTimeoutError,
-    Lane,
+    LaneCode,
     MemoryPlc,
     ModbusPlcLink,
     PlcFault,
@@ -36,8 +37,7 @@ from sorter.line.plc import (
     decode_slot,
     encode_slot,
 )
-from sorter.line.plcsim import PlcSimulator
-from sorter.line.plcsim import main as plcsim_main
+from sorter.line.plc.sim import PlcSimulator
 
 BACKENDS = ["modbus", "memory"]
 WAIT_S = 10.0  # upper bound for anything that should happen "soon"; only there to avoid hangs
@@ -194,8 +194,8 @@ def run(coro: Awaitable[None]) -> None:
 def test_lane_codes_cover_the_package_lanes_and_manual_is_safe() -> None:
     assert tuple(LANE_CODES) == LANES
     assert dict(LANE_CODES) == {"lead_acid": 1, "li_ion": 2, "hazard": 3, "manual": 4}
-    assert Lane.NONE == 0
-    assert SAFE_LANE == "manual"
+    assert LaneCode.NONE == 0
+    assert LANE_CODES[Lane.MANUAL] == LaneCode.MANUAL == 4
 
 
 def test_crc_matches_modbus_rtu_reference_frame() -> None:
@@ -229,7 +229,7 @@ def test_check_word_catches_any_change_to_one_register(item_id: int, index: int,
 @pytest.mark.parametrize(
     "seq, item_id, lane",
     [(0, 1, "li_ion"), (0x10000, 1, "li_ion"), (1, -1, "li_ion"), (1, 2**32, "li_ion"), (1, 1, "lead-acid"),
-     (1, 1, Lane.NONE), (1, 1, 9)],
+     (1, 1, LaneCode.NONE), (1, 1, 9)],
 )
 def test_encode_refuses_out_of_range_values(seq: int, item_id: int, lane: Any) -> None:
     with pytest.raises(ValueError):
@@ -668,7 +668,7 @@ def test_simulator_serves_loopback_only() -> None:
     for host in ("0.0.0.0", "192.168.10.20", "localhost"):
         with pytest.raises(ConfigError):
             PlcSimulator(host, 5020)
-    assert plcsim_main(["--host", "0.0.0.0", "--port", "0"]) == 2
+    assert sorter_main(["plc-sim", "--host", "0.0.0.0", "--port", "0"]) == 2
 
 
 def test_memory_plc_refuses_unknown_options() -> None:

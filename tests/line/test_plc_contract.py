@@ -226,8 +226,9 @@ def test_the_id_hash_vectors_in_the_document_are_what_the_pc_sends() -> None:
 
 def test_a_protocol_fault_is_recorded_in_the_audit_log_and_its_items_are_not_acked(tmp_path: Path) -> None:
     from sorter.line.audit import AuditLog
-    from sorter.line.controller import Controller, ScoringPool
+    from sorter.line.controller import Controller
     from sorter.line.plc import MemoryPlc
+    from sorter.line.scoring_pool import ScoringPool
     from sorter.line.sources import generate_pool
     from tests.line.test_controller import SIM_CFG, make_config, sim_source
 
