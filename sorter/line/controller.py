@@ -731,9 +731,9 @@ class Controller:
         went = self._stats.record(lane, delivery, latency, overload, si.truth)
         hazard_wh = None
         if si.truth is not None and si.truth.label is not None:
-            if went == "hazard" and si.truth.energy_wh:
+            if went == Lane.HAZARD and si.truth.energy_wh:
                 hazard_wh = si.truth.energy_wh
-            if went == "lead_acid" and si.truth.label == "li_ion":
+            if went == Lane.LEAD_ACID and si.truth.label == "li_ion":
                 logger.error("item=%s: Li-ion (truth) went to lead_acid", si.item_id)
         self.metrics.record_item(lane=lane, delivery=delivery, latency_s=latency, overload=overload,
                                  hazard_wh=hazard_wh)

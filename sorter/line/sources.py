@@ -54,6 +54,7 @@ from sorter.line.plc.protocol import plc_item_id
 from sorter.logformat import LogLine, iter_log, load_item, read_meta
 from sorter.readings import Item, LogMeta
 from sorter.simulate.run import SimConfig, SimItem, simulate_item
+from sorter.threads import one_thread
 
 logger = logging.getLogger(__name__)
 
@@ -473,11 +474,7 @@ class LogFollowSource(ItemSource):
 
 
 def _simulate_chunk(cfg: SimConfig, start: int, stop: int) -> list[SimItem]:
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    cv2.setNumThreads(1)  # processes are the parallelism; OpenCV's pool is not fork-safe anyway
-    with threadpool_limits(1):
+    with one_thread():  # processes are the parallelism (and OpenCV's pool is not fork-safe)
         return [simulate_item(cfg, i) for i in range(start, stop)]
 
 

@@ -94,7 +94,7 @@ class RunStats:
             self.truth[(truth.label, went)] += 1
             if truth.label == "li_ion" and truth.damaged:
                 self.damaged[went] += 1
-            if went == "hazard" and truth.energy_wh:
+            if went == Lane.HAZARD and truth.energy_wh:
                 self.hazard_wh += truth.energy_wh
         return went
 
@@ -110,13 +110,13 @@ class RunStats:
 
         return dict(
             li_ion_total=tsum("li_ion"),
-            li_ion_in_lead_acid=tsum("li_ion", "lead_acid"),
-            non_lead_in_lead_acid=tsum(lane="lead_acid") - tsum("lead_acid", "lead_acid"),
+            li_ion_in_lead_acid=tsum("li_ion", Lane.LEAD_ACID),
+            non_lead_in_lead_acid=tsum(lane=Lane.LEAD_ACID) - tsum("lead_acid", Lane.LEAD_ACID),
             lead_acid_total=tsum("lead_acid"),
-            lead_acid_to_lead_acid=tsum("lead_acid", "lead_acid"),
-            lead_acid_lane_items=tsum(lane="lead_acid"),
+            lead_acid_to_lead_acid=tsum("lead_acid", Lane.LEAD_ACID),
+            lead_acid_lane_items=tsum(lane=Lane.LEAD_ACID),
             damaged_total=sum(self.damaged.values()),
-            damaged_to_hazard=self.damaged.get("hazard", 0),
+            damaged_to_hazard=self.damaged.get(Lane.HAZARD, 0),
             hazard_energy_wh=round(self.hazard_wh, 1),
         )
 
