@@ -33,6 +33,10 @@ starts at the item's bridge time ``t`` (so time spent in the recorder and in a
 backlog counts, as it does on the belt); a bridge time more than a second in the
 future (clocks out of step) falls back to the arrival time.  With ``"arrival"``
 it starts when the controller reads the item (replaying an old log).
+
+Why this module is long (about 600 lines): the two sources share the item hand-over
+(:class:`SourceItem`, :class:`BeltTiming`, the bounded queue), and the log follower's
+reader thread, resume and re-check logic is most of it.
 """
 
 from __future__ import annotations
