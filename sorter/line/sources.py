@@ -17,8 +17,9 @@ time, when the controller had it, and by when the PLC needs its decision.
 
 PLC item ids
 ------------
-The PLC tracks items by a uint32 id (``docs/plc-interface.md``).  :func:`plc_item_id`
-(:mod:`sorter.line.plc.protocol`, re-exported here) maps the bridge's item id to it: an id written as a decimal number that fits
+The PLC tracks items by a uint32 id (``docs/plc-interface.md``).
+:func:`plc_item_id` (:mod:`sorter.line.plc.protocol`, re-exported here) maps the bridge's
+item id to it: an id written as a decimal number that fits
 in 32 bits (``"00012345"``) is that number; any other id is hashed
 (BLAKE2b, 31 bits, with the top bit set), so a hashed id never equals a
 numeric id below 2**31.  Two different non-numeric ids collide with

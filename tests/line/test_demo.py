@@ -13,6 +13,8 @@ from sorter.errors import ConfigError
 from sorter.line.demo import format_result, run_demo
 from sorter.line.plc.protocol import PlcFault
 
+pytestmark = pytest.mark.e2e  # the Modbus demo: a PLC server, scoring worker processes
+
 
 def test_demo_smoke_runs_the_whole_line_over_modbus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = run_demo(items=24, rate_hz=24.0, pool=12, workers=1, out=tmp_path, status=False)

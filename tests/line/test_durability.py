@@ -251,7 +251,7 @@ def test_a_restart_reports_a_gap_in_the_summary_and_the_audit_events(tmp_path: P
     from sorter.line.controller import Controller
     from sorter.line.scoring_pool import ScoringPool
     from sorter.line.sources import generate_pool
-    from tests.line.test_controller import SIM_CFG, make_config, sim_source
+    from tests.line.line_run import SIM_CFG, make_config, sim_source
 
     pool = generate_pool(SIM_CFG, 10, workers=1)
     cfg = make_config(tmp_path)
@@ -291,7 +291,7 @@ def test_max_lag_holds_decisions_back_while_the_disk_is_behind(tmp_path: Path,
     from sorter.line.controller import Controller
     from sorter.line.scoring_pool import ScoringPool
     from sorter.line.sources import generate_pool
-    from tests.line.test_controller import SIM_CFG, make_config, sim_source
+    from tests.line.line_run import SIM_CFG, make_config, sim_source
 
     release = threading.Event()
     real = audit_module.os.fdatasync

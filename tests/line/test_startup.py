@@ -12,7 +12,7 @@ from sorter.line.plc import MemoryPlc, PlcFault
 from sorter.line.reconcile import SNAPSHOT_EVENT
 from sorter.line.scoring_pool import ThreadScoringPool
 from sorter.line.sources import generate_pool
-from tests.line.test_controller import SIM_CFG, make_config, sim_source
+from tests.line.line_run import SIM_CFG, make_config, sim_source
 
 
 class GatedPool(ThreadScoringPool):
