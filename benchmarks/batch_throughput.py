@@ -329,14 +329,12 @@ def same_rows(a: Path, b: Path) -> bool:
 
 def breakdown(log: Path, n: int = STAGE_ITEMS) -> dict[str, float]:
     """Milliseconds per item of each stage, in this one process (one thread)."""
-    import cv2
-    from threadpoolctl import threadpool_limits
+    from sorter.threads import one_thread
 
-    cv2.setNumThreads(1)
     scorer = Scorer(load_model())
     t = dict.fromkeys(("read", "decode", "measure", "xray", "camera", "decide"), 0.0)
     items = 0
-    with threadpool_limits(1):
+    with one_thread():
         chunks = itertools.islice(iter_chunks([log], CHUNK), n // CHUNK)
         while True:
             t0 = time.perf_counter()

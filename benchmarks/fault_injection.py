@@ -36,12 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
+from sorter.line.app import build_source
 from sorter.line.audit import AuditLog
 from sorter.line.config import load_config
-from sorter.line.controller import Controller, ScoringPool, build_source
+from sorter.line.controller import Controller
 from sorter.line.health import SensorHealth
 from sorter.line.plc import MemoryPlc, ModbusPlcLink
-from sorter.line.plcsim import PlcSimulator
+from sorter.line.plc.sim import PlcSimulator
+from sorter.line.scoring_pool import ScoringPool
 from sorter.line.sources import BeltTiming, SimulatedSource, generate_pool
 from sorter.logformat import LogWriter
 from sorter.readings import Item

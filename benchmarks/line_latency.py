@@ -54,9 +54,10 @@ import numpy as np
 
 from sorter.line.audit import AuditLog, AuditRecord
 from sorter.line.config import load_config
-from sorter.line.controller import Controller, ScoringPool
+from sorter.line.controller import Controller
 from sorter.line.plc import ModbusPlcLink
-from sorter.line.plcsim import PlcSimulator
+from sorter.line.plc.sim import PlcSimulator
+from sorter.line.scoring_pool import ScoringPool
 from sorter.line.sources import BeltTiming, SimulatedSource, generate_pool
 from sorter.simulate.run import SimConfig
 

@@ -40,7 +40,7 @@ import threading
 import time
 from pathlib import Path
 
-from sorter.line.plcsim import PlcSimulator
+from sorter.line.plc.sim import PlcSimulator
 from sorter.line.sources import generate_pool
 from sorter.logformat import LogWriter
 from sorter.simulate.run import SimConfig
@@ -52,7 +52,7 @@ SIM = SimConfig(items=30, seed=14, mix="recycler")
 _LOAD_PROFILE = r"""
 import json, time
 t0 = time.perf_counter()
-import sorter.line.controller
+import sorter.line.app  # what `sorter run` imports: the controller, the PLC link, the sources
 t1 = time.perf_counter()
 import skops.io as sio
 t2 = time.perf_counter()
@@ -74,7 +74,7 @@ a = time.perf_counter(); m = sm.load_model(); out["load_model_warm_s"] = time.pe
 m._fast = None
 a = time.perf_counter(); m.prepare(); out["predictor_self_check_s"] = time.perf_counter() - a
 import asyncio
-from sorter.line.controller import ScoringPool
+from sorter.line.scoring_pool import ScoringPool
 async def first_worker():
     pool = ScoringPool(None, workers=1)
     a = time.perf_counter(); await pool.start(); b = time.perf_counter()

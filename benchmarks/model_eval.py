@@ -57,7 +57,7 @@ def ensure_log(data: Path, name: str, items: int, workers: int) -> Path:
 
 
 def one_item_latency(log_dir: Path, n: int = 2000) -> dict:
-    from threadpoolctl import threadpool_limits
+    from sorter.threads import one_thread
 
     model = load_model()
     scorer = Scorer(model)
@@ -70,10 +70,7 @@ def one_item_latency(log_dir: Path, n: int = 2000) -> dict:
         if len(items) >= n:
             break
     times = []
-    with threadpool_limits(1):
-        import cv2
-
-        cv2.setNumThreads(1)
+    with one_thread():
         for item, a in items[:50]:  # warm-up
             scorer.score_item(item, a)
         for item, a in items:

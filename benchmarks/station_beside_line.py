@@ -84,7 +84,7 @@ def _stop(*procs: subprocess.Popen) -> None:
 
 
 async def bench(args: argparse.Namespace) -> list[tuple[bool, ll.Result, float | None]]:
-    from sorter.line.controller import ScoringPool
+    from sorter.line.scoring_pool import ScoringPool
     from sorter.line.sources import generate_pool
     from sorter.station.auth import hash_password
     from sorter.station.store import StationStore

@@ -1,8 +1,9 @@
 """Scoring: one item (the line) or many rows (batch), through the same code.
 
 :class:`Scorer` measures an item (features), asks the model for probabilities, and
-applies the divert policy.  The line controller calls :meth:`Scorer.score_item` one
-item at a time; batch scoring measures many items in worker processes and calls
+applies the divert policy.  The line controller calls :meth:`Scorer.score_items` with the
+items that queued up for a scoring worker (one or many; :meth:`Scorer.score_item` is the
+one-item form); batch scoring measures many items in worker processes and calls
 :meth:`Scorer.decide_rows` on the stacked rows.  Both end in :func:`sorter.policy.decide`
 with the same thresholds, so a log scored in batch gives the lanes the line gave.
 """
@@ -76,7 +77,7 @@ class Scorer:
     """Features, model and policy for one item or many.
 
     The running ambient temperature is the caller's state (an
-    :class:`~sorter.features.measure.AmbientTracker` fed in item order), passed in per
+    :class:`~sorter.features.ambient.AmbientTracker` fed in item order), passed in per
     item, so a scorer can run in any thread or process.
 
     Parameters
@@ -132,15 +133,39 @@ class Scorer:
         return closed
 
     def score_item(self, item: Item, ambient_c: float | None = None) -> Decision:
-        """Score one item (the line's path). Never raises for bad readings."""
-        try:
-            raw = measure_item(item, ambient_c)
-        except Exception as err:  # noqa: BLE001 - an item that breaks measurement goes to manual
-            log.exception("item %s: measurement failed", item.item_id)
-            return error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}",
-                                  ErrorKind.MEASUREMENT)
-        return self.decide_rows(raw[None, :], [item.record.line_no], [item.item_id], ["; ".join(item.problems)],
-                                item.meta)[0]
+        """Score one item (the line's path for one item). Never raises for bad readings."""
+        return self.score_items([(item, ambient_c)])[0]
+
+    def score_items(self, batch: Sequence[tuple[Item, float | None]]) -> list[Decision]:
+        """Score several items in one model call: measure each, stack the rows, :meth:`decide_rows`.
+
+        ``batch`` holds ``(item, ambient_c)`` pairs, the ambient estimate for each item from the
+        caller's :class:`~sorter.features.ambient.AmbientTracker`.  An item whose measuring raises
+        gets an error decision (lane ``manual``, :attr:`ErrorKind.MEASUREMENT`); the others are
+        decided together.  The line controller's scoring pool calls this with whatever items queued
+        up (one or many); the batch engines measure in worker processes and call
+        :meth:`decide_rows` on the same rows.  Never raises for bad readings.
+        """
+        out: list[Decision | None] = [None] * len(batch)
+        rows: list[np.ndarray] = []
+        index: list[int] = []
+        for k, (item, ambient_c) in enumerate(batch):
+            try:
+                rows.append(measure_item(item, ambient_c))
+            except Exception as err:  # noqa: BLE001 - an item that breaks measurement goes to manual
+                log.exception("item %s: measurement failed", item.item_id)
+                out[k] = error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}",
+                                        ErrorKind.MEASUREMENT)
+            else:
+                index.append(k)
+        if rows:
+            items = [batch[k][0] for k in index]
+            decided = self.decide_rows(np.vstack(rows), [it.record.line_no for it in items],
+                                       [it.item_id for it in items], ["; ".join(it.problems) for it in items],
+                                       [it.meta for it in items])
+            for k, decision in zip(index, decided, strict=True):
+                out[k] = decision
+        return [d for d in out if d is not None]
 
     def decide_rows(self, raw: np.ndarray, line_nos, item_ids, problems,
                     meta: LogMeta | Sequence[LogMeta | None] | None = None) -> list[Decision]:

@@ -8,9 +8,10 @@ import asyncio
 import pyarrow.parquet as pq
 import pytest
 
+from sorter.line.app import build_source
 from sorter.line.audit import AuditLog
 from sorter.line.config import load_config
-from sorter.line.controller import Controller, build_source
+from sorter.line.controller import Controller
 from sorter.line.plc import MemoryPlc
 from sorter.score import score_logs
 from sorter.simulate.faults import BAD_KINDS, write_bad_log

@@ -90,7 +90,7 @@ def test_the_line_passes_allow_line_mismatch_from_its_configuration_to_its_score
     import asyncio
 
     from sorter.line.config import load_config
-    from sorter.line.controller import ScoringPool
+    from sorter.line.scoring_pool import ScoringPool
 
     cfg_file = tmp_path / "line.toml"
     cfg_file.write_text('[line]\nsource = "simulated"\nallow_line_mismatch = true\n')

@@ -32,35 +32,35 @@ def packs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def model():
+def energy_model():
     raw, e = packs(1500, 1)
     raw_c, e_c = packs(600, 2)
     return EnergyModel.fit(raw, e, raw_c, e_c, seed=0)
 
 
-def test_bound_covers_fresh_items_at_the_stated_rate(model):
+def test_bound_covers_fresh_items_at_the_stated_rate(energy_model):
     raw, e = packs(4000, 3)
-    est, upper = model.predict(raw)
+    est, upper = energy_model.predict(raw)
     assert np.mean(upper >= e) >= 0.99  # 99.8 % in expectation; 4000 draws of one calibration
     assert np.median(np.abs(est - e) / e) < 0.15
     assert (upper <= physical_upper_wh(raw[:, C["weight_g"]]) + 1e-9).all()
 
 
-def test_missing_xray_or_outside_the_envelope_falls_back_to_the_physical_bound(model):
+def test_missing_xray_or_outside_the_envelope_falls_back_to_the_physical_bound(energy_model):
     raw, _ = packs(10, 4)
     raw[:3, C["xr_area_mm2"]] = np.nan
-    est, upper = model.predict(raw, fallback=np.array([False] * 8 + [True] * 2))
+    est, upper = energy_model.predict(raw, fallback=np.array([False] * 8 + [True] * 2))
     w = raw[:, C["weight_g"]]
     np.testing.assert_allclose(upper[:3], physical_upper_wh(w[:3]))
     np.testing.assert_allclose(upper[8:], physical_upper_wh(w[8:]))
     assert (upper[3:8] < physical_upper_wh(w[3:8])).all()
-    np.testing.assert_allclose(est[:3], w[:3] * model.median_wh_per_g)
+    np.testing.assert_allclose(est[:3], w[:3] * energy_model.median_wh_per_g)
 
 
-def test_no_weight_no_bound(model):
+def test_no_weight_no_bound(energy_model):
     raw, _ = packs(2, 5)
     raw[0, C["weight_g"]] = np.nan
-    est, upper = model.predict(raw)
+    est, upper = energy_model.predict(raw)
     assert math.isnan(est[0]) and math.isnan(upper[0]) and np.isfinite(upper[1])
 
 
@@ -73,13 +73,13 @@ def test_too_few_held_out_items_leave_only_the_physical_bound():
     np.testing.assert_allclose(upper, physical_upper_wh(raw[:5, C["weight_g"]]))
 
 
-def test_json_round_trip(model):
-    again = EnergyModel.from_json(model.to_json(), model.regressor)
+def test_json_round_trip(energy_model):
+    again = EnergyModel.from_json(energy_model.to_json(), energy_model.regressor)
     raw, _ = packs(20, 8)
-    for a, b in zip(again.predict(raw), model.predict(raw)):
+    for a, b in zip(again.predict(raw), energy_model.predict(raw)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="energy features"):
-        EnergyModel.from_json({**model.to_json(), "features": ["x"]}, model.regressor)
+        EnergyModel.from_json({**energy_model.to_json(), "features": ["x"]}, energy_model.regressor)
 
 
 def test_scoring_gives_li_ion_and_hazard_items_an_energy_and_bound(tmp_path):

@@ -52,7 +52,7 @@ def test_probe_rows_reach_both_sides_of_splits() -> None:
     assert np.isnan(P).any()
 
 
-def test_unsupported_models_keep_sklearn(caplog: pytest.LogCaptureFixture) -> None:
+def test_unsupported_models_keep_sklearn() -> None:
     X, y = _data(2)
     iso = CalibratedClassifierCV(HistGradientBoostingClassifier(max_iter=5), method="isotonic", cv=3,
                                  ensemble=False).fit(X, y)

@@ -55,10 +55,9 @@ def _add_run(sub: Any) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import json
 
-    from sorter.line.config import load_config
-    from sorter.line.controller import run_line
-
     from sorter.errors import ConfigError
+    from sorter.line.app import run_line
+    from sorter.line.config import load_config
 
     if args.print_config:
         cfg = load_config(args.config, overrides=args.overrides, validate=False)
@@ -142,7 +141,7 @@ def _check_log_dir(cfg: Any) -> None:
 
 def _paced(cfg: Any, rate: float) -> Any:
     """The configured log source, paced for a replay (``--replay-rate``)."""
-    from sorter.line.controller import build_source
+    from sorter.line.app import build_source
 
     inner = build_source(cfg)
 
@@ -158,22 +157,81 @@ def _paced(cfg: Any, rate: float) -> Any:
 
 
 def _add_plc_sim(sub: Any) -> None:
-    from sorter.line import plcsim
-
     p = sub.add_parser(
         "plc-sim", help="run a simulated divert PLC (Modbus TCP on loopback)",
         description=(
             "Serve the divert PLC's register contract (docs/plc-interface.md) over Modbus TCP, for commissioning "
             "and tests without a PLC. Listens on loopback only. Ctrl-C stops it."),
     )
-    plcsim.add_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback only; default %(default)s)")
+    p.add_argument("--port", type=int, default=5020, help="TCP port, 0 for a free one (default %(default)s)")
+    p.add_argument("--scan-ms", type=float, default=10.0, help="PLC scan period in ms (default %(default)s)")
+    p.add_argument("--device-id", type=int, default=1, help="Modbus unit id (default %(default)s)")
+    p.add_argument("--base", type=int, default=100, help="PDU address of the map (default %(default)s)")
+    p.add_argument("--slots", type=int, default=8, help="mailbox ring size N (default %(default)s)")
+    p.add_argument(
+        "--pc-timeout-s", type=float, default=1.5, help="PC heartbeat timeout in s (default %(default)s)"
+    )
+    p.add_argument(
+        "--untracked", choices=["apply", "late"], default="apply",
+        help="answer to a decision for an item the PLC was never told about: apply it at once (a simulator has "
+             "no sensor bridge) or 'late' as the contract says for a real PLC (default %(default)s)")
+    p.add_argument(
+        "--report-s", type=float, default=5.0, help="print counters every this many seconds (default %(default)s)"
+    )
     p.set_defaults(func=_cmd_plc_sim)
 
 
 def _cmd_plc_sim(args: argparse.Namespace) -> int:
-    from sorter.line import plcsim
+    """Run the simulated PLC until Ctrl-C, printing its counters periodically.
 
-    return plcsim.run(args)
+    Returns 0 after Ctrl-C, 2 for a bad option or address.
+    """
+    from sorter.errors import ConfigError, PlcError
+    from sorter.line.plc.protocol import RegisterMap
+    from sorter.line.plc.sim import PlcSimulator
+
+    try:
+        sim = PlcSimulator(
+            args.host,
+            args.port,
+            scan_ms=args.scan_ms,
+            device_id=args.device_id,
+            register_map=RegisterMap(base=args.base, slots=args.slots),
+            pc_heartbeat_timeout_s=args.pc_timeout_s,
+            untracked=args.untracked,
+        )
+    except ConfigError as err:
+        print(f"sorter plc-sim: {err}")
+        return 2
+    if not args.report_s > 0:
+        print(f"sorter plc-sim: --report-s {args.report_s} must be > 0")
+        return 2
+
+    async def serve() -> None:
+        await sim.start()
+        m = sim.register_map
+        print(
+            f"simulated PLC on {sim.host}:{sim.port} device {sim.device_id}, scan {args.scan_ms} ms, "
+            f"map base {m.base} ({m.size} registers, {m.slots} slots); Ctrl-C to stop",
+            flush=True,
+        )
+        try:
+            while True:
+                await asyncio.sleep(args.report_s)
+                counts = " ".join(f"{k}={v}" for k, v in sim.counters.items())
+                print(f"faults=0x{int(sim.model.faults):04x} {counts}", flush=True)
+        finally:
+            await sim.stop()
+
+    try:
+        asyncio.run(serve())
+    except PlcError as err:
+        print(f"sorter plc-sim: {err}")
+        return 2
+    except KeyboardInterrupt:
+        print(f"stopped; final counters: {sim.counters}")
+    return 0
 
 
 # ---------------------------------------------------------------------------- demo

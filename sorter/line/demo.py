@@ -1,6 +1,6 @@
 """``sorter demo``: the whole line on one machine, in under a minute.
 
-A simulated PLC (:class:`~sorter.line.plcsim.PlcSimulator`: pymodbus's Modbus
+A simulated PLC (:class:`~sorter.line.plc.sim.PlcSimulator`: pymodbus's Modbus
 TCP server on 127.0.0.1, a free port, 10 ms scan) and a simulated conveyor
 (:class:`~sorter.line.sources.SimulatedSource`) run in this process; the line
 controller scores every item with the shipped model in worker processes and
@@ -31,9 +31,12 @@ from pathlib import Path
 from typing import TextIO
 
 from sorter.errors import ConfigError
+from sorter.line.app import build_source, run_line
 from sorter.line.config import LineConfig, load_config
-from sorter.line.controller import Resume, RunSummary, ScoringPool, build_source, run_line
-from sorter.line.plcsim import PlcSimulator
+from sorter.line.controller import Resume
+from sorter.line.plc.sim import PlcSimulator
+from sorter.line.scoring_pool import ScoringPool
+from sorter.line.summary import RunSummary
 
 logger = logging.getLogger(__name__)
 

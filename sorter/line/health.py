@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..lanes import Lane
 from ..readings import Item
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class SensorHealth:
 
 def guard_lane(lane: str, reason: str, health: SensorHealth) -> tuple[str, str]:
     """Close the lead_acid lane while any sensor is in alarm."""
-    if lane == "lead_acid" and health.blocks_lead_acid:
+    if lane == Lane.LEAD_ACID and health.blocks_lead_acid:
         alarms = ", ".join(f"{s} {v}" for s, v in sorted(health.alarms.items()))
-        return "manual", f"sensor alarm ({alarms}): lead_acid closed; {reason}"
+        return Lane.MANUAL, f"sensor alarm ({alarms}): lead_acid closed; {reason}"
     return lane, reason

@@ -59,6 +59,7 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from sorter.errors import ConfigError
+from sorter.lanes import Lane
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class LineMetrics:
             self.overload.inc()
         if delivery == "undelivered":
             self.undelivered.inc()
-        if delivery == "acked" and lane == "hazard" and hazard_wh:
+        if delivery == "acked" and lane == Lane.HAZARD and hazard_wh:
             self.hazard_energy.inc(hazard_wh)
 
     def set_sensor_alarm(self, sensor: str, status: str) -> None:

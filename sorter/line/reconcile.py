@@ -36,9 +36,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sorter.lanes import Lane
 from sorter.line.audit import AuditLog, AuditRecord
-from sorter.line.plc import LANE_NAMES, AckStatus, MailboxEntry
-from sorter.line.sources import plc_item_id
+from sorter.line.plc.protocol import LANE_NAMES, AckStatus, MailboxEntry, plc_item_id
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ SNAPSHOT_EVENT: Final = "plc_counters"
 """Event kind of a snapshot of the PLC counters (with the audit's last row id)."""
 GAP_EVENT: Final = "reconciliation_gap"
 """Event kind of a reconciliation that found a gap."""
-_LANES: Final = ("lead_acid", "li_ion", "hazard", "manual")
+_LANES: Final = tuple(Lane)
 
 
 def snapshot_detail(counters: Mapping[str, int], last_id: int, why: str,
@@ -166,7 +166,7 @@ def reconcile(log: AuditLog, counters: Mapping[str, int], mailbox: Sequence[Mail
             pending[r.lane] += 1
     carried: dict[str, int] = {lane: _delta(counters, before, lane) for lane in _LANES}
     plc_items = sum(carried.values())
-    carried["manual"] = max(0, carried["manual"] - _delta(counters, before, "defaulted"))
+    carried[Lane.MANUAL] = max(0, carried[Lane.MANUAL] - _delta(counters, before, "defaulted"))
     gaps = {lane: carried[lane] - acked.get(lane, 0) for lane in _LANES if carried[lane] != acked.get(lane, 0)}
 
     notes: list[str] = []

@@ -17,8 +17,9 @@ time, when the controller had it, and by when the PLC needs its decision.
 
 PLC item ids
 ------------
-The PLC tracks items by a uint32 id (``docs/plc-interface.md``).  :func:`plc_item_id`
-maps the bridge's item id to it: an id written as a decimal number that fits
+The PLC tracks items by a uint32 id (``docs/plc-interface.md``).
+:func:`plc_item_id` (:mod:`sorter.line.plc.protocol`, re-exported here) maps the bridge's
+item id to it: an id written as a decimal number that fits
 in 32 bits (``"00012345"``) is that number; any other id is hashed
 (BLAKE2b, 31 bits, with the top bit set), so a hashed id never equals a
 numeric id below 2**31.  Two different non-numeric ids collide with
@@ -33,6 +34,10 @@ starts at the item's bridge time ``t`` (so time spent in the recorder and in a
 backlog counts, as it does on the belt); a bridge time more than a second in the
 future (clocks out of step) falls back to the arrival time.  With ``"arrival"``
 it starts when the controller reads the item (replaying an old log).
+
+Why this module is long (about 600 lines): the two sources share the item hand-over
+(:class:`SourceItem`, :class:`BeltTiming`, the bounded queue), and the log follower's
+reader thread, resume and re-check logic is most of it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import threading
 import time
@@ -51,9 +55,11 @@ from pathlib import Path
 from typing import Final
 
 from sorter.errors import LogFormatError, SorterError
+from sorter.line.plc.protocol import plc_item_id
 from sorter.logformat import LogLine, LogPosition, iter_log, layout, load_item, locate_line, read_meta
 from sorter.readings import Item, LogMeta
 from sorter.simulate.run import SimConfig, SimItem, simulate_item
+from sorter.threads import one_thread
 
 logger = logging.getLogger(__name__)
 
@@ -72,30 +78,7 @@ Announce = Callable[[int, float], None]
 """``announce(plc_id, due_monotonic)``: tell an in-process simulated PLC that an item is on the
 belt, as the real PLC's shift register knows from the bridge."""
 
-_UINT32_MAX: Final = 0xFFFF_FFFF
-_HASH_BIT: Final = 0x8000_0000
 _FUTURE_TOLERANCE_S: Final = 1.0
-
-
-def plc_item_id(item_id: str) -> int:
-    """The uint32 id the PLC knows an item by.
-
-    Decimal ids that fit in 32 bits are used as they are; any other id is
-    hashed into ``2**31 .. 2**32 - 1`` (see the module notes).
-
-    Examples
-    --------
-    >>> plc_item_id("00012345"), plc_item_id("4294967295")
-    (12345, 4294967295)
-    >>> plc_item_id("L1-000001") >= 2**31
-    True
-    """
-    if item_id.isascii() and item_id.isdecimal():
-        value = int(item_id)
-        if value <= _UINT32_MAX:
-            return value
-    digest = hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=4).digest()
-    return int.from_bytes(digest, "big") | _HASH_BIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,11 +494,7 @@ class LogFollowSource(ItemSource):
 
 
 def _simulate_chunk(cfg: SimConfig, start: int, stop: int) -> list[SimItem]:
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    cv2.setNumThreads(1)  # processes are the parallelism; OpenCV's pool is not fork-safe anyway
-    with threadpool_limits(1):
+    with one_thread():  # processes are the parallelism (and OpenCV's pool is not fork-safe)
         return [simulate_item(cfg, i) for i in range(start, stop)]
 
 

@@ -19,10 +19,11 @@ The wire format is that of :class:`multiprocessing.connection.Connection`
 ``recv_bytes`` / ``send_bytes``.  A request is ``(kind, payload)``; an answer is
 ``("ok", value)`` or ``("err", exception)``.
 
-The scoring worker's own side (:func:`init_scoring_worker`, :data:`SCORING_HANDLERS`,
-:func:`score_batch`) lives here too, not in :mod:`sorter.line.controller`: a spawned worker
-imports only the module of the functions it runs, so it skips the controller's imports (audit
-log, metrics, PLC link, sources, simulator) and is ready sooner after a restart.
+The scoring worker's own side (:func:`init_scoring_worker`, :data:`SCORING_HANDLERS`; a batch
+is scored by :meth:`sorter.scoring.Scorer.score_items`) lives here too, not in
+:mod:`sorter.line.scoring_pool`: a spawned worker imports only the module of the functions it
+runs, so it skips the controller's imports (audit log, metrics, PLC link, sources, simulator)
+and is ready sooner after a restart.
 """
 
 from __future__ import annotations
@@ -35,26 +36,27 @@ import pickle
 import signal
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-import numpy as np
-
-from sorter.features.measure import measure_item
+from sorter.errors import SorterError
 from sorter.readings import Item, ItemRecord
-from sorter.scoring import Decision, Scorer, error_decision
+from sorter.scoring import Decision, Scorer
+from sorter.threads import single_threaded
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCORING_HANDLERS", "ScoringProcess", "WorkerLost", "init_scoring_worker", "limit_threads", "score_batch"]
+__all__ = ["SCORING_HANDLERS", "ScoringProcess", "WorkerLost", "init_scoring_worker"]
 
 _HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")
 
 
-class WorkerLost(RuntimeError):
-    """The worker process exited, or its connection broke, during a call."""
+class WorkerLost(SorterError, RuntimeError):
+    """The worker process exited, or its connection broke, during a call.
+
+    The pool replaces the worker; the items of the call go to the safe lane."""
 
 
 def _serve(conn: Connection, init: Callable[..., None], init_args: tuple[Any, ...],
@@ -185,55 +187,8 @@ class ScoringProcess:
 # --------------------------------------------------------------------------- the scoring worker's side
 
 
-def score_batch(scorer: Scorer, batch: Sequence[tuple[Item, float | None]]) -> list[Decision]:
-    """Decisions for several items in one model call; the same code as :meth:`Scorer.score_item`.
-
-    Each item is measured on its own (an item that breaks measurement gets an
-    error decision, lane ``manual``); the measured rows go through
-    :meth:`Scorer.decide_rows` together.  Never raises.
-
-    Examples
-    --------
-    >>> from sorter.model import load_model
-    >>> [d.lane == "lead_acid" for d in score_batch(Scorer(load_model()), [(Item(ItemRecord("x1", 0.0)), None)])]
-    [False]
-    """
-    out: list[Decision | None] = [None] * len(batch)
-    rows: list[np.ndarray] = []
-    index: list[int] = []
-    for k, (item, ambient_c) in enumerate(batch):
-        try:
-            rows.append(measure_item(item, ambient_c))
-        except Exception as err:  # noqa: BLE001 - an item that breaks measurement goes to manual
-            logger.exception("item %s: measurement failed", item.item_id)
-            out[k] = error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}")
-        else:
-            index.append(k)
-    if rows:
-        items = [batch[k][0] for k in index]
-        decisions = scorer.decide_rows(
-            np.vstack(rows),
-            [it.record.line_no for it in items],
-            [it.item_id for it in items],
-            ["; ".join(it.problems) for it in items],
-            [it.meta for it in items],
-        )
-        for k, decision in zip(index, decisions, strict=True):
-            out[k] = decision
-    return [d for d in out if d is not None]
-
-
 _WORKER_SCORER: Scorer | None = None
 _WORKER_ERROR: BaseException | None = None
-
-
-def limit_threads() -> None:
-    """One thread each for OpenCV and OpenMP/BLAS: the pool's workers are the parallelism."""
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    cv2.setNumThreads(1)  # the pool's workers are the parallelism; OpenCV's own pool would fight them
-    threadpool_limits(1)  # and so would OpenMP/BLAS threads in the model
 
 
 def init_scoring_worker(model_dir: str | None, allow_line_mismatch: bool = False) -> None:
@@ -241,7 +196,7 @@ def init_scoring_worker(model_dir: str | None, allow_line_mismatch: bool = False
     ``allow_line_mismatch``: as :class:`sorter.scoring.Scorer`'s (``line.allow_line_mismatch``)."""
     # Ctrl-C goes to the whole process group: the controller drains, so workers must not die first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    limit_threads()
+    single_threaded()  # the pool's workers are the parallelism
     from sorter.model import load_model
 
     global _WORKER_SCORER, _WORKER_ERROR
@@ -261,12 +216,12 @@ def _worker_scorer() -> Scorer:
 
 def _worker_warm(_payload: object = None) -> tuple[int, str]:
     scorer = _worker_scorer()
-    score_batch(scorer, [(Item(ItemRecord("warm-up", 0.0)), None)])
+    scorer.score_items([(Item(ItemRecord("warm-up", 0.0)), None)])
     return os.getpid(), scorer.model.model_id
 
 
 def _worker_score(batch: list[tuple[Item, float | None]]) -> list[Decision]:
-    return score_batch(_worker_scorer(), batch)
+    return _worker_scorer().score_items(batch)
 
 
 SCORING_HANDLERS: Final = {"warm": _worker_warm, "score": _worker_score}

@@ -26,6 +26,10 @@ from there on its own way:
   assuming emissivity 0.90.
 
 Records and logs have the same format and truth fields as lines a and b.
+
+Why this module is long (about 940 lines): line c's whole route, from intake to every
+sensor, is written apart from lines a and b on purpose (above), so it shares no renderer
+code with :mod:`sorter.simulate.sensors` and lives in one module.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 from ..catalog import Product
 from ..readings import ItemRecord
 from .geometry import Box, Primitive, total_mass_g
+from .intake import MAX_REDRAWS, MIXES, SimItem, hard_cases
 from .items import (
     CATHODE,
     CELL_FORMATS,
@@ -62,7 +67,7 @@ from .items import (
 from .physics import attenuation_table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .run import SimConfig, SimItem
+    from .run import SimConfig
 
 U16 = 65535
 SENSORS = ("scale", "profiler", "xray", "camera", "thermal")
@@ -792,8 +797,6 @@ def _pick(rng: np.random.Generator, shares: dict[str, float]) -> str:
 
 
 def _draw_once(cfg: SimConfig, prof: LineCProfile, rng: np.random.Generator) -> tuple[str, Any]:
-    from .run import MIXES
-
     mix = MIXES[cfg.mix]
     cat = _catalogue(cfg.extra_catalogs)
     if rng.random() < prof.unknown_rate:
@@ -815,7 +818,6 @@ def _draw_once(cfg: SimConfig, prof: LineCProfile, rng: np.random.Generator) -> 
 
 def draw_instance_c(cfg: SimConfig, prof: LineCProfile, rng: np.random.Generator) -> tuple[Instance, str]:
     from ..errors import SimulationError
-    from .run import MAX_REDRAWS, MIXES
 
     for _ in range(MAX_REDRAWS):
         what, obj = _draw_once(cfg, prof, rng)
@@ -879,8 +881,6 @@ def _swollen_voids(sig: np.ndarray, xc: np.ndarray, yc: np.ndarray, L: float, W:
 
 def simulate_item_c(cfg: SimConfig, index: int) -> SimItem:
     """Simulate item ``index`` on line c (deterministic for ``(cfg.seed, index)``)."""
-    from .run import SimItem, hard_cases
-
     rng = np.random.default_rng([cfg.seed, index, 3])
     prof: LineCProfile = cfg.profile()
     inst, family = draw_instance_c(cfg, prof, rng)

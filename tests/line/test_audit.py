@@ -610,6 +610,7 @@ def _run_and_kill(db: Path, delay_s: float) -> list[tuple[str, int]]:
     return acks
 
 
+@pytest.mark.e2e  # a writer process killed with kill -9
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 def test_everything_acknowledged_survives_kill_9_and_restart_resumes_exactly_once(
     db: Path,

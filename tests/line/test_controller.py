@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,96 +28,32 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sorter import LANES
-from sorter.line.audit import AuditLog, AuditRecord
-from sorter.line.config import LineConfig, load_config
-from sorter.line.controller import Controller, RunSummary, ScoringPool, build_source, score_batch
+from sorter.line.app import build_source
+from sorter.line.audit import AuditLog
+from sorter.line.controller import Controller
 from sorter.line.metrics import LineMetrics, StatusLine
 from sorter.line.plc import MemoryPlc, ModbusPlcLink
-from sorter.line.plcsim import PlcSimulator
-from sorter.line.sources import BeltTiming, SimulatedSource, generate_pool, plc_item_id
+from sorter.line.plc.sim import PlcSimulator
+from sorter.line.scoring_pool import ScoringPool
+from sorter.line.sources import plc_item_id
+from sorter.line.summary import RunSummary
 from sorter.logformat import LogWriter
 from sorter.readings import Item
 from sorter.scoring import Scorer
-from sorter.simulate.run import SimConfig, SimItem
-
-WAIT_S = 30.0  # bound for anything that should happen "soon"; only there to avoid hangs
-LINK = {"heartbeat_timeout_s": 1.5, "request_timeout_s": 0.5, "reconnect_min_s": 0.02, "reconnect_max_s": 0.2,
-        "poll_interval_s": 0.001, "rewrite_interval_s": 0.02}
-SIM_CFG = SimConfig(items=40, seed=11, mix="balanced")
-REPO = Path(__file__).resolve().parents[2]
-
-
-# --------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def scorer() -> Iterator[ScoringPool]:
-    """One scoring pool for the module (threads: no worker start-up per test)."""
-    pool = ScoringPool(None, workers=2, kind="thread", max_batch=16)
-    asyncio.run(pool.start())
-    yield pool
-    asyncio.run(pool.close())
-
-
-@pytest.fixture(scope="module")
-def sim_pool() -> list[SimItem]:
-    return generate_pool(SIM_CFG, 40, workers=1)
-
-
-def make_config(tmp_path: Path, *overrides: str, belt_speed: float = 0.3) -> LineConfig:
-    """Simulated source, audit in tmp_path; deadline (0.3 m / 0.3 m/s - 10 ms) = 990 ms unless told."""
-    return load_config(None, env={}, overrides=[
-        "line.source=simulated", f"audit.path={tmp_path / 'audit.sqlite'}", f"line.belt_speed_m_s={belt_speed}",
-        "status.enabled=false", *overrides])
-
-
-def audit_rows(cfg: LineConfig) -> list[AuditRecord]:
-    with AuditLog(cfg.audit.path) as log:
-        return list(log.rows())
-
-
-def went(row: AuditRecord) -> str:
-    return row.lane if row.delivery == "acked" else "manual"
-
-
-def check_invariants(summary: RunSummary, rows: list[AuditRecord], plc_decisions: dict[int, str] | None) -> None:
-    """What must hold whatever the timing."""
-    assert summary.audit_ok, summary.format()
-    assert len({r.item_id for r in rows}) == len(rows)
-    assert all(r.delivery != "pending" for r in rows)
-    assert sum(summary.effective_lanes.values()) == summary.items
-    for r in rows:
-        assert r.lane in LANES
-        if r.delivery != "acked":
-            assert went(r) == "manual"
-    if plc_decisions is not None:
-        for r in rows:
-            if r.delivery == "acked":
-                # An unreadable line's audit id is "<id>@line<n>"; the PLC knows it by <id>.
-                assert plc_decisions[plc_item_id(r.item_id.split("@line")[0])] == r.lane, r
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def sim_source(cfg: LineConfig, pool: list[SimItem], *, items: int, rate_hz: float,
-               announce: Callable[[int, float], None] | None = None) -> SimulatedSource:
-    return SimulatedSource(SIM_CFG, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=rate_hz,
-                           pool=pool, announce=announce)
-
-
-def write_log(log_dir: Path, pool: list[SimItem], n: int, *, first: int = 1, t: float | None = None) -> None:
-    with LogWriter(log_dir, meta=SIM_CFG.meta()) as writer:
-        for k in range(first, first + n):
-            sim = pool[k % len(pool)]
-            rec = dataclasses.replace(sim.record, item_id=f"{k:08d}", t=time.time() if t is None else t)
-            writer.append(rec, sim.images)
-
+from sorter.simulate.run import SimItem
+from tests.line.line_run import (
+    LINK,
+    REPO,
+    SIM_CFG,
+    WAIT_S,
+    audit_rows,
+    check_invariants,
+    eventually,
+    make_config,
+    sim_source,
+    went,
+    write_log,
+)
 
 # --------------------------------------------------------------------------- scoring
 
@@ -130,7 +65,7 @@ def test_batched_scoring_gives_the_same_decisions_as_one_at_a_time(scorer: Scori
     single = Scorer(load_model(None))
     items = [Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"),
                   SIM_CFG.meta()) for s in sim_pool[:12]]
-    batch = score_batch(single, [(it, 18.0) for it in items])
+    batch = single.score_items([(it, 18.0) for it in items])
     for it, d in zip(items, batch, strict=True):
         one = single.score_item(it, 18.0)
         assert (d.item_id, d.lane, d.reason) == (one.item_id, one.lane, one.reason)
@@ -152,6 +87,7 @@ def test_items_past_their_deadline_are_not_scored_by_the_pool(scorer: ScoringPoo
     assert in_time is not None and scorer.items_scored == scored + 1
 
 
+@pytest.mark.e2e  # spawned scoring processes, one killed
 def test_worker_processes_score_like_in_process_survive_a_killed_worker_and_serve_two_loops(
         sim_pool: list[SimItem]) -> None:
     """The process pool (sockets from the event loop, no executor threads): the same decisions as
@@ -461,6 +397,7 @@ class _Lines:
         return "".join(self.lines)
 
 
+@pytest.mark.e2e  # sorter run and a PLC in subprocesses
 def test_sorter_run_follows_a_growing_log_and_drives_a_plc_in_another_process(
         tmp_path: Path, sim_pool: list[SimItem]) -> None:
     port = _free_port()

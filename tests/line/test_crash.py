@@ -23,6 +23,8 @@ from sorter.line.sources import generate_pool
 from sorter.logformat import LogWriter
 from sorter.simulate.run import SimConfig
 
+pytestmark = pytest.mark.e2e  # sorter run in subprocesses, killed with kill -9
+
 N_ITEMS = 120
 
 

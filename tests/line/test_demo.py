@@ -11,7 +11,9 @@ from sorter import LANES
 from sorter.cli import build_parser, main
 from sorter.errors import ConfigError
 from sorter.line.demo import format_result, run_demo
-from sorter.line.plcsim import PlcFault
+from sorter.line.plc.protocol import PlcFault
+
+pytestmark = pytest.mark.e2e  # the Modbus demo: a PLC server, scoring worker processes
 
 
 def test_demo_smoke_runs_the_whole_line_over_modbus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,12 +78,12 @@ def test_demo_without_out_leaves_no_temporary_folder(capsys: pytest.CaptureFixtu
 def test_plc_sim_does_not_call_a_pc_that_never_connected_lost(caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from sorter.line.plcsim import PlcModel
+    from sorter.line.plc.sim import PlcModel
 
     model = PlcModel(pc_heartbeat_timeout_s=1.0)
     m = model.register_map
     image = [0] * m.size
-    with caplog.at_level(logging.INFO, logger="sorter.line.plcsim"):
+    with caplog.at_level(logging.INFO, logger="sorter.line.plc.sim"):
         model.scan(image, 0.0)
         model.scan(image, 2.0)  # no PC yet
         assert "no PC heartbeat yet" in caplog.text and "lost" not in caplog.text

@@ -248,9 +248,10 @@ def test_accepted_but_defaulted_and_latched_after_a_crash_are_both_flagged(tmp_p
 def test_a_restart_reports_a_gap_in_the_summary_and_the_audit_events(tmp_path: Path) -> None:
     """Two controller runs on one PLC; between them the last rows and the end snapshot are deleted,
     as a power cut during the first run would have lost them."""
-    from sorter.line.controller import Controller, ScoringPool
+    from sorter.line.controller import Controller
+    from sorter.line.scoring_pool import ScoringPool
     from sorter.line.sources import generate_pool
-    from tests.line.test_controller import SIM_CFG, make_config, sim_source
+    from tests.line.line_run import SIM_CFG, make_config, sim_source
 
     pool = generate_pool(SIM_CFG, 10, workers=1)
     cfg = make_config(tmp_path)
@@ -287,9 +288,10 @@ def test_a_restart_reports_a_gap_in_the_summary_and_the_audit_events(tmp_path: P
 def test_max_lag_holds_decisions_back_while_the_disk_is_behind(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """audit.max_lag_ms: the operator's hard bound on what a power cut may lose."""
-    from sorter.line.controller import Controller, ScoringPool
+    from sorter.line.controller import Controller
+    from sorter.line.scoring_pool import ScoringPool
     from sorter.line.sources import generate_pool
-    from tests.line.test_controller import SIM_CFG, make_config, sim_source
+    from tests.line.line_run import SIM_CFG, make_config, sim_source
 
     release = threading.Event()
     real = audit_module.os.fdatasync

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,14 +19,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sorter import LANES
+from sorter.cli import main as sorter_main
 from sorter.errors import ConfigError, PlcError, PlcTimeoutError
+from sorter.lanes import Lane
 from sorter.line.plc import (
     LANE_CODES,
-    SAFE_LANE,
     SLOT_WORDS,
     Ack,
     AckTimeoutError,
-    Lane,
+    LaneCode,
     MemoryPlc,
     ModbusPlcLink,
     PlcFault,
@@ -36,155 +36,8 @@ from sorter.line.plc import (
     decode_slot,
     encode_slot,
 )
-from sorter.line.plcsim import PlcSimulator
-from sorter.line.plcsim import main as plcsim_main
-
-BACKENDS = ["modbus", "memory"]
-WAIT_S = 10.0  # upper bound for anything that should happen "soon"; only there to avoid hangs
-LINK_OPTIONS: dict[str, Any] = {
-    "heartbeat_timeout_s": 0.5,
-    "request_timeout_s": 0.5,
-    "reconnect_min_s": 0.02,
-    "reconnect_max_s": 0.2,
-    "poll_interval_s": 0.001,
-    "rewrite_interval_s": 0.02,
-}
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-async def eventually_async(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-class Rig:
-    """A PLC (simulated over Modbus, or in memory) and a connected link to it."""
-
-    def __init__(
-        self,
-        backend: str,
-        *,
-        scan_ms: float = 2.0,
-        pc_heartbeat_timeout_s: float = 10.0,
-        heartbeat: bool = True,
-        register_map: RegisterMap | None = None,
-    ) -> None:
-        self.backend = backend
-        self.map = register_map or RegisterMap()
-        self.sim: PlcSimulator | None = None
-        self.link: ModbusPlcLink | MemoryPlc
-        if backend == "modbus":
-            self.sim = PlcSimulator(
-                port=0, scan_ms=scan_ms, pc_heartbeat_timeout_s=pc_heartbeat_timeout_s, register_map=self.map
-            )
-            self.model = self.sim.model
-        else:
-            self.link = MemoryPlc(
-                scan_ms=scan_ms, pc_heartbeat_timeout_s=pc_heartbeat_timeout_s, register_map=self.map, **LINK_OPTIONS
-            )
-            self.model = self.link.model
-        self._heartbeat = heartbeat
-        self._heartbeat_task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Rig:
-        if self.sim is not None:
-            await self.sim.start()
-            self.link = ModbusPlcLink("127.0.0.1", self.sim.port, register_map=self.map, **LINK_OPTIONS)
-        await self.link.connect()
-        if self._heartbeat:
-            self._heartbeat_task = asyncio.create_task(self.link.run_heartbeat(0.05))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-        await self.link.close()
-        if self.sim is not None:
-            await self.sim.stop()
-
-    async def plc_down(self) -> None:
-        if self.sim is not None:
-            await self.sim.stop()
-        else:
-            self.link.set_reachable(False)
-
-    async def plc_up(self) -> None:
-        if self.sim is not None:
-            await self.sim.start()
-        else:
-            self.link.set_reachable(True)
-
-    def pause_scan(self) -> None:
-        (self.sim or self.link).pause_scan()
-
-    def resume_scan(self) -> None:
-        (self.sim or self.link).resume_scan()
-
-    async def read(self, address: int, count: int) -> list[int]:
-        """Read registers as another Modbus master would."""
-        if self.sim is None:
-            return self.link.registers[address - self.map.base : address - self.map.base + count]
-        from pymodbus.client import AsyncModbusTcpClient
-
-        client = AsyncModbusTcpClient("127.0.0.1", port=self.sim.port, reconnect_delay=0, timeout=2, retries=0)
-        try:
-            assert await client.connect()
-            response = await client.read_holding_registers(address, count=count, device_id=1)
-            assert not response.isError(), response
-            return list(response.registers)
-        finally:
-            client.close()
-
-    async def write(self, address: int, values: list[int]) -> bool:
-        """Write registers as another Modbus master would; False if the PLC refused."""
-        if self.sim is None:
-            try:
-                self.link.write_registers(address, values)
-            except PlcError:
-                return False
-            return True
-        from pymodbus.client import AsyncModbusTcpClient
-
-        client = AsyncModbusTcpClient("127.0.0.1", port=self.sim.port, reconnect_delay=0, timeout=2, retries=0)
-        try:
-            assert await client.connect()
-            response = await client.write_registers(address, values, device_id=1)
-            return not response.isError()
-        finally:
-            client.close()
-
-    async def ack_of(self, slot: int) -> tuple[int, int]:
-        seq, status = await self.read(self.map.ack_address(slot), 2)
-        return seq, status
-
-    async def wait_scans(self, count: int) -> None:
-        target = self.model.scans + count
-        await eventually(lambda: self.model.scans >= target, f"{count} PLC scans")
-
-    async def wait_written(self, item_ids: set[int]) -> None:
-        """Wait until the mailbox holds decisions for all ``item_ids``."""
-
-        async def check() -> bool:
-            words = await self.read(self.map.slot_address(0), SLOT_WORDS * self.map.slots)
-            seen = {decode_slot(words[i : i + SLOT_WORDS]).item_id for i in range(0, len(words), SLOT_WORDS)}
-            return item_ids <= seen
-
-        await eventually_async(check, f"decisions for {sorted(item_ids)} in the mailbox")
-
-
-def run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout=60))  # type: ignore[arg-type]
-
+from sorter.line.plc.sim import PlcSimulator
+from tests.line.plc_rig import BACKENDS, LINK_OPTIONS, WAIT_S, Rig, eventually, eventually_async, run
 
 # --------------------------------------------------------------------------
 # Slot codec and register map (pure)
@@ -194,8 +47,8 @@ def run(coro: Awaitable[None]) -> None:
 def test_lane_codes_cover_the_package_lanes_and_manual_is_safe() -> None:
     assert tuple(LANE_CODES) == LANES
     assert dict(LANE_CODES) == {"lead_acid": 1, "li_ion": 2, "hazard": 3, "manual": 4}
-    assert Lane.NONE == 0
-    assert SAFE_LANE == "manual"
+    assert LaneCode.NONE == 0
+    assert LANE_CODES[Lane.MANUAL] == LaneCode.MANUAL == 4
 
 
 def test_crc_matches_modbus_rtu_reference_frame() -> None:
@@ -229,7 +82,7 @@ def test_check_word_catches_any_change_to_one_register(item_id: int, index: int,
 @pytest.mark.parametrize(
     "seq, item_id, lane",
     [(0, 1, "li_ion"), (0x10000, 1, "li_ion"), (1, -1, "li_ion"), (1, 2**32, "li_ion"), (1, 1, "lead-acid"),
-     (1, 1, Lane.NONE), (1, 1, 9)],
+     (1, 1, LaneCode.NONE), (1, 1, 9)],
 )
 def test_encode_refuses_out_of_range_values(seq: int, item_id: int, lane: Any) -> None:
     with pytest.raises(ValueError):
@@ -315,7 +168,8 @@ def test_decisions_in_flight_use_distinct_slots(backend: str) -> None:
             n = rig.map.slots
             rig.model.acking = False
             items = {200 + i: LANES[i % len(LANES)] for i in range(n)}
-            tasks = [asyncio.create_task(rig.link.send_decision(i, lane, timeout_s=WAIT_S)) for i, lane in items.items()]
+            tasks = [asyncio.create_task(rig.link.send_decision(i, lane, timeout_s=WAIT_S))
+                     for i, lane in items.items()]
             await rig.wait_written(set(items))  # all n in the ring at once, none overwritten
             rig.model.acking = True
             acks = await asyncio.gather(*tasks)
@@ -334,7 +188,8 @@ def test_a_full_ring_waits_for_a_free_slot_or_times_out_clearly(backend: str) ->
             n = rig.map.slots
             rig.model.acking = False
             # One more than the ring holds: the extra decision waits for a slot.
-            tasks = [asyncio.create_task(rig.link.send_decision(300 + i, "li_ion", timeout_s=WAIT_S)) for i in range(n + 1)]
+            tasks = [asyncio.create_task(rig.link.send_decision(300 + i, "li_ion", timeout_s=WAIT_S))
+                     for i in range(n + 1)]
             await rig.wait_written({300 + i for i in range(n)} - {300 + n})
             await asyncio.sleep(0.05)
             assert not any(t.done() for t in tasks)
@@ -668,7 +523,7 @@ def test_simulator_serves_loopback_only() -> None:
     for host in ("0.0.0.0", "192.168.10.20", "localhost"):
         with pytest.raises(ConfigError):
             PlcSimulator(host, 5020)
-    assert plcsim_main(["--host", "0.0.0.0", "--port", "0"]) == 2
+    assert sorter_main(["plc-sim", "--host", "0.0.0.0", "--port", "0"]) == 2
 
 
 def test_memory_plc_refuses_unknown_options() -> None:

@@ -15,7 +15,7 @@ import pytest
 from sorter.errors import PlcError, PlcTimeoutError
 from sorter.line.plc import AckStatus, PlcFault, PlcProtocolError, encode_slot
 from sorter.line.sources import plc_item_id
-from tests.line.test_plc import BACKENDS, WAIT_S, Rig, eventually, eventually_async, run
+from tests.line.plc_rig import BACKENDS, WAIT_S, Rig, eventually, eventually_async, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -226,10 +226,11 @@ def test_the_id_hash_vectors_in_the_document_are_what_the_pc_sends() -> None:
 
 def test_a_protocol_fault_is_recorded_in_the_audit_log_and_its_items_are_not_acked(tmp_path: Path) -> None:
     from sorter.line.audit import AuditLog
-    from sorter.line.controller import Controller, ScoringPool
+    from sorter.line.controller import Controller
     from sorter.line.plc import MemoryPlc
+    from sorter.line.scoring_pool import ScoringPool
     from sorter.line.sources import generate_pool
-    from tests.line.test_controller import SIM_CFG, make_config, sim_source
+    from tests.line.line_run import SIM_CFG, make_config, sim_source
 
     pool = generate_pool(SIM_CFG, 4, workers=1)
     cfg = make_config(tmp_path)

@@ -7,18 +7,19 @@ import asyncio
 from pathlib import Path
 
 from sorter.line.audit import AuditLog
-from sorter.line.controller import Controller, ScoringPool
+from sorter.line.controller import Controller
 from sorter.line.plc import MemoryPlc, PlcFault
 from sorter.line.reconcile import SNAPSHOT_EVENT
+from sorter.line.scoring_pool import ThreadScoringPool
 from sorter.line.sources import generate_pool
-from tests.line.test_controller import SIM_CFG, make_config, sim_source
+from tests.line.line_run import SIM_CFG, make_config, sim_source
 
 
-class GatedPool(ScoringPool):
+class GatedPool(ThreadScoringPool):
     """A scoring pool whose model 'loads' until the test opens the gate."""
 
     def __init__(self, gate: asyncio.Event) -> None:
-        super().__init__(None, workers=1, kind="thread")
+        super().__init__(None, workers=1)
         self.gate = gate
         self.loading = False
 

@@ -7,7 +7,7 @@ Two layers:
   new sequence numbers, validates and acknowledges them, tracks the items on
   the belt, and returns the PLC-written registers (status, counters,
   acknowledgements).  It does no I/O, so it is shared by
-  :class:`sorter.line.plc.MemoryPlc` and :class:`PlcSimulator`.
+  :class:`sorter.line.plc.memory.MemoryPlc` and :class:`PlcSimulator`.
 - :class:`PlcSimulator` serves that model over Modbus TCP with pymodbus's
   asynchronous server, on the loopback interface, for integration tests and
   for commissioning the PC side without a PLC (``sorter plc-sim``).
@@ -19,7 +19,7 @@ no accepted decision by then goes to the safe lane (``manual``) and counts as
 ``defaulted``; a decision arriving later is acknowledged ``late``.  A decision
 for an item the PLC does not track is answered ``late`` by the contract (rule 9);
 a rig without a sensor bridge (``untracked="apply"``, the default of
-:class:`PlcSimulator` and :class:`~sorter.line.plc.MemoryPlc`) applies it at once instead.
+:class:`PlcSimulator` and :class:`~sorter.line.plc.memory.MemoryPlc`) applies it at once instead.
 
 Program start (power-on, and STOP -> RUN: rule 8) latches every standing seq,
 clears the pending table and the latched fault bits, and sets
@@ -29,11 +29,15 @@ Fault injection for tests: ``acking``, ``diverter_fault``, ``answer_status``
 (acknowledge with a raw status while carrying out the real one),
 :meth:`PlcModel.force_ack`, and the header attributes ``protocol_version``,
 ``slot_count``, ``safe_lane_code`` and ``scan_ms``.
+
+Why this module is long (a little over 600 lines): the PLC program and the server that scans
+it belong together (the server is the program's only host besides
+:class:`~sorter.line.plc.memory.MemoryPlc`), and the program alone is half of it.
+The command line (``sorter plc-sim``) lives in :mod:`sorter.line.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ipaddress
 import logging
@@ -43,16 +47,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from sorter.errors import ConfigError, PlcError
-from sorter.line.plc import (
+from sorter.lanes import Lane
+from sorter.line.plc.protocol import (
     ACK_WORDS,
     COUNTER_NAMES,
     LANE_NAMES,
     PROTOCOL_VERSION,
-    SAFE_LANE,
+    SAFE_LANE_CODE,
     SLOT_WORDS,
     STATUS_WORDS,
     AckStatus,
-    Lane,
     PlcFault,
     RegisterMap,
     decode_slot,
@@ -102,7 +106,7 @@ class PlcModel:
 
     Examples
     --------
-    >>> from sorter.line.plc import RegisterMap, encode_slot
+    >>> from sorter.line.plc.protocol import RegisterMap, encode_slot
     >>> m = RegisterMap()
     >>> plc = PlcModel(m)
     >>> image = [0] * m.size
@@ -142,7 +146,7 @@ class PlcModel:
         self.answer_status: int | None = None
         self.protocol_version = PROTOCOL_VERSION
         self.slot_count = self.register_map.slots
-        self.safe_lane_code = int(Lane.MANUAL)
+        self.safe_lane_code = int(SAFE_LANE_CODE)
         self.extra_faults = 0
         self.program_starts = 0
         self.scans = 0
@@ -292,7 +296,7 @@ class PlcModel:
                 del self._tracked[item_id]
                 code = self._pending.pop(item_id, None)
                 if code is None or self._live_faults & PlcFault.DIVERTER_FAULT:
-                    self._divert(item_id, SAFE_LANE, defaulted=True)
+                    self._divert(item_id, Lane.MANUAL, defaulted=True)
                 else:
                     self._divert(item_id, LANE_NAMES[code], defaulted=False)
         return self._outputs()
@@ -610,86 +614,3 @@ class PlcSimulator:
         from pymodbus.constants import ExcCodes
 
         return ExcCodes.GATEWAY_NO_RESPONSE
-
-
-# --------------------------------------------------------------------------
-# Command line: sorter plc-sim
-# --------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``sorter plc-sim`` options to ``parser``."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback only; default %(default)s)")
-    parser.add_argument("--port", type=int, default=5020, help="TCP port, 0 for a free one (default %(default)s)")
-    parser.add_argument("--scan-ms", type=float, default=10.0, help="PLC scan period in ms (default %(default)s)")
-    parser.add_argument("--device-id", type=int, default=1, help="Modbus unit id (default %(default)s)")
-    parser.add_argument("--base", type=int, default=100, help="PDU address of the map (default %(default)s)")
-    parser.add_argument("--slots", type=int, default=8, help="mailbox ring size N (default %(default)s)")
-    parser.add_argument(
-        "--pc-timeout-s", type=float, default=1.5, help="PC heartbeat timeout in s (default %(default)s)"
-    )
-    parser.add_argument(
-        "--untracked", choices=["apply", "late"], default="apply",
-        help="answer to a decision for an item the PLC was never told about: apply it at once (a simulator has "
-             "no sensor bridge) or 'late' as the contract says for a real PLC (default %(default)s)")
-    parser.add_argument(
-        "--report-s", type=float, default=5.0, help="print counters every this many seconds (default %(default)s)"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the simulated PLC until Ctrl-C, printing its counters periodically.
-
-    Returns
-    -------
-    int
-        Process exit status: 0 after Ctrl-C, 2 for a bad option or address.
-    """
-    try:
-        sim = PlcSimulator(
-            args.host,
-            args.port,
-            scan_ms=args.scan_ms,
-            device_id=args.device_id,
-            register_map=RegisterMap(base=args.base, slots=args.slots),
-            pc_heartbeat_timeout_s=args.pc_timeout_s,
-            untracked=getattr(args, "untracked", "apply"),
-        )
-    except ConfigError as err:
-        print(f"sorter plc-sim: {err}")
-        return 2
-    if not args.report_s > 0:
-        print(f"sorter plc-sim: --report-s {args.report_s} must be > 0")
-        return 2
-
-    async def serve() -> None:
-        await sim.start()
-        m = sim.register_map
-        print(
-            f"simulated PLC on {sim.host}:{sim.port} device {sim.device_id}, scan {args.scan_ms} ms, "
-            f"map base {m.base} ({m.size} registers, {m.slots} slots); Ctrl-C to stop",
-            flush=True,
-        )
-        try:
-            while True:
-                await asyncio.sleep(args.report_s)
-                counts = " ".join(f"{k}={v}" for k, v in sim.counters.items())
-                print(f"faults=0x{int(sim.model.faults):04x} {counts}", flush=True)
-        finally:
-            await sim.stop()
-
-    try:
-        asyncio.run(serve())
-    except PlcError as err:
-        print(f"sorter plc-sim: {err}")
-        return 2
-    except KeyboardInterrupt:
-        print(f"stopped; final counters: {sim.counters}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``sorter plc-sim`` until the sorter CLI wires it in."""
-    parser = argparse.ArgumentParser(prog="sorter plc-sim", description="Run a simulated divert PLC.")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
