@@ -24,7 +24,7 @@ from .logformat.expiry import EXPIRED_PROBLEM
 from .model import SorterModel
 from .novelty import overall
 from .policy import decide
-from .readings import Item, LogMeta
+from .readings import Item, ItemRecord, LogMeta
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,12 @@ def error_decision(line_no: int, item_id: str | None, error: str, kind: ErrorKin
     nan = math.nan
     return Decision(line_no, item_id, None, nan, nan, nan, nan, Lane.MANUAL, f"cannot score: {error}", error,
                     error_kind=kind)
+
+
+def warm_up_batch() -> list[tuple[Item, float | None]]:
+    """One empty item of no log: runs every step of scoring once (imports, the model's first
+    call) without a line to check, so a warm-up never warns about a line mismatch."""
+    return [(Item(ItemRecord("warm-up", 0.0), meta=None), None)]  # type: ignore[arg-type]
 
 
 class Scorer:

@@ -33,8 +33,8 @@ from functools import partial
 from typing import Any, ClassVar, Final
 
 from sorter.line.workers import SCORING_HANDLERS, ScoringProcess, WorkerLost, init_scoring_worker
-from sorter.readings import Item, ItemRecord
-from sorter.scoring import Decision, Scorer, error_decision
+from sorter.readings import Item
+from sorter.scoring import Decision, Scorer, error_decision, warm_up_batch
 from sorter.threads import single_threaded
 
 logger = logging.getLogger(__name__)
@@ -234,10 +234,6 @@ class ScoringPool(abc.ABC):
                     self.model_id, time.monotonic() - t0)
 
 
-def _warm_batch() -> list[tuple[Item, float | None]]:
-    return [(Item(ItemRecord("warm-up", 0.0)), None)]
-
-
 class ThreadScoringPool(ScoringPool):
     """Threads in this process sharing one model (see :class:`ScoringPool`)."""
 
@@ -258,7 +254,7 @@ class ThreadScoringPool(ScoringPool):
         self._scorer = Scorer(model, allow_line_mismatch=self.allow_line_mismatch)
         self.model_id = model.model_id
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sorter-score")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._scorer.score_items, _warm_batch())
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._scorer.score_items, warm_up_batch())
         self._ready(t0)
 
     def _kick(self) -> None:

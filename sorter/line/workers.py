@@ -41,8 +41,8 @@ from multiprocessing.connection import Connection
 from typing import Any, Final
 
 from sorter.errors import SorterError
-from sorter.readings import Item, ItemRecord
-from sorter.scoring import Decision, Scorer
+from sorter.readings import Item
+from sorter.scoring import Decision, Scorer, warm_up_batch
 from sorter.threads import single_threaded
 
 logger = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def _worker_scorer() -> Scorer:
 
 def _worker_warm(_payload: object = None) -> tuple[int, str]:
     scorer = _worker_scorer()
-    scorer.score_items([(Item(ItemRecord("warm-up", 0.0)), None)])
+    scorer.score_items(warm_up_batch())
     return os.getpid(), scorer.model.model_id
 
 

@@ -69,3 +69,23 @@ def test_the_line_pool_decides_bit_identically_to_the_batch_engine(which: str, r
         b = batch[item.record.line_no]
         diff = [c for c in OUTPUT_COLUMNS if not _same(getattr(d, c), getattr(b, c))]
         assert not diff, (item.item_id, {c: (getattr(d, c), getattr(b, c)) for c in diff})
+
+
+def test_starting_the_pool_warns_about_no_line(caplog: pytest.LogCaptureFixture) -> None:
+    """The warm-up item belongs to no log: starting the line must not warn that 'the log's line
+    differs from the model's' (an operator reading the start-up log would hunt a fault that is
+    not there)."""
+    import logging
+
+    from sorter import scoring
+
+    scoring._WARNED.clear()
+    pool = ScoringPool(None, workers=1, kind="thread", max_batch=1)
+
+    async def start_stop() -> None:
+        await pool.start()
+        await pool.close()
+
+    with caplog.at_level(logging.DEBUG, logger="sorter"):
+        asyncio.run(start_stop())
+    assert not [r for r in caplog.records if "line differs" in r.getMessage() and r.levelno >= logging.WARNING]
