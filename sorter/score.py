@@ -257,7 +257,7 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
     pool = start_workers(workers) if engine == "local" and workers >= 1 else None
     client = None
     try:
-        model = model or load_model(model_dir)
+        model = model or load_model(model_dir, estimators=False)
         if engine == "dask":
             # before anything is written: no address or no answer leaves no OUT.partial
             client = distributed.connect(scheduler)

@@ -246,7 +246,9 @@ def init_scoring_worker(model_dir: str | None, allow_line_mismatch: bool = False
 
     global _WORKER_SCORER, _WORKER_ERROR
     try:
-        _WORKER_SCORER = Scorer(load_model(model_dir or None), allow_line_mismatch=allow_line_mismatch)
+        # estimators=False: the fast predictor file, without importing scikit-learn (sorter.fastmodel)
+        _WORKER_SCORER = Scorer(load_model(model_dir or None, estimators=False),
+                                allow_line_mismatch=allow_line_mismatch)
     except Exception as err:  # noqa: BLE001 - reported by the first call, with its own message
         # An initializer that raises breaks the whole pool with no message; keep the error to raise it.
         _WORKER_ERROR = err
