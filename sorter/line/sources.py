@@ -48,12 +48,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sorter.errors import LogFormatError, SorterError
 from sorter.logformat import LogLine, iter_log, load_item, read_meta
 from sorter.readings import Item, LogMeta
-from sorter.simulate.run import SimConfig, SimItem, simulate_item
+
+if TYPE_CHECKING:  # the simulator is imported where a simulated source runs: the live line needs none of it
+    from sorter.simulate.run import SimConfig, SimItem
 
 logger = logging.getLogger(__name__)
 
@@ -498,6 +500,8 @@ class LogFollowSource(ItemSource):
 def _simulate_chunk(cfg: SimConfig, start: int, stop: int) -> list[SimItem]:
     import cv2
     from threadpoolctl import threadpool_limits
+
+    from sorter.simulate.run import simulate_item
 
     cv2.setNumThreads(1)  # processes are the parallelism; OpenCV's pool is not fork-safe anyway
     with threadpool_limits(1):
