@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     imports = "\n".join(f"| `{n}` | {c:.3f} |" for c, n in top)
     md = f"""## Start-up: `sorter score` and model loading (issue 14)
 
-`python -m benchmarks.startup` ({args.repeats} runs each, alternated; `nice`d on a shared machine).
+`python -m benchmarks.startup` ({args.repeats} runs each, alternated; niceness {os.nice(0)}, on a shared machine).
 `sorter score` on a {args.items}-item simulated log with one worker, launch to exit (the CSV is written
 when the last row is scored: this bounds launch to first row from above). Wall seconds, and CPU seconds
 of the process and its worker (less sensitive to the machine's other load):
@@ -204,6 +204,12 @@ of the process and its worker (less sensitive to the machine's other load):
 | the same model without `predictor.npz` (skops + scikit-learn, as before) | {stats(slow)} |
 
 **`sorter score` launch to first row: median {med_fast:.2f} s** (target 1 s: {'met' if med_fast <= 1 else 'NOT met'}).
+
+What changed: every `sorter score` and every line worker used to load the skops files, and importing
+skops imports all of scikit-learn and scipy (the largest step of the second table below), then skops
+rebuilds the estimators. They now read `predictor.npz` (`models/README.md`: the same hashes, version
+guard and a bit-identity self-check on stored probe rows) and import neither. The CLI also builds its
+parser without importing the simulator, and the line controller no longer imports it at all.
 
 Where the time goes, each step in a fresh interpreter after the ones above it (wall s, CPU s).
 With `predictor.npz` (`load_model(estimators=False)`: the line's workers and `sorter score`):

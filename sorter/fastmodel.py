@@ -236,6 +236,10 @@ def read_fast_file(data: bytes) -> FastModel:
         else:
             raise ValueError(f"{part}: unknown predictor kind {kind!r}")
         fp = FastPart(FeatureStep.from_arrays(a), pred)
+        forest = pred.forest if isinstance(pred, FastCalibrated) else pred
+        width = fp.features.transform(np.full((1, len(RAW_COLUMNS)), np.nan)).shape[1]
+        if width != forest.n_features:
+            raise ValueError(f"{part}: the feature steps make {width} features, the trees read {forest.n_features}")
         _check(part, pred.predict_proba(np.asarray(a["probe_x"], dtype=np.float64)), a["probe_want"])
         _check(part + " (raw rows)", fp.predict_proba(np.asarray(a["probe_raw"], dtype=np.float64)),
                a["probe_raw_want"])

@@ -130,6 +130,12 @@ def test_a_file_with_objects_or_unknown_feature_steps_is_refused_and_never_run(m
     with pytest.raises(ModelIntegrityError, match="out of range"):
         load_model(model_copy, estimators=False)
 
+    arrays = _arrays(default_model_dir())
+    arrays["classifier.sizes"] = arrays["classifier.sizes"] + np.array([0, 0, 5])  # trees read other features
+    _rewrite(model_copy, arrays)
+    with pytest.raises(ModelIntegrityError, match="the trees read"):
+        load_model(model_copy, estimators=False)
+
 
 def test_the_version_guard_and_the_unlisted_file_rule_hold_on_the_fast_path(model_copy):
     man = json.loads((model_copy / MANIFEST).read_text())

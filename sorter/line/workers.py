@@ -27,7 +27,6 @@ log, metrics, PLC link, sources, simulator) and is ready sooner after a restart.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing as mp
 import os
@@ -37,13 +36,16 @@ import socket
 import struct
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
 from sorter.features.measure import measure_item
 from sorter.readings import Item, ItemRecord
 from sorter.scoring import Decision, Scorer, error_decision
+
+if TYPE_CHECKING:  # the controller's side only: a worker process need not import asyncio (it starts sooner)
+    import asyncio
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +129,8 @@ class ScoringProcess:
         """Run ``handlers[kind](payload)`` in the worker; its result, or its exception raised here."""
         if self.broken:
             raise WorkerLost(f"scoring process {self.pid} is out of service")
+        import asyncio
+
         loop = asyncio.get_running_loop()
         data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
         try:
