@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
 from .errors import SorterError
 
 log = logging.getLogger("sorter")
@@ -18,6 +17,21 @@ log = logging.getLogger("sorter")
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version is looked up when asked (importlib.metadata scans the installed
+    packages: a few hundredths of a second that every start of the line would otherwise pay)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show program's version number and exit"):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        print(f"sorter {__version__}")
+        parser.exit()
 
 
 def _workers(text: str) -> int:
@@ -355,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                "and --force only replaces what the same command wrote. Mistakes end with one line saying what "
                "and how to fix it, and exit status 2.",
     )
-    parser.add_argument("--version", action="version", version=f"sorter {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
