@@ -216,6 +216,9 @@ async def cycles(args: argparse.Namespace, tmp: Path, model: Path | None = None)
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+            # Let the simulator serve what the killed controller had sent: a heartbeat write still in
+            # its queue would otherwise count as the next launch's link coming up (0.03 s once).
+            await asyncio.sleep(0.5)
             out.append({"cycle": k + 1, "link_up_s": link_up or float("nan"), "first_ack_s": ack or float("nan"),
                         "cpu_s": cpu})
             print(f"launch {k + 1}{' (empty audit log)' if k == 0 else ' (after kill -9)'}: link up "
