@@ -12,9 +12,12 @@
    move (**link up**), and the first decision the PLC acknowledged (the audit row's ``t_acked``:
    **first acked decision**).  The first launch starts on an empty audit log; the others are
    restarts after a kill.
-2. **Where loading the model goes**, in a fresh interpreter: importing the controller, importing
-   skops (which imports all of scikit-learn to list its estimators), hashing the files, skops's
-   type scan and load, and the fast predictor's self-check.
+2. **Where loading the model goes**, in a fresh interpreter: importing the controller; loading the
+   model as the scoring workers do (``load_model(estimators=False)``: through ``predictor.npz``,
+   without scikit-learn); then, for comparison, what loading through the skops files costs
+   (importing skops, which imports all of scikit-learn to list its estimators; hashing; skops's
+   type scan and load; the fast predictor's self-check against scikit-learn); and a scoring
+   worker's start (spawn, imports, model, one warm-up item).
 3. **``sorter score`` start-up**: launch to the end of scoring a 20-item log with one worker (its
    output is written at the end, so this bounds "launch to first row").
 
@@ -30,6 +33,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -54,11 +58,17 @@ import json, time
 t0 = time.perf_counter()
 import sorter.line.app  # what `sorter run` imports: the controller, the PLC link, the sources
 t1 = time.perf_counter()
+import sorter.model as sm
+c = time.process_time()
+sm.load_model(estimators=False)  # as a scoring worker loads it: predictor.npz, no scikit-learn
+fast_s, fast_cpu = time.perf_counter() - t1, time.process_time() - c
+t1 = time.perf_counter()
 import skops.io as sio
 t2 = time.perf_counter()
 import sorter.model as sm
 d = sm.default_model_dir()
-out = {"import_controller_s": t1 - t0, "import_skops_sklearn_s": t2 - t1}
+out = {"import_controller_s": t1 - t0, "import_skops_sklearn_s": t2 - t1, "fast_load_s": fast_s,
+       "fast_load_cpu_s": fast_cpu}
 a = time.perf_counter()
 for f in ("classifier.skops", "damage.skops"):
     sm.sha256_file(d / f)
@@ -70,7 +80,7 @@ for f in ("classifier.skops", "damage.skops"):
     scan += b - a; load += c - b
 out["skops_type_scan_s"] = scan
 out["skops_load_s"] = load
-a = time.perf_counter(); m = sm.load_model(); out["load_model_warm_s"] = time.perf_counter() - a
+a = time.perf_counter(); m = sm.load_model(); out["load_model_warm_s"] = time.perf_counter() - a  # skops
 m._fast = None
 a = time.perf_counter(); m.prepare(); out["predictor_self_check_s"] = time.perf_counter() - a
 import asyncio
@@ -85,10 +95,11 @@ print(json.dumps(out))
 """
 
 
-def write_config(tmp: Path, log_dir: Path, audit: Path, port: int, workers: int = 2) -> Path:
+def write_config(tmp: Path, log_dir: Path, audit: Path, port: int, workers: int = 2, model: Path | None = None) -> Path:
     cfg = tmp / "line.toml"
     cfg.write_text(f"""
 [line]
+{f'model = "{model}"' if model else ""}
 source = "log"
 log_dir = "{log_dir}"
 follow = true
@@ -130,6 +141,26 @@ class Bridge(threading.Thread):
                 time.sleep(max(0.0, nxt - time.monotonic()))
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a process group (the
+    controller and its scoring workers), from /proc; NaN where /proc is not there."""
+    total, tick, seen = 0.0, os.sysconf("SC_CLK_TCK"), False
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return float("nan")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ..., utime (12), stime (13)
+            total += (int(fields[11]) + int(fields[12])) / tick
+            seen = True
+    return total if seen else float("nan")
+
+
 def first_acked(audit: Path, after: float) -> float | None:
     """The earliest t_acked of an acked row recorded after ``after`` (epoch s)."""
     if not audit.exists():
@@ -146,13 +177,14 @@ def first_acked(audit: Path, after: float) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-async def cycles(args: argparse.Namespace, tmp: Path) -> list[dict[str, float]]:
+async def cycles(args: argparse.Namespace, tmp: Path, model: Path | None = None) -> list[dict[str, float]]:
     sim = PlcSimulator(port=0, scan_ms=10.0)
     await sim.start()
-    log_dir, audit = tmp / "log", Path(args.audit_dir or tmp) / f"restart-{os.getpid()}.sqlite"
+    tag = "skops" if model else "npz"
+    log_dir, audit = tmp / f"log-{tag}", Path(args.audit_dir or tmp) / f"restart-{os.getpid()}-{tag}.sqlite"
     bridge = Bridge(log_dir, args.rate)
     bridge.start()
-    cfg = write_config(tmp, log_dir, audit, sim.port, args.workers)
+    cfg = write_config(tmp, log_dir, audit, sim.port, args.workers, model)
     out: list[dict[str, float]] = []
     try:
         while bridge.count < 5:
@@ -164,6 +196,7 @@ async def cycles(args: argparse.Namespace, tmp: Path) -> list[dict[str, float]]:
             proc = subprocess.Popen([sys.executable, "-m", "sorter", "run", "--config", str(cfg)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
             link_up = ack = None
+            cpu = float("nan")
             try:
                 while time.monotonic() - mono0 < 120:
                     if link_up is None and sim.model._pc_heartbeat != hb:
@@ -172,6 +205,7 @@ async def cycles(args: argparse.Namespace, tmp: Path) -> list[dict[str, float]]:
                         t = await asyncio.to_thread(first_acked, audit, t_launch)
                         if t is not None:
                             ack = t - t_launch
+                            cpu = group_cpu_s(proc.pid)  # the controller and its workers, to first ack
                     if ack is not None and link_up is not None:
                         break
                     if proc.poll() is not None:
@@ -182,9 +216,14 @@ async def cycles(args: argparse.Namespace, tmp: Path) -> list[dict[str, float]]:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
-            out.append({"cycle": k + 1, "link_up_s": link_up or float("nan"), "first_ack_s": ack or float("nan")})
+            # Let the simulator serve what the killed controller had sent: a heartbeat write still in
+            # its queue would otherwise count as the next launch's link coming up (0.03 s once).
+            await asyncio.sleep(0.5)
+            out.append({"cycle": k + 1, "link_up_s": link_up or float("nan"), "first_ack_s": ack or float("nan"),
+                        "cpu_s": cpu})
             print(f"launch {k + 1}{' (empty audit log)' if k == 0 else ' (after kill -9)'}: link up "
-                  f"{out[-1]['link_up_s']:.2f} s, first acked decision {out[-1]['first_ack_s']:.2f} s", flush=True)
+                  f"{out[-1]['link_up_s']:.2f} s, first acked decision {out[-1]['first_ack_s']:.2f} s "
+                  f"({cpu:.2f} CPU-s)", flush=True)
     finally:
         bridge.stop.set()
         bridge.join(10)
@@ -218,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audit-dir", default=None, help="directory of the audit log (default: a temporary directory)")
     ap.add_argument("--workers", type=int, default=2, help="scoring worker processes (default %(default)s)")
     ap.add_argument("--quick", action="store_true", help="2 cycles")
+    ap.add_argument("--no-compare", action="store_true",
+                    help="skip the comparison run with a copy of the model without predictor.npz (skops loading)")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -228,6 +269,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sorter-restart-") as d:
         tmp = Path(d)
         runs = asyncio.run(cycles(args, tmp))
+        before: list[dict[str, float]] = []
+        if not args.no_compare:
+            # the same model without predictor.npz: its workers load through skops, as every worker did before
+            from sorter.model import FAST_FILE, MANIFEST, default_model_dir
+
+            old = tmp / "model-without-npz"
+            shutil.copytree(default_model_dir(), old)
+            (old / FAST_FILE).unlink()
+            man = json.loads((old / MANIFEST).read_text())
+            del man["files"][FAST_FILE]
+            (old / MANIFEST).write_text(json.dumps(man, indent=2))
+            print("the same with a model directory without predictor.npz (skops, scikit-learn):", flush=True)
+            before = asyncio.run(cycles(args, tmp, old))
         prof = load_profile()
         score_s = score_startup(tmp)
     load1 = os.getloadavg()[0]
@@ -236,7 +290,24 @@ def main(argv: list[str] | None = None) -> int:
     restarts = [r for r in runs if r["cycle"] > 1] or runs
     worst = max(r["first_ack_s"] for r in restarts)
     rows = "\n".join(f"| {r['cycle']} | {'empty audit log' if r['cycle'] == 1 else 'after kill -9'} | "
-                     f"{r['link_up_s']:.2f} | {r['first_ack_s']:.2f} |" for r in runs)
+                     f"{r['link_up_s']:.2f} | {r['first_ack_s']:.2f} | {r['cpu_s']:.2f} |" for r in runs)
+    cpu_med = statistics.median(r["cpu_s"] for r in restarts)
+    compare = ""
+    if before:
+        b_restarts = [r for r in before if r["cycle"] > 1] or before
+        b_rows = "\n".join(f"| {r['cycle']} | {'empty audit log' if r['cycle'] == 1 else 'after kill -9'} | "
+                           f"{r['link_up_s']:.2f} | {r['first_ack_s']:.2f} | {r['cpu_s']:.2f} |" for r in before)
+        compare = f"""
+
+The same, run right after with a copy of the model without `predictor.npz` (its workers load the skops
+files and import scikit-learn, as every worker did before):
+
+| launch | audit log | link up | first decision acknowledged | CPU-s to first ack |
+|---|---|---|---|---|
+{b_rows}
+
+Without `predictor.npz`: restart to first acked decision worst {max(r['first_ack_s'] for r in b_restarts):.2f} s, median
+{statistics.median(r['first_ack_s'] for r in b_restarts):.2f} s, {statistics.median(r['cpu_s'] for r in b_restarts):.2f} CPU-s."""
     p = {k: v for k, v in prof.items()}
     md = f"""## Line restart (issue 14)
 
@@ -245,25 +316,29 @@ def main(argv: list[str] | None = None) -> int:
 a cold interpreter, {args.workers} spawned scoring worker(s) (the first loads alone, the others once it is ready), Modbus TCP to the PLC simulator (10 ms scan), seconds from
 launch:
 
-| launch | audit log | link up (PLC sees the PC heartbeat) | first decision acknowledged by the PLC |
-|---|---|---|---|
+| launch | audit log | link up (PLC sees the PC heartbeat) | first decision acknowledged by the PLC | CPU-s to first ack (controller + workers) |
+|---|---|---|---|---|
 {rows}
 
 **Restart after kill -9 to first acked decision: worst {worst:.2f} s, median
-{statistics.median(r['first_ack_s'] for r in restarts):.2f} s** (target 2 s: {'met' if worst <= 2 else 'NOT met'}).
+{statistics.median(r['first_ack_s'] for r in restarts):.2f} s, {cpu_med:.2f} CPU-s** (target 2 s: {'met' if worst <= 2 else 'NOT met'}).{compare}
 The link and the PC heartbeat come up before the model has loaded; items meanwhile go to the PLC's safe lane.
 
 Where loading the model goes (fresh interpreter, seconds): importing the controller {p['import_controller_s']:.2f};
-importing skops {p['import_skops_sklearn_s']:.2f} (skops lists scikit-learn's estimators at import, which imports
-every scikit-learn module, and through them scipy, pytest and dask.array when installed); sha256 of the files
-{p['sha256_s']:.3f}; skops's type scan {p['skops_type_scan_s']:.2f} and load {p['skops_load_s']:.2f}; the fast
-predictor's self-check {p['predictor_self_check_s']:.2f}; `load_model` with the imports done
+loading the model as the scoring workers do, through `predictor.npz` without scikit-learn (hashes, the
+fast predictor's import and self-check): {p['fast_load_s']:.2f} ({p['fast_load_cpu_s']:.2f} CPU-s). For comparison,
+through the skops files (what a worker did before): importing skops {p['import_skops_sklearn_s']:.2f} (skops lists
+scikit-learn's estimators at import, which imports every scikit-learn module, and through them scipy, pytest
+and dask.array when installed); sha256 of the files {p['sha256_s']:.3f}; skops's type scan
+{p['skops_type_scan_s']:.2f} and load {p['skops_load_s']:.2f}; the fast predictor's self-check against
+scikit-learn {p['predictor_self_check_s']:.2f}; `load_model` through skops with the imports done
 {p['load_model_warm_s']:.2f}. A scoring worker, from its spawn to ready (a new interpreter, its imports, the
 model, one warm-up item): {p['first_worker_ready_s']:.2f}. The rest of launch -> first ack is the controller's own
-start (interpreter, imports: about 1 s, when the link comes up) and the first items after the worker is ready
+start (interpreter, imports, when the link comes up) and the first items after the worker is ready
 (those that arrived while it loaded are recorded as overload first, in belt order).
 
-`sorter score` on a 20-item log with one worker, launch to done: {score_s:.2f} s (target: first row within 1 s).
+`sorter score` on a 20-item log with one worker, launch to done: {score_s:.2f} s (target: first row within 1 s; the
+median of 5 and the CPU-seconds are in *Start-up*, `python -m benchmarks.startup`).
 
 Load average (other work shares the 2 cores): {load0:.1f} at the start, {load1:.1f} at the end."""
     print(md)

@@ -24,7 +24,7 @@ from .logformat import ITEMS_FILE, LogLine, item_files, iter_log, load_item, rea
 from .progress import Progress
 from .readings import ItemRecord, LogMeta
 from .scoring import Decision, Scorer, error_decision
-from .threads import single_threaded
+from .threads import default_workers, start_pool
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +47,13 @@ class MeasuredChunk:
         return [ln.record for ln in self.lines]
 
 
-def _ready() -> None:
-    return None
-
-
 def start_workers(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` measuring processes, started now: they boot (Python, numpy,
-    OpenCV) while the caller does other work, such as loading the model, instead of after it.
-    Pass it to :func:`iter_measured` as ``executor`` and shut it down when done."""
-    import multiprocessing as mp
-
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=single_threaded)
-    for _ in range(workers):
-        pool.submit(_ready)  # each submit to a pool without an idle worker starts one
-    return pool
+    OpenCV, this module) while the caller does other work, such as loading the model, instead
+    of after it. Pass it to :func:`iter_measured` as ``executor`` and shut it down when done.
+    (:func:`sorter.threads.start_pool` with this module preloaded: a caller that has not
+    imported this module yet can start the same pool sooner.)"""
+    return start_pool(workers, preload=__name__)
 
 
 LOAD_GROUP = 32  # items a worker loads before measuring them (about 11 MB of images)
@@ -276,11 +269,8 @@ def count_lines(log_dir: str | os.PathLike) -> int:
     return total
 
 
-def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-__all__ = ["MeasuredChunk", "MeasuredLog", "assemble_chunk", "count_lines", "decisions_for_chunk", "iter_chunks",
+__all__ = ["MeasuredChunk", "MeasuredLog", "assemble_chunk", "count_lines", "decisions_for_chunk", "default_workers",
+           "iter_chunks",
            "iter_decisions", "iter_measured", "measure_logs", "measure_records", "start_workers"]
 
 

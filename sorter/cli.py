@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
 from .errors import SorterError
 
 log = logging.getLogger("sorter")
@@ -29,6 +28,21 @@ def _positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (got {n})")
     return n
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version is looked up when asked (importlib.metadata scans the installed
+    packages: a few hundredths of a second that every start of the line would otherwise pay)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show program's version number and exit"):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        print(f"sorter {__version__}")
+        parser.exit()
 
 
 def _workers(text: str) -> int:
@@ -70,8 +84,29 @@ def _num(v: object) -> str:
 # ---------------------------------------------------------------------------- simulate
 
 
+class _LazyChoices:
+    """``choices`` of an option, read from ``module.attr`` when first needed (the option is given,
+    or the help is shown): building the parser then imports nothing of the simulator, which
+    would add about 0.2 s to every command's start."""
+
+    def __init__(self, module: str, attr: str) -> None:
+        self.module, self.attr = module, attr
+
+    def _values(self) -> list[str]:
+        import importlib
+
+        return sorted(getattr(importlib.import_module(self.module), self.attr))
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def __iter__(self):
+        return iter(self._values())
+
+
 def _add_simulate(sub) -> None:
-    from .simulate.run import ALL_LINES, MIXES
+    mixes = _LazyChoices("sorter.simulate.run", "MIXES")
+    lines = _LazyChoices("sorter.simulate.run", "ALL_LINES")
 
     p = sub.add_parser("simulate", help="write a simulated, labelled sensor log", description=(
         "Simulate items passing the sensor bridge and write a sorter-log/1 log directory."))
@@ -79,9 +114,10 @@ def _add_simulate(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same log")
     p.add_argument("--out", required=True, help="output log directory (new or empty; see --force)")
     p.add_argument("--force", action="store_true", help="replace --out if it holds a log (an earlier simulation)")
-    p.add_argument("--mix", default="balanced", choices=sorted(MIXES), help="intake mix (default balanced)")
-    p.add_argument("--line", default="a", choices=list(ALL_LINES),
-                   help="sensor set-up preset (default a; c is a line rendered by a separate route)")
+    p.add_argument("--mix", default="balanced", choices=mixes, metavar="MIX",
+                   help="intake mix: %(choices)s (default %(default)s)")
+    p.add_argument("--line", default="a", choices=lines, metavar="LINE",
+                   help="sensor set-up preset: %(choices)s (default a; c is a line rendered by a separate route)")
     p.add_argument("--line-param", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field of the line preset, e.g. kvp=120 or xray_gain=1.05,0.97 (repeatable)")
     p.add_argument("--line-name", default=None, help="line name declared in meta.json (default sim-LINE+KEY=VALUE...)")
@@ -193,16 +229,25 @@ def _add_score(sub) -> None:
 
 
 def _cmd_score(args) -> int:
-    from .batch import default_workers
-    from .score import ScoreInterrupted, score_logs
+    from .threads import default_workers, start_pool
 
     out = Path(args.out)
     if out.exists() and not out.is_dir() and not args.force:
         raise SorterError(f"--out {out} already exists; pass --force to replace it, or choose another file name")
+    workers = args.workers or default_workers()
+    # The measuring workers start before this process imports the batch engine, pyarrow and the
+    # model (about 0.3 CPU-s): they boot meanwhile, on the other core.
+    pool = start_pool(workers, preload="sorter.batch") if args.engine == "local" else None
     try:
-        summary = score_logs(args.logs, args.out, model_dir=args.model, workers=args.workers or default_workers(),
-                             engine=args.engine, scheduler=args.scheduler, resume=not args.no_resume, progress=True,
-                             allow_line_mismatch=args.allow_line_mismatch)
+        from .score import ScoreInterrupted, score_logs
+
+        try:
+            summary = score_logs(args.logs, args.out, model_dir=args.model, workers=workers, engine=args.engine,
+                                 scheduler=args.scheduler, resume=not args.no_resume, progress=True,
+                                 allow_line_mismatch=args.allow_line_mismatch, executor=pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
     except ScoreInterrupted as err:
         if err.rows:
             print(f"sorter score: interrupted; {err.rows} rows saved in {err.partial}: rerun the same command to "
@@ -285,6 +330,33 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- model
+
+
+def _add_model(sub) -> None:
+    p = sub.add_parser("model", help="maintain a model directory (upgrade)", description=(
+        "Maintain a model directory without retraining it."))
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    u = msub.add_parser("upgrade", help="add the fast predictor file (predictor.npz) to a model directory",
+                        description=(
+        "Derive the fast predictor's arrays (predictor.npz: trees, calibration, feature steps and a probe set with "
+        "scikit-learn's outputs on it) from the model's skops files, check them against scikit-learn, and add the "
+        "file and its sha256 to the manifest. Nothing else changes (the model's id stays). With it, 'sorter score' "
+        "and the line load the model without importing scikit-learn. Run it on a directory written before the "
+        "file existed, or again after installing another numpy if loading warns that the file's probe outputs "
+        "differ."))
+    u.add_argument("model_dir", metavar="DIR", help="model directory (manifest.json and the skops files)")
+    u.set_defaults(func=_cmd_model_upgrade)
+
+
+def _cmd_model_upgrade(args) -> int:
+    from .model import FAST_FILE, upgrade_model
+
+    changed = upgrade_model(args.model_dir)
+    print(f"{'wrote' if changed else 'up to date:'} {Path(args.model_dir) / FAST_FILE} (its sha256 is in the manifest)")
+    return 0
+
+
 # ---------------------------------------------------------------------------- line
 
 
@@ -349,8 +421,8 @@ def _cmd_retention(args) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_calibrate, _add_score, _add_evaluate, _add_line, _add_cases,
-                            _add_station, _add_retention]
+COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_calibrate, _add_score, _add_evaluate, _add_model, _add_line,
+                            _add_cases, _add_station, _add_retention]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                "and --force only replaces what the same command wrote. Mistakes end with one line saying what "
                "and how to fix it, and exit status 2.",
     )
-    parser.add_argument("--version", action="version", version=f"sorter {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:

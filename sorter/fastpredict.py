@@ -20,14 +20,18 @@ and it returns ``None`` so that the caller keeps scikit-learn's own path.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from scipy.special import expit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FastForest", "FastCalibrated", "fast_predictor"]
+__all__ = ["FastForest", "FastCalibrated", "FastRegressor", "fast_predictor", "fast_regressor"]
+
+_FOREST_ARRAYS = ("feature", "threshold", "missing_left", "left", "right", "value", "roots", "outputs", "baseline")
+_FOREST_DTYPES = {"feature": np.intp, "threshold": np.float64, "missing_left": bool, "left": np.int64,
+                  "right": np.int64, "value": np.float64, "roots": np.intp, "outputs": np.intp, "baseline": np.float64}
 
 
 class FastForest:
@@ -75,8 +79,40 @@ class FastForest:
         self.outputs = np.asarray(outputs, dtype=np.intp)
         self.depth = depth
         self.n_features = int(hgb.n_features_in_)
+        self._finish()
+
+    def _finish(self) -> None:
         # Trees per output, in boosting order: sklearn adds them in this order.
         self._order = [np.flatnonzero(self.outputs == k) for k in range(self.n_outputs)]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The node arrays and sizes, for :meth:`from_arrays` (plain numeric arrays: no pickle)."""
+        out = {k: getattr(self, k) for k in _FOREST_ARRAYS}
+        out["sizes"] = np.array([self.n_outputs, self.depth, self.n_features], dtype=np.int64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "FastForest":
+        """The forest :meth:`to_arrays` described; ``ValueError`` for arrays that do not fit together."""
+        self = cls.__new__(cls)
+        for k in _FOREST_ARRAYS:
+            setattr(self, k, np.asarray(arrays[k]).astype(_FOREST_DTYPES[k], casting="same_kind", copy=False))
+        n_outputs, depth, n_features = (int(v) for v in np.asarray(arrays["sizes"]).ravel()[:3])
+        self.n_outputs, self.depth, self.n_features = n_outputs, depth, n_features
+        n = self.feature.size
+        if not (n > 0 and all(getattr(self, k).shape == (n,) for k in _FOREST_ARRAYS[:6])
+                and self.roots.shape == self.outputs.shape and self.baseline.shape == (n_outputs,)
+                and 0 <= depth <= 64 and n_features > 0):
+            raise ValueError("the forest's arrays do not fit together")
+        for k in ("left", "right", "roots"):
+            a = getattr(self, k)
+            if a.size and (a.min() < 0 or a.max() >= n):
+                raise ValueError(f"node index out of range in {k!r}")
+        if self.feature.min() < 0 or self.feature.max() >= n_features or self.outputs.min() < 0 \
+                or self.outputs.max() >= n_outputs:
+            raise ValueError("feature or output index out of range")
+        self._finish()
+        return self
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
         """Leaf index reached in every tree, shape ``(n, trees)``."""
@@ -115,6 +151,12 @@ class FastForest:
 class FastCalibrated:
     """A ``CalibratedClassifierCV(method="sigmoid", ensemble=False)`` over a forest."""
 
+    forest: FastForest
+    n_classes: int
+    pos: list[int]
+    a: np.ndarray
+    b: np.ndarray
+
     def __init__(self, cal: Any):
         ccs = cal.calibrated_classifiers_
         if len(ccs) != 1 or ccs[0].method != "sigmoid":
@@ -130,6 +172,24 @@ class FastCalibrated:
         if len(self.a) != self.forest.n_outputs:
             raise ValueError("calibrators do not match the estimator's outputs")
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The forest's arrays and the calibration's, for :meth:`from_arrays`."""
+        return {**self.forest.to_arrays(), "cal_a": self.a, "cal_b": self.b,
+                "cal_pos": np.asarray(self.pos, dtype=np.int64), "n_classes": np.array(self.n_classes)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "FastCalibrated":
+        self = cls.__new__(cls)
+        self.forest = FastForest.from_arrays(arrays)
+        self.n_classes = int(arrays["n_classes"])
+        self.pos = [int(v) for v in np.asarray(arrays["cal_pos"]).ravel()]
+        self.a = np.asarray(arrays["cal_a"], dtype=np.float64).ravel()
+        self.b = np.asarray(arrays["cal_b"], dtype=np.float64).ravel()
+        if not (len(self.a) == len(self.b) == len(self.pos) == self.forest.n_outputs and self.n_classes >= 2
+                and all(0 <= p < self.n_classes for p in self.pos)):
+            raise ValueError("the calibration's arrays do not fit the forest")
+        return self
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         raw = self.forest.raw(X)
         n = raw.shape[0]
@@ -143,6 +203,26 @@ class FastCalibrated:
             proba = np.divide(proba, den, out=np.full_like(proba, 1 / self.n_classes), where=den != 0)
         proba[(1.0 < proba) & (proba <= 1.0 + 1e-5)] = 1.0
         return proba
+
+
+class FastRegressor:
+    """A ``HistGradientBoostingRegressor`` with the identity link (squared error):
+    ``predict(X)`` equals the estimator's, bit for bit."""
+
+    def __init__(self, forest: FastForest):
+        if forest.n_outputs != 1:
+            raise ValueError("a regressor has one output")
+        self.forest = forest
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.forest.raw(X)[:, 0]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return self.forest.to_arrays()
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "FastRegressor":
+        return cls(FastForest.from_arrays(arrays))
 
 
 def probe_rows(forest: FastForest, n: int = 512, seed: int = 0) -> np.ndarray:
@@ -188,5 +268,25 @@ def fast_predictor(estimator: Any) -> FastForest | FastCalibrated | None:
     if got.shape != want.shape or not np.array_equal(got, want):
         diff = float(np.nanmax(np.abs(got - want))) if got.shape == want.shape else float("nan")
         log.warning("fast prediction disagrees with scikit-learn (max |diff| %.3g); using scikit-learn's path", diff)
+        return None
+    return fast
+
+
+def fast_regressor(estimator: Any) -> FastRegressor | None:
+    """A fast equivalent of a ``HistGradientBoostingRegressor``'s ``predict``, verified on
+    :func:`probe_rows` as :func:`fast_predictor` does, or ``None``."""
+    try:
+        link = type(getattr(getattr(estimator, "_loss", None), "link", None)).__name__
+        if not hasattr(estimator, "_predictors") or link != "IdentityLink":
+            return None
+        fast = FastRegressor(FastForest(estimator))
+        X = probe_rows(fast.forest)
+        want = estimator.predict(X)
+        got = fast.predict(X)
+    except Exception as err:  # noqa: BLE001 - an unknown model layout: keep sklearn's path
+        log.info("fast prediction unavailable for %s: %s", type(estimator).__name__, err)
+        return None
+    if got.shape != want.shape or not np.array_equal(got, want):
+        log.warning("fast regression disagrees with scikit-learn; using scikit-learn's path")
         return None
     return fast

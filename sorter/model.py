@@ -5,6 +5,8 @@ A model directory holds
 - ``classifier.skops``: features + calibrated chemistry classifier (a scikit-learn Pipeline),
 - ``damage.skops`` (optional): the damaged-Li-ion detector,
 - ``energy.skops`` (optional): the rated-energy regressor of likely Li-ion items (:mod:`sorter.energy`),
+- ``predictor.npz`` (optional): the arrays of the fast predictor (:mod:`sorter.fastmodel`), so
+  that scoring loads without scikit-learn or skops,
 - ``manifest.json``: format version, library versions, feature names, classes, policy
   thresholds, a digest of the training data, metrics, and the sha256 of every file; and the
   model's applicability domain: the training line's declared settings (``line_domain``,
@@ -17,6 +19,10 @@ Files are written with skops, whose loader builds objects from a declared schema
 runs no code from the file.  Loading checks, in order: the manifest's format, every
 file's sha256, the library versions, and that every type in the file is on the
 reviewed allow-list :data:`ALLOWED_TYPES`; anything else is refused with a message.
+``load_model(dir, estimators=False)`` (the line, ``sorter score``) reads ``predictor.npz``
+instead of the skops files when the directory has one: the same hash and version checks,
+then the fast predictor's self-check on the file's probe rows; the skops files are hashed
+but not loaded, and neither scikit-learn nor skops is imported.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import logging
 import os
 import platform
+import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,7 +42,7 @@ import numpy as np
 
 from .domain import LineDomain
 from .energy import EnergyModel
-from .errors import ModelError, ModelIntegrityError
+from .errors import ModelError, ModelIntegrityError, SorterError
 from .features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
 from .novelty import NoveltyModel
 from .policy import PolicyThresholds
@@ -47,6 +54,7 @@ MANIFEST = "manifest.json"
 CLASSIFIER_FILE = "classifier.skops"
 DAMAGE_FILE = "damage.skops"
 ENERGY_FILE = "energy.skops"
+FAST_FILE = "predictor.npz"  # sorter.fastmodel.FAST_FILE (not imported here: see load_model)
 
 # Reviewed allow-list: the types skops reports as "untrusted" by default in our
 # pipelines, each checked to be a plain estimator or data holder whose construction
@@ -89,6 +97,7 @@ def _openmp_one_thread() -> Any:
 # 2.4 ms for one row) but loses to its compiled per-row walk from about 48 rows on (16 vs
 # 6.4 ms for 256). Both give the same probabilities (fast_predictor checks it).
 FAST_PATH_MAX_ROWS = 48
+FAST_BLOCK_ROWS = 1024  # rows per fast-path call when only the fast predictors are loaded
 _RAW_INDEX = {c: i for i, c in enumerate(RAW_COLUMNS)}
 
 
@@ -101,21 +110,31 @@ def features_fast(pipe: Any, raw: np.ndarray) -> np.ndarray:
 
     Equivalent to ``pipe[:-1].transform(raw)`` (tested), but a ColumnTransformer validates
     and dispatches on every call, which costs milliseconds for the one-row calls of the
-    line; here each fitted sensor transformer is applied to its columns directly.
+    line; here each sensor's function (:mod:`sorter.features.derive`) is applied to its
+    columns directly (:class:`sorter.fastmodel.FeatureStep`).
     """
-    ct = pipe.steps[0][1]
-    parts = [trans._transform(raw[:, cols]) for _, trans, cols in ct.transformers_
-             if trans != "drop" and not (isinstance(cols, list) and not cols)]
-    return np.hstack(parts)
+    from .fastmodel import FeatureStep
+
+    return FeatureStep.from_pipeline(pipe).transform(raw)
+
+
+def _version(dist: str, module: str) -> str:
+    # The installed distribution's version, without importing it: importing skops imports all
+    # of scikit-learn (about 2.5 s here), which the fast load avoids.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        import importlib
+
+        return str(importlib.import_module(module).__version__)
 
 
 def library_versions() -> dict[str, str]:
-    import numpy
-    import skops
-    import sklearn
-
-    return {"python": platform.python_version(), "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
-            "skops": skops.__version__}
+    """The versions the manifest records and :func:`load_model` compares."""
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "scikit-learn": _version("scikit-learn", "sklearn"), "skops": _version("skops", "skops")}
 
 
 def _versions_compatible(saved: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
@@ -155,7 +174,9 @@ class SorterModel:
     # calibrate maps a new line's measurements onto the training line's); empty: as measured.
     normalisation: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     energy: EnergyModel | None = None  # rated energy estimate and bound of likely Li-ion items
-    # Verified fast predictors of the final steps (sorter.fastpredict), built on first use.
+    # Verified fast predictors (sorter.fastmodel.FastPart) of the classifier and the damage
+    # detector: built from the pipelines on first use, or read from predictor.npz by
+    # load_model(estimators=False), which leaves classifier and damage None.
     _fast: tuple[Any, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -165,18 +186,43 @@ class SorterModel:
         digest = files.get(CLASSIFIER_FILE, "unsaved")
         return f"{self.manifest.get('name', 'model')}@{digest[:12]}"
 
+    @property
+    def has_estimators(self) -> bool:
+        """Whether the scikit-learn pipelines are loaded (not so after ``load_model(estimators=False)``)."""
+        return self.classifier is not None
+
+    @property
+    def has_damage(self) -> bool:
+        """Whether the model has a damage detector (without one, P(damaged) is NaN)."""
+        if self.classifier is not None:
+            return self.damage is not None
+        return self._fast is not None and self._fast[1] is not None
+
     def prepare(self) -> tuple[Any, Any]:
-        """Build (once) the verified fast predictors of :mod:`sorter.fastpredict`.
+        """Build (once) the verified fast predictors (:class:`sorter.fastmodel.FastPart`).
 
         Either is ``None`` when the estimator is of a kind the fast path does not
         reproduce exactly; :meth:`predict` then uses scikit-learn's own path.
         """
         if self._fast is None:
+            if self.classifier is None:
+                raise ModelError("the model has neither its pipelines nor its fast predictors; load it with load_model")
+            from .fastmodel import FastPart, FeatureStep
             from .fastpredict import fast_predictor
 
+            def part(pipe: Any) -> Any:
+                fast = fast_predictor(_final_step(pipe))
+                if fast is None:
+                    return None
+                try:
+                    return FastPart(FeatureStep.from_pipeline(pipe), fast)
+                except ValueError as err:
+                    log.info("fast prediction unavailable: %s", err)
+                    return None
+
             with _openmp_one_thread():
-                clf = fast_predictor(_final_step(self.classifier))
-                dmg = fast_predictor(_final_step(self.damage)) if self.damage is not None else None
+                clf = part(self.classifier)
+                dmg = part(self.damage) if self.damage is not None else None
             self._fast = (clf, dmg)
         return self._fast
 
@@ -225,11 +271,17 @@ class SorterModel:
             raise ValueError(f"expected raw measurements of shape (n, {len(RAW_COLUMNS)}), got {raw.shape}")
         raw = self.normalise(raw)
         fast_clf, fast_dmg = self.prepare()
-        if (raw.shape[0] < FAST_PATH_MAX_ROWS and fast_clf is not None
-                and (self.damage is None or fast_dmg is not None)):
-            proba = fast_clf.predict_proba(features_fast(self.classifier, raw))
-            p_dmg = (fast_dmg.predict_proba(features_fast(self.damage, raw))[:, 1] if self.damage is not None
-                     else np.full(raw.shape[0], np.nan))
+        has_damage = self.has_damage
+        if fast_clf is not None and (not has_damage or fast_dmg is not None) and (
+                raw.shape[0] < FAST_PATH_MAX_ROWS or self.classifier is None):
+            proba = np.empty((raw.shape[0], len(self.classes)))
+            p_dmg = np.full(raw.shape[0], np.nan)
+            # in blocks: the fast path holds a (rows x trees) array per tree level
+            for a in range(0, raw.shape[0], FAST_BLOCK_ROWS):
+                block = raw[a:a + FAST_BLOCK_ROWS]
+                proba[a:a + FAST_BLOCK_ROWS] = fast_clf.predict_proba(block)
+                if has_damage:
+                    p_dmg[a:a + FAST_BLOCK_ROWS] = fast_dmg.predict_proba(block)[:, 1]
             return proba, p_dmg
         # One OpenMP thread: the trees are small, and parallel workers (or a busy line PC)
         # make OpenMP's spinning threads slow every call down by orders of magnitude.
@@ -261,6 +313,8 @@ def save_model(model: SorterModel, out_dir: str | os.PathLike, *, name: str = "s
         files.append(ENERGY_FILE)
     elif (out / ENERGY_FILE).exists():
         (out / ENERGY_FILE).unlink()
+    if _write_fast_file(out, model):
+        files.append(FAST_FILE)
     manifest: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "name": name,
@@ -286,17 +340,92 @@ def save_model(model: SorterModel, out_dir: str | os.PathLike, *, name: str = "s
     return out
 
 
+def _write_fast_file(out: Path, model: SorterModel) -> bool:
+    """Write ``out/predictor.npz`` from the model's estimators (:mod:`sorter.fastmodel`); remove a
+    stale one and return False when the model is of a kind without a fast predictor."""
+    from .fastmodel import fast_arrays, write_fast_file
+
+    with _openmp_one_thread():
+        arrays = fast_arrays(model.classifier, model.damage,
+                             model.energy.regressor if model.energy is not None else None)
+    path = out / FAST_FILE
+    if arrays is None:
+        log.info("%s: no fast predictor file (a model of another kind); it loads through skops", out)
+        if path.exists():
+            path.unlink()
+        return False
+    _replace_bytes(path, write_fast_file(arrays))
+    return True
+
+
+def _replace_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically: a temporary file beside it, fsync'ed, then renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp's file is private (0600): give it the mode of the file it replaces, or a new file's
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def upgrade_model(model_dir: str | os.PathLike) -> bool:
+    """Add (or regenerate) ``predictor.npz`` in a model directory, without retraining.
+
+    The model is loaded and verified through its skops files (hashes, versions, allow-list),
+    the fast predictor's arrays are derived from its estimators and checked against them
+    (:func:`sorter.fastmodel.fast_arrays`), and the file and the manifest (its hash; nothing
+    else changes, so the model's id stays) are replaced atomically, the file first.  Returns
+    False, changing nothing, when the directory already holds the same file.  Raises
+    :class:`~sorter.errors.SorterError` for a model whose kind has no fast predictor.
+    """
+    from .fastmodel import fast_arrays, write_fast_file
+
+    d = Path(model_dir)
+    model = load_model(d, estimators=True)
+    with _openmp_one_thread():
+        arrays = fast_arrays(model.classifier, model.damage,
+                             model.energy.regressor if model.energy is not None else None)
+    if arrays is None:
+        raise SorterError(f"{d}: this model's estimators have no exact fast predictor (see the log); it keeps "
+                          "loading through its skops files")
+    data = write_fast_file(arrays)
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+    if manifest["files"].get(FAST_FILE) == digest and (d / FAST_FILE).is_file() \
+            and sha256_file(d / FAST_FILE) == digest:
+        return False
+    _replace_bytes(d / FAST_FILE, data)
+    manifest["files"][FAST_FILE] = digest
+    _replace_bytes(d / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return True
+
+
 def default_model_dir() -> Path:
     """The shipped model (``models/default`` in the source tree, ``sorter.models`` when installed)."""
     return Path(str(resources.files("sorter.models").joinpath("default")))
 
 
-def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
+def load_model(model_dir: str | os.PathLike | None = None, *, estimators: bool = True) -> SorterModel:
     """Load and verify a model directory; ``None`` loads the shipped default model.
 
     Raises :class:`~sorter.errors.ModelIntegrityError` for a wrong format, a file whose
     hash does not match the manifest, other library versions, or a type outside the
     allow-list; the file's contents are never executed.
+
+    ``estimators=False`` loads only what scoring needs: from ``predictor.npz`` when the
+    directory has one (:mod:`sorter.fastmodel`; the model's ``classifier`` and ``damage`` are
+    then ``None``, and neither scikit-learn nor skops is imported), else from the skops files.
+    The checks are the same; if the file's predictors do not reproduce its stored probe
+    outputs here, a warning says so and the skops files are loaded instead.
 
     Examples
     --------
@@ -305,8 +434,6 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
     >>> m.classes
     ('lead_acid', 'li_ion', 'other')
     """
-    import skops.io as sio
-
     d = Path(model_dir) if model_dir is not None else default_model_dir()
     mpath = d / MANIFEST
     if not mpath.is_file():
@@ -323,18 +450,24 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
     files = manifest.get("files")
     if not isinstance(files, dict) or CLASSIFIER_FILE not in files:
         raise ModelIntegrityError(f"{mpath}: the manifest lists no {CLASSIFIER_FILE}; the directory is incomplete")
-    present = {p.name for p in d.iterdir() if p.suffix in (".skops", ".pkl", ".pickle", ".joblib")}
+    present = {p.name for p in d.iterdir() if p.suffix in (".skops", ".pkl", ".pickle", ".joblib", ".npz", ".npy")}
     unexpected = present - set(files)
     if unexpected:
         raise ModelIntegrityError(
             f"{d}: files not in the manifest: {sorted(unexpected)}; remove them (a model directory holds only "
             "what its manifest lists)"
         )
+    fast_bytes = None
     for fname, digest in files.items():
         fpath = d / fname
         if not fpath.is_file():
             raise ModelIntegrityError(f"{fpath}: listed in the manifest but missing; restore the model directory")
-        actual = sha256_file(fpath)
+        if fname == FAST_FILE:
+            # hashed and read from the same bytes: the file cannot change between the check and the load
+            fast_bytes = fpath.read_bytes()
+            actual = hashlib.sha256(fast_bytes).hexdigest()
+        else:
+            actual = sha256_file(fpath)
         if actual != digest:
             raise ModelIntegrityError(
                 f"{fpath}: sha256 {actual[:16]}… does not match the manifest's {str(digest)[:16]}…; the file was "
@@ -346,8 +479,28 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
             f"{d}: made with other library versions ({'; '.join(problems)}); install the versions in "
             f"{MANIFEST} or retrain the model with 'sorter train'"
         )
+    fast = None
+    if not estimators and fast_bytes is not None:
+        from .fastmodel import ProbeMismatch, read_fast_file
+
+        try:
+            fast = read_fast_file(fast_bytes)
+        except ProbeMismatch as err:
+            log.warning("%s: %s; loading the skops files instead (slower start). Regenerate the file with "
+                        "'sorter model upgrade %s' on this machine", d / FAST_FILE, err, d)
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise ModelIntegrityError(
+                f"{d / FAST_FILE}: not a fast predictor file this sorter can read ({err}); regenerate it with "
+                f"'sorter model upgrade {d}'") from err
+        if fast is not None and ((fast.damage is None) != (DAMAGE_FILE not in files)
+                                 or (fast.energy is None) != (ENERGY_FILE not in files)):
+            raise ModelIntegrityError(
+                f"{d / FAST_FILE}: its parts do not match the manifest's files; regenerate it with "
+                f"'sorter model upgrade {d}'")
 
     def _load(fname: str) -> Any:
+        import skops.io as sio
+
         fpath = d / fname
         try:
             untrusted = set(sio.get_untrusted_types(file=fpath))
@@ -377,8 +530,11 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
             f"{d}: the model was trained on measurements of version {version!r}; this sorter makes version "
             f"{MEASUREMENTS_VERSION} (their values differ); retrain it with 'sorter train' on the same logs"
         )
-    classifier = _load(CLASSIFIER_FILE)
-    damage = _load(DAMAGE_FILE) if DAMAGE_FILE in files else None
+    if fast is None:
+        classifier = _load(CLASSIFIER_FILE)
+        damage = _load(DAMAGE_FILE) if DAMAGE_FILE in files else None
+    else:
+        classifier = damage = None
     try:
         thresholds = PolicyThresholds.from_json(manifest.get("policy", {}))
     except (TypeError, ValueError) as err:
@@ -398,9 +554,11 @@ def load_model(model_dir: str | os.PathLike | None = None) -> SorterModel:
     energy = None
     if ENERGY_FILE in files:
         try:
-            energy = EnergyModel.from_json(manifest["energy"], _load(ENERGY_FILE))
+            energy = EnergyModel.from_json(manifest["energy"], fast.energy if fast is not None else _load(ENERGY_FILE))
         except (KeyError, TypeError, ValueError) as err:
             raise ModelIntegrityError(f"{mpath}: invalid energy model ({err}); retrain the model") from err
     model = SorterModel(classifier, thresholds, classes, damage, manifest, d, novelty, domain, normalisation, energy)
+    if fast is not None:
+        model._fast = (fast.classifier, fast.damage)
     model.prepare()
     return model

@@ -678,7 +678,9 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
         "sound and is not warm is not caught.",
         "- Probabilities are calibrated on the training line's mix; on another mix, calibration shifts.",
         "",
-        f"Files and their sha256 are listed in manifest.json; libraries: {manifest.get('libraries')}.",
+        "Files and their sha256 are listed in manifest.json (`predictor.npz`, when present, holds the fast "
+        "predictor's arrays, derived from the skops files: `sorter score` and the line load it without "
+        f"scikit-learn); libraries: {manifest.get('libraries')}.",
         "",
     ]
     return "\n".join(md)

@@ -242,8 +242,12 @@ def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int,
 def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, model_dir: str | None = None,
                model: SorterModel | None = None, workers: int = 1, engine: str = "local",
                scheduler: str | None = None, resume: bool = True, progress: bool = False,
-               allow_line_mismatch: bool = False) -> ScoreSummary:
+               allow_line_mismatch: bool = False, executor: Executor | None = None) -> ScoreSummary:
     """Score logs into ``out`` (.csv or .parquet). See the module docstring for resuming.
+
+    ``executor``: the local engine's measuring pool, if the caller started it already
+    (:func:`sorter.batch.start_workers`, or :func:`sorter.threads.start_pool` preloading
+    ``sorter.batch``, as the CLI does before its own imports); the caller shuts it down.
 
     A log whose declared line differs from the model's has its lead_acid lane closed (its
     items go to manual), unless ``allow_line_mismatch`` (see :class:`sorter.scoring.Scorer`)."""
@@ -259,10 +263,11 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
     logs = [str(Path(d)) for d in logs]
     check_logs(logs)
     # The local engine's workers start first and boot while this process loads the model.
-    pool = start_workers(workers) if engine == "local" and workers >= 1 else None
+    own_pool = executor is None and engine == "local" and workers >= 1
+    pool = start_workers(workers) if own_pool else executor if engine == "local" else None
     client = None
     try:
-        model = model or load_model(model_dir)
+        model = model or load_model(model_dir, estimators=False)
         if engine == "dask":
             # before anything is written: no address or no answer leaves no OUT.partial
             client = distributed.connect(scheduler)
@@ -271,7 +276,7 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
     finally:
         if client is not None:
             client.close()
-        if pool is not None:
+        if own_pool and pool is not None:
             pool.shutdown(cancel_futures=True)
 
 

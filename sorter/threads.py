@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["one_thread", "single_threaded"]
+__all__ = ["default_workers", "one_thread", "single_threaded", "start_pool"]
 
 
 def single_threaded() -> None:
@@ -43,3 +43,41 @@ def one_thread() -> Iterator[None]:
             yield
     finally:
         cv2.setNumThreads(before)
+
+
+def default_workers() -> int:
+    """Worker processes when none are asked for: one per core, at most 8."""
+    import os
+
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _init_worker(preload: str | None) -> None:
+    single_threaded()
+    if preload:
+        import importlib
+
+        importlib.import_module(preload)  # at once, while the parent is busy with its own start
+
+
+def _ready() -> None:
+    return None
+
+
+def start_pool(workers: int, preload: str | None = None):  # -> concurrent.futures.ProcessPoolExecutor
+    """A pool of ``workers`` spawned worker processes, started now, each :func:`single_threaded`
+    and importing the module ``preload`` as it boots.
+
+    Its own module imports nothing heavy, so a command can start its workers first and let them
+    boot (Python, numpy, OpenCV, the measuring code) while it imports and loads the rest: on a
+    2-core machine that takes a few tenths of a second off ``sorter score``'s start.  Shut it
+    down when done.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(preload,))
+    for _ in range(workers):
+        pool.submit(_ready)  # each submit to a pool without an idle worker starts one
+    return pool

@@ -45,6 +45,11 @@ def test_calibrated_model_is_valid_for_the_new_line_and_opens_lead_acid(calibrat
     y = np.array([m.labels[i] for i in np.flatnonzero(keep)])
     _, _, shipped_lanes, _ = lanes_for(load_model(), m.raw[keep], meta)
     _, _, cal_lanes, _ = lanes_for(loaded, m.raw[keep], meta)
+    # what the line loads (predictor.npz, written by calibrate, no scikit-learn) gives the same lanes
+    fast = load_model(out, estimators=False)
+    assert fast.classifier is None and fast.normalisation == loaded.normalisation
+    np.testing.assert_array_equal(lanes_for(fast, m.raw[keep], meta)[2], cal_lanes)
+    np.testing.assert_array_equal(fast.predict(m.raw[keep][:5])[0], loaded.predict(m.raw[keep][:5])[0])
     assert "lead_acid" not in shipped_lanes  # the shipped model: another line, lead_acid closed
     assert np.mean(cal_lanes[y == "lead_acid"] == "lead_acid") > 0.8
     assert not np.any((y == "li_ion") & (cal_lanes == "lead_acid"))

@@ -119,16 +119,18 @@ def test_workers_start_before_the_model_loads_and_none_outlive_the_run(tmp_path,
     seen = {}
     real_load = score_mod.load_model
 
-    def load_and_look(model_dir=None):
+    def load_and_look(model_dir=None, **kw):
         seen["workers while loading"] = len(mp.active_children())
-        return real_load(model_dir)
+        seen["kw"] = kw
+        return real_load(model_dir, **kw)
 
     monkeypatch.setattr(score_mod, "load_model", load_and_look)
     score_mod.score_logs([log_with_bad_lines], tmp_path / "o.csv", workers=2)
     assert seen["workers while loading"] == 2
+    assert seen["kw"] == {"estimators": False}  # the fast predictor file: no scikit-learn to import
     assert mp.active_children() == []
 
-    def broken(model_dir=None):
+    def broken(model_dir=None, **kw):
         raise score_mod.SorterError("no model here")
 
     monkeypatch.setattr(score_mod, "load_model", broken)

@@ -39,6 +39,15 @@ def test_training_is_reproducible_and_round_trips(tmp_path, small_log):
     man = json.loads((tmp_path / "m1" / "manifest.json").read_text())
     assert man["heldout_metrics"]["li_ion_in_lead_acid_lane"] == 0
     assert man["feature_names"] and man["raw_columns"]
+    # sorter train writes the fast predictor file; the line and sorter score load through it,
+    # without scikit-learn, and get the same probabilities bit for bit
+    assert "predictor.npz" in man["files"]
+    fast = load_model(tmp_path / "m1", estimators=False)
+    assert fast.classifier is None
+    p4, d4 = fast.predict(raw)
+    _, d3 = loaded.predict(raw)
+    np.testing.assert_array_equal(p4, p3)
+    np.testing.assert_array_equal(d4, d3)
 
 
 def test_thresholds_keep_every_heldout_non_lead_item_out_of_lead_acid(small_log):

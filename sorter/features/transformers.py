@@ -15,9 +15,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import derive
+from .derive import LEAD_ACID_DENSITY_KG_L  # noqa: F401 - importable from here, as before
 from .measure import CAMERA_COLUMNS, RAW_COLUMNS, SCALE_COLUMNS, THERMAL_COLUMNS, XRAY_COLUMNS
-
-LEAD_ACID_DENSITY_KG_L = 2.4  # middle of the 1.8-3.1 kg/L range of lead-acid batteries (reference)
 
 
 class _StatelessTransformer(TransformerMixin, BaseEstimator):
@@ -86,18 +86,7 @@ class ScaleProfilerFeatures(_StatelessTransformer):
         ]
 
     def _transform(self, X):
-        w, length, width, height = X.T
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vol_l = length * width * height * 1e-6
-            dens = (w / 1000.0) / vol_l
-            lead_ratio = (w / 1000.0) / (LEAD_ACID_DENSITY_KG_L * vol_l)
-            out = np.column_stack([
-                w, np.log(np.clip(w, 1e-3, None)), vol_l, np.log(np.clip(vol_l, 1e-9, None)), dens, lead_ratio,
-                length, width, height, length / width, width / height,
-                np.isnan(w).astype(float), np.isnan(X[:, 1:]).any(axis=1).astype(float),
-            ])
-        out[~np.isfinite(out)] = np.nan
-        return out
+        return derive.scale_profiler(X)
 
 
 class ThermalFeatures(_StatelessTransformer):
@@ -115,8 +104,7 @@ class ThermalFeatures(_StatelessTransformer):
         return ["thermal_excess_c", "thermal_missing"]
 
     def _transform(self, X):
-        excess = X[:, 0] - X[:, 1]
-        return np.column_stack([excess, np.isnan(excess).astype(float)])
+        return derive.thermal(X)
 
 
 class XrayFeatures(_StatelessTransformer):
@@ -135,11 +123,7 @@ class XrayFeatures(_StatelessTransformer):
         return [*XRAY_COLUMNS[2:], "xray_missing", "xray_one_channel", "xray_no_object"]
 
     def _transform(self, X):
-        low_ok, high_ok, area = X[:, 0], X[:, 1], X[:, 2]
-        missing = np.isnan(low_ok) & np.isnan(high_ok)
-        one = ~missing & ((np.nan_to_num(low_ok) + np.nan_to_num(high_ok)) < 2)
-        no_obj = ~missing & (np.nan_to_num(area, nan=0.0) < 16.0)
-        return np.column_stack([X[:, 2:], missing.astype(float), one.astype(float), no_obj.astype(float)])
+        return derive.xray(X)
 
 
 class CameraFeatures(_StatelessTransformer):
@@ -153,7 +137,7 @@ class CameraFeatures(_StatelessTransformer):
     """
 
     n_inputs = len(CAMERA_COLUMNS)
-    GEOMETRY = CAMERA_COLUMNS[:5] + ("cam_defect_rel",)
+    GEOMETRY = derive.CAMERA_GEOMETRY
 
     def _input_names(self):
         return CAMERA_COLUMNS
@@ -162,10 +146,7 @@ class CameraFeatures(_StatelessTransformer):
         return [*self.GEOMETRY, "camera_missing", "camera_no_object"]
 
     def _transform(self, X):
-        missing = np.isnan(X).all(axis=1)
-        no_obj = ~missing & (np.nan_to_num(X[:, 0], nan=0.0) < 100.0)
-        geo = X[:, [CAMERA_COLUMNS.index(c) for c in self.GEOMETRY]]
-        return np.column_stack([geo, missing.astype(float), no_obj.astype(float)])
+        return derive.camera(X)
 
 
 class CrossSensorFeatures(_StatelessTransformer):
@@ -181,7 +162,7 @@ class CrossSensorFeatures(_StatelessTransformer):
     """
 
     n_inputs = 7
-    INPUTS = ("weight_g", "length_mm", "width_mm", "xr_area_mm2", "xr_al_eq_mass_g", "xr_pb_eq_mass_g", "cam_area_mm2")
+    INPUTS = derive.CROSS_SENSOR_INPUTS
 
     def _input_names(self):
         return self.INPUTS
@@ -191,12 +172,7 @@ class CrossSensorFeatures(_StatelessTransformer):
                 "areal_density_g_cm2"]
 
     def _transform(self, X):
-        w, length, width, xa, al_eq, pb_eq, ca = X.T
-        with np.errstate(invalid="ignore", divide="ignore"):
-            foot = length * width
-            out = np.column_stack([al_eq / w, pb_eq / w, xa / foot, ca / foot, w / (foot / 100.0)])
-        out[~np.isfinite(out)] = np.nan
-        return out
+        return derive.cross_sensor(X)
 
 
 def _idx(names) -> list[int]:

@@ -292,7 +292,7 @@ class Controller:
         from sorter.model import load_model
 
         try:
-            await asyncio.to_thread(load_model, model_dir or None)
+            await asyncio.to_thread(load_model, model_dir or None, estimators=False)
             new = self.scorer.like(model_dir)
             await new.start()
         except Exception as err:  # noqa: BLE001 - any failure: keep the model that works

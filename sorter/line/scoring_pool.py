@@ -250,7 +250,7 @@ class ThreadScoringPool(ScoringPool):
 
         t0 = time.monotonic()
         single_threaded()
-        model = await asyncio.to_thread(load_model, self.model_dir)
+        model = await asyncio.to_thread(load_model, self.model_dir, estimators=False)
         self._scorer = Scorer(model, allow_line_mismatch=self.allow_line_mismatch)
         self.model_id = model.model_id
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sorter-score")

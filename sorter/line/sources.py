@@ -52,14 +52,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sorter.errors import LogFormatError, SorterError
 from sorter.line.plc.protocol import plc_item_id
 from sorter.logformat import LogLine, LogPosition, iter_log, layout, load_item, locate_line, read_meta
 from sorter.readings import Item, LogMeta
-from sorter.simulate.run import SimConfig, SimItem, simulate_item
 from sorter.threads import one_thread
+
+if TYPE_CHECKING:  # the simulator is imported where a simulated source runs: the live line needs none of it
+    from sorter.simulate.run import SimConfig, SimItem
 
 logger = logging.getLogger(__name__)
 
@@ -494,6 +496,8 @@ class LogFollowSource(ItemSource):
 
 
 def _simulate_chunk(cfg: SimConfig, start: int, stop: int) -> list[SimItem]:
+    from sorter.simulate.run import simulate_item
+
     with one_thread():  # processes are the parallelism (and OpenCV's pool is not fork-safe)
         return [simulate_item(cfg, i) for i in range(start, stop)]
 

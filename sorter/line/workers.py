@@ -28,7 +28,6 @@ and is ready sooner after a restart.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing as mp
 import os
@@ -38,12 +37,15 @@ import socket
 import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sorter.errors import SorterError
 from sorter.readings import Item
 from sorter.scoring import Decision, Scorer, warm_up_batch
 from sorter.threads import single_threaded
+
+if TYPE_CHECKING:  # the controller's side only: a worker process need not import asyncio (it starts sooner)
+    import asyncio
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +131,8 @@ class ScoringProcess:
         """Run ``handlers[kind](payload)`` in the worker; its result, or its exception raised here."""
         if self.broken:
             raise WorkerLost(f"scoring process {self.pid} is out of service")
+        import asyncio
+
         loop = asyncio.get_running_loop()
         data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
         try:
@@ -201,7 +205,9 @@ def init_scoring_worker(model_dir: str | None, allow_line_mismatch: bool = False
 
     global _WORKER_SCORER, _WORKER_ERROR
     try:
-        _WORKER_SCORER = Scorer(load_model(model_dir or None), allow_line_mismatch=allow_line_mismatch)
+        # estimators=False: the fast predictor file, without importing scikit-learn (sorter.fastmodel)
+        _WORKER_SCORER = Scorer(load_model(model_dir or None, estimators=False),
+                                allow_line_mismatch=allow_line_mismatch)
     except Exception as err:  # noqa: BLE001 - reported by the first call, with its own message
         # An initializer that raises breaks the whole pool with no message; keep the error to raise it.
         _WORKER_ERROR = err
