@@ -567,7 +567,7 @@ while True:  # until killed
 def _run_and_kill(db: Path, delay_s: float) -> list[tuple[str, int]]:
     """Run the child writer, SIGKILL it ``delay_s`` after its first ack, return its acks."""
     env = dict(os.environ)
-    package_root = str(Path(audit_module.__file__).resolve().parents[2])
+    package_root = str(Path(audit_module.__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(db)],
