@@ -29,6 +29,12 @@ from sorter.line.audit.store import AuditLog, _event_payload, _wrap
 
 logger = logging.getLogger(__name__)
 
+
+def audit_disk_full(err: BaseException) -> bool:
+    """Whether an audit error is a full disk (SQLITE_FULL, ENOSPC)."""
+    text = str(err).lower()
+    return "full" in text or "no space" in text or "enospc" in text
+
 # --------------------------------------------------------------------------- writer
 
 
@@ -172,6 +178,11 @@ class AuditWriter:
         self._submit_lock = threading.Lock()
         self._closed = False
         self._transactions = 0
+        self._failing_since: float | None = None  # monotonic time of the first failed commit of this outage
+        self._failed_entries = 0  # entries not recorded in the current outage
+        self._failed_total = 0
+        self.last_error: str | None = None
+        """The last failed commit's error (``None`` once commits succeed again)."""
         self._entries = 0
         started: Future[None] = Future()
         self._thread = threading.Thread(
@@ -378,12 +389,15 @@ class AuditWriter:
                     self._unsynced_since = t0
                 results = log._apply([(kind, payload) for kind, payload, _ in batch])
         except AuditError as err:
-            logger.warning(
-                "audit writer %s: %d entries not recorded: %s", self._path, len(batch), err
-            )
+            self._note_failure(err, len(batch))
             for _, _, fut in batch:
                 fut.set_exception(err)
             return
+        if self._failing_since is not None:
+            logger.warning("audit log %s: writes resumed after %.1f s; %d entries were not recorded meanwhile "
+                           "(their items were not sent: the PLC sent them to the safe lane)", self._path,
+                           time.monotonic() - self._failing_since, self._failed_entries)
+            self._failing_since, self._failed_entries, self.last_error = None, 0, None
         self._transactions += 1
         self._entries += len(batch)
         if self._on_commit is not None:
@@ -396,6 +410,30 @@ class AuditWriter:
                 fut.set_exception(result)
             else:
                 fut.set_result(result)
+
+    def _note_failure(self, err: AuditError, entries: int) -> None:
+        """A commit failed: raise the alarm once per outage (naming the cause), count the rest."""
+        self._failed_entries += entries
+        self._failed_total += entries
+        self.last_error = str(err)
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            cause = "the disk is full" if audit_disk_full(err) else "the database cannot be written"
+            logger.error("ALARM audit log %s: %s (%s); decisions are not sent while this lasts, so the PLC sends "
+                         "their items to the safe lane; writing resumes by itself when the cause is fixed",
+                         self._path, cause, err)
+        else:
+            logger.debug("audit writer %s: %d entries not recorded: %s", self._path, entries, err)
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last commit failed (the audit disk full, the file unwritable ...)."""
+        return self._failing_since is not None
+
+    @property
+    def failed_entries(self) -> int:
+        """Entries not recorded since this writer opened (decisions, deliveries, events)."""
+        return self._failed_total
 
     def _fail_queued(self, err: BaseException) -> None:
         while True:
