@@ -237,7 +237,7 @@ class Soak:
         self.t0 = time.monotonic()
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.disk: list[tuple[float, float]] = []
+        self.rows_at_snap: list[int] = []  # audit rows when each tracemalloc snapshot was asked for
 
     def spawn(self, cmd: list[str], name: str) -> subprocess.Popen[bytes]:
         err = open(self.tmp / f"{name}.err", "ab")  # noqa: SIM115 - closed with the process at the end
@@ -280,10 +280,12 @@ class Soak:
             self.sample(leg, named)
             if traced and asked == 0 and time.monotonic() - start >= self.args.warmup_s:
                 (self.tmp / "trace" / "request-0").touch()
+                self.rows_at_snap.append(audit_rows(self.audit))
                 asked = 1
             time.sleep(self.args.sample_s)
         if traced:
             (self.tmp / "trace" / f"request-{asked}").touch()
+            self.rows_at_snap.append(audit_rows(self.audit))
             deadline = time.monotonic() + 60
             while not (self.tmp / "trace" / f"snap-{asked}").exists() and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -329,6 +331,9 @@ class Soak:
         return {"items": items, "missing": missing, "rows": rows, "rows_at_kill": rows_at_kill,
                 "audit_mb": sum(f.stat().st_size for f in self.tmp.glob("audit.sqlite*")) / 1e6,
                 "log_mb": sum(f.stat().st_size for f in self.log_dir.rglob("*") if f.is_file()) / 1e6}
+
+    def items_between_snapshots(self) -> int:
+        return self.rows_at_snap[-1] - self.rows_at_snap[0] if len(self.rows_at_snap) == 2 else 0
 
     def top_diff(self, n: int = 8) -> list[tuple[str, float, int]]:
         first, last = self.tmp / "trace" / "snap-0", self.tmp / "trace" / "snap-1"
@@ -401,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{after[0][1] if after else float('nan'):.1f} | {samples[-1][1]:.1f} | "
                     f"{'n/a' if slope is None else f'{slope:+.1f}'} |")
     table = "\n".join(rows)
-    difft = "\n".join(f"| `{w}` | {kb:+.1f} | {c:+d} |" for w, kb, c in diff) or "| (no snapshots) | | |"
+    between = soak.items_between_snapshots()
+    difft = "\n".join(f"| `{w}` | {kb:+.1f} | {c:+d} | {1000 * kb / between if between else float('nan'):.0f} |"
+                      for w, kb, c in diff) or "| (no snapshots) | | | |"
     leg_min = args.minutes / 2
     md = f"""## Soak: memory and items over a long run (issue 19)
 
@@ -425,11 +432,12 @@ row** across the restart (target 0; {res['rows_at_kill']} rows when the controll
 log {res['log_mb']:.0f} MB (JSON lines and the last {args.keep_images_s:g} s of images), audit
 {res['audit_mb']:.1f} MB ({1e6 * res['audit_mb'] / max(1, res['rows']):.0f} bytes a row with its indexes and WAL).
 
-What the controller allocated between the end of leg 2's warm-up and its end (tracemalloc, top lines by
-growth; a line that keeps growing on a longer run is a leak, a few kB of caches and buffers is not):
+What the controller allocated and still held between the end of leg 2's warm-up and its end, over
+{between} items (tracemalloc, top lines by growth; bytes per item that stay when the run goes on are a
+leak, items in flight and buffers are not):
 
-| where | KB | blocks |
-|---|---|---|
+| where | KB | blocks | bytes per item |
+|---|---|---|---|
 {difft}
 
 Log rotation (issue 19, item 2) is not exercised here: `--rotate-items N` is the hook, refused until
