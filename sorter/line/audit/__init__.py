@@ -12,7 +12,9 @@ crash of the process (``kill -9``) without losing anything it acknowledged:
 - Two durability modes (``sync``):
 
   ``"full"`` (:class:`AuditLog`'s default): ``synchronous=FULL``, every
-  commit waits for ``fsync``; a power cut loses nothing committed.
+  commit waits for ``fsync``; a power cut loses nothing committed.  Under an
+  :class:`AuditWriter` the automatic checkpoint is off here too, and the
+  writer's own thread checkpoints, so no commit waits for a checkpoint.
 
   ``"interval"`` (:class:`AuditWriter`'s default, the line's default): the
   writer's commits do not wait for the disk (``synchronous=OFF``, automatic

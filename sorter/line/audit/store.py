@@ -135,6 +135,10 @@ class AuditLog:
         ``"full"``: every commit waits for fsync.  ``"interval"``: commits do
         not wait for the disk and automatic checkpoints are off; only use it
         under an :class:`AuditWriter`, whose flusher makes the rows durable.
+    autocheckpoint : bool, default True
+        With ``sync="full"``: let SQLite checkpoint the WAL inside the commit that crosses 1000 pages
+        (``wal_autocheckpoint``).  :class:`AuditWriter` turns it off and checkpoints from its own
+        thread, so no decision's commit waits for a checkpoint.
 
     Raises
     ------
@@ -157,7 +161,8 @@ class AuditLog:
     (1, {'acked': 1})
     """
 
-    def __init__(self, path: StrPath, *, busy_timeout_s: float = 5.0, sync: str = "full") -> None:
+    def __init__(self, path: StrPath, *, busy_timeout_s: float = 5.0, sync: str = "full",
+                 autocheckpoint: bool = True) -> None:
         if not _is_finite(busy_timeout_s) or busy_timeout_s < 0:
             raise AuditRecordError(
                 f"busy_timeout_s must be a finite number >= 0, got {busy_timeout_s!r}"
@@ -165,6 +170,7 @@ class AuditLog:
         if sync not in SYNC_MODES:
             raise AuditRecordError(f"sync must be one of {SYNC_MODES}, got {sync!r}")
         self._sync = sync
+        self._autocheckpoint = autocheckpoint
         self._path = str(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -192,6 +198,8 @@ class AuditLog:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if self._sync == "full":
                 conn.execute("PRAGMA synchronous=FULL")
+                if not self._autocheckpoint:  # the AuditWriter's checkpointer thread does it, off the commits
+                    conn.execute("PRAGMA wal_autocheckpoint=0")
             else:
                 # Commits never call fsync, and never run a checkpoint (which would): the
                 # AuditWriter's flusher does both, off the decisions' path.

@@ -195,20 +195,20 @@ class AuditWriter:
         )
         self._thread.start()
         started.result()  # re-raises AuditError from opening the log
-        if self._sync == "interval":
-            flusher_started: Future[None] = Future()
-            self._flusher = threading.Thread(
-                target=self._flush_loop,
-                args=(busy_timeout_s, flusher_started),
-                name=f"sorter-audit-flusher[{self._path}]",
-                daemon=True,
-            )
-            self._flusher.start()
-            try:
-                flusher_started.result()
-            except BaseException:
-                self.close()
-                raise
+        # Both modes: the flusher checkpoints the WAL off the commits (and in "interval" mode syncs it).
+        flusher_started: Future[None] = Future()
+        self._flusher = threading.Thread(
+            target=self._flush_loop,
+            args=(busy_timeout_s, flusher_started),
+            name=f"sorter-audit-flusher[{self._path}]",
+            daemon=True,
+        )
+        self._flusher.start()
+        try:
+            flusher_started.result()
+        except BaseException:
+            self.close()
+            raise
 
     # -- the flusher thread ---------------------------------------------------
 
@@ -234,7 +234,8 @@ class AuditWriter:
         try:
             while True:
                 stopping = self._flush_stop.wait(self._sync_interval_s)
-                lag = self._flush_once(wal)
+                # "full": every commit synced itself; only checkpoints are left to this thread
+                lag = self._flush_once(wal) if self._sync == "interval" else None
                 now = time.monotonic()
                 if lag is not None:
                     recent.append(self._last_sync_s)
@@ -263,6 +264,7 @@ class AuditWriter:
                     # copy, a database sync: milliseconds on a quick disk); then the WAL restarts.
                     quiesce = wal_frames > _WAL_RESET_FRAMES and len(recent) == recent.maxlen and \
                         max(recent) < 0.010
+                    t_checkpoint = time.monotonic()
                     try:
                         if quiesce:
                             with self._commit_lock:
@@ -272,6 +274,8 @@ class AuditWriter:
                             result = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
                         _busy, wal_frames, copied = result  # frames in the WAL, frames copied
                         behind = max(0, wal_frames - copied) if wal_frames >= 0 else 0
+                        if self._sync == "full":  # no flushes to time: the checkpoint's syncs say how quick
+                            recent.append(time.monotonic() - t_checkpoint)
                     except sqlite3.Error as err:  # busy now and then: the next one catches up
                         logger.debug("audit log %s: checkpoint skipped: %s", self._path, err)
         except BaseException:
@@ -334,7 +338,7 @@ class AuditWriter:
 
     def _run(self, busy_timeout_s: float, started: Future[None]) -> None:
         try:
-            log = AuditLog(self._path, busy_timeout_s=busy_timeout_s, sync=self._sync)
+            log = AuditLog(self._path, busy_timeout_s=busy_timeout_s, sync=self._sync, autocheckpoint=False)
         except BaseException as err:
             started.set_exception(err)
             return
@@ -385,7 +389,7 @@ class AuditWriter:
         t0 = time.monotonic()
         try:
             with self._commit_lock:
-                if self._unsynced_since is None:
+                if self._unsynced_since is None and self._sync == "interval":
                     self._unsynced_since = t0
                 results = log._apply([(kind, payload) for kind, payload, _ in batch])
         except AuditError as err:
