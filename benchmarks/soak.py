@@ -37,6 +37,7 @@ import dataclasses
 import json
 import linecache
 import os
+import platform
 import signal
 import socket
 import sqlite3
@@ -394,8 +395,8 @@ slope after {args.warmup_s:g} s. The issue measured about 230 bytes an item here
 |---|---|---|---|
 | {after[0][1]:.1f} | {after[-1][1]:.1f} | {slope:+.1f} | {per_item:+.0f} |
 
-Run: `{items_line.strip()}`. Load average (other work shares the 2 cores): {load0:.1f} at the start,
-{load1:.1f} at the end."""
+Run: `{items_line.strip()}`. Load average ({platform.machine()}; other work shares the 2 cores):
+{load0:.1f} at the start, {load1:.1f} at the end."""
     print(md)
     if not args.no_write:
         write_section("soak_demo", md)
@@ -493,8 +494,8 @@ leak, items in flight and buffers are not):
 {difft}
 
 Log rotation (issue 19, item 2) is not exercised here: `--rotate-items N` is the hook, refused until
-`sorter.logformat` can rotate. Load average (other work shares the 2 cores): {load0:.1f} at the start,
-{load1:.1f} at the end."""
+`sorter.logformat` can rotate. Load average ({platform.machine()}; other work shares the 2 cores):
+{load0:.1f} at the start, {load1:.1f} at the end."""
     print(md)
     if not args.no_write:
         write_section("soak", md)
