@@ -59,6 +59,39 @@ SEED = 19
 # ------------------------------------------------------------------------------------------ children
 
 
+def bound_id_index(window: int) -> None:
+    """Experiment: replace the log reader's and writer's item-id index by a window of the last ``window`` ids.
+
+    Today ``sorter.logformat``'s ``_IdIndex`` keeps every id of the log (about 100 bytes an item); this
+    measures the line with that one structure bounded, as a fix in ``sorter/logformat/reader.py`` would.
+    """
+    import sorter.logformat.reader as reader
+    import sorter.logformat.writer as writer
+
+    key = reader._IdIndex._key
+
+    class WindowIdIndex:
+        __slots__ = ("_first", "_order")
+
+        def __init__(self) -> None:
+            self._first: dict[int, int] = {}
+            self._order: deque[int] = deque()
+
+        def first_line(self, item_id: str) -> int | None:
+            return self._first.get(key(item_id))
+
+        def add(self, item_id: str, line_no: int) -> None:
+            k = key(item_id)
+            if k not in self._first:
+                self._first[k] = line_no
+                self._order.append(k)
+                if len(self._order) > window:
+                    del self._first[self._order.popleft()]
+
+    reader._IdIndex = WindowIdIndex  # type: ignore[misc,assignment]
+    writer._IdIndex = WindowIdIndex  # type: ignore[misc,assignment]
+
+
 def recorder(argv: list[str]) -> int:
     """The sensor bridge: append items at a fixed rate until SIGTERM; print the count on exit."""
     from sorter.line.sources import generate_pool
@@ -70,7 +103,10 @@ def recorder(argv: list[str]) -> int:
     ap.add_argument("--rate", type=float, required=True)
     ap.add_argument("--keep-images-s", type=float, default=60.0)
     ap.add_argument("--count-file", required=True)
+    ap.add_argument("--id-window", type=int, default=None)
     args = ap.parse_args(argv)
+    if args.id_window:
+        bound_id_index(args.id_window)
     sim = SimConfig(items=40, seed=SEED, mix="recycler")
     pool = generate_pool(sim, sim.items, workers=1)
     stop = threading.Event()
@@ -104,8 +140,16 @@ def traced_controller(argv: list[str]) -> int:
     """``sorter run`` under tracemalloc; a snapshot is dumped for each ``request-N`` file that appears."""
     ap = argparse.ArgumentParser(prog="benchmarks.soak traced")
     ap.add_argument("trace_dir")
+    ap.add_argument("--id-window", type=int, default=None)
+    ap.add_argument("--no-trace", action="store_true")
     ap.add_argument("sorter_args", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
+    if args.id_window:
+        bound_id_index(args.id_window)
+    from sorter.cli import main as sorter_main
+
+    if args.no_trace:
+        return sorter_main(args.sorter_args[1:] if args.sorter_args[:1] == ["--"] else args.sorter_args)
     trace_dir = Path(args.trace_dir)
     tracemalloc.start(1)
 
@@ -123,8 +167,6 @@ def traced_controller(argv: list[str]) -> int:
             time.sleep(0.5)
 
     threading.Thread(target=snapshots, daemon=True, name="soak-tracemalloc").start()
-    from sorter.cli import main as sorter_main
-
     return sorter_main(args.sorter_args[1:] if args.sorter_args[:1] == ["--"] else args.sorter_args)
 
 
@@ -255,9 +297,11 @@ class Soak:
 
     def controller(self, traced: bool) -> subprocess.Popen[bytes]:
         run = ["run", "--config", str(self.cfg)]
-        if traced:
+        window = ["--id-window", str(self.args.id_window)] if self.args.id_window else []
+        if traced or window:
             (self.tmp / "trace").mkdir(exist_ok=True)
-            cmd = [sys.executable, "-m", "benchmarks.soak", "traced", str(self.tmp / "trace"), "--", *run]
+            cmd = [sys.executable, "-m", "benchmarks.soak", "traced", str(self.tmp / "trace"), *window,
+                   *([] if traced else ["--no-trace"]), "--", *run]
         else:
             cmd = [sys.executable, "-m", "sorter", *run]
         return self.spawn(cmd, "controller")
@@ -298,7 +342,8 @@ class Soak:
                          "plc-sim")
         rec = self.spawn([sys.executable, "-m", "benchmarks.soak", "recorder", str(self.log_dir), "--rate",
                           str(a.rate), "--keep-images-s", str(a.keep_images_s), "--count-file",
-                          str(self.tmp / "count")], "recorder")
+                          str(self.tmp / "count"),
+                          *(["--id-window", str(a.id_window)] if a.id_window else [])], "recorder")
         try:
             while not (self.log_dir / "items.jsonl").exists():
                 if rec.poll() is not None:
@@ -421,8 +466,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rotate-items", type=int, default=None, metavar="N",
                     help="a new log segment every N items (needs log rotation in sorter.logformat)")
     ap.add_argument("--no-trace", action="store_true", help="no tracemalloc in the second leg")
+    ap.add_argument("--id-window", type=int, default=None, metavar="N",
+                    help="experiment: bound the log reader's and writer's item-id index to the last N ids "
+                         "(what a fix in sorter/logformat/reader.py would do)")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = ap.parse_args(argv)
+    if args.id_window is not None and args.id_window < 1:
+        print("soak: --id-window must be >= 1", file=sys.stderr)
+        return 2
     if args.rate <= 0 or args.minutes <= 0 or args.sample_s <= 0:
         print("soak: --rate, --minutes and --sample-s must be > 0", file=sys.stderr)
         return 2
@@ -463,9 +514,13 @@ def main(argv: list[str] | None = None) -> int:
     difft = "\n".join(f"| `{w}` | {kb:+.1f} | {c:+d} | {1000 * kb / between if between else float('nan'):.0f} |"
                       for w, kb, c in diff) or "| (no snapshots) | | | |"
     leg_min = args.minutes / 2
-    md = f"""## Soak: memory and items over a long run (issue 19)
+    experiment = f" --id-window {args.id_window}" if args.id_window else ""
+    title = (f"Soak with the log's item-id index bounded to {args.id_window} ids (an experiment)" if args.id_window
+             else "Soak: memory and items over a long run")
+    md = f"""## {title} (issue 19)
 
-`python -m benchmarks.soak --rate {args.rate:g} --minutes {args.minutes:g}` — `sorter run` following a log that a
+`python -m benchmarks.soak --rate {args.rate:g} --minutes {args.minutes:g} --warmup-s {args.warmup_s:g}{experiment}` —
+`sorter run` following a log that a
 recorder process appends to at {args.rate:g} items/s (images deleted {args.keep_images_s:g} s after writing),
 `sorter plc-sim` over Modbus TCP (10 ms scan), {args.workers} scoring workers. Two legs of {leg_min:g} min; the
 controller is killed with SIGKILL between them and restarted on the same audit log. RSS from `/proc` every
@@ -498,7 +553,7 @@ Log rotation (issue 19, item 2) is not exercised here: `--rotate-items N` is the
 {load0:.1f} at the start, {load1:.1f} at the end."""
     print(md)
     if not args.no_write:
-        write_section("soak", md)
+        write_section("soak_id_window" if args.id_window else "soak", md)
         print("written to docs/performance.md")
     return 0 if res["missing"] == 0 else 1
 
