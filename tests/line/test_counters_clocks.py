@@ -213,3 +213,21 @@ def test_a_wall_clock_step_while_waiting_for_an_ack_changes_nothing(monkeypatch:
             await link.close()
 
     asyncio.run(asyncio.wait_for(body(), 60))
+
+
+def test_the_simulated_plc_remembers_a_window_of_diverted_items_not_the_whole_run() -> None:
+    """Weeks of items must not grow the simulated PLC (it ran in the demo's process: ~230 bytes an item)."""
+    from sorter.line.plc import RegisterMap
+    from sorter.line.plcsim import PlcModel
+
+    m = RegisterMap()
+    plc = PlcModel(m)
+    image = [0] * m.size
+    image[: m.plc_words] = plc.power_on(image, now=0.0)
+    n = 25_000
+    for item in range(1, n + 1):
+        plc.expect(item, 0.5)
+    plc.scan(image, now=1.0)  # every item reaches the diverter undecided: defaulted to the safe lane
+    assert plc.counters["defaulted"] == n  # the counters count every item
+    remembered = plc.decisions
+    assert len(remembered) <= 10_000 and n in remembered and 1 not in remembered
