@@ -300,8 +300,8 @@ class Soak:
         window = ["--id-window", str(self.args.id_window)] if self.args.id_window else []
         if traced or window:
             (self.tmp / "trace").mkdir(exist_ok=True)
-            cmd = [sys.executable, "-m", "benchmarks.soak", "traced", str(self.tmp / "trace"), *window,
-                   *([] if traced else ["--no-trace"]), "--", *run]
+            cmd = [sys.executable, "-m", "benchmarks.soak", "traced", *window, *([] if traced else ["--no-trace"]),
+                   str(self.tmp / "trace"), "--", *run]
         else:
             cmd = [sys.executable, "-m", "sorter", *run]
         return self.spawn(cmd, "controller")
