@@ -22,7 +22,6 @@ e.g. "Why this module is long (about 700 lines): ...")."""
 _SAYS_WHY = re.compile(r"long.{0,80}lines|lines.{0,80}long", re.S | re.I)
 IN_FLIGHT: dict[str, str] = {
     # modules being split by a change of their own; drop the entry when it lands
-    "sorter.line.audit": "issue 18: split into record / store / writer on its own branch",
 }
 
 

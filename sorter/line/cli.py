@@ -1,4 +1,4 @@
-"""The line's commands: ``sorter run``, ``sorter plc-sim`` and ``sorter demo``.
+"""The line's commands: ``sorter run``, ``sorter plc-sim``, ``sorter demo`` and ``sorter audit``.
 
 :func:`add_commands` is called by :mod:`sorter.cli`, which owns logging set-up
 and turns :class:`~sorter.errors.SorterError` into exit status 2.
@@ -15,10 +15,11 @@ __all__ = ["add_commands"]
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``run``, ``plc-sim`` and ``demo`` to the ``sorter`` sub-command parser."""
+    """Add ``run``, ``plc-sim``, ``demo`` and ``audit`` to the ``sorter`` sub-command parser."""
     _add_run(sub)
     _add_plc_sim(sub)
     _add_demo(sub)
+    _add_audit(sub)
 
 
 # ---------------------------------------------------------------------------- run
@@ -279,3 +280,52 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(format_result(result))
     sys.stdout.flush()
     return 0 if result.ok else 1
+
+
+# ---------------------------------------------------------------------------- audit
+
+
+def _add_audit(sub: Any) -> None:
+    p = sub.add_parser("audit", help="look after the audit log (archive old rows to Parquet)", description=(
+        "Maintenance of the line's audit log (SQLite). `sorter audit export` copies the decisions made before a "
+        "date to a Parquet file and, with --delete, removes them from the log, which then stays the size of its "
+        "retention window. Safe while the line runs (see docs/operations.md)."))
+    asub = p.add_subparsers(dest="audit_command", metavar="COMMAND")
+    e = asub.add_parser("export", help="archive decisions made before a date to Parquet", description=(
+        "Copy every decision decided before --before (rows still pending excepted, and the newest row, which the "
+        "controller resumes from) to a Parquet file (schema: docs/operations.md), flushed to disk before "
+        "anything is deleted; with --delete, then remove the copied rows from the audit log, in short "
+        "transactions beside the running line."))
+    e.add_argument("--audit", required=True, metavar="PATH", help="the audit log (the line's audit.path)")
+    e.add_argument("--before", required=True, metavar="DATE",
+                   help="YYYY-MM-DD (midnight UTC) or an ISO 8601 time with a zone")
+    e.add_argument("--out", required=True, metavar="FILE", help="the Parquet file to write (must not exist)")
+    e.add_argument("--delete", action="store_true", help="delete the archived rows from the audit log")
+    e.set_defaults(func=_cmd_audit_export)
+    p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    from sorter.errors import ConfigError
+    from sorter.line.audit.archive import export_before, parse_date
+
+    try:
+        before = parse_date(args.before)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    res = export_before(args.audit, before, args.out, delete=args.delete)
+    if res.out is None:
+        print(f"no decision before {before.isoformat()} to archive in {args.audit}; nothing written")
+    else:
+        print(f"{res.rows} decisions ({_when(res.first_t)} .. {_when(res.last_t)}) archived to {res.out}"
+              + (f"; {res.deleted} deleted from {args.audit}" if args.delete else ""))
+    if res.kept_pending:
+        print(f"{res.kept_pending} decisions before the date are still pending and were left in the log "
+              "(the next start of the line reconciles them)")
+    return 0
+
+
+def _when(t: float | None) -> str:
+    import datetime as dt
+
+    return "?" if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -380,6 +380,13 @@ class Controller:
         try:
             await asyncio.gather(scorer_ready, source.start())
             background.append(asyncio.create_task(self._monitor(), name="line-monitor"))
+            # --- issue 19: free-space alarms on the log and audit disks, and whether audit commits succeed
+            from sorter.line.disks import DiskWatch, line_disks, settings_of
+
+            background.append(asyncio.create_task(DiskWatch(
+                line_disks(cfg), settings_of(cfg), registry=self.metrics.registry,
+                audit_failing=lambda: self._writer is not None and self._writer.failing).run(), name="disk-watch"))
+            # --- end issue 19
             self._started_mono = time.monotonic()
             logger.info("line %s running: deadline %.1f ms, up to %d items in flight, model %s",
                         cfg.line.name, cfg.line.deadline_ms, cfg.line.max_in_flight, self.scorer.model_id)

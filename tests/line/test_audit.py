@@ -567,7 +567,7 @@ while True:  # until killed
 def _run_and_kill(db: Path, delay_s: float) -> list[tuple[str, int]]:
     """Run the child writer, SIGKILL it ``delay_s`` after its first ack, return its acks."""
     env = dict(os.environ)
-    package_root = str(Path(audit_module.__file__).resolve().parents[2])
+    package_root = str(Path(audit_module.__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(db)],
@@ -635,3 +635,32 @@ def test_everything_acknowledged_survives_kill_9_and_restart_resumes_exactly_onc
         # Commits are FIFO and atomic, and the restart resumes at resume_point:
         # the stored source lines are 1..N with no gap and no repeat.
         assert lines == list(range(1, len(lines) + 1))
+
+
+def test_full_sync_writer_checkpoints_off_the_commits(tmp_path: Path) -> None:
+    """With sync="full" too, no commit runs SQLite's automatic checkpoint: the writer's own thread does it."""
+    import shutil
+    import sqlite3
+    import time
+
+    path = tmp_path / "audit.sqlite"
+    with AuditWriter(path, sync="full", checkpoint_interval_s=0.05) as writer:
+        for k in range(50):  # far under the 1000 pages of SQLite's automatic checkpoint
+            assert writer.submit(AuditRecord(f"ck-{k}", k + 1, 1.7e9, 1.7e9, 1.7e9, None, None, None, None,
+                                             "manual", "no_reading", "m1", 1.0, 90.0, "late")).result(timeout=30)
+        assert writer.durability_lag_s() == 0.0  # every commit was synced: nothing waits for a flush
+
+        def rows_in_database_file() -> int:
+            copy = tmp_path / "copy.sqlite"  # the database file alone, without its WAL
+            shutil.copyfile(path, copy)
+            try:
+                return sqlite3.connect(copy).execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+            except sqlite3.Error:
+                return 0
+            finally:
+                copy.unlink()
+
+        deadline = time.monotonic() + 30
+        while rows_in_database_file() < 50:
+            assert time.monotonic() < deadline, "the WAL was never checkpointed into the database"
+            time.sleep(0.05)

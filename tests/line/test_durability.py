@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-import sorter.line.audit as audit_module
+import sorter.line.audit.writer as audit_module  # the writer holds the flusher (os.fdatasync, _WAL_RESET_FRAMES)
 from sorter.line.audit import AuditLog, AuditRecord, AuditWriter
 from sorter.line.controller import recover_audit
 from sorter.line.plc import MemoryPlc
