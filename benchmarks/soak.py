@@ -23,8 +23,9 @@ Every ``--sample-s`` the RSS of every process (recorder, PLC, controller, each s
 finishes every line of the log, and every item id of the log is looked up in the audit log (target: 0
 items without a row).
 
-``--rotate-items N`` asks the recorder to start a new log segment every N items (log rotation, issue 19
-item 2); it is refused with exit status 2 while ``sorter.logformat`` has no rotation.
+``--rotate-items N`` makes the recorder start a new log segment every N items (log rotation,
+``docs/log-format.md``): the controller follows across the segments and resumes in the right one after
+the kill.
 
 A shorter run is a measured slope, not a proof over weeks: the figures say how long it ran.  The load average
 of the machine (2 cores shared with other work) is written with the results.
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import linecache
 import os
 import platform
@@ -49,6 +49,8 @@ import time
 import tracemalloc
 from collections import deque
 from pathlib import Path
+
+from sorter.logformat import item_files, iter_log, layout
 
 from ._report import write_section
 
@@ -104,6 +106,7 @@ def recorder(argv: list[str]) -> int:
     ap.add_argument("--keep-images-s", type=float, default=60.0)
     ap.add_argument("--count-file", required=True)
     ap.add_argument("--id-window", type=int, default=None)
+    ap.add_argument("--rotate-items", type=int, default=None)
     args = ap.parse_args(argv)
     if args.id_window:
         bound_id_index(args.id_window)
@@ -111,11 +114,10 @@ def recorder(argv: list[str]) -> int:
     pool = generate_pool(sim, sim.items, workers=1)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    images_dir = Path(args.log_dir) / "images"
-    written: deque[tuple[float, str]] = deque()
+    written: deque[tuple[float, str, Path]] = deque()
     count = 0
     period = 1.0 / args.rate
-    with LogWriter(args.log_dir, meta=sim.meta()) as w:
+    with LogWriter(args.log_dir, meta=sim.meta(), rotate_items=args.rotate_items) as w:
         nxt = time.monotonic()
         while not stop.is_set():
             count += 1
@@ -123,9 +125,9 @@ def recorder(argv: list[str]) -> int:
             item_id = f"{count:09d}"
             w.append(dataclasses.replace(s.record, item_id=item_id, t=time.time()), s.images)
             now = time.monotonic()
-            written.append((now, item_id))
+            written.append((now, item_id, w.log_dir / w._images_dir))  # a rotated log's segment has its own
             while written and now - written[0][0] > args.keep_images_s:
-                _, old = written.popleft()
+                _, old, images_dir = written.popleft()
                 for kind in s.images:
                     (images_dir / f"{old}_{kind}.png").unlink(missing_ok=True)
             if count % 50 == 0:
@@ -252,15 +254,7 @@ def audit_rows(audit: Path) -> int:
 
 def missing_rows(log_dir: Path, audit: Path) -> tuple[int, int, int]:
     """(log items, items without an audit row, audit rows) after the run."""
-    ids = []
-    with open(log_dir / "items.jsonl", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    ids.append(json.loads(line)["item_id"])
-                except (ValueError, KeyError):
-                    pass
+    ids = [ln.record.item_id for ln in iter_log(log_dir) if ln.record is not None]  # one file or segments
     con = sqlite3.connect(str(audit))
     try:
         have = {r[0] for r in con.execute("SELECT item_id FROM decisions")}
@@ -343,9 +337,10 @@ class Soak:
         rec = self.spawn([sys.executable, "-m", "benchmarks.soak", "recorder", str(self.log_dir), "--rate",
                           str(a.rate), "--keep-images-s", str(a.keep_images_s), "--count-file",
                           str(self.tmp / "count"),
-                          *(["--id-window", str(a.id_window)] if a.id_window else [])], "recorder")
+                          *(["--id-window", str(a.id_window)] if a.id_window else []),
+                          *(["--rotate-items", str(a.rotate_items)] if a.rotate_items else [])], "recorder")
         try:
-            while not (self.log_dir / "items.jsonl").exists():
+            while layout(self.log_dir) is None:
                 if rec.poll() is not None:
                     raise RuntimeError(f"recorder exited: {(self.tmp / 'recorder.err').read_text()[-2000:]}")
                 time.sleep(0.1)
@@ -375,6 +370,7 @@ class Soak:
                     p.wait(30)
         items, missing, rows = missing_rows(self.log_dir, self.audit)
         return {"items": items, "missing": missing, "rows": rows, "rows_at_kill": rows_at_kill,
+                "segments": len(item_files(self.log_dir)),
                 "audit_mb": sum(f.stat().st_size for f in self.tmp.glob("audit.sqlite*")) / 1e6,
                 "log_mb": sum(f.stat().st_size for f in self.log_dir.rglob("*") if f.is_file()) / 1e6}
 
@@ -481,15 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soak: --warmup-s {args.warmup_s:g} leaves nothing of a {args.minutes * 30:g} s leg to measure; "
               "run longer or warm up less", file=sys.stderr)
         return 2
-    if args.rotate_items is not None:
-        import sorter.logformat as logformat
-
-        if not hasattr(logformat, "rotate") and "rotate" not in getattr(logformat.LogWriter.__init__,
-                                                                          "__code__").co_varnames:
-            print("soak: --rotate-items needs log rotation in sorter.logformat (issue 19, item 2), which this "
-                  "version does not have; run without it", file=sys.stderr)
-            return 2
-        print("soak: --rotate-items: wire the recorder to sorter.logformat's rotation here", file=sys.stderr)
+    if args.rotate_items is not None and args.rotate_items < 1:
+        print("soak: --rotate-items must be at least 1", file=sys.stderr)
         return 2
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="sorter-soak-") as d:
@@ -515,6 +504,12 @@ def main(argv: list[str] | None = None) -> int:
                       for w, kb, c in diff) or "| (no snapshots) | | | |"
     leg_min = args.minutes / 2
     experiment = f" --id-window {args.id_window}" if args.id_window else ""
+    if args.rotate_items:
+        experiment += f" --rotate-items {args.rotate_items}"
+    segs = res["segments"]
+    rot_line = (f"The log was rotated every {args.rotate_items} items: {segs} segments ({segs - 1} rotations), "
+                "followed across and resumed after the kill." if args.rotate_items else
+                "The log was one file (no `--rotate-items`).")
     title = (f"Soak with the log's item-id index bounded to {args.id_window} ids (an experiment)" if args.id_window
              else "Soak: memory and items over a long run")
     md = f"""## {title} (issue 19)
@@ -548,8 +543,7 @@ leak, items in flight and buffers are not):
 |---|---|---|---|
 {difft}
 
-Log rotation (issue 19, item 2) is not exercised here: `--rotate-items N` is the hook, refused until
-`sorter.logformat` can rotate. Load average ({platform.machine()}; other work shares the 2 cores):
+{rot_line} Load average ({platform.machine()}; other work shares the 2 cores):
 {load0:.1f} at the start, {load1:.1f} at the end."""
     print(md)
     if not args.no_write:

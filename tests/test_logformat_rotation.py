@@ -243,3 +243,16 @@ def test_dask_workers_check_that_they_can_read_a_rotated_log(tmp_path):
     _write(tmp_path / "one", 3)
     assert _readable(str(tmp_path / "rot")) and _readable(str(tmp_path / "one"))
     assert not _readable(str(tmp_path / "nothing"))
+
+
+def test_a_followed_single_file_log_keeps_a_bounded_window_of_ids():
+    """Following one items.jsonl for weeks must not keep every id: the window rolls, and a
+    duplicate inside it is still caught."""
+    from sorter.logformat.reader import _IdRing
+
+    ring = _IdRing(every=3)
+    for n, item in enumerate(["a", "b", "c", "d", "e", "f", "g"], start=1):
+        ring.add(item, n)
+    assert ring.first_line("g") == 7 and ring.first_line("d") == 4  # the current and previous halves
+    assert ring.first_line("a") is None  # rolled out: memory stays bounded
+    assert len(ring._first) + len(ring._prev) <= 6

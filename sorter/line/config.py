@@ -57,7 +57,9 @@ __all__ = [
     "LineConfig",
     "LineSection",
     "MetricsSection",
+    "DisksSection",
     "PlcSection",
+    "RetentionSection",
     "SimulatedSection",
     "StatusSection",
     "load_config",
@@ -257,6 +259,47 @@ class StatusSection(_Section):
     """Refresh period."""
 
 
+class DisksSection(_Section):
+    """``[disks]``: free-space alarms on the log and audit disks (:mod:`sorter.line.disks`)."""
+
+    enabled: bool = True
+    """Watch the disks' free space at all."""
+    interval_s: float = _num(10.0, gt=0, le=3600, rule="must be in (0, 3600] seconds")
+    """How often free space is read (one ``statvfs`` per disk, off the event loop)."""
+    warn_free_pct: float = _num(10.0, ge=0, le=100)
+    """Free space, in % of the disk, under which the level is ``warn``."""
+    alarm_free_pct: float = _num(5.0, ge=0, le=100)
+    """Free space, in % of the disk, under which the level is ``alarm`` (not above ``warn_free_pct``)."""
+    warn_free_mb: float = _num(2048.0, ge=0)
+    """Free space in MB under which the level is ``warn``, whatever the percentage."""
+    alarm_free_mb: float = _num(512.0, ge=0)
+    """Free space in MB under which the level is ``alarm`` (not above ``warn_free_mb``)."""
+
+
+class RetentionSection(_Section):
+    """``[retention]``: the controller deletes old images of the log it follows by the plant's policy
+    (:mod:`sorter.retention`; ``docs/operations.md``)."""
+
+    enabled: bool = False
+    """Run retention from the controller (``line.source = "log"`` only), in a thread off the event loop."""
+    keep_sorted_days: float = _num(7.0, ge=0)
+    """Days to keep the images of items sorted to lead_acid or li_ion."""
+    keep_labelled_days: float = _num(0.0, ge=0, rule="must be >= 0 (0 keeps them forever)")
+    """Days to keep the images of labelled items (manual, hazard, spot checks, verdicts); 0 keeps them
+    forever (the default: they are the labels of tomorrow)."""
+    every_hours: float = _num(6.0, gt=0, le=24 * 7, rule="must be in (0, 168] hours")
+    """How often retention runs; the first run is at the controller's start."""
+    station_store: str = ""
+    """The operator station's store (``station.sqlite``), read only: its queued and verdict items count
+    as labelled. Empty: none."""
+
+    def policy(self):  # -> sorter.retention.RetentionPolicy
+        from sorter.retention import RetentionPolicy
+
+        return RetentionPolicy.from_mapping({"keep_sorted_days": self.keep_sorted_days,
+                                             "keep_labelled_days": self.keep_labelled_days or None})
+
+
 _SECTIONS: Final[dict[str, type[_Section]]] = {
     "line": LineSection,
     "plc": PlcSection,
@@ -264,8 +307,10 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "metrics": MetricsSection,
     "simulated": SimulatedSection,
     "status": StatusSection,
+    "disks": DisksSection,
+    "retention": RetentionSection,
 }
-_PATH_KEYS: Final = {("line", "log_dir"), ("line", "model"), ("audit", "path")}
+_PATH_KEYS: Final = {("line", "log_dir"), ("line", "model"), ("audit", "path"), ("retention", "station_store")}
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
 
@@ -289,6 +334,8 @@ class LineConfig(BaseModel):
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     simulated: SimulatedSection = Field(default_factory=SimulatedSection)
     status: StatusSection = Field(default_factory=StatusSection)
+    disks: DisksSection = Field(default_factory=DisksSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
     origins: Mapping[str, str] = Field(default_factory=dict, repr=False, exclude=True)
 
     def to_toml(self) -> str:
@@ -610,6 +657,20 @@ def _cross_checks(cfg: LineConfig) -> None:
             f"({where('plc', 'host')}): simulated items would be sent to a real PLC and could "
             "collide with the ids of real items; use a loopback PLC (sorter plc-sim) or plc.kind = 'memory'"
         )
+
+    from sorter.line.disks import DiskSettings
+
+    try:
+        DiskSettings.from_mapping(cfg.disks.model_dump())  # its own rules: alarm levels not above warn levels
+    except ConfigError as err:
+        raise ConfigError(f"{where('disks', 'alarm_free_pct')}, {where('disks', 'alarm_free_mb')}: {err}") from None
+
+    try:
+        cfg.retention.policy()  # the policy's own rules: labelled kept at least as long as sorted
+    except ConfigError as err:
+        raise ConfigError(f"{where('retention', 'keep_labelled_days')}: {err}") from None
+    need(not cfg.retention.enabled or ln.source == "log", "retention", "enabled",
+         'needs line.source = "log" (retention deletes images of the log the line follows)')
 
     a = cfg.audit
     need(bool(a.path), "audit", "path", "must name the audit database file")

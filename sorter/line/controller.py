@@ -58,6 +58,7 @@ import dataclasses
 import logging
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -386,6 +387,8 @@ class Controller:
             background.append(asyncio.create_task(DiskWatch(
                 line_disks(cfg), settings_of(cfg), registry=self.metrics.registry,
                 audit_failing=lambda: self._writer is not None and self._writer.failing).run(), name="disk-watch"))
+            if cfg.retention.enabled:
+                background.append(asyncio.create_task(self._retention_loop(cfg), name="retention"))
             # --- end issue 19
             self._started_mono = time.monotonic()
             logger.info("line %s running: deadline %.1f ms, up to %d items in flight, model %s",
@@ -512,6 +515,23 @@ class Controller:
         await self.scorer.start(wait_all=False)
         self._startup["scorer_ready"] = time.monotonic() - t_launch
         self._t_launch = t_launch
+
+    async def _retention_loop(self, cfg: LineConfig) -> None:
+        """Delete old images of the followed log by ``[retention]``, at start and every ``every_hours``,
+        in a thread (it reads the audit log read-only and never touches the deadline path); a failure
+        is logged and retried at the next period, the images staying meanwhile."""
+        from sorter.retention import run_retention
+
+        r = cfg.retention
+        policy = r.policy()
+        while True:
+            try:
+                report = await asyncio.to_thread(run_retention, cfg.line.log_dir, cfg.audit.path, policy=policy,
+                                                 station=r.station_store or None)
+                logger.info("retention: %s", "; ".join(report.format().splitlines()[1:3]))
+            except (SorterError, OSError, sqlite3.Error) as err:
+                logger.error("retention failed: %s; the images stay until the next run in %g h", err, r.every_hours)
+            await asyncio.sleep(r.every_hours * 3600.0)
 
     async def _monitor(self) -> None:
         interval = self.config.status.interval_s

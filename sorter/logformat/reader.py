@@ -109,6 +109,29 @@ class _IdWindow(_IdIndex):
         self._prev, self._first = self._first, {}
 
 
+FOLLOW_ID_WINDOW = 100_000
+"""Lines per half of the duplicate-id window of a followed single-file log."""
+
+
+class _IdRing(_IdWindow):
+    """:class:`_IdWindow` for a single-file log followed for weeks: a new half every
+    ``every`` ids, so memory stays bounded (a duplicate is caught within ``every`` to
+    ``2 * every`` lines of the id's first use; the line's audit log refuses older ones)."""
+
+    __slots__ = ("_every", "_n")
+
+    def __init__(self, every: int = FOLLOW_ID_WINDOW) -> None:
+        super().__init__()
+        self._every, self._n = every, 0
+
+    def add(self, item_id: str, line_no: int) -> None:
+        super().add(item_id, line_no)
+        self._n += 1
+        if self._n >= self._every:
+            self._n = 0
+            self.next_segment()
+
+
 def iter_log(
     log_dir: StrPath,
     *,
@@ -198,7 +221,7 @@ def iter_log(
             )
         path = Path(log_dir) / ITEMS_FILE
         with open(path, "rb") as fh:
-            ids = _IdIndex()
+            ids = _IdRing() if follow else _IdIndex()  # a followed log may grow for weeks
             _skip_prefix(fh, 0, 1, start.offset, start.line_no, ids, str(path))
             yield from _read_file(fh, path, start.offset, start.line_no, ids, 0, follow=follow,
                                   poll_s=poll_s, stop=stop, next_path=None)

@@ -199,3 +199,50 @@ def test_every_key_is_documented_with_its_default() -> None:
             match = re.search(rf"^\| `{key}` \| `([^`]*)` \|", section, re.M)
             assert match, f"docs/configuration.md does not document {name}.{key}"
             assert match.group(1) == config_module._toml_value(f.default), f"{name}.{key}: default differs"
+
+
+def test_the_disks_table_reaches_the_free_space_watch_and_its_rules_hold(tmp_path: Path) -> None:
+    from sorter.line.disks import settings_of
+
+    cfg = load_config(write(tmp_path, "[disks]\nwarn_free_pct = 20.0\nalarm_free_pct = 8.0\n"), env={}, overrides=SIM)
+    got = settings_of(cfg)
+    assert (got.warn_free_pct, got.alarm_free_pct, got.alarm_free_mb) == (20.0, 8.0, 512.0)
+    # an environment override reaches it like any other key
+    assert settings_of(load_config(None, env={"SORTER_DISKS_ENABLED": "false"}, overrides=SIM)).enabled is False
+    with pytest.raises(ConfigError, match="alarm thresholds must not be above the warn"):
+        load_config(write(tmp_path, "[disks]\nwarn_free_pct = 5.0\nalarm_free_pct = 8.0\n"), env={}, overrides=SIM)
+    with pytest.raises(ConfigError, match=r"unknown key 'warn_free'.*warn_free_pct"):
+        load_config(write(tmp_path, "[disks]\nwarn_free = 5.0\n"), env={}, overrides=SIM)
+
+
+def test_the_retention_table_is_checked_and_the_controller_runs_it_off_the_loop(tmp_path: Path, monkeypatch) -> None:
+    import asyncio
+    import threading
+
+    import sorter.retention
+    from sorter.line.controller import Controller
+
+    log = ["line.source=log", f"line.log_dir={tmp_path}"]
+    with pytest.raises(ConfigError, match='retention.enabled.*line.source = "log"'):
+        load_config(None, env={}, overrides=[*SIM, "retention.enabled=true"])
+    with pytest.raises(ConfigError, match="keep_labelled_days"):
+        load_config(None, env={}, overrides=[*log, "retention.keep_sorted_days=30", "retention.keep_labelled_days=7"])
+    cfg = load_config(write(tmp_path, '[retention]\nenabled = true\nkeep_sorted_days = 2\nstation_store = "st.sqlite"\n'),
+                      env={}, overrides=log)
+    assert cfg.retention.policy().keep_labelled_days is None  # 0: forever
+    assert cfg.retention.station_store == str(tmp_path / "st.sqlite")  # relative to the file
+
+    calls = []
+
+    def fake_run(log_dir, audit, *, policy, station):
+        calls.append((log_dir, policy.keep_sorted_days, station, threading.current_thread() is threading.main_thread()))
+        raise OSError("disk gone")  # a failure is logged, not raised: the line goes on
+
+    async def one_period(_s: float) -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(sorter.retention, "run_retention", fake_run)
+    monkeypatch.setattr(asyncio, "sleep", one_period)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(Controller._retention_loop(None, cfg))  # type: ignore[arg-type]
+    assert calls == [(str(tmp_path), 2.0, str(tmp_path / "st.sqlite"), False)]  # in a worker thread
