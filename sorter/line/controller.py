@@ -210,6 +210,7 @@ class Controller:
         self._ambient = AmbientTracker()
         self.health = SensorHealth(on_change=self._sensor_changed)
         self._stats = RunStats()
+        self._audit_outage = False  # the audit log cannot be written (e.g. a full disk): item lines at DEBUG
         self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0  # items holding an in-flight slot
         self._sem = asyncio.Semaphore(config.line.max_in_flight)
@@ -670,10 +671,19 @@ class Controller:
         try:
             inserted = await asyncio.wrap_future(self._writer.submit(rec))
         except AuditError as err:
-            # Not on disk, so not sent: the PLC defaults the item to the safe lane.
-            logger.error("item=%s audit write failed, decision not sent: %s", si.item_id, err)
+            # Not on disk, so not sent: the PLC defaults the item to the safe lane.  During an outage
+            # (a full disk) the writer has raised its alarm; one ERROR here, then one DEBUG line an item.
+            (logger.debug if self._audit_outage else logger.error)(
+                "item=%s audit write failed, decision not sent: %s%s", si.item_id, err,
+                "" if self._audit_outage else " (further items while the audit log cannot be written: DEBUG "
+                "lines; their count is in the summary as unrecorded)")
+            self._audit_outage = True
             self._stats.unrecorded += 1
             return False
+        if self._audit_outage:
+            logger.warning("audit writes resumed: decisions are sent again (%d items went unrecorded)",
+                           self._stats.unrecorded)
+            self._audit_outage = False
         if not inserted:
             logger.warning("item=%s already in the audit log (re-read after a restart?); not sent again", si.item_id)
             self._stats.duplicates += 1

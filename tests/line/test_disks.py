@@ -206,3 +206,8 @@ def test_the_line_sends_nothing_it_could_not_record_and_recovers_without_a_resta
     msgs = [r.getMessage() for r in caplog.records]
     assert sum(m.startswith("ALARM audit log") and "the disk is full" in m for m in msgs) >= 1
     assert any("writes resumed" in m for m in msgs)
+    # one ERROR for the outage's refused decisions, not one an item (a full disk must not flood the log)
+    refused = [r for r in caplog.records if "audit write failed, decision not sent" in r.getMessage()
+               and r.levelno >= logging.ERROR]
+    assert 1 <= len(refused) < summary.unrecorded
+    assert any("audit writes resumed: decisions are sent again" in m for m in msgs)
