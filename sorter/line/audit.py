@@ -219,9 +219,27 @@ class AuditRecord:
     plc_seq: int | None = None
     plc_status: str | None = None
     t_acked: float | None = None
+    # -- issue 15 (added columns, see _ADDED_COLUMNS): energy, novelty and the case station --
+    energy_wh: float | None = None
+    """Rated-energy estimate, Wh (items of the energy lanes; ``None`` otherwise)."""
+    energy_wh_upper: float | None = None
+    """Its upper bound, Wh (what cases are packed against)."""
+    novelty: float | None = None
+    """Distance from the training data (``sorter.novelty``)."""
+    weight_g: float | None = None
+    """The scale's reading, g (a case's mass limit is checked with it)."""
+    case_id: str | None = None
+    """The case the item was assigned to (``case_status = "assigned"``)."""
+    case_seq: int | None = None
+    """Its position in that case (1 = first)."""
+    case_status: str | None = None
+    """``assigned``, ``not_packable`` or ``no_case_ready`` for items of the case station's lane; else ``None``."""
+    case_reason: str | None = None
+    """Why not packed (``not_packable``, ``no_case_ready``)."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        problems.extend(_case_problems(self))
         for name in ("item_id", "lane", "reason", "model_id"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -257,6 +275,28 @@ class AuditRecord:
                 f"invalid AuditRecord for item {self.item_id!r}: "
                 + "; ".join(problems)
             )
+
+
+CASE_STATUSES: Final = ("assigned", "not_packable", "no_case_ready")
+
+
+def _case_problems(rec: AuditRecord) -> list[str]:
+    """The issue-15 columns: numbers finite (or None), a known case status, a case and seq when assigned."""
+    problems = []
+    for name in ("energy_wh", "energy_wh_upper", "novelty", "weight_g"):
+        value = getattr(rec, name)
+        if value is not None and not _is_finite(value):
+            problems.append(f"{name} must be a finite number or None, got {value!r}")
+    if rec.case_status is not None and rec.case_status not in CASE_STATUSES:
+        problems.append(f"case_status must be one of {CASE_STATUSES} or None, got {rec.case_status!r}")
+    if rec.case_status == "assigned" and not (isinstance(rec.case_id, str) and rec.case_id and _is_int(rec.case_seq)
+                                               and rec.case_seq >= 1):  # type: ignore[operator]
+        problems.append(f"an assigned item needs a case_id and a case_seq >= 1, got {rec.case_id!r}, {rec.case_seq!r}")
+    for name in ("case_id", "case_reason"):
+        value = getattr(rec, name)
+        if value is not None and not isinstance(value, str):
+            problems.append(f"{name} must be a str or None, got {value!r}")
+    return problems
 
 
 def _delivery_problems(
@@ -327,6 +367,14 @@ CREATE TABLE IF NOT EXISTS events (
 )
 """
 _EVENT_INSERT: Final = "INSERT INTO events (t, kind, detail) VALUES (?, ?, ?)"
+
+# Issue 15: columns added to `decisions` after schema version 1 was written.  Additive, so the
+# version stays 1: an older log gains them at open (NULL in its old rows), and an older sorter
+# still reads a newer log (it names its columns).
+_ADDED_COLUMNS: Final = (
+    ("energy_wh", "REAL"), ("energy_wh_upper", "REAL"), ("novelty", "REAL"), ("weight_g", "REAL"),
+    ("case_id", "TEXT"), ("case_seq", "INTEGER"), ("case_status", "TEXT"), ("case_reason", "TEXT"),
+)
 
 _INSERT: Final = (
     f"INSERT INTO decisions ({', '.join(_COLUMNS)}) "
@@ -501,6 +549,24 @@ class AuditLog:
         if not has_events:
             with self._transaction(conn, "add the events table"):
                 conn.execute(_EVENTS_SCHEMA)
+        self._add_columns(conn)
+
+    def _add_columns(self, conn: sqlite3.Connection) -> None:
+        """Issue 15's migration: add the missing `_ADDED_COLUMNS` (and the case index) in one transaction."""
+        try:
+            have = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+        except sqlite3.Error as err:
+            raise _wrap(err, self._path, "read the schema") from err
+        missing = [(n, t) for n, t in _ADDED_COLUMNS if n not in have]
+        if not missing:
+            return
+        with self._transaction(conn, "add the energy and case columns"):
+            have = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}  # under the lock now
+            for name, sql_type in missing:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {sql_type}")
+            conn.execute("CREATE INDEX IF NOT EXISTS decisions_case ON decisions (case_id, case_seq) "
+                         "WHERE case_id IS NOT NULL")
 
     def _schema_version(self, conn: sqlite3.Connection) -> int | None:
         try:
@@ -679,6 +745,13 @@ class AuditLog:
                 for kind, payload in ops:
                     if kind == "decision":
                         out.append(self._insert(conn, payload))
+                    elif kind == "decision+events":  # issue 15: a decision and the case events it caused
+                        rec, events = payload
+                        inserted = self._insert(conn, rec)
+                        if inserted:
+                            for event in events:
+                                conn.execute(_EVENT_INSERT, event)
+                        out.append(inserted)
                     elif kind == "event":
                         conn.execute(_EVENT_INSERT, payload)
                         out.append(None)
@@ -712,6 +785,12 @@ class AuditLog:
         else:
             rows = self._read("SELECT t, kind, detail FROM events WHERE kind = ? ORDER BY id", (kind,))
         return [(t, k, json.loads(d)) for t, k, d in rows]
+
+    def case_items(self, case_id: str) -> list[AuditRecord]:
+        """Issue 15: the items assigned to case ``case_id``, in case order (``case_seq``)."""
+        rows = self._read(f"{_SELECT} WHERE case_id = ? AND case_status = 'assigned' ORDER BY case_seq",
+                          (case_id,))
+        return [AuditRecord(*row[1:]) for row in rows]
 
     def last_id(self) -> int:
         """The insertion id of the newest decision (0 if none)."""
@@ -1233,7 +1312,8 @@ class AuditWriter:
                 ) from None
         return fut
 
-    def submit(self, rec: AuditRecord, *, timeout: float | None = None) -> Future[bool]:
+    def submit(self, rec: AuditRecord, *, timeout: float | None = None,
+               events: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> Future[bool]:
         """Queue a decision; the future resolves after its commit.
 
         Parameters
@@ -1243,6 +1323,9 @@ class AuditWriter:
         timeout : float or None
             How long to wait for room in a full queue (``None``: as long as
             it takes).
+        events : sequence of (kind, detail)
+            Events committed in the same transaction as the decision, and only
+            if it is inserted (the case station's closing of a case).
 
         Returns
         -------
@@ -1262,6 +1345,9 @@ class AuditWriter:
                 f"expected an AuditRecord, got {type(rec).__name__}; build one with "
                 "AuditRecord(...)"
             )
+        if events:
+            payloads = [_event_payload(kind, detail, rec.t_decided) for kind, detail in events]
+            return self._enqueue("decision+events", (rec, payloads), timeout)
         return self._enqueue("decision", rec, timeout)
 
     def submit_delivery(

@@ -54,6 +54,7 @@ from sorter.errors import ConfigError
 __all__ = [
     "ENV_PREFIX",
     "AuditSection",
+    "CasesSection",
     "LineConfig",
     "LineSection",
     "MetricsSection",
@@ -191,6 +192,41 @@ class AuditSection(_Section):
     power cut lost."""
 
 
+class CasesSection(_Section):
+    """``[cases]``: packing the hazard lane into fire-safe cases at the case station (``docs/cases.md``).
+
+    Off by default: a PLC without the case-station block keeps working unchanged.  On, the PLC
+    must have the block (``docs/plc-interface.md``, "Case station block"); the link refuses to
+    connect otherwise.  The station's state (the open case) lives in the audit log, committed
+    with the decision that changed it, so a restart resumes the open case exactly."""
+
+    enabled: bool = False
+    """Pack the station's lane into cases (needs the PLC's case-station block)."""
+    lane: Literal["hazard", "li_ion"] = "hazard"
+    """The lane whose chute ends at the case station."""
+    limit_wh: float = _num(2100.0, gt=0, hint="the permit's 2.1 kWh is 2100")
+    """Most summed ``energy_wh_upper`` per case, Wh."""
+    mass_limit_kg: float = _num(0.0, ge=0, hint="0: no mass limit")
+    """Most gross item mass per case, kg (0: none)."""
+    case_id: str = "{line}-{date:%Y%m%d}-{n:04d}"
+    """Case id scheme: ``str.format`` with ``{line}``, ``{date}`` (opening time, UTC) and ``{n}`` (required)."""
+    first_case: int = _num(1, ge=1, le=10**9)
+    """Number of the first case of a new audit log (later cases continue from the audit log)."""
+    base: int = _num(300, ge=0, le=0xFFFF - 9, hint="outside the mailbox's registers")
+    """PDU address of the PLC's case-station block."""
+    state_file: str = ""
+    """Also write the station's state (``sorter-case-station/1``) to this file at every case opening and
+    closing, for ``sorter pack --state``; ``""``: only in the audit log (which is what a restart reads)."""
+
+    def station_config(self, line: str) -> Any:
+        """The packing core's :class:`~sorter.cases.packing.StationConfig` for line ``line``."""
+        from sorter.cases.packing import StationConfig
+
+        return StationConfig(lane=self.lane, limit_wh=self.limit_wh,
+                             mass_limit_g=self.mass_limit_kg * 1000.0 if self.mass_limit_kg > 0 else None,
+                             case_id_scheme=self.case_id, line=line, auto_open=False)
+
+
 class MetricsSection(_Section):
     """``[metrics]``: Prometheus endpoint."""
 
@@ -261,11 +297,12 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "line": LineSection,
     "plc": PlcSection,
     "audit": AuditSection,
+    "cases": CasesSection,
     "metrics": MetricsSection,
     "simulated": SimulatedSection,
     "status": StatusSection,
 }
-_PATH_KEYS: Final = {("line", "log_dir"), ("line", "model"), ("audit", "path")}
+_PATH_KEYS: Final = {("line", "log_dir"), ("line", "model"), ("audit", "path"), ("cases", "state_file")}
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
 
@@ -286,6 +323,7 @@ class LineConfig(BaseModel):
     line: LineSection = Field(default_factory=LineSection)
     plc: PlcSection = Field(default_factory=PlcSection)
     audit: AuditSection = Field(default_factory=AuditSection)
+    cases: CasesSection = Field(default_factory=CasesSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     simulated: SimulatedSection = Field(default_factory=SimulatedSection)
     status: StatusSection = Field(default_factory=StatusSection)
@@ -610,6 +648,18 @@ def _cross_checks(cfg: LineConfig) -> None:
             f"({where('plc', 'host')}): simulated items would be sent to a real PLC and could "
             "collide with the ids of real items; use a loopback PLC (sorter plc-sim) or plc.kind = 'memory'"
         )
+
+    c = cfg.cases
+    if c.enabled:
+        from sorter.errors import CaseStateError
+        from sorter.line.plc.protocol import CaseBlockMap
+
+        try:
+            c.station_config(ln.name)
+        except CaseStateError as err:
+            raise ConfigError(f"{where('cases', 'case_id')}: [cases] {err}") from None
+        need(not CaseBlockMap(c.base).overlaps(RegisterMap(**p.register_map_args)), "cases", "base",
+             f"overlaps the mailbox registers {p.base}..; give the case block its own addresses (default 300)")
 
     a = cfg.audit
     need(bool(a.path), "audit", "path", "must name the audit database file")
