@@ -58,7 +58,8 @@ def build_link(config: LineConfig) -> PlcLink:
     if p.kind == "memory":
         # A dry run's in-process PLC has the case block when packing is on, with an operator who
         # swaps a full case in 5 s.
-        station = CaseStationProgram(swap_s=5.0, ready_at_start=True) if case_block is not None else None
+        station = (CaseStationProgram(swap_s=5.0, ready_at_start=True, lane=config.cases.lane)
+                   if case_block is not None else None)
         return MemoryPlc(scan_ms=p.memory_scan_ms, case_block=case_block, case_station=station,
                          **options)  # type: ignore[arg-type]
     return ModbusPlcLink(p.host, p.port, device_id=p.device_id, case_block=case_block,
