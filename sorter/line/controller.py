@@ -681,6 +681,7 @@ class Controller:
         assert station is not None
         prev, mine = turn
         if not (v.send and v.lane == station.lane):
+            _pass_turn(prev, mine)  # not offered: the items behind need not wait for this one's delivery
             return v, {}, []
         if prev is not None and not prev.done():
             try:  # the earlier items' offers come first; never past this item's own deadline
