@@ -239,3 +239,43 @@ def test_the_plc_swaps_a_full_case_only_after_its_last_item_arrived() -> None:
     assert prog.scan(full, now=1.2)[1:3] == [1, 2]  # the operator confirmed case 2
     # The PC has not seen case 2 yet (CASE_OPEN_FOR still 1): CASE_FULL does not swap it.
     assert prog.scan(full, now=1.3)[1:3] == [1, 2]
+
+
+def test_an_audit_log_written_before_the_case_columns_opens_and_gains_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    from sorter.line import audit as audit_module
+    from sorter.line.audit import AuditWriter
+
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    con.execute("INSERT INTO schema_version VALUES (1)")
+    for statement in audit_module._SCHEMA.split(";"):  # version 1's tables, as an older sorter wrote them
+        if statement.strip():
+            con.execute(statement)
+    con.execute("INSERT INTO decisions (item_id, t_item, t_available, t_decided, lane, reason, model_id, latency_ms, "
+                "deadline_ms, delivery) VALUES ('old-1', 1, 1, 1, 'hazard', 'hot', 'm', 1, 90, 'acked')")
+    con.commit()
+    con.close()
+    base = dict(source_line=None, t_item=2.0, t_available=2.0, t_decided=2.0, chemistry="li_ion", p_lead_acid=0.0,
+                p_li_ion=1.0, p_other=0.0, lane="hazard", reason="hot", model_id="m", latency_ms=1.0,
+                deadline_ms=90.0, delivery="pending")
+    with AuditLog(path) as log:
+        old = log.get("old-1")
+        assert old is not None and old.case_id is None and old.energy_wh is None
+    new = AuditRecord(item_id="new-1", **base, energy_wh=10.0, energy_wh_upper=15.0, novelty=0.1, weight_g=50.0,
+                      case_id="C-1", case_seq=1, case_status="assigned")
+    close = ("case_close", {"case_id": "C-0", "reason": "full"})
+    with AuditWriter(path) as writer:
+        assert writer.submit(new, events=[close]).result(timeout=30)
+        # The same item again: not inserted, and the events that came with it are not recorded either.
+        assert not writer.submit(new, events=[close]).result(timeout=30)
+    with AuditLog(path) as log:
+        assert [r.item_id for r in log.case_items("C-1")] == ["new-1"]
+        assert log.get("new-1") == new
+        assert [k for _, k, _ in log.events()] == ["case_close"]
+    with pytest.raises(ValueError, match="case_status"):
+        AuditRecord(item_id="x", **base, case_status="packed")
+    with pytest.raises(ValueError, match="assigned item needs a case_id"):
+        AuditRecord(item_id="x", **base, case_status="assigned")
