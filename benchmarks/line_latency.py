@@ -417,7 +417,7 @@ def cases_main(args: argparse.Namespace) -> int:
     print("\n".join(rows))
     print(verdict)
     md = [
-        "## Line controller with packing on the line (issue 15)",
+        f"## Line controller with packing on the line (issue 15), {args.rates[0]:g} items/s",
         "",
         f"Command: `python -m benchmarks.line_latency --cases --rates {args.rates[0]:g} --seconds {args.seconds:g} "
         f"--repeat {args.repeat}`. The real line on loopback as in the section above (PLC simulator, "
@@ -436,7 +436,8 @@ def cases_main(args: argparse.Namespace) -> int:
         f"({os.cpu_count()} cores).",
     ]
     if not args.no_write:
-        write_section("line_latency_cases", "\n".join(md))
+        key = "line_latency_cases" + ("" if args.rates[0] == 100 else f"_{args.rates[0]:g}")
+        write_section(key, "\n".join(md))
         print("written to docs/performance.md")
     return 0
 

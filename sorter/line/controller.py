@@ -9,12 +9,16 @@ Per item, in this order:
    queue up, a free worker takes all of them in one model call: the model's cost
    is per call, not per row, so the line keeps up under load.  An item whose
    deadline passed while it waited for a worker is not scored (*overload*).
-3. **Audit** — the decision is committed to the audit log (SQLite, fsync)
-   *before* it is sent: a decision the PLC may act on is always on disk.
-4. **Send** — ``send_decision(plc_id, lane, timeout_s=...)`` with the time left to
+3. **Pack** (``[cases] enabled``) — an item to be sent to the case station's lane is
+   offered to its open case (:mod:`sorter.line.casestation`) in belt order: *into the case*
+   or *the quarantine buffer*.
+4. **Audit** — the decision is committed to the audit log (SQLite, fsync)
+   *before* it is sent: a decision the PLC may act on is always on disk.  Its case outcome,
+   and the closing of a case it caused, are in the same transaction.
+5. **Send** — ``send_decision(plc_id, lane, timeout_s=...)`` with the time left to
    the deadline (plus ``plc.ack_grace_ms``: once sent, the PLC's own answer,
    ``accepted`` or ``late``, says whether it was in time).
-5. **Record the delivery**: ``acked`` (accepted by the PLC), ``late`` (not
+6. **Record the delivery**: ``acked`` (accepted by the PLC), ``late`` (not
    confirmed in time; the PLC sent the item to ``manual``), ``undelivered``
    (the link was down or faulted), ``rejected`` (the PLC refused it).
 
@@ -44,7 +48,7 @@ Where the rest lives: the scoring workers in :mod:`sorter.line.scoring_pool`, th
 totals and report in :mod:`sorter.line.summary`, the wiring (configuration to link, source
 and signals) in :mod:`sorter.line.app`.
 
-Why this module is long (about 800 lines): :class:`Controller` is one asyncio service whose
+Why this module is long (about 940 lines): :class:`Controller` is one asyncio service whose
 start-up order (audit recovery, link, reconciliation, scorer), admission, per-item steps
 (decide, audit, send, count) and shutdown share the same in-flight state; each step is a
 method of its own, and splitting the class would hand that state around instead.

@@ -30,7 +30,7 @@ Fault injection for tests: ``acking``, ``diverter_fault``, ``answer_status``
 :meth:`PlcModel.force_ack`, and the header attributes ``protocol_version``,
 ``slot_count``, ``safe_lane_code`` and ``scan_ms``.
 
-Why this module is long (a little over 600 lines): the PLC program and the server that scans
+Why this module is long (about 670 lines): the PLC program and the server that scans
 it belong together (the server is the program's only host besides
 :class:`~sorter.line.plc.memory.MemoryPlc`), and the program alone is half of it.
 The command line (``sorter plc-sim``) lives in :mod:`sorter.line.cli`.
