@@ -26,6 +26,8 @@ Examples
 >>> r, _ = st.offer(PackItem("A", energy_wh_upper=2000.0), now=1.7e9)
 >>> r.kind, st.pc_words().fill_wh
 ('assigned', 2000)
+>>> st.answered(r.case_id)  # the PLC acknowledged A
+True
 >>> r, events = st.offer(PackItem("B", energy_wh_upper=200.0), now=1.7e9)
 >>> r.kind, [kind for kind, _ in events], st.pc_words().full
 ('no_case_ready', ['case_close'], True)
@@ -93,6 +95,9 @@ class CaseStation:
         self.opened_for = opened_for
         self.last_case: Case | None = self.state.open_case
         self.offers = {"assigned": 0, "not_packable": 0, "no_case_ready": 0}
+        # Decisions "into the case" not yet answered by the PLC, per case: CASE_FULL waits for them, so
+        # the PLC's own count of decisions in transit includes every item of the case before it swaps.
+        self.unanswered: dict[str, int] = {}
         self.closed = 0
 
     # -- restart --------------------------------------------------------------------
@@ -142,6 +147,8 @@ class CaseStation:
         to commit with the item's row."""
         r = self.state.offer(item, now)
         self.state = r.state
+        if r.kind == "assigned" and r.case_id is not None:
+            self.unanswered[r.case_id] = self.unanswered.get(r.case_id, 0) + 1
         self.offers[r.kind] += 1
         events: list[Event] = []
         if r.closed is not None:
@@ -174,14 +181,27 @@ class CaseStation:
                                          "state": self.state.to_dict()}))
         return events
 
+    def answered(self, case_id: str) -> bool:
+        """The PLC answered (or will never see) a decision into case ``case_id``; True when that
+        was the case's last one outstanding."""
+        left = self.unanswered.get(case_id, 0) - 1
+        if left > 0:
+            self.unanswered[case_id] = left
+            return False
+        self.unanswered.pop(case_id, None)
+        return True
+
     def pc_words(self) -> CasePcWords:
-        """What the PC publishes in the case block now."""
+        """What the PC publishes in the case block now.
+
+        ``CASE_FULL`` is 1 once the case is closed *and* every decision into it has been
+        answered by the PLC, so that the PLC never swaps a case an item is still being sent to."""
         case = self.state.open_case or self.last_case
         limit = self.state.config.limit_mwh // 1000
         if case is None:
             return CasePcWords(0, 0, limit, 0, True, self.opened_for or 0)
-        return CasePcWords(case.n, -(-case.upper_mwh // 1000), limit, len(case.items),
-                           self.state.open_case is None, self.opened_for or 0)
+        full = self.state.open_case is None and not self.unanswered.get(case.case_id)
+        return CasePcWords(case.n, -(-case.upper_mwh // 1000), limit, len(case.items), full, self.opened_for or 0)
 
     def _close_event(self, closed: Case) -> Event:
         self.closed += 1

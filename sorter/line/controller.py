@@ -625,9 +625,13 @@ class Controller:
             # Nothing between the offer and the audit submission yields to the loop, so the audit
             # commits the station's changes in the order they were made.
             verdict, case_cols, events = await self._pack(si, verdict, turn)
-        if not await self._audit(si, verdict, model_id, case_cols, events):
-            return
-        delivery, acked_mono = await self._send(si, verdict)
+        try:
+            if not await self._audit(si, verdict, model_id, case_cols, events):
+                return
+            delivery, acked_mono = await self._send(si, verdict)
+        finally:
+            if verdict.into_case and self.cases is not None and self.cases.answered(case_cols["case_id"]):
+                self._case_wake.set()  # the closed case's last decision is answered: CASE_FULL may go up
         latency = acked_mono - si.available_mono if acked_mono is not None else None
         self._count(si, verdict.lane, delivery, latency, verdict.overload)
         logger.debug("item=%s plc_id=%s lane=%s reason=%r delivery=%s latency_ms=%s", si.item_id, si.plc_id,
@@ -705,7 +709,6 @@ class Controller:
         assert self.cases is not None and self._writer is not None
         station = self.cases
         failing = False
-        published = seen = None
         while True:
             try:
                 words = await self.link.read_case_station()
@@ -715,11 +718,8 @@ class Controller:
                     self._writer.submit_event(kind, detail)
                 if events:
                     await asyncio.to_thread(station.write_state_file)
-                pc = station.pc_words()
-                if pc != published or words != seen:
-                    await self.link.write_case_station(pc)
-                    published = pc
-                seen = words
+                # Written every time, not only on change: a PLC that restarted has them back at once.
+                await self.link.write_case_station(station.pc_words())
                 if failing:
                     logger.info("case station block readable again")
                 failing = False
@@ -728,7 +728,6 @@ class Controller:
                     logger.warning("case station block not read or written (hazard items go to the buffer "
                                    "until a case is confirmed): %s", err)
                 failing = True
-                published = None
             except AuditError as err:
                 logger.error("case station event not recorded: %s", err)
             self._case_wake.clear()
