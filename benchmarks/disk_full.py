@@ -25,10 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from sorter.line.app import build_link
 from sorter.line.audit import AuditLog
 from sorter.line.config import load_config
-from sorter.line.controller import Controller, ScoringPool, build_link
-from sorter.line.plcsim import PlcSimulator
+from sorter.line.controller import Controller, ScoringPool
+from sorter.line.plc.sim import PlcSimulator
 from sorter.line.sources import BeltTiming, SimulatedSource, generate_pool
 from sorter.simulate.run import SimConfig
 

@@ -29,6 +29,14 @@ the audit log's old durability (every commit waits for fsync) for comparison; th
 line's default, ``interval``.  ``--quick`` is a short series: 6 s runs at 100 items/s, a step to 200,
 3 repeats (about 2 minutes).
 
+``--cases`` compares the line with and without packing (issue 15: the case station keeps the open
+case, offers each item routed to it in belt order and records the outcome in the decision's audit
+transaction; the simulator's PLC has the case-station block): pairs of runs at the same rate, one
+without and one with packing, alternated so that both see the same machine load; it reports the
+deadline misses of each side and their ratio, into its own section ("..._cases").  The station sits
+on the ``--case-lane`` (default ``li_ion``: many more items are offered than on the recycler mix's
+hazard lane, so the cost of packing is exercised, not hidden).
+
 The result table is written into ``docs/performance.md`` (section "Line
 controller (issue 4)", or "..._disk_load" / "..._sync_full" for those modes), with the machine it
 ran on; ``--no-write`` only prints.
@@ -56,6 +64,8 @@ from sorter.line.audit import AuditLog, AuditRecord
 from sorter.line.config import load_config
 from sorter.line.controller import Controller
 from sorter.line.plc import ModbusPlcLink
+from sorter.line.plc.casesim import CaseStationProgram
+from sorter.line.plc.protocol import CaseBlockMap
 from sorter.line.plc.sim import PlcSimulator
 from sorter.line.scoring_pool import ScoringPool
 from sorter.line.sources import BeltTiming, SimulatedSource, generate_pool
@@ -66,6 +76,7 @@ from ._report import write_section
 SIM = SimConfig(items=200, seed=2026, mix="recycler")
 SLOW_COMMIT_S = 0.05  # an audit transaction this slow eats most of a 90 ms deadline (a bucket of the histogram)
 SYNC_MODE = ["interval"]  # audit.sync of the runs (set from --sync)
+CASE_LANE = ["li_ion"]  # the case station's lane with --cases (set from --case-lane)
 
 
 @dataclass
@@ -92,6 +103,9 @@ class Result:
     commits: int = 0
     slow_commits: int = 0  # audit transactions over SLOW_COMMIT_S
     max_lag_ms: float | None = None  # worst durability lag (audit.sync = interval)
+    offered: int = 0  # items offered to the case station (--cases)
+    assigned: int = 0
+    cases_closed: int = 0
 
 
 def _cpu_s(pids: list[int]) -> float:
@@ -111,16 +125,18 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPool, scan_ms: float,
-                  workdir: Path) -> Result:
+                  workdir: Path, *, cases: bool = False) -> Result:
     items = max(20, int(round(rate_hz * seconds)))
     audit = workdir / f"audit-{len(list(workdir.glob('audit-*.sqlite'))) + 1:02d}-{rate_hz:g}.sqlite"  # one per run
-    sim = PlcSimulator(port=0, scan_ms=scan_ms)
+    station = CaseStationProgram(swap_s=2.0, ready_at_start=True, lane=CASE_LANE[0]) if cases else None
+    sim = PlcSimulator(port=0, scan_ms=scan_ms, case_station=station)
     await sim.start()
     try:
         cfg = load_config(None, env={}, overrides=[
             "line.source=simulated", f"audit.path={audit}", "status.enabled=false",
-            f"line.scorer_workers={scorer.workers}", "line.max_in_flight=256", f"audit.sync={SYNC_MODE[0]}"])
-        link = ModbusPlcLink("127.0.0.1", sim.port)
+            f"line.scorer_workers={scorer.workers}", "line.max_in_flight=256", f"audit.sync={SYNC_MODE[0]}",
+            f"cases.enabled={'true' if cases else 'false'}", f"cases.lane={CASE_LANE[0]}"])
+        link = ModbusPlcLink("127.0.0.1", sim.port, case_block=CaseBlockMap(cfg.cases.base) if cases else None)
         source = SimulatedSource(SIM, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=rate_hz,
                                  pool=pool, announce=sim.expect)
         batches0, scored0 = scorer.batches, scorer.items_scored
@@ -157,6 +173,9 @@ async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPoo
         slow_commits=int(_sample(ctl, "sorter_line_audit_commit_seconds_count")
                          - _sample(ctl, "sorter_line_audit_commit_seconds_bucket", le=str(SLOW_COMMIT_S))),
         max_lag_ms=summary.max_durability_lag_ms,
+        offered=sum(r.case_status is not None for r in rows),
+        assigned=sum(r.case_status == "assigned" for r in rows),
+        cases_closed=station.swaps if station is not None else 0,
     )
 
 
@@ -352,6 +371,85 @@ def _filesystem(path: str) -> str:
     return best[1] if best else "unknown"
 
 
+async def cases_bench(args: argparse.Namespace) -> list[tuple[Result, Result]]:
+    """Pairs (without packing, with packing) at ``args.rates[0]``, alternating which goes first."""
+    pool = await asyncio.to_thread(generate_pool, SIM, args.pool, workers=2)
+    scorer = ScoringPool(None, workers=args.workers, kind=args.scorer, max_batch=16)
+    await scorer.start()
+    pairs: list[tuple[Result, Result]] = []
+    rate = args.rates[0]
+    with tempfile.TemporaryDirectory(prefix="sorter-bench-", dir=args.audit_dir) as d:
+        try:
+            for k in range(args.repeat):
+                order = (False, True) if k % 2 == 0 else (True, False)
+                got = {}
+                for cases in order:
+                    got[cases] = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, Path(d), cases=cases)
+                    print(f"pair {k + 1}, packing {'on ' if cases else 'off'}: {table([got[cases]]).splitlines()[-1]}",
+                          flush=True)
+                pairs.append((got[False], got[True]))
+        finally:
+            await scorer.close()
+    return pairs
+
+
+def cases_main(args: argparse.Namespace) -> int:
+    load = os.getloadavg()
+    pairs = asyncio.run(cases_bench(args))
+    load_end = os.getloadavg()
+    off = [a for a, _ in pairs]
+    on = [b for _, b in pairs]
+    miss_off = sum(r.misses + r.undelivered for r in off)
+    miss_on = sum(r.misses + r.undelivered for r in on)
+    items_off, items_on = sum(r.items for r in off), sum(r.items for r in on)
+    rate_off, rate_on = miss_off / max(1, items_off), miss_on / max(1, items_on)
+    ratio = (f"{rate_on / rate_off:.2f}" if rate_off else ("1 (none either way)" if not rate_on else "inf"))
+    rows = ["| pair | packing | items | offered to the station (assigned) | cases swapped | p50 / p99 ms "
+            "| deadline misses (overload) | undelivered | controller CPU ms/item | audit rows == items "
+            "| PLC counters agree |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, (a, b) in enumerate(pairs, 1):
+        for r, name in ((a, "off"), (b, "on")):
+            rows.append(f"| {k} | {name} | {r.items} | {r.offered} ({r.assigned}) | {r.cases_closed} | "
+                        f"{_ms(r.p50_ms)} / {_ms(r.p99_ms)} | {r.misses} ({r.overload}) | {r.undelivered} | "
+                        f"{r.main_cpu_ms or math.nan:.2f} | "
+                        f"{'yes' if r.audit_ok else 'NO'} | {'yes' if r.plc_agrees else 'NO'} |")
+    per_pair = ", ".join(f"{a.misses + a.undelivered} / {b.misses + b.undelivered}" for a, b in pairs)
+    cpu_off = np.mean([r.main_cpu_ms for r in off if r.main_cpu_ms is not None] or [math.nan])
+    cpu_on = np.mean([r.main_cpu_ms for r in on if r.main_cpu_ms is not None] or [math.nan])
+    verdict = (f"Deadline misses without packing: {miss_off} of {items_off} items ({100 * rate_off:.2f} %); with "
+               f"packing: {miss_on} of {items_on} ({100 * rate_on:.2f} %); ratio with/without **{ratio}** "
+               f"(per pair, without / with: {per_pair}). Controller process CPU per item (audit, Modbus, the PLC "
+               f"simulator, and with packing the offers and the case block), mean of the runs: {cpu_off:.2f} ms "
+               f"without, {cpu_on:.2f} ms with packing.")
+    print("\n".join(rows))
+    print(verdict)
+    md = [
+        f"## Line controller with packing on the line (issue 15), {args.rates[0]:g} items/s",
+        "",
+        f"Command: `python -m benchmarks.line_latency --cases --rates {args.rates[0]:g} --seconds {args.seconds:g} "
+        f"--repeat {args.repeat}`. The real line on loopback as in the section above (PLC simulator, "
+        f"{args.scan_ms:g} ms scan, {SIM.mix} mix, shipped model in {args.workers} {args.scorer} worker(s), "
+        f"audit.sync = \"{args.sync}\", deadline 90 ms), in pairs of {args.seconds:g} s runs at "
+        f"{args.rates[0]:g} items/s: one without packing, one with the case station on the `{CASE_LANE[0]}` lane "
+        "(limit 2100 Wh; the simulated PLC has the case-station block and its operator swaps a full case in 2 s). "
+        "The order alternates between pairs so that both sides see the same machine load; the ratio, not the "
+        "absolute count, is the figure (the machine is shared with other work).",
+        "",
+        "\n".join(rows),
+        "",
+        verdict,
+        "",
+        f"Load average (1 min) at the start {load[0]:.1f}, at the end {load_end[0]:.1f} "
+        f"({os.cpu_count()} cores).",
+    ]
+    if not args.no_write:
+        key = "line_latency_cases" + ("" if args.rates[0] == 100 else f"_{args.rates[0]:g}")
+        write_section(key, "\n".join(md))
+        print("written to docs/performance.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=12.0, help="length of each run (default %(default)s)")
@@ -382,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="a short series: 6 s runs, 100 items/s, step to 200, 3 repeats (about 2 minutes)")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
+    ap.add_argument("--cases", action="store_true",
+                    help="compare deadline misses with and without packing on the line (pairs at the first --rates "
+                         "rate, --repeat pairs)")
+    ap.add_argument("--case-lane", choices=["hazard", "li_ion"], default="li_ion",
+                    help="the case station's lane with --cases (default %(default)s)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.rates, args.step, args.down = 6.0, "100", "100,200", "50,20"
@@ -395,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     args.rates = [float(x) for x in args.rates.split(",") if x]
     args.step = [float(x) for x in args.step.split(",") if x]
     args.down = [float(x) for x in args.down.split(",") if x]
+    if args.cases:
+        CASE_LANE[0] = args.case_lane
+        return cases_main(args)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cores = os.cpu_count() or 1
     audit_dir = args.audit_dir or tempfile.gettempdir()

@@ -25,10 +25,11 @@ from typing import Any, Final
 from sorter.line.config import LineConfig
 from sorter.line.controller import Controller, Resume, SourceFactory
 from sorter.line.metrics import LineMetrics, StatusLine
+from sorter.line.plc.casesim import CaseStationProgram
 from sorter.line.plc.link import PlcLink
 from sorter.line.plc.memory import MemoryPlc
 from sorter.line.plc.modbus import ModbusPlcLink
-from sorter.line.plc.protocol import RegisterMap
+from sorter.line.plc.protocol import CaseBlockMap, RegisterMap
 from sorter.line.scoring_pool import ScoringPool
 from sorter.line.sources import BeltTiming, ItemSource, LogFollowSource, SimulatedSource
 from sorter.line.summary import RunSummary
@@ -53,9 +54,16 @@ def build_link(config: LineConfig) -> PlcLink:
         poll_interval_s=p.poll_interval_ms / 1000.0,
         rewrite_interval_s=p.rewrite_interval_ms / 1000.0,
     )
+    case_block = CaseBlockMap(config.cases.base) if config.cases.enabled else None
     if p.kind == "memory":
-        return MemoryPlc(scan_ms=p.memory_scan_ms, **options)  # type: ignore[arg-type]
-    return ModbusPlcLink(p.host, p.port, device_id=p.device_id, **options)  # type: ignore[arg-type]
+        # A dry run's in-process PLC has the case block when packing is on, with an operator who
+        # swaps a full case in 5 s.
+        station = (CaseStationProgram(swap_s=5.0, ready_at_start=True, lane=config.cases.lane)
+                   if case_block is not None else None)
+        return MemoryPlc(scan_ms=p.memory_scan_ms, case_block=case_block, case_station=station,
+                         **options)  # type: ignore[arg-type]
+    return ModbusPlcLink(p.host, p.port, device_id=p.device_id, case_block=case_block,
+                         **options)  # type: ignore[arg-type]
 
 
 def build_source(config: LineConfig, *, announce: Callable[[int, float], None] | None = None,

@@ -180,6 +180,14 @@ def _add_plc_sim(sub: Any) -> None:
     p.add_argument(
         "--report-s", type=float, default=5.0, help="print counters every this many seconds (default %(default)s)"
     )
+    p.add_argument("--cases", action="store_true",
+                   help="also serve the case-station block (docs/plc-interface.md), with a simulated operator who "
+                        "swaps a full case in --case-swap-s seconds; a case is in place at the start")
+    p.add_argument("--case-base", type=int, default=300, help="PDU address of the case block (default %(default)s)")
+    p.add_argument("--case-lane", choices=["hazard", "li_ion"], default="hazard",
+                   help="the lane whose chute ends at the case station (default %(default)s)")
+    p.add_argument("--case-swap-s", type=float, default=5.0,
+                   help="seconds the simulated operator takes to swap a full case (default %(default)s)")
     p.set_defaults(func=_cmd_plc_sim)
 
 
@@ -189,10 +197,13 @@ def _cmd_plc_sim(args: argparse.Namespace) -> int:
     Returns 0 after Ctrl-C, 2 for a bad option or address.
     """
     from sorter.errors import ConfigError, PlcError
+    from sorter.line.plc.casesim import CaseStationProgram
     from sorter.line.plc.protocol import RegisterMap
     from sorter.line.plc.sim import PlcSimulator
 
     try:
+        station = (CaseStationProgram(swap_s=args.case_swap_s, ready_at_start=True, lane=args.case_lane)
+                   if args.cases else None)
         sim = PlcSimulator(
             args.host,
             args.port,
@@ -201,6 +212,8 @@ def _cmd_plc_sim(args: argparse.Namespace) -> int:
             register_map=RegisterMap(base=args.base, slots=args.slots),
             pc_heartbeat_timeout_s=args.pc_timeout_s,
             untracked=args.untracked,
+            case_station=station,
+            case_base=args.case_base,
         )
     except ConfigError as err:
         print(f"sorter plc-sim: {err}")
@@ -221,6 +234,9 @@ def _cmd_plc_sim(args: argparse.Namespace) -> int:
             while True:
                 await asyncio.sleep(args.report_s)
                 counts = " ".join(f"{k}={v}" for k, v in sim.counters.items())
+                if station is not None:
+                    counts += (f" case_placed={station.placed} case_ready={int(station.ready)} "
+                               f"in_case={len(station.cases.get(station.placed, []))} buffer={len(station.buffer)}")
                 print(f"faults=0x{int(sim.model.faults):04x} {counts}", flush=True)
         finally:
             await sim.stop()
@@ -261,6 +277,12 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="scoring worker processes (default %(default)s)")
     p.add_argument("--scan-ms", type=float, default=10.0, help="simulated PLC scan period (default %(default)s)")
     p.add_argument("--no-status", action="store_true", help="no live status line")
+    p.add_argument("--no-cases", action="store_true",
+                   help="no case station: the hazard lane ends at its chute as before (default: packing on)")
+    p.add_argument("--case-limit-wh", type=float, default=2100.0,
+                   help="case limit in Wh (default %(default)s, the permit's; a small one shows swaps in a short demo)")
+    p.add_argument("--case-swap-s", type=float, default=3.0,
+                   help="seconds the simulated operator takes to confirm a new case (default %(default)s)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -276,7 +298,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(items=args.items, rate_hz=args.rate, seed=args.seed, mix=args.mix, out=args.out,
                       pool=args.pool, workers=args.workers, scan_ms=args.scan_ms, status=not args.no_status,
-                      handle_signals=True, force=args.force)
+                      handle_signals=True, force=args.force, cases=not args.no_cases,
+                      case_limit_wh=args.case_limit_wh, case_swap_s=args.case_swap_s)
     print(format_result(result))
     sys.stdout.flush()
     return 0 if result.ok else 1

@@ -21,7 +21,7 @@ value came from and how to fix it), and then trusted by the controller.  Checks 
 ask the code that owns the rule: the register map's fit (:class:`~sorter.line.plc.protocol.RegisterMap`),
 the PLC address (:func:`~sorter.line.plc.modbus.check_target`), the simulator's mixes and lines.
 
-Why this module is long (a little over 600 lines): every key carries its meaning beside its
+Why this module is long (about 670 lines): every key carries its meaning beside its
 type, default and range (``docs/configuration.md`` is checked against them), and the
 messages for each way a value can be wrong are written out here.
 
@@ -54,6 +54,7 @@ from sorter.errors import ConfigError
 __all__ = [
     "ENV_PREFIX",
     "AuditSection",
+    "CasesSection",
     "LineConfig",
     "LineSection",
     "MetricsSection",
@@ -193,6 +194,41 @@ class AuditSection(_Section):
     power cut lost."""
 
 
+class CasesSection(_Section):
+    """``[cases]``: packing the hazard lane into fire-safe cases at the case station (``docs/cases.md``).
+
+    Off by default: a PLC without the case-station block keeps working unchanged.  On, the PLC
+    must have the block (``docs/plc-interface.md``, "Case station block"); the link refuses to
+    connect otherwise.  The station's state (the open case) lives in the audit log, committed
+    with the decision that changed it, so a restart resumes the open case exactly."""
+
+    enabled: bool = False
+    """Pack the station's lane into cases (needs the PLC's case-station block)."""
+    lane: Literal["hazard", "li_ion"] = "hazard"
+    """The lane whose chute ends at the case station."""
+    limit_wh: float = _num(2100.0, gt=0, hint="the permit's 2.1 kWh is 2100")
+    """Most summed ``energy_wh_upper`` per case, Wh."""
+    mass_limit_kg: float = _num(0.0, ge=0, hint="0: no mass limit")
+    """Most gross item mass per case, kg (0: none)."""
+    case_id: str = "{line}-{date:%Y%m%d}-{n:04d}"
+    """Case id scheme: ``str.format`` with ``{line}``, ``{date}`` (opening time, UTC) and ``{n}`` (required)."""
+    first_case: int = _num(1, ge=1, le=10**9)
+    """Number of the first case of a new audit log (later cases continue from the audit log)."""
+    base: int = _num(300, ge=0, le=0xFFFF - 9, hint="outside the mailbox's registers")
+    """PDU address of the PLC's case-station block."""
+    state_file: str = ""
+    """Also write the station's state (``sorter-case-station/1``) to this file at every case opening and
+    closing, for ``sorter pack --state``; ``""``: only in the audit log (which is what a restart reads)."""
+
+    def station_config(self, line: str) -> Any:
+        """The packing core's :class:`~sorter.cases.packing.StationConfig` for line ``line``."""
+        from sorter.cases.packing import StationConfig
+
+        return StationConfig(lane=self.lane, limit_wh=self.limit_wh,
+                             mass_limit_g=self.mass_limit_kg * 1000.0 if self.mass_limit_kg > 0 else None,
+                             case_id_scheme=self.case_id, line=line, auto_open=False)
+
+
 class MetricsSection(_Section):
     """``[metrics]``: Prometheus endpoint."""
 
@@ -304,13 +340,15 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "line": LineSection,
     "plc": PlcSection,
     "audit": AuditSection,
+    "cases": CasesSection,
     "metrics": MetricsSection,
     "simulated": SimulatedSection,
     "status": StatusSection,
     "disks": DisksSection,
     "retention": RetentionSection,
 }
-_PATH_KEYS: Final = {("line", "log_dir"), ("line", "model"), ("audit", "path"), ("retention", "station_store")}
+_PATH_KEYS: Final = {("line", "log_dir"), ("line", "model"), ("audit", "path"), ("retention", "station_store"),
+                      ("cases", "state_file")}
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
 
@@ -331,6 +369,7 @@ class LineConfig(BaseModel):
     line: LineSection = Field(default_factory=LineSection)
     plc: PlcSection = Field(default_factory=PlcSection)
     audit: AuditSection = Field(default_factory=AuditSection)
+    cases: CasesSection = Field(default_factory=CasesSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     simulated: SimulatedSection = Field(default_factory=SimulatedSection)
     status: StatusSection = Field(default_factory=StatusSection)
@@ -671,6 +710,18 @@ def _cross_checks(cfg: LineConfig) -> None:
         raise ConfigError(f"{where('retention', 'keep_labelled_days')}: {err}") from None
     need(not cfg.retention.enabled or ln.source == "log", "retention", "enabled",
          'needs line.source = "log" (retention deletes images of the log the line follows)')
+
+    c = cfg.cases
+    if c.enabled:
+        from sorter.errors import CaseStateError
+        from sorter.line.plc.protocol import CaseBlockMap
+
+        try:
+            c.station_config(ln.name)
+        except CaseStateError as err:
+            raise ConfigError(f"{where('cases', 'case_id')}: [cases] {err}") from None
+        need(not CaseBlockMap(c.base).overlaps(RegisterMap(**p.register_map_args)), "cases", "base",
+             f"overlaps the mailbox registers {p.base}..; give the case block its own addresses (default 300)")
 
     a = cfg.audit
     need(bool(a.path), "audit", "path", "must name the audit database file")

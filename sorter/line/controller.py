@@ -9,12 +9,16 @@ Per item, in this order:
    queue up, a free worker takes all of them in one model call: the model's cost
    is per call, not per row, so the line keeps up under load.  An item whose
    deadline passed while it waited for a worker is not scored (*overload*).
-3. **Audit** — the decision is committed to the audit log (SQLite, fsync)
-   *before* it is sent: a decision the PLC may act on is always on disk.
-4. **Send** — ``send_decision(plc_id, lane, timeout_s=...)`` with the time left to
+3. **Pack** (``[cases] enabled``) — an item to be sent to the case station's lane is
+   offered to its open case (:mod:`sorter.line.casestation`) in belt order: *into the case*
+   or *the quarantine buffer*.
+4. **Audit** — the decision is committed to the audit log (SQLite, fsync)
+   *before* it is sent: a decision the PLC may act on is always on disk.  Its case outcome,
+   and the closing of a case it caused, are in the same transaction.
+5. **Send** — ``send_decision(plc_id, lane, timeout_s=...)`` with the time left to
    the deadline (plus ``plc.ack_grace_ms``: once sent, the PLC's own answer,
    ``accepted`` or ``late``, says whether it was in time).
-5. **Record the delivery**: ``acked`` (accepted by the PLC), ``late`` (not
+6. **Record the delivery**: ``acked`` (accepted by the PLC), ``late`` (not
    confirmed in time; the PLC sent the item to ``manual``), ``undelivered``
    (the link was down or faulted), ``rejected`` (the PLC refused it).
 
@@ -44,7 +48,7 @@ Where the rest lives: the scoring workers in :mod:`sorter.line.scoring_pool`, th
 totals and report in :mod:`sorter.line.summary`, the wiring (configuration to link, source
 and signals) in :mod:`sorter.line.app`.
 
-Why this module is long (about 800 lines): :class:`Controller` is one asyncio service whose
+Why this module is long (about 940 lines): :class:`Controller` is one asyncio service whose
 start-up order (audit recovery, link, reconciliation, scorer), admission, per-item steps
 (decide, audit, send, count) and shutdown share the same in-flight state; each step is a
 method of its own, and splitting the class would hand that state around instead.
@@ -65,14 +69,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from sorter import LANES
-from sorter.errors import PlcError, PlcTimeoutError, SorterError
+from sorter.errors import ConfigError, PlcError, PlcTimeoutError, SorterError
 from sorter.features.ambient import AmbientTracker
 from sorter.lanes import Lane
 from sorter.line.audit import AuditError, AuditLog, AuditRecord, AuditWriter
+from sorter.line.casestation import CaseStation, case_columns, pack_item
 from sorter.line.config import LineConfig
 from sorter.line.health import SensorHealth
 from sorter.line.metrics import LineMetrics, StatusLine
-from sorter.line.plc.link import PlcLink, PlcProtocolError
+from sorter.line.plc.link import CaseBlockMissingError, PlcLink, PlcProtocolError
 from sorter.line.reconcile import GAP_EVENT, SNAPSHOT_EVENT, Reconciliation, reconcile, snapshot_detail
 from sorter.line.scoring_pool import ScoringPool
 from sorter.line.sources import ItemSource, SourceItem
@@ -153,6 +158,10 @@ class _Verdict:
     delivery: str  # "pending" when it is to be sent, else why not ("late", "undelivered")
     t_decided: float
     decided_mono: float
+    energy: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None)
+    """``(energy_wh, energy_wh_upper, novelty, weight_g)`` of the decision (``None``: unknown)."""
+    into_case: bool = False
+    """Sent with the case-station block's lane code "into the open case" (the offer assigned it)."""
 
 
 class Controller:
@@ -229,6 +238,14 @@ class Controller:
         self._t_launch: float | None = None
         self._max_lag_s = 0.0
         self._early_events: list[tuple[str, dict[str, Any], float]] = []  # before the audit writer is open
+        # The case station (``[cases] enabled``): restored from the audit log at start-up.  Offers are
+        # made in belt (admission) order: each item waits for the previous item's turn (a chain of futures).
+        self.cases: CaseStation | None = None
+        self._pack_tail: asyncio.Future[None] | None = None
+        self._case_wake = asyncio.Event()
+        if config.cases.enabled and getattr(link, "case_block", None) is None:
+            raise ConfigError("[cases] enabled = true but the PLC link was built without the case-station block; "
+                              "build it with case_block=CaseBlockMap(cases.base) (sorter.line.app.build_link does)")
         if hasattr(link, "on_protocol_fault"):
             link.on_protocol_fault = self._protocol_fault
 
@@ -344,9 +361,17 @@ class Controller:
             raise
         background: list[asyncio.Task[Any]] = []
         try:
+            if cfg.cases.enabled:
+                self.cases = await asyncio.to_thread(CaseStation.restore, cfg.cases, cfg.line.name, cfg.audit.path)
             await self.link.connect()
         except PlcError as err:
+            if isinstance(err, CaseBlockMissingError):  # a configuration mismatch: say what to do, and stop
+                await self._abort_start(scorer_ready)
+                raise
             logger.warning("%s; scoring goes on, decisions are undelivered until it connects", err)
+        except SorterError:  # the case station's state or configuration
+            await self._abort_start(scorer_ready)
+            raise
         background.append(asyncio.create_task(self.link.run_heartbeat(cfg.plc.heartbeat_ms / 1000.0),
                                               name="plc-heartbeat"))
         self._startup["link_up"] = time.monotonic() - t_launch
@@ -367,6 +392,9 @@ class Controller:
             for kind, detail, t in self._early_events:
                 self._writer.submit_event("plc_protocol_fault", {"kind": kind, **detail}, t=t)
             self._early_events.clear()
+            if self.cases is not None:
+                background.append(asyncio.create_task(self._case_loop(cfg.plc.heartbeat_ms / 1000.0),
+                                                      name="case-station"))
         except BaseException:
             reader.close()
             for task in background:
@@ -428,6 +456,13 @@ class Controller:
             await self.link.close()
         total = await asyncio.to_thread(_count_rows, cfg.audit.path)
         return self._summary(duration, total, plc_counters, error)
+
+    async def _abort_start(self, scorer_ready: asyncio.Task[None]) -> None:
+        scorer_ready.cancel()
+        await asyncio.gather(scorer_ready, return_exceptions=True)
+        await self.link.close()
+        if self._own_scorer:
+            await self.scorer.close()
 
     async def _plc_counters(self, start: dict[str, int] | None) -> dict[str, int] | None:
         if start is None:
@@ -579,14 +614,19 @@ class Controller:
             await self._sem.acquire()
         self._active += 1
         self._stats.peak_in_flight = max(self._stats.peak_in_flight, self._active)
-        task = asyncio.create_task(self._handle(si, ambient, overload, scorer), name=f"item {si.item_id}")
+        turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None
+        if self.cases is not None:
+            mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            turn, self._pack_tail = (self._pack_tail, mine), mine
+        task = asyncio.create_task(self._handle(si, ambient, overload, scorer, turn), name=f"item {si.item_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, si: SourceItem, ambient: float | None, overload: bool,
-                      scorer: ScoringPool | None = None) -> None:
+                      scorer: ScoringPool | None = None,
+                      turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None) -> None:
         try:
-            await self._decide_and_deliver(si, ambient, overload, scorer or self.scorer)
+            await self._decide_and_deliver(si, ambient, overload, scorer or self.scorer, turn)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - one item's bug must not stop the line
@@ -594,19 +634,32 @@ class Controller:
                              si.item_id)
             self._stats.unrecorded += 1
         finally:
+            if turn is not None:
+                _pass_turn(*turn)
             pool = scorer or self.scorer
             self._pool_users[id(pool)] = self._pool_users.get(id(pool), 1) - 1
             self._active -= 1
             self._sem.release()
 
     async def _decide_and_deliver(self, si: SourceItem, ambient: float | None, overload: bool,
-                                  scorer: ScoringPool) -> None:
+                                  scorer: ScoringPool,
+                                  turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None) -> None:
         """One item: decide its lane, commit the decision, send it, count it."""
         model_id = scorer.model_id  # the pool that scores the item names the model in its row
         verdict = await self._decide(si, ambient, overload, scorer)
-        if not await self._audit(si, verdict, model_id):
-            return
-        delivery, acked_mono = await self._send(si, verdict)
+        case_cols: Mapping[str, Any] = {}
+        events: list[tuple[str, dict[str, Any]]] = []
+        if turn is not None:
+            # Nothing between the offer and the audit submission yields to the loop, so the audit
+            # commits the station's changes in the order they were made.
+            verdict, case_cols, events = await self._pack(si, verdict, turn)
+        try:
+            if not await self._audit(si, verdict, model_id, case_cols, events):
+                return
+            delivery, acked_mono = await self._send(si, verdict)
+        finally:
+            if verdict.into_case and self.cases is not None and self.cases.answered(case_cols["case_id"]):
+                self._case_wake.set()  # the closed case's last decision is answered: CASE_FULL may go up
         latency = acked_mono - si.available_mono if acked_mono is not None else None
         self._count(si, verdict.lane, delivery, latency, verdict.overload)
         logger.debug("item=%s plc_id=%s lane=%s reason=%r delivery=%s latency_ms=%s", si.item_id, si.plc_id,
@@ -624,6 +677,7 @@ class Controller:
         lane: str = Lane.MANUAL
         reason, chemistry = "overload", None
         probs: tuple[float | None, float | None, float | None] = (None, None, None)
+        energy: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None)
         if not overload:
             decision: Decision | None
             if si.item is None:
@@ -636,6 +690,8 @@ class Controller:
             else:
                 lane, reason, chemistry = decision.lane, decision.reason, decision.chemistry
                 probs = (_prob(decision.p_lead_acid), _prob(decision.p_li_ion), _prob(decision.p_other))
+                energy = (_finite(decision.energy_wh), _finite(decision.energy_wh_upper),
+                          _finite(decision.novelty), _finite(decision.weight_g))
         now_mono, now = time.monotonic(), time.time()
         left = si.due_mono - now_mono
         send = not overload and left > 0 and si.plc_id is not None
@@ -646,9 +702,68 @@ class Controller:
             reason, lane = f"unknown lane {lane!r} from the policy", Lane.MANUAL
         delivery = "pending" if send else ("undelivered" if si.plc_id is None and not overload and left > 0
                                            else "late")
-        return _Verdict(lane, reason, chemistry, probs, overload, send, delivery, now, now_mono)
+        return _Verdict(lane, reason, chemistry, probs, overload, send, delivery, now, now_mono, energy)
 
-    async def _audit(self, si: SourceItem, v: _Verdict, model_id: str) -> bool:
+    async def _pack(self, si: SourceItem, v: _Verdict,
+                    turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]]
+                    ) -> tuple[_Verdict, Mapping[str, Any], list[tuple[str, dict[str, Any]]]]:
+        """Offer an item routed to the case station to its open case, in belt order.
+
+        Only an item that is to be sent to the station's lane is offered (an item that is not sent
+        goes to the safe lane by the PLC's default).  ``assigned``: sent "into the case";
+        ``not_packable`` / ``no_case_ready``: sent to the lane as usual, which with the case block
+        means the quarantine buffer (``docs/cases.md``)."""
+        station = self.cases
+        assert station is not None
+        prev, mine = turn
+        if not (v.send and v.lane == station.lane):
+            _pass_turn(prev, mine)  # not offered: the items behind need not wait for this one's delivery
+            return v, {}, []
+        if prev is not None and not prev.done():
+            try:  # the earlier items' offers come first; never past this item's own deadline
+                await asyncio.wait_for(asyncio.shield(prev), timeout=max(0.0, si.due_mono - time.monotonic()))
+            except TimeoutError:
+                logger.warning("item=%s offered to the case station before an earlier item (which is still "
+                               "being decided at its deadline)", si.item_id)
+        e_wh, e_up, _nov, w_g = v.energy
+        r, events = station.offer(pack_item(si.item_id, e_up, e_wh, w_g, si.t_item), time.time())
+        _pass_turn(prev, mine)
+        if events:
+            self._case_wake.set()
+        return dataclasses.replace(v, into_case=r.kind == "assigned"), case_columns(r), events
+
+    async def _case_loop(self, interval_s: float) -> None:
+        """Every heartbeat: read the PLC's case words, open or close cases, publish the PC's words."""
+        assert self.cases is not None and self._writer is not None
+        station = self.cases
+        failing = False
+        while True:
+            try:
+                words = await self.link.read_case_station()
+                events = station.on_plc(words, time.time())
+                for kind, detail in events:
+                    # Queued before any item can be offered to the new case: committed first.
+                    self._writer.submit_event(kind, detail)
+                if events:
+                    await asyncio.to_thread(station.write_state_file)
+                # Written every time, not only on change: a PLC that restarted has them back at once.
+                await self.link.write_case_station(station.pc_words())
+                if failing:
+                    logger.info("case station block readable again")
+                failing = False
+            except PlcError as err:
+                if not failing:
+                    logger.warning("case station block not read or written (hazard items go to the buffer "
+                                   "until a case is confirmed): %s", err)
+                failing = True
+            except AuditError as err:
+                logger.error("case station event not recorded: %s", err)
+            self._case_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._case_wake.wait(), timeout=interval_s)
+
+    async def _audit(self, si: SourceItem, v: _Verdict, model_id: str, case_cols: Mapping[str, Any] | None = None,
+                     events: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:
         """Commit the decision to the audit log before anything is sent; False: not recorded, not sent."""
         assert self._writer is not None
         rec = AuditRecord(
@@ -667,9 +782,14 @@ class Controller:
             latency_ms=max(0.0, (v.decided_mono - si.available_mono) * 1000.0),
             deadline_ms=self.config.line.deadline_ms,
             delivery=v.delivery,
+            energy_wh=v.energy[0],
+            energy_wh_upper=v.energy[1],
+            novelty=v.energy[2],
+            weight_g=v.energy[3],
+            **(case_cols or {}),
         )
         try:
-            inserted = await asyncio.wrap_future(self._writer.submit(rec))
+            inserted = await asyncio.wrap_future(self._writer.submit(rec, events=events))
         except AuditError as err:
             # Not on disk, so not sent: the PLC defaults the item to the safe lane.  During an outage
             # (a full disk) the writer has raised its alarm; one ERROR here, then one DEBUG line an item.
@@ -719,7 +839,8 @@ class Controller:
         assert si.plc_id is not None
         try:
             ack = await self.link.send_decision(si.plc_id, lane,
-                                                timeout_s=si.due_mono - time.monotonic() + self.grace_s)
+                                                timeout_s=si.due_mono - time.monotonic() + self.grace_s,
+                                                **({"into_case": True} if v.into_case else {}))
         except PlcProtocolError as err:
             # The PLC broke the contract: its answer cannot be trusted. Not acked, not refused:
             # where the item went is for the PLC counters (reconciliation) to say.
@@ -817,6 +938,20 @@ class Controller:
             startup_s={k: round(v, 3) for k, v in self._startup.items()},
             **truth,
         )
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _pass_turn(prev: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+    """This item's turn at the case station is over once the previous item's is (belt order)."""
+    if mine.done():
+        return
+    if prev is None or prev.done():
+        mine.set_result(None)
+    else:
+        prev.add_done_callback(lambda _f: mine.done() or mine.set_result(None))
 
 
 def _prob(p: float) -> float | None:

@@ -34,6 +34,7 @@ from sorter.errors import ConfigError
 from sorter.line.app import build_source, run_line
 from sorter.line.config import LineConfig, load_config
 from sorter.line.controller import Resume
+from sorter.line.plc.casesim import CaseStationProgram
 from sorter.line.plc.sim import PlcSimulator
 from sorter.line.scoring_pool import ScoringPool
 from sorter.line.summary import RunSummary
@@ -54,6 +55,8 @@ class DemoResult:
     plc_port: int
     kept: bool = True
     """Whether ``out_dir`` (the audit log) still exists: a demo without ``out`` deletes its temporary folder."""
+    station: CaseStationProgram | None = None
+    """The simulated PLC's case station (``None`` with ``cases=False``): what went into each case and the buffer."""
 
     @property
     def ok(self) -> bool:
@@ -62,7 +65,8 @@ class DemoResult:
 
 
 def demo_config(*, items: int, rate_hz: float, seed: int, mix: str, pool: int, audit_path: Path, plc_port: int,
-                workers: int = 2, status: bool = True) -> LineConfig:
+                workers: int = 2, status: bool = True, cases: bool = False,
+                case_limit_wh: float = 2100.0) -> LineConfig:
     """The configuration of a demo run (the environment is ignored: the demo is the same everywhere)."""
     return load_config(None, env={}, overrides=[
         "line.name=demo",
@@ -78,13 +82,16 @@ def demo_config(*, items: int, rate_hz: float, seed: int, mix: str, pool: int, a
         f"simulated.mix={mix}",
         f"simulated.pool={pool}",
         f"status.enabled={'true' if status else 'false'}",
+        f"cases.enabled={'true' if cases else 'false'}",
+        f"cases.limit_wh={case_limit_wh}",
     ])
 
 
 async def run_demo_async(*, items: int = 600, rate_hz: float = 20.0, seed: int = 0, mix: str = "recycler",
                          out: str | Path | None = None, pool: int = 300, workers: int = 2, scan_ms: float = 10.0,
                          status: bool = True, stream: TextIO | None = None,
-                         handle_signals: bool = False, force: bool = False) -> DemoResult:
+                         handle_signals: bool = False, force: bool = False, cases: bool = True,
+                         case_limit_wh: float = 2100.0, case_swap_s: float = 3.0) -> DemoResult:
     """Run the demo inside a running event loop (see :func:`run_demo`)."""
     stream = stream or sys.stdout
     if items < 1:
@@ -100,7 +107,8 @@ async def run_demo_async(*, items: int = 600, rate_hz: float = 20.0, seed: int =
     try:
         result = await _run_demo(items=items, rate_hz=rate_hz, seed=seed, mix=mix, out_dir=out_dir, pool=pool,
                                  workers=workers, scan_ms=scan_ms, status=status, stream=stream,
-                                 handle_signals=handle_signals, keep=out is not None, force=force)
+                                 handle_signals=handle_signals, keep=out is not None, force=force, cases=cases,
+                                 case_limit_wh=case_limit_wh, case_swap_s=case_swap_s)
     finally:
         if out is None:  # a temporary folder the user never asked for: leave nothing behind
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -109,7 +117,8 @@ async def run_demo_async(*, items: int = 600, rate_hz: float = 20.0, seed: int =
 
 async def _run_demo(*, items: int, rate_hz: float, seed: int, mix: str, out_dir: Path, pool: int, workers: int,
                     scan_ms: float, status: bool, stream: TextIO, handle_signals: bool, keep: bool,
-                    force: bool = False) -> DemoResult:
+                    force: bool = False, cases: bool = True, case_limit_wh: float = 2100.0,
+                    case_swap_s: float = 3.0) -> DemoResult:
     audit_path = out_dir / "audit.sqlite"
     if audit_path.exists() and force:  # --force: this demo's audit log replaces the earlier one's
         for extra in ("", "-wal", "-shm", "-journal"):
@@ -119,9 +128,12 @@ async def _run_demo(*, items: int, rate_hz: float, seed: int, mix: str, out_dir:
                           "pass --force to replace it, or a new or empty directory")
     # The PLC simulator starts last, just before the controller connects: a PLC that runs without a PC
     # heartbeat (during the pool generation and model loading) would rightly report it lost.
-    sim = PlcSimulator("127.0.0.1", 0, scan_ms=scan_ms)
+    # The case station's simulated operator confirms a new case case_swap_s after the PLC asks for a swap.
+    station = CaseStationProgram(swap_s=case_swap_s, ready_at_start=True) if cases else None
+    sim = PlcSimulator("127.0.0.1", 0, scan_ms=scan_ms, case_station=station)
     cfg = demo_config(items=items, rate_hz=rate_hz, seed=seed, mix=mix, pool=min(pool, items),
-                      audit_path=audit_path, plc_port=1, workers=workers, status=status)
+                      audit_path=audit_path, plc_port=1, workers=workers, status=status, cases=cases,
+                      case_limit_wh=case_limit_wh)
     print(f"sorter demo: {items} items at {rate_hz:g}/s from a pool of {cfg.simulated.pool} ({mix} mix, seed {seed}); "
           f"deadline {cfg.line.deadline_ms:.0f} ms; audit log "
           f"{audit_path if keep else 'in a temporary folder, deleted at the end (--out DIR keeps it)'}",
@@ -144,7 +156,8 @@ async def _run_demo(*, items: int, rate_hz: float, seed: int, mix: str, out_dir:
     finally:
         await scorer.close()
         await source.close()
-    return DemoResult(summary=summary, plc_counters=counters, out_dir=out_dir, plc_port=sim.port, kept=keep)
+    return DemoResult(summary=summary, plc_counters=counters, out_dir=out_dir, plc_port=sim.port, kept=keep,
+                      station=station)
 
 
 def run_demo(**kwargs: object) -> DemoResult:
@@ -174,6 +187,12 @@ def run_demo(**kwargs: object) -> DemoResult:
         Ctrl-C / SIGTERM finish the items in flight and still print the summary.
     force : bool
         Replace an audit log already in ``out`` (else it is refused).
+    cases : bool
+        Pack the hazard lane at a simulated case station (default on).
+    case_limit_wh : float
+        The case limit (default 2100 Wh; a small one shows case swaps in a short demo).
+    case_swap_s : float
+        Seconds the simulated operator takes to confirm a new case after the PLC asks for a swap.
     """
     return asyncio.run(run_demo_async(**kwargs))  # type: ignore[arg-type]
 
@@ -184,8 +203,17 @@ def format_result(result: DemoResult) -> str:
     c = result.plc_counters
     lines = [s.format(),
              f"simulated PLC  {', '.join(f'{k} {v}' for k, v in c.items())} (read in-process at the end)",
+             *_station_lines(result.station),
              f"result         {'OK' if result.ok else 'PROBLEM'}: audit rows {'==' if s.audit_ok else '!='} items; "
              f"PLC lane counters {'agree' if s.plc_agrees else 'DO NOT agree'} with the controller",
              f"audit log      {result.out_dir / 'audit.sqlite'}" if result.kept else
              "audit log      not kept (it was in a temporary folder; pass --out DIR to keep it)"]
     return "\n".join(lines)
+
+
+def _station_lines(station: CaseStationProgram | None) -> list[str]:
+    if station is None:
+        return []
+    filled = ", ".join(f"#{placed} {len(ids)}" for placed, ids in station.cases.items())
+    return [f"case station   cases placed {station.placed} (items per case: {filled or 'none'}), swaps {station.swaps}, "
+            f"quarantine buffer {len(station.buffer)} item(s), decided into a case but buffered {station.buffered}"]

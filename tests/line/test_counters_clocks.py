@@ -20,8 +20,9 @@ import pytest
 from sorter.line.audit import AuditLog
 from sorter.line.config import load_config
 from sorter.line.controller import Controller, ScoringPool
-from sorter.line.plc import SEQ_MAX, AckTimeoutError, MemoryPlc, ModbusPlcLink, PlcFault
-from sorter.line.plcsim import PlcSimulator
+from sorter.line.plc import AckTimeoutError, MemoryPlc, ModbusPlcLink, PlcFault
+from sorter.line.plc.protocol import SEQ_MAX
+from sorter.line.plc.sim import PlcSimulator
 from sorter.line.reconcile import _delta
 from sorter.line.sources import BeltTiming, SimulatedSource, generate_pool
 from sorter.simulate.run import SimConfig
@@ -217,8 +218,8 @@ def test_a_wall_clock_step_while_waiting_for_an_ack_changes_nothing(monkeypatch:
 
 def test_the_simulated_plc_remembers_a_window_of_diverted_items_not_the_whole_run() -> None:
     """Weeks of items must not grow the simulated PLC (it ran in the demo's process: ~230 bytes an item)."""
-    from sorter.line.plc import RegisterMap
-    from sorter.line.plcsim import PlcModel
+    from sorter.line.plc.protocol import RegisterMap
+    from sorter.line.plc.sim import PlcModel
 
     m = RegisterMap()
     plc = PlcModel(m)

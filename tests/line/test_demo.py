@@ -24,6 +24,10 @@ def test_demo_smoke_runs_the_whole_line_over_modbus(tmp_path: Path, capsys: pyte
     with sqlite3.connect(tmp_path / "audit.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 24
         assert db.execute("SELECT COUNT(*) FROM decisions WHERE delivery = 'pending'").fetchone()[0] == 0
+        # Packing is on in the demo: every hazard item the PLC acknowledged has its case outcome.
+        assert db.execute("SELECT COUNT(*) FROM decisions WHERE lane = 'hazard' AND delivery = 'acked' "
+                          "AND case_status IS NULL").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM events WHERE kind = 'case_open'").fetchone()[0] >= 1
     # The simulated PLC's own counters, read in-process, agree with where the controller says items went.
     assert sum(result.plc_counters[lane] for lane in LANES) == 24
     assert all(result.plc_counters[lane] == s.effective_lanes.get(lane, 0) for lane in LANES)
@@ -31,6 +35,7 @@ def test_demo_smoke_runs_the_whole_line_over_modbus(tmp_path: Path, capsys: pyte
     assert s.li_ion_total is not None  # the simulator's truth reached the summary
     report = format_result(result)
     assert "OK: audit rows == items" in report and "Li-ion in lead_acid" in report
+    assert result.station is not None and "case station   cases placed" in report
     assert "simulated PLC on 127.0.0.1:" in capsys.readouterr().out
 
 

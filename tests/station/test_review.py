@@ -138,7 +138,8 @@ def test_image_paths_cannot_leave_the_log_directory(line):
 
 def test_optional_audit_columns_are_shown_when_present(line):
     conn = sqlite3.connect(line.audit)
-    conn.execute("ALTER TABLE decisions ADD COLUMN novelty REAL")
+    if "novelty" not in {r[1] for r in conn.execute("PRAGMA table_info(decisions)")}:  # an older audit log
+        conn.execute("ALTER TABLE decisions ADD COLUMN novelty REAL")
     item = conn.execute("SELECT item_id FROM decisions WHERE lane = 'manual' OR delivery != 'acked'").fetchone()[0]
     conn.execute("UPDATE decisions SET novelty = 0.8125 WHERE item_id = ?", (item,))
     conn.commit()

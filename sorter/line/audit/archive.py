@@ -76,6 +76,8 @@ def archive_schema() -> Any:
         ("p_lead_acid", f64, True), ("p_li_ion", f64, True), ("p_other", f64, True), ("lane", s, False),
         ("reason", s, False), ("model_id", s, False), ("latency_ms", f64, False), ("deadline_ms", f64, False),
         ("delivery", s, False), ("plc_seq", i64, True), ("plc_status", s, True), ("t_acked", f64, True),
+        ("energy_wh", f64, True), ("energy_wh_upper", f64, True), ("novelty", f64, True), ("weight_g", f64, True),
+        ("case_id", s, True), ("case_seq", i64, True), ("case_status", s, True), ("case_reason", s, True),
     ]
     assert tuple(c[0] for c in cols) == _COLUMNS, "archive schema out of step with AuditRecord"
     return pa.schema([pa.field(n, t, nullable=null) for n, t, null in cols],

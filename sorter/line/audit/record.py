@@ -145,9 +145,27 @@ class AuditRecord:
     plc_seq: int | None = None
     plc_status: str | None = None
     t_acked: float | None = None
+    # -- issue 15 (added columns, see store._ADDED_COLUMNS): energy, novelty and the case station --
+    energy_wh: float | None = None
+    """Rated-energy estimate, Wh (items of the energy lanes; ``None`` otherwise)."""
+    energy_wh_upper: float | None = None
+    """Its upper bound, Wh (what cases are packed against)."""
+    novelty: float | None = None
+    """Distance from the training data (``sorter.novelty``)."""
+    weight_g: float | None = None
+    """The scale's reading, g (a case's mass limit is checked with it)."""
+    case_id: str | None = None
+    """The case the item was assigned to (``case_status = "assigned"``)."""
+    case_seq: int | None = None
+    """Its position in that case (1 = first)."""
+    case_status: str | None = None
+    """``assigned``, ``not_packable`` or ``no_case_ready`` for items of the case station's lane; else ``None``."""
+    case_reason: str | None = None
+    """Why not packed (``not_packable``, ``no_case_ready``)."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        problems.extend(_case_problems(self))
         for name in ("item_id", "lane", "reason", "model_id"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -183,6 +201,28 @@ class AuditRecord:
                 f"invalid AuditRecord for item {self.item_id!r}: "
                 + "; ".join(problems)
             )
+
+
+CASE_STATUSES: Final = ("assigned", "not_packable", "no_case_ready")
+
+
+def _case_problems(rec: AuditRecord) -> list[str]:
+    """The issue-15 columns: numbers finite (or None), a known case status, a case and seq when assigned."""
+    problems = []
+    for name in ("energy_wh", "energy_wh_upper", "novelty", "weight_g"):
+        value = getattr(rec, name)
+        if value is not None and not _is_finite(value):
+            problems.append(f"{name} must be a finite number or None, got {value!r}")
+    if rec.case_status is not None and rec.case_status not in CASE_STATUSES:
+        problems.append(f"case_status must be one of {CASE_STATUSES} or None, got {rec.case_status!r}")
+    if rec.case_status == "assigned" and not (isinstance(rec.case_id, str) and rec.case_id and _is_int(rec.case_seq)
+                                               and rec.case_seq >= 1):  # type: ignore[operator]
+        problems.append(f"an assigned item needs a case_id and a case_seq >= 1, got {rec.case_id!r}, {rec.case_seq!r}")
+    for name in ("case_id", "case_reason"):
+        value = getattr(rec, name)
+        if value is not None and not isinstance(value, str):
+            problems.append(f"{name} must be a str or None, got {value!r}")
+    return problems
 
 
 def _delivery_problems(

@@ -1,4 +1,9 @@
-"""The audit store: the SQLite schema and :class:`AuditLog`, the synchronous API."""
+"""The audit store: the SQLite schema and :class:`AuditLog`, the synchronous API.
+
+Why this module is long (about 610 lines): the schema, its additive migrations and every
+query the line, the reconciliation, the cases and the station's readers make of it live
+with the one connection discipline (transactions, busy waits, error wrapping) they share.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +71,14 @@ CREATE TABLE IF NOT EXISTS events (
 )
 """
 _EVENT_INSERT: Final = "INSERT INTO events (t, kind, detail) VALUES (?, ?, ?)"
+
+# Issue 15: columns added to `decisions` after schema version 1 was written.  Additive, so the
+# version stays 1: an older log gains them at open (NULL in its old rows), and an older sorter
+# still reads a newer log (it names its columns).
+_ADDED_COLUMNS: Final = (
+    ("energy_wh", "REAL"), ("energy_wh_upper", "REAL"), ("novelty", "REAL"), ("weight_g", "REAL"),
+    ("case_id", "TEXT"), ("case_seq", "INTEGER"), ("case_status", "TEXT"), ("case_reason", "TEXT"),
+)
 
 _INSERT: Final = (
     f"INSERT INTO decisions ({', '.join(_COLUMNS)}) "
@@ -248,6 +261,24 @@ class AuditLog:
         if not has_events:
             with self._transaction(conn, "add the events table"):
                 conn.execute(_EVENTS_SCHEMA)
+        self._add_columns(conn)
+
+    def _add_columns(self, conn: sqlite3.Connection) -> None:
+        """Issue 15's migration: add the missing `_ADDED_COLUMNS` (and the case index) in one transaction."""
+        try:
+            have = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+        except sqlite3.Error as err:
+            raise _wrap(err, self._path, "read the schema") from err
+        missing = [(n, t) for n, t in _ADDED_COLUMNS if n not in have]
+        if not missing:
+            return
+        with self._transaction(conn, "add the energy and case columns"):
+            have = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}  # under the lock now
+            for name, sql_type in missing:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {sql_type}")
+            conn.execute("CREATE INDEX IF NOT EXISTS decisions_case ON decisions (case_id, case_seq) "
+                         "WHERE case_id IS NOT NULL")
 
     def _schema_version(self, conn: sqlite3.Connection) -> int | None:
         try:
@@ -426,6 +457,13 @@ class AuditLog:
                 for kind, payload in ops:
                     if kind == "decision":
                         out.append(self._insert(conn, payload))
+                    elif kind == "decision+events":  # issue 15: a decision and the case events it caused
+                        rec, events = payload
+                        inserted = self._insert(conn, rec)
+                        if inserted:
+                            for event in events:
+                                conn.execute(_EVENT_INSERT, event)
+                        out.append(inserted)
                     elif kind == "event":
                         conn.execute(_EVENT_INSERT, payload)
                         out.append(None)
@@ -459,6 +497,12 @@ class AuditLog:
         else:
             rows = self._read("SELECT t, kind, detail FROM events WHERE kind = ? ORDER BY id", (kind,))
         return [(t, k, json.loads(d)) for t, k, d in rows]
+
+    def case_items(self, case_id: str) -> list[AuditRecord]:
+        """Issue 15: the items assigned to case ``case_id``, in case order (``case_seq``)."""
+        rows = self._read(f"{_SELECT} WHERE case_id = ? AND case_status = 'assigned' ORDER BY case_seq",
+                          (case_id,))
+        return [AuditRecord(*row[1:]) for row in rows]
 
     def last_id(self) -> int:
         """The insertion id of the newest decision (0 if none)."""

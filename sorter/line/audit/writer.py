@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from types import TracebackType
@@ -369,7 +369,7 @@ class AuditWriter:
                         pass
                     # Nothing more queued.  Only delivery updates so far: wait (a little) for a
                     # decision to share the transaction with.  A decision is never held back.
-                    if self._delivery_delay_s <= 0 or any(kind == "decision" for kind, _, _ in batch):
+                    if self._delivery_delay_s <= 0 or any(kind.startswith("decision") for kind, _, _ in batch):
                         break
                     now = time.monotonic()
                     if hold_until is None:
@@ -475,7 +475,8 @@ class AuditWriter:
                 ) from None
         return fut
 
-    def submit(self, rec: AuditRecord, *, timeout: float | None = None) -> Future[bool]:
+    def submit(self, rec: AuditRecord, *, timeout: float | None = None,
+               events: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> Future[bool]:
         """Queue a decision; the future resolves after its commit.
 
         Parameters
@@ -485,6 +486,9 @@ class AuditWriter:
         timeout : float or None
             How long to wait for room in a full queue (``None``: as long as
             it takes).
+        events : sequence of (kind, detail)
+            Events committed in the same transaction as the decision, and only
+            if it is inserted (the case station's closing of a case).
 
         Returns
         -------
@@ -504,6 +508,9 @@ class AuditWriter:
                 f"expected an AuditRecord, got {type(rec).__name__}; build one with "
                 "AuditRecord(...)"
             )
+        if events:
+            payloads = [_event_payload(kind, detail, rec.t_decided) for kind, detail in events]
+            return self._enqueue("decision+events", (rec, payloads), timeout)
         return self._enqueue("decision", rec, timeout)
 
     def submit_delivery(

@@ -7,6 +7,8 @@
 - :mod:`~sorter.line.plc.mailbox`: the PC side of the mailbox handshake, shared by
 - :mod:`~sorter.line.plc.modbus` (:class:`ModbusPlcLink`, the real line) and
 - :mod:`~sorter.line.plc.memory` (:class:`MemoryPlc`, an in-process PLC for tests).
+- :mod:`~sorter.line.plc.casesim`: the reference program of the optional case-station block
+  (:class:`~sorter.line.plc.casesim.CaseStationProgram`), run beside the mailbox program.
 - :mod:`~sorter.line.plc.sim`: the reference PLC program (:class:`~sorter.line.plc.sim.PlcModel`)
   and its Modbus TCP server (:class:`~sorter.line.plc.sim.PlcSimulator`, ``sorter plc-sim``).
 

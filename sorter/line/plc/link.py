@@ -18,11 +18,11 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from sorter.errors import PlcError, PlcTimeoutError
-from sorter.line.plc.protocol import MailboxEntry
+from sorter.line.plc.protocol import CasePcWords, CasePlcWords, MailboxEntry
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Ack", "AckTimeoutError", "LinkState", "PlcLink", "PlcProtocolError"]
+__all__ = ["Ack", "AckTimeoutError", "CaseBlockMissingError", "LinkState", "PlcLink", "PlcProtocolError"]
 
 LinkState = Literal["connected", "connecting", "down", "faulted"]
 
@@ -94,7 +94,7 @@ class PlcLink(abc.ABC):
         """Disconnect and stop reconnecting; pending decisions fail with PlcError."""
 
     @abc.abstractmethod
-    async def send_decision(self, item_id: int, lane: str, *, timeout_s: float) -> Ack:
+    async def send_decision(self, item_id: int, lane: str, *, timeout_s: float, into_case: bool = False) -> Ack:
         """Post a decision and wait for the PLC to acknowledge it.
 
         Parameters
@@ -103,6 +103,10 @@ class PlcLink(abc.ABC):
             Item id from the sensor bridge (uint32).
         lane : str
             One of :data:`sorter.LANES`.
+        into_case : bool
+            The item goes *into the open case* of the case station (lane code 5 of
+            the case-station block); ``False`` for the station's lane means its
+            quarantine buffer.  Only with the case block enabled.
         timeout_s : float
             How long to keep trying (usually the time left before the item
             reaches the diverter).  The same sequence number is rewritten on
@@ -153,6 +157,26 @@ class PlcLink(abc.ABC):
             If the link is down or the read fails (links without a mailbox).
         """
         raise PlcError(f"{type(self).__name__} has no mailbox to read")
+
+    async def read_case_station(self) -> CasePlcWords:
+        """Read the PLC's words of the case-station block (``CASE_READY``, ``CASE_PLACED``, ...).
+
+        Raises
+        ------
+        PlcError
+            If the link is down, the read fails, or the link has no case block.
+        """
+        raise PlcError(f"{type(self).__name__} has no case-station block")
+
+    async def write_case_station(self, words: CasePcWords) -> None:
+        """Write the PC's words of the case-station block (the open case's number, fill, ``CASE_FULL``).
+
+        Raises
+        ------
+        PlcError
+            If the link is down, the write fails, or the link has no case block.
+        """
+        raise PlcError(f"{type(self).__name__} has no case-station block")
 
     @abc.abstractmethod
     async def read_counters(self) -> dict[str, int]:
@@ -227,3 +251,9 @@ class PlcProtocolError(PlcError):
         self.detail = dict(detail)
         self.seq = seq
         self.raw_status = raw_status
+
+
+class CaseBlockMissingError(PlcError):
+    """Packing is enabled (``[cases] enabled``) but the PLC has no case-station block where
+    configured.  Not retried: the message says what to change (the PLC program, ``cases.base``
+    or ``cases.enabled``)."""

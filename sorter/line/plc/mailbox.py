@@ -6,7 +6,7 @@ handshake, protocol-fault detection, reconnection), so that the Modbus link
 (:mod:`sorter.line.plc.modbus`) and the in-memory one (:mod:`sorter.line.plc.memory`)
 behave alike; they only move registers.
 
-Why this module is long (about 600 lines): it is one state machine (the handshake,
+Why this module is long (about 700 lines): it is one state machine (the handshake,
 the ack poller timed to the PLC scan, reconnection and the contract checks share the
 same slot and sequence state), and splitting it would spread that state over modules.
 """
@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sorter.errors import ConfigError, PlcError, PlcTimeoutError
-from sorter.line.plc.link import Ack, AckTimeoutError, LinkState, PlcLink, PlcProtocolError
+from sorter.line.plc.link import Ack, AckTimeoutError, CaseBlockMissingError, LinkState, PlcLink, PlcProtocolError
 from sorter.line.plc.protocol import (
     ACK_WORDS,
     BLOCKING_FAULTS,
+    CASE_BLOCK_VERSION,
+    CASE_LANE_CODE,
+    CASE_PLC_WORDS,
     MAX_READ,
     PROTOCOL_VERSION,
     RESERVED_FAULT_BITS,
@@ -35,6 +38,9 @@ from sorter.line.plc.protocol import (
     SLOT_WORDS,
     STATUS_WORDS,
     AckStatus,
+    CaseBlockMap,
+    CasePcWords,
+    CasePlcWords,
     MailboxEntry,
     PlcFault,
     RegisterMap,
@@ -84,6 +90,7 @@ class MailboxLink(PlcLink):
         poll_interval_s: float,
         rewrite_interval_s: float,
         max_consecutive_failures: int,
+        case_block: CaseBlockMap | None = None,
     ) -> None:
         for name, value in (
             ("heartbeat_timeout_s", heartbeat_timeout_s),
@@ -102,6 +109,11 @@ class MailboxLink(PlcLink):
         if max_consecutive_failures < 1:
             raise ConfigError(f"max_consecutive_failures={max_consecutive_failures} must be >= 1")
         self.register_map = register_map or RegisterMap()
+        if case_block is not None and case_block.overlaps(self.register_map):
+            raise ConfigError(f"the case block at {case_block.base}..{case_block.base + case_block.size - 1} overlaps "
+                              f"the mailbox at {self.register_map.base}..{self.register_map.base + self.register_map.size - 1}; "
+                              "give cases.base an address outside it (default 300)")
+        self.case_block = case_block
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.request_timeout_s = request_timeout_s
         self.reconnect_min_s = reconnect_min_s
@@ -200,6 +212,10 @@ class MailboxLink(PlcLink):
         self._connecting = True
         try:
             await self._establish()
+        except CaseBlockMissingError as err:
+            self._last_error = str(err)
+            self._closed = True  # a configuration mismatch: retrying cannot help
+            raise CaseBlockMissingError(f"PLC at {self._describe()}: {err}") from err
         except PlcError as err:
             self._last_error = str(err)
             self._start_reconnect()
@@ -221,8 +237,10 @@ class MailboxLink(PlcLink):
         self._connecting = False
         self._drop_transport()
 
-    async def send_decision(self, item_id: int, lane: str, *, timeout_s: float) -> Ack:
+    async def send_decision(self, item_id: int, lane: str, *, timeout_s: float, into_case: bool = False) -> Ack:
         encode_slot(1, item_id, lane)  # refuse a bad lane or item id before touching the link
+        if into_case and self.case_block is None:
+            raise ValueError("into_case needs the case-station block: build the link with case_block=")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be > 0 (the time left before the diverter)")
         start = time.monotonic()
@@ -231,7 +249,7 @@ class MailboxLink(PlcLink):
         slot, seq = await self._claim_slot(deadline, item_id)
         pending = _Pending(seq, item_id, lane)
         self._pending[slot] = pending
-        words = encode_slot(seq, item_id, lane)
+        words = encode_slot(seq, item_id, CASE_LANE_CODE if into_case else lane)
         address = self.register_map.slot_address(slot)
         first_write: float | None = None
         try:
@@ -296,6 +314,18 @@ class MailboxLink(PlcLink):
         self._pc_heartbeat = (self._pc_heartbeat + 1) & 0xFFFF
         await self._write_regs(self.register_map.pc_heartbeat_address, [self._pc_heartbeat])
         await self._refresh()
+
+    async def read_case_station(self) -> CasePlcWords:
+        if self.case_block is None:
+            raise PlcError("this link has no case-station block (cases disabled)")
+        await self._require_connected("case station not read")
+        return CasePlcWords.decode(await self._read_regs(self.case_block.plc_address, CASE_PLC_WORDS))
+
+    async def write_case_station(self, words: CasePcWords) -> None:
+        if self.case_block is None:
+            raise PlcError("this link has no case-station block (cases disabled)")
+        await self._require_connected("case station not written")
+        await self._write_regs(self.case_block.pc_address, words.encode())
 
     async def read_counters(self) -> dict[str, int]:
         await self._require_connected("counters not read")
@@ -374,6 +404,8 @@ class MailboxLink(PlcLink):
                     "fix the PLC program: only manual is safe for unknown chemistry"
                 )
             pc_area = await self._read_range(m.pc_heartbeat_address, 1 + SLOT_WORDS * m.slots)
+            if self.case_block is not None:
+                await self._check_case_block()
         except BaseException:
             self._drop_transport()
             raise
@@ -404,6 +436,24 @@ class MailboxLink(PlcLink):
         self._last_error = ""
         logger.info("PLC link up: %s (protocol %d, %d slots, scan %d ms, fault word 0x%04x)", self._describe(),
                     version, slots, status[5], self._fault_word)
+
+    async def _check_case_block(self) -> None:
+        """Packing is on: the PLC must have the case-station block, or no hazard item could reach a case."""
+        cb = self.case_block
+        assert cb is not None
+        how = ("implement the case-station block of docs/plc-interface.md in the PLC program (block version "
+               f"{CASE_BLOCK_VERSION} at register {cb.base}), or set cases.base to where it is, or turn packing off "
+               "with cases.enabled = false (the hazard lane then works as before)")
+        try:
+            words = CasePlcWords.decode(await self._read(cb.plc_address, CASE_PLC_WORDS))
+        except LinkLost:
+            raise
+        except PlcError as err:
+            raise CaseBlockMissingError(f"cases are enabled but the PLC has no case-station block at register {cb.base} "
+                           f"(reading it failed: {err}); {how}") from err
+        if words.version != CASE_BLOCK_VERSION:
+            raise CaseBlockMissingError(f"cases are enabled but the PLC reports case block version {words.version} at register "
+                           f"{cb.base}, expected {CASE_BLOCK_VERSION} (0: no block); {how}")
 
     async def _handshake_heartbeat(self, scan_ms: int) -> None:
         try:

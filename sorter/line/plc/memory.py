@@ -14,7 +14,8 @@ from typing import Any
 
 from sorter.errors import ConfigError, PlcError
 from sorter.line.plc.mailbox import LinkLost, MailboxLink
-from sorter.line.plc.protocol import RegisterMap
+from sorter.line.plc.casesim import CaseStationProgram
+from sorter.line.plc.protocol import CASE_PLC_WORDS, CaseBlockMap, RegisterMap
 from sorter.line.plc.sim import PlcModel
 
 __all__ = ["MemoryPlc"]
@@ -45,6 +46,13 @@ class MemoryPlc(MailboxLink):
     untracked : {"apply", "late"}
         What the PLC answers for an item never announced (see
         :class:`sorter.line.plc.sim.PlcModel`); ``"apply"``: diverted at once.
+    case_block : CaseBlockMap or None
+        The PC side expects the case-station block there (``[cases] enabled``).
+    case_station : CaseStationProgram or None
+        The PLC side has the block (at ``case_station_base``, by default ``case_block``'s
+        base or 300) and runs this program; ``None``: a PLC without the block.
+    case_station_base : int or None
+        Where the PLC's block is (to test a mismatch).
     **link_options
         Passed to the link: ``heartbeat_timeout_s``, ``request_timeout_s``,
         ``reconnect_min_s``, ``reconnect_max_s``, ``poll_interval_s``,
@@ -73,6 +81,9 @@ class MemoryPlc(MailboxLink):
         decision_capacity: int = 256,
         latency_s: float = 0.0,
         untracked: str = "apply",
+        case_block: CaseBlockMap | None = None,
+        case_station: CaseStationProgram | None = None,
+        case_station_base: int | None = None,
         **link_options: Any,
     ) -> None:
         options: dict[str, Any] = {
@@ -88,7 +99,7 @@ class MemoryPlc(MailboxLink):
         if unknown:
             raise ConfigError(f"MemoryPlc got unknown options {sorted(unknown)}; known: {sorted(options)}")
         options.update(link_options)
-        super().__init__(register_map=register_map, **options)
+        super().__init__(register_map=register_map, case_block=case_block, **options)
         if latency_s < 0:
             raise ConfigError(f"latency_s={latency_s} must be >= 0")
         self.latency_s = latency_s
@@ -98,8 +109,15 @@ class MemoryPlc(MailboxLink):
             pc_heartbeat_timeout_s=pc_heartbeat_timeout_s,
             decision_capacity=decision_capacity,
             untracked=untracked,
+            case_station=case_station,
         )
         self._image = [0] * self.register_map.size
+        self.plc_case_block: CaseBlockMap | None = None
+        if case_station is not None:
+            base = case_station_base if case_station_base is not None else (
+                case_block.base if case_block is not None else CaseBlockMap().base)
+            self.plc_case_block = CaseBlockMap(base)
+        self._case_image = [0] * CaseBlockMap().size
         self._reachable = True
         self._scanning = True
         self._scan_task: asyncio.Task[None] | None = None
@@ -121,6 +139,11 @@ class MemoryPlc(MailboxLink):
             ``ILLEGAL_ADDRESS`` exception.
         """
         m = self.register_map
+        cb = self.plc_case_block
+        if cb is not None and cb.pc_address <= address and address + len(values) <= cb.base + cb.size:
+            offset = address - cb.base
+            self._case_image[offset : offset + len(values)] = [int(v) & 0xFFFF for v in values]
+            return
         if address < m.pc_heartbeat_address or address + len(values) > m.base + m.size:
             raise PlcError(
                 f"registers {address}..{address + len(values) - 1} are not PC-writable "
@@ -161,6 +184,8 @@ class MemoryPlc(MailboxLink):
             raise PlcError("in-memory PLC is unreachable (set_reachable(False))")
         if self._scan_task is None or self._scan_task.done():
             self._image[: self.register_map.plc_words] = self.model.power_on(self._image, time.monotonic())
+            if self.model.case_station is not None:
+                self._case_image[:CASE_PLC_WORDS] = self.model.case_station.outputs()
             self._scan_task = asyncio.get_running_loop().create_task(self._scan_loop(), name="memory-plc scan")
         self._open_session = self._session
 
@@ -172,8 +197,11 @@ class MemoryPlc(MailboxLink):
         next_at = time.monotonic()
         while True:
             if self._scanning:
-                out = self.model.scan(self._image, time.monotonic())
+                now = time.monotonic()
+                out = self.model.scan(self._image, now)
                 self._image[: len(out)] = out
+                if self.plc_case_block is not None:
+                    self._case_image[:CASE_PLC_WORDS] = self.model.scan_case(self._case_image[CASE_PLC_WORDS:], now)
             next_at += period
             delay = next_at - time.monotonic()
             if delay < 0:  # fell behind (busy loop): do not try to catch up with a burst of scans
@@ -189,6 +217,9 @@ class MemoryPlc(MailboxLink):
         await asyncio.sleep(self.latency_s)
         self._check_session()
         m = self.register_map
+        cb = self.plc_case_block
+        if cb is not None and cb.base <= address and address + count <= cb.base + cb.size:
+            return self._case_image[address - cb.base : address - cb.base + count]
         if address < m.base or address + count > m.base + m.size:
             raise PlcError(f"registers {address}..{address + count - 1} outside the map: Modbus exception 2")
         return self._image[address - m.base : address - m.base + count]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sorter.errors import ConfigError, PlcError
 from sorter.line.plc.mailbox import LinkLost, MailboxLink
-from sorter.line.plc.protocol import RegisterMap
+from sorter.line.plc.protocol import CaseBlockMap, RegisterMap
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from pymodbus.client import AsyncModbusTcpClient
@@ -55,6 +55,9 @@ class ModbusPlcLink(MailboxLink):
         Modbus TCP port, default 502.
     device_id : int
         Modbus unit id, 1..255.
+    case_block : CaseBlockMap, optional
+        The case-station block's address, when packing is on (``[cases] enabled``):
+        :meth:`connect` then refuses a PLC without the block.
     register_map : RegisterMap, optional
         Base address and ring size; must match the PLC.
     heartbeat_timeout_s : float
@@ -94,6 +97,7 @@ class ModbusPlcLink(MailboxLink):
         poll_interval_s: float = 0.001,
         rewrite_interval_s: float = 0.05,
         max_consecutive_failures: int = 3,
+        case_block: CaseBlockMap | None = None,
     ) -> None:
         self._ip = check_target(host, port, device_id)
         self._host = str(self._ip)
@@ -108,6 +112,7 @@ class ModbusPlcLink(MailboxLink):
             poll_interval_s=poll_interval_s,
             rewrite_interval_s=rewrite_interval_s,
             max_consecutive_failures=max_consecutive_failures,
+            case_block=case_block,
         )
         self._client: AsyncModbusTcpClient | None = None
         self._client_token: object | None = None

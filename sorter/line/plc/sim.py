@@ -30,7 +30,7 @@ Fault injection for tests: ``acking``, ``diverter_fault``, ``answer_status``
 :meth:`PlcModel.force_ack`, and the header attributes ``protocol_version``,
 ``slot_count``, ``safe_lane_code`` and ``scan_ms``.
 
-Why this module is long (a little over 600 lines): the PLC program and the server that scans
+Why this module is long (about 670 lines): the PLC program and the server that scans
 it belong together (the server is the program's only host besides
 :class:`~sorter.line.plc.memory.MemoryPlc`), and the program alone is half of it.
 The command line (``sorter plc-sim``) lives in :mod:`sorter.line.cli`.
@@ -48,8 +48,11 @@ from typing import Any
 
 from sorter.errors import ConfigError, PlcError
 from sorter.lanes import Lane
+from sorter.line.plc.casesim import CaseStationProgram
 from sorter.line.plc.protocol import (
     ACK_WORDS,
+    CASE_LANE_CODE,
+    CASE_PC_WORDS,
     COUNTER_NAMES,
     LANE_NAMES,
     PROTOCOL_VERSION,
@@ -57,6 +60,7 @@ from sorter.line.plc.protocol import (
     SLOT_WORDS,
     STATUS_WORDS,
     AckStatus,
+    CaseBlockMap,
     PlcFault,
     RegisterMap,
     decode_slot,
@@ -106,6 +110,10 @@ class PlcModel:
         The header words published (fault injection: change them mid-run).
     extra_faults : int
         Fault injection: bits OR-ed into the fault word (e.g. a reserved bit).
+    case_station : CaseStationProgram or None
+        The optional case-station block's program (``docs/plc-interface.md``): with it the
+        program accepts lane code 5 (into the case) and hands every item of the station's lane
+        to it at the chute; its registers are scanned by the host (:meth:`scan_case`).
 
     Examples
     --------
@@ -130,6 +138,7 @@ class PlcModel:
         pc_heartbeat_timeout_s: float = 1.5,
         decision_capacity: int = 256,
         untracked: str = "late",
+        case_station: CaseStationProgram | None = None,
     ) -> None:
         if untracked not in ("late", "apply"):
             raise ConfigError(f"untracked={untracked!r}: use 'late' (the contract) or 'apply' (no sensor bridge)")
@@ -151,6 +160,8 @@ class PlcModel:
         self.slot_count = self.register_map.slots
         self.safe_lane_code = int(SAFE_LANE_CODE)
         self.extra_faults = 0
+        self.case_station = case_station
+        self.case_lane = case_station.lane if case_station is not None else Lane.HAZARD
         self.program_starts = 0
         self.scans = 0
         n = self.register_map.slots
@@ -230,6 +241,8 @@ class PlcModel:
             self._latched[i] = seq
             self._acks[i] = (seq, AckStatus.NONE)
         self._pending.clear()
+        if self.case_station is not None:
+            self.case_station.in_transit = 0  # the pending decisions are lost with the volatile memory
         self._pc_heartbeat = image[m.pc_heartbeat_address - m.base]
         self._pc_heartbeat_changed_at = now
         # No PC heartbeat seen since the start: bit 0 stays set until PC_HEARTBEAT changes.
@@ -299,9 +312,11 @@ class PlcModel:
                 del self._tracked[item_id]
                 code = self._pending.pop(item_id, None)
                 if code is None or self._live_faults & PlcFault.DIVERTER_FAULT:
+                    if code == CASE_LANE_CODE and self.case_station is not None:
+                        self.case_station.in_transit = max(0, self.case_station.in_transit - 1)
                     self._divert(item_id, Lane.MANUAL, defaulted=True)
                 else:
-                    self._divert(item_id, LANE_NAMES[code], defaulted=False)
+                    self._divert(item_id, self._lane_of(code), defaulted=False, code=code, now=now)
         return self._outputs()
 
     def _latch(self, words: list[int], now: float) -> AckStatus:
@@ -309,7 +324,8 @@ class PlcModel:
         if not slot.check_ok:
             self._latched_faults |= PlcFault.CHECK_ERROR
             return self._reject(AckStatus.REJECTED_BAD_CHECK, slot.item_id)
-        if slot.lane is None:
+        into_case = slot.lane_code == CASE_LANE_CODE and self.case_station is not None
+        if slot.lane is None and not into_case:
             return self._reject(AckStatus.REJECTED_BAD_LANE, slot.item_id)
         if self._live_faults:
             return self._reject(AckStatus.REJECTED_FAULT, slot.item_id)
@@ -328,20 +344,34 @@ class PlcModel:
                 self._counters["late"] += 1
                 logger.info("simulated PLC: decision for item %d, which it does not track: late", item_id)
                 return AckStatus.LATE
-            self._divert(item_id, slot.lane, defaulted=False)  # a rig without a bridge: divert now
+            # a rig without a bridge: divert now
+            self._divert(item_id, self._lane_of(slot.lane_code), defaulted=False, code=slot.lane_code, now=now)
             return AckStatus.ACCEPTED
         if len(self._pending) >= self.decision_capacity:
             self._latched_faults |= PlcFault.DECISION_OVERRUN
             return self._reject(AckStatus.REJECTED_FULL, item_id)
         self._pending[item_id] = slot.lane_code
+        if into_case:
+            assert self.case_station is not None
+            self.case_station.accept_into_case()
         return AckStatus.ACCEPTED
+
+    def _lane_of(self, code: int) -> str:
+        return self.case_lane if code == CASE_LANE_CODE else LANE_NAMES[code]
+
+    def scan_case(self, pc_words: Sequence[int], now: float) -> list[int]:
+        """One scan of the case-station block: the PC's words in, the PLC's words out."""
+        assert self.case_station is not None
+        return self.case_station.scan(pc_words, now)
 
     def _reject(self, status: AckStatus, item_id: int) -> AckStatus:
         self._counters["rejected"] += 1
         logger.info("simulated PLC: %s for item %d", status.name.lower(), item_id)
         return status
 
-    def _divert(self, item_id: int, lane: str, *, defaulted: bool) -> None:
+    def _divert(self, item_id: int, lane: str, *, defaulted: bool, code: int = 0, now: float = 0.0) -> None:
+        if self.case_station is not None and lane == self.case_lane and not defaulted:
+            self.case_station.arrive(item_id, into_case=code == CASE_LANE_CODE, now=now)
         self._counters[lane] += 1
         if defaulted:
             self._counters["defaulted"] += 1
@@ -405,6 +435,10 @@ class PlcSimulator:
     untracked : {"apply", "late"}
         What a decision for an item never announced gets (see :class:`PlcModel`);
         ``"apply"`` by default, since a stand-alone simulator has no sensor bridge.
+    case_station : CaseStationProgram or None
+        Serve the case-station block too (at ``case_base``) and run this program.
+    case_base : int
+        PDU address of the case-station block.
 
     Examples
     --------
@@ -435,6 +469,8 @@ class PlcSimulator:
         decision_capacity: int = 256,
         allow_remote: bool = False,
         untracked: str = "apply",
+        case_station: CaseStationProgram | None = None,
+        case_base: int = 300,
     ) -> None:
         try:
             ip = ipaddress.ip_address(host)
@@ -457,8 +493,12 @@ class PlcSimulator:
             pc_heartbeat_timeout_s=pc_heartbeat_timeout_s,
             decision_capacity=decision_capacity,
             untracked=untracked,
+            case_station=case_station,
         )
         self.register_map = self.model.register_map
+        self.case_block = CaseBlockMap(case_base) if case_station is not None else None
+        if self.case_block is not None and self.case_block.overlaps(self.register_map):
+            raise ConfigError(f"case block at {case_base} overlaps the mailbox registers; pass another case_base")
         self._requested_port = port
         self._port = 0
         self._server: Any = None
@@ -517,11 +557,12 @@ class PlcSimulator:
         m = self.register_map
         image = [0] * m.size
         image[: m.plc_words] = self.model.power_on(image, time.monotonic())
-        device = SimDevice(
-            id=self.device_id,
-            simdata=[SimData(address=m.base, values=image, datatype=DataType.REGISTERS)],
-            action=self._guard,
-        )
+        blocks = [SimData(address=m.base, values=image, datatype=DataType.REGISTERS)]
+        if self.case_block is not None and self.model.case_station is not None:
+            case_image = self.model.case_station.outputs() + [0] * CASE_PC_WORDS
+            blocks.append(SimData(address=self.case_block.base, values=case_image, datatype=DataType.REGISTERS))
+            blocks.sort(key=lambda b: b.address)
+        device = SimDevice(id=self.device_id, simdata=blocks, action=self._guard)
         # id 0 stands for "any other unit id": answer with an exception instead of failing.
         other = SimDevice(
             id=0,
@@ -594,6 +635,11 @@ class PlcSimulator:
         self._scan_writing = True
         try:
             await server.async_setValues(self.device_id, 16, m.base, out)
+            cb = self.case_block
+            if cb is not None:
+                pc_words = await server.async_getValues(self.device_id, 3, cb.pc_address, CASE_PC_WORDS)
+                await server.async_setValues(self.device_id, 16, cb.plc_address,
+                                             self.model.scan_case(pc_words, time.monotonic()))
         finally:
             self._scan_writing = False
 
@@ -609,7 +655,10 @@ class PlcSimulator:
         from pymodbus.constants import ExcCodes
 
         if values is not None and not self._scan_writing:
-            if address < self.register_map.base + self.register_map.plc_words:
+            if self.register_map.base <= address < self.register_map.base + self.register_map.plc_words:
+                return ExcCodes.ILLEGAL_ADDRESS
+            cb = self.case_block
+            if cb is not None and cb.plc_address <= address < cb.pc_address:
                 return ExcCodes.ILLEGAL_ADDRESS
         return None
 
