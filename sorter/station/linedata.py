@@ -529,6 +529,13 @@ class LineWatcher:
                     snap.open_cases = int(self.audit.query("SELECT COUNT(*) FROM cases WHERE state = 'open'")[0][0])
             except SorterError:
                 pass
+        elif "events" in tables:  # the line's case station records its cases as events (sorter.line.casestation)
+            try:
+                snap.open_cases = int(self.audit.query(
+                    "SELECT COUNT(*) FROM (SELECT json_extract(detail, '$.case_id') FROM events WHERE kind = 'case_open' "
+                    "EXCEPT SELECT json_extract(detail, '$.case_id') FROM events WHERE kind = 'case_close')")[0][0])
+            except SorterError:
+                pass
         col = self.audit.optional_column("t_durable", "t_synced")
         if col is not None:
             r = self.audit.query(f"SELECT MAX({col}) FROM decisions")  # noqa: S608 - a known column name

@@ -284,3 +284,19 @@ def test_the_station_indexes_a_rotated_log_across_rotations(tmp_path):
         assert rec is not None and rec.weight_g == 10.0 + i
     assert idx.record("R12").line_no == 14  # the torn line 11 counts, as every reader counts it
     store.close()
+
+
+def test_open_cases_are_counted_from_the_line_case_events(line):
+    """The line's case station records each case's opening and closing as audit events; the station
+    shows how many cases stand open (here C-2: C-1 was closed full)."""
+    import json
+    import time
+
+    conn = sqlite3.connect(line.audit)
+    for kind, case in (("case_open", "C-1"), ("case_close", "C-1"), ("case_open", "C-2")):
+        conn.execute("INSERT INTO events (t, kind, detail) VALUES (?, ?, ?)",
+                     (time.time(), kind, json.dumps({"case_id": case})))
+    conn.commit()
+    conn.close()
+    app = make_station(line)
+    assert app.state.station.watcher.refresh().open_cases == 1
