@@ -532,8 +532,9 @@ class LineWatcher:
         elif "events" in tables:  # the line's case station records its cases as events (sorter.line.casestation)
             try:
                 snap.open_cases = int(self.audit.query(
-                    "SELECT COUNT(*) FROM (SELECT json_extract(detail, '$.case_id') FROM events WHERE kind = 'case_open' "
-                    "EXCEPT SELECT json_extract(detail, '$.case_id') FROM events WHERE kind = 'case_close')")[0][0])
+                    "SELECT COUNT(*) FROM (SELECT json_extract(detail, '$.case_id') FROM events "
+                    "WHERE kind = 'case_open' EXCEPT SELECT json_extract(detail, '$.case_id') FROM events "
+                    "WHERE kind = 'case_close')")[0][0])
             except SorterError:
                 pass
         col = self.audit.optional_column("t_durable", "t_synced")
