@@ -27,8 +27,11 @@ def machine() -> str:
         pass
     mem = ""
     try:
-        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal")).split()[1])
+        kb = int(
+            next(
+                line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+            ).split()[1]
+        )
         mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
     except (OSError, StopIteration, ValueError):
         pass
@@ -38,15 +41,21 @@ def machine() -> str:
             libs.append(f"{lib} {version(lib)}")
         except PackageNotFoundError:
             pass
-    return (f"{cpu}, {os.cpu_count()} cores{mem}; {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}; " + ", ".join(libs) + f"; run {_dt.datetime.now():%Y-%m-%d %H:%M}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores{mem}; {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}; " + ", ".join(libs) + f"; run {_dt.datetime.now():%Y-%m-%d %H:%M}"
+    )
 
 
 def write_section(key: str, markdown: str, doc: Path = PERF_DOC) -> None:
     """Replace (or append) the section ``key`` of docs/performance.md."""
     start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
     block = f"{start}\n{markdown.strip()}\n\n_Machine: {machine()}._\n{end}"
-    text = doc.read_text() if doc.exists() else "# Performance\n\nEvery figure here is written by a benchmark in `benchmarks/`; rerun it to refresh its section.\n"
+    text = (
+        doc.read_text()
+        if doc.exists()
+        else "# Performance\n\nEvery figure here is written by a benchmark in `benchmarks/`; rerun it to refresh its section.\n"
+    )
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)

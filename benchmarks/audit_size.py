@@ -34,9 +34,11 @@ from ._report import write_section
 
 T0 = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc).timestamp()
 LANES = ("lead_acid", "li_ion", "manual", "hazard")
-INSERT = ("INSERT INTO decisions (item_id, source_line, t_item, t_available, t_decided, chemistry, p_lead_acid, "
-          "p_li_ion, p_other, lane, reason, model_id, latency_ms, deadline_ms, delivery, plc_seq, plc_status, "
-          "t_acked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT = (
+    "INSERT INTO decisions (item_id, source_line, t_item, t_available, t_decided, chemistry, p_lead_acid, "
+    "p_li_ion, p_other, lane, reason, model_id, latency_ms, deadline_ms, delivery, plc_seq, plc_status, "
+    "t_acked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def rows(start: int, stop: int, total: int, days: float, pending_from: int):
@@ -45,10 +47,26 @@ def rows(start: int, stop: int, total: int, days: float, pending_from: int):
         t = T0 + span * i / total
         lane = LANES[(i * 7) % 4]
         delivery = "pending" if i >= pending_from else ("acked" if i % 50 else "late")
-        yield (f"{i + 1:012d}", i + 1, t - 0.04, t - 0.03, t, lane if lane != "manual" else None, 0.02, 0.97, 0.01,
-               lane, "confident", "hgb-2026-11@9af8ed1360ff", 4.2, 90.0, delivery,
-               (i % 65535) + 1 if delivery == "acked" else None, "ok" if delivery == "acked" else None,
-               t + 0.012 if delivery == "acked" else None)
+        yield (
+            f"{i + 1:012d}",
+            i + 1,
+            t - 0.04,
+            t - 0.03,
+            t,
+            lane if lane != "manual" else None,
+            0.02,
+            0.97,
+            0.01,
+            lane,
+            "confident",
+            "hgb-2026-11@9af8ed1360ff",
+            4.2,
+            90.0,
+            delivery,
+            (i % 65535) + 1 if delivery == "acked" else None,
+            "ok" if delivery == "acked" else None,
+            t + 0.012 if delivery == "acked" else None,
+        )
 
 
 def grow(path: Path, have: int, want: int, total: int, days: float) -> float:
@@ -73,30 +91,60 @@ def queries(n: int, last_id: int) -> list[tuple[str, str, str, tuple]]:
     item = f"{mid:012d}"
     return [
         ("station", "id range (start of the last hour, binary search)", "SELECT MIN(id), MAX(id) FROM decisions", ()),
-        ("station", "first row at or after an id (each search step)",
-         "SELECT id, t_decided FROM decisions WHERE id >= ? ORDER BY id LIMIT 1", (mid,)),
-        ("station", "new rows since the last refresh (500)",
-         "SELECT id, lane, delivery, t_decided, model_id FROM decisions WHERE id > ? ORDER BY id LIMIT 500",
-         (last_id - 500,)),
-        ("station", "rows still pending (each refresh)", "SELECT COUNT(*) FROM decisions WHERE delivery = 'pending'",
-         ()),
+        (
+            "station",
+            "first row at or after an id (each search step)",
+            "SELECT id, t_decided FROM decisions WHERE id >= ? ORDER BY id LIMIT 1",
+            (mid,),
+        ),
+        (
+            "station",
+            "new rows since the last refresh (500)",
+            "SELECT id, lane, delivery, t_decided, model_id FROM decisions WHERE id > ? ORDER BY id LIMIT 500",
+            (last_id - 500,),
+        ),
+        (
+            "station",
+            "rows still pending (each refresh)",
+            "SELECT COUNT(*) FROM decisions WHERE delivery = 'pending'",
+            (),
+        ),
         ("station", "first pending row (queue sync)", "SELECT MIN(id) FROM decisions WHERE delivery = 'pending'", ()),
-        ("station", "settled rows for the review queue (500)",
-         "SELECT id, item_id, lane, delivery, t_item, source_line FROM decisions WHERE id > ? AND id < ? "
-         "ORDER BY id LIMIT 500", (last_id - 600, last_id - 20)),
+        (
+            "station",
+            "settled rows for the review queue (500)",
+            "SELECT id, item_id, lane, delivery, t_item, source_line FROM decisions WHERE id > ? AND id < ? "
+            "ORDER BY id LIMIT 500",
+            (last_id - 600, last_id - 20),
+        ),
         ("station", "one item (item page)", "SELECT * FROM decisions WHERE item_id = ?", (item,)),
-        ("station", "items before the last hour (once, at station start)",
-         "SELECT COUNT(*) FROM decisions WHERE id <= ?", (last_id - 360_000 if last_id > 360_000 else mid,)),
+        (
+            "station",
+            "items before the last hour (once, at station start)",
+            "SELECT COUNT(*) FROM decisions WHERE id <= ?",
+            (last_id - 360_000 if last_id > 360_000 else mid,),
+        ),
         ("controller", "resume point (start)", "SELECT COALESCE(MAX(source_line), 0) FROM decisions", ()),
         ("controller", "pending rows (start)", "SELECT * FROM decisions WHERE delivery = 'pending' ORDER BY id", ()),
-        ("controller", "is this item recorded? (re-check of a line)", "SELECT 1 FROM decisions WHERE item_id = ?",
-         (item,)),
+        (
+            "controller",
+            "is this item recorded? (re-check of a line)",
+            "SELECT 1 FROM decisions WHERE item_id = ?",
+            (item,),
+        ),
         ("controller", "rows in the log (start and summary)", "SELECT COUNT(*) FROM decisions", ()),
-        ("proposed", "id range as two subqueries (SQLite optimises a lone MIN or MAX, not both)",
-         "SELECT (SELECT MIN(id) FROM decisions), (SELECT MAX(id) FROM decisions)", ()),
-        ("proposed", "items before the last hour as all rows minus the last hour's",
-         "SELECT (SELECT COUNT(*) FROM decisions) - (SELECT COUNT(*) FROM decisions WHERE id > ?)",
-         (last_id - 360_000 if last_id > 360_000 else mid,)),
+        (
+            "proposed",
+            "id range as two subqueries (SQLite optimises a lone MIN or MAX, not both)",
+            "SELECT (SELECT MIN(id) FROM decisions), (SELECT MAX(id) FROM decisions)",
+            (),
+        ),
+        (
+            "proposed",
+            "items before the last hour as all rows minus the last hour's",
+            "SELECT (SELECT COUNT(*) FROM decisions) - (SELECT COUNT(*) FROM decisions WHERE id > ?)",
+            (last_id - 360_000 if last_id > 360_000 else mid,),
+        ),
     ]
 
 
@@ -161,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         after = time_queries(path, total)
     load1 = os.getloadavg()[0]
 
-    head = "| who | query | plan | " + " | ".join(f"ms at {n / 1e6:g} M rows" for n in sizes) + \
-        " | ms after archiving a third |\n|---|---|---|" + "---|" * (len(sizes) + 1)
+    head = (
+        "| who | query | plan | "
+        + " | ".join(f"ms at {n / 1e6:g} M rows" for n in sizes)
+        + " | ms after archiving a third |\n|---|---|---|"
+        + "---|" * (len(sizes) + 1)
+    )
     lines = []
     for k, r in enumerate(results[sizes[0]]):
         cells = " | ".join(f"{results[n][k]['ms']:.3f}" for n in sizes)
@@ -184,8 +236,9 @@ machine; the plans say how each query scales.
 Log size: {db_mb:.0f} MB at {total / 1e6:g} M rows ({bpr:.0f} bytes a row with its indexes).
 `sorter audit export --before <day {args.days / 3:g}> --delete`: {res.rows} rows archived and deleted in
 {export_s:.1f} s ({res.rows / export_s:,.0f} rows/s, in transactions of 5,000 rows beside a running line);
-Parquet (zstd) {parquet_mb:.0f} MB ({1e6 * parquet_mb / max(1, res.rows):.0f} bytes a row, {bpr / max(1e-9, 1e6 *
-parquet_mb / max(1, res.rows)):.0f}x smaller). The SQLite file keeps its size after the delete
+Parquet (zstd) {parquet_mb:.0f} MB ({1e6 * parquet_mb / max(1, res.rows):.0f} bytes a row, {
+        bpr
+        / max(1e-9, 1e6 * parquet_mb / max(1, res.rows)):.0f}x smaller). The SQLite file keeps its size after the delete
 ({after_delete_mb:.0f} MB: the freed pages are reused) and a further day of rows ({day:,}) left it at
 {after_day_mb:.0f} MB: exported daily with `--delete`, the log stays the size of its retention window.
 

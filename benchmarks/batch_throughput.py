@@ -160,8 +160,10 @@ class Run:
 
     def show(self) -> str:
         p = "" if self.pressure is None else f", CPU pressure {self.pressure:.0%}"
-        return (f"{self.label}: {self.items} items, {self.rate:.0f} items/s, {self.cpu_ms:.1f} CPU ms/item, "
-                f"{self.cores:.2f} cores{p}")
+        return (
+            f"{self.label}: {self.items} items, {self.rate:.0f} items/s, {self.cpu_ms:.1f} CPU ms/item, "
+            f"{self.cores:.2f} cores{p}"
+        )
 
 
 # ------------------------------------------------------------------ decode limit
@@ -195,8 +197,14 @@ def decode_run(log: Path, workers: int) -> Run:
             while pending:
                 done += pending.popleft().result()
             seconds = time.perf_counter() - t0
-    run = Run(f"decode limit, {workers} worker" + "s" * (workers > 1), done, done / seconds, 1e3 * use.cpu_s / done,
-              use.cpu_s / use.wall_s, use.pressure)
+    run = Run(
+        f"decode limit, {workers} worker" + "s" * (workers > 1),
+        done,
+        done / seconds,
+        1e3 * use.cpu_s / done,
+        use.cpu_s / use.wall_s,
+        use.pressure,
+    )
     print("  " + run.show(), flush=True)
     return run
 
@@ -264,8 +272,9 @@ def log_copies(log: Path, n: int, where: Path) -> list[Path]:
     return out
 
 
-def score_run(label: str, logs: list[Path], out: Path, args: list[str],
-              cluster: Callable[[], list[psutil.Process]] = list) -> Run:
+def score_run(
+    label: str, logs: list[Path], out: Path, args: list[str], cluster: Callable[[], list[psutil.Process]] = list
+) -> Run:
     """Run ``sorter score`` in a subprocess; ``cluster`` lists outside worker processes to account too."""
     cmd = [sys.executable, "-m", "sorter", "score", *map(str, logs), "--out", str(out), "--no-resume", "--force", *args]
     print(f"{label}: {' '.join(cmd[1:])}", flush=True)
@@ -280,8 +289,17 @@ def score_run(label: str, logs: list[Path], out: Path, args: list[str],
     if not m:
         raise RuntimeError(f"{label}: unexpected output:\n{stdout}")
     items = int(m.group(1))
-    run = Run(label, items, float(m.group(2)), 1e3 * use.cpu_s / items, use.cpu_s / use.wall_s, use.pressure,
-              use.wall_s, rss.peak / 2**20, out)
+    run = Run(
+        label,
+        items,
+        float(m.group(2)),
+        1e3 * use.cpu_s / items,
+        use.cpu_s / use.wall_s,
+        use.pressure,
+        use.wall_s,
+        rss.peak / 2**20,
+        out,
+    )
     print(f"  {run.show()}, wall {run.wall_s:.0f} s, peak RSS {run.peak_rss_mb:.0f} MB", flush=True)
     return run
 
@@ -307,10 +325,13 @@ def dask_run(logs: list[Path], out: Path, *, trim_env: bool) -> Run:
         return procs
 
     try:
-        with dask.config.set(cfg), LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
-                                                processes=True) as cluster:
-            return score_run(label, logs, out, ["--engine", "dask", "--scheduler", cluster.scheduler_address],
-                             cluster_procs)
+        with (
+            dask.config.set(cfg),
+            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, processes=True) as cluster,
+        ):
+            return score_run(
+                label, logs, out, ["--engine", "dask", "--scheduler", cluster.scheduler_address], cluster_procs
+            )
     finally:
         os.environ.clear()
         os.environ.update(environ)
@@ -318,8 +339,10 @@ def dask_run(logs: list[Path], out: Path, *, trim_env: bool) -> Run:
 
 def same_rows(a: Path, b: Path) -> bool:
     def rows(p):
-        return [tuple("nan" if isinstance(v, float) and math.isnan(v) else v for v in r.values())
-                for r in pq.read_table(p).to_pylist()]
+        return [
+            tuple("nan" if isinstance(v, float) and math.isnan(v) else v for v in r.values())
+            for r in pq.read_table(p).to_pylist()
+        ]
 
     return rows(a) == rows(b)
 
@@ -364,9 +387,14 @@ def breakdown(log: Path, n: int = STAGE_ITEMS) -> dict[str, float]:
                 t[k] += dt
             items += len(lines)
     k = 1e3 / items
-    return {"read lines + ambient (client)": t["read"] * k, "read + decode PNGs (worker)": t["decode"] * k,
-            "measure features (worker)": t["measure"] * k, "… of which the X-ray": t["xray"] * k,
-            "… of which the camera": t["camera"] * k, "model + policy (client)": t["decide"] * k}
+    return {
+        "read lines + ambient (client)": t["read"] * k,
+        "read + decode PNGs (worker)": t["decode"] * k,
+        "measure features (worker)": t["measure"] * k,
+        "… of which the X-ray": t["xray"] * k,
+        "… of which the camera": t["camera"] * k,
+        "model + policy (client)": t["decide"] * k,
+    }
 
 
 # ------------------------------------------------------------------------ main
@@ -378,15 +406,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=20000, help="items in the simulated log (default %(default)s)")
     ap.add_argument("--log", default=None, help="use this log instead of the simulated one")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
-    ap.add_argument("--repeat", type=int, default=3, help="times each scoring pass runs; the best counts (default %(default)s)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="times each scoring pass runs; the best counts (default %(default)s)"
+    )
     args = ap.parse_args(argv)
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else ensure_log(data, args.items)
     n = count_lines(log)
     load_before = os.getloadavg()
-    print(f"log {log}: {n} lines; page cache warmed with {warm_page_cache(log):.2f} GB; "
-          f"load average {load_before[0]:.1f}", flush=True)
+    print(
+        f"log {log}: {n} lines; page cache warmed with {warm_page_cache(log):.2f} GB; "
+        f"load average {load_before[0]:.1f}",
+        flush=True,
+    )
     # The breakdown is short (seconds): run it three times and keep each stage's least cost, so
     # that a burst of other work on the machine does not stand for the code's cost.
     tries = [breakdown(log) for _ in range(3)]
@@ -409,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             for w in (1, 2):
                 decode[w].append(decode_run(log, w))
                 runs.append(decode[w][-1])
-                scored[w] = score_run(f"`sorter score --workers {w}`", [log], out / f"w{w}.parquet", ["--workers", str(w)])
+                scored[w] = score_run(
+                    f"`sorter score --workers {w}`", [log], out / f"w{w}.parquet", ["--workers", str(w)]
+                )
                 runs.append(scored[w])
                 pairs[w].append(scored[w].rate / decode[w][-1].rate)
             s1, s2 = scored[1], scored[2]
@@ -417,13 +452,20 @@ def main(argv: list[str] | None = None) -> int:
             st = dask_run([log], out / "dask-tuned.parquet", trim_env=False)
             runs += [sd, st]
             dask_same = dask_same and same_rows(s2.out, sd.out) and same_rows(s2.out, st.out)
-            print(f"dask rows identical to local rows: {dask_same}; score / decode limit this round: "
-                  f"{pairs[1][-1]:.2f} (1 worker), {pairs[2][-1]:.2f} (2 workers)", flush=True)
+            print(
+                f"dask rows identical to local rows: {dask_same}; score / decode limit this round: "
+                f"{pairs[1][-1]:.2f} (1 worker), {pairs[2][-1]:.2f} (2 workers)",
+                flush=True,
+            )
             for key, r in (("s1", s1), ("s2", s2), ("sd", sd), ("st", st)):
                 if key not in best or r.rate > best[key].rate:
                     best[key] = r
-        s5 = score_run("`sorter score --workers 2`, the log ×5", log_copies(log, 5, out / "copies"), out / "x5.parquet",
-                       ["--workers", "2"])
+        s5 = score_run(
+            "`sorter score --workers 2`, the log ×5",
+            log_copies(log, 5, out / "copies"),
+            out / "x5.parquet",
+            ["--workers", "2"],
+        )
         runs.append(s5)
 
     load_after = os.getloadavg()
@@ -440,43 +482,61 @@ def main(argv: list[str] | None = None) -> int:
 
     speedup = s2.rate / s1.rate
     mem = s5.peak_rss_mb / s2.peak_rss_mb
-    md = ["## Batch scoring", "",
-          f"`python -m benchmarks.batch_throughput` — on a simulated {n:,}-item log (seed {SEED}, {MIX} mix), page "
-          "cache warm, runs in the order shown. Score rates are those `sorter score` prints (from the start of "
-          "scoring, after the model has loaded; the local engine's workers boot while it loads, as the decode "
-          "limit's are started before its clock starts; the Dask cluster's workers are up beforehand). The decode limit is the rate at which as many "
-          "worker processes, fed the same chunks, merely read and decode the items' PNGs (`load_item`); it was "
-          f"measured right before each scoring pass with as many workers. Every pass ran {args.repeat} times, "
-          "interleaved; the ratios below use each kind's best rate, the decode limit's included (other jobs on "
-          "the machine only ever slow a run down), and the ratio of each scoring pass to the decode limit run "
-          "just before it is shown too. CPU is the user + system time of "
-          "every process of a run (start-up included) per item; *cores got* is that time over the run's wall "
-          "time. *CPU pressure* is the share of the run's time in which some task on the machine waited for a "
-          "CPU (Linux PSI): the machine has 2 cores and other jobs shared it (load average "
-          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after). Peak RSS is summed over the command's "
-          "processes (and the cluster's workers), sampled every 0.2 s.", "",
-          "| run | items | items/s | CPU ms per item | cores got | CPU pressure | wall s | peak RSS MB |",
-          "|---|---|---|---|---|---|---|---|"]
+    md = [
+        "## Batch scoring",
+        "",
+        f"`python -m benchmarks.batch_throughput` — on a simulated {n:,}-item log (seed {SEED}, {MIX} mix), page "
+        "cache warm, runs in the order shown. Score rates are those `sorter score` prints (from the start of "
+        "scoring, after the model has loaded; the local engine's workers boot while it loads, as the decode "
+        "limit's are started before its clock starts; the Dask cluster's workers are up beforehand). The decode limit is the rate at which as many "
+        "worker processes, fed the same chunks, merely read and decode the items' PNGs (`load_item`); it was "
+        f"measured right before each scoring pass with as many workers. Every pass ran {args.repeat} times, "
+        "interleaved; the ratios below use each kind's best rate, the decode limit's included (other jobs on "
+        "the machine only ever slow a run down), and the ratio of each scoring pass to the decode limit run "
+        "just before it is shown too. CPU is the user + system time of "
+        "every process of a run (start-up included) per item; *cores got* is that time over the run's wall "
+        "time. *CPU pressure* is the share of the run's time in which some task on the machine waited for a "
+        "CPU (Linux PSI): the machine has 2 cores and other jobs shared it (load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after). Peak RSS is summed over the command's "
+        "processes (and the cluster's workers), sampled every 0.2 s.",
+        "",
+        "| run | items | items/s | CPU ms per item | cores got | CPU pressure | wall s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
-        md.append(f"| {r.label} | {r.items:,} | {r.rate:.0f} | {r.cpu_ms:.1f} | {r.cores:.2f} | {pct(r.pressure)} | "
-                  + ("" if math.isnan(r.wall_s) else f"{r.wall_s:.0f}") + " | "
-                  + ("" if math.isnan(r.peak_rss_mb) else f"{r.peak_rss_mb:.0f}") + " |")
-    md += ["", "| measure | value | target | met |", "|---|---|---|---|",
-           f"| score / decode limit, 1 worker | {s1.rate / lim[1]:.2f} | ≥ 0.6 | {ok(s1.rate / lim[1] >= 0.6)} |",
-           f"| score / decode limit, 2 workers | {s2.rate / lim[2]:.2f} | ≥ 0.6 | {ok(s2.rate / lim[2] >= 0.6)} |",
-           *(f"| … run by run (each pass / the decode limit just before it), {w} worker{'s' * (w > 1)} | "
-             + ", ".join(f"{v:.2f}" for v in pairs[w]) + " | | |" for w in (1, 2)),
-           f"| the same in CPU: least decode CPU / least score CPU per item (1 worker) | {lim_cpu / s1_cpu:.2f} | | |",
-           f"| speed-up, 2 vs 1 worker | {speedup:.2f} | ≥ 1.8 | {ok(speedup >= 1.8)} |",
-           f"| CPU per item, 2 vs 1 worker | {s2.cpu_ms / s1.cpu_ms:.2f} | | |",
-           f"| peak RSS, {s5.items:,} / {s2.items:,} lines | {mem:.2f} | ≤ 1.10 | {ok(mem <= 1.10)} |",
-           f"| dask / local engine, 2 workers | {sd.rate / s2.rate:.2f} | ≥ 0.8 | {ok(sd.rate / s2.rate >= 0.8)} |",
-           f"| the same, dask workers without MALLOC_TRIM_THRESHOLD_ | {st.rate / s2.rate:.2f} | ≥ 0.8 | "
-           f"{ok(st.rate / s2.rate >= 0.8)} |",
-           f"| dask rows identical to local rows | {'yes' if dask_same else '**no**'} | yes | {ok(dask_same)} |",
-           "", f"Cost per item in one process, one thread (first {min(n, STAGE_ITEMS)} items; the least of 3 runs):",
-           "",
-           "| stage | ms per item |", "|---|---|"]
+        md.append(
+            f"| {r.label} | {r.items:,} | {r.rate:.0f} | {r.cpu_ms:.1f} | {r.cores:.2f} | {pct(r.pressure)} | "
+            + ("" if math.isnan(r.wall_s) else f"{r.wall_s:.0f}")
+            + " | "
+            + ("" if math.isnan(r.peak_rss_mb) else f"{r.peak_rss_mb:.0f}")
+            + " |"
+        )
+    md += [
+        "",
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+        f"| score / decode limit, 1 worker | {s1.rate / lim[1]:.2f} | ≥ 0.6 | {ok(s1.rate / lim[1] >= 0.6)} |",
+        f"| score / decode limit, 2 workers | {s2.rate / lim[2]:.2f} | ≥ 0.6 | {ok(s2.rate / lim[2] >= 0.6)} |",
+        *(
+            f"| … run by run (each pass / the decode limit just before it), {w} worker{'s' * (w > 1)} | "
+            + ", ".join(f"{v:.2f}" for v in pairs[w])
+            + " | | |"
+            for w in (1, 2)
+        ),
+        f"| the same in CPU: least decode CPU / least score CPU per item (1 worker) | {lim_cpu / s1_cpu:.2f} | | |",
+        f"| speed-up, 2 vs 1 worker | {speedup:.2f} | ≥ 1.8 | {ok(speedup >= 1.8)} |",
+        f"| CPU per item, 2 vs 1 worker | {s2.cpu_ms / s1.cpu_ms:.2f} | | |",
+        f"| peak RSS, {s5.items:,} / {s2.items:,} lines | {mem:.2f} | ≤ 1.10 | {ok(mem <= 1.10)} |",
+        f"| dask / local engine, 2 workers | {sd.rate / s2.rate:.2f} | ≥ 0.8 | {ok(sd.rate / s2.rate >= 0.8)} |",
+        f"| the same, dask workers without MALLOC_TRIM_THRESHOLD_ | {st.rate / s2.rate:.2f} | ≥ 0.8 | "
+        f"{ok(st.rate / s2.rate >= 0.8)} |",
+        f"| dask rows identical to local rows | {'yes' if dask_same else '**no**'} | yes | {ok(dask_same)} |",
+        "",
+        f"Cost per item in one process, one thread (first {min(n, STAGE_ITEMS)} items; the least of 3 runs):",
+        "",
+        "| stage | ms per item |",
+        "|---|---|",
+    ]
     md += [f"| {k} | {v:.2f} |" for k, v in stages.items()]
     text = "\n".join(md)
     print()

@@ -49,11 +49,11 @@ SPECIFIC_WH_PER_G = 0.30
 @dataclass(frozen=True)
 class Truth:
     item_id: str
-    energy_wh: float      # true rated energy of a Li-ion item; 0 for anything else
+    energy_wh: float  # true rated energy of a Li-ion item; 0 for anything else
     li_ion: bool
-    weight_g: float       # the scale's reading (NaN when missing)
+    weight_g: float  # the scale's reading (NaN when missing)
     product: str
-    family: str           # dropin / pack / cyl_cell / pouch_cell / prismatic_cell / module / unknown / not_li_ion
+    family: str  # dropin / pack / cyl_cell / pouch_cell / prismatic_cell / module / unknown / not_li_ion
     damaged: bool
 
 
@@ -75,10 +75,15 @@ def _truth_of(rec) -> Truth:
     e = rec.extra.get("energy_wh")
     li = rec.label == "li_ion" or str(rec.extra.get("chemistry_truth", "")).startswith("li_ion")
     prod = str(rec.extra.get("product", ""))
-    return Truth(rec.item_id, float(e) if li and e is not None else 0.0, li,
-                 math.nan if rec.weight_g is None else float(rec.weight_g), prod,
-                 product_family(prod, bool(rec.extra.get("in_catalog", True))) if li else "not_li_ion",
-                 bool(rec.extra.get("damaged", False)))
+    return Truth(
+        rec.item_id,
+        float(e) if li and e is not None else 0.0,
+        li,
+        math.nan if rec.weight_g is None else float(rec.weight_g),
+        prod,
+        product_family(prod, bool(rec.extra.get("in_catalog", True))) if li else "not_li_ion",
+        bool(rec.extra.get("damaged", False)),
+    )
 
 
 def truth_from_log(log_dir: str) -> list[Truth]:
@@ -109,10 +114,11 @@ def truth_simulated(items: int, seed: int, line: str, mix: str, workers: int) ->
     """The Li-ion items of a fresh simulated log (belt order) and how many items the log holds."""
     step = 2000
     with ProcessPoolExecutor(workers) as pool:
-        parts = pool.map(_li_indices, [(items, seed, line, mix, lo, min(lo + step, items))
-                                        for lo in range(0, items, step)])
+        parts = pool.map(
+            _li_indices, [(items, seed, line, mix, lo, min(lo + step, items)) for lo in range(0, items, step)]
+        )
         li = [i for part in parts for i in part]
-        chunks = [li[k:k + 40] for k in range(0, len(li), 40)]
+        chunks = [li[k : k + 40] for k in range(0, len(li), 40)]
         out = [t for part in pool.map(_simulate_records, [(items, seed, line, mix, c) for c in chunks]) for t in part]
     assert all(t.li_ion for t in out), "the pre-draw and the simulator disagree on an item's family"
     return out, items
@@ -153,13 +159,22 @@ def pack(name: str, items: Sequence[tuple[Truth, float]], limit_wh: float) -> Re
         refused += r.kind != "assigned"
     last = [state.open_case] if state.open_case is not None else []
     true_wh = [math.fsum(truth[i.item_id].energy_wh for i in c.items) for c in closed + last]
-    full = [w / limit_wh for w in true_wh[:len(closed)]]
+    full = [w / limit_wh for w in true_wh[: len(closed)]]
     covered = [t.energy_wh <= b for t, b in items if math.isfinite(b)]
     total_true = math.fsum(truth[i.item_id].energy_wh for c in closed + last for i in c.items)
-    return Result(name, len(items), packed, refused, len(true_wh), math.ceil(total_true / limit_wh - 1e-9),
-                  statistics.fmean(full) if full else math.nan, min(full) if full else math.nan,
-                  sum(w > limit_wh for w in true_wh), max(true_wh, default=0.0),
-                  sum(covered) / len(covered) if covered else math.nan)
+    return Result(
+        name,
+        len(items),
+        packed,
+        refused,
+        len(true_wh),
+        math.ceil(total_true / limit_wh - 1e-9),
+        statistics.fmean(full) if full else math.nan,
+        min(full) if full else math.nan,
+        sum(w > limit_wh for w in true_wh),
+        max(true_wh, default=0.0),
+        sum(covered) / len(covered) if covered else math.nan,
+    )
 
 
 def mass_bound(t: Truth, specific: float) -> float:
@@ -170,14 +185,18 @@ def mass_bound(t: Truth, specific: float) -> float:
 
 
 def _row(run: str, r: Result) -> str:
-    return (f"| {run} | {r.name} | {r.offered} | {r.packed} | {r.not_packable} | {r.cases} | {r.fewest} | "
-            f"{100 * r.fill_mean:.1f} % | {100 * r.fill_min:.1f} % | {r.max_case_true_wh:.0f} | **{r.over_limit}** | "
-            f"{100 * r.coverage:.2f} % |")
+    return (
+        f"| {run} | {r.name} | {r.offered} | {r.packed} | {r.not_packable} | {r.cases} | {r.fewest} | "
+        f"{100 * r.fill_mean:.1f} % | {100 * r.fill_min:.1f} % | {r.max_case_true_wh:.0f} | **{r.over_limit}** | "
+        f"{100 * r.coverage:.2f} % |"
+    )
 
 
-HEADER = ("| run | bound | items | packed | not packable | cases | fewest possible | mean fill (true / limit) | "
-          "lowest fill | largest case, true Wh | cases over the limit (true) | bound coverage |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| run | bound | items | packed | not packable | cases | fewest possible | mean fill (true / limit) | "
+    "lowest fill | largest case, true Wh | cases over the limit (true) | bound coverage |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def run_scores(files: Iterable[str], lanes: set[str], limit: float, specific: float) -> tuple[list[str], list[str]]:
@@ -203,8 +222,9 @@ def run_scores(files: Iterable[str], lanes: set[str], limit: float, specific: fl
             items.append((t, math.nan if up is None else float(up), math.nan if est is None else float(est)))
         name = Path(f).name
         rows.append(_row(name, pack("model (energy_wh_upper)", [(t, b) for t, b, _ in items], limit)))
-        rows.append(_row(name, pack(f"mass x {specific:.2f} Wh/g", [(t, mass_bound(t, specific)) for t, _, _ in items],
-                                    limit)))
+        rows.append(
+            _row(name, pack(f"mass x {specific:.2f} Wh/g", [(t, mass_bound(t, specific)) for t, _, _ in items], limit))
+        )
         note = mass_bound_misses(name, [t for t, _, _ in items], specific)
         if note:
             notes.append(note)
@@ -213,10 +233,15 @@ def run_scores(files: Iterable[str], lanes: set[str], limit: float, specific: fl
             if t.li_ion and math.isfinite(e):
                 err["all Li-ion"].append(abs(e - t.energy_wh))
                 err[t.family].append(abs(e - t.energy_wh))
-        notes.append(f"{name}: estimate median absolute error " + ", ".join(
-            f"{k} {statistics.median(v):.1f} Wh (n={len(v)})" for k, v in sorted(err.items(), key=lambda kv: -len(kv[1])))
+        notes.append(
+            f"{name}: estimate median absolute error "
+            + ", ".join(
+                f"{k} {statistics.median(v):.1f} Wh (n={len(v)})"
+                for k, v in sorted(err.items(), key=lambda kv: -len(kv[1]))
+            )
             + (f"; {missing} item(s) without a log record left out" if missing else "")
-            + f"; {sum(not t.li_ion for t, _, _ in items)} item(s) in the lanes are not Li-ion (true energy 0)")
+            + f"; {sum(not t.li_ion for t, _, _ in items)} item(s) in the lanes are not Li-ion (true energy 0)"
+        )
     return rows, notes
 
 
@@ -228,12 +253,14 @@ def mass_bound_misses(name: str, items: Iterable[Truth], specific: float) -> str
     by = defaultdict(list)
     for t in miss:
         by[t.product].append(t.energy_wh / t.weight_g)
-    return (f"{name}: the mass bound is below the true energy for {len(miss)} item(s): "
-            + "; ".join(f"{p} ×{len(v)} (true Wh / weight read up to {max(v):.3f} Wh/g)" for p, v in by.items()))
+    return f"{name}: the mass bound is below the true energy for {len(miss)} item(s): " + "; ".join(
+        f"{p} ×{len(v)} (true Wh / weight read up to {max(v):.3f} Wh/g)" for p, v in by.items()
+    )
 
 
-def run_truth(named: Iterable[tuple[str, list[Truth], int]], limit: float, specific: float,
-              damaged_only: bool) -> tuple[list[str], list[str]]:
+def run_truth(
+    named: Iterable[tuple[str, list[Truth], int]], limit: float, specific: float, damaged_only: bool
+) -> tuple[list[str], list[str]]:
     rows, notes = [], []
     for name, truths, n_items in named:
         li = [t for t in truths if t.li_ion and (t.damaged or not damaged_only)]
@@ -268,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     if args.scores:
         rows, notes = run_scores(args.scores, set(args.lanes.split(",")), args.limit_wh, args.specific_wh_per_g)
-        how = f"`python -m benchmarks.cases --scores {' '.join(Path(f).name for f in args.scores)} --lanes {args.lanes}`"
+        how = (
+            f"`python -m benchmarks.cases --scores {' '.join(Path(f).name for f in args.scores)} --lanes {args.lanes}`"
+        )
     elif args.logs:
         named = [(Path(d).name, truth_from_log(d), sum(1 for _ in iter_log(d))) for d in args.logs]
         rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only)
@@ -280,29 +309,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             truths, n = truth_simulated(args.simulate, seed, line, args.mix, args.workers)
             named.append((f"line {line}, {args.mix}, seed {seed}", truths, n))
         rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only)
-        how = (f"`python -m benchmarks.cases --simulate {args.simulate} --lines {args.lines} --mix {args.mix} "
-               f"--seed {args.seed}" + (" --damaged-only" if args.damaged_only else "") + "`")
+        how = (
+            f"`python -m benchmarks.cases --simulate {args.simulate} --lines {args.lines} --mix {args.mix} "
+            f"--seed {args.seed}" + (" --damaged-only" if args.damaged_only else "") + "`"
+        )
     secs = time.perf_counter() - t0
     table = "\n".join([HEADER, *rows])
     print(table)
     for n in notes:
         print(n)
     if not args.no_doc:
-        md = (f"## Safe cases: packing the hazard lane (issue 15)\n\n{how} — {args.limit_wh:g} Wh per case. "
-              "Items in belt order through the packing core (`sorter.cases.packing`); a case closes when the next "
-              "item's bound would take its summed bound over the limit. *Fill* is the case's true rated energy "
-              "(nominal V × Ah) over the limit, for the cases closed full (the last case, closed at the end of the "
-              "input, is left out); *fewest possible* is the packed items' true energy / limit, rounded up; "
-              "*coverage* the share of items whose true energy is within their bound. A *truth-based* run has no "
-              "energy model: the simulator's truth is the bound (an oracle, the best any estimate can reach), "
-              "beside the mass bound alone (the scale's weight × "
-              f"{args.specific_wh_per_g:.2f} Wh/g, the highest specific energy of commercial Li-ion cells). Items "
-              "stay in belt order (a case is not held open for a later item that would fit), so the fill stays below "
-              "what *fewest possible* implies; an item the bound makes not packable goes to the quarantine buffer "
-              "(`docs/cases.md`), so the two bounds pack different items.\n\n"
-              f"{table}\n\n" + "".join(f"- {n}\n" for n in notes)
-              + f"\nRun time {secs:.0f} s; load average {load:.1f} at the start on {os.cpu_count()} cores "
-              f"(`uname -m`: {os.uname().machine}), shared with other work.")
+        md = (
+            f"## Safe cases: packing the hazard lane (issue 15)\n\n{how} — {args.limit_wh:g} Wh per case. "
+            "Items in belt order through the packing core (`sorter.cases.packing`); a case closes when the next "
+            "item's bound would take its summed bound over the limit. *Fill* is the case's true rated energy "
+            "(nominal V × Ah) over the limit, for the cases closed full (the last case, closed at the end of the "
+            "input, is left out); *fewest possible* is the packed items' true energy / limit, rounded up; "
+            "*coverage* the share of items whose true energy is within their bound. A *truth-based* run has no "
+            "energy model: the simulator's truth is the bound (an oracle, the best any estimate can reach), "
+            "beside the mass bound alone (the scale's weight × "
+            f"{args.specific_wh_per_g:.2f} Wh/g, the highest specific energy of commercial Li-ion cells). Items "
+            "stay in belt order (a case is not held open for a later item that would fit), so the fill stays below "
+            "what *fewest possible* implies; an item the bound makes not packable goes to the quarantine buffer "
+            "(`docs/cases.md`), so the two bounds pack different items.\n\n"
+            f"{table}\n\n"
+            + "".join(f"- {n}\n" for n in notes)
+            + f"\nRun time {secs:.0f} s; load average {load:.1f} at the start on {os.cpu_count()} cores "
+            f"(`uname -m`: {os.uname().machine}), shared with other work."
+        )
         write_section("cases", md)
     return 0
 

@@ -66,12 +66,23 @@ async def run(args: argparse.Namespace, disk: Path) -> dict[str, object]:
     sim = PlcSimulator("127.0.0.1", 0, scan_ms=10.0)
     audit = disk / "audit.sqlite"
     items = int(args.rate * (args.before_s + args.full_s + args.after_s))
-    cfg = load_config(None, env={}, overrides=[
-        "line.source=simulated", f"audit.path={audit}", "plc.kind=modbus", "plc.host=127.0.0.1", "plc.port=1",
-        "status.enabled=false", "line.belt_speed_m_s=0.3"])  # a 990 ms deadline: the machine is shared
+    cfg = load_config(
+        None,
+        env={},
+        overrides=[
+            "line.source=simulated",
+            f"audit.path={audit}",
+            "plc.kind=modbus",
+            "plc.host=127.0.0.1",
+            "plc.port=1",
+            "status.enabled=false",
+            "line.belt_speed_m_s=0.3",
+        ],
+    )  # a 990 ms deadline: the machine is shared
     pool = generate_pool(SIM, SIM.items, workers=1)
-    source = SimulatedSource(SIM, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=args.rate, pool=pool,
-                             announce=sim.expect)
+    source = SimulatedSource(
+        SIM, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=args.rate, pool=pool, announce=sim.expect
+    )
     scorer = ScoringPool(None, workers=2, kind="thread", max_batch=16)
     await scorer.start()
     await sim.start()
@@ -97,16 +108,26 @@ async def run(args: argparse.Namespace, disk: Path) -> dict[str, object]:
     with AuditLog(audit) as log:
         rows = {r.item_id: r for r in log.rows()}
     sent_without_row = sum(1 for plc_id in acted_on if f"{plc_id:08d}" not in rows)
-    return {"summary": summary, "rows": rows, "marks": marks, "items": items, "counters": counters,
-            "sent_without_row": sent_without_row}
+    return {
+        "summary": summary,
+        "rows": rows,
+        "marks": marks,
+        "items": items,
+        "counters": counters,
+        "sent_without_row": sent_without_row,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=40.0, help="items per second (default %(default)s)")
     ap.add_argument("--before-s", type=float, default=10.0)
-    ap.add_argument("--full-s", type=float, default=20.0, help="how long the disk stays full (the disk watch "
-                    "reads free space every 10 s)")
+    ap.add_argument(
+        "--full-s",
+        type=float,
+        default=20.0,
+        help="how long the disk stays full (the disk watch reads free space every 10 s)",
+    )
     ap.add_argument("--after-s", type=float, default=10.0)
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = ap.parse_args(argv)
@@ -121,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sorter-disk-full-") as d:
         disk = Path(d) / "small"
         disk.mkdir()
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True
+        )
         if res.returncode != 0:
             print(f"disk_full: cannot mount a tmpfs here: {res.stderr.strip()}")
             return 2
@@ -158,27 +180,30 @@ def main(argv: list[str] | None = None) -> int:
     crashed_text = "no" if crashed is None and s.error is None else "YES"
     defaulted = out["counters"].get("defaulted") if out["counters"] else "n/a"
     recovery = "never" if first_after is None else f"{first_after:.2f} s"
-    table = ("| items | audit rows | refused: no committed row, not sent | decisions the PLC acted on without a row "
-             "| crashed | PLC defaulted | first decision committed after the space returned | acked after it |\n"
-             "|---|---|---|---|---|---|---|---|\n"
-             f"| {out['items']} | {len(rows)} | {s.unrecorded} | **{out['sent_without_row']}** | {crashed_text} "
-             f"| {defaulted} | {recovery} | {acked_after} |")
+    table = (
+        "| items | audit rows | refused: no committed row, not sent | decisions the PLC acted on without a row "
+        "| crashed | PLC defaulted | first decision committed after the space returned | acked after it |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        f"| {out['items']} | {len(rows)} | {s.unrecorded} | **{out['sent_without_row']}** | {crashed_text} "
+        f"| {defaulted} | {recovery} | {acked_after} |"
+    )
     md = f"""## Disk full: the audit disk fills and frees (issue 19)
 
 `python -m benchmarks.disk_full --rate {args.rate:g} --full-s {args.full_s:g}` — the line in one process
 (simulated conveyor at {args.rate:g} items/s, controller, PLC simulator over Modbus TCP told about every
 item), the audit log on a 2 MB tmpfs: filled to the last byte {args.before_s:g} s in, held full
-{args.full_s:g} s, then freed; {out['items']} items in all.
+{args.full_s:g} s, then freed; {out["items"]} items in all.
 
 {table}
 
 Alarms: the audit writer's `ALARM audit log ...: the disk is full` {at(alarm_audit)}; the disk watch's
 `ALARM disk audit` {at(alarm_disk)} (it reads free space every 10 s); `writes resumed`
-{'never' if resumed is None else f'{resumed - freed:.2f} s after the space returned'}. Every item was either
+{"never" if resumed is None else f"{resumed - freed:.2f} s after the space returned"}. Every item was either
 recorded and decided or refused and defaulted by the PLC ({len(rows)} + {s.unrecorded} =
-{len(rows) + s.unrecorded} of {out['items']}); no restart. Targets: 0 crashes, 0 items sent without a
-committed row, recovery without a restart: {'met' if crashed is None and s.error is None
-and out['sent_without_row'] == 0 and acked_after > 0 else 'NOT met'}. Load average
+{len(rows) + s.unrecorded} of {out["items"]}); no restart. Targets: 0 crashes, 0 items sent without a
+committed row, recovery without a restart: {
+        "met" if crashed is None and s.error is None and out["sent_without_row"] == 0 and acked_after > 0 else "NOT met"
+    }. Load average
 ({platform.machine()}; other work shares the 2 cores): {load0:.1f} at the start, {load1:.1f} at the end."""
     print(md)
     if not args.no_write:

@@ -101,8 +101,12 @@ enabled = false
     seen: dict[str, tuple[str, str]] = {}
     lost = changed = done_kills = 0
     for _ in range(kills):
-        proc = subprocess.Popen([sys.executable, "-m", "sorter", "run", "--config", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sorter", "run", "--config", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         base = len(_audit(audit))
         t_end = time.monotonic() + 120
         while len(_audit(audit)) < base + 3 and proc.poll() is None and time.monotonic() < t_end:
@@ -117,25 +121,43 @@ enabled = false
         lost += sum(1 for k in seen if k not in snap)
         changed += sum(1 for k, v in seen.items() if k in snap and snap[k][0] != v[0])
         seen = snap
-    proc = subprocess.run([sys.executable, "-m", "sorter", "run", "--config", str(cfg)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sorter", "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=600,
+    )
     final = _audit(audit)
     lost += sum(1 for k in seen if k not in final)
     expected = {f"{k + 1:08d}" for k in range(items)}
-    return {"fault": f"kill -9 of the controller at random points, restart ({done_kills} kills)",
-            "items": items, "rows": len(final), "missing": len(expected - set(final)),
-            "lost_or_changed": lost + changed, "ok": proc.returncode == 0 and set(final) == expected and lost + changed == 0}
+    return {
+        "fault": f"kill -9 of the controller at random points, restart ({done_kills} kills)",
+        "items": items,
+        "rows": len(final),
+        "missing": len(expected - set(final)),
+        "lost_or_changed": lost + changed,
+        "ok": proc.returncode == 0 and set(final) == expected and lost + changed == 0,
+    }
 
 
 async def _outage(cfg_path: Path, pool) -> dict:
-    cfg = load_config(None, env={}, overrides=["line.source=simulated", f"audit.path={cfg_path}",
-                                               "line.belt_speed_m_s=0.03", "status.enabled=false"])
+    cfg = load_config(
+        None,
+        env={},
+        overrides=[
+            "line.source=simulated",
+            f"audit.path={cfg_path}",
+            "line.belt_speed_m_s=0.03",
+            "status.enabled=false",
+        ],
+    )
     sim = PlcSimulator(port=0, scan_ms=10)
     await sim.start()
     port = sim.port
     link = ModbusPlcLink("127.0.0.1", port, **LINK)
-    source = SimulatedSource(SimConfig(items=60, seed=9), BeltTiming(cfg.line.deadline_ms / 1000), items=400,
-                             rate_hz=40, pool=pool)
+    source = SimulatedSource(
+        SimConfig(items=60, seed=9), BeltTiming(cfg.line.deadline_ms / 1000), items=400, rate_hz=40, pool=pool
+    )
     ctl = Controller(cfg, link=link, source=source, settle=False)
     run = asyncio.create_task(ctl.run())
     while ctl.snapshot()["acked"] < 20:
@@ -154,11 +176,16 @@ def plc_outage(work: Path, pool) -> dict:
     s = out["summary"]
     with AuditLog(work / "outage.sqlite") as log:
         rows = list(log.rows())
-    return {"fault": "PLC stopped for 2 s mid-run, restarted on the same port",
-            "items": s.items, "rows": len(rows), "missing": s.items - len(rows), "lost_or_changed": 0,
-            "detail": f"undelivered {s.undelivered} (safe lane by the PLC's default), acked after restart "
-                      f"{sum(1 for r in rows[-50:] if r.delivery == 'acked')} of the last 50",
-            "ok": (not out["crashed"]) and s.audit_ok and len(rows) == s.items and s.undelivered > 0}
+    return {
+        "fault": "PLC stopped for 2 s mid-run, restarted on the same port",
+        "items": s.items,
+        "rows": len(rows),
+        "missing": s.items - len(rows),
+        "lost_or_changed": 0,
+        "detail": f"undelivered {s.undelivered} (safe lane by the PLC's default), acked after restart "
+        f"{sum(1 for r in rows[-50:] if r.delivery == 'acked')} of the last 50",
+        "ok": (not out["crashed"]) and s.audit_ok and len(rows) == s.items and s.undelivered > 0,
+    }
 
 
 def bad_inputs(work: Path) -> dict:
@@ -169,37 +196,61 @@ def bad_inputs(work: Path) -> dict:
 
     with open(work / "bad.csv", newline="") as fh:
         rows = {int(r["line_no"]): r for r in csv.DictReader(fh)}
-    cfg = load_config(None, env={}, overrides=[
-        "line.source=log", f"line.log_dir={d}", "line.follow=false", "line.deadline_from=arrival",
-        "line.belt_speed_m_s=0.03", "line.scorer_pool=thread", "line.scorer_workers=1",
-        f"audit.path={work / 'bad-audit.sqlite'}", "status.enabled=false"])
+    cfg = load_config(
+        None,
+        env={},
+        overrides=[
+            "line.source=log",
+            f"line.log_dir={d}",
+            "line.follow=false",
+            "line.deadline_from=arrival",
+            "line.belt_speed_m_s=0.03",
+            "line.scorer_pool=thread",
+            "line.scorer_workers=1",
+            f"audit.path={work / 'bad-audit.sqlite'}",
+            "status.enabled=false",
+        ],
+    )
     summary = asyncio.run(Controller(cfg, link=MemoryPlc(scan_ms=2), source=build_source(cfg), settle=False).run())
     with AuditLog(cfg.audit.path) as log:
         audit = {r.source_line: r for r in log.rows()}
     bad_lines = [n for n, k in kinds.items() if k != "good"]
-    bad_to_lead = sum(1 for n in bad_lines if rows[n]["lane"] == "lead_acid") + \
-        sum(1 for n in bad_lines if audit[n].lane == "lead_acid")
-    return {"fault": f"bad inputs: {len(BAD_KINDS)} kinds ({', '.join(BAD_KINDS)})",
-            "items": len(kinds), "rows": min(len(rows), len(audit)), "missing": len(kinds) - min(len(rows), len(audit)),
-            "lost_or_changed": 0, "detail": f"bad lines in lead_acid: {bad_to_lead} (batch and line)",
-            "ok": len(rows) == len(kinds) == len(audit) and bad_to_lead == 0 and summary.audit_ok}
+    bad_to_lead = sum(1 for n in bad_lines if rows[n]["lane"] == "lead_acid") + sum(
+        1 for n in bad_lines if audit[n].lane == "lead_acid"
+    )
+    return {
+        "fault": f"bad inputs: {len(BAD_KINDS)} kinds ({', '.join(BAD_KINDS)})",
+        "items": len(kinds),
+        "rows": min(len(rows), len(audit)),
+        "missing": len(kinds) - min(len(rows), len(audit)),
+        "lost_or_changed": 0,
+        "detail": f"bad lines in lead_acid: {bad_to_lead} (batch and line)",
+        "ok": len(rows) == len(kinds) == len(audit) and bad_to_lead == 0 and summary.audit_ok,
+    }
 
 
 def sensor_faults(pool) -> list[dict]:
     faults = {
         "scale stuck": lambda it: dataclasses.replace(it, record=dataclasses.replace(it.record, weight_g=15000.0)),
-        "scale at capacity": lambda it: dataclasses.replace(it, record=dataclasses.replace(it.record, weight_g=80000.0)),
+        "scale at capacity": lambda it: dataclasses.replace(
+            it, record=dataclasses.replace(it.record, weight_g=80000.0)
+        ),
         "X-ray silent": lambda it: dataclasses.replace(it, xray_low=None, xray_high=None),
         "X-ray blind (all air)": lambda it: dataclasses.replace(
-            it, xray_low=np.full_like(it.xray_low, 65535), xray_high=np.full_like(it.xray_high, 65535)),
+            it, xray_low=np.full_like(it.xray_low, 65535), xray_high=np.full_like(it.xray_high, 65535)
+        ),
         "camera black": lambda it: dataclasses.replace(it, rgb=np.zeros_like(it.rgb)),
         "thermal stuck": lambda it: dataclasses.replace(it, record=dataclasses.replace(it.record, surface_temp_c=21.0)),
         "profiler stuck": lambda it: dataclasses.replace(
-            it, record=dataclasses.replace(it.record, length_mm=250.0, width_mm=170.0, height_mm=200.0)),
+            it, record=dataclasses.replace(it.record, length_mm=250.0, width_mm=170.0, height_mm=200.0)
+        ),
     }
     meta = SimConfig().meta()
-    items = [Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"), meta)
-             for s in pool if all(k in s.images for k in ("xray_low", "xray_high", "rgb"))]
+    items = [
+        Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"), meta)
+        for s in pool
+        if all(k in s.images for k in ("xray_low", "xray_high", "rgb"))
+    ]
     out = []
     for name, fault in faults.items():
         h = SensorHealth()
@@ -211,15 +262,32 @@ def sensor_faults(pool) -> list[dict]:
             h.check(fault(it))
             if h.alarms:
                 break
-        out.append({"fault": f"sensor fault: {name}", "items": n, "rows": n, "missing": 0, "lost_or_changed": 0,
-                    "detail": f"alarm {h.alarms} after {n} items; lead_acid closed while it lasts",
-                    "ok": bool(h.alarms) and n <= h.limits.window})
+        out.append(
+            {
+                "fault": f"sensor fault: {name}",
+                "items": n,
+                "rows": n,
+                "missing": 0,
+                "lost_or_changed": 0,
+                "detail": f"alarm {h.alarms} after {n} items; lead_acid closed while it lasts",
+                "ok": bool(h.alarms) and n <= h.limits.window,
+            }
+        )
     return out
 
 
 async def _overload(path: Path, pool, rate_hi: float, rate_lo: float) -> dict:
-    cfg = load_config(None, env={}, overrides=["line.source=simulated", f"audit.path={path}", "status.enabled=false",
-                                               "line.max_in_flight=32", "plc.kind=memory"])
+    cfg = load_config(
+        None,
+        env={},
+        overrides=[
+            "line.source=simulated",
+            f"audit.path={path}",
+            "status.enabled=false",
+            "line.max_in_flight=32",
+            "plc.kind=memory",
+        ],
+    )
     scorer = ScoringPool(None, workers=2, kind="process")
     await scorer.start()
 
@@ -227,8 +295,17 @@ async def _overload(path: Path, pool, rate_hi: float, rate_lo: float) -> dict:
     hi = SimulatedSource(SimConfig(items=60, seed=9), timing, items=int(rate_hi * 6), rate_hz=rate_hi, pool=pool)
     ctl = Controller(cfg, link=MemoryPlc(scan_ms=10), source=hi, scorer=scorer, settle=False)
     s_hi = await ctl.run()
-    cfg2 = load_config(None, env={}, overrides=["line.source=simulated", f"audit.path={path}.2",
-                                                "status.enabled=false", "line.max_in_flight=32", "plc.kind=memory"])
+    cfg2 = load_config(
+        None,
+        env={},
+        overrides=[
+            "line.source=simulated",
+            f"audit.path={path}.2",
+            "status.enabled=false",
+            "line.max_in_flight=32",
+            "plc.kind=memory",
+        ],
+    )
     lo = SimulatedSource(SimConfig(items=60, seed=9), timing, items=int(rate_lo * 6), rate_hz=rate_lo, pool=pool)
     s_lo = await Controller(cfg2, link=MemoryPlc(scan_ms=10), source=lo, scorer=scorer, settle=False).run()
     await scorer.close()
@@ -240,19 +317,27 @@ def overload(work: Path, pool, sustainable: float) -> dict:
     hi, lo = out["hi"], out["lo"]
     late_hi = hi.items - hi.delivery.get("acked", 0)
     late_lo = lo.items - lo.delivery.get("acked", 0)
-    return {"fault": f"overload: {2 * sustainable:.0f} items/s (2x sustainable) for 6 s, then {0.5 * sustainable:.0f}/s",
-            "items": hi.items + lo.items, "rows": hi.audit_rows + lo.audit_rows,
-            "missing": hi.items + lo.items - hi.audit_rows - lo.audit_rows, "lost_or_changed": 0,
-            "detail": f"not in time at 2x: {late_hi} of {hi.items} (recorded late/overload, PLC defaults to manual); "
-                      f"peak in flight {hi.peak_in_flight} (bound 32); after the drop: {late_lo} of {lo.items} not in time",
-            "ok": hi.audit_ok and lo.audit_ok and hi.peak_in_flight <= 32 and late_lo <= 0.02 * lo.items}
+    return {
+        "fault": f"overload: {2 * sustainable:.0f} items/s (2x sustainable) for 6 s, then {0.5 * sustainable:.0f}/s",
+        "items": hi.items + lo.items,
+        "rows": hi.audit_rows + lo.audit_rows,
+        "missing": hi.items + lo.items - hi.audit_rows - lo.audit_rows,
+        "lost_or_changed": 0,
+        "detail": f"not in time at 2x: {late_hi} of {hi.items} (recorded late/overload, PLC defaults to manual); "
+        f"peak in flight {hi.peak_in_flight} (bound 32); after the drop: {late_lo} of {lo.items} not in time",
+        "ok": hi.audit_ok and lo.audit_ok and hi.peak_in_flight <= 32 and late_lo <= 0.02 * lo.items,
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10)
-    ap.add_argument("--sustainable", type=float, default=None,
-                    help="sustainable rate, items/s (default: the line benchmark's zero-miss rate, else 60)")
+    ap.add_argument(
+        "--sustainable",
+        type=float,
+        default=None,
+        help="sustainable rate, items/s (default: the line benchmark's zero-miss rate, else 60)",
+    )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     rows = []
@@ -267,14 +352,20 @@ def main(argv=None) -> int:
         r = overload(work, pool, args.sustainable or 60.0)
         print(r, flush=True)
         rows.append(r)
-    md = ["## Faults injected, inputs tried, items lost (issue 6)", "",
-          "`python -m benchmarks.fault_injection` — every fault below is also exercised by a test in CI "
-          "(fewer iterations); see docs/reliability.md.", "",
-          "| fault or input | items | audit/score rows | items without a row | lost or changed | holds | detail |",
-          "|---|---|---|---|---|---|---|"]
+    md = [
+        "## Faults injected, inputs tried, items lost (issue 6)",
+        "",
+        "`python -m benchmarks.fault_injection` — every fault below is also exercised by a test in CI "
+        "(fewer iterations); see docs/reliability.md.",
+        "",
+        "| fault or input | items | audit/score rows | items without a row | lost or changed | holds | detail |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        md.append(f"| {r['fault']} | {r['items']} | {r['rows']} | {r['missing']} | {r['lost_or_changed']} | "
-                  f"{'yes' if r['ok'] else 'NO'} | {r.get('detail', '')} |")
+        md.append(
+            f"| {r['fault']} | {r['items']} | {r['rows']} | {r['missing']} | {r['lost_or_changed']} | "
+            f"{'yes' if r['ok'] else 'NO'} | {r.get('detail', '')} |"
+        )
     text = "\n".join(md)
     print(text)
     if not args.no_write:

@@ -124,21 +124,40 @@ def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPool, scan_ms: float,
-                  workdir: Path, *, cases: bool = False) -> Result:
+async def one_run(
+    rate_hz: float,
+    seconds: float,
+    pool: list,
+    scorer: ScoringPool,
+    scan_ms: float,
+    workdir: Path,
+    *,
+    cases: bool = False,
+) -> Result:
     items = max(20, int(round(rate_hz * seconds)))
     audit = workdir / f"audit-{len(list(workdir.glob('audit-*.sqlite'))) + 1:02d}-{rate_hz:g}.sqlite"  # one per run
     station = CaseStationProgram(swap_s=2.0, ready_at_start=True, lane=CASE_LANE[0]) if cases else None
     sim = PlcSimulator(port=0, scan_ms=scan_ms, case_station=station)
     await sim.start()
     try:
-        cfg = load_config(None, env={}, overrides=[
-            "line.source=simulated", f"audit.path={audit}", "status.enabled=false",
-            f"line.scorer_workers={scorer.workers}", "line.max_in_flight=256", f"audit.sync={SYNC_MODE[0]}",
-            f"cases.enabled={'true' if cases else 'false'}", f"cases.lane={CASE_LANE[0]}"])
+        cfg = load_config(
+            None,
+            env={},
+            overrides=[
+                "line.source=simulated",
+                f"audit.path={audit}",
+                "status.enabled=false",
+                f"line.scorer_workers={scorer.workers}",
+                "line.max_in_flight=256",
+                f"audit.sync={SYNC_MODE[0]}",
+                f"cases.enabled={'true' if cases else 'false'}",
+                f"cases.lane={CASE_LANE[0]}",
+            ],
+        )
         link = ModbusPlcLink("127.0.0.1", sim.port, case_block=CaseBlockMap(cfg.cases.base) if cases else None)
-        source = SimulatedSource(SIM, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=rate_hz,
-                                 pool=pool, announce=sim.expect)
+        source = SimulatedSource(
+            SIM, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=rate_hz, pool=pool, announce=sim.expect
+        )
         batches0, scored0 = scorer.batches, scorer.items_scored
         cpu_workers0, cpu_main0 = _cpu_s(scorer.worker_pids), time.process_time()
         ctl = Controller(cfg, link=link, source=source, scorer=scorer)
@@ -159,19 +178,30 @@ async def one_run(rate_hz: float, seconds: float, pool: list, scorer: ScoringPoo
             causes[cause] = causes.get(cause, 0) + 1
     scored = scorer.items_scored - scored0
     return Result(
-        rate_hz=rate_hz, items=summary.items, achieved_hz=summary.items / summary.duration_s,
-        p50_ms=summary.latency_p50_ms, p99_ms=summary.latency_p99_ms, max_ms=summary.latency_max_ms,
-        score_p50_ms=_pct(score, 50), score_p99_ms=_pct(score, 99), deliver_p50_ms=_pct(deliver, 50),
-        misses=summary.deadline_misses, overload=summary.overload, undelivered=summary.undelivered,
-        audit_ok=summary.audit_ok and len(rows) == summary.items, plc_agrees=bool(summary.plc_agrees),
+        rate_hz=rate_hz,
+        items=summary.items,
+        achieved_hz=summary.items / summary.duration_s,
+        p50_ms=summary.latency_p50_ms,
+        p99_ms=summary.latency_p99_ms,
+        max_ms=summary.latency_max_ms,
+        score_p50_ms=_pct(score, 50),
+        score_p99_ms=_pct(score, 99),
+        deliver_p50_ms=_pct(deliver, 50),
+        misses=summary.deadline_misses,
+        overload=summary.overload,
+        undelivered=summary.undelivered,
+        audit_ok=summary.audit_ok and len(rows) == summary.items,
+        plc_agrees=bool(summary.plc_agrees),
         mean_batch=scored / batches if batches else math.nan,
         worker_cpu_ms=1000 * cpu_workers / scored if scored and scorer.worker_pids else None,
         main_cpu_ms=1000 * cpu_main / summary.items if summary.items else None,
         li_ion_in_lead_acid=summary.li_ion_in_lead_acid,
         late_causes=causes,
         commits=int(_sample(ctl, "sorter_line_audit_commit_seconds_count")),
-        slow_commits=int(_sample(ctl, "sorter_line_audit_commit_seconds_count")
-                         - _sample(ctl, "sorter_line_audit_commit_seconds_bucket", le=str(SLOW_COMMIT_S))),
+        slow_commits=int(
+            _sample(ctl, "sorter_line_audit_commit_seconds_count")
+            - _sample(ctl, "sorter_line_audit_commit_seconds_bucket", le=str(SLOW_COMMIT_S))
+        ),
         max_lag_ms=summary.max_durability_lag_ms,
         offered=sum(r.case_status is not None for r in rows),
         assigned=sum(r.case_status == "assigned" for r in rows),
@@ -200,8 +230,10 @@ def late_cause(row: AuditRecord) -> str:
 def _print_row(r: Result) -> None:
     print(table([r]).splitlines()[-1], flush=True)
     if r.late_causes:
-        print("    late: " + ", ".join(f"{k} {v}" for k, v in sorted(r.late_causes.items(), key=lambda kv: -kv[1])),
-              flush=True)
+        print(
+            "    late: " + ", ".join(f"{k} {v}" for k, v in sorted(r.late_causes.items(), key=lambda kv: -kv[1])),
+            flush=True,
+        )
 
 
 def _p99_met(r: Result) -> bool:
@@ -214,17 +246,21 @@ def _ms(v: float | None) -> str:
 
 
 def table(results: list[Result]) -> str:
-    head = ("| rate (items/s) | items | p50 ms | p99 ms | max ms (acked items) | scoring p50 / p99 ms "
-            "| delivery p50 ms "
-            "| mean batch | scoring CPU ms/item | controller CPU ms/item | deadline misses (overload) | undelivered "
-            "| audit commits > 50 ms | worst durability lag ms | audit rows == items | PLC counters agree |")
+    head = (
+        "| rate (items/s) | items | p50 ms | p99 ms | max ms (acked items) | scoring p50 / p99 ms "
+        "| delivery p50 ms "
+        "| mean batch | scoring CPU ms/item | controller CPU ms/item | deadline misses (overload) | undelivered "
+        "| audit commits > 50 ms | worst durability lag ms | audit rows == items | PLC counters agree |"
+    )
     out = [head, "|" + "---|" * 16]
     for r in results:
-        out.append(f"| {r.rate_hz:g} ({r.achieved_hz:.0f}) | {r.items} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | "
-                   f"{_ms(r.max_ms)} | {_ms(r.score_p50_ms)} / {_ms(r.score_p99_ms)} | {_ms(r.deliver_p50_ms)} | "
-                   f"{r.mean_batch:.1f} | {_ms(r.worker_cpu_ms)} | {_ms(r.main_cpu_ms)} | {r.misses} ({r.overload}) | "
-                   f"{r.undelivered} | {r.slow_commits} of {r.commits} | {_ms(r.max_lag_ms)} | "
-                   f"{'yes' if r.audit_ok else 'NO'} | {'yes' if r.plc_agrees else 'NO'} |")
+        out.append(
+            f"| {r.rate_hz:g} ({r.achieved_hz:.0f}) | {r.items} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | "
+            f"{_ms(r.max_ms)} | {_ms(r.score_p50_ms)} / {_ms(r.score_p99_ms)} | {_ms(r.deliver_p50_ms)} | "
+            f"{r.mean_batch:.1f} | {_ms(r.worker_cpu_ms)} | {_ms(r.main_cpu_ms)} | {r.misses} ({r.overload}) | "
+            f"{r.undelivered} | {r.slow_commits} of {r.commits} | {_ms(r.max_lag_ms)} | "
+            f"{'yes' if r.audit_ok else 'NO'} | {'yes' if r.plc_agrees else 'NO'} |"
+        )
     return "\n".join(out)
 
 
@@ -233,8 +269,11 @@ async def bench(args: argparse.Namespace) -> list[Repeat]:
     pool = await asyncio.to_thread(generate_pool, SIM, args.pool, workers=2)
     scorer = ScoringPool(None, workers=args.workers, kind=args.scorer, max_batch=16)
     await scorer.start()
-    print(f"pool of {len(pool)} items and {args.workers} {args.scorer} scoring worker(s) ready in "
-          f"{time.monotonic() - t0:.1f} s", flush=True)
+    print(
+        f"pool of {len(pool)} items and {args.workers} {args.scorer} scoring worker(s) ready in "
+        f"{time.monotonic() - t0:.1f} s",
+        flush=True,
+    )
     repeats: list[Repeat] = []
     with tempfile.TemporaryDirectory(prefix="sorter-bench-", dir=args.audit_dir) as d:
         try:
@@ -287,20 +326,26 @@ async def one_repeat(args: argparse.Namespace, pool, scorer: ScoringPool, d: Pat
 
 
 def summary_table(repeats: list[Repeat]) -> str:
-    out = ["| repeat | p99 ms at 100 items/s | runs with deadline misses (rate: misses) "
-           "| audit commits > 50 ms | highest sustained rate |", "|---|---|---|---|---|"]
+    out = [
+        "| repeat | p99 ms at 100 items/s | runs with deadline misses (rate: misses) "
+        "| audit commits > 50 ms | highest sustained rate |",
+        "|---|---|---|---|---|",
+    ]
     for k, rep in enumerate(repeats, 1):
         runs = rep.fixed + rep.step
         p99 = [_ms(r.p99_ms) for r in rep.fixed if r.rate_hz == 100]
         missed = ", ".join(f"{r.rate_hz:g}: {r.misses + r.undelivered}" for r in runs if r.misses or r.undelivered)
         slow = sum(r.slow_commits for r in runs)
-        out.append(f"| {k} | {' / '.join(p99) or '-'} | {missed or 'none'} | {slow} of {sum(r.commits for r in runs)} "
-                   f"| {rep.best:g} items/s |")
+        out.append(
+            f"| {k} | {' / '.join(p99) or '-'} | {missed or 'none'} | {slow} of {sum(r.commits for r in runs)} "
+            f"| {rep.best:g} items/s |"
+        )
     return "\n".join(out)
 
 
-def fsync_probe(directory: str, seconds: float, rate_hz: float = 100.0,
-                stop: threading.Event | None = None) -> dict[str, float]:
+def fsync_probe(
+    directory: str, seconds: float, rate_hz: float = 100.0, stop: threading.Event | None = None
+) -> dict[str, float]:
     """The disk alone, without SQLite: append 4 kB and ``fdatasync`` ``rate_hz`` times a second
     for ``seconds`` (or until ``stop``) in ``directory``, as the audit log's commits do; the latency
     distribution."""
@@ -319,9 +364,15 @@ def fsync_probe(directory: str, seconds: float, rate_hz: float = 100.0,
         finally:
             os.close(fd)
     a = 1000 * np.asarray(lat)
-    return {"syncs": float(a.size), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
-            "p999": float(np.percentile(a, 99.9)), "max": float(a.max()),
-            "over50": float((a > 50).sum()), "over90": float((a > 90).sum())}
+    return {
+        "syncs": float(a.size),
+        "p50": float(np.percentile(a, 50)),
+        "p99": float(np.percentile(a, 99)),
+        "p999": float(np.percentile(a, 99.9)),
+        "max": float(a.max()),
+        "over50": float((a > 50).sum()),
+        "over90": float((a > 90).sum()),
+    }
 
 
 class DiskLoad:
@@ -333,8 +384,10 @@ class DiskLoad:
         self.path = os.path.join(directory, f"sorter-diskload-{os.getpid()}")
 
     def __enter__(self) -> DiskLoad:
-        script = (f'while :; do dd if=/dev/zero of="{self.path}" bs=1M count={self.mb} conv=fdatasync '
-                  f'status=none; rm -f "{self.path}"; done')
+        script = (
+            f'while :; do dd if=/dev/zero of="{self.path}" bs=1M count={self.mb} conv=fdatasync '
+            f'status=none; rm -f "{self.path}"; done'
+        )
         self.proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
         return self
 
@@ -366,8 +419,11 @@ def _filesystem(path: str) -> str:
     except OSError:
         return "unknown"
     real = os.path.realpath(path)
-    best = max((m for m in mounts if real == m[0] or real.startswith(m[0].rstrip("/") + "/")),
-               key=lambda m: len(m[0]), default=None)
+    best = max(
+        (m for m in mounts if real == m[0] or real.startswith(m[0].rstrip("/") + "/")),
+        key=lambda m: len(m[0]),
+        default=None,
+    )
     return best[1] if best else "unknown"
 
 
@@ -385,8 +441,10 @@ async def cases_bench(args: argparse.Namespace) -> list[tuple[Result, Result]]:
                 got = {}
                 for cases in order:
                     got[cases] = await one_run(rate, args.seconds, pool, scorer, args.scan_ms, Path(d), cases=cases)
-                    print(f"pair {k + 1}, packing {'on ' if cases else 'off'}: {table([got[cases]]).splitlines()[-1]}",
-                          flush=True)
+                    print(
+                        f"pair {k + 1}, packing {'on ' if cases else 'off'}: {table([got[cases]]).splitlines()[-1]}",
+                        flush=True,
+                    )
                 pairs.append((got[False], got[True]))
         finally:
             await scorer.close()
@@ -403,25 +461,31 @@ def cases_main(args: argparse.Namespace) -> int:
     miss_on = sum(r.misses + r.undelivered for r in on)
     items_off, items_on = sum(r.items for r in off), sum(r.items for r in on)
     rate_off, rate_on = miss_off / max(1, items_off), miss_on / max(1, items_on)
-    ratio = (f"{rate_on / rate_off:.2f}" if rate_off else ("1 (none either way)" if not rate_on else "inf"))
-    rows = ["| pair | packing | items | offered to the station (assigned) | cases swapped | p50 / p99 ms "
-            "| deadline misses (overload) | undelivered | controller CPU ms/item | audit rows == items "
-            "| PLC counters agree |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratio = f"{rate_on / rate_off:.2f}" if rate_off else ("1 (none either way)" if not rate_on else "inf")
+    rows = [
+        "| pair | packing | items | offered to the station (assigned) | cases swapped | p50 / p99 ms "
+        "| deadline misses (overload) | undelivered | controller CPU ms/item | audit rows == items "
+        "| PLC counters agree |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for k, (a, b) in enumerate(pairs, 1):
         for r, name in ((a, "off"), (b, "on")):
-            rows.append(f"| {k} | {name} | {r.items} | {r.offered} ({r.assigned}) | {r.cases_closed} | "
-                        f"{_ms(r.p50_ms)} / {_ms(r.p99_ms)} | {r.misses} ({r.overload}) | {r.undelivered} | "
-                        f"{r.main_cpu_ms or math.nan:.2f} | "
-                        f"{'yes' if r.audit_ok else 'NO'} | {'yes' if r.plc_agrees else 'NO'} |")
+            rows.append(
+                f"| {k} | {name} | {r.items} | {r.offered} ({r.assigned}) | {r.cases_closed} | "
+                f"{_ms(r.p50_ms)} / {_ms(r.p99_ms)} | {r.misses} ({r.overload}) | {r.undelivered} | "
+                f"{r.main_cpu_ms or math.nan:.2f} | "
+                f"{'yes' if r.audit_ok else 'NO'} | {'yes' if r.plc_agrees else 'NO'} |"
+            )
     per_pair = ", ".join(f"{a.misses + a.undelivered} / {b.misses + b.undelivered}" for a, b in pairs)
     cpu_off = np.mean([r.main_cpu_ms for r in off if r.main_cpu_ms is not None] or [math.nan])
     cpu_on = np.mean([r.main_cpu_ms for r in on if r.main_cpu_ms is not None] or [math.nan])
-    verdict = (f"Deadline misses without packing: {miss_off} of {items_off} items ({100 * rate_off:.2f} %); with "
-               f"packing: {miss_on} of {items_on} ({100 * rate_on:.2f} %); ratio with/without **{ratio}** "
-               f"(per pair, without / with: {per_pair}). Controller process CPU per item (audit, Modbus, the PLC "
-               f"simulator, and with packing the offers and the case block), mean of the runs: {cpu_off:.2f} ms "
-               f"without, {cpu_on:.2f} ms with packing.")
+    verdict = (
+        f"Deadline misses without packing: {miss_off} of {items_off} items ({100 * rate_off:.2f} %); with "
+        f"packing: {miss_on} of {items_on} ({100 * rate_on:.2f} %); ratio with/without **{ratio}** "
+        f"(per pair, without / with: {per_pair}). Controller process CPU per item (audit, Modbus, the PLC "
+        f"simulator, and with packing the offers and the case block), mean of the runs: {cpu_off:.2f} ms "
+        f"without, {cpu_on:.2f} ms with packing."
+    )
     print("\n".join(rows))
     print(verdict)
     md = [
@@ -430,7 +494,7 @@ def cases_main(args: argparse.Namespace) -> int:
         f"Command: `python -m benchmarks.line_latency --cases --rates {args.rates[0]:g} --seconds {args.seconds:g} "
         f"--repeat {args.repeat}`. The real line on loopback as in the section above (PLC simulator, "
         f"{args.scan_ms:g} ms scan, {SIM.mix} mix, shipped model in {args.workers} {args.scorer} worker(s), "
-        f"audit.sync = \"{args.sync}\", deadline 90 ms), in pairs of {args.seconds:g} s runs at "
+        f'audit.sync = "{args.sync}", deadline 90 ms), in pairs of {args.seconds:g} s runs at '
         f"{args.rates[0]:g} items/s: one without packing, one with the case station on the `{CASE_LANE[0]}` lane "
         "(limit 2100 Wh; the simulated PLC has the case-station block and its operator swaps a full case in 2 s). "
         "The order alternates between pairs so that both sides see the same machine load; the ratio, not the "
@@ -440,8 +504,7 @@ def cases_main(args: argparse.Namespace) -> int:
         "",
         verdict,
         "",
-        f"Load average (1 min) at the start {load[0]:.1f}, at the end {load_end[0]:.1f} "
-        f"({os.cpu_count()} cores).",
+        f"Load average (1 min) at the start {load[0]:.1f}, at the end {load_end[0]:.1f} ({os.cpu_count()} cores).",
     ]
     if not args.no_write:
         key = "line_latency_cases" + ("" if args.rates[0] == 100 else f"_{args.rates[0]:g}")
@@ -454,37 +517,67 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=12.0, help="length of each run (default %(default)s)")
     ap.add_argument("--rates", default="10,50,100", help="rates to report (items/s)")
-    ap.add_argument("--step", default="100,150,200,300,400",
-                    help="rates to step through until deadline misses appear")
-    ap.add_argument("--down", default="80,60,40,30,20,10,5",
-                    help="rates to step down through when the first --step rate already misses")
+    ap.add_argument("--step", default="100,150,200,300,400", help="rates to step through until deadline misses appear")
+    ap.add_argument(
+        "--down",
+        default="80,60,40,30,20,10,5",
+        help="rates to step down through when the first --step rate already misses",
+    )
     ap.add_argument("--pool", type=int, default=200, help="distinct simulated items (default %(default)s)")
     ap.add_argument("--workers", type=int, default=2, help="scoring workers (default %(default)s)")
     ap.add_argument("--scorer", default="process", choices=["process", "thread"])
     ap.add_argument("--scan-ms", type=float, default=10.0, help="PLC simulator scan (default %(default)s)")
-    ap.add_argument("--audit-dir", default=None,
-                    help="where the audit logs go (default: the system's temporary directory); e.g. /dev/shm "
-                         "to see what a disk that syncs in time would give")
-    ap.add_argument("--section", default="line_latency",
-                    help="section of docs/performance.md to write (default %(default)s)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="run the whole series this many times; the worst repeat counts (default %(default)s)")
-    ap.add_argument("--probe-seconds", type=float, default=120.0,
-                    help="then time fdatasync alone on the audit directory's disk this long (0: skip; "
-                         "default %(default)s)")
-    ap.add_argument("--disk-load", action="store_true",
-                    help="run while another process writes and syncs 1.5 GB files in a loop on the audit "
-                         "directory's file system, with the fdatasync probe running beside the runs")
-    ap.add_argument("--sync", choices=["interval", "full"], default="interval",
-                    help="audit.sync of the runs (default %(default)s, the line's default)")
-    ap.add_argument("--quick", action="store_true",
-                    help="a short series: 6 s runs, 100 items/s, step to 200, 3 repeats (about 2 minutes)")
+    ap.add_argument(
+        "--audit-dir",
+        default=None,
+        help="where the audit logs go (default: the system's temporary directory); e.g. /dev/shm "
+        "to see what a disk that syncs in time would give",
+    )
+    ap.add_argument(
+        "--section", default="line_latency", help="section of docs/performance.md to write (default %(default)s)"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="run the whole series this many times; the worst repeat counts (default %(default)s)",
+    )
+    ap.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=120.0,
+        help="then time fdatasync alone on the audit directory's disk this long (0: skip; default %(default)s)",
+    )
+    ap.add_argument(
+        "--disk-load",
+        action="store_true",
+        help="run while another process writes and syncs 1.5 GB files in a loop on the audit "
+        "directory's file system, with the fdatasync probe running beside the runs",
+    )
+    ap.add_argument(
+        "--sync",
+        choices=["interval", "full"],
+        default="interval",
+        help="audit.sync of the runs (default %(default)s, the line's default)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short series: 6 s runs, 100 items/s, step to 200, 3 repeats (about 2 minutes)",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
-    ap.add_argument("--cases", action="store_true",
-                    help="compare deadline misses with and without packing on the line (pairs at the first --rates "
-                         "rate, --repeat pairs)")
-    ap.add_argument("--case-lane", choices=["hazard", "li_ion"], default="li_ion",
-                    help="the case station's lane with --cases (default %(default)s)")
+    ap.add_argument(
+        "--cases",
+        action="store_true",
+        help="compare deadline misses with and without packing on the line (pairs at the first --rates "
+        "rate, --repeat pairs)",
+    )
+    ap.add_argument(
+        "--case-lane",
+        choices=["hazard", "li_ion"],
+        default="li_ion",
+        help="the case station's lane with --cases (default %(default)s)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.rates, args.step, args.down = 6.0, "100", "100,200", "50,20"
@@ -525,9 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         probe = fsync_probe(audit_dir, args.probe_seconds) if args.probe_seconds > 0 else None
     if probe:
-        print(f"fdatasync alone, {probe['syncs']:.0f} syncs of 4 kB at 100/s: p50 {probe['p50']:.2f} ms, p99 "
-              f"{probe['p99']:.2f} ms, p99.9 {probe['p999']:.1f} ms, max {probe['max']:.0f} ms; "
-              f"{probe['over50']:.0f} over 50 ms, {probe['over90']:.0f} over 90 ms", flush=True)
+        print(
+            f"fdatasync alone, {probe['syncs']:.0f} syncs of 4 kB at 100/s: p50 {probe['p50']:.2f} ms, p99 "
+            f"{probe['p99']:.2f} ms, p99.9 {probe['p999']:.1f} ms, max {probe['max']:.0f} ms; "
+            f"{probe['over50']:.0f} over 50 ms, {probe['over90']:.0f} over 90 ms",
+            flush=True,
+        )
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print()
     print(table(fixed))
@@ -540,18 +636,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.disk_load:
         title = "## Line controller under disk load (issue 14)"
     if args.sync == "full":
-        title += ", `audit.sync = \"full\"` (every commit waits for fsync)"
+        title += ', `audit.sync = "full"` (every commit waits for fsync)'
     md = [
         title,
         "",
         f"Command: `python -m benchmarks.line_latency{' --quick' if args.quick else ''}"
         f"{' --disk-load' if args.disk_load else ''}{' --sync full' if args.sync == 'full' else ''}`. "
-        f"Audit durability: `audit.sync = \"{args.sync}\"`"
-        + (" (commits do not wait for the disk; a flusher syncs every 20 ms)." if args.sync == "interval" else
-           " (every commit waits for fsync before its decision is sent).")
-        + (" **Disk load**: another process runs `dd if=/dev/zero bs=1M count=1500 conv=fdatasync` in a loop on "
-           "the audit directory's file system for the whole series, and the fdatasync probe below ran beside "
-           "the runs, at the same time." if args.disk_load else ""),
+        f'Audit durability: `audit.sync = "{args.sync}"`'
+        + (
+            " (commits do not wait for the disk; a flusher syncs every 20 ms)."
+            if args.sync == "interval"
+            else " (every commit waits for fsync before its decision is sent)."
+        )
+        + (
+            " **Disk load**: another process runs `dd if=/dev/zero bs=1M count=1500 conv=fdatasync` in a loop on "
+            "the audit directory's file system for the whole series, and the fdatasync probe below ran beside "
+            "the runs, at the same time."
+            if args.disk_load
+            else ""
+        ),
         "",
         "`python -m benchmarks.line_latency` — the real line on loopback: PLC simulator (pymodbus Modbus TCP "
         f"server, {args.scan_ms:g} ms scan) told about each item at the bridge, a simulated conveyor at a fixed "
@@ -576,26 +679,38 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(step),
         "",
-        (f"**Highest sustained rate with zero deadline misses (in every repeat): {best:g} items/s.**" if best else
-         f"**No rate tried (down to {min(r.rate_hz for r in fixed + step):g} items/s) ran without a deadline "
-         "miss on this machine at the time.**"),
+        (
+            f"**Highest sustained rate with zero deadline misses (in every repeat): {best:g} items/s.**"
+            if best
+            else f"**No rate tried (down to {min(r.rate_hz for r in fixed + step):g} items/s) ran without a deadline "
+            "miss on this machine at the time.**"
+        ),
         "",
         "Targets: p99 <= 20 ms at 100 items/s "
-        + (f"(measured, worst of {len(p99_100)} runs: {_ms(at100.p99_ms)} ms: "
-           f"{'met' if _p99_met(at100) else 'NOT met'})"
-           if at100 else "(not measured)")
+        + (
+            f"(measured, worst of {len(p99_100)} runs: {_ms(at100.p99_ms)} ms: "
+            f"{'met' if _p99_met(at100) else 'NOT met'})"
+            if at100
+            else "(not measured)"
+        )
         + f"; >= 100 items/s with zero misses ({'met' if best >= 100 else 'NOT met'}). "
         f"The {args.scan_ms:g} ms PLC scan puts a floor of about one scan under delivery. "
         f"Load average of the machine (other work shares it): {load:.1f} at the start, {load_end:.1f} at the end.",
     ]
     if probe:
-        when = ("beside the runs, under the disk load" if beside is not None else
-                f"after the runs, for {args.probe_seconds:g} s, nothing else of ours running")
-        consequence = (" With `audit.sync = \"full\"` a decision is sent only after its commit is on disk, so "
-                       "every such stall holds back the decisions behind it, and those items go to the PLC's safe "
-                       "lane." if args.sync == "full" else
-                       " With `audit.sync = \"interval\"` such a stall delays only the flusher: the worst "
-                       "durability lag in the table is the window a power cut would have lost.")
+        when = (
+            "beside the runs, under the disk load"
+            if beside is not None
+            else f"after the runs, for {args.probe_seconds:g} s, nothing else of ours running"
+        )
+        consequence = (
+            ' With `audit.sync = "full"` a decision is sent only after its commit is on disk, so '
+            "every such stall holds back the decisions behind it, and those items go to the PLC's safe "
+            "lane."
+            if args.sync == "full"
+            else ' With `audit.sync = "interval"` such a stall delays only the flusher: the worst '
+            "durability lag in the table is the window a power cut would have lost."
+        )
         md += [
             "",
             f"What the disk did ({when}; no SQLite): {probe['syncs']:.0f} appends of 4 kB, each followed "
@@ -625,8 +740,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
     ram = audit_fs in ("tmpfs", "ramfs")
     md.insert(3, "")
-    md.insert(4, f"Audit logs on `{audit_fs}`" + (" (a RAM disk: NOT durable; this run only shows what a disk that "
-                 "syncs in time would give)" if ram else "") + ".")
+    md.insert(
+        4,
+        f"Audit logs on `{audit_fs}`"
+        + (" (a RAM disk: NOT durable; this run only shows what a disk that syncs in time would give)" if ram else "")
+        + ".",
+    )
     if ram:
         md[0] += ": the audit log on a RAM disk (a diagnostic, not the line's figure)"
     if not args.no_write:

@@ -168,8 +168,9 @@ def first_acked(audit: Path, after: float) -> float | None:
     try:
         con = sqlite3.connect(f"file:{audit}?mode=ro", uri=True, timeout=1)
         try:
-            row = con.execute("SELECT MIN(t_acked) FROM decisions WHERE delivery = 'acked' AND t_acked > ?",
-                              (after,)).fetchone()
+            row = con.execute(
+                "SELECT MIN(t_acked) FROM decisions WHERE delivery = 'acked' AND t_acked > ?", (after,)
+            ).fetchone()
         finally:
             con.close()
     except sqlite3.Error:
@@ -193,8 +194,12 @@ async def cycles(args: argparse.Namespace, tmp: Path, model: Path | None = None)
             hb = sim.model._pc_heartbeat
             t_launch = time.time()
             mono0 = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-m", "sorter", "run", "--config", str(cfg)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sorter", "run", "--config", str(cfg)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             link_up = ack = None
             cpu = float("nan")
             try:
@@ -219,11 +224,15 @@ async def cycles(args: argparse.Namespace, tmp: Path, model: Path | None = None)
             # Let the simulator serve what the killed controller had sent: a heartbeat write still in
             # its queue would otherwise count as the next launch's link coming up (0.03 s once).
             await asyncio.sleep(0.5)
-            out.append({"cycle": k + 1, "link_up_s": link_up or float("nan"), "first_ack_s": ack or float("nan"),
-                        "cpu_s": cpu})
-            print(f"launch {k + 1}{' (empty audit log)' if k == 0 else ' (after kill -9)'}: link up "
-                  f"{out[-1]['link_up_s']:.2f} s, first acked decision {out[-1]['first_ack_s']:.2f} s "
-                  f"({cpu:.2f} CPU-s)", flush=True)
+            out.append(
+                {"cycle": k + 1, "link_up_s": link_up or float("nan"), "first_ack_s": ack or float("nan"), "cpu_s": cpu}
+            )
+            print(
+                f"launch {k + 1}{' (empty audit log)' if k == 0 else ' (after kill -9)'}: link up "
+                f"{out[-1]['link_up_s']:.2f} s, first acked decision {out[-1]['first_ack_s']:.2f} s "
+                f"({cpu:.2f} CPU-s)",
+                flush=True,
+            )
     finally:
         bridge.stop.set()
         bridge.join(10)
@@ -232,8 +241,13 @@ async def cycles(args: argparse.Namespace, tmp: Path, model: Path | None = None)
 
 
 def load_profile() -> dict[str, float]:
-    res = subprocess.run([sys.executable, "-c", _LOAD_PROFILE], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    res = subprocess.run(
+        [sys.executable, "-c", _LOAD_PROFILE],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -244,8 +258,11 @@ def score_startup(tmp: Path) -> float:
         for k, s in enumerate(pool[:20], 1):
             w.append(dataclasses.replace(s.record, item_id=f"{k:08d}", t=time.time()), s.images)
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "sorter", "score", str(log_dir), "--out", str(tmp / "scores.csv"),
-                    "--workers", "1"], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "sorter", "score", str(log_dir), "--out", str(tmp / "scores.csv"), "--workers", "1"],
+        check=True,
+        capture_output=True,
+    )
     return time.monotonic() - t0
 
 
@@ -257,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audit-dir", default=None, help="directory of the audit log (default: a temporary directory)")
     ap.add_argument("--workers", type=int, default=2, help="scoring worker processes (default %(default)s)")
     ap.add_argument("--quick", action="store_true", help="2 cycles")
-    ap.add_argument("--no-compare", action="store_true",
-                    help="skip the comparison run with a copy of the model without predictor.npz (skops loading)")
+    ap.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the comparison run with a copy of the model without predictor.npz (skops loading)",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -289,14 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sorter score, 20 items, 1 worker: {score_s:.2f} s")
     restarts = [r for r in runs if r["cycle"] > 1] or runs
     worst = max(r["first_ack_s"] for r in restarts)
-    rows = "\n".join(f"| {r['cycle']} | {'empty audit log' if r['cycle'] == 1 else 'after kill -9'} | "
-                     f"{r['link_up_s']:.2f} | {r['first_ack_s']:.2f} | {r['cpu_s']:.2f} |" for r in runs)
+    rows = "\n".join(
+        f"| {r['cycle']} | {'empty audit log' if r['cycle'] == 1 else 'after kill -9'} | "
+        f"{r['link_up_s']:.2f} | {r['first_ack_s']:.2f} | {r['cpu_s']:.2f} |"
+        for r in runs
+    )
     cpu_med = statistics.median(r["cpu_s"] for r in restarts)
     compare = ""
     if before:
         b_restarts = [r for r in before if r["cycle"] > 1] or before
-        b_rows = "\n".join(f"| {r['cycle']} | {'empty audit log' if r['cycle'] == 1 else 'after kill -9'} | "
-                           f"{r['link_up_s']:.2f} | {r['first_ack_s']:.2f} | {r['cpu_s']:.2f} |" for r in before)
+        b_rows = "\n".join(
+            f"| {r['cycle']} | {'empty audit log' if r['cycle'] == 1 else 'after kill -9'} | "
+            f"{r['link_up_s']:.2f} | {r['first_ack_s']:.2f} | {r['cpu_s']:.2f} |"
+            for r in before
+        )
         compare = f"""
 
 The same, run right after with a copy of the model without `predictor.npz` (its workers load the skops
@@ -306,12 +332,12 @@ files and import scikit-learn, as every worker did before):
 |---|---|---|---|---|
 {b_rows}
 
-Without `predictor.npz`: restart to first acked decision worst {max(r['first_ack_s'] for r in b_restarts):.2f} s, median
-{statistics.median(r['first_ack_s'] for r in b_restarts):.2f} s, {statistics.median(r['cpu_s'] for r in b_restarts):.2f} CPU-s."""
+Without `predictor.npz`: restart to first acked decision worst {max(r["first_ack_s"] for r in b_restarts):.2f} s, median
+{statistics.median(r["first_ack_s"] for r in b_restarts):.2f} s, {statistics.median(r["cpu_s"] for r in b_restarts):.2f} CPU-s."""
     p = {k: v for k, v in prof.items()}
     md = f"""## Line restart (issue 14)
 
-`python -m benchmarks.line_restart{' --quick' if args.quick else ''}` ({args.cycles} launches, items at
+`python -m benchmarks.line_restart{" --quick" if args.quick else ""}` ({args.cycles} launches, items at
 {args.rate:g}/s, each run {args.run_s:g} s past its first ack, then SIGKILL). `sorter run` as its own process,
 a cold interpreter, {args.workers} spawned scoring worker(s) (the first loads alone, the others once it is ready), Modbus TCP to the PLC simulator (10 ms scan), seconds from
 launch:
@@ -321,19 +347,19 @@ launch:
 {rows}
 
 **Restart after kill -9 to first acked decision: worst {worst:.2f} s, median
-{statistics.median(r['first_ack_s'] for r in restarts):.2f} s, {cpu_med:.2f} CPU-s** (target 2 s: {'met' if worst <= 2 else 'NOT met'}).{compare}
+{statistics.median(r["first_ack_s"] for r in restarts):.2f} s, {cpu_med:.2f} CPU-s** (target 2 s: {"met" if worst <= 2 else "NOT met"}).{compare}
 The link and the PC heartbeat come up before the model has loaded; items meanwhile go to the PLC's safe lane.
 
-Where loading the model goes (fresh interpreter, seconds): importing the controller {p['import_controller_s']:.2f};
+Where loading the model goes (fresh interpreter, seconds): importing the controller {p["import_controller_s"]:.2f};
 loading the model as the scoring workers do, through `predictor.npz` without scikit-learn (hashes, the
-fast predictor's import and self-check): {p['fast_load_s']:.2f} ({p['fast_load_cpu_s']:.2f} CPU-s). For comparison,
-through the skops files (what a worker did before): importing skops {p['import_skops_sklearn_s']:.2f} (skops lists
+fast predictor's import and self-check): {p["fast_load_s"]:.2f} ({p["fast_load_cpu_s"]:.2f} CPU-s). For comparison,
+through the skops files (what a worker did before): importing skops {p["import_skops_sklearn_s"]:.2f} (skops lists
 scikit-learn's estimators at import, which imports every scikit-learn module, and through them scipy, pytest
-and dask.array when installed); sha256 of the files {p['sha256_s']:.3f}; skops's type scan
-{p['skops_type_scan_s']:.2f} and load {p['skops_load_s']:.2f}; the fast predictor's self-check against
-scikit-learn {p['predictor_self_check_s']:.2f}; `load_model` through skops with the imports done
-{p['load_model_warm_s']:.2f}. A scoring worker, from its spawn to ready (a new interpreter, its imports, the
-model, one warm-up item): {p['first_worker_ready_s']:.2f}. The rest of launch -> first ack is the controller's own
+and dask.array when installed); sha256 of the files {p["sha256_s"]:.3f}; skops's type scan
+{p["skops_type_scan_s"]:.2f} and load {p["skops_load_s"]:.2f}; the fast predictor's self-check against
+scikit-learn {p["predictor_self_check_s"]:.2f}; `load_model` through skops with the imports done
+{p["load_model_warm_s"]:.2f}. A scoring worker, from its spawn to ready (a new interpreter, its imports, the
+model, one warm-up item): {p["first_worker_ready_s"]:.2f}. The rest of launch -> first ack is the controller's own
 start (interpreter, imports, when the link comes up) and the first items after the worker is ready
 (those that arrived while it loaded are recorded as overload first, in belt order).
 

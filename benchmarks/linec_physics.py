@@ -35,8 +35,13 @@ def item_stats(xl: np.ndarray, xh: np.ndarray) -> dict[str, float] | None:
     th_o = np.clip(th[occ], 1 / U16, 1.0)
     both = (tl_o > 0.01) & (th_o > 0.01) & (tl_o < 0.95) & (th_o < 0.95)
     r = float(np.median(np.log(tl_o[both]) / np.log(th_o[both]))) if both.sum() >= 4 else float("nan")
-    return {"a_low": float(np.mean(-np.log(tl_o))), "a_high": float(np.mean(-np.log(th_o))), "r": r,
-            "t_low": float(np.median(tl_o)), "opaque": float(np.mean(tl_o < 0.005) > 0.5)}
+    return {
+        "a_low": float(np.mean(-np.log(tl_o))),
+        "a_high": float(np.mean(-np.log(th_o))),
+        "r": r,
+        "t_low": float(np.median(tl_o)),
+        "opaque": float(np.mean(tl_o < 0.005) > 0.5),
+    }
 
 
 def collect(line: str, items: int, seed: int) -> dict[str, list[dict[str, float]]]:
@@ -88,13 +93,17 @@ def main(argv=None) -> int:
         def pair(key: str, nd: int = 2) -> str:
             return f"{_fmt(_med(ra, key), nd) if ra else '–'} / {_fmt(_med(rc, key), nd) if rc else '–'}"
 
-        lines.append(f"| {f} | {len(ra)} / {len(rc)} | {pair('a_low')} | {pair('a_high')} | {pair('r')} | "
-                     f"{pair('t_low', 4)} | {pair('opaque')} |")
+        lines.append(
+            f"| {f} | {len(ra)} / {len(rc)} | {pair('a_low')} | {pair('a_high')} | {pair('r')} | "
+            f"{pair('t_low', 4)} | {pair('opaque')} |"
+        )
     lines += ["", f"Load average at start: {load:.1f}."]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section("linec_physics", "## Physics check: line c against line a\n\n" + text, doc=Path("docs/simulator.md"))
+        write_section(
+            "linec_physics", "## Physics check: line c against line a\n\n" + text, doc=Path("docs/simulator.md")
+        )
     return 0
 
 

@@ -78,8 +78,12 @@ def one_item_latency(log_dir: Path, n: int = 2000) -> dict:
             scorer.score_item(item, a)
             times.append(time.perf_counter() - t0)
     ms = np.array(times) * 1e3
-    return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "max_ms": float(ms.max())}
+    return {
+        "n": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+    }
 
 
 def main(argv=None) -> int:
@@ -90,8 +94,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--no-card", action="store_true", help="do not rewrite models/default/MODEL_CARD.md")
-    ap.add_argument("--latency-only", action="store_true",
-                    help="only the one-item latency (needs the line-a test log); replaces that table in the section")
+    ap.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the one-item latency (needs the line-a test log); replaces that table in the section",
+    )
     args = ap.parse_args(argv)
     data = Path(args.data)
     if args.latency_only:
@@ -104,9 +111,12 @@ def main(argv=None) -> int:
             from ._report import PERF_DOC
 
             text = PERF_DOC.read_text()
-            text = re.sub(r"(\| items \| p50 \| p99 \| max \|\n\|---\|---\|---\|---\|\n)\|[^\n]*\|",
-                          lambda m: m.group(1) + row + f" (rerun alone, load average {os.getloadavg()[0]:.1f})",
-                          text, count=1)
+            text = re.sub(
+                r"(\| items \| p50 \| p99 \| max \|\n\|---\|---\|---\|---\|\n)\|[^\n]*\|",
+                lambda m: m.group(1) + row + f" (rerun alone, load average {os.getloadavg()[0]:.1f})",
+                text,
+                count=1,
+            )
             PERF_DOC.write_text(text)
         return 0
     reports = data / "reports"
@@ -120,51 +130,85 @@ def main(argv=None) -> int:
     model_b_dir = data / "model-b"
     print("retraining on line b ...", flush=True)
     t0 = time.perf_counter()
-    model_b, _ = train_and_save([str(train_b)], str(model_b_dir), TrainConfig(seed=0, workers=args.workers),
-                                name="sorter-line-b")
+    model_b, _ = train_and_save(
+        [str(train_b)], str(model_b_dir), TrainConfig(seed=0, workers=args.workers), name="sorter-line-b"
+    )
     train_s = time.perf_counter() - t0
     ev_b = evaluate_log(str(test_b), str(reports / "retrained-on-b"), model=model_b, workers=args.workers)
     # line b is another line: scored as a plant would, lead_acid is closed for it (0 to the breaker by
     # construction); with the mismatch allowed, this shows what carries over to it on its own
-    ev_ab = evaluate_log(str(test_b), str(reports / "shipped-on-b"), model=shipped, workers=args.workers,
-                         allow_line_mismatch=True)
+    ev_ab = evaluate_log(
+        str(test_b), str(reports / "shipped-on-b"), model=shipped, workers=args.workers, allow_line_mismatch=True
+    )
     lat = one_item_latency(test_a)
 
     sections = [
         ("Shipped model, line a, fresh recycler log", ev_a),
         ("Retrained on line b, fresh recycler log of line b", ev_b),
-        ("Shipped model (line a) on line b without retraining, --allow-line-mismatch (by default lead_acid is "
-         "closed on another line)", ev_ab),
+        (
+            "Shipped model (line a) on line b without retraining, --allow-line-mismatch (by default lead_acid is "
+            "closed on another line)",
+            ev_ab,
+        ),
     ]
-    md = ["## Classifier (issue 3)", "",
-          "`python -m benchmarks.model_eval` — fresh simulated logs with seeds never used in training "
-          f"({args.test_items} items each, recycler mix). Full reports (per product, hard cases, wrong items, plots) "
-          f"are written to `{args.data}/reports/` (`--data`, default `bench-data`).", ""]
+    md = [
+        "## Classifier (issue 3)",
+        "",
+        "`python -m benchmarks.model_eval` — fresh simulated logs with seeds never used in training "
+        f"({args.test_items} items each, recycler mix). Full reports (per product, hard cases, wrong items, plots) "
+        f"are written to `{args.data}/reports/` (`--data`, default `bench-data`).",
+        "",
+    ]
     for title, ev in sections:
-        md += [f"### {title}", "", f"Model `{ev['model']}`; chemistry accuracy {ev['accuracy']:.4f}.", "",
-               _table(HEADLINE_HEADERS, headline_rows(ev)), ""]
+        md += [
+            f"### {title}",
+            "",
+            f"Model `{ev['model']}`; chemistry accuracy {ev['accuracy']:.4f}.",
+            "",
+            _table(HEADLINE_HEADERS, headline_rows(ev)),
+            "",
+        ]
         hard = ev["hard_cases"]
-        md += ["Hard cases: " + "; ".join(
-            f"{k} {v.get('n', 0)} (wrong chemistry {v.get('wrong_chemistry', 0)}, manual {v.get('to_manual', 0)})"
-            for k, v in hard.items()), ""]
-    md += [f"Retraining on line b took {train_s:.0f} s for {args.train_items} items on this machine.", "",
-           "### One item: features + model + policy, images in memory, one thread", "",
-           "| items | p50 | p99 | max |", "|---|---|---|---|",
-           f"| {lat['n']} | {lat['p50_ms']:.2f} ms | {lat['p99_ms']:.2f} ms | {lat['max_ms']:.2f} ms |", "",
-           "Targets: 0 Li-ion in lead_acid (all sensors and each missing in turn); non-lead in lead_acid ≤ 1 per 10,000; "
-           "lead-acid to lead_acid ≥ 99 %; manual ≤ 1 %; damaged Li-ion to hazard ≥ 95 %; one item p99 ≤ 10 ms."]
+        md += [
+            "Hard cases: "
+            + "; ".join(
+                f"{k} {v.get('n', 0)} (wrong chemistry {v.get('wrong_chemistry', 0)}, manual {v.get('to_manual', 0)})"
+                for k, v in hard.items()
+            ),
+            "",
+        ]
+    md += [
+        f"Retraining on line b took {train_s:.0f} s for {args.train_items} items on this machine.",
+        "",
+        "### One item: features + model + policy, images in memory, one thread",
+        "",
+        "| items | p50 | p99 | max |",
+        "|---|---|---|---|",
+        f"| {lat['n']} | {lat['p50_ms']:.2f} ms | {lat['p99_ms']:.2f} ms | {lat['max_ms']:.2f} ms |",
+        "",
+        "Targets: 0 Li-ion in lead_acid (all sensors and each missing in turn); non-lead in lead_acid ≤ 1 per 10,000; "
+        "lead-acid to lead_acid ≥ 99 %; manual ≤ 1 %; damaged Li-ion to hazard ≥ 95 %; one item p99 ≤ 10 ms.",
+    ]
     text = "\n".join(md)
     print(text)
-    (reports / "summary.json").write_text(json.dumps({"a": ev_a["all_sensors"], "b": ev_b["all_sensors"],
-                                                      "a_on_b": ev_ab["all_sensors"], "latency": lat}, indent=2))
+    (reports / "summary.json").write_text(
+        json.dumps(
+            {"a": ev_a["all_sensors"], "b": ev_b["all_sensors"], "a_on_b": ev_ab["all_sensors"], "latency": lat},
+            indent=2,
+        )
+    )
     if not args.no_write:
         write_section("model", text)
     if not args.no_card and shipped.path is not None:
         from sorter.report import model_card
 
-        card = model_card(shipped.manifest, {"Line a, fresh recycler log (seed 9001)": ev_a,
-                                             "Line b without retraining or calibration, mismatch allowed (seed 9002) "
-                                             "— out of scope": ev_ab})
+        card = model_card(
+            shipped.manifest,
+            {
+                "Line a, fresh recycler log (seed 9001)": ev_a,
+                "Line b without retraining or calibration, mismatch allowed (seed 9002) — out of scope": ev_ab,
+            },
+        )
         (shipped.path / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     return 0
 

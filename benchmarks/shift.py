@@ -69,16 +69,32 @@ class Shift:
 
 SHIFTS = [
     Shift("a", "the training line itself (reference, no shift)", {"line": "a"}),
-    Shift("b", "line b: 140 kV tube, harder filters, noisier detector, 1.6 mm X-ray pitch, warm camera, green belt",
-          {"line": "b"}),
-    *(Shift(name, f"line a with `{sorted(spec.get('line_overrides', {}))}` changed"
-          if name not in ("all", "line_c") else
-          ("every knob at once, on top of line b" if name == "all" else
-           "line c: images from a separately written rendering route (its own projection, spectrum, detector and "
-           "camera), other energies, one item in six a product outside our catalogue"), dict(spec))
-      for name, spec in SHIFTS_SIM.items()),
-    Shift("leave-family-out", f"line a; the retraining and calibration logs have no {', '.join(LEFT_OUT)}",
-          {"line": "a"}, train_exclude=LEFT_OUT),
+    Shift(
+        "b",
+        "line b: 140 kV tube, harder filters, noisier detector, 1.6 mm X-ray pitch, warm camera, green belt",
+        {"line": "b"},
+    ),
+    *(
+        Shift(
+            name,
+            f"line a with `{sorted(spec.get('line_overrides', {}))}` changed"
+            if name not in ("all", "line_c")
+            else (
+                "every knob at once, on top of line b"
+                if name == "all"
+                else "line c: images from a separately written rendering route (its own projection, spectrum, detector and "
+                "camera), other energies, one item in six a product outside our catalogue"
+            ),
+            dict(spec),
+        )
+        for name, spec in SHIFTS_SIM.items()
+    ),
+    Shift(
+        "leave-family-out",
+        f"line a; the retraining and calibration logs have no {', '.join(LEFT_OUT)}",
+        {"line": "a"},
+        train_exclude=LEFT_OUT,
+    ),
 ]
 
 SEEDS = {"test": 13001, "cal": 13002, "train": 13003}
@@ -101,8 +117,20 @@ def ensure_log(data: Path, shift: Shift, part: str, items: int) -> Path:
 
 # ---------------------------------------------------------------------------- the physical baseline
 
-BASELINE_FEATURES = ("weight_g", "length_mm", "width_mm", "height_mm", "density_kg_l", "xr_area_mm2",
-                     "att_low_p50", "att_high_p50", "xr_opaque_frac", "r_p50", "r_p75", "thermal_excess_c")
+BASELINE_FEATURES = (
+    "weight_g",
+    "length_mm",
+    "width_mm",
+    "height_mm",
+    "density_kg_l",
+    "xr_area_mm2",
+    "att_low_p50",
+    "att_high_p50",
+    "xr_opaque_frac",
+    "r_p50",
+    "r_p75",
+    "thermal_excess_c",
+)
 
 
 def baseline_features(raw: np.ndarray, energies: tuple[float, float]) -> np.ndarray:
@@ -114,17 +142,27 @@ def baseline_features(raw: np.ndarray, energies: tuple[float, float]) -> np.ndar
     with np.errstate(invalid="ignore", divide="ignore"):
         dens = w / 1000.0 / (L * W * H * 1e-6)
     span = s.r_iron - s.r_plastic
-    return np.column_stack([
-        w, L, W, H, dens, raw[:, c["xr_area_mm2"]],
-        raw[:, c["xr_al_eq_low_p50"]] * s.mu_al_low, raw[:, c["xr_al_eq_high_p50"]] * s.mu_al_high,
-        raw[:, c["xr_opaque_frac"]],
-        raw[:, c["xr_mat_p50"]] * span + s.r_plastic, raw[:, c["xr_mat_p75"]] * span + s.r_plastic,
-        raw[:, c["surface_temp_c"]] - raw[:, c["ambient_c"]],
-    ])
+    return np.column_stack(
+        [
+            w,
+            L,
+            W,
+            H,
+            dens,
+            raw[:, c["xr_area_mm2"]],
+            raw[:, c["xr_al_eq_low_p50"]] * s.mu_al_low,
+            raw[:, c["xr_al_eq_high_p50"]] * s.mu_al_high,
+            raw[:, c["xr_opaque_frac"]],
+            raw[:, c["xr_mat_p50"]] * span + s.r_plastic,
+            raw[:, c["xr_mat_p75"]] * span + s.r_plastic,
+            raw[:, c["surface_temp_c"]] - raw[:, c["ambient_c"]],
+        ]
+    )
 
 
-def baseline_lanes(train_m: MeasuredLog, test_m: MeasuredLog, energies: tuple[float, float], seed: int = 0
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def baseline_lanes(
+    train_m: MeasuredLog, test_m: MeasuredLog, energies: tuple[float, float], seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from sorter.policy import critical_problems
@@ -160,7 +198,9 @@ def row(m: MeasuredLog, lanes: np.ndarray, pred: np.ndarray, family_left_out: bo
     li = y == "li_ion"
     k = int(np.sum(li & (lanes == "lead_acid")))
     out = {
-        "li_in_lead": k, "li_total": int(li.sum()), "leak_ub95": upper_bound_95(k, int(li.sum())),
+        "li_in_lead": k,
+        "li_total": int(li.sum()),
+        "leak_ub95": upper_bound_95(k, int(li.sum())),
         "lead_to_lead": float(np.mean(lanes[y == "lead_acid"] == "lead_acid")),
         "manual": float(np.mean(lanes == "manual")),
         "accuracy": float(np.mean(pred == y)),
@@ -182,8 +222,13 @@ def model_row(model, m: MeasuredLog, meta, allow: bool, family_left_out: bool) -
 
 def fmt(r: dict[str, Any]) -> list[str]:
     pct = lambda v: "—" if v is None else f"{100 * v:.1f} %"  # noqa: E731
-    cells = [f"{r['li_in_lead']} / {r['li_total']} (≤ {100 * r['leak_ub95']:.2f} %)", pct(r["lead_to_lead"]),
-             pct(r["manual"]), pct(r["accuracy"]), pct(r["accuracy_unknown"])]
+    cells = [
+        f"{r['li_in_lead']} / {r['li_total']} (≤ {100 * r['leak_ub95']:.2f} %)",
+        pct(r["lead_to_lead"]),
+        pct(r["manual"]),
+        pct(r["accuracy"]),
+        pct(r["accuracy_unknown"]),
+    ]
     cells.append(pct(r.get("accuracy_left_out")) + (f" (n={r['left_out_n']})" if "left_out_n" in r else ""))
     return cells
 
@@ -206,7 +251,10 @@ def main(argv=None) -> int:
     prior = data / "results.json"
     if names and prior.exists():  # a partial rerun keeps the other shifts' last results (same sizes only)
         old = json.loads(prior.read_text())
-        if old.get("_sizes") == [args.test_items, args.cal_items, args.train_items] and old.get("_model") == shipped.model_id:
+        if (
+            old.get("_sizes") == [args.test_items, args.cal_items, args.train_items]
+            and old.get("_model") == shipped.model_id
+        ):
             results = {k: v for k, v in old.items() if not k.startswith("_")}
     t_start = time.perf_counter()
     for shift in SHIFTS:
@@ -237,11 +285,18 @@ def main(argv=None) -> int:
         lanes_b, pred_b = baseline_lanes(trn_m, test_m, meta.xray_energies_kev)
         res["physical baseline (3000)"] = row(test_m, lanes_b, pred_b, lfo)
         results[shift.name] = res
-        print(json.dumps({k: v for k, v in res.items() if k not in ("what", "declared", "calibration")}, default=str),
-              flush=True)
+        print(
+            json.dumps({k: v for k, v in res.items() if k not in ("what", "declared", "calibration")}, default=str),
+            flush=True,
+        )
     results = {s.name: results[s.name] for s in SHIFTS if s.name in results}  # in the table's order
-    prior.write_text(json.dumps({**results, "_sizes": [args.test_items, args.cal_items, args.train_items],
-                                 "_model": shipped.model_id}, indent=1, default=str))
+    prior.write_text(
+        json.dumps(
+            {**results, "_sizes": [args.test_items, args.cal_items, args.train_items], "_model": shipped.model_id},
+            indent=1,
+            default=str,
+        )
+    )
     md = render(results, args, time.perf_counter() - t_start, shipped.model_id)
     print(md)
     if not args.no_doc:
@@ -249,28 +304,49 @@ def main(argv=None) -> int:
     return 0
 
 
-ROWS = ("shipped zero-shot", "shipped, mismatch allowed", "calibrated (500)", "retrained (3000)",
-        "physical baseline (3000)")
+ROWS = (
+    "shipped zero-shot",
+    "shipped, mismatch allowed",
+    "calibrated (500)",
+    "retrained (3000)",
+    "physical baseline (3000)",
+)
 
 
 def render(results: dict[str, Any], args, seconds: float, model_id: str) -> str:
-    md = ["## Another line: shifts, calibration, retraining (issue 13)", "",
-          f"`python -m benchmarks.shift` — the shipped model ({model_id}, trained on line a) on shifted lines; "
-          f"fresh balanced-mix logs per shift: test {args.test_items} items (seed {SEEDS['test']}), calibration "
-          f"{args.cal_items} (seed {SEEDS['cal']}), training {args.train_items} (seed {SEEDS['train']}); 0.2 % "
-          "sensor dropouts in the test logs, 1 % in the others. *Li-ion in lead_acid* gives the count, of how many Li-ion items, and the exact one-sided 95 % "
-          "upper bound on the rate. *Zero-shot* closes lead_acid for a log whose declared line differs from the "
-          "model's (the default); *mismatch allowed* opens it, to show what the physics and the novelty score do "
-          "alone. The baseline is a plain gradient-boosting model on twelve physical measurements, retrained per "
-          f"line. Whole run: {seconds / 60:.0f} min.", ""]
-    head = ("model", "Li-ion in lead_acid", "lead-acid to lead_acid", "manual", "accuracy",
-            "accuracy, products outside the catalogue", "accuracy, left-out family")
+    md = [
+        "## Another line: shifts, calibration, retraining (issue 13)",
+        "",
+        f"`python -m benchmarks.shift` — the shipped model ({model_id}, trained on line a) on shifted lines; "
+        f"fresh balanced-mix logs per shift: test {args.test_items} items (seed {SEEDS['test']}), calibration "
+        f"{args.cal_items} (seed {SEEDS['cal']}), training {args.train_items} (seed {SEEDS['train']}); 0.2 % "
+        "sensor dropouts in the test logs, 1 % in the others. *Li-ion in lead_acid* gives the count, of how many Li-ion items, and the exact one-sided 95 % "
+        "upper bound on the rate. *Zero-shot* closes lead_acid for a log whose declared line differs from the "
+        "model's (the default); *mismatch allowed* opens it, to show what the physics and the novelty score do "
+        "alone. The baseline is a plain gradient-boosting model on twelve physical measurements, retrained per "
+        f"line. Whole run: {seconds / 60:.0f} min.",
+        "",
+    ]
+    head = (
+        "model",
+        "Li-ion in lead_acid",
+        "lead-acid to lead_acid",
+        "manual",
+        "accuracy",
+        "accuracy, products outside the catalogue",
+        "accuracy, left-out family",
+    )
     for name, res in results.items():
         d = res["declared"]
-        md += [f"### {name}: {res['what']}", "",
-               f"Declared: line `{d.get('line')}`, X-ray {d['xray']['energies_kev']} keV at {d['xray']['mm_per_px']} mm, "
-               f"camera {d['camera']['mm_per_px']} mm. Retraining took {res.get('retrain_s')} s.", "",
-               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        md += [
+            f"### {name}: {res['what']}",
+            "",
+            f"Declared: line `{d.get('line')}`, X-ray {d['xray']['energies_kev']} keV at {d['xray']['mm_per_px']} mm, "
+            f"camera {d['camera']['mm_per_px']} mm. Retraining took {res.get('retrain_s')} s.",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
         for r in ROWS:
             cell = res.get(r)
             if cell is None:

@@ -161,8 +161,12 @@ def traced_controller(argv: list[str]) -> int:
             req = trace_dir / f"request-{k}"
             if req.exists():
                 snap = tracemalloc.take_snapshot().filter_traces(
-                    (tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen *>"),
-                     tracemalloc.Filter(False, linecache.__file__)))
+                    (
+                        tracemalloc.Filter(False, tracemalloc.__file__),
+                        tracemalloc.Filter(False, "<frozen *>"),
+                        tracemalloc.Filter(False, linecache.__file__),
+                    )
+                )
                 snap.dump(str(trace_dir / f"snap-{k}.tmp"))
                 os.replace(trace_dir / f"snap-{k}.tmp", trace_dir / f"snap-{k}")
                 k += 1
@@ -294,22 +298,33 @@ class Soak:
         window = ["--id-window", str(self.args.id_window)] if self.args.id_window else []
         if traced or window:
             (self.tmp / "trace").mkdir(exist_ok=True)
-            cmd = [sys.executable, "-m", "benchmarks.soak", "traced", *window, *([] if traced else ["--no-trace"]),
-                   str(self.tmp / "trace"), "--", *run]
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.soak",
+                "traced",
+                *window,
+                *([] if traced else ["--no-trace"]),
+                str(self.tmp / "trace"),
+                "--",
+                *run,
+            ]
         else:
             cmd = [sys.executable, "-m", "sorter", *run]
         return self.spawn(cmd, "controller")
 
-    def leg(self, leg: int, seconds: float, plc: subprocess.Popen[bytes], rec: subprocess.Popen[bytes],
-            traced: bool) -> subprocess.Popen[bytes]:
+    def leg(
+        self, leg: int, seconds: float, plc: subprocess.Popen[bytes], rec: subprocess.Popen[bytes], traced: bool
+    ) -> subprocess.Popen[bytes]:
         ctl = self.controller(traced)
         start = time.monotonic()
         asked = 0
         labels: dict[int, str] = {}
         while time.monotonic() - start < seconds:
             if ctl.poll() is not None:
-                raise RuntimeError(f"sorter run exited with {ctl.returncode}: "
-                                   f"{(self.tmp / 'controller.err').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"sorter run exited with {ctl.returncode}: {(self.tmp / 'controller.err').read_text()[-3000:]}"
+                )
             named = {"recorder": rec.pid, "plc-sim": plc.pid, "controller": ctl.pid}
             for pid in children(ctl.pid):
                 if pid not in labels:  # named in order of first sight, so a late worker keeps its name
@@ -332,13 +347,27 @@ class Soak:
 
     def run(self) -> dict[str, object]:
         a = self.args
-        plc = self.spawn([sys.executable, "-m", "sorter", "plc-sim", "--port", str(self.port), "--report-s", "3600"],
-                         "plc-sim")
-        rec = self.spawn([sys.executable, "-m", "benchmarks.soak", "recorder", str(self.log_dir), "--rate",
-                          str(a.rate), "--keep-images-s", str(a.keep_images_s), "--count-file",
-                          str(self.tmp / "count"),
-                          *(["--id-window", str(a.id_window)] if a.id_window else []),
-                          *(["--rotate-items", str(a.rotate_items)] if a.rotate_items else [])], "recorder")
+        plc = self.spawn(
+            [sys.executable, "-m", "sorter", "plc-sim", "--port", str(self.port), "--report-s", "3600"], "plc-sim"
+        )
+        rec = self.spawn(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.soak",
+                "recorder",
+                str(self.log_dir),
+                "--rate",
+                str(a.rate),
+                "--keep-images-s",
+                str(a.keep_images_s),
+                "--count-file",
+                str(self.tmp / "count"),
+                *(["--id-window", str(a.id_window)] if a.id_window else []),
+                *(["--rotate-items", str(a.rotate_items)] if a.rotate_items else []),
+            ],
+            "recorder",
+        )
         try:
             while layout(self.log_dir) is None:
                 if rec.poll() is not None:
@@ -369,10 +398,15 @@ class Soak:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait(30)
         items, missing, rows = missing_rows(self.log_dir, self.audit)
-        return {"items": items, "missing": missing, "rows": rows, "rows_at_kill": rows_at_kill,
-                "segments": len(item_files(self.log_dir)),
-                "audit_mb": sum(f.stat().st_size for f in self.tmp.glob("audit.sqlite*")) / 1e6,
-                "log_mb": sum(f.stat().st_size for f in self.log_dir.rglob("*") if f.is_file()) / 1e6}
+        return {
+            "items": items,
+            "missing": missing,
+            "rows": rows,
+            "rows_at_kill": rows_at_kill,
+            "segments": len(item_files(self.log_dir)),
+            "audit_mb": sum(f.stat().st_size for f in self.tmp.glob("audit.sqlite*")) / 1e6,
+            "log_mb": sum(f.stat().st_size for f in self.log_dir.rglob("*") if f.is_file()) / 1e6,
+        }
 
     def items_between_snapshots(self) -> int:
         return self.rows_at_snap[-1] - self.rows_at_snap[0] if len(self.rows_at_snap) == 2 else 0
@@ -404,9 +438,13 @@ def demo(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     load0 = os.getloadavg()[0]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "sorter", "demo", "--items", str(args.items), "--rate",
-                             str(args.rate), "--no-status"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sorter", "demo", "--items", str(args.items), "--rate", str(args.rate), "--no-status"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
     t0 = time.monotonic()
     samples: list[tuple[float, float]] = []
     while proc.poll() is None:
@@ -459,12 +497,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period (default %(default)s)")
     ap.add_argument("--keep-images-s", type=float, default=60.0, help="images deleted this long after writing")
     ap.add_argument("--workers", type=int, default=2, help="scoring worker processes (default %(default)s)")
-    ap.add_argument("--rotate-items", type=int, default=None, metavar="N",
-                    help="a new log segment every N items (needs log rotation in sorter.logformat)")
+    ap.add_argument(
+        "--rotate-items",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a new log segment every N items (needs log rotation in sorter.logformat)",
+    )
     ap.add_argument("--no-trace", action="store_true", help="no tracemalloc in the second leg")
-    ap.add_argument("--id-window", type=int, default=None, metavar="N",
-                    help="experiment: bound the log reader's and writer's item-id index to the last N ids "
-                         "(what a fix in sorter/logformat/reader.py would do)")
+    ap.add_argument(
+        "--id-window",
+        type=int,
+        default=None,
+        metavar="N",
+        help="experiment: bound the log reader's and writer's item-id index to the last N ids "
+        "(what a fix in sorter/logformat/reader.py would do)",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = ap.parse_args(argv)
     if args.id_window is not None and args.id_window < 1:
@@ -474,8 +522,11 @@ def main(argv: list[str] | None = None) -> int:
         print("soak: --rate, --minutes and --sample-s must be > 0", file=sys.stderr)
         return 2
     if 2 * args.warmup_s >= args.minutes * 60:
-        print(f"soak: --warmup-s {args.warmup_s:g} leaves nothing of a {args.minutes * 30:g} s leg to measure; "
-              "run longer or warm up less", file=sys.stderr)
+        print(
+            f"soak: --warmup-s {args.warmup_s:g} leaves nothing of a {args.minutes * 30:g} s leg to measure; "
+            "run longer or warm up less",
+            file=sys.stderr,
+        )
         return 2
     if args.rotate_items is not None and args.rotate_items < 1:
         print("soak: --rotate-items must be at least 1", file=sys.stderr)
@@ -495,23 +546,36 @@ def main(argv: list[str] | None = None) -> int:
         if slope is not None:
             worst = max(worst, slope)
         traced = leg == 2 and name == "controller" and not args.no_trace
-        rows.append(f"| {leg} | {name}{' (tracemalloc)' if traced else ''} | {samples[0][1]:.1f} | "
-                    f"{after[0][1] if after else float('nan'):.1f} | {samples[-1][1]:.1f} | "
-                    f"{'n/a' if slope is None else f'{slope:+.1f}'} |")
+        rows.append(
+            f"| {leg} | {name}{' (tracemalloc)' if traced else ''} | {samples[0][1]:.1f} | "
+            f"{after[0][1] if after else float('nan'):.1f} | {samples[-1][1]:.1f} | "
+            f"{'n/a' if slope is None else f'{slope:+.1f}'} |"
+        )
     table = "\n".join(rows)
     between = soak.items_between_snapshots()
-    difft = "\n".join(f"| `{w}` | {kb:+.1f} | {c:+d} | {1000 * kb / between if between else float('nan'):.0f} |"
-                      for w, kb, c in diff) or "| (no snapshots) | | | |"
+    difft = (
+        "\n".join(
+            f"| `{w}` | {kb:+.1f} | {c:+d} | {1000 * kb / between if between else float('nan'):.0f} |"
+            for w, kb, c in diff
+        )
+        or "| (no snapshots) | | | |"
+    )
     leg_min = args.minutes / 2
     experiment = f" --id-window {args.id_window}" if args.id_window else ""
     if args.rotate_items:
         experiment += f" --rotate-items {args.rotate_items}"
     segs = res["segments"]
-    rot_line = (f"The log was rotated every {args.rotate_items} items: {segs} segments ({segs - 1} rotations), "
-                "followed across and resumed after the kill." if args.rotate_items else
-                "The log was one file (no `--rotate-items`).")
-    title = (f"Soak with the log's item-id index bounded to {args.id_window} ids (an experiment)" if args.id_window
-             else "Soak: memory and items over a long run")
+    rot_line = (
+        f"The log was rotated every {args.rotate_items} items: {segs} segments ({segs - 1} rotations), "
+        "followed across and resumed after the kill."
+        if args.rotate_items
+        else "The log was one file (no `--rotate-items`)."
+    )
+    title = (
+        f"Soak with the log's item-id index bounded to {args.id_window} ids (an experiment)"
+        if args.id_window
+        else "Soak: memory and items over a long run"
+    )
     md = f"""## {title} (issue 19)
 
 `python -m benchmarks.soak --rate {args.rate:g} --minutes {args.minutes:g} --warmup-s {args.warmup_s:g}{experiment}` —
@@ -526,14 +590,14 @@ controller is killed with SIGKILL between them and restarted on the same audit l
 {table}
 
 **Worst slope: {worst:+.1f} MB/hour** (target <= 5 MB/hour per process after warm-up:
-{'met' if worst <= 5 else 'NOT met'}). A {leg_min:g}-minute leg measures a slope; it does not prove weeks.
+{"met" if worst <= 5 else "NOT met"}). A {leg_min:g}-minute leg measures a slope; it does not prove weeks.
 The second leg's controller runs under tracemalloc (its own bookkeeping grows with live blocks, so its RSS
 is higher; its slope still shows growth).
 
-Items: {res['items']} written to the log, {res['rows']} audit rows, **{res['missing']} items without an audit
-row** across the restart (target 0; {res['rows_at_kill']} rows when the controller was killed). Disk at the end:
-log {res['log_mb']:.0f} MB (JSON lines and the last {args.keep_images_s:g} s of images), audit
-{res['audit_mb']:.1f} MB ({1e6 * res['audit_mb'] / max(1, res['rows']):.0f} bytes a row with its indexes and WAL).
+Items: {res["items"]} written to the log, {res["rows"]} audit rows, **{res["missing"]} items without an audit
+row** across the restart (target 0; {res["rows_at_kill"]} rows when the controller was killed). Disk at the end:
+log {res["log_mb"]:.0f} MB (JSON lines and the last {args.keep_images_s:g} s of images), audit
+{res["audit_mb"]:.1f} MB ({1e6 * res["audit_mb"] / max(1, res["rows"]):.0f} bytes a row with its indexes and WAL).
 
 What the controller allocated and still held between the end of leg 2's warm-up and its end, over
 {between} items (tracemalloc, top lines by growth; bytes per item that stay when the run goes on are a

@@ -113,12 +113,23 @@ def make_log(path: Path, items: int) -> None:
     simulate_log(SimConfig(items=items, seed=14, mix="recycler"), path, workers=1)
 
 
-def score_startup(log: Path, tmp: Path, model: str | None, repeats: int,
-                  env: dict[str, str]) -> list[tuple[float, float]]:
+def score_startup(
+    log: Path, tmp: Path, model: str | None, repeats: int, env: dict[str, str]
+) -> list[tuple[float, float]]:
     out = []
     for k in range(repeats):
-        cmd = [sys.executable, "-m", "sorter", "score", str(log), "--out", str(tmp / f"scores-{k}.csv"),
-               "--workers", "1", "--force"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sorter",
+            "score",
+            str(log),
+            "--out",
+            str(tmp / f"scores-{k}.csv"),
+            "--workers",
+            "1",
+            "--force",
+        ]
         if model:
             cmd += ["--model", model]
         out.append(_run(cmd, env))
@@ -126,18 +137,22 @@ def score_startup(log: Path, tmp: Path, model: str | None, repeats: int,
 
 
 def phases(mode: str, model: str, env: dict[str, str]) -> dict[str, list[float]]:
-    res = subprocess.run([sys.executable, "-c", _PHASES, mode, model], capture_output=True, text=True, check=True,
-                         env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", _PHASES, mode, model], capture_output=True, text=True, check=True, env=env
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def import_breakdown(env: dict[str, str], top: int = 12) -> tuple[float, list[tuple[float, str]]]:
     """Cumulative import time of what ``sorter score``'s main process imports: the total, and the
     largest top-level imports (seconds, module)."""
-    code = ("import sorter.cli; sorter.cli.build_parser(); import sorter.score; "
-            "from sorter.model import load_model; load_model(estimators=False)")
-    res = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
-                         check=True, env=env)
+    code = (
+        "import sorter.cli; sorter.cli.build_parser(); import sorter.score; "
+        "from sorter.model import load_model; load_model(estimators=False)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True, env=env
+    )
     rows = []
     for line in res.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
@@ -179,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     def stats(runs: list[tuple[float, float]]) -> str:
         w = [r[0] for r in runs]
         c = [r[1] for r in runs]
-        return (f"{statistics.median(w):.2f} s (worst {max(w):.2f}) | {statistics.median(c):.2f} CPU-s "
-                f"(worst {max(c):.2f})")
+        return (
+            f"{statistics.median(w):.2f} s (worst {max(w):.2f}) | {statistics.median(c):.2f} CPU-s (worst {max(c):.2f})"
+        )
 
     med_fast = statistics.median(r[0] for r in fast)
     print(f"sorter score, predictor.npz: {stats(fast)}")
@@ -203,7 +219,7 @@ of the process and its worker (less sensitive to the machine's other load):
 | shipped, with `predictor.npz` (loads without scikit-learn) | {stats(fast)} |
 | the same model without `predictor.npz` (skops + scikit-learn, as before) | {stats(slow)} |
 
-**`sorter score` launch to first row: median {med_fast:.2f} s** (target 1 s: {'met' if med_fast <= 1 else 'NOT met'}).
+**`sorter score` launch to first row: median {med_fast:.2f} s** (target 1 s: {"met" if med_fast <= 1 else "NOT met"}).
 
 What changed: every `sorter score` and every line worker used to load the skops files, and importing
 skops imports all of scikit-learn and scipy (the largest step of the second table below), then skops

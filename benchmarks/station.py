@@ -45,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--verdicts", type=int, default=100, help="verdicts by keyboard at each of two paces")
-    ap.add_argument("--think-ms", type=float, default=500.0,
-                    help="an operator's time to look at an item before the key (dozens a minute is 1-3 s)")
+    ap.add_argument(
+        "--think-ms",
+        type=float,
+        default=500.0,
+        help="an operator's time to look at an item before the key (dozens a minute is 1-3 s)",
+    )
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/performance.md")
     args = ap.parse_args(argv)
 
@@ -84,9 +88,14 @@ def main(argv: list[str] | None = None) -> int:
                 page = c.get("/login").text
                 tok = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
                 c.post("/login", data={"user": "bench", "password": "benchmark password", "csrf": tok})
-                ids = [q.item_id for q in (st.store.next_open(order="belt", after=k)
-                                           for k in range(0, args.items, max(1, args.items // args.requests)))
-                       if q is not None]
+                ids = [
+                    q.item_id
+                    for q in (
+                        st.store.next_open(order="belt", after=k)
+                        for k in range(0, args.items, max(1, args.items // args.requests))
+                    )
+                    if q is not None
+                ]
                 pages: dict[str, list[float]] = {}
 
                 def hit(name: str, url: str) -> None:

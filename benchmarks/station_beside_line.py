@@ -27,7 +27,7 @@ from pathlib import Path
 from benchmarks import line_latency as ll
 from benchmarks._report import write_section
 
-POLLER = r'''
+POLLER = r"""
 import re, sys, time, httpx
 base = sys.argv[1]
 with httpx.Client(base_url=base, timeout=5) as c:
@@ -42,7 +42,7 @@ with httpx.Client(base_url=base, timeout=5) as c:
                 c.get(src)
         k += 1
         time.sleep(1.0)
-'''
+"""
 
 
 def _free_port() -> int:
@@ -55,9 +55,26 @@ def _start_station(audit: Path, store: Path) -> tuple[subprocess.Popen, subproce
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     station = subprocess.Popen(
-        [sys.executable, "-m", "sorter", "station", "--set", f"audit.path={audit}", "--set", "line.source=simulated",
-         "--store", str(store), "--port", str(port), "--spot-check", "0.05"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "sorter",
+            "station",
+            "--set",
+            f"audit.path={audit}",
+            "--set",
+            "line.source=simulated",
+            "--store",
+            str(store),
+            "--port",
+            str(port),
+            "--spot-check",
+            "0.05",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     import httpx
 
@@ -67,8 +84,9 @@ def _start_station(audit: Path, store: Path) -> tuple[subprocess.Popen, subproce
             break
         except httpx.HTTPError:
             time.sleep(0.1)
-    poller = subprocess.Popen([sys.executable, "-c", POLLER, base], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    poller = subprocess.Popen(
+        [sys.executable, "-c", POLLER, base], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return station, poller, base
 
 
@@ -113,9 +131,12 @@ async def bench(args: argparse.Namespace) -> list[tuple[bool, ll.Result, float |
                     finally:
                         _stop(*procs)
                     out.append((with_station, r, cpu))
-                    print(f"{'with' if with_station else 'without'} station: items {r.items} misses {r.misses} "
-                          f"undelivered {r.undelivered} p99 {ll._ms(r.p99_ms)} ms"
-                          + (f" station+client CPU {cpu:.2f} s" if cpu is not None else ""), flush=True)
+                    print(
+                        f"{'with' if with_station else 'without'} station: items {r.items} misses {r.misses} "
+                        f"undelivered {r.undelivered} p99 {ll._ms(r.p99_ms)} ms"
+                        + (f" station+client CPU {cpu:.2f} s" if cpu is not None else ""),
+                        flush=True,
+                    )
     finally:
         await scorer.close()
     return out
@@ -131,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     runs = asyncio.run(bench(args))
     load_after = os.getloadavg()
-    rows = ["| run | station | items | deadline misses | undelivered | p50 ms | p99 ms | station + client CPU s |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| run | station | items | deadline misses | undelivered | p50 ms | p99 ms | station + client CPU s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for i, (with_station, r, cpu) in enumerate(runs, 1):
-        rows.append(f"| {i} | {'yes' if with_station else 'no'} | {r.items} | {r.misses} | {r.undelivered} | "
-                    f"{ll._ms(r.p50_ms)} | {ll._ms(r.p99_ms)} | {'' if cpu is None else f'{cpu:.2f}'} |")
+        rows.append(
+            f"| {i} | {'yes' if with_station else 'no'} | {r.items} | {r.misses} | {r.undelivered} | "
+            f"{ll._ms(r.p50_ms)} | {ll._ms(r.p99_ms)} | {'' if cpu is None else f'{cpu:.2f}'} |"
+        )
     without = sum(r.misses for w, r, _ in runs if not w)
     with_ = sum(r.misses for w, r, _ in runs if w)
     cpus = [c for w, _, c in runs if w and c is not None]
@@ -143,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     if without == 0 and with_ == 0:
         verdict = "The station added no deadline misses."
     elif without > 0:
-        verdict = ("The line missed deadlines without the station too, so the machine was already short of CPU: "
-                   "these runs cannot show whether the station adds misses.")
+        verdict = (
+            "The line missed deadlines without the station too, so the machine was already short of CPU: "
+            "these runs cannot show whether the station adds misses."
+        )
     else:
         verdict = "Misses appeared only with the station."
     md = f"""## Operator station beside the line (issue 16)

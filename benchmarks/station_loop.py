@@ -30,8 +30,9 @@ from benchmarks._report import write_section
 def _fmt(t) -> str:
     rows = ["| labelled \\ lane | lead_acid | li_ion | hazard | manual |", "|---|---:|---:|---:|---:|"]
     for c, r in t.table.items():
-        rows.append(f"| {c} | " + " | ".join(str(r[lane]) for lane in ("lead_acid", "li_ion", "hazard", "manual"))
-                    + " |")
+        rows.append(
+            f"| {c} | " + " | ".join(str(r[lane]) for lane in ("lead_acid", "li_ion", "hazard", "manual")) + " |"
+        )
     return "\n".join(rows)
 
 
@@ -74,11 +75,18 @@ def main(argv: list[str] | None = None) -> int:
             n += 1
         export = export_labels(store, log, tmp / "labels", link=True)
         t0 = time.perf_counter()
-        cand, report = train_and_save([str(tmp / "labels")], str(tmp / "candidate"),
-                                      TrainConfig(seed=args.seed, workers=args.workers), name="line-b")
+        cand, report = train_and_save(
+            [str(tmp / "labels")],
+            str(tmp / "candidate"),
+            TrainConfig(seed=args.seed, workers=args.workers),
+            name="line-b",
+        )
         t_train = time.perf_counter() - t0
-        simulate_log(SimConfig(items=args.test_items, seed=args.seed + 1000, mix="recycler", line="b"), tmp / "test",
-                     workers=args.workers)
+        simulate_log(
+            SimConfig(items=args.test_items, seed=args.seed + 1000, mix="recycler", line="b"),
+            tmp / "test",
+            workers=args.workers,
+        )
         m = measure_logs([tmp / "test"], workers=args.workers)
         keep = m.ok & np.array([lab in CLASSES for lab in m.labels], dtype=bool)
         raw, labels = m.raw[keep], np.array([m.labels[i] for i in np.flatnonzero(keep)])
@@ -88,17 +96,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def line_of(t) -> str:
         verdict = "passes" if t.passed else "fails: " + "; ".join(t.problems)
-        return (f"Li-ion in lead_acid **{t.li_ion_in_lead_acid}**, non-lead in lead_acid {t.non_lead_in_lead_acid}, "
-                f"lead-acid recovered {t.lead_acid_to_lead_acid:.3f}, manual {t.manual_rate:.3f} — {verdict}")
+        return (
+            f"Li-ion in lead_acid **{t.li_ion_in_lead_acid}**, non-lead in lead_acid {t.non_lead_in_lead_acid}, "
+            f"lead-acid recovered {t.lead_acid_to_lead_acid:.3f}, manual {t.manual_rate:.3f} — {verdict}"
+        )
 
     md = f"""## Operator station: the loop on a shifted line (issue 16)
 
 `python -m benchmarks.station_loop --items {args.items} --spot-check {args.spot_check} --test-items {args.test_items} --seed {args.seed}`:
 {args.items} simulated items on line preset `b` (other sensors than the shipped model was trained on),
-scored by the shipped model; the station queued {counts['manual']} items that went to manual and
-{counts['spot']} spot checks ({args.spot_check:.0%} of the rest); a simulated operator gave **{n} verdicts**
-(the truth); `sorter labels export` wrote {export.items} labelled items ({', '.join(f'{k} {v}' for k, v in sorted(export.labels.items()))});
-`sorter train` on the export alone took {t_train:.0f} s (held-out: {report['heldout_metrics']}).
+scored by the shipped model; the station queued {counts["manual"]} items that went to manual and
+{counts["spot"]} spot checks ({args.spot_check:.0%} of the rest); a simulated operator gave **{n} verdicts**
+(the truth); `sorter labels export` wrote {export.items} labelled items ({", ".join(f"{k} {v}" for k, v in sorted(export.labels.items()))});
+`sorter train` on the export alone took {t_train:.0f} s (held-out: {report["heldout_metrics"]}).
 Both models on a fresh line-`b` log of {int(keep.sum())} items neither has seen:
 
 Shipped model ({shipped.model}): {line_of(shipped)}
@@ -109,10 +119,10 @@ Candidate from the operators' labels ({candidate.model}): {line_of(candidate)}
 
 {_fmt(candidate)}
 
-- The candidate, trained on the station's labels alone ({export.labels.get('li_ion', 0)} of them Li-ion),
-  recovers {'more' if candidate.lead_acid_to_lead_acid > shipped.lead_acid_to_lead_acid else 'less'} lead-acid than the shipped model
+- The candidate, trained on the station's labels alone ({export.labels.get("li_ion", 0)} of them Li-ion),
+  recovers {"more" if candidate.lead_acid_to_lead_acid > shipped.lead_acid_to_lead_acid else "less"} lead-acid than the shipped model
   ({candidate.lead_acid_to_lead_acid:.3f} against {shipped.lead_acid_to_lead_acid:.3f}) with
-  {'more' if candidate.manual_rate > shipped.manual_rate else 'less'} manual work: retrain with the station's labels *and* the
+  {"more" if candidate.manual_rate > shipped.manual_rate else "less"} manual work: retrain with the station's labels *and* the
   original training logs (`sorter train ORIGINAL... LABELS`), and promote only what beats the model in charge.
 - Whole loop {time.perf_counter() - t_start:.0f} s. Machine: {os.cpu_count()} cores, `uname -m` {platform.machine()},
   load average {load_before[0]:.2f} before and {load_after[0]:.2f} after (shared with other jobs).

@@ -26,7 +26,7 @@ from .readings import ItemRecord, LogMeta
 from .scoring import Decision, Scorer, error_decision
 from .threads import default_workers, start_pool
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CHUNK = 256  # lines per task: large enough that inter-process traffic is a small share of a task
 
@@ -59,8 +59,9 @@ def start_workers(workers: int) -> ProcessPoolExecutor:
 LOAD_GROUP = 32  # items a worker loads before measuring them (about 11 MB of images)
 
 
-def measure_records(log_dir: str, meta: LogMeta, recs: Sequence[tuple[ItemRecord, float | None]]
-                    ) -> tuple[np.ndarray, list[str]]:
+def measure_records(
+    log_dir: str, meta: LogMeta, recs: Sequence[tuple[ItemRecord, float | None]]
+) -> tuple[np.ndarray, list[str]]:
     """Load and measure records (runs in a worker). Never raises for one bad item.
 
     Items are loaded :data:`LOAD_GROUP` at a time, then measured: decoding PNGs and measuring
@@ -71,7 +72,7 @@ def measure_records(log_dir: str, meta: LogMeta, recs: Sequence[tuple[ItemRecord
     problems = [""] * len(recs)
 
     def failed(k: int, err: Exception) -> None:
-        log.exception("%s line %d: measurement failed", log_dir, recs[k][0].line_no)
+        logger.exception("%s line %d: measurement failed", log_dir, recs[k][0].line_no)
         problems[k] = f"measurement failed: {err}"
 
     for first in range(0, len(recs), LOAD_GROUP):
@@ -90,8 +91,9 @@ def measure_records(log_dir: str, meta: LogMeta, recs: Sequence[tuple[ItemRecord
     return raw, problems
 
 
-def iter_chunks(log_dirs: Sequence[str | os.PathLike], chunk: int, start: dict[str, tuple[int, int]] | None = None
-                ) -> Iterator[tuple[str, LogMeta, list[LogLine], list[tuple[ItemRecord, float | None]]]]:
+def iter_chunks(
+    log_dirs: Sequence[str | os.PathLike], chunk: int, start: dict[str, tuple[int, int]] | None = None
+) -> Iterator[tuple[str, LogMeta, list[LogLine], list[tuple[ItemRecord, float | None]]]]:
     """The lines of the logs in chunks of ``chunk``, in order: ``(log_dir, meta, lines, records)``,
     the records being the usable ones of ``lines`` with their running ambient estimates.
 
@@ -127,8 +129,9 @@ def _with_ambient(lines: list[LogLine], ambient: AmbientTracker) -> list[tuple[I
     return out
 
 
-def assemble_chunk(d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: list[str],
-                   meta: LogMeta | None = None) -> MeasuredChunk:
+def assemble_chunk(
+    d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: list[str], meta: LogMeta | None = None
+) -> MeasuredChunk:
     """A :class:`MeasuredChunk` of all ``lines`` from the measurements of their usable records
     (bad lines get NaN rows and their error as the problem)."""
     n = len(lines)
@@ -142,9 +145,14 @@ def assemble_chunk(d: str, lines: list[LogLine], raw_ok: np.ndarray, probs_ok: l
     return MeasuredChunk(d, lines, raw, problems, ok, meta)
 
 
-def iter_measured(log_dirs: Sequence[str | os.PathLike], *, workers: int = 1, chunk: int | None = None,
-                  executor: Executor | None = None, start: dict[str, tuple[int, int]] | None = None
-                  ) -> Iterator[MeasuredChunk]:
+def iter_measured(
+    log_dirs: Sequence[str | os.PathLike],
+    *,
+    workers: int = 1,
+    chunk: int | None = None,
+    executor: Executor | None = None,
+    start: dict[str, tuple[int, int]] | None = None,
+) -> Iterator[MeasuredChunk]:
     """Measured chunks of the given logs, in order, with at most ``2 * workers`` chunks in flight.
 
     ``workers`` processes read, decode and measure the items (one OpenCV and BLAS thread each)
@@ -190,20 +198,30 @@ def decisions_for_chunk(scorer: Scorer, ch: MeasuredChunk) -> list[Decision]:
     """Decisions for a measured chunk, in line order (bad lines get a manual row)."""
     ok = np.flatnonzero(ch.ok)
     good = scorer.decide_rows(
-        ch.raw[ok], [ch.lines[k].line_no for k in ok], [ch.lines[k].record.item_id for k in ok],  # type: ignore[union-attr]
-        [ch.problems[k] for k in ok], ch.meta,
+        ch.raw[ok],
+        [ch.lines[k].line_no for k in ok],
+        [ch.lines[k].record.item_id for k in ok],  # type: ignore[union-attr]
+        [ch.problems[k] for k in ok],
+        ch.meta,
     )
     out: list[Decision] = []
     it = iter(good)
     for k, ln in enumerate(ch.lines):
-        out.append(next(it) if ch.ok[k] else error_decision(ln.line_no, ln.item_id, ch.problems[k],
-                                                             ln.kind or ErrorKind.OTHER))
+        out.append(
+            next(it) if ch.ok[k] else error_decision(ln.line_no, ln.item_id, ch.problems[k], ln.kind or ErrorKind.OTHER)
+        )
     return out
 
 
-def iter_decisions(logs: Sequence[str], scorer: Scorer, start: dict[str, tuple[int, int]] | None = None, *,
-                   workers: int = 1, executor: Executor | None = None, client: Any = None
-                   ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+def iter_decisions(
+    logs: Sequence[str],
+    scorer: Scorer,
+    start: dict[str, tuple[int, int]] | None = None,
+    *,
+    workers: int = 1,
+    executor: Executor | None = None,
+    client: Any = None,
+) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
     """The local engine: measured chunks and their decisions, in order; worker processes
     measure (:func:`iter_measured`), this process scores.  ``client`` is for the engines'
     common signature (:data:`sorter.score.ENGINES`) and unused here."""
@@ -269,9 +287,20 @@ def count_lines(log_dir: str | os.PathLike) -> int:
     return total
 
 
-__all__ = ["MeasuredChunk", "MeasuredLog", "assemble_chunk", "count_lines", "decisions_for_chunk", "default_workers",
-           "iter_chunks",
-           "iter_decisions", "iter_measured", "measure_logs", "measure_records", "start_workers"]
+__all__ = [
+    "MeasuredChunk",
+    "MeasuredLog",
+    "assemble_chunk",
+    "count_lines",
+    "decisions_for_chunk",
+    "default_workers",
+    "iter_chunks",
+    "iter_decisions",
+    "iter_measured",
+    "measure_logs",
+    "measure_records",
+    "start_workers",
+]
 
 
 def data_digest(m: MeasuredLog) -> str:

@@ -46,14 +46,15 @@ from .train import (
     heldout_metrics,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MIN_ITEMS_PER_CLASS = 10
 SLOPE_RANGE = (0.25, 4.0)  # a map outside this is not a line difference but a broken sensor or log
 
 
-def fit_normalisation(raw: np.ndarray, y: np.ndarray, reference: dict[str, dict[str, list[float]]]
-                      ) -> tuple[dict[str, tuple[float, float]], dict[str, Any]]:
+def fit_normalisation(
+    raw: np.ndarray, y: np.ndarray, reference: dict[str, dict[str, list[float]]]
+) -> tuple[dict[str, tuple[float, float]], dict[str, Any]]:
     """Per line-dependent column, the affine map of this line's class quantiles onto the
     reference (training) line's, by least squares over the quantiles of every class with
     enough items on both lines.  Columns without enough points keep the identity."""
@@ -83,28 +84,41 @@ def fit_normalisation(raw: np.ndarray, y: np.ndarray, reference: dict[str, dict[
     return maps, report
 
 
-def calibrate(log_dirs: Sequence[str], base: SorterModel, *, seed: int = 0, workers: int = 1,
-              progress: bool = False, measured: MeasuredLog | None = None) -> tuple[SorterModel, dict[str, Any]]:
+def calibrate(
+    log_dirs: Sequence[str],
+    base: SorterModel,
+    *,
+    seed: int = 0,
+    workers: int = 1,
+    progress: bool = False,
+    measured: MeasuredLog | None = None,
+) -> tuple[SorterModel, dict[str, Any]]:
     """A copy of ``base`` calibrated for the line of ``log_dirs`` (labelled), and a report.
     ``measured``: the logs already measured (:func:`sorter.batch.measure_logs`)."""
     t0 = time.perf_counter()
     metas = [read_meta(d) for d in log_dirs]
     domain = LineDomain.from_metas(metas)
     if len(domain.lines) != 1:
-        raise SorterError(f"the calibration logs declare {len(domain.lines)} different lines "
-                          f"({[s.line for s in domain.lines]}); calibrate for one line at a time")
+        raise SorterError(
+            f"the calibration logs declare {len(domain.lines)} different lines "
+            f"({[s.line for s in domain.lines]}); calibrate for one line at a time"
+        )
     reference = base.manifest.get("reference_quantiles")
     if not reference:
-        raise SorterError(f"model {base.model_id} has no reference quantiles (trained before calibration existed); "
-                          "retrain it with this sorter ('sorter train') to calibrate it")
+        raise SorterError(
+            f"model {base.model_id} has no reference quantiles (trained before calibration existed); "
+            "retrain it with this sorter ('sorter train') to calibrate it"
+        )
     m = measured if measured is not None else measure_logs(log_dirs, workers=workers, progress=progress)
     usable = m.ok & np.array([lab in CLASSES for lab in m.labels])
     raw = m.raw[usable]
     y = np.array([m.labels[i] for i in np.flatnonzero(usable)])
     short = [c for c in CLASSES if (y == c).sum() < MIN_ITEMS_PER_CLASS]
     if short:
-        raise SorterError(f"calibration needs at least {MIN_ITEMS_PER_CLASS} labelled items of each class; "
-                          f"{short} have fewer in {list(log_dirs)}. Record more of them (about 500 items in all)")
+        raise SorterError(
+            f"calibration needs at least {MIN_ITEMS_PER_CLASS} labelled items of each class; "
+            f"{short} have fewer in {list(log_dirs)}. Record more of them (about 500 items in all)"
+        )
     dmg = [m.extras[i].get("damaged") for i in np.flatnonzero(usable)]
     damaged = np.array([bool(d) for d in dmg]) if any(isinstance(d, bool) for d in dmg) else None
     maps, map_report = fit_normalisation(raw, y, reference)
@@ -112,9 +126,13 @@ def calibrate(log_dirs: Sequence[str], base: SorterModel, *, seed: int = 0, work
     cfg = TrainConfig(seed=seed)
     thresholds, th_report = choose_thresholds(model, raw, y, damaged, cfg)
     novelty_max, nov_report = choose_novelty_max(model, raw, y, cfg)
-    model.thresholds = dataclasses.replace(thresholds, envelope=base.thresholds.envelope, novelty_max=novelty_max,
-                                           hot_excess_c=base.thresholds.hot_excess_c,
-                                           other_lane=base.thresholds.other_lane)
+    model.thresholds = dataclasses.replace(
+        thresholds,
+        envelope=base.thresholds.envelope,
+        novelty_max=novelty_max,
+        hot_excess_c=base.thresholds.hot_excess_c,
+        other_lane=base.thresholds.other_lane,
+    )
     th_report.update(nov_report, novelty_max=novelty_max)
     metrics = heldout_metrics(model, raw, y, damaged, metas[0])
     report = {
@@ -132,8 +150,16 @@ def calibrate(log_dirs: Sequence[str], base: SorterModel, *, seed: int = 0, work
     return model, report
 
 
-def calibrate_and_save(log_dirs: Sequence[str], model_dir: str | None, out_dir: str, *, name: str | None = None,
-                       seed: int = 0, workers: int = 1, progress: bool = False) -> tuple[SorterModel, dict[str, Any]]:
+def calibrate_and_save(
+    log_dirs: Sequence[str],
+    model_dir: str | None,
+    out_dir: str,
+    *,
+    name: str | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    progress: bool = False,
+) -> tuple[SorterModel, dict[str, Any]]:
     """Calibrate the model in ``model_dir`` (None: the shipped one) for the logs' line; write
     the new model directory with its manifest, model card and ``calibration-report/`` (the
     plant's safety table on the calibration items)."""
@@ -143,13 +169,21 @@ def calibrate_and_save(log_dirs: Sequence[str], model_dir: str | None, out_dir: 
     base = load_model(model_dir)
     m = measure_logs(log_dirs, workers=workers, progress=progress)
     model, report = calibrate(log_dirs, base, seed=seed, measured=m)
-    manifest = {k: v for k, v in base.manifest.items()
-                if k not in ("files", "policy", "novelty", "line_domain", "normalisation", "libraries", "format",
-                             "classes", "name")}
+    manifest = {
+        k: v
+        for k, v in base.manifest.items()
+        if k
+        not in ("files", "policy", "novelty", "line_domain", "normalisation", "libraries", "format", "classes", "name")
+    }
     manifest["calibration"] = report
     line = report["line"]["line"]
     save_model(model, out_dir, name=name or f"{base.manifest.get('name', 'sorter')}-{line}", extra_manifest=manifest)
     (Path(out_dir) / "MODEL_CARD.md").write_text(model_card(model.manifest), encoding="utf-8")
-    evaluate_measured(m, model, Path(out_dir) / "calibration-report",
-                      title=f"on its calibration items ({', '.join(report['logs'])}; in-sample)", meta=read_meta(log_dirs[0]))
+    evaluate_measured(
+        m,
+        model,
+        Path(out_dir) / "calibration-report",
+        title=f"on its calibration items ({', '.join(report['logs'])}; in-sample)",
+        meta=read_meta(log_dirs[0]),
+    )
     return model, report

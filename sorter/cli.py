@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from .errors import SorterError
 
-log = logging.getLogger("sorter")
+logger = logging.getLogger("sorter")
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -34,8 +34,13 @@ class _VersionAction(argparse.Action):
     """``--version``: the version is looked up when asked (importlib.metadata scans the installed
     packages: a few hundredths of a second that every start of the line would otherwise pay)."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
-                 help="show program's version number and exit"):
+    def __init__(
+        self,
+        option_strings,
+        dest=argparse.SUPPRESS,
+        default=argparse.SUPPRESS,
+        help="show program's version number and exit",
+    ):
         super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -70,8 +75,10 @@ def _check_out_dir(path: str, what: str, marker: str, force: bool) -> None:
     if not p.is_dir() or not any(p.iterdir()):
         return
     if not (p / marker).exists():
-        raise SorterError(f"--out {p} is not empty and does not hold {what}; choose a new or empty folder"
-                          + (" (--force only replaces an earlier output)" if force else ""))
+        raise SorterError(
+            f"--out {p} is not empty and does not hold {what}; choose a new or empty folder"
+            + (" (--force only replaces an earlier output)" if force else "")
+        )
     if not force:
         raise SorterError(f"--out {p} already holds {what}; pass --force to replace it, or choose another folder")
 
@@ -108,31 +115,60 @@ def _add_simulate(sub) -> None:
     mixes = _LazyChoices("sorter.simulate.run", "MIXES")
     lines = _LazyChoices("sorter.simulate.run", "ALL_LINES")
 
-    p = sub.add_parser("simulate", help="write a simulated, labelled sensor log", description=(
-        "Simulate items passing the sensor bridge and write a sorter-log/1 log directory."))
+    p = sub.add_parser(
+        "simulate",
+        help="write a simulated, labelled sensor log",
+        description=("Simulate items passing the sensor bridge and write a sorter-log/1 log directory."),
+    )
     p.add_argument("--items", type=int, default=1000, help="number of items (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same log")
     p.add_argument("--out", required=True, help="output log directory (new or empty; see --force)")
     p.add_argument("--force", action="store_true", help="replace --out if it holds a log (an earlier simulation)")
-    p.add_argument("--mix", default="balanced", choices=mixes, metavar="MIX",
-                   help="intake mix: %(choices)s (default %(default)s)")
-    p.add_argument("--line", default="a", choices=lines, metavar="LINE",
-                   help="sensor set-up preset: %(choices)s (default a; c is a line rendered by a separate route)")
-    p.add_argument("--line-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field of the line preset, e.g. kvp=120 or xray_gain=1.05,0.97 (repeatable)")
+    p.add_argument(
+        "--mix", default="balanced", choices=mixes, metavar="MIX", help="intake mix: %(choices)s (default %(default)s)"
+    )
+    p.add_argument(
+        "--line",
+        default="a",
+        choices=lines,
+        metavar="LINE",
+        help="sensor set-up preset: %(choices)s (default a; c is a line rendered by a separate route)",
+    )
+    p.add_argument(
+        "--line-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field of the line preset, e.g. kvp=120 or xray_gain=1.05,0.97 (repeatable)",
+    )
     p.add_argument("--line-name", default=None, help="line name declared in meta.json (default sim-LINE+KEY=VALUE...)")
-    p.add_argument("--exclude-family", action="append", default=[], metavar="FAMILY",
-                   help="leave a product family out of the intake (repeatable; see docs/simulator.md)")
-    p.add_argument("--only-family", action="append", default=[], metavar="FAMILY",
-                   help="draw only these product families (repeatable)")
+    p.add_argument(
+        "--exclude-family",
+        action="append",
+        default=[],
+        metavar="FAMILY",
+        help="leave a product family out of the intake (repeatable; see docs/simulator.md)",
+    )
+    p.add_argument(
+        "--only-family",
+        action="append",
+        default=[],
+        metavar="FAMILY",
+        help="draw only these product families (repeatable)",
+    )
     p.add_argument("--faults", type=float, default=0.002, help="per-sensor dropout probability (default 0.002)")
     p.add_argument("--unlabelled", action="store_true", help="omit the 'label' field")
     p.add_argument("--catalog", action="append", default=[], help="extra product catalogue CSV (repeatable)")
     p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP)
     p.add_argument("--rate", type=float, default=2.0, help="items per second on the belt (timestamps)")
-    p.add_argument("--rotate-items", type=_positive_int, default=None, metavar="N",
-                   help="write a rotated log: a new segment file (items-000001.jsonl, ...) every N items "
-                        "(docs/log-format.md, 'Rotation'); default one items.jsonl")
+    p.add_argument(
+        "--rotate-items",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="write a rotated log: a new segment file (items-000001.jsonl, ...) every N items "
+        "(docs/log-format.md, 'Rotation'); default one items.jsonl",
+    )
     p.set_defaults(func=_cmd_simulate)
 
 
@@ -149,23 +185,43 @@ def _cmd_simulate(args) -> int:
         if not sep or not key.strip() or not value.strip():
             raise SimulationError(f"--line-param {item!r}: expected KEY=VALUE, e.g. kvp=120 or xray_gain=1.05,0.97")
         overrides[key.strip()] = value.strip()
-    cfg = SimConfig(items=args.items, seed=args.seed, mix=args.mix, line=args.line, faults=args.faults,
-                    labelled=not args.unlabelled, extra_catalogs=tuple(args.catalog), rate_hz=args.rate,
-                    line_overrides=overrides, line_name=args.line_name,
-                    exclude_families=tuple(args.exclude_family), only_families=tuple(args.only_family))
+    cfg = SimConfig(
+        items=args.items,
+        seed=args.seed,
+        mix=args.mix,
+        line=args.line,
+        faults=args.faults,
+        labelled=not args.unlabelled,
+        extra_catalogs=tuple(args.catalog),
+        rate_hz=args.rate,
+        line_overrides=overrides,
+        line_name=args.line_name,
+        exclude_families=tuple(args.exclude_family),
+        only_families=tuple(args.only_family),
+    )
     if not args.force and Path(args.out).is_dir() and incomplete_note(args.out) is not None:
-        raise SorterError(f"--out {args.out} holds an incomplete log (an earlier simulation was interrupted); "
-                          "pass --force to replace it, or choose another folder")
+        raise SorterError(
+            f"--out {args.out} holds an incomplete log (an earlier simulation was interrupted); "
+            "pass --force to replace it, or choose another folder"
+        )
     marker = segment_file(1) if (Path(args.out) / segment_file(1)).exists() else ITEMS_FILE
     _check_out_dir(args.out, "a log", marker, args.force)
     if args.force and Path(args.out).is_dir():
         shutil.rmtree(args.out)
     try:
-        summary = simulate_log(cfg, args.out, workers=args.workers or default_workers(), progress=sys.stderr.isatty(),
-                               rotate_items=args.rotate_items)
+        summary = simulate_log(
+            cfg,
+            args.out,
+            workers=args.workers or default_workers(),
+            progress=sys.stderr.isatty(),
+            rotate_items=args.rotate_items,
+        )
     except KeyboardInterrupt:
-        print(f"sorter simulate: interrupted; {args.out} holds an incomplete log of {count_lines(args.out)} items "
-              f"(marked by its {INCOMPLETE_FILE} file); rerun with --force to replace it", file=sys.stderr)
+        print(
+            f"sorter simulate: interrupted; {args.out} holds an incomplete log of {count_lines(args.out)} items "
+            f"(marked by its {INCOMPLETE_FILE} file); rerun with --force to replace it",
+            file=sys.stderr,
+        )
         return 130
     print(f"wrote {args.out}")
     print(summary.format())
@@ -176,14 +232,23 @@ def _cmd_simulate(args) -> int:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model from labelled logs", description=(
-        "Train the chemistry classifier, the damage detector and the policy thresholds from labelled logs, "
-        "and write a model directory (skops files + manifest)."))
+    p = sub.add_parser(
+        "train",
+        help="train a model from labelled logs",
+        description=(
+            "Train the chemistry classifier, the damage detector and the policy thresholds from labelled logs, "
+            "and write a model directory (skops files + manifest)."
+        ),
+    )
     p.add_argument("logs", nargs="+", help="labelled log directories")
     p.add_argument("--out", required=True, help="model directory to write (new or empty; see --force)")
     p.add_argument("--force", action="store_true", help="replace --out if it holds a model")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random seed for the split and the trees; the same seed and logs give the same model (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for the split and the trees; the same seed and logs give the same model (default 0)",
+    )
     p.add_argument("--name", default="sorter", help="model name in the manifest")
     p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP + ", for measuring the items")
     p.add_argument("--val-fraction", type=float, default=0.3, help="held-out share for thresholds (default 0.3)")
@@ -205,8 +270,10 @@ def _cmd_train(args) -> int:
     print(f"wrote {args.out} ({model.model_id})")
     print("held-out: " + ", ".join(f"{k}={_num(v)}" for k, v in m.items()))
     t = model.thresholds
-    print(f"thresholds: lead_acid_min={t.lead_acid_min:.6f} not_lead_max={t.not_lead_max:.4f} "
-          f"damage_min={t.damage_min:.3f} hot_excess_c={t.hot_excess_c}")
+    print(
+        f"thresholds: lead_acid_min={t.lead_acid_min:.6f} not_lead_max={t.not_lead_max:.4f} "
+        f"damage_min={t.damage_min:.3f} hot_excess_c={t.hot_excess_c}"
+    )
     return 0
 
 
@@ -214,10 +281,15 @@ def _cmd_train(args) -> int:
 
 
 def _add_score(sub) -> None:
-    p = sub.add_parser("score", help="score recorded logs to CSV or Parquet", description=(
-        "Score every line of one or more logs; one output row per input line, in order."))
+    p = sub.add_parser(
+        "score",
+        help="score recorded logs to CSV or Parquet",
+        description=("Score every line of one or more logs; one output row per input line, in order."),
+    )
     p.add_argument("logs", nargs="+", help="log directories")
-    p.add_argument("--out", required=True, help="output file, .csv or .parquet (an existing file is refused; see --force)")
+    p.add_argument(
+        "--out", required=True, help="output file, .csv or .parquet (an existing file is refused; see --force)"
+    )
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP)
@@ -242,16 +314,27 @@ def _cmd_score(args) -> int:
         from .score import ScoreInterrupted, score_logs
 
         try:
-            summary = score_logs(args.logs, args.out, model_dir=args.model, workers=workers, engine=args.engine,
-                                 scheduler=args.scheduler, resume=not args.no_resume, progress=True,
-                                 allow_line_mismatch=args.allow_line_mismatch, executor=pool)
+            summary = score_logs(
+                args.logs,
+                args.out,
+                model_dir=args.model,
+                workers=workers,
+                engine=args.engine,
+                scheduler=args.scheduler,
+                resume=not args.no_resume,
+                progress=True,
+                allow_line_mismatch=args.allow_line_mismatch,
+                executor=pool,
+            )
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
     except ScoreInterrupted as err:
         if err.rows:
-            print(f"sorter score: interrupted; {err.rows} rows saved in {err.partial}: rerun the same command to "
-                  "resume", file=sys.stderr)
+            print(
+                f"sorter score: interrupted; {err.rows} rows saved in {err.partial}: rerun the same command to resume",
+                file=sys.stderr,
+            )
         else:
             print("sorter score: interrupted before any row was saved", file=sys.stderr)
         return 130
@@ -260,8 +343,11 @@ def _cmd_score(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a model on a labelled log", description=(
-        "Score a labelled log and write metrics.json, report.md and PNG plots."))
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model on a labelled log",
+        description=("Score a labelled log and write metrics.json, report.md and PNG plots."),
+    )
     p.add_argument("log", help="labelled log directory")
     p.add_argument("--out", required=True, help="report directory (new or empty; see --force)")
     p.add_argument("--force", action="store_true", help="replace the report in --out if it holds one")
@@ -276,31 +362,49 @@ def _cmd_evaluate(args) -> int:
     from .report import evaluate_log
 
     _check_out_dir(args.out, "a report", "report.md", args.force)
-    metrics = evaluate_log(args.log, args.out, model_dir=args.model, workers=args.workers or default_workers(),
-                           progress=True, allow_line_mismatch=args.allow_line_mismatch)
+    metrics = evaluate_log(
+        args.log,
+        args.out,
+        model_dir=args.model,
+        workers=args.workers or default_workers(),
+        progress=True,
+        allow_line_mismatch=args.allow_line_mismatch,
+    )
     a = metrics["all_sensors"]
     print(f"wrote {Path(args.out) / 'report.md'}")
-    print(f"items={metrics['items']} li_ion_in_lead_acid={a['li_ion_in_lead_acid']}/{a['li_ion_total']} "
-          f"non_lead_in_lead_acid={a['non_lead_in_lead_acid']} lead_acid_to_lead_acid={_num(a['lead_acid_recall'])} "
-          f"manual={_num(a['manual_rate'])} damaged_to_hazard={_num(a['damaged_to_hazard'])}")
+    print(
+        f"items={metrics['items']} li_ion_in_lead_acid={a['li_ion_in_lead_acid']}/{a['li_ion_total']} "
+        f"non_lead_in_lead_acid={a['non_lead_in_lead_acid']} lead_acid_to_lead_acid={_num(a['lead_acid_recall'])} "
+        f"manual={_num(a['manual_rate'])} damaged_to_hazard={_num(a['damaged_to_hazard'])}"
+    )
     return 0
 
 
 def _add_line_mismatch(p) -> None:
-    p.add_argument("--allow-line-mismatch", action="store_true", help=(
-        "score a log whose declared line (meta.json: X-ray energies and pitch, camera pitch, line name) differs from "
-        "the model's as if it matched. Without it, lead_acid is closed for such a log (its items go to manual). "
-        "Dangerous: Li-ion may reach the breaker if the model does not transfer; calibrate or retrain instead"))
+    p.add_argument(
+        "--allow-line-mismatch",
+        action="store_true",
+        help=(
+            "score a log whose declared line (meta.json: X-ray energies and pitch, camera pitch, line name) differs from "
+            "the model's as if it matched. Without it, lead_acid is closed for such a log (its items go to manual). "
+            "Dangerous: Li-ion may reach the breaker if the model does not transfer; calibrate or retrain instead"
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------- calibrate
 
 
 def _add_calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="fit a trained model to a new line from a short labelled log", description=(
-        "Re-fit what depends on the line (the X-ray measurements' normalisation, the policy and novelty thresholds, "
-        "the line the model is valid for) from a short labelled log of the new line (about 500 items), without "
-        "retraining. Writes a new model directory and OUT/calibration-report/ with the plant's safety table."))
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a trained model to a new line from a short labelled log",
+        description=(
+            "Re-fit what depends on the line (the X-ray measurements' normalisation, the policy and novelty thresholds, "
+            "the line the model is valid for) from a short labelled log of the new line (about 500 items), without "
+            "retraining. Writes a new model directory and OUT/calibration-report/ with the plant's safety table."
+        ),
+    )
     p.add_argument("logs", nargs="+", help="labelled log directories of the new line (about 500 items in all)")
     p.add_argument("--model", default=None, help="model to calibrate (default: the shipped model)")
     p.add_argument("--out", required=True, help="new model directory (new or empty; see --force)")
@@ -319,14 +423,27 @@ def _cmd_calibrate(args) -> int:
     _check_out_dir(args.out, "a model", "manifest.json", args.force)
     if args.force and out.is_dir():
         shutil.rmtree(out)
-    model, report = calibrate_and_save(args.logs, args.model, args.out, name=args.name, seed=args.seed,
-                                       workers=args.workers or default_workers(), progress=True)
+    model, report = calibrate_and_save(
+        args.logs,
+        args.model,
+        args.out,
+        name=args.name,
+        seed=args.seed,
+        workers=args.workers or default_workers(),
+        progress=True,
+    )
     m = report["metrics_on_calibration_items"]
-    print(f"wrote {out} ({model.model_id}) for line {report['line']['line']!r}, calibrated from {report['usable']} items")
-    print(f"on the calibration items (in-sample): Li-ion in lead_acid {m['li_ion_in_lead_acid_lane']}, "
-          f"lead-acid to lead_acid {_num(m['lead_acid_to_lead_acid'])}, manual {_num(m['manual_rate'])}")
-    print(f"report: {out / 'calibration-report' / 'report.md'}; evaluate on a fresh labelled log of the line before "
-          "deploying ('sorter evaluate LOG --model DIR')")
+    print(
+        f"wrote {out} ({model.model_id}) for line {report['line']['line']!r}, calibrated from {report['usable']} items"
+    )
+    print(
+        f"on the calibration items (in-sample): Li-ion in lead_acid {m['li_ion_in_lead_acid_lane']}, "
+        f"lead-acid to lead_acid {_num(m['lead_acid_to_lead_acid'])}, manual {_num(m['manual_rate'])}"
+    )
+    print(
+        f"report: {out / 'calibration-report' / 'report.md'}; evaluate on a fresh labelled log of the line before "
+        "deploying ('sorter evaluate LOG --model DIR')"
+    )
     return 0
 
 
@@ -334,17 +451,24 @@ def _cmd_calibrate(args) -> int:
 
 
 def _add_model(sub) -> None:
-    p = sub.add_parser("model", help="maintain a model directory (upgrade)", description=(
-        "Maintain a model directory without retraining it."))
+    p = sub.add_parser(
+        "model",
+        help="maintain a model directory (upgrade)",
+        description=("Maintain a model directory without retraining it."),
+    )
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    u = msub.add_parser("upgrade", help="add the fast predictor file (predictor.npz) to a model directory",
-                        description=(
-        "Derive the fast predictor's arrays (predictor.npz: trees, calibration, feature steps and a probe set with "
-        "scikit-learn's outputs on it) from the model's skops files, check them against scikit-learn, and add the "
-        "file and its sha256 to the manifest. Nothing else changes (the model's id stays). With it, 'sorter score' "
-        "and the line load the model without importing scikit-learn. Run it on a directory written before the "
-        "file existed, or again after installing another numpy if loading warns that the file's probe outputs "
-        "differ."))
+    u = msub.add_parser(
+        "upgrade",
+        help="add the fast predictor file (predictor.npz) to a model directory",
+        description=(
+            "Derive the fast predictor's arrays (predictor.npz: trees, calibration, feature steps and a probe set with "
+            "scikit-learn's outputs on it) from the model's skops files, check them against scikit-learn, and add the "
+            "file and its sha256 to the manifest. Nothing else changes (the model's id stays). With it, 'sorter score' "
+            "and the line load the model without importing scikit-learn. Run it on a directory written before the "
+            "file existed, or again after installing another numpy if loading warns that the file's probe outputs "
+            "differ."
+        ),
+    )
     u.add_argument("model_dir", metavar="DIR", help="model directory (manifest.json and the skops files)")
     u.set_defaults(func=_cmd_model_upgrade)
 
@@ -396,18 +520,38 @@ def _days(text: str) -> float | None:
 
 
 def _add_retention(sub) -> None:
-    p = sub.add_parser("retention", help="delete old images of a line log by the retention policy", description=(
-        "Delete the images of items the line sorted (lead_acid, li_ion) after --keep-sorted-days, and those of "
-        "labelled items (manual, hazard, station spot checks and verdicts) after --keep-labelled-days (default "
-        "forever). The item lines stay; a deleted image reads as 'expired' everywhere. See docs/operations.md."))
+    p = sub.add_parser(
+        "retention",
+        help="delete old images of a line log by the retention policy",
+        description=(
+            "Delete the images of items the line sorted (lead_acid, li_ion) after --keep-sorted-days, and those of "
+            "labelled items (manual, hazard, station spot checks and verdicts) after --keep-labelled-days (default "
+            "forever). The item lines stay; a deleted image reads as 'expired' everywhere. See docs/operations.md."
+        ),
+    )
     p.add_argument("log", help="the log directory (single-file or rotated)")
-    p.add_argument("--audit", required=True, help="the line's audit log (audit.sqlite), read only: the lane of each item")
-    p.add_argument("--station", default=None,
-                   help="the station's store (station.sqlite), read only: queued and verdict items count as labelled")
-    p.add_argument("--keep-sorted-days", type=_days, default=7.0, metavar="D",
-                   help="days to keep images of items sorted to lead_acid or li_ion (default 7)")
-    p.add_argument("--keep-labelled-days", type=_days, default=None, metavar="D2",
-                   help="days to keep images of labelled items, or 'forever' (the default)")
+    p.add_argument(
+        "--audit", required=True, help="the line's audit log (audit.sqlite), read only: the lane of each item"
+    )
+    p.add_argument(
+        "--station",
+        default=None,
+        help="the station's store (station.sqlite), read only: queued and verdict items count as labelled",
+    )
+    p.add_argument(
+        "--keep-sorted-days",
+        type=_days,
+        default=7.0,
+        metavar="D",
+        help="days to keep images of items sorted to lead_acid or li_ion (default 7)",
+    )
+    p.add_argument(
+        "--keep-labelled-days",
+        type=_days,
+        default=None,
+        metavar="D2",
+        help="days to keep images of labelled items, or 'forever' (the default)",
+    )
     p.add_argument("--dry-run", action="store_true", help="delete nothing; show what would go and how many bytes")
     p.set_defaults(func=_cmd_retention)
 
@@ -421,8 +565,18 @@ def _cmd_retention(args) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_add_simulate, _add_train, _add_calibrate, _add_score, _add_evaluate, _add_model, _add_line,
-                            _add_cases, _add_station, _add_retention]
+COMMANDS: list[Callable] = [
+    _add_simulate,
+    _add_train,
+    _add_calibrate,
+    _add_score,
+    _add_evaluate,
+    _add_model,
+    _add_line,
+    _add_cases,
+    _add_station,
+    _add_retention,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,8 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sorter",
         description="Tell lithium-ion from lead-acid batteries on a recycling conveyor and drive the divert.",
         epilog="Outputs: a new or empty --out is written; an existing one is refused unless --force is given, "
-               "and --force only replaces what the same command wrote. Mistakes end with one line saying what "
-               "and how to fix it, and exit status 2.",
+        "and --force only replaces what the same command wrote. Mistakes end with one line saying what "
+        "and how to fix it, and exit status 2.",
     )
     parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
@@ -460,8 +614,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except OSError as err:  # a path the user gave: unreadable, unwritable, full disk
         where = f" ({err.filename})" if err.filename else ""
-        print(f"sorter {args.command}: error: {err.strerror or err}{where}; check the path and its permissions",
-              file=sys.stderr)
+        print(
+            f"sorter {args.command}: error: {err.strerror or err}{where}; check the path and its permissions",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -37,7 +37,7 @@ from .threads import single_threaded
 if TYPE_CHECKING:
     from distributed import Client
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
@@ -80,8 +80,11 @@ def _worker_facts(log_dirs: Sequence[str]) -> dict[str, Any]:
     """What a worker has (runs on each worker): library versions and which logs it can read."""
     from . import __version__
 
-    return {"sorter": __version__, "libraries": library_versions(),
-            "unreadable": [d for d in log_dirs if not _readable(d)]}
+    return {
+        "sorter": __version__,
+        "libraries": library_versions(),
+        "unreadable": [d for d in log_dirs if not _readable(d)],
+    }
 
 
 def _readable(log_dir: str) -> bool:
@@ -91,8 +94,7 @@ def _readable(log_dir: str) -> bool:
     return any(os.access(os.path.join(log_dir, name), os.R_OK) for name in (ITEMS_FILE, segment_file(1)))
 
 
-def _check_workers(client: Client, address: str, model: SorterModel, log_dirs: Sequence[str],
-                   timeout: float) -> None:
+def _check_workers(client: Client, address: str, model: SorterModel, log_dirs: Sequence[str], timeout: float) -> None:
     """Refuse a cluster whose workers would score differently or could not read the logs."""
     from . import __version__
 
@@ -166,9 +168,14 @@ def _single_threaded() -> None:
     keep_freed_memory()
 
 
-def score_chunk(model: SorterModel, log_dir: str, meta: LogMeta, lines: list[LogLine],
-                recs: list[tuple[ItemRecord, float | None]], allow_line_mismatch: bool = False
-                ) -> tuple[np.ndarray, list[str], list[Decision]]:
+def score_chunk(
+    model: SorterModel,
+    log_dir: str,
+    meta: LogMeta,
+    lines: list[LogLine],
+    recs: list[tuple[ItemRecord, float | None]],
+    allow_line_mismatch: bool = False,
+) -> tuple[np.ndarray, list[str], list[Decision]]:
     """Measure and score one chunk of lines (runs on a worker).
 
     ``recs`` are the usable records of ``lines`` with their ambient estimates, as the
@@ -182,10 +189,17 @@ def score_chunk(model: SorterModel, log_dir: str, meta: LogMeta, lines: list[Log
     return raw, problems, decisions
 
 
-def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: str | None = None,
-                        start: dict[str, tuple[int, int]] | None = None, chunk: int | None = None,
-                        window: int | None = None, client: Client | None = None,
-                        allow_line_mismatch: bool = False) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+def iter_decisions_dask(
+    logs: Sequence[str],
+    model: SorterModel,
+    *,
+    scheduler: str | None = None,
+    start: dict[str, tuple[int, int]] | None = None,
+    chunk: int | None = None,
+    window: int | None = None,
+    client: Client | None = None,
+    allow_line_mismatch: bool = False,
+) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
     """Measured chunks of ``logs`` and their decisions, in order, computed on a Dask cluster.
 
     Parameters
@@ -221,8 +235,14 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
         window = window or 2 * max(1, sum(client.nthreads().values()))
         model_ref = client.scatter(model, broadcast=True, hash=False)
         for d, meta, lines, recs in iter_chunks(logs, chunk, start):
-            pending.append((d, lines, client.submit(score_chunk, model_ref, paths[d], meta, lines, recs,
-                                                    allow_line_mismatch, pure=False), meta))
+            pending.append(
+                (
+                    d,
+                    lines,
+                    client.submit(score_chunk, model_ref, paths[d], meta, lines, recs, allow_line_mismatch, pure=False),
+                    meta,
+                )
+            )
             if len(pending) >= window:
                 yield _collect(*pending.popleft())
         while pending:
@@ -234,14 +254,21 @@ def iter_decisions_dask(logs: Sequence[str], model: SorterModel, *, scheduler: s
             client.close()
 
 
-def iter_decisions(logs: Sequence[str], scorer: Scorer, start: dict[str, tuple[int, int]] | None = None, *,
-                   workers: int = 1, executor: Any = None, client: Client | None = None
-                   ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+def iter_decisions(
+    logs: Sequence[str],
+    scorer: Scorer,
+    start: dict[str, tuple[int, int]] | None = None,
+    *,
+    workers: int = 1,
+    executor: Any = None,
+    client: Client | None = None,
+) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
     """The Dask engine, with the engines' common signature (:data:`sorter.score.ENGINES`): the
     workers measure and score, the model goes to them once.  ``workers`` and ``executor`` are
     the local engine's and unused here."""
-    yield from iter_decisions_dask(logs, scorer.model, start=start, client=client,
-                                   allow_line_mismatch=scorer.allow_line_mismatch)
+    yield from iter_decisions_dask(
+        logs, scorer.model, start=start, client=client, allow_line_mismatch=scorer.allow_line_mismatch
+    )
 
 
 def _collect(log_dir: str, lines: list[LogLine], fut: Any, meta: LogMeta) -> tuple[MeasuredChunk, list[Decision]]:

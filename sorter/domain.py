@@ -48,8 +48,12 @@ class LineSettings:
         return cls(str(meta.line), (float(e[0]), float(e[1])), float(meta.xray_mm_per_px), float(meta.camera_mm_per_px))
 
     def to_json(self) -> dict[str, Any]:
-        return {"line": self.line, "xray_energies_kev": list(self.xray_energies_kev),
-                "xray_mm_per_px": self.xray_mm_per_px, "camera_mm_per_px": self.camera_mm_per_px}
+        return {
+            "line": self.line,
+            "xray_energies_kev": list(self.xray_energies_kev),
+            "xray_mm_per_px": self.xray_mm_per_px,
+            "camera_mm_per_px": self.camera_mm_per_px,
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "LineSettings":
@@ -65,8 +69,10 @@ class LineSettings:
             tol = max(TOLERANCE["energy_kev"], TOLERANCE["energy_rel"] * mine)
             if abs(theirs - mine) > tol:
                 out.append(f"X-ray {'low' if k == 0 else 'high'} energy {theirs:g} keV (the model's {mine:g} keV)")
-        for name, mine, theirs in (("X-ray", self.xray_mm_per_px, other.xray_mm_per_px),
-                                   ("camera", self.camera_mm_per_px, other.camera_mm_per_px)):
+        for name, mine, theirs in (
+            ("X-ray", self.xray_mm_per_px, other.xray_mm_per_px),
+            ("camera", self.camera_mm_per_px, other.camera_mm_per_px),
+        ):
             if abs(theirs - mine) > TOLERANCE["pitch_rel"] * mine:
                 out.append(f"{name} pitch {theirs:g} mm/px (the model's {mine:g})")
         return out

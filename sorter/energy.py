@@ -44,8 +44,19 @@ SCALE_ALLOWANCE_G, SCALE_ALLOWANCE_REL = 15.0, 0.02
 # Stated coverage of the bound is 99.5 %; the conformal quantile is taken at 99.8 %, so that the
 # bound still covers 99.5 % when the plant's items differ a little from the held-out ones.
 COVERAGE = 0.998
-ENERGY_FEATURES = ("log_weight", "log_volume", "log_density", "al_eq_per_gram", "pb_eq_per_gram",
-                   "material_p50", "al_eq_high_p50", "opaque_frac", "length_mm", "width_mm", "height_mm")
+ENERGY_FEATURES = (
+    "log_weight",
+    "log_volume",
+    "log_density",
+    "al_eq_per_gram",
+    "pb_eq_per_gram",
+    "material_p50",
+    "al_eq_high_p50",
+    "opaque_frac",
+    "length_mm",
+    "width_mm",
+    "height_mm",
+)
 _C = {n: i for i, n in enumerate(RAW_COLUMNS)}
 
 
@@ -62,11 +73,21 @@ def energy_inputs(raw: np.ndarray) -> np.ndarray:
     w, L, W, H = (raw[:, _C[k]] for k in ("weight_g", "length_mm", "width_mm", "height_mm"))
     with np.errstate(invalid="ignore", divide="ignore"):
         vol = L * W * H * 1e-6
-        out = np.column_stack([
-            np.log(w), np.log(vol), np.log(w / 1000.0 / vol), raw[:, _C["xr_al_eq_mass_g"]] / w,
-            raw[:, _C["xr_pb_eq_mass_g"]] / w, raw[:, _C["xr_mat_p50"]], raw[:, _C["xr_al_eq_high_p50"]],
-            raw[:, _C["xr_opaque_frac"]], L, W, H,
-        ])
+        out = np.column_stack(
+            [
+                np.log(w),
+                np.log(vol),
+                np.log(w / 1000.0 / vol),
+                raw[:, _C["xr_al_eq_mass_g"]] / w,
+                raw[:, _C["xr_pb_eq_mass_g"]] / w,
+                raw[:, _C["xr_mat_p50"]],
+                raw[:, _C["xr_al_eq_high_p50"]],
+                raw[:, _C["xr_opaque_frac"]],
+                L,
+                W,
+                H,
+            ]
+        )
     out[~np.isfinite(out)] = np.nan
     return out
 
@@ -84,16 +105,25 @@ class EnergyModel:
     novelty_max: float = math.inf
 
     @classmethod
-    def fit(cls, raw: np.ndarray, energy_wh: np.ndarray, raw_cal: np.ndarray, energy_cal: np.ndarray, *,
-            coverage: float = COVERAGE, seed: int = 0) -> "EnergyModel":
+    def fit(
+        cls,
+        raw: np.ndarray,
+        energy_wh: np.ndarray,
+        raw_cal: np.ndarray,
+        energy_cal: np.ndarray,
+        *,
+        coverage: float = COVERAGE,
+        seed: int = 0,
+    ) -> "EnergyModel":
         """Fit on Li-ion rows with a known rated energy; the bound's quantile on held-out rows."""
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         ok = np.isfinite(energy_wh) & (energy_wh > 0) & np.isfinite(raw[:, _C["weight_g"]])
         x, w = energy_inputs(raw[ok]), raw[ok, _C["weight_g"]]
         target = np.log(energy_wh[ok] / w)
-        reg = HistGradientBoostingRegressor(max_iter=150, learning_rate=0.1, max_leaf_nodes=15, l2_regularization=1.0,
-                                            random_state=seed).fit(x, target)
+        reg = HistGradientBoostingRegressor(
+            max_iter=150, learning_rate=0.1, max_leaf_nodes=15, l2_regularization=1.0, random_state=seed
+        ).fit(x, target)
         model = cls(reg, 0.0, coverage, float(np.exp(np.median(target))), 0)
         okc = np.isfinite(energy_cal) & (energy_cal > 0) & np.isfinite(raw_cal[:, _C["weight_g"]])
         est = model.estimate(raw_cal[okc])
@@ -133,9 +163,15 @@ class EnergyModel:
         return est, upper
 
     def to_json(self) -> dict[str, Any]:
-        return {"features": list(ENERGY_FEATURES), "log_q_upper": None if math.isinf(self.log_q_upper) else self.log_q_upper, "coverage": self.coverage,
-                "median_wh_per_g": self.median_wh_per_g, "calibration_n": self.calibration_n,
-                "max_wh_per_g": MAX_WH_PER_G, "novelty_max": None if math.isinf(self.novelty_max) else self.novelty_max}
+        return {
+            "features": list(ENERGY_FEATURES),
+            "log_q_upper": None if math.isinf(self.log_q_upper) else self.log_q_upper,
+            "coverage": self.coverage,
+            "median_wh_per_g": self.median_wh_per_g,
+            "calibration_n": self.calibration_n,
+            "max_wh_per_g": MAX_WH_PER_G,
+            "novelty_max": None if math.isinf(self.novelty_max) else self.novelty_max,
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], regressor: Any) -> "EnergyModel":
@@ -143,5 +179,11 @@ class EnergyModel:
             raise ValueError(f"energy features {d.get('features')} are not this sorter's {list(ENERGY_FEATURES)}")
         nmax = d.get("novelty_max")
         q = d["log_q_upper"]
-        return cls(regressor, math.inf if q is None else float(q), float(d["coverage"]), float(d["median_wh_per_g"]),
-                   int(d["calibration_n"]), math.inf if nmax is None else float(nmax))
+        return cls(
+            regressor,
+            math.inf if q is None else float(q),
+            float(d["coverage"]),
+            float(d["median_wh_per_g"]),
+            int(d["calibration_n"]),
+            math.inf if nmax is None else float(nmax),
+        )

@@ -43,7 +43,7 @@ from .fastpredict import FastCalibrated, FastForest, FastRegressor, fast_predict
 from .features.derive import FEATURE_FUNCTIONS
 from .features.measure import RAW_COLUMNS
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 __all__ = ["FAST_FILE", "FAST_FORMAT", "FastPart", "FeatureStep", "fast_arrays", "read_fast_file", "write_fast_file"]
 
@@ -86,9 +86,11 @@ class FeatureStep:
         return cls(tuple(steps))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"steps": np.array([n for n, _ in self.steps]),
-                "step_sizes": np.array([c.size for _, c in self.steps], dtype=np.int64),
-                "step_cols": np.concatenate([c for _, c in self.steps]).astype(np.int64)}
+        return {
+            "steps": np.array([n for n, _ in self.steps]),
+            "step_sizes": np.array([c.size for _, c in self.steps], dtype=np.int64),
+            "step_cols": np.concatenate([c for _, c in self.steps]).astype(np.int64),
+        }
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "FeatureStep":
@@ -131,8 +133,9 @@ def _final(pipe: Any) -> Any:
     return pipe.steps[-1][1]
 
 
-def fast_arrays(classifier: Any, damage: Any | None, energy_regressor: Any | None,
-                seed: int = 0) -> dict[str, np.ndarray] | None:
+def fast_arrays(
+    classifier: Any, damage: Any | None, energy_regressor: Any | None, seed: int = 0
+) -> dict[str, np.ndarray] | None:
     """The arrays of ``predictor.npz`` for fitted estimators, or ``None`` when a part is of a kind
     the fast path does not reproduce exactly (the model then loads through skops only).
 
@@ -150,17 +153,23 @@ def fast_arrays(classifier: Any, damage: Any | None, energy_regressor: Any | Non
         try:
             feats = FeatureStep.from_pipeline(pipe)
         except (ValueError, AttributeError) as err:
-            log.info("no fast predictor file: %s", err)
+            logger.info("no fast predictor file: %s", err)
             return None
         want_feat = pipe[:-1].transform(raw)
         if not np.array_equal(feats.transform(raw), want_feat, equal_nan=True):
-            log.warning("the plain feature functions disagree with the %s pipeline's; no fast predictor file", part)
+            logger.warning("the plain feature functions disagree with the %s pipeline's; no fast predictor file", part)
             return None
         forest = fast.forest if isinstance(fast, FastCalibrated) else fast
         X = probe_rows(forest, n=PROBE_ROWS, seed=seed)
-        arrays = {**fast.to_arrays(), **feats.to_arrays(), "kind": np.array(type(fast).__name__),
-                  "probe_x": X, "probe_want": _final(pipe).predict_proba(X),
-                  "probe_raw": raw, "probe_raw_want": pipe.predict_proba(raw)}
+        arrays = {
+            **fast.to_arrays(),
+            **feats.to_arrays(),
+            "kind": np.array(type(fast).__name__),
+            "probe_x": X,
+            "probe_want": _final(pipe).predict_proba(X),
+            "probe_raw": raw,
+            "probe_raw_want": pipe.predict_proba(raw),
+        }
         out.update({f"{part}.{k}": v for k, v in arrays.items()})
         parts.append(part)
     if energy_regressor is not None:
@@ -168,8 +177,12 @@ def fast_arrays(classifier: Any, damage: Any | None, energy_regressor: Any | Non
         if fast_e is None:
             return None
         X = probe_rows(fast_e.forest, n=PROBE_ROWS, seed=seed)
-        arrays = {**fast_e.to_arrays(), "kind": np.array("FastRegressor"), "probe_x": X,
-                  "probe_want": energy_regressor.predict(X)}
+        arrays = {
+            **fast_e.to_arrays(),
+            "kind": np.array("FastRegressor"),
+            "probe_x": X,
+            "probe_want": energy_regressor.predict(X),
+        }
         out.update({f"energy.{k}": v for k, v in arrays.items()})
         parts.append("energy")
     out["parts"] = np.array(parts)
@@ -224,7 +237,7 @@ def read_fast_file(data: bytes) -> FastModel:
 
     def sub(part: str) -> dict[str, np.ndarray]:
         pre = part + "."
-        return {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}
+        return {k[len(pre) :]: v for k, v in arrays.items() if k.startswith(pre)}
 
     def classifier_part(part: str) -> FastPart:
         a = sub(part)
@@ -241,8 +254,9 @@ def read_fast_file(data: bytes) -> FastModel:
         if width != forest.n_features:
             raise ValueError(f"{part}: the feature steps make {width} features, the trees read {forest.n_features}")
         _check(part, pred.predict_proba(np.asarray(a["probe_x"], dtype=np.float64)), a["probe_want"])
-        _check(part + " (raw rows)", fp.predict_proba(np.asarray(a["probe_raw"], dtype=np.float64)),
-               a["probe_raw_want"])
+        _check(
+            part + " (raw rows)", fp.predict_proba(np.asarray(a["probe_raw"], dtype=np.float64)), a["probe_raw_want"]
+        )
         return fp
 
     energy = None
@@ -252,12 +266,13 @@ def read_fast_file(data: bytes) -> FastModel:
             raise ValueError(f"energy: unknown predictor kind {str(a['kind'])!r}")
         energy = FastRegressor.from_arrays(a)
         _check("energy", energy.predict(np.asarray(a["probe_x"], dtype=np.float64)), a["probe_want"])
-    return FastModel(classifier_part("classifier"), classifier_part("damage") if "damage" in parts else None,
-                     energy)
+    return FastModel(classifier_part("classifier"), classifier_part("damage") if "damage" in parts else None, energy)
 
 
 def _check(what: str, got: np.ndarray, want: np.ndarray) -> None:
     if got.shape != want.shape or not np.array_equal(got, want):
         diff = float(np.nanmax(np.abs(got - want))) if got.shape == want.shape else float("nan")
-        raise ProbeMismatch(f"{what}: the fast predictor's outputs on the stored probe rows differ from "
-                            f"scikit-learn's (max |diff| {diff:.3g})")
+        raise ProbeMismatch(
+            f"{what}: the fast predictor's outputs on the stored probe rows differ from "
+            f"scikit-learn's (max |diff| {diff:.3g})"
+        )

@@ -25,13 +25,22 @@ from typing import Any, Mapping
 import numpy as np
 from scipy.special import expit
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 __all__ = ["FastForest", "FastCalibrated", "FastRegressor", "fast_predictor", "fast_regressor"]
 
 _FOREST_ARRAYS = ("feature", "threshold", "missing_left", "left", "right", "value", "roots", "outputs", "baseline")
-_FOREST_DTYPES = {"feature": np.intp, "threshold": np.float64, "missing_left": bool, "left": np.int64,
-                  "right": np.int64, "value": np.float64, "roots": np.intp, "outputs": np.intp, "baseline": np.float64}
+_FOREST_DTYPES = {
+    "feature": np.intp,
+    "threshold": np.float64,
+    "missing_left": bool,
+    "left": np.int64,
+    "right": np.int64,
+    "value": np.float64,
+    "roots": np.intp,
+    "outputs": np.intp,
+    "baseline": np.float64,
+}
 
 
 class FastForest:
@@ -100,16 +109,25 @@ class FastForest:
         n_outputs, depth, n_features = (int(v) for v in np.asarray(arrays["sizes"]).ravel()[:3])
         self.n_outputs, self.depth, self.n_features = n_outputs, depth, n_features
         n = self.feature.size
-        if not (n > 0 and all(getattr(self, k).shape == (n,) for k in _FOREST_ARRAYS[:6])
-                and self.roots.shape == self.outputs.shape and self.baseline.shape == (n_outputs,)
-                and 0 <= depth <= 64 and n_features > 0):
+        if not (
+            n > 0
+            and all(getattr(self, k).shape == (n,) for k in _FOREST_ARRAYS[:6])
+            and self.roots.shape == self.outputs.shape
+            and self.baseline.shape == (n_outputs,)
+            and 0 <= depth <= 64
+            and n_features > 0
+        ):
             raise ValueError("the forest's arrays do not fit together")
         for k in ("left", "right", "roots"):
             a = getattr(self, k)
             if a.size and (a.min() < 0 or a.max() >= n):
                 raise ValueError(f"node index out of range in {k!r}")
-        if self.feature.min() < 0 or self.feature.max() >= n_features or self.outputs.min() < 0 \
-                or self.outputs.max() >= n_outputs:
+        if (
+            self.feature.min() < 0
+            or self.feature.max() >= n_features
+            or self.outputs.min() < 0
+            or self.outputs.max() >= n_outputs
+        ):
             raise ValueError("feature or output index out of range")
         self._finish()
         return self
@@ -174,8 +192,13 @@ class FastCalibrated:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The forest's arrays and the calibration's, for :meth:`from_arrays`."""
-        return {**self.forest.to_arrays(), "cal_a": self.a, "cal_b": self.b,
-                "cal_pos": np.asarray(self.pos, dtype=np.int64), "n_classes": np.array(self.n_classes)}
+        return {
+            **self.forest.to_arrays(),
+            "cal_a": self.a,
+            "cal_b": self.b,
+            "cal_pos": np.asarray(self.pos, dtype=np.int64),
+            "n_classes": np.array(self.n_classes),
+        }
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "FastCalibrated":
@@ -185,8 +208,11 @@ class FastCalibrated:
         self.pos = [int(v) for v in np.asarray(arrays["cal_pos"]).ravel()]
         self.a = np.asarray(arrays["cal_a"], dtype=np.float64).ravel()
         self.b = np.asarray(arrays["cal_b"], dtype=np.float64).ravel()
-        if not (len(self.a) == len(self.b) == len(self.pos) == self.forest.n_outputs and self.n_classes >= 2
-                and all(0 <= p < self.n_classes for p in self.pos)):
+        if not (
+            len(self.a) == len(self.b) == len(self.pos) == self.forest.n_outputs
+            and self.n_classes >= 2
+            and all(0 <= p < self.n_classes for p in self.pos)
+        ):
             raise ValueError("the calibration's arrays do not fit the forest")
         return self
 
@@ -263,11 +289,11 @@ def fast_predictor(estimator: Any) -> FastForest | FastCalibrated | None:
         want = estimator.predict_proba(X)
         got = fast.predict_proba(X)
     except Exception as err:  # noqa: BLE001 - an unknown model layout: keep sklearn's path
-        log.info("fast prediction unavailable for %s: %s", type(estimator).__name__, err)
+        logger.info("fast prediction unavailable for %s: %s", type(estimator).__name__, err)
         return None
     if got.shape != want.shape or not np.array_equal(got, want):
         diff = float(np.nanmax(np.abs(got - want))) if got.shape == want.shape else float("nan")
-        log.warning("fast prediction disagrees with scikit-learn (max |diff| %.3g); using scikit-learn's path", diff)
+        logger.warning("fast prediction disagrees with scikit-learn (max |diff| %.3g); using scikit-learn's path", diff)
         return None
     return fast
 
@@ -284,9 +310,9 @@ def fast_regressor(estimator: Any) -> FastRegressor | None:
         want = estimator.predict(X)
         got = fast.predict(X)
     except Exception as err:  # noqa: BLE001 - an unknown model layout: keep sklearn's path
-        log.info("fast prediction unavailable for %s: %s", type(estimator).__name__, err)
+        logger.info("fast prediction unavailable for %s: %s", type(estimator).__name__, err)
         return None
     if got.shape != want.shape or not np.array_equal(got, want):
-        log.warning("fast regression disagrees with scikit-learn; using scikit-learn's path")
+        logger.warning("fast regression disagrees with scikit-learn; using scikit-learn's path")
         return None
     return fast

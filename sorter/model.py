@@ -47,7 +47,7 @@ from .features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
 from .novelty import NoveltyModel
 from .policy import PolicyThresholds
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "sorter-model/1"
 MANIFEST = "manifest.json"
@@ -133,8 +133,12 @@ def _version(dist: str, module: str) -> str:
 
 def library_versions() -> dict[str, str]:
     """The versions the manifest records and :func:`load_model` compares."""
-    return {"python": platform.python_version(), "numpy": np.__version__,
-            "scikit-learn": _version("scikit-learn", "sklearn"), "skops": _version("skops", "skops")}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scikit-learn": _version("scikit-learn", "sklearn"),
+        "skops": _version("skops", "skops"),
+    }
 
 
 def _versions_compatible(saved: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
@@ -217,7 +221,7 @@ class SorterModel:
                 try:
                     return FastPart(FeatureStep.from_pipeline(pipe), fast)
                 except ValueError as err:
-                    log.info("fast prediction unavailable: %s", err)
+                    logger.info("fast prediction unavailable: %s", err)
                     return None
 
             with _openmp_one_thread():
@@ -272,16 +276,19 @@ class SorterModel:
         raw = self.normalise(raw)
         fast_clf, fast_dmg = self.prepare()
         has_damage = self.has_damage
-        if fast_clf is not None and (not has_damage or fast_dmg is not None) and (
-                raw.shape[0] < FAST_PATH_MAX_ROWS or self.classifier is None):
+        if (
+            fast_clf is not None
+            and (not has_damage or fast_dmg is not None)
+            and (raw.shape[0] < FAST_PATH_MAX_ROWS or self.classifier is None)
+        ):
             proba = np.empty((raw.shape[0], len(self.classes)))
             p_dmg = np.full(raw.shape[0], np.nan)
             # in blocks: the fast path holds a (rows x trees) array per tree level
             for a in range(0, raw.shape[0], FAST_BLOCK_ROWS):
-                block = raw[a:a + FAST_BLOCK_ROWS]
-                proba[a:a + FAST_BLOCK_ROWS] = fast_clf.predict_proba(block)
+                block = raw[a : a + FAST_BLOCK_ROWS]
+                proba[a : a + FAST_BLOCK_ROWS] = fast_clf.predict_proba(block)
                 if has_damage:
-                    p_dmg[a:a + FAST_BLOCK_ROWS] = fast_dmg.predict_proba(block)[:, 1]
+                    p_dmg[a : a + FAST_BLOCK_ROWS] = fast_dmg.predict_proba(block)[:, 1]
             return proba, p_dmg
         # One OpenMP thread: the trees are small, and parallel workers (or a busy line PC)
         # make OpenMP's spinning threads slow every call down by orders of magnitude.
@@ -294,8 +301,14 @@ class SorterModel:
         return proba, p_dmg
 
 
-def save_model(model: SorterModel, out_dir: str | os.PathLike, *, name: str = "sorter",
-               extra_manifest: Mapping[str, Any] | None = None, card: str | None = None) -> Path:
+def save_model(
+    model: SorterModel,
+    out_dir: str | os.PathLike,
+    *,
+    name: str = "sorter",
+    extra_manifest: Mapping[str, Any] | None = None,
+    card: str | None = None,
+) -> Path:
     """Write a model directory (skops files + manifest with hashes)."""
     import skops.io as sio
 
@@ -346,11 +359,12 @@ def _write_fast_file(out: Path, model: SorterModel) -> bool:
     from .fastmodel import fast_arrays, write_fast_file
 
     with _openmp_one_thread():
-        arrays = fast_arrays(model.classifier, model.damage,
-                             model.energy.regressor if model.energy is not None else None)
+        arrays = fast_arrays(
+            model.classifier, model.damage, model.energy.regressor if model.energy is not None else None
+        )
     path = out / FAST_FILE
     if arrays is None:
-        log.info("%s: no fast predictor file (a model of another kind); it loads through skops", out)
+        logger.info("%s: no fast predictor file (a model of another kind); it loads through skops", out)
         if path.exists():
             path.unlink()
         return False
@@ -392,16 +406,22 @@ def upgrade_model(model_dir: str | os.PathLike) -> bool:
     d = Path(model_dir)
     model = load_model(d, estimators=True)
     with _openmp_one_thread():
-        arrays = fast_arrays(model.classifier, model.damage,
-                             model.energy.regressor if model.energy is not None else None)
+        arrays = fast_arrays(
+            model.classifier, model.damage, model.energy.regressor if model.energy is not None else None
+        )
     if arrays is None:
-        raise SorterError(f"{d}: this model's estimators have no exact fast predictor (see the log); it keeps "
-                          "loading through its skops files")
+        raise SorterError(
+            f"{d}: this model's estimators have no exact fast predictor (see the log); it keeps "
+            "loading through its skops files"
+        )
     data = write_fast_file(arrays)
     digest = hashlib.sha256(data).hexdigest()
     manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
-    if manifest["files"].get(FAST_FILE) == digest and (d / FAST_FILE).is_file() \
-            and sha256_file(d / FAST_FILE) == digest:
+    if (
+        manifest["files"].get(FAST_FILE) == digest
+        and (d / FAST_FILE).is_file()
+        and sha256_file(d / FAST_FILE) == digest
+    ):
         return False
     _replace_bytes(d / FAST_FILE, data)
     manifest["files"][FAST_FILE] = digest
@@ -441,7 +461,9 @@ def load_model(model_dir: str | os.PathLike | None = None, *, estimators: bool =
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelIntegrityError(f"{mpath}: unreadable manifest ({err}); retrain or restore the model directory") from err
+        raise ModelIntegrityError(
+            f"{mpath}: unreadable manifest ({err}); retrain or restore the model directory"
+        ) from err
     if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT:
         raise ModelIntegrityError(
             f"{mpath}: format {manifest.get('format') if isinstance(manifest, dict) else None!r} is not "
@@ -486,17 +508,25 @@ def load_model(model_dir: str | os.PathLike | None = None, *, estimators: bool =
         try:
             fast = read_fast_file(fast_bytes)
         except ProbeMismatch as err:
-            log.warning("%s: %s; loading the skops files instead (slower start). Regenerate the file with "
-                        "'sorter model upgrade %s' on this machine", d / FAST_FILE, err, d)
+            logger.warning(
+                "%s: %s; loading the skops files instead (slower start). Regenerate the file with "
+                "'sorter model upgrade %s' on this machine",
+                d / FAST_FILE,
+                err,
+                d,
+            )
         except (ValueError, KeyError, TypeError, IndexError) as err:
             raise ModelIntegrityError(
                 f"{d / FAST_FILE}: not a fast predictor file this sorter can read ({err}); regenerate it with "
-                f"'sorter model upgrade {d}'") from err
-        if fast is not None and ((fast.damage is None) != (DAMAGE_FILE not in files)
-                                 or (fast.energy is None) != (ENERGY_FILE not in files)):
+                f"'sorter model upgrade {d}'"
+            ) from err
+        if fast is not None and (
+            (fast.damage is None) != (DAMAGE_FILE not in files) or (fast.energy is None) != (ENERGY_FILE not in files)
+        ):
             raise ModelIntegrityError(
                 f"{d / FAST_FILE}: its parts do not match the manifest's files; regenerate it with "
-                f"'sorter model upgrade {d}'")
+                f"'sorter model upgrade {d}'"
+            )
 
     def _load(fname: str) -> Any:
         import skops.io as sio
@@ -547,7 +577,9 @@ def load_model(model_dir: str | os.PathLike | None = None, *, estimators: bool =
         domain = LineDomain.from_json(manifest["line_domain"]) if "line_domain" in manifest else None
         normalisation = {str(k): (float(v[0]), float(v[1])) for k, v in manifest.get("normalisation", {}).items()}
     except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise ModelIntegrityError(f"{mpath}: invalid applicability domain ({err}); retrain or recalibrate the model") from err
+        raise ModelIntegrityError(
+            f"{mpath}: invalid applicability domain ({err}); retrain or recalibrate the model"
+        ) from err
     unknown = sorted(set(normalisation) - set(RAW_COLUMNS))
     if unknown:
         raise ModelIntegrityError(f"{mpath}: normalisation of unknown columns {unknown}; recalibrate the model")

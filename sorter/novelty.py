@@ -62,17 +62,19 @@ def novelty_inputs(raw: np.ndarray) -> np.ndarray:
     w, length, width, height = (raw[:, c[k]] for k in ("weight_g", "length_mm", "width_mm", "height_mm"))
     with np.errstate(invalid="ignore", divide="ignore"):
         vol_l = length * width * height * 1e-6
-        out = np.column_stack([
-            np.log(w),
-            np.log(vol_l),
-            np.log(w / 1000.0 / vol_l),
-            raw[:, c["xr_opaque_frac"]],
-            np.log1p(raw[:, c["xr_al_eq_high_p50"]]),
-            np.log1p(raw[:, c["xr_al_eq_low_p50"]]),
-            raw[:, c["xr_mat_p50"]],
-            np.log(raw[:, c["xr_al_eq_mass_g"]] / w),
-            raw[:, c["xr_area_mm2"]] / (length * width),
-        ])
+        out = np.column_stack(
+            [
+                np.log(w),
+                np.log(vol_l),
+                np.log(w / 1000.0 / vol_l),
+                raw[:, c["xr_opaque_frac"]],
+                np.log1p(raw[:, c["xr_al_eq_high_p50"]]),
+                np.log1p(raw[:, c["xr_al_eq_low_p50"]]),
+                raw[:, c["xr_mat_p50"]],
+                np.log(raw[:, c["xr_al_eq_mass_g"]] / w),
+                raw[:, c["xr_area_mm2"]] / (length * width),
+            ]
+        )
     out[~np.isfinite(out)] = np.nan
     return out
 
@@ -103,8 +105,9 @@ class ClassDensity:
 
         full = x[np.isfinite(x).all(axis=1)]
         if full.shape[0] < MIN_ROWS:
-            raise ValueError(f"need at least {MIN_ROWS} items with every sensor read to fit a class density, "
-                             f"got {full.shape[0]}")
+            raise ValueError(
+                f"need at least {MIN_ROWS} items with every sensor read to fit a class density, got {full.shape[0]}"
+            )
         center = np.median(full, axis=0)
         q75, q25 = np.percentile(full, [75, 25], axis=0)
         # a floor on the spread: a feature a class barely varies in (an opaque share of 1) must not
@@ -147,13 +150,21 @@ class ClassDensity:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"center": self.center.tolist(), "scale": self.scale.tolist(), "means": self.means.tolist(),
-                "covariances": self.covariances.tolist()}
+        return {
+            "center": self.center.tolist(),
+            "scale": self.scale.tolist(),
+            "means": self.means.tolist(),
+            "covariances": self.covariances.tolist(),
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "ClassDensity":
-        return cls(np.asarray(d["center"], float), np.asarray(d["scale"], float), np.asarray(d["means"], float),
-                   np.asarray(d["covariances"], float))
+        return cls(
+            np.asarray(d["center"], float),
+            np.asarray(d["scale"], float),
+            np.asarray(d["means"], float),
+            np.asarray(d["covariances"], float),
+        )
 
 
 @dataclass
@@ -173,9 +184,11 @@ class NoveltyModel:
             try:
                 densities.append(ClassDensity.fit(x[y == c], seed=seed))
             except ValueError as err:
-                raise SorterError(f"class {c!r}: {err}; record more {c} items with the scale, profiler and "
-                                  "X-ray all working (the novelty score learns what typical items of each class "
-                                  "are)") from err
+                raise SorterError(
+                    f"class {c!r}: {err}; record more {c} items with the scale, profiler and "
+                    "X-ray all working (the novelty score learns what typical items of each class "
+                    "are)"
+                ) from err
         return cls(tuple(classes), tuple(densities))
 
     def score(self, raw: np.ndarray) -> np.ndarray:
@@ -184,8 +197,11 @@ class NoveltyModel:
         return np.column_stack([d.score(x) for d in self.densities])
 
     def to_json(self) -> dict[str, Any]:
-        return {"features": list(NOVELTY_FEATURES), "classes": list(self.classes),
-                "densities": [d.to_json() for d in self.densities]}
+        return {
+            "features": list(NOVELTY_FEATURES),
+            "classes": list(self.classes),
+            "densities": [d.to_json() for d in self.densities],
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "NoveltyModel":

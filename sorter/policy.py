@@ -85,12 +85,12 @@ class PolicyThresholds:
         if not 0 < self.lead_acid_min <= 1:
             raise ConfigError(f"lead_acid_min must be in (0, 1], got {self.lead_acid_min}")
         if not 0 <= self.not_lead_max < self.lead_acid_min:
-            raise ConfigError(
-                f"not_lead_max ({self.not_lead_max}) must be below lead_acid_min ({self.lead_acid_min})"
-            )
+            raise ConfigError(f"not_lead_max ({self.not_lead_max}) must be below lead_acid_min ({self.lead_acid_min})")
         for sensor, v in self.lead_acid_min_missing.items():
             if sensor not in OPTIONAL_SENSORS:
-                raise ConfigError(f"lead_acid_min_missing: unknown sensor {sensor!r}; known: {sorted(OPTIONAL_SENSORS)}")
+                raise ConfigError(
+                    f"lead_acid_min_missing: unknown sensor {sensor!r}; known: {sorted(OPTIONAL_SENSORS)}"
+                )
             if not self.lead_acid_min <= v <= 1:
                 raise ConfigError(f"lead_acid_min_missing[{sensor!r}] must be in [lead_acid_min, 1], got {v}")
         if not self.novelty_max > 0:
@@ -110,7 +110,9 @@ class PolicyThresholds:
     def lead_acid_min_for(self, raw: np.ndarray | list[float]) -> tuple[float, list[str]]:
         """The lead_acid threshold that applies to this item, and the optional sensors it lacks."""
         missing = missing_optional(raw)
-        return max([self.lead_acid_min, *(self.lead_acid_min_missing.get(s, self.lead_acid_min) for s in missing)]), missing
+        return max(
+            [self.lead_acid_min, *(self.lead_acid_min_missing.get(s, self.lead_acid_min) for s in missing)]
+        ), missing
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "PolicyThresholds":
@@ -211,12 +213,20 @@ def decide(
         if t.lead_density_min > 0:
             dens = envelope_density(raw)
             if dens < t.lead_density_min:
-                return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but too light for lead-acid: "
-                                         f"{dens:.2f} kg/L under {t.lead_density_min:.2f} (a lithium drop-in "
-                                         "in a lead-acid case?)", chem)
+                return Verdict(
+                    "manual",
+                    f"looks lead-acid (p={p_lead:.3f}) but too light for lead-acid: "
+                    f"{dens:.2f} kg/L under {t.lead_density_min:.2f} (a lithium drop-in "
+                    "in a lead-acid case?)",
+                    chem,
+                )
         if lead_novelty > t.novelty_max:
-            return Verdict("manual", f"looks lead-acid (p={p_lead:.3f}) but unlike the training lead-acid items "
-                                     f"(novelty {lead_novelty:.1f} > {t.novelty_max:.1f})", chem)
+            return Verdict(
+                "manual",
+                f"looks lead-acid (p={p_lead:.3f}) but unlike the training lead-acid items "
+                f"(novelty {lead_novelty:.1f} > {t.novelty_max:.1f})",
+                chem,
+            )
         return Verdict("lead_acid", f"lead-acid p={p_lead:.4f}", chem)
     if p_lead <= t.not_lead_max:
         p_li = p.get("li_ion", 0.0)

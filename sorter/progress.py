@@ -46,8 +46,17 @@ class Progress:
     True
     """
 
-    def __init__(self, desc: str, total: int | None = None, *, enabled: bool = True, stream: IO[str] | None = None,
-                 every_s: float | None = None, initial: int = 0, unit: str = "item"):
+    def __init__(
+        self,
+        desc: str,
+        total: int | None = None,
+        *,
+        enabled: bool = True,
+        stream: IO[str] | None = None,
+        every_s: float | None = None,
+        initial: int = 0,
+        unit: str = "item",
+    ):
         self.desc, self.total, self.unit = desc, total, unit
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
@@ -91,8 +100,10 @@ class Progress:
     def _line(self, now: float) -> str:
         rate = (self.n - self._initial) / max(now - self._t0, 1e-9)
         if self.total:
-            return (f"{self.desc}: {self.n}/{self.total} {self.unit}s ({100 * self.n / self.total:.0f} %), "
-                    f"{rate:.0f} {self.unit}s/s")
+            return (
+                f"{self.desc}: {self.n}/{self.total} {self.unit}s ({100 * self.n / self.total:.0f} %), "
+                f"{rate:.0f} {self.unit}s/s"
+            )
         return f"{self.desc}: {self.n} {self.unit}s, {rate:.0f} {self.unit}s/s"
 
     def _write(self, text: str) -> None:

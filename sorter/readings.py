@@ -24,10 +24,7 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "surface_temp_c",
 )
 IMAGE_FIELDS: tuple[str, ...] = ("xray_low", "xray_high", "rgb")
-KNOWN_FIELDS: frozenset[str] = frozenset(
-    ("item_id", "t", "label", *NUMERIC_FIELDS, *IMAGE_FIELDS)
-)
-
+KNOWN_FIELDS: frozenset[str] = frozenset(("item_id", "t", "label", *NUMERIC_FIELDS, *IMAGE_FIELDS))
 
 
 def _empty_mapping() -> Mapping[str, Any]:

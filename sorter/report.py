@@ -36,7 +36,7 @@ from .progress import Progress
 from .readings import LogMeta
 from .scoring import Scorer
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CLASSES = ("lead_acid", "li_ion", "other")
 PRODUCT_ROWS = 40  # rows of the per-product table in report.md (metrics.json has them all)
@@ -54,8 +54,9 @@ def upper_bound_95(k: int, n: int) -> float:
     return float(beta.ppf(0.95, k + 1, n - k))
 
 
-def lanes_for(model: SorterModel, raw: np.ndarray, meta: LogMeta | None = None, *,
-              allow_line_mismatch: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def lanes_for(
+    model: SorterModel, raw: np.ndarray, meta: LogMeta | None = None, *, allow_line_mismatch: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Probabilities, P(damaged), lanes and reasons of raw rows, through the scoring path
     (:meth:`sorter.scoring.Scorer.decide_rows`, with the line check for ``meta``)."""
     proba, p_dmg = model.predict(raw)
@@ -80,7 +81,9 @@ def headline(y: np.ndarray, lanes: np.ndarray, damaged: np.ndarray | None) -> di
         "non_lead_in_lead_acid": k_nonlead,
         "lead_acid_lane_items": int(in_lead.sum()),
         "lead_acid_lane_impurity_per_10k": (1e4 * k_nonlead / in_lead.sum()) if in_lead.any() else None,
-        "lead_acid_lane_impurity_ub95_per_10k": 1e4 * upper_bound_95(k_nonlead, int(in_lead.sum())) if in_lead.any() else None,
+        "lead_acid_lane_impurity_ub95_per_10k": 1e4 * upper_bound_95(k_nonlead, int(in_lead.sum()))
+        if in_lead.any()
+        else None,
         "lead_acid_total": int(lead.sum()),
         "lead_acid_recall": float(np.mean(in_lead[lead])) if lead.any() else float("nan"),
         "manual_rate": float(np.mean(lanes == "manual")),
@@ -116,12 +119,20 @@ def require_matplotlib(what: str) -> None:
     try:
         import matplotlib  # noqa: F401 - only whether it imports
     except ImportError as err:
-        raise SorterError(f"{what} draws its plots with matplotlib, which is not installed; install the "
-                          f"report extra: {REPORT_EXTRA_HINT}") from err
+        raise SorterError(
+            f"{what} draws its plots with matplotlib, which is not installed; install the "
+            f"report extra: {REPORT_EXTRA_HINT}"
+        ) from err
 
 
-def _plots(out: Path, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, lanes: np.ndarray,
-           importances: list[tuple[str, float]]) -> list[str]:
+def _plots(
+    out: Path,
+    y: np.ndarray,
+    pred: np.ndarray,
+    proba: np.ndarray,
+    lanes: np.ndarray,
+    importances: list[tuple[str, float]],
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,10 +162,16 @@ def _plots(out: Path, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, lanes:
         bins = _merge_close(cal["bins"][c])
         xs = [b["p_mean"] for b in bins]
         ys = [b["observed"] for b in bins]
-        line, = ax.plot(xs, ys, "o-", label=f"{c}: ECE {cal['ece'][c]:.2g}, Brier {cal['brier'][c]:.2g}")
+        (line,) = ax.plot(xs, ys, "o-", label=f"{c}: ECE {cal['ece'][c]:.2g}, Brier {cal['brier'][c]:.2g}")
         for b in bins:  # how many items each point stands for
-            ax.annotate(str(b["n"]), (b["p_mean"], b["observed"]), textcoords="offset points",
-                        xytext=(4, -10 + 8 * k), fontsize=7, color=line.get_color())
+            ax.annotate(
+                str(b["n"]),
+                (b["p_mean"], b["observed"]),
+                textcoords="offset points",
+                xytext=(4, -10 + 8 * k),
+                fontsize=7,
+                color=line.get_color(),
+            )
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
@@ -247,8 +264,9 @@ def _merge_close(bins: list[dict[str, Any]], width: float = 0.02) -> list[dict[s
     return out
 
 
-def permutation_importances(model: SorterModel, raw: np.ndarray, y: np.ndarray, seed: int = 0,
-                            max_rows: int = 1500) -> list[tuple[str, float]]:
+def permutation_importances(
+    model: SorterModel, raw: np.ndarray, y: np.ndarray, seed: int = 0, max_rows: int = 1500
+) -> list[tuple[str, float]]:
     """Importance of each raw measurement column: log-loss increase when it is shuffled."""
     from sklearn.metrics import log_loss
 
@@ -264,9 +282,16 @@ def permutation_importances(model: SorterModel, raw: np.ndarray, y: np.ndarray, 
     return sorted(out, key=lambda t: -t[1])
 
 
-def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *, title: str = "",
-                      meta: LogMeta | None = None, allow_line_mismatch: bool = False,
-                      notes: Sequence[str] = ()) -> dict[str, Any]:
+def evaluate_measured(
+    m: MeasuredLog,
+    model: SorterModel,
+    out_dir: str | Path,
+    *,
+    title: str = "",
+    meta: LogMeta | None = None,
+    allow_line_mismatch: bool = False,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
     """Write metrics.json, report.md and the plots for measured, labelled items into ``out_dir``.
 
     The files are written into a new sibling folder first and moved into ``out_dir`` only
@@ -278,13 +303,18 @@ def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *
     keep = m.ok & np.array([lab in CLASSES for lab in m.labels], dtype=bool)
     if not keep.any():
         labelled = sum(lab is not None for lab in m.labels)
-        what = (f"none of its {len(m.labels)} lines carries a usable item with a 'label' field"
-                if labelled == 0 else f"none of its {labelled} labelled lines holds a usable item")
+        what = (
+            f"none of its {len(m.labels)} lines carries a usable item with a 'label' field"
+            if labelled == 0
+            else f"none of its {labelled} labelled lines holds a usable item"
+        )
         raise SorterError(
             f"nothing to evaluate: {what}. evaluate compares the lanes with each item's 'label' "
             f"({', '.join(CLASSES)}); pass a labelled log (sorter simulate writes labels unless --unlabelled), "
-            "or use sorter score for an unlabelled one" if len(m.labels) else
-            "nothing to evaluate: the log has no items; pass a labelled log with items")
+            "or use sorter score for an unlabelled one"
+            if len(m.labels)
+            else "nothing to evaluate: the log has no items; pass a labelled log with items"
+        )
     if out.exists() and not out.is_dir():
         raise SorterError(f"--out {out} is a file; the report is a folder: choose a folder name")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -299,8 +329,16 @@ def evaluate_measured(m: MeasuredLog, model: SorterModel, out_dir: str | Path, *
     return metrics
 
 
-def _evaluate_into(out: Path, m: MeasuredLog, keep: np.ndarray, model: SorterModel, title: str,
-                   notes: list[str], meta: LogMeta | None = None, allow_line_mismatch: bool = False) -> dict[str, Any]:
+def _evaluate_into(
+    out: Path,
+    m: MeasuredLog,
+    keep: np.ndarray,
+    model: SorterModel,
+    title: str,
+    notes: list[str],
+    meta: LogMeta | None = None,
+    allow_line_mismatch: bool = False,
+) -> dict[str, Any]:
     raw = m.raw[keep]
     sel = np.flatnonzero(keep)
     y = np.array([m.labels[i] for i in sel])
@@ -319,8 +357,12 @@ def _evaluate_into(out: Path, m: MeasuredLog, keep: np.ndarray, model: SorterMod
         "all_sensors": headline(y, lanes, damaged),
     }
     cal = calibration(y, proba)
-    metrics["calibration"] = {"ece": cal["ece"], "brier": cal["brier"], "brier_multiclass": cal["brier_multiclass"],
-                              "bins": cal["bins"]}
+    metrics["calibration"] = {
+        "ece": cal["ece"],
+        "brier": cal["brier"],
+        "brier_multiclass": cal["brier_multiclass"],
+        "bins": cal["bins"],
+    }
     # each sensor missing in turn
     per_sensor = {}
     for s in SENSOR_GROUPS:
@@ -333,8 +375,11 @@ def _evaluate_into(out: Path, m: MeasuredLog, keep: np.ndarray, model: SorterMod
         j = RAW_COLUMNS.index(cols[0] if s != "xray" else "xr_area_mm2")
         miss = np.isnan(raw[:, j])
         if miss.any():
-            nat[s] = {"items": int(miss.sum()), "li_ion_in_lead_acid": int(np.sum(miss & (y == "li_ion") & (lanes == "lead_acid"))),
-                      "lanes": dict(Counter(lanes[miss].tolist()))}
+            nat[s] = {
+                "items": int(miss.sum()),
+                "li_ion_in_lead_acid": int(np.sum(miss & (y == "li_ion") & (lanes == "lead_acid"))),
+                "lanes": dict(Counter(lanes[miss].tolist())),
+            }
     metrics["natural_dropouts"] = nat
     # per product and per hard case
     prod: dict[str, Counter] = defaultdict(Counter)
@@ -358,24 +403,42 @@ def _evaluate_into(out: Path, m: MeasuredLog, keep: np.ndarray, model: SorterMod
     metrics["hard_cases"] = {k: dict(v) for k, v in sorted(hard.items())}
     # hazard cases needed under the 2.1 kWh limit
     hz_wh = [float(e.get("energy_wh") or 0.0) for k, e in enumerate(extras) if lanes[k] == "hazard"]
-    metrics["hazard"] = {"items": len(hz_wh), "energy_wh_known": float(sum(hz_wh)),
-                         "cases_at_2_1_kwh": int(math.ceil(sum(hz_wh) / HAZARD_CASE_WH)) if hz_wh else 0}
+    metrics["hazard"] = {
+        "items": len(hz_wh),
+        "energy_wh_known": float(sum(hz_wh)),
+        "cases_at_2_1_kwh": int(math.ceil(sum(hz_wh) / HAZARD_CASE_WH)) if hz_wh else 0,
+    }
     energy_plot = None
     metrics["energy"], energy_rows = energy_metrics(model, raw, y, extras)
     if energy_rows is not None:
         energy_plot = _energy_plot(out, *energy_rows)
     # what went wrong
     missed_damage = damaged if damaged is not None else np.zeros(len(y), bool)
-    wrong = [k for k in range(len(y)) if (y[k] == "li_ion" and lanes[k] == "lead_acid") or
-             (y[k] != "lead_acid" and lanes[k] == "lead_acid") or pred[k] != y[k] or
-             (y[k] == "lead_acid" and lanes[k] != "lead_acid") or
-             (y[k] == "li_ion" and missed_damage[k] and lanes[k] != "hazard")]
+    wrong = [
+        k
+        for k in range(len(y))
+        if (y[k] == "li_ion" and lanes[k] == "lead_acid")
+        or (y[k] != "lead_acid" and lanes[k] == "lead_acid")
+        or pred[k] != y[k]
+        or (y[k] == "lead_acid" and lanes[k] != "lead_acid")
+        or (y[k] == "li_ion" and missed_damage[k] and lanes[k] != "hazard")
+    ]
     wrong.sort(key=lambda k: (-(y[k] != "lead_acid" and lanes[k] == "lead_acid"), -float(proba[k].max())))
     metrics["wrong_items"] = [
-        {"line_no": m.line_nos[sel[k]], "item_id": m.item_ids[sel[k]], "label": str(y[k]), "chemistry": str(pred[k]),
-         "lane": str(lanes[k]), "reason": reasons[k], "product": extras[k].get("product"), "pose": extras[k].get("pose"),
-         "hard_cases": extras[k].get("hard_cases"), "damage": extras[k].get("damage"),
-         "p": [round(float(x), 4) for x in proba[k]], "p_damaged": round(float(p_dmg[k]), 4)}
+        {
+            "line_no": m.line_nos[sel[k]],
+            "item_id": m.item_ids[sel[k]],
+            "label": str(y[k]),
+            "chemistry": str(pred[k]),
+            "lane": str(lanes[k]),
+            "reason": reasons[k],
+            "product": extras[k].get("product"),
+            "pose": extras[k].get("pose"),
+            "hard_cases": extras[k].get("hard_cases"),
+            "damage": extras[k].get("damage"),
+            "p": [round(float(x), 4) for x in proba[k]],
+            "p_damaged": round(float(p_dmg[k]), 4),
+        }
         for k in wrong[:60]
     ]
     metrics["wrong_items_total"] = len(wrong)
@@ -387,12 +450,14 @@ def _evaluate_into(out: Path, m: MeasuredLog, keep: np.ndarray, model: SorterMod
     return metrics
 
 
-def energy_metrics(model: SorterModel, raw: np.ndarray, y: np.ndarray, extras: list[dict[str, Any]]
-                   ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None]:
+def energy_metrics(
+    model: SorterModel, raw: np.ndarray, y: np.ndarray, extras: list[dict[str, Any]]
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None]:
     """The rated-energy estimate and bound (:mod:`sorter.energy`) against the truth, on every Li-ion
     item whose rated energy the log records: median error, bound coverage, per product family."""
-    truth = np.array([float(e["energy_wh"]) if isinstance(e.get("energy_wh"), (int, float)) else np.nan
-                      for e in extras])
+    truth = np.array(
+        [float(e["energy_wh"]) if isinstance(e.get("energy_wh"), (int, float)) else np.nan for e in extras]
+    )
     li = (y == "li_ion") & np.isfinite(truth) & (truth > 0)
     if not li.any():
         return {"items": 0}, None
@@ -405,8 +470,11 @@ def energy_metrics(model: SorterModel, raw: np.ndarray, y: np.ndarray, extras: l
     for f in sorted(set(fam)):
         sel = np.array([x == f for x in fam]) & ok
         if sel.any():
-            per[f] = {"items": int(sel.sum()), "median_abs_rel_error": float(np.nanmedian(np.abs(est[sel] - t[sel]) / t[sel])),
-                      "bound_coverage": float(np.mean(upper[sel] >= t[sel]))}
+            per[f] = {
+                "items": int(sel.sum()),
+                "median_abs_rel_error": float(np.nanmedian(np.abs(est[sel] - t[sel]) / t[sel])),
+                "bound_coverage": float(np.mean(upper[sel] >= t[sel])),
+            }
     return {
         "items": int(li.sum()),
         "without_bound": int((~ok).sum()),
@@ -452,78 +520,211 @@ def _json_default(o: Any) -> Any:
 def headline_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for name, h in [("all sensors", metrics["all_sensors"])] + [
-            (f"without {s}", h) for s, h in metrics["sensor_missing"].items()]:
-        rows.append([
-            name, f"{h['li_ion_in_lead_acid']} / {h['li_ion_total']}", f"{h['li_ion_in_lead_acid_rate_ub95']:.2e}",
-            h["non_lead_in_lead_acid"],
-            "n/a" if h["lead_acid_lane_impurity_per_10k"] is None else f"{h['lead_acid_lane_impurity_per_10k']:.2f}",
-            f"{100 * h['lead_acid_recall']:.2f} %", f"{100 * h['manual_rate']:.2f} %",
-            "n/a" if h.get("damaged_to_hazard") is None else f"{100 * h['damaged_to_hazard']:.1f} % of {h['damaged_li_ion']}",
-        ])
+        (f"without {s}", h) for s, h in metrics["sensor_missing"].items()
+    ]:
+        rows.append(
+            [
+                name,
+                f"{h['li_ion_in_lead_acid']} / {h['li_ion_total']}",
+                f"{h['li_ion_in_lead_acid_rate_ub95']:.2e}",
+                h["non_lead_in_lead_acid"],
+                "n/a"
+                if h["lead_acid_lane_impurity_per_10k"] is None
+                else f"{h['lead_acid_lane_impurity_per_10k']:.2f}",
+                f"{100 * h['lead_acid_recall']:.2f} %",
+                f"{100 * h['manual_rate']:.2f} %",
+                "n/a"
+                if h.get("damaged_to_hazard") is None
+                else f"{100 * h['damaged_to_hazard']:.1f} % of {h['damaged_li_ion']}",
+            ]
+        )
     return rows
 
 
-HEADLINE_HEADERS = ("sensors", "Li-ion in lead_acid", "95 % UB rate", "non-lead in lead_acid",
-                    "impurity /10k", "lead-acid to lead_acid", "manual", "damaged Li-ion to hazard")
+HEADLINE_HEADERS = (
+    "sensors",
+    "Li-ion in lead_acid",
+    "95 % UB rate",
+    "non-lead in lead_acid",
+    "impurity /10k",
+    "lead-acid to lead_acid",
+    "manual",
+    "damaged Li-ion to hazard",
+)
 
 
 def render_report(metrics: dict[str, Any], plots: list[str], title: str = "") -> str:
-    md = [f"# Evaluation {title}".rstrip(), "", f"Model `{metrics['model']}`, {metrics['items']} items "
-          f"({metrics['unusable_lines']} unusable lines went to manual), chemistry accuracy {metrics['accuracy']:.4f}.", "",
-          *[f"**Warning: {n}**\n" for n in metrics.get("notes", [])],
-          "## The plant's table", "", _table(HEADLINE_HEADERS, headline_rows(metrics)), "",
-          "Lanes (all sensors): " + ", ".join(f"{k}={v}" for k, v in metrics["all_sensors"]["lanes"].items()), ""]
+    md = [
+        f"# Evaluation {title}".rstrip(),
+        "",
+        f"Model `{metrics['model']}`, {metrics['items']} items "
+        f"({metrics['unusable_lines']} unusable lines went to manual), chemistry accuracy {metrics['accuracy']:.4f}.",
+        "",
+        *[f"**Warning: {n}**\n" for n in metrics.get("notes", [])],
+        "## The plant's table",
+        "",
+        _table(HEADLINE_HEADERS, headline_rows(metrics)),
+        "",
+        "Lanes (all sensors): " + ", ".join(f"{k}={v}" for k, v in metrics["all_sensors"]["lanes"].items()),
+        "",
+    ]
     hz = metrics["hazard"]
-    md += [f"Hazard lane: {hz['items']} items, {hz['energy_wh_known']:.0f} Wh of known rated energy, "
-           f"{hz['cases_at_2_1_kwh']} fire-safe cases at 2.1 kWh each.", ""]
+    md += [
+        f"Hazard lane: {hz['items']} items, {hz['energy_wh_known']:.0f} Wh of known rated energy, "
+        f"{hz['cases_at_2_1_kwh']} fire-safe cases at 2.1 kWh each.",
+        "",
+    ]
     en = metrics.get("energy", {})
     if en.get("items"):
-        md += ["## Rated energy of Li-ion items", "",
-               f"{en['items']} Li-ion items with a recorded rated energy: median error {en['median_abs_error_wh']:.1f} Wh "
-               f"({100 * en['median_abs_rel_error']:.1f} %); the upper bound covers "
-               + ("n/a" if en["bound_coverage"] is None else f"{100 * en['bound_coverage']:.2f} %")
-               + (f" (target {100 * en['coverage_target']:.1f} %)" if en.get("coverage_target") else "")
-               + f"; {en['without_bound']} without a bound (no weight).", "",
-               _table(("family", "items", "median error", "bound coverage"),
-                      [[f, v["items"], f"{100 * v['median_abs_rel_error']:.1f} %", f"{100 * v['bound_coverage']:.2f} %"]
-                       for f, v in en["per_family"].items()]), ""]
-    md += ["## Hard cases", "", _table(("case", "items", "wrong chemistry", "Li-ion in lead_acid", "lead-acid not to lead_acid", "manual"),
-                                        [[k, v.get("n", 0), v.get("wrong_chemistry", 0), v.get("li_ion_in_lead_acid", 0),
-                                          v.get("lead_acid_not_in_lead_lane", 0), v.get("to_manual", 0)]
-                                         for k, v in metrics["hard_cases"].items()]), ""]
+        md += [
+            "## Rated energy of Li-ion items",
+            "",
+            f"{en['items']} Li-ion items with a recorded rated energy: median error {en['median_abs_error_wh']:.1f} Wh "
+            f"({100 * en['median_abs_rel_error']:.1f} %); the upper bound covers "
+            + ("n/a" if en["bound_coverage"] is None else f"{100 * en['bound_coverage']:.2f} %")
+            + (f" (target {100 * en['coverage_target']:.1f} %)" if en.get("coverage_target") else "")
+            + f"; {en['without_bound']} without a bound (no weight).",
+            "",
+            _table(
+                ("family", "items", "median error", "bound coverage"),
+                [
+                    [f, v["items"], f"{100 * v['median_abs_rel_error']:.1f} %", f"{100 * v['bound_coverage']:.2f} %"]
+                    for f, v in en["per_family"].items()
+                ],
+            ),
+            "",
+        ]
+    md += [
+        "## Hard cases",
+        "",
+        _table(
+            ("case", "items", "wrong chemistry", "Li-ion in lead_acid", "lead-acid not to lead_acid", "manual"),
+            [
+                [
+                    k,
+                    v.get("n", 0),
+                    v.get("wrong_chemistry", 0),
+                    v.get("li_ion_in_lead_acid", 0),
+                    v.get("lead_acid_not_in_lead_lane", 0),
+                    v.get("to_manual", 0),
+                ]
+                for k, v in metrics["hard_cases"].items()
+            ],
+        ),
+        "",
+    ]
     if metrics["natural_dropouts"]:
-        md += ["## Items with a sensor missing in the log", "", _table(("sensor", "items", "Li-ion in lead_acid", "lanes"),
-               [[s, v["items"], v["li_ion_in_lead_acid"], ", ".join(f"{k}={c}" for k, c in sorted(v["lanes"].items()))]
-                for s, v in metrics["natural_dropouts"].items()]), ""]
+        md += [
+            "## Items with a sensor missing in the log",
+            "",
+            _table(
+                ("sensor", "items", "Li-ion in lead_acid", "lanes"),
+                [
+                    [
+                        s,
+                        v["items"],
+                        v["li_ion_in_lead_acid"],
+                        ", ".join(f"{k}={c}" for k, c in sorted(v["lanes"].items())),
+                    ]
+                    for s, v in metrics["natural_dropouts"].items()
+                ],
+            ),
+            "",
+        ]
     cal = metrics.get("calibration")
     if cal:
-        md += ["## Calibration (one class against the rest)", "",
-               f"{RELIABILITY_BINS} quantile bins per class (equal item counts) in `reliability.png`, each point "
-               "labelled with its item count. ECE: the count-weighted mean gap between predicted probability and "
-               "observed frequency; Brier: the mean squared error of the probability (0 is perfect).", "",
-               _table(("class", "ECE", "Brier score"), [[c, cal["ece"][c], cal["brier"][c]] for c in CLASSES]), "",
-               f"Multiclass Brier score: {cal['brier_multiclass']:.4g}.", ""]
+        md += [
+            "## Calibration (one class against the rest)",
+            "",
+            f"{RELIABILITY_BINS} quantile bins per class (equal item counts) in `reliability.png`, each point "
+            "labelled with its item count. ECE: the count-weighted mean gap between predicted probability and "
+            "observed frequency; Brier: the mean squared error of the probability (0 is perfect).",
+            "",
+            _table(("class", "ECE", "Brier score"), [[c, cal["ece"][c], cal["brier"][c]] for c in CLASSES]),
+            "",
+            f"Multiclass Brier score: {cal['brier_multiclass']:.4g}.",
+            "",
+        ]
     prod_rows = sorted(metrics["per_product"].items(), key=lambda kv: (-kv[1].get("wrong_chemistry", 0), kv[0]))
     shown = prod_rows[:PRODUCT_ROWS]
-    more = (f"; the first {len(shown)} of {len(prod_rows)} products, all in metrics.json"
-            if len(prod_rows) > len(shown) else f"; all {len(prod_rows)} products")
-    md += [f"## Per product (most errors first{more})", "", _table(
-        ("label", "product", "items", "wrong chemistry", "Li-ion in lead_acid", "lead_acid", "li_ion", "hazard", "manual"),
-        [[*k.split(" | ", 1), v.get("n", 0), v.get("wrong_chemistry", 0), v.get("dangerous", 0),
-          v.get("lane_lead_acid", 0), v.get("lane_li_ion", 0), v.get("lane_hazard", 0), v.get("lane_manual", 0)]
-         for k, v in shown]), ""]
-    md += [f"## Items that went wrong ({metrics['wrong_items_total']} in all; the first 60)", "", _table(
-        ("line", "label", "chemistry", "lane", "product", "pose", "hard cases", "p (lead, li, other)", "reason"),
-        [[w["line_no"], w["label"], w["chemistry"], w["lane"], w["product"], w["pose"], ",".join(w["hard_cases"] or []),
-          w["p"], w["reason"]] for w in metrics["wrong_items"]]), ""]
-    md += ["## Most important measurements", "", _table(("measurement", "log-loss increase"),
-                                                        [[n, v] for n, v in metrics["importances_top"]]), ""]
+    more = (
+        f"; the first {len(shown)} of {len(prod_rows)} products, all in metrics.json"
+        if len(prod_rows) > len(shown)
+        else f"; all {len(prod_rows)} products"
+    )
+    md += [
+        f"## Per product (most errors first{more})",
+        "",
+        _table(
+            (
+                "label",
+                "product",
+                "items",
+                "wrong chemistry",
+                "Li-ion in lead_acid",
+                "lead_acid",
+                "li_ion",
+                "hazard",
+                "manual",
+            ),
+            [
+                [
+                    *k.split(" | ", 1),
+                    v.get("n", 0),
+                    v.get("wrong_chemistry", 0),
+                    v.get("dangerous", 0),
+                    v.get("lane_lead_acid", 0),
+                    v.get("lane_li_ion", 0),
+                    v.get("lane_hazard", 0),
+                    v.get("lane_manual", 0),
+                ]
+                for k, v in shown
+            ],
+        ),
+        "",
+    ]
+    md += [
+        f"## Items that went wrong ({metrics['wrong_items_total']} in all; the first 60)",
+        "",
+        _table(
+            ("line", "label", "chemistry", "lane", "product", "pose", "hard cases", "p (lead, li, other)", "reason"),
+            [
+                [
+                    w["line_no"],
+                    w["label"],
+                    w["chemistry"],
+                    w["lane"],
+                    w["product"],
+                    w["pose"],
+                    ",".join(w["hard_cases"] or []),
+                    w["p"],
+                    w["reason"],
+                ]
+                for w in metrics["wrong_items"]
+            ],
+        ),
+        "",
+    ]
+    md += [
+        "## Most important measurements",
+        "",
+        _table(("measurement", "log-loss increase"), [[n, v] for n, v in metrics["importances_top"]]),
+        "",
+    ]
     md += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(md)
 
 
-def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, model: SorterModel | None = None,
-                 workers: int = 1, progress: bool = False, allow_line_mismatch: bool = False) -> dict[str, Any]:
+def evaluate_log(
+    log_dir: str,
+    out_dir: str,
+    *,
+    model_dir: str | None = None,
+    model: SorterModel | None = None,
+    workers: int = 1,
+    progress: bool = False,
+    allow_line_mismatch: bool = False,
+) -> dict[str, Any]:
     """Evaluate a model on a labelled log; writes metrics.json, report.md and plots.
 
     Warns (in the log and at the top of the report) when the log is the data the model
@@ -537,13 +738,23 @@ def evaluate_log(log_dir: str, out_dir: str, *, model_dir: str | None = None, mo
     m = measure_logs([log_dir], workers=workers, progress=progress)
     notes = []
     if is_training_data(m, model):
-        notes.append(f"{log_dir} is data model {model.model_id} was trained on (its digest is in the model's "
-                     "manifest): these figures are optimistic; evaluate on a log the model has not seen")
-        log.warning("%s", notes[-1])
+        notes.append(
+            f"{log_dir} is data model {model.model_id} was trained on (its digest is in the model's "
+            "manifest): these figures are optimistic; evaluate on a log the model has not seen"
+        )
+        logger.warning("%s", notes[-1])
     Progress("evaluate", enabled=progress).stage(
-        f"scoring {len(m.labels)} items, each sensor removed in turn, permutation importances and plots")
-    return evaluate_measured(m, model, out_dir, title=f"on {Path(log_dir).name}", notes=notes,
-                             meta=read_meta(log_dir), allow_line_mismatch=allow_line_mismatch)
+        f"scoring {len(m.labels)} items, each sensor removed in turn, permutation importances and plots"
+    )
+    return evaluate_measured(
+        m,
+        model,
+        out_dir,
+        title=f"on {Path(log_dir).name}",
+        notes=notes,
+        meta=read_meta(log_dir),
+        allow_line_mismatch=allow_line_mismatch,
+    )
 
 
 def is_training_data(m: MeasuredLog, model: SorterModel) -> bool:
@@ -560,23 +771,32 @@ def is_training_data(m: MeasuredLog, model: SorterModel) -> bool:
 def _energy_card(manifest: dict[str, Any]) -> list[str]:
     en, rep = manifest.get("energy"), manifest.get("energy_heldout", {})
     if not en:
-        return ["No energy estimator (the training logs recorded no rated energy): items in the li_ion and hazard "
-                "lanes are bounded by mass x 0.30 Wh/g alone."]
+        return [
+            "No energy estimator (the training logs recorded no rated energy): items in the li_ion and hazard "
+            "lanes are bounded by mass x 0.30 Wh/g alone."
+        ]
     q = en.get("log_q_upper")
-    out = [f"- estimate: a gradient-boosted regressor of specific energy on physical measurements ({', '.join(en['features'])}), "
-           "times the weighed mass;",
-           f"- upper bound: split conformal at {100 * en['coverage']:.1f} % coverage on {en['calibration_n']} held-out Li-ion items: "
-           + ("the estimate x " + f"{math.exp(q):.3f}" if q is not None else "too few items: the physical bound")
-           + f", never above the most the item may weigh (the reading + 2 % + 15 g) x {en['max_wh_per_g']} Wh/g, which is "
-           "used alone for an item unlike the training Li-ion items (Li-ion novelty above "
-           + ("no limit" if en.get("novelty_max") is None else f"{en['novelty_max']:.1f}") + ") or without an X-ray;"]
+    out = [
+        f"- estimate: a gradient-boosted regressor of specific energy on physical measurements ({', '.join(en['features'])}), "
+        "times the weighed mass;",
+        f"- upper bound: split conformal at {100 * en['coverage']:.1f} % coverage on {en['calibration_n']} held-out Li-ion items: "
+        + ("the estimate x " + f"{math.exp(q):.3f}" if q is not None else "too few items: the physical bound")
+        + f", never above the most the item may weigh (the reading + 2 % + 15 g) x {en['max_wh_per_g']} Wh/g, which is "
+        "used alone for an item unlike the training Li-ion items (Li-ion novelty above "
+        + ("no limit" if en.get("novelty_max") is None else f"{en['novelty_max']:.1f}")
+        + ") or without an X-ray;",
+    ]
     if rep.get("fitted"):
-        out.append(f"- on {rep['report_n']} other held-out Li-ion items: median error {rep['median_abs_error_wh']:.1f} Wh "
-                   f"({100 * rep['median_abs_rel_error']:.1f} %), bound coverage {100 * rep['bound_coverage']:.2f} %"
-                   + (f" of those with a bound ({rep['without_bound']} had no weight, so no bound: never packed)"
-                      if "without_bound" in rep else " (items without a weight, which have no bound and are never "
-                      "packed, counted as not covered)")
-                   + f", bound / truth {rep['mean_bound_over_truth']:.2f} on average.")
+        out.append(
+            f"- on {rep['report_n']} other held-out Li-ion items: median error {rep['median_abs_error_wh']:.1f} Wh "
+            f"({100 * rep['median_abs_rel_error']:.1f} %), bound coverage {100 * rep['bound_coverage']:.2f} %"
+            + (
+                f" of those with a bound ({rep['without_bound']} had no weight, so no bound: never packed)"
+                if "without_bound" in rep
+                else " (items without a weight, which have no bound and are never packed, counted as not covered)"
+            )
+            + f", bound / truth {rep['mean_bound_over_truth']:.2f} on average."
+        )
     return out
 
 
@@ -627,10 +847,13 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
         "tail of its distance to the nearest lead-acid training cluster; chosen as the held-out lead-acid items' "
         "99.5th percentile plus 1).",
         "- never lead_acid for an item too light for lead-acid: "
-        + (f"weight over its profiled envelope under {pol['lead_density_min']:.2f} kg/L (0.9 times the lightest "
-           "0.1 % of the held-out lead-acid items; lead-acid runs 1.8-3.1 kg/L, a lithium drop-in in a lead-acid "
-           "case 0.7-1.7). An item this check stops sets no probability threshold."
-           if pol.get("lead_density_min") else "no such check in this model (trained before it).")
+        + (
+            f"weight over its profiled envelope under {pol['lead_density_min']:.2f} kg/L (0.9 times the lightest "
+            "0.1 % of the held-out lead-acid items; lead-acid runs 1.8-3.1 kg/L, a lithium drop-in in a lead-acid "
+            "case 0.7-1.7). An item this check stops sets no probability threshold."
+            if pol.get("lead_density_min")
+            else "no such check in this model (trained before it)."
+        )
         + " Without a profiler reading the density is unknown and the stricter no-profiler threshold applies.",
         "",
         "## Rated energy of likely Li-ion items (the hazard lane's cases)",
@@ -642,13 +865,22 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
         "The line(s) the model is valid for, as the training (or calibration) logs declared them; a log declaring "
         "other settings beyond the tolerance is scored with lead_acid closed (`--allow-line-mismatch` reopens it):",
         "",
-        *[f"- `{ln.get('line')}`: X-ray {ln.get('xray_energies_kev')} keV at {ln.get('xray_mm_per_px')} mm/px, "
-          f"camera {ln.get('camera_mm_per_px')} mm/px" for ln in manifest.get("line_domain", {}).get("lines", [])],
+        *[
+            f"- `{ln.get('line')}`: X-ray {ln.get('xray_energies_kev')} keV at {ln.get('xray_mm_per_px')} mm/px, "
+            f"camera {ln.get('camera_mm_per_px')} mm/px"
+            for ln in manifest.get("line_domain", {}).get("lines", [])
+        ],
         f"- tolerance: {manifest.get('line_domain', {}).get('tolerance')}",
-        *([f"- calibrated from {manifest['calibration'].get('usable')} labelled items of "
-           f"`{manifest['calibration'].get('line', {}).get('line')}` (base model "
-           f"`{manifest['calibration'].get('base_model')}`); measurement maps (a, b): "
-           f"{json.dumps(manifest.get('normalisation', {}))}"] if manifest.get("calibration") else []),
+        *(
+            [
+                f"- calibrated from {manifest['calibration'].get('usable')} labelled items of "
+                f"`{manifest['calibration'].get('line', {}).get('line')}` (base model "
+                f"`{manifest['calibration'].get('base_model')}`); measurement maps (a, b): "
+                f"{json.dumps(manifest.get('normalisation', {}))}"
+            ]
+            if manifest.get("calibration")
+            else []
+        ),
         "",
         "What transfers between lines: the model sees only physical measurements — mass, envelope and density, the "
         "X-ray as aluminium-equivalent areal density and the dual-energy ratio on the material scale of the line's "

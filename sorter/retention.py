@@ -74,15 +74,20 @@ class RetentionPolicy:
     def __post_init__(self) -> None:
         for name in ("keep_sorted_days", "keep_labelled_days"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-                                  or v < 0):
-                raise ConfigError(f"retention {name} is {v!r}; give a number of days >= 0, or leave it out to keep "
-                                  "those images forever")
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+            ):
+                raise ConfigError(
+                    f"retention {name} is {v!r}; give a number of days >= 0, or leave it out to keep "
+                    "those images forever"
+                )
         s, lab = self.keep_sorted_days, self.keep_labelled_days
         if lab is not None and (s is None or lab < s):
-            raise ConfigError(f"retention keep_labelled_days ({lab}) is shorter than keep_sorted_days ({s}); "
-                              "labelled images (manual, hazard, spot checks, verdicts) are the labels of tomorrow: "
-                              "keep them at least as long")
+            raise ConfigError(
+                f"retention keep_labelled_days ({lab}) is shorter than keep_sorted_days ({s}); "
+                "labelled images (manual, hazard, spot checks, verdicts) are the labels of tomorrow: "
+                "keep them at least as long"
+            )
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> RetentionPolicy:
@@ -121,10 +126,12 @@ class RetentionReport:
         lines = [
             f"log: {self.log_dir}",
             f"items: {self.items} ({self.items_with_images} with images: "
-            + ", ".join(f"{k}={v}" for k, v in sorted(self.classes.items())) + ")",
+            + ", ".join(f"{k}={v}" for k, v in sorted(self.classes.items()))
+            + ")",
             f"{verb}: {self.images_deleted} images, {self.bytes_deleted} bytes "
             f"({self.bytes_deleted / 1e6:.1f} MB) of {sum(self.expired_items.values())} items ("
-            + (", ".join(f"{k}={v}" for k, v in sorted(self.expired_items.items())) or "none") + ")",
+            + (", ".join(f"{k}={v}" for k, v in sorted(self.expired_items.items())) or "none")
+            + ")",
             f"expired by earlier runs: {self.already_expired} images"
             + (f" (and {self.skipped_lines} settled lines not read again)" if self.skipped_lines else ""),
         ]
@@ -166,13 +173,15 @@ class _Lookup:
         lanes: dict[str, str] = {}
         labelled: set[str] = set()
         for k in range(0, len(ids), _CHUNK):
-            part = list(ids[k:k + _CHUNK])
+            part = list(ids[k : k + _CHUNK])
             marks = ",".join("?" * len(part))
             lanes.update(self.audit.execute(f"SELECT item_id, lane FROM decisions WHERE item_id IN ({marks})", part))
             if self.station is not None:
                 for table in self.station_tables:
-                    labelled.update(r[0] for r in self.station.execute(
-                        f"SELECT item_id FROM {table} WHERE item_id IN ({marks})", part))
+                    labelled.update(
+                        r[0]
+                        for r in self.station.execute(f"SELECT item_id FROM {table} WHERE item_id IN ({marks})", part)
+                    )
         out = {}
         for i in ids:
             lane = lanes.get(i)
@@ -264,8 +273,13 @@ def run_retention(
     if not dry_run and next_start is not None:
         _save_state(Path(log_dir), policy, next_start)
     report.seconds = time.perf_counter() - t0
-    logger.info("retention of %s: %s %d images, %d bytes", log_dir, "would delete" if dry_run else "deleted",
-                report.images_deleted, report.bytes_deleted)
+    logger.info(
+        "retention of %s: %s %d images, %d bytes",
+        log_dir,
+        "would delete" if dry_run else "deleted",
+        report.images_deleted,
+        report.bytes_deleted,
+    )
     return report
 
 
@@ -308,8 +322,13 @@ def _load_state(log_dir: Path, policy: RetentionPolicy) -> LogPosition | None:
 
 
 def _save_state(log_dir: Path, policy: RetentionPolicy, pos: LogPosition) -> None:
-    obj = {"keep_sorted_days": policy.keep_sorted_days, "keep_labelled_days": policy.keep_labelled_days,
-           "segment": pos.segment, "offset": pos.offset, "line_no": pos.line_no}
+    obj = {
+        "keep_sorted_days": policy.keep_sorted_days,
+        "keep_labelled_days": policy.keep_labelled_days,
+        "segment": pos.segment,
+        "offset": pos.offset,
+        "line_no": pos.line_no,
+    }
     tmp = log_dir / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(obj) + "\n", encoding="utf-8")
     os.replace(tmp, log_dir / STATE_FILE)
@@ -327,8 +346,16 @@ def _image_file(log_dir: Path, rel: str, folders: dict[str, Path]) -> Path:
     return folder / name
 
 
-def _expire_batch(batch: list[ItemRecord], lookup: _Lookup, policy: RetentionPolicy, now: float, log_dir: Path,
-                  report: RetentionReport, dry_run: bool, sample: int) -> None:
+def _expire_batch(
+    batch: list[ItemRecord],
+    lookup: _Lookup,
+    policy: RetentionPolicy,
+    now: float,
+    log_dir: Path,
+    report: RetentionReport,
+    dry_run: bool,
+    sample: int,
+) -> None:
     classes = lookup.classify([r.item_id for r in batch])
     folders: dict[str, Path] = {}
     doomed: dict[Path, list[tuple[str, int]]] = defaultdict(list)  # folder -> [(file name, bytes)]
@@ -354,8 +381,9 @@ def _expire_batch(batch: list[ItemRecord], lookup: _Lookup, policy: RetentionPol
                 if is_expired(path):
                     report.already_expired += 1
                 else:
-                    report.problems.append(f"item {rec.item_id} {name}: {rel} is missing and was not expired by "
-                                           "a retention run")
+                    report.problems.append(
+                        f"item {rec.item_id} {name}: {rel} is missing and was not expired by a retention run"
+                    )
                 continue
             doomed[path.parent].append((path.name, size))
             hit = True

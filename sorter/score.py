@@ -40,7 +40,7 @@ from .model import SorterModel, load_model
 from .progress import Progress
 from .scoring import OUTPUT_COLUMNS, Decision, Scorer
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SCHEMA = pa.schema(
     [
@@ -94,10 +94,13 @@ class ScoreSummary:
 
     def format(self) -> str:
         rate = (self.items - self.resumed_from) / self.seconds if self.seconds > 0 else float("nan")
-        lines = [f"scored {self.items} items into {self.out} ({rate:.0f} items/s"
-                 + (f", resumed after {self.resumed_from}" if self.resumed_from else "") + ")",
-                 "lanes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.lanes.items())),
-                 "errors: " + (", ".join(f"{k}={v}" for k, v in sorted(self.errors.items())) or "none")]
+        lines = [
+            f"scored {self.items} items into {self.out} ({rate:.0f} items/s"
+            + (f", resumed after {self.resumed_from}" if self.resumed_from else "")
+            + ")",
+            "lanes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.lanes.items())),
+            "errors: " + (", ".join(f"{k}={v}" for k, v in sorted(self.errors.items())) or "none"),
+        ]
         return "\n".join(lines)
 
 
@@ -143,7 +146,8 @@ def check_logs(logs: Sequence[str]) -> None:
             raise SorterError(
                 f"{d} is given twice (as logs {first + 1} and {k + 1}"
                 + ("" if logs[first] == d else f", the first time as {logs[first]}")
-                + "); each log is scored once, so its rows are not repeated: pass it once")
+                + "); each log is scored once, so its rows are not repeated: pass it once"
+            )
 
 
 class _Journal:
@@ -152,8 +156,12 @@ class _Journal:
     def __init__(self, out: Path, logs: list[str], model_id: str, resume: bool):
         self.dir = out.with_name(out.name + ".partial")
         self.progress_path = self.dir / "progress.json"
-        key = {"version": JOURNAL_VERSION, "logs": logs, "fingerprints": [fingerprint(d) for d in logs],
-               "model": model_id}
+        key = {
+            "version": JOURNAL_VERSION,
+            "logs": logs,
+            "fingerprints": [fingerprint(d) for d in logs],
+            "model": model_id,
+        }
         self.state: dict[str, Any] = {**key, "segments": 0, "rows": 0, "positions": {}}
         if resume and self.progress_path.exists():
             try:
@@ -167,8 +175,10 @@ class _Journal:
                     if int(seg.stem.split("-")[1]) >= self.state["segments"]:
                         seg.unlink()
                 return
-            log.warning("%s belongs to another run (the logs, their order or content, or the model differ); "
-                        "starting over", self.dir)
+            logger.warning(
+                "%s belongs to another run (the logs, their order or content, or the model differ); starting over",
+                self.dir,
+            )
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
@@ -179,7 +189,7 @@ class _Journal:
 
     def add_segment(self, table: pa.Table, positions: dict[str, tuple[int, int]]) -> None:
         seg = self.dir / f"segment-{self.state['segments']:06d}.parquet"
-        log.debug("saving %s (%d rows; %d saved before)", seg.name, table.num_rows, self.state["rows"])
+        logger.debug("saving %s (%d rows; %d saved before)", seg.name, table.num_rows, self.state["rows"])
         tmp = seg.with_suffix(".tmp")
         pq.write_table(table, tmp)
         with open(tmp, "rb") as fh:
@@ -225,10 +235,16 @@ ENGINES: dict[str, Callable[..., Iterator[tuple[MeasuredChunk, list[Decision]]]]
 workers=, executor=, client=)`` and yields ``(MeasuredChunk, decisions)`` in line order."""
 
 
-def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int,
-                   start: dict[str, tuple[int, int]] | None = None, engine: str = "local", client: Any = None,
-                   executor: Executor | None = None
-                   ) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
+def iter_decisions(
+    logs: Sequence[str],
+    scorer: Scorer,
+    *,
+    workers: int,
+    start: dict[str, tuple[int, int]] | None = None,
+    engine: str = "local",
+    client: Any = None,
+    executor: Executor | None = None,
+) -> Iterator[tuple[MeasuredChunk, list[Decision]]]:
     """Measured chunks and their decisions, in order, from the :data:`ENGINES` entry ``engine``
     (``client``: a connected Dask client for ``engine="dask"``; ``executor``: the local engine's
     worker pool, if started already)."""
@@ -239,10 +255,20 @@ def iter_decisions(logs: Sequence[str], scorer: Scorer, *, workers: int,
     yield from run(logs, scorer, start, workers=workers, executor=executor, client=client)
 
 
-def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, model_dir: str | None = None,
-               model: SorterModel | None = None, workers: int = 1, engine: str = "local",
-               scheduler: str | None = None, resume: bool = True, progress: bool = False,
-               allow_line_mismatch: bool = False, executor: Executor | None = None) -> ScoreSummary:
+def score_logs(
+    logs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    model_dir: str | None = None,
+    model: SorterModel | None = None,
+    workers: int = 1,
+    engine: str = "local",
+    scheduler: str | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    allow_line_mismatch: bool = False,
+    executor: Executor | None = None,
+) -> ScoreSummary:
     """Score logs into ``out`` (.csv or .parquet). See the module docstring for resuming.
 
     ``executor``: the local engine's measuring pool, if the caller started it already
@@ -271,8 +297,18 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
         if engine == "dask":
             # before anything is written: no address or no answer leaves no OUT.partial
             client = distributed.connect(scheduler)
-        return _score_logs(logs, outp, model, workers=workers, engine=engine, client=client, resume=resume,
-                           progress=progress, executor=pool, allow_line_mismatch=allow_line_mismatch)
+        return _score_logs(
+            logs,
+            outp,
+            model,
+            workers=workers,
+            engine=engine,
+            client=client,
+            resume=resume,
+            progress=progress,
+            executor=pool,
+            allow_line_mismatch=allow_line_mismatch,
+        )
     finally:
         if client is not None:
             client.close()
@@ -280,17 +316,38 @@ def score_logs(logs: Sequence[str | os.PathLike], out: str | os.PathLike, *, mod
             pool.shutdown(cancel_futures=True)
 
 
-def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int, engine: str, client: Any,
-                resume: bool, progress: bool, executor: Executor | None = None,
-                allow_line_mismatch: bool = False) -> ScoreSummary:
+def _score_logs(
+    logs: list[str],
+    outp: Path,
+    model: SorterModel,
+    *,
+    workers: int,
+    engine: str,
+    client: Any,
+    resume: bool,
+    progress: bool,
+    executor: Executor | None = None,
+    allow_line_mismatch: bool = False,
+) -> ScoreSummary:
     try:
         journal = _Journal(outp, logs, model.model_id, resume)
     except OSError as err:
-        raise SorterError(f"--out {outp}: cannot write its journal {outp.name}.partial ({err}); "
-                          "choose a writable --out") from err
+        raise SorterError(
+            f"--out {outp}: cannot write its journal {outp.name}.partial ({err}); choose a writable --out"
+        ) from err
     try:
-        return _run(journal, logs, outp, model, workers=workers, engine=engine, client=client,
-                    progress=progress, executor=executor, allow_line_mismatch=allow_line_mismatch)
+        return _run(
+            journal,
+            logs,
+            outp,
+            model,
+            workers=workers,
+            engine=engine,
+            client=client,
+            progress=progress,
+            executor=executor,
+            allow_line_mismatch=allow_line_mismatch,
+        )
     except KeyboardInterrupt as err:
         rows = journal.state["rows"]
         if rows == 0:
@@ -302,8 +359,19 @@ def _score_logs(logs: list[str], outp: Path, model: SorterModel, *, workers: int
         raise
 
 
-def _run(journal: _Journal, logs: list[str], outp: Path, model: SorterModel, *, workers: int, engine: str,
-         client: Any, progress: bool, executor: Executor | None, allow_line_mismatch: bool = False) -> ScoreSummary:
+def _run(
+    journal: _Journal,
+    logs: list[str],
+    outp: Path,
+    model: SorterModel,
+    *,
+    workers: int,
+    engine: str,
+    client: Any,
+    progress: bool,
+    executor: Executor | None,
+    allow_line_mismatch: bool = False,
+) -> ScoreSummary:
     summary = ScoreSummary(out=str(outp), resumed_from=journal.state["rows"])
     for seg in journal.segments():  # count what earlier runs scored
         t = pq.read_table(seg, columns=["lane", "reason", "problems"])
@@ -311,8 +379,8 @@ def _run(journal: _Journal, logs: list[str], outp: Path, model: SorterModel, *, 
             summary.lanes[lane] += 1
         summary.items += t.num_rows
     if summary.items:
-        log.info("resuming after %d rows scored by an earlier run (%s)", summary.items, journal.dir)
-    log.info("model %s; %d log(s), %d workers, engine %s", model.model_id, len(logs), workers, engine)
+        logger.info("resuming after %d rows scored by an earlier run (%s)", summary.items, journal.dir)
+    logger.info("model %s; %d log(s), %d workers, engine %s", model.model_id, len(logs), workers, engine)
     bar = Progress("score", total=sum(count_lines(d) for d in logs), initial=summary.items, enabled=progress)
     scorer = Scorer(model, allow_line_mismatch=allow_line_mismatch)
     for d in logs:  # the line check, once per log, here (its warning once, whichever engine scores)
@@ -320,8 +388,9 @@ def _run(journal: _Journal, logs: list[str], outp: Path, model: SorterModel, *, 
     t0 = time.perf_counter()
     pending: list[tuple[str, Decision]] = []
     positions: dict[str, tuple[int, int]] = {}
-    for ch, decisions in iter_decisions(logs, scorer, workers=workers, start=journal.start_positions(),
-                                        engine=engine, client=client, executor=executor):
+    for ch, decisions in iter_decisions(
+        logs, scorer, workers=workers, start=journal.start_positions(), engine=engine, client=client, executor=executor
+    ):
         for d in decisions:
             pending.append((ch.log_dir, d))
             summary.add(d)
@@ -334,7 +403,7 @@ def _run(journal: _Journal, logs: list[str], outp: Path, model: SorterModel, *, 
     if pending:
         journal.add_segment(_table(pending), positions)
     bar.close()
-    log.info("writing %s from %d segments", outp, journal.state["segments"])
+    logger.info("writing %s from %d segments", outp, journal.state["segments"])
     journal.finish(outp)
     summary.seconds = time.perf_counter() - t0
     return summary

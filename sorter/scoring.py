@@ -26,11 +26,23 @@ from .novelty import overall
 from .policy import decide
 from .readings import Item, ItemRecord, LogMeta
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = (
-    "line_no", "item_id", "chemistry", "p_lead_acid", "p_li_ion", "p_other", "p_damaged", "novelty", "lane", "reason",
-    "problems", "weight_g", "energy_wh", "energy_wh_upper",
+    "line_no",
+    "item_id",
+    "chemistry",
+    "p_lead_acid",
+    "p_li_ion",
+    "p_other",
+    "p_damaged",
+    "novelty",
+    "lane",
+    "reason",
+    "problems",
+    "weight_g",
+    "energy_wh",
+    "energy_wh_upper",
 )
 ENERGY_LANES = (Lane.LI_ION, Lane.HAZARD)  # the lanes of likely Li-ion items, whose rated energy is estimated
 
@@ -69,8 +81,9 @@ def error_decision(line_no: int, item_id: str | None, error: str, kind: ErrorKin
     """The row of an item that cannot be scored: lane ``manual``, the reason, and ``kind``, the
     reason's code (:class:`~sorter.errors.ErrorKind`) that summaries count."""
     nan = math.nan
-    return Decision(line_no, item_id, None, nan, nan, nan, nan, Lane.MANUAL, f"cannot score: {error}", error,
-                    error_kind=kind)
+    return Decision(
+        line_no, item_id, None, nan, nan, nan, nan, Lane.MANUAL, f"cannot score: {error}", error, error_kind=kind
+    )
 
 
 def warm_up_batch() -> list[tuple[Item, float | None]]:
@@ -122,19 +135,26 @@ class Scorer:
         if diffs:
             what = "; ".join(diffs)
             key = (self.model.model_id, what, self.allow_line_mismatch)
-            warn = log.warning if key not in _WARNED else log.debug  # once per process, however many scorers
+            warn = logger.warning if key not in _WARNED else logger.debug  # once per process, however many scorers
             _WARNED.add(key)
             if self.allow_line_mismatch:
-                warn("LINE MISMATCH ALLOWED: the log's line differs from model %s's (%s); lead_acid stays OPEN "
-                            "because --allow-line-mismatch was given. Li-ion may reach the breaker if the model does "
-                            "not transfer: calibrate it ('sorter calibrate') or retrain it for this line",
-                            self.model.model_id, what)
+                warn(
+                    "LINE MISMATCH ALLOWED: the log's line differs from model %s's (%s); lead_acid stays OPEN "
+                    "because --allow-line-mismatch was given. Li-ion may reach the breaker if the model does "
+                    "not transfer: calibrate it ('sorter calibrate') or retrain it for this line",
+                    self.model.model_id,
+                    what,
+                )
             else:
                 closed = f"line mismatch: {what}"
-                warn("the log's line differs from model %s's (%s): lead_acid is closed for its items (they go "
-                            "to manual). Fix: calibrate the model for this line ('sorter calibrate LOG --model DIR "
-                            "--out NEW_DIR' with about 500 labelled items of it) or retrain it ('sorter train'); "
-                            "--allow-line-mismatch reopens lead_acid at your own risk", self.model.model_id, what)
+                warn(
+                    "the log's line differs from model %s's (%s): lead_acid is closed for its items (they go "
+                    "to manual). Fix: calibrate the model for this line ('sorter calibrate LOG --model DIR "
+                    "--out NEW_DIR' with about 500 labelled items of it) or retrain it ('sorter train'); "
+                    "--allow-line-mismatch reopens lead_acid at your own risk",
+                    self.model.model_id,
+                    what,
+                )
         self._line_checks[meta] = closed
         return closed
 
@@ -159,22 +179,28 @@ class Scorer:
             try:
                 rows.append(measure_item(item, ambient_c))
             except Exception as err:  # noqa: BLE001 - an item that breaks measurement goes to manual
-                log.exception("item %s: measurement failed", item.item_id)
-                out[k] = error_decision(item.record.line_no, item.item_id, f"measurement failed: {err}",
-                                        ErrorKind.MEASUREMENT)
+                logger.exception("item %s: measurement failed", item.item_id)
+                out[k] = error_decision(
+                    item.record.line_no, item.item_id, f"measurement failed: {err}", ErrorKind.MEASUREMENT
+                )
             else:
                 index.append(k)
         if rows:
             items = [batch[k][0] for k in index]
-            decided = self.decide_rows(np.vstack(rows), [it.record.line_no for it in items],
-                                       [it.item_id for it in items], ["; ".join(it.problems) for it in items],
-                                       [it.meta for it in items])
+            decided = self.decide_rows(
+                np.vstack(rows),
+                [it.record.line_no for it in items],
+                [it.item_id for it in items],
+                ["; ".join(it.problems) for it in items],
+                [it.meta for it in items],
+            )
             for k, decision in zip(index, decided, strict=True):
                 out[k] = decision
         return [d for d in out if d is not None]
 
-    def decide_rows(self, raw: np.ndarray, line_nos, item_ids, problems,
-                    meta: LogMeta | Sequence[LogMeta | None] | None = None) -> list[Decision]:
+    def decide_rows(
+        self, raw: np.ndarray, line_nos, item_ids, problems, meta: LogMeta | Sequence[LogMeta | None] | None = None
+    ) -> list[Decision]:
         """Decisions for stacked raw rows (the array path).
 
         ``meta`` is the rows' log meta (one for all, or one per row): it decides whether the
@@ -185,7 +211,7 @@ class Scorer:
             proba, p_dmg = self.model.predict(raw)
             novelty = self.model.novelty_scores(raw)
         except Exception as err:  # noqa: BLE001 - a model failure must not lose the items
-            log.exception("model failed on %d rows", raw.shape[0])
+            logger.exception("model failed on %d rows", raw.shape[0])
             return [error_decision(n, i, f"model failed: {err}", ErrorKind.MODEL) for n, i in zip(line_nos, item_ids)]
         nearest = overall(novelty)
         lead_k = self.model.classes.index("lead_acid")
@@ -194,8 +220,10 @@ class Scorer:
         else:
             closed = [self.line_closed(m) for m in meta]
         t = self.model.thresholds
-        verdicts = [decide(proba[k], float(p_dmg[k]), raw[k], t, self.model.classes, float(novelty[k, lead_k]),
-                           closed[k]) for k in range(raw.shape[0])]
+        verdicts = [
+            decide(proba[k], float(p_dmg[k]), raw[k], t, self.model.classes, float(novelty[k, lead_k]), closed[k])
+            for k in range(raw.shape[0])
+        ]
         energy = np.full(raw.shape[0], np.nan)
         upper = np.full(raw.shape[0], np.nan)
         li_rows = [k for k, v in enumerate(verdicts) if v.lane in ENERGY_LANES]
@@ -204,7 +232,7 @@ class Scorer:
                 e, u = self.model.energy_wh(raw[li_rows], novelty[li_rows, self.model.classes.index("li_ion")])
                 energy[li_rows], upper[li_rows] = e, u
             except Exception:  # noqa: BLE001 - no estimate is a NaN bound: such an item is not packed
-                log.exception("energy estimate failed on %d rows", len(li_rows))
+                logger.exception("energy estimate failed on %d rows", len(li_rows))
         weight = raw[:, _WEIGHT]
         out = []
         for k in range(raw.shape[0]):
@@ -220,7 +248,22 @@ class Scorer:
                 # Bad input (a field that failed validation, an image that would not load) is a
                 # fault upstream: the item goes to a safe lane, whatever the rest says.
                 lane, reason = Lane.MANUAL, f"bad input ({problems[k][:200]}); {reason}"
-            out.append(Decision(int(line_nos[k]), item_ids[k], v.chemistry, float(proba[k, 0]), float(proba[k, 1]),
-                                float(proba[k, 2]), float(p_dmg[k]), lane, reason, problems[k], float(nearest[k]),
-                                float(weight[k]), float(energy[k]), float(upper[k])))
+            out.append(
+                Decision(
+                    int(line_nos[k]),
+                    item_ids[k],
+                    v.chemistry,
+                    float(proba[k, 0]),
+                    float(proba[k, 1]),
+                    float(proba[k, 2]),
+                    float(p_dmg[k]),
+                    lane,
+                    reason,
+                    problems[k],
+                    float(nearest[k]),
+                    float(weight[k]),
+                    float(energy[k]),
+                    float(upper[k]),
+                )
+            )
         return out

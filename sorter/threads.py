@@ -76,8 +76,9 @@ def start_pool(workers: int, preload: str | None = None):  # -> concurrent.futur
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(preload,))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(preload,)
+    )
     for _ in range(workers):
         pool.submit(_ready)  # each submit to a pool without an idle worker starts one
     return pool

@@ -45,7 +45,7 @@ from .novelty import NoveltyModel
 from .policy import OPTIONAL_SENSORS, PolicyThresholds, critical_problems, envelope_density
 from .progress import Progress
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CLASSES = ("lead_acid", "li_ion", "other")
 CLASS_WEIGHT = {"lead_acid": 1.0, "li_ion": 4.0, "other": 2.0}
@@ -103,8 +103,13 @@ def _augment(raw: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Gener
 
 def _hgb(cfg: TrainConfig, seed: int, max_iter: int | None = None, **kw) -> HistGradientBoostingClassifier:
     return HistGradientBoostingClassifier(
-        max_iter=max_iter or cfg.max_iter, learning_rate=cfg.learning_rate, max_leaf_nodes=cfg.max_leaf_nodes,
-        l2_regularization=1.0, early_stopping=False, random_state=seed, **kw,
+        max_iter=max_iter or cfg.max_iter,
+        learning_rate=cfg.learning_rate,
+        max_leaf_nodes=cfg.max_leaf_nodes,
+        l2_regularization=1.0,
+        early_stopping=False,
+        random_state=seed,
+        **kw,
     )
 
 
@@ -120,16 +125,21 @@ def fit_classifier(raw: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConf
 
 def fit_damage(raw: np.ndarray, damaged: np.ndarray, cfg: TrainConfig) -> Pipeline | None:
     if damaged.sum() < 10 or (~damaged).sum() < 10:
-        log.warning("fewer than 10 damaged or sound Li-ion items with a 'damaged' truth: no damage detector")
+        logger.warning("fewer than 10 damaged or sound Li-ion items with a 'damaged' truth: no damage detector")
         return None
-    pipe = Pipeline([("features", make_feature_transformer()),
-                     ("classifier", _hgb(cfg, cfg.seed + 1, cfg.damage_max_iter, class_weight="balanced"))])
+    pipe = Pipeline(
+        [
+            ("features", make_feature_transformer()),
+            ("classifier", _hgb(cfg, cfg.seed + 1, cfg.damage_max_iter, class_weight="balanced")),
+        ]
+    )
     pipe.fit(raw, damaged.astype(int))
     return pipe
 
 
-def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None,
-                      cfg: TrainConfig) -> tuple[PolicyThresholds, dict[str, Any]]:
+def choose_thresholds(
+    model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None, cfg: TrainConfig
+) -> tuple[PolicyThresholds, dict[str, Any]]:
     """Pick the policy thresholds on held-out rows, with each sensor missing in turn.
 
     ``lead_acid_min`` sits ``lead_margin_logit`` above the most lead-like non-lead-acid
@@ -147,8 +157,11 @@ def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damage
     # probability threshold (a lithium drop-in in a lead-acid case is stopped by physics).
     dens_lead = np.array([envelope_density(row) for row in raw[y == "lead_acid"]])
     dens_lead = dens_lead[np.isfinite(dens_lead)]
-    density_min = (float(np.quantile(dens_lead, cfg.lead_density_quantile)) * cfg.lead_density_factor
-                   if dens_lead.size >= 20 else 0.0)
+    density_min = (
+        float(np.quantile(dens_lead, cfg.lead_density_quantile)) * cfg.lead_density_factor
+        if dens_lead.size >= 20
+        else 0.0
+    )
     report["lead_density_min"] = density_min
     report["lead_density_heldout_n"] = int(dens_lead.size)
 
@@ -160,8 +173,9 @@ def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damage
         proba, _ = model.predict(r)
         probas[name] = proba
         # only rows the policy could send to lead_acid: critical readings present and valid
-        eligible = np.array([not critical_problems(row) and not envelope_density(row) < density_min for row in r],
-                            dtype=bool)
+        eligible = np.array(
+            [not critical_problems(row) and not envelope_density(row) < density_min for row in r], dtype=bool
+        )
         nonlead = proba[(y != "lead_acid") & eligible, 0]
         m = float(nonlead.max()) if nonlead.size else 0.0
         report[f"max_p_lead_nonlead_{name}"] = m
@@ -190,19 +204,41 @@ def choose_thresholds(model: SorterModel, raw: np.ndarray, y: np.ndarray, damage
         if v.size:
             lo, hi = float(v.min()), float(v.max())
             envelope[col] = (lo * 0.5, hi * 1.5)  # generous: only far-out items count as unknown
-    t = PolicyThresholds(lead_acid_min=lead_min, lead_acid_min_missing=lead_min_missing, not_lead_max=not_lead,
-                         damage_min=dmg_min, lead_density_min=density_min,
-                         hot_excess_c=cfg.hot_excess_c, other_lane=cfg.other_lane, envelope=envelope)
-    report.update({"lead_acid_min": lead_min, "lead_acid_min_missing": lead_min_missing, "not_lead_max": not_lead,
-                   "damage_min": dmg_min})
+    t = PolicyThresholds(
+        lead_acid_min=lead_min,
+        lead_acid_min_missing=lead_min_missing,
+        not_lead_max=not_lead,
+        damage_min=dmg_min,
+        lead_density_min=density_min,
+        hot_excess_c=cfg.hot_excess_c,
+        other_lane=cfg.other_lane,
+        envelope=envelope,
+    )
+    report.update(
+        {
+            "lead_acid_min": lead_min,
+            "lead_acid_min_missing": lead_min_missing,
+            "not_lead_max": not_lead,
+            "damage_min": dmg_min,
+        }
+    )
     return t, report
 
 
 # The measurements that depend on the line's X-ray (its spectrum, detector and filters) even
 # in line-independent units: ``sorter calibrate`` maps a new line's onto the training line's.
 LINE_DEPENDENT_COLUMNS = (
-    "xr_al_eq_low_p10", "xr_al_eq_low_p50", "xr_al_eq_low_p90", "xr_al_eq_high_p10", "xr_al_eq_high_p50",
-    "xr_al_eq_high_p90", "xr_mat_p25", "xr_mat_p50", "xr_mat_p75", "xr_al_eq_mass_g", "xr_pb_eq_mass_g",
+    "xr_al_eq_low_p10",
+    "xr_al_eq_low_p50",
+    "xr_al_eq_low_p90",
+    "xr_al_eq_high_p10",
+    "xr_al_eq_high_p50",
+    "xr_al_eq_high_p90",
+    "xr_mat_p25",
+    "xr_mat_p50",
+    "xr_mat_p75",
+    "xr_al_eq_mass_g",
+    "xr_pb_eq_mass_g",
 )
 REFERENCE_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -226,8 +262,15 @@ def _energy(extra: dict[str, Any]) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
-def fit_energy(model: SorterModel, raw: np.ndarray, y: np.ndarray, energy: np.ndarray, tr: np.ndarray,
-               va: np.ndarray, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+def fit_energy(
+    model: SorterModel,
+    raw: np.ndarray,
+    y: np.ndarray,
+    energy: np.ndarray,
+    tr: np.ndarray,
+    va: np.ndarray,
+    cfg: TrainConfig,
+) -> tuple[Any, dict[str, Any]]:
     """The rated-energy estimator of Li-ion items (:mod:`sorter.energy`): fitted on the training
     part's Li-ion items with a rated energy; its conformal bound, its envelope (the held-out
     Li-ion items' novelty) and the report (error, coverage) on the held-out part."""
@@ -236,9 +279,12 @@ def fit_energy(model: SorterModel, raw: np.ndarray, y: np.ndarray, energy: np.nd
     li_tr = tr[(y[tr] == "li_ion") & np.isfinite(energy[tr])]
     li_va = va[(y[va] == "li_ion") & np.isfinite(energy[va])]
     if li_tr.size < 30 or li_va.size < 10:
-        log.warning("only %d training and %d held-out Li-ion items with a rated energy ('energy_wh'): no energy "
-                    "estimator; the hazard lane's cases will use the physical bound (mass x 0.30 Wh/g)",
-                    li_tr.size, li_va.size)
+        logger.warning(
+            "only %d training and %d held-out Li-ion items with a rated energy ('energy_wh'): no energy "
+            "estimator; the hazard lane's cases will use the physical bound (mass x 0.30 Wh/g)",
+            li_tr.size,
+            li_va.size,
+        )
         return None, {"fitted": False, "train_n": int(li_tr.size), "heldout_n": int(li_va.size)}
     # conformal calibration on one half of the held-out Li-ion items, the report on the other
     rng = np.random.default_rng(cfg.seed)
@@ -254,15 +300,24 @@ def fit_energy(model: SorterModel, raw: np.ndarray, y: np.ndarray, energy: np.nd
     truth = energy[rep]
     rel = np.abs(est - truth) / truth
     bounded = np.isfinite(upper)  # an item without a weight has no bound (it is never packed)
-    return em, {"fitted": True, "train_n": int(li_tr.size), "calibration_n": int(cal.size), "report_n": int(rep.size),
-                "median_abs_rel_error": float(np.nanmedian(rel)), "median_abs_error_wh": float(np.nanmedian(np.abs(est - truth))),
-                "without_bound": int((~bounded).sum()),
-                "bound_coverage": float(np.mean(upper[bounded] >= truth[bounded])) if bounded.any() else None,
-                "coverage_target": em.coverage, "mean_bound_over_truth": float(np.nanmean(upper / truth)),
-                "novelty_max": em.novelty_max}
+    return em, {
+        "fitted": True,
+        "train_n": int(li_tr.size),
+        "calibration_n": int(cal.size),
+        "report_n": int(rep.size),
+        "median_abs_rel_error": float(np.nanmedian(rel)),
+        "median_abs_error_wh": float(np.nanmedian(np.abs(est - truth))),
+        "without_bound": int((~bounded).sum()),
+        "bound_coverage": float(np.mean(upper[bounded] >= truth[bounded])) if bounded.any() else None,
+        "coverage_target": em.coverage,
+        "mean_bound_over_truth": float(np.nanmean(upper / truth)),
+        "novelty_max": em.novelty_max,
+    }
 
 
-def choose_novelty_max(model: SorterModel, raw: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> tuple[float, dict[str, Any]]:
+def choose_novelty_max(
+    model: SorterModel, raw: np.ndarray, y: np.ndarray, cfg: TrainConfig
+) -> tuple[float, dict[str, Any]]:
     """The lead-acid novelty threshold from held-out lead-acid items (those the policy could
     send to lead_acid): a high quantile of their novelty, plus a margin, at least a floor."""
     lead = (y == "lead_acid") & np.array([not critical_problems(row) for row in raw], dtype=bool)
@@ -270,11 +325,14 @@ def choose_novelty_max(model: SorterModel, raw: np.ndarray, y: np.ndarray, cfg: 
     nov = nov[np.isfinite(nov)]
     q = float(np.quantile(nov, cfg.novelty_quantile)) if nov.size else cfg.novelty_floor
     return max(cfg.novelty_floor, q + cfg.novelty_margin), {
-        "novelty_heldout_lead_acid_quantile": q, "novelty_heldout_lead_acid_n": int(nov.size)}
+        "novelty_heldout_lead_acid_quantile": q,
+        "novelty_heldout_lead_acid_n": int(nov.size),
+    }
 
 
-def heldout_metrics(model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None,
-                    meta: Any = None) -> dict[str, Any]:
+def heldout_metrics(
+    model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None, meta: Any = None
+) -> dict[str, Any]:
     """The plant's table on labelled rows, through the scoring path (:class:`~sorter.scoring.Scorer`)."""
     from .scoring import Scorer
 
@@ -288,7 +346,9 @@ def heldout_metrics(model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged:
         "accuracy": float(np.mean(pred == y)),
         "li_ion_in_lead_acid_lane": int(np.sum((y == "li_ion") & (lanes == "lead_acid"))),
         "non_lead_in_lead_acid_lane": int(np.sum((y != "lead_acid") & (lanes == "lead_acid"))),
-        "lead_acid_to_lead_acid": float(np.mean(lanes[y == "lead_acid"] == "lead_acid")) if (y == "lead_acid").any() else None,
+        "lead_acid_to_lead_acid": float(np.mean(lanes[y == "lead_acid"] == "lead_acid"))
+        if (y == "lead_acid").any()
+        else None,
         "manual_rate": float(np.mean(lanes == "manual")),
     }
     if damaged is not None:
@@ -322,7 +382,7 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
     w = np.array([CLASS_WEIGHT[c] for c in y])
     xa, ya, wa = _augment(raw[tr], y[tr], w[tr], rng, cfg.dropout_augment)
     t_meas = time.perf_counter() - t0
-    log.info("fitting the chemistry classifier on %d rows (%d after augmentation)", len(tr), len(ya))
+    logger.info("fitting the chemistry classifier on %d rows (%d after augmentation)", len(tr), len(ya))
     stages.stage(f"fitting the chemistry classifier on {len(ya)} rows (the longest step; no progress count)")
     pipe = fit_classifier(xa, ya, wa, cfg)
     dmg_pipe = None
@@ -369,8 +429,9 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
     return model, report
 
 
-def train_and_save(log_dirs: Sequence[str], out_dir: str, cfg: TrainConfig, *, name: str = "sorter",
-                   progress: bool = False) -> tuple[SorterModel, dict[str, Any]]:
+def train_and_save(
+    log_dirs: Sequence[str], out_dir: str, cfg: TrainConfig, *, name: str = "sorter", progress: bool = False
+) -> tuple[SorterModel, dict[str, Any]]:
     """Train, then write the model directory with its manifest and model card."""
     from .report import model_card
 

@@ -45,8 +45,9 @@ def log_with_bad_lines(tmp_path_factory):
         "{not json",  # invalid JSON
         json.dumps({"item_id": "x-missing-t"}),  # no t
         lines[3],  # duplicate item id
-        json.dumps({**json.loads(lines[5]), "item_id": "x-bad-image", "rgb": "images/nope.png",
-                    "xray_low": "../../etc/passwd"}),
+        json.dumps(
+            {**json.loads(lines[5]), "item_id": "x-bad-image", "rgb": "images/nope.png", "xray_low": "../../etc/passwd"}
+        ),
     ]
     lines = lines[:10] + bad + lines[10:]
     (d / "items.jsonl").write_text("\n".join(lines) + "\n")

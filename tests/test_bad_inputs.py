@@ -39,8 +39,10 @@ def test_batch_scoring_gives_every_line_a_row_and_bad_lines_a_safe_lane(tmp_path
         assert "items.jsonl" in text or "line" in text or "field" in text, (kind, text)
     # the worst ones say why, naming what was wrong
     by_kind = {kinds[n]: rows[n] for n in rows}
-    assert "decompression" in by_kind["decompression_bomb"]["problems"].lower() or \
-        "pixels" in by_kind["decompression_bomb"]["problems"]
+    assert (
+        "decompression" in by_kind["decompression_bomb"]["problems"].lower()
+        or "pixels" in by_kind["decompression_bomb"]["problems"]
+    )
     assert "outside" in by_kind["path_dotdot"]["problems"] or "escape" in by_kind["path_dotdot"]["problems"]
     assert "duplicate" in by_kind["duplicate_item_id"]["reason"]
     assert "16-bit" in by_kind["xray_8bit"]["problems"] or "bit" in by_kind["xray_8bit"]["problems"]
@@ -48,10 +50,21 @@ def test_batch_scoring_gives_every_line_a_row_and_bad_lines_a_safe_lane(tmp_path
 
 def test_the_line_controller_records_every_line_and_never_sends_a_bad_one_to_lead_acid(tmp_path, bad_log):
     d, kinds = bad_log
-    cfg = load_config(None, env={}, overrides=[
-        "line.source=log", f"line.log_dir={d}", "line.follow=false", "line.deadline_from=arrival",
-        "line.belt_speed_m_s=0.03", "line.scorer_pool=thread", "line.scorer_workers=1",
-        f"audit.path={tmp_path / 'audit.sqlite'}", "status.enabled=false"])
+    cfg = load_config(
+        None,
+        env={},
+        overrides=[
+            "line.source=log",
+            f"line.log_dir={d}",
+            "line.follow=false",
+            "line.deadline_from=arrival",
+            "line.belt_speed_m_s=0.03",
+            "line.scorer_pool=thread",
+            "line.scorer_workers=1",
+            f"audit.path={tmp_path / 'audit.sqlite'}",
+            "status.enabled=false",
+        ],
+    )
 
     async def main():
         link = MemoryPlc(scan_ms=2)

@@ -62,7 +62,9 @@ def test_scoring_worker_does_not_import_scikit_learn():
     import subprocess
     import sys
 
-    code = "import sys, sorter.batch, sorter.features; print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))"
+    code = (
+        "import sys, sorter.batch, sorter.features; print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -106,10 +108,12 @@ def test_the_engines_sit_below_the_score_driver():
     import subprocess
     import sys
 
-    code = ("import sys, sorter.batch, sorter.distributed; "
-            "assert 'sorter.score' not in sys.modules, 'an engine imports the score driver'; "
-            "import sorter.score as s; "
-            "assert s.ENGINES == {'local': sorter.batch.iter_decisions, 'dask': sorter.distributed.iter_decisions}")
+    code = (
+        "import sys, sorter.batch, sorter.distributed; "
+        "assert 'sorter.score' not in sys.modules, 'an engine imports the score driver'; "
+        "import sorter.score as s; "
+        "assert s.ENGINES == {'local': sorter.batch.iter_decisions, 'dask': sorter.distributed.iter_decisions}"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -238,7 +238,12 @@ def test_the_demo_runs_without_matplotlib(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), *sys.path])}
     blocked = subprocess.run([sys.executable, "-c", "import matplotlib"], env=env, capture_output=True, text=True)
     assert "matplotlib is not installed" in blocked.stderr  # the stand-in works
-    run = subprocess.run([sys.executable, "-m", "sorter", "demo", "--items", "30", "--pool", "10", "--workers", "1",
-                          "--no-status"], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "sorter", "demo", "--items", "30", "--pool", "10", "--workers", "1", "--no-status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "result         OK" in run.stdout

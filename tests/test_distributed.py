@@ -33,12 +33,15 @@ def cluster():
 
 def _rows(path):
     """Output rows with NaN made comparable."""
-    return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            for r in pq.read_table(path).to_pylist()]
+    return [
+        {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in pq.read_table(path).to_pylist()
+    ]
 
 
-def test_dask_engine_gives_the_local_engines_rows(tmp_path, cluster, model, log_with_bad_lines, bad_log_layout,
-                                                  monkeypatch):
+def test_dask_engine_gives_the_local_engines_rows(
+    tmp_path, cluster, model, log_with_bad_lines, bad_log_layout, monkeypatch
+):
     import shutil
 
     copy = tmp_path / "copy"  # the same log twice is refused: a copy of it is another log
@@ -61,8 +64,9 @@ def test_dask_engine_gives_the_local_engines_rows(tmp_path, cluster, model, log_
 
 def test_results_come_in_order_with_many_small_tasks(cluster, model, log_with_bad_lines, bad_log_layout):
     seen = []
-    for ch, decisions in iter_decisions_dask([str(log_with_bad_lines)], model, scheduler=cluster.scheduler_address,
-                                             chunk=3, window=5):
+    for ch, decisions in iter_decisions_dask(
+        [str(log_with_bad_lines)], model, scheduler=cluster.scheduler_address, chunk=3, window=5
+    ):
         assert [d.line_no for d in decisions] == [ln.line_no for ln in ch.lines]
         assert [d.item_id for d in decisions] == [ln.item_id for ln in ch.lines]
         seen += [ln.line_no for ln in ch.lines]
@@ -109,8 +113,9 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path, model, log_with_bad_li
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         with pytest.raises(SorterError, match=rf"cannot reach the Dask scheduler at '{address}'.*dask scheduler"):
-            score_mod.score_logs([log_with_bad_lines], tmp_path / "o.csv", model=model, engine="dask",
-                                 scheduler=address)
+            score_mod.score_logs(
+                [log_with_bad_lines], tmp_path / "o.csv", model=model, engine="dask", scheduler=address
+            )
     assert not (tmp_path / "o.csv.partial").exists()
 
 
@@ -150,8 +155,9 @@ def test_workers_keep_freed_memory_under_dasks_trim_threshold():
     env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
 
     def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], env=env, capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS_SCRIPT, mode], env=env, capture_output=True, text=True, check=True
+        )
         return int(out.stdout.strip())
 
     plain, kept = faults("plain"), faults("keep")

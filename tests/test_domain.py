@@ -23,13 +23,16 @@ def test_settings_within_tolerance_match():
     assert dom.differences(meta(xray_energies_kev=(54.5, 95.0), xray_mm_per_px=2.1)) == []
 
 
-@pytest.mark.parametrize("over, word", [
-    ({"line": "plant-7"}, "line 'plant-7'"),
-    ({"xray_energies_kev": (60.0, 96.2)}, "low energy 60"),
-    ({"xray_energies_kev": (53.1, 110.0)}, "high energy 110"),
-    ({"xray_mm_per_px": 2.5}, "X-ray pitch 2.5"),
-    ({"camera_mm_per_px": 1.0}, "camera pitch 1"),
-])
+@pytest.mark.parametrize(
+    "over, word",
+    [
+        ({"line": "plant-7"}, "line 'plant-7'"),
+        ({"xray_energies_kev": (60.0, 96.2)}, "low energy 60"),
+        ({"xray_energies_kev": (53.1, 110.0)}, "high energy 110"),
+        ({"xray_mm_per_px": 2.5}, "X-ray pitch 2.5"),
+        ({"camera_mm_per_px": 1.0}, "camera pitch 1"),
+    ],
+)
 def test_each_declared_setting_outside_tolerance_is_named(over, word):
     diffs = LineDomain((A,)).differences(meta(**over))
     assert len(diffs) == 1 and word in diffs[0]
@@ -39,8 +42,10 @@ def test_domain_round_trips_and_matches_any_of_its_lines():
     b = LineSettings("sim-b", (51.0, 92.3), 1.6, 2.0)
     dom = LineDomain.from_json(LineDomain((A, b)).to_json())
     assert dom.lines == (A, b)
-    assert dom.differences(meta(line="sim-b", xray_energies_kev=(51.0, 92.3), xray_mm_per_px=1.6,
-                                camera_mm_per_px=2.0)) == []
+    assert (
+        dom.differences(meta(line="sim-b", xray_energies_kev=(51.0, 92.3), xray_mm_per_px=1.6, camera_mm_per_px=2.0))
+        == []
+    )
 
 
 def test_shipped_model_records_its_training_line(model):
@@ -59,17 +64,31 @@ def test_a_log_of_another_line_closes_lead_acid_and_says_why(model, caplog):
             items.append(sim)
     assert items, "the recycler mix always has lead-acid items"
     own = cfg.meta()
-    other = LogMeta(line="plant-7", xray_energies_kev=own.xray_energies_kev, xray_mm_per_px=own.xray_mm_per_px,
-                    camera_mm_per_px=own.camera_mm_per_px)
+    other = LogMeta(
+        line="plant-7",
+        xray_energies_kev=own.xray_energies_kev,
+        xray_mm_per_px=own.xray_mm_per_px,
+        camera_mm_per_px=own.camera_mm_per_px,
+    )
     lanes_own, lanes_other, lanes_allowed, reasons = [], [], [], []
     strict, allowing = Scorer(model), Scorer(model, allow_line_mismatch=True)
     with caplog.at_level("WARNING"):
         for sim in items:
             imgs = sim.images
-            it_own = Item(sim.record, xray_low=imgs.get("xray_low"), xray_high=imgs.get("xray_high"),
-                          rgb=imgs.get("rgb"), meta=own)
-            it_other = Item(sim.record, xray_low=imgs.get("xray_low"), xray_high=imgs.get("xray_high"),
-                            rgb=imgs.get("rgb"), meta=other)
+            it_own = Item(
+                sim.record,
+                xray_low=imgs.get("xray_low"),
+                xray_high=imgs.get("xray_high"),
+                rgb=imgs.get("rgb"),
+                meta=own,
+            )
+            it_other = Item(
+                sim.record,
+                xray_low=imgs.get("xray_low"),
+                xray_high=imgs.get("xray_high"),
+                rgb=imgs.get("rgb"),
+                meta=other,
+            )
             lanes_own.append(strict.score_item(it_own).lane)
             d = strict.score_item(it_other)
             lanes_other.append(d.lane)

@@ -24,8 +24,16 @@ def packs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     side = (vol_l * 1e6) ** (1 / 3)
     raw[:, C["weight_g"]] = w
     raw[:, C["length_mm"]] = raw[:, C["width_mm"]] = raw[:, C["height_mm"]] = side
-    for col in ("xr_area_mm2", "xr_high_ok", "xr_low_ok", "xr_al_eq_mass_g", "xr_pb_eq_mass_g", "xr_mat_p50",
-                "xr_al_eq_high_p50", "xr_opaque_frac"):
+    for col in (
+        "xr_area_mm2",
+        "xr_high_ok",
+        "xr_low_ok",
+        "xr_al_eq_mass_g",
+        "xr_pb_eq_mass_g",
+        "xr_mat_p50",
+        "xr_al_eq_high_p50",
+        "xr_opaque_frac",
+    ):
         raw[:, C[col]] = 1.0
     raw[:, C["xr_al_eq_mass_g"]] = w * 1.3
     return raw, w * spec

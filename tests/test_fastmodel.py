@@ -24,8 +24,21 @@ from sorter.model import MANIFEST, default_model_dir, load_model, sha256_file
 # Optional or heavy modules that scoring does not use: a line PC that imports them starts seconds later.
 # (The station's command definitions, sorter.station.cli, are argparse only and part of every CLI start.)
 ALLOWED = ("sorter.station", "sorter.station.cli")
-HEAVY = ("sklearn", "skops", "dask", "distributed", "matplotlib", "pandas", "pydantic", "sorter.station",
-         "starlette", "jinja2", "sorter.report", "sorter.train", "sorter.simulate")
+HEAVY = (
+    "sklearn",
+    "skops",
+    "dask",
+    "distributed",
+    "matplotlib",
+    "pandas",
+    "pydantic",
+    "sorter.station",
+    "starlette",
+    "jinja2",
+    "sorter.report",
+    "sorter.train",
+    "sorter.simulate",
+)
 
 
 @pytest.fixture()
@@ -45,8 +58,12 @@ def raw_rows():
     rows = []
     for i in range(60):
         s = simulate_item(cfg, i)
-        rows.append(measure_item(Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"),
-                                      s.images.get("rgb"), cfg.meta()), 15.0))
+        rows.append(
+            measure_item(
+                Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"), cfg.meta()),
+                15.0,
+            )
+        )
     return np.array(rows)
 
 

@@ -54,8 +54,9 @@ def test_probe_rows_reach_both_sides_of_splits() -> None:
 
 def test_unsupported_models_keep_sklearn() -> None:
     X, y = _data(2)
-    iso = CalibratedClassifierCV(HistGradientBoostingClassifier(max_iter=5), method="isotonic", cv=3,
-                                 ensemble=False).fit(X, y)
+    iso = CalibratedClassifierCV(
+        HistGradientBoostingClassifier(max_iter=5), method="isotonic", cv=3, ensemble=False
+    ).fit(X, y)
     assert fast_predictor(iso) is None
     ens = CalibratedClassifierCV(HistGradientBoostingClassifier(max_iter=5), cv=3).fit(X, y)  # ensemble=True
     assert fast_predictor(ens) is None

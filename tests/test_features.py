@@ -34,6 +34,7 @@ from sorter.simulate import SimConfig, simulate_item
 
 TRANSFORMERS = [ScaleProfilerFeatures(), ThermalFeatures(), XrayFeatures(), CameraFeatures(), CrossSensorFeatures()]
 
+
 def _check_name(check) -> str:
     return getattr(check, "func", check).__name__
 
@@ -68,8 +69,12 @@ def test_sklearn_estimator_checks(estimator):
             passed.append(name)
     assert not other, "\n".join(other)
     # the checks that matter for a fixed-width transformer ran and passed
-    assert {"check_transformer_n_iter", "check_get_params_invariance", "check_set_params",
-            "check_estimators_nan_inf"} & set(passed)
+    assert {
+        "check_transformer_n_iter",
+        "check_get_params_invariance",
+        "check_set_params",
+        "check_estimators_nan_inf",
+    } & set(passed)
     assert len(passed) >= 15, passed
 
 
@@ -148,7 +153,9 @@ def test_one_xray_channel_still_measures():
     full = measure_xray(item.xray_low, item.xray_high, item.meta)
     low_only = measure_xray(item.xray_low, None, item.meta)
     assert low_only[XRAY_COLUMNS.index("xr_high_ok")] == 0.0
-    assert low_only[XRAY_COLUMNS.index("xr_area_mm2")] == pytest.approx(full[XRAY_COLUMNS.index("xr_area_mm2")], rel=0.2)
+    assert low_only[XRAY_COLUMNS.index("xr_area_mm2")] == pytest.approx(
+        full[XRAY_COLUMNS.index("xr_area_mm2")], rel=0.2
+    )
     assert np.isnan(low_only[XRAY_COLUMNS.index("xr_mat_p50")])
 
 
@@ -197,10 +204,13 @@ def test_xray_outline_and_attenuation_measure_the_item_at_any_pitch(mm_per_px):
     scale = material_scale(meta.xray_energies_kev)
     assert x[XRAY_COLUMNS.index("xr_al_eq_low_p50")] == pytest.approx(-np.log(0.2) / scale.mu_al_low, rel=1e-3)
     r = np.log(0.2) / np.log(0.4)
-    assert x[XRAY_COLUMNS.index("xr_mat_p50")] == pytest.approx((r - scale.r_plastic) / (scale.r_iron - scale.r_plastic),
-                                                                rel=1e-3)
+    assert x[XRAY_COLUMNS.index("xr_mat_p50")] == pytest.approx(
+        (r - scale.r_plastic) / (scale.r_iron - scale.r_plastic), rel=1e-3
+    )
     area_cm2 = (lx * ly) * (mm_per_px / 10) ** 2
-    assert x[XRAY_COLUMNS.index("xr_al_eq_mass_g")] == pytest.approx(-np.log(0.4) / scale.mu_al_high * area_cm2, rel=0.03)
+    assert x[XRAY_COLUMNS.index("xr_al_eq_mass_g")] == pytest.approx(
+        -np.log(0.4) / scale.mu_al_high * area_cm2, rel=0.03
+    )
 
 
 def test_xray_binning_keeps_the_working_pitch():
@@ -249,11 +259,14 @@ from sorter.features.measure import _belt_colour, _percentiles  # noqa: E402
 
 
 @settings(max_examples=200, deadline=None)
-@given(arrays(np.float32, st.integers(1, 400), elements=st.floats(0, 20, width=32)),
-       st.lists(st.floats(0, 100), min_size=1, max_size=4))
+@given(
+    arrays(np.float32, st.integers(1, 400), elements=st.floats(0, 20, width=32)),
+    st.lists(st.floats(0, 100), min_size=1, max_size=4),
+)
 def test_percentiles_equal_numpy(a, qs):
-    np.testing.assert_allclose(_percentiles(a, tuple(qs)), np.percentile(a.astype(np.float64), qs), rtol=1e-6,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        _percentiles(a, tuple(qs)), np.percentile(a.astype(np.float64), qs), rtol=1e-6, atol=1e-6
+    )
 
 
 @settings(max_examples=100, deadline=None)
@@ -278,12 +291,15 @@ from sorter.features.measure import (  # noqa: E402
 
 
 @settings(max_examples=200, deadline=None)
-@given(arrays(np.uint16, st.integers(1, 400), elements=st.integers(0, 65535)),
-       st.lists(st.floats(0, 100), min_size=1, max_size=4))
+@given(
+    arrays(np.uint16, st.integers(1, 400), elements=st.integers(0, 65535)),
+    st.lists(st.floats(0, 100), min_size=1, max_size=4),
+)
 def test_attenuation_percentiles_equal_numpy(levels, qs):
     # order statistics of the 16-bit levels stand in for those of their attenuations
-    np.testing.assert_allclose(_att_percentiles(levels, tuple(qs)),
-                               np.percentile(_ATT[levels].astype(np.float64), qs), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        _att_percentiles(levels, tuple(qs)), np.percentile(_ATT[levels].astype(np.float64), qs), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_integer_levels_select_the_same_pixels_as_the_float_thresholds():
@@ -298,7 +314,9 @@ def test_integer_levels_select_the_same_pixels_as_the_float_thresholds():
 
 
 @settings(max_examples=100, deadline=None)
-@given(arrays(np.float32, st.integers(8, 160), elements=st.floats(0, 9, width=32)), st.sampled_from([1.6, 2.0, 3.2, 4.0]))
+@given(
+    arrays(np.float32, st.integers(8, 160), elements=st.floats(0, 9, width=32)), st.sampled_from([1.6, 2.0, 3.2, 4.0])
+)
 def test_windowed_dft_equals_numpy_rfft(profile, mm_per_px):
     """The periodicity's matrix DFT is numpy's rfft of the Hann-windowed profile, to rounding."""
     from sorter.features.measure import _fft_band
@@ -411,13 +429,21 @@ def test_every_measurement_is_written_to_its_column_by_name():
     columns = {"_X": m.XRAY_COLUMNS, "_C": m.CAMERA_COLUMNS}
 
     def name_of(node):
-        if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in written
-                and isinstance(node.slice, ast.Constant)):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in written
+            and isinstance(node.slice, ast.Constant)
+        ):
             return node.value.id, node.slice.value
         return None
 
-    groups = [f for f in tree.body if isinstance(f, ast.FunctionDef)
-              and (f.name in ("measure_xray", "measure_camera") or f.name.startswith("_xray_"))]
+    groups = [
+        f
+        for f in tree.body
+        if isinstance(f, ast.FunctionDef)
+        and (f.name in ("measure_xray", "measure_camera") or f.name.startswith("_xray_"))
+    ]
     assert len(groups) >= 5  # measure_xray, its outline / attenuation / structure parts, measure_camera
     for node in (n for f in groups for n in ast.walk(f)):
         if not isinstance(node, (ast.Assign, ast.AugAssign)):

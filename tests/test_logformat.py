@@ -90,11 +90,22 @@ def test_writer_round_trip_records_images_and_meta(tmp_path: Path) -> None:
     images = rng_images()
     inputs = [
         ItemRecord(
-            item_id="A1", t=1767225600.125, weight_g=46.5, length_mm=65.2, width_mm=18.4,
-            height_mm=18.3, surface_temp_c=24.5, label="li_ion",
+            item_id="A1",
+            t=1767225600.125,
+            weight_g=46.5,
+            length_mm=65.2,
+            width_mm=18.4,
+            height_mm=18.3,
+            surface_temp_c=24.5,
+            label="li_ion",
         ),
-        ItemRecord(item_id="A2", t=1767225601.0, weight_g=14210.0, label="lead_acid",
-                   extra={"product": "car-60Ah", "pose": {"yaw_deg": 12.5}}),
+        ItemRecord(
+            item_id="A2",
+            t=1767225601.0,
+            weight_g=14210.0,
+            label="lead_acid",
+            extra={"product": "car-60Ah", "pose": {"yaw_deg": 12.5}},
+        ),
         ItemRecord(item_id="A3", t=1767225602.0),
     ]
     with LogWriter(tmp_path, meta) as writer:
@@ -110,8 +121,11 @@ def test_writer_round_trip_records_images_and_meta(tmp_path: Path) -> None:
     read = [ln.record for ln in lines]
     assert read == written
     assert written[0] == dataclasses.replace(
-        inputs[0], line_no=1, xray_low="images/A1_xray_low.png",
-        xray_high="images/A1_xray_high.png", rgb="images/A1_rgb.png",
+        inputs[0],
+        line_no=1,
+        xray_low="images/A1_xray_low.png",
+        xray_high="images/A1_xray_high.png",
+        rgb="images/A1_rgb.png",
     )
     assert written[2] == dataclasses.replace(inputs[2], line_no=3)
     assert dict(read[1].extra) == {"product": "car-60Ah", "pose": {"yaw_deg": 12.5}}
@@ -183,7 +197,7 @@ def test_writer_file_names_are_safe_and_distinct(tmp_path: Path) -> None:
     names = {a.rgb, b.rgb, c.rgb}
     assert len(names) == 3
     for rel in names:
-        assert rel.startswith("images/") and "/" not in rel[len("images/"):]
+        assert rel.startswith("images/") and "/" not in rel[len("images/") :]
         assert len(Path(rel).name) < 255
         assert resolve_image_path(tmp_path, rel).parent == (tmp_path / "images").resolve()
     assert all(ln.error is None for ln in iter_log(tmp_path))
@@ -191,8 +205,9 @@ def test_writer_file_names_are_safe_and_distinct(tmp_path: Path) -> None:
 
 def test_writer_writes_non_finite_readings_as_null_and_refuses_bad_items(tmp_path: Path) -> None:
     with LogWriter(tmp_path) as writer:
-        rec = writer.append(ItemRecord(item_id="A1", t=np.float64(1.0), weight_g=float("nan"),
-                                       height_mm=np.float32(12.5)))
+        rec = writer.append(
+            ItemRecord(item_id="A1", t=np.float64(1.0), weight_g=float("nan"), height_mm=np.float32(12.5))
+        )
         assert rec.weight_g is None and rec.height_mm == 12.5
         with pytest.raises(LogFormatError, match="finite"):
             writer.append(ItemRecord(item_id="A2", t=float("inf")))
@@ -350,8 +365,16 @@ def test_error_line_keeps_the_item_id_when_it_can(tmp_path: Path) -> None:
     ],
 )
 def test_bad_fields_become_missing_with_a_problem(tmp_path: Path, fields: dict, field: str) -> None:
-    base = {"weight_g": 45.0, "length_mm": 65.0, "width_mm": 18.0, "height_mm": 18.0,
-            "surface_temp_c": 25.0, "label": "li_ion", "rgb": "images/a.png", "xray_low": "images/b.png"}
+    base = {
+        "weight_g": 45.0,
+        "length_mm": 65.0,
+        "width_mm": 18.0,
+        "height_mm": 18.0,
+        "surface_temp_c": 25.0,
+        "label": "li_ion",
+        "rgb": "images/a.png",
+        "xray_low": "images/b.png",
+    }
     path = write_lines(tmp_path, good("A1", **{**base, **fields}))
     (line,) = iter_log(tmp_path)
     rec = line.record
@@ -365,8 +388,7 @@ def test_bad_fields_become_missing_with_a_problem(tmp_path: Path, fields: dict, 
 
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
 def test_nan_and_infinity_readings_are_treated_as_missing(tmp_path: Path, constant: bytes) -> None:
-    write_lines(tmp_path, b'{"item_id":"A1","t":1,"weight_g":%s,"height_mm":20,"note":[%s]}'
-                % (constant, constant))
+    write_lines(tmp_path, b'{"item_id":"A1","t":1,"weight_g":%s,"height_mm":20,"note":[%s]}' % (constant, constant))
     (line,) = iter_log(tmp_path)
     assert line.record.weight_g is None and line.record.height_mm == 20.0
     assert "'weight_g'" in line.record.problems[0]
@@ -394,9 +416,7 @@ def test_a_bad_first_occurrence_does_not_block_the_id(tmp_path: Path) -> None:
     assert lines[0].record is None and lines[1].record is not None
 
 
-def test_over_long_line_is_reported_without_losing_the_next(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_over_long_line_is_reported_without_losing_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lf_reader, "MAX_LINE_BYTES", 64)  # the streaming reader's limit
     write_lines(tmp_path, good("A1"), good("A2", note="x" * 500), good("A3"))
     lines = list(iter_log(tmp_path))
@@ -565,9 +585,7 @@ def test_corrupt_png_is_refused(xray_png: Path) -> None:
         (np.zeros((4, 5), np.uint16), "rgb", "16-bit grayscale"),
     ],
 )
-def test_images_of_the_wrong_kind_are_refused(
-    tmp_path: Path, img: np.ndarray, kind: str, needle: str
-) -> None:
+def test_images_of_the_wrong_kind_are_refused(tmp_path: Path, img: np.ndarray, kind: str, needle: str) -> None:
     path = tmp_path / "img.png"
     path.write_bytes(encode_png(img))
     with pytest.raises(ImageError) as info:
@@ -591,9 +609,7 @@ def test_rgba_and_palette_images_load_as_rgb(tmp_path: Path) -> None:
     assert tuple(got[0, 0]) == (10, 20, 30) and tuple(got[1, 2]) == (200, 100, 50)
 
 
-def test_decompression_bomb_is_refused_from_the_header(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_decompression_bomb_is_refused_from_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def must_not_decode(*args: object) -> None:
         raise AssertionError("decoded an image whose header is over the limit")
 
@@ -646,8 +662,16 @@ def test_load_item_turns_image_problems_into_item_problems(tmp_path: Path) -> No
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "low.png").write_bytes(encode_png(np.zeros((4, 6), np.uint16)))
     (tmp_path / "images" / "rgb8.png").write_bytes(encode_png(np.zeros((4, 6), np.uint8)))
-    rec = parse_record({"item_id": "A1", "t": 1, "weight_g": -1, "xray_low": "images/low.png",
-                        "xray_high": "../../etc/passwd", "rgb": "images/rgb8.png"})
+    rec = parse_record(
+        {
+            "item_id": "A1",
+            "t": 1,
+            "weight_g": -1,
+            "xray_low": "images/low.png",
+            "xray_high": "../../etc/passwd",
+            "rgb": "images/rgb8.png",
+        }
+    )
     item = load_item(rec, tmp_path, LogMeta())
     assert item.xray_low is not None and item.xray_low.shape == (4, 6)
     assert item.xray_high is None and item.rgb is None
@@ -684,9 +708,7 @@ def test_errors_belong_to_the_sorter_tree() -> None:
 
 # ------------------------------------------------------------ property tests
 
-json_scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
-)
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
@@ -759,10 +781,14 @@ def test_iter_log_fuzz_one_log_line_per_input_line(
 
 
 def _mutated_png(draw: st.DrawFn) -> bytes:
-    base = draw(st.sampled_from([
-        encode_png(np.arange(60, dtype=np.uint16).reshape(6, 10) * 1000),
-        encode_png(np.arange(90, dtype=np.uint8).reshape(5, 6, 3)),
-    ]))
+    base = draw(
+        st.sampled_from(
+            [
+                encode_png(np.arange(60, dtype=np.uint16).reshape(6, 10) * 1000),
+                encode_png(np.arange(90, dtype=np.uint8).reshape(5, 6, 3)),
+            ]
+        )
+    )
     data = bytearray(base)
     for pos, val in draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), max_size=4)):
         data[pos] = val
@@ -783,4 +809,3 @@ def test_load_png_fuzz_only_raises_image_error(
         return
     assert img.dtype == (np.uint16 if kind == "xray" else np.uint8)
     assert img.ndim == (2 if kind == "xray" else 3)
-

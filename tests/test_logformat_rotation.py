@@ -45,8 +45,11 @@ weights = st.one_of(st.none(), st.floats(min_value=0.1, max_value=1e5, allow_nan
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(weights=st.lists(weights, min_size=0, max_size=40), rotate=st.integers(1, 9),
-       reopen=st.lists(st.integers(0, 40), max_size=3))
+@given(
+    weights=st.lists(weights, min_size=0, max_size=40),
+    rotate=st.integers(1, 9),
+    reopen=st.lists(st.integers(0, 40), max_size=3),
+)
 def test_a_rotated_log_reads_exactly_as_the_same_items_in_one_file(tmp_path_factory, weights, rotate, reopen):
     one, rot = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("rot")
     recs = [ItemRecord(item_id=f"id-{k}", t=1.7e9 + k, weight_g=w) for k, w in enumerate(weights)]
@@ -141,8 +144,7 @@ def test_a_follower_does_not_consume_the_partial_line_of_the_current_segment(tmp
 def test_a_missing_segment_is_a_clear_error(tmp_path):
     _write(tmp_path, 12, rotate=3)
     (tmp_path / segment_file(2)).unlink()
-    for read in (lambda: list(iter_log(tmp_path)), lambda: check_log_dir(tmp_path),
-                 lambda: locate_line(tmp_path, 9)):
+    for read in (lambda: list(iter_log(tmp_path)), lambda: check_log_dir(tmp_path), lambda: locate_line(tmp_path, 9)):
         with pytest.raises(LogFormatError, match=r"items-000002\.jsonl is missing.*restore"):
             read()
 
@@ -194,8 +196,9 @@ def test_simulate_writes_a_rotated_log_that_batch_tools_count_as_one(tmp_path, c
     assert [p.name for p in item_files(out)] == [segment_file(k) for k in (1, 2, 3)]
     assert count_lines(out) == 12 and len(list(iter_log(out))) == 12
     fp = fingerprint(out)
-    assert main(["simulate", "--items", "12", "--out", str(out), "--rotate-items", "5", "--workers", "1",
-                 "--force"]) == 0
+    assert (
+        main(["simulate", "--items", "12", "--out", str(out), "--rotate-items", "5", "--workers", "1", "--force"]) == 0
+    )
     assert fingerprint(out) == fp  # the same seed: the same log
     with pytest.raises(SystemExit):
         main(["simulate", "--items", "3", "--out", str(out), "--rotate-items", "0"])

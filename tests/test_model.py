@@ -125,8 +125,12 @@ def test_fast_feature_path_equals_the_pipeline():
     rows = []
     for i in range(20):
         s = simulate_item(cfg, i)
-        rows.append(measure_item(Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"),
-                                      s.images.get("rgb"), cfg.meta()), 15.0))
+        rows.append(
+            measure_item(
+                Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"), cfg.meta()),
+                15.0,
+            )
+        )
     raw = np.array(rows)
     for pipe in (m.classifier, m.damage):
         slow = pipe[:-1].transform(raw)

@@ -76,8 +76,18 @@ def test_model_json_refuses_other_features():
     rng = np.random.default_rng(0)
     raw = np.full((300, len(RAW_COLUMNS)), np.nan)
     c = {n: i for i, n in enumerate(RAW_COLUMNS)}
-    for k in ("weight_g", "length_mm", "width_mm", "height_mm", "xr_opaque_frac", "xr_al_eq_high_p50",
-              "xr_al_eq_low_p50", "xr_mat_p50", "xr_al_eq_mass_g", "xr_area_mm2"):
+    for k in (
+        "weight_g",
+        "length_mm",
+        "width_mm",
+        "height_mm",
+        "xr_opaque_frac",
+        "xr_al_eq_high_p50",
+        "xr_al_eq_low_p50",
+        "xr_mat_p50",
+        "xr_al_eq_mass_g",
+        "xr_area_mm2",
+    ):
         raw[:, c[k]] = rng.uniform(1, 2, 300)
     y = np.array(["lead_acid", "li_ion", "other"] * 100)
     d = NoveltyModel.fit(raw, y, ("lead_acid", "li_ion", "other")).to_json()

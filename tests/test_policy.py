@@ -12,8 +12,9 @@ from sorter.features.measure import RAW_COLUMNS
 from sorter.features.transformers import SENSOR_GROUPS, mask_sensor
 from sorter.policy import PolicyThresholds, critical_problems, decide, envelope_density, missing_optional
 
-T = PolicyThresholds(lead_acid_min=0.98, not_lead_max=0.3, damage_min=0.4, hot_excess_c=6.0,
-                     envelope={"weight_g": (10.0, 60000.0)})
+T = PolicyThresholds(
+    lead_acid_min=0.98, not_lead_max=0.3, damage_min=0.4, hot_excess_c=6.0, envelope={"weight_g": (10.0, 60000.0)}
+)
 LEAD = np.array([0.999, 0.0005, 0.0005])
 LI = np.array([0.001, 0.99, 0.009])
 OTHER = np.array([0.001, 0.01, 0.989])
@@ -22,8 +23,18 @@ OTHER = np.array([0.001, 0.01, 0.989])
 def full_row(**over) -> np.ndarray:
     """A raw row with every sensor present and plausible values."""
     raw = np.ones(len(RAW_COLUMNS))
-    vals = {"weight_g": 20000.0, "length_mm": 260.0, "width_mm": 173.0, "height_mm": 225.0, "surface_temp_c": 20.0,
-            "ambient_c": 20.0, "xr_low_ok": 1.0, "xr_high_ok": 1.0, "xr_area_mm2": 40000.0, "cam_area_mm2": 40000.0}
+    vals = {
+        "weight_g": 20000.0,
+        "length_mm": 260.0,
+        "width_mm": 173.0,
+        "height_mm": 225.0,
+        "surface_temp_c": 20.0,
+        "ambient_c": 20.0,
+        "xr_low_ok": 1.0,
+        "xr_high_ok": 1.0,
+        "xr_area_mm2": 40000.0,
+        "cam_area_mm2": 40000.0,
+    }
     vals.update(over)
     for k, v in vals.items():
         raw[RAW_COLUMNS.index(k)] = v
@@ -202,8 +213,9 @@ def test_an_item_too_light_for_lead_acid_goes_to_manual_however_lead_like():
 
 
 def test_without_a_profiler_the_density_is_unknown_and_the_stricter_threshold_decides():
-    t = PolicyThresholds(lead_acid_min=0.9, not_lead_max=0.3, lead_density_min=1.4,
-                         lead_acid_min_missing={"profiler": 0.99})
+    t = PolicyThresholds(
+        lead_acid_min=0.9, not_lead_max=0.3, lead_density_min=1.4, lead_acid_min_missing={"profiler": 0.99}
+    )
     raw = mask_sensor(full_row(weight_g=11900.0)[None, :], "profiler")[0]
     assert np.isnan(envelope_density(raw))
     assert decide(np.array([0.995, 0.005, 0.0]), 0.0, raw, t).lane == "lead_acid"

@@ -93,15 +93,26 @@ def test_plots_label_what_they_show(evaluated, model, monkeypatch, tmp_path):
     import matplotlib.axes
 
     labels, bar_labels, notes = [], [], []
-    real_xlabel, real_bar_label, real_annotate = (matplotlib.axes.Axes.set_xlabel, matplotlib.axes.Axes.bar_label,
-                                                   matplotlib.axes.Axes.annotate)
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel",
-                        lambda self, text, *a, **k: (labels.append(text), real_xlabel(self, text, *a, **k))[1])
-    monkeypatch.setattr(matplotlib.axes.Axes, "bar_label",
-                        lambda self, bars, *a, **k: (bar_labels.append(k.get("labels")),
-                                                     real_bar_label(self, bars, *a, **k))[1])
-    monkeypatch.setattr(matplotlib.axes.Axes, "annotate",
-                        lambda self, text, *a, **k: (notes.append(text), real_annotate(self, text, *a, **k))[1])
+    real_xlabel, real_bar_label, real_annotate = (
+        matplotlib.axes.Axes.set_xlabel,
+        matplotlib.axes.Axes.bar_label,
+        matplotlib.axes.Axes.annotate,
+    )
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "set_xlabel",
+        lambda self, text, *a, **k: (labels.append(text), real_xlabel(self, text, *a, **k))[1],
+    )
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "bar_label",
+        lambda self, bars, *a, **k: (bar_labels.append(k.get("labels")), real_bar_label(self, bars, *a, **k))[1],
+    )
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "annotate",
+        lambda self, text, *a, **k: (notes.append(text), real_annotate(self, text, *a, **k))[1],
+    )
     d, _ = evaluated
     report_mod.evaluate_log(str(d / "log"), str(tmp_path / "rep"), model=model, workers=1)
     assert "increase in log-loss when shuffled" in labels and not any("drop" in t for t in labels)

@@ -27,22 +27,29 @@ def _line(tmp_path, lanes_ages, rotate=3):
     with LogWriter(log, rotate_items=rotate) as w, AuditLog(audit) as a:
         for k, (lane, age) in enumerate(lanes_ages):
             t = NOW - age * DAY
-            rec = w.append(ItemRecord(item_id=f"I{k}", t=t, weight_g=50.0), {"xray_low": LOW, "xray_high": LOW,
-                                                                               "rgb": RGB})
+            rec = w.append(
+                ItemRecord(item_id=f"I{k}", t=t, weight_g=50.0), {"xray_low": LOW, "xray_high": LOW, "rgb": RGB}
+            )
             if lane is not None:
-                a.record_decision(AuditRecord(rec.item_id, rec.line_no, t, t, t, lane, 0.5, 0.5, 0.0, lane, "r", "m",
-                                              5.0, 90.0, "acked"))
+                a.record_decision(
+                    AuditRecord(
+                        rec.item_id, rec.line_no, t, t, t, lane, 0.5, 0.5, 0.0, lane, "r", "m", 5.0, 90.0, "acked"
+                    )
+                )
     return log, audit
 
 
 def _station(tmp_path, queued=(), verdicts=()):
     p = tmp_path / "station.sqlite"
     c = sqlite3.connect(p)
-    c.execute("CREATE TABLE queue (audit_id INTEGER PRIMARY KEY, item_id TEXT, kind TEXT, lane TEXT, t_item REAL, "
-              "source_line INTEGER)")
+    c.execute(
+        "CREATE TABLE queue (audit_id INTEGER PRIMARY KEY, item_id TEXT, kind TEXT, lane TEXT, t_item REAL, "
+        "source_line INTEGER)"
+    )
     c.execute("CREATE TABLE verdicts (id INTEGER PRIMARY KEY, item_id TEXT, label TEXT)")
-    c.executemany("INSERT INTO queue (item_id, kind, lane, t_item) VALUES (?, 'spot', 'li_ion', 0)",
-                  [(i,) for i in queued])
+    c.executemany(
+        "INSERT INTO queue (item_id, kind, lane, t_item) VALUES (?, 'spot', 'li_ion', 0)", [(i,) for i in queued]
+    )
     c.executemany("INSERT INTO verdicts (item_id, label) VALUES (?, 'li_ion')", [(i,) for i in verdicts])
     c.commit()
     c.close()
@@ -58,8 +65,19 @@ def _has_images(log, rec):
 
 
 def test_old_sorted_images_go_labelled_and_young_ones_stay(tmp_path):
-    log, audit = _line(tmp_path, [("lead_acid", 10), ("li_ion", 10), ("manual", 10), ("hazard", 10),
-                                  ("li_ion", 10), ("lead_acid", 1), (None, 10), ("li_ion", 10)])
+    log, audit = _line(
+        tmp_path,
+        [
+            ("lead_acid", 10),
+            ("li_ion", 10),
+            ("manual", 10),
+            ("hazard", 10),
+            ("li_ion", 10),
+            ("lead_acid", 1),
+            (None, 10),
+            ("li_ion", 10),
+        ],
+    )
     station = _station(tmp_path, queued=["I4"], verdicts=["I7"])
     r = run_retention(log, audit, station=station, policy=RetentionPolicy(keep_sorted_days=7), now=NOW)
     recs = _present(log)
@@ -69,18 +87,21 @@ def test_old_sorted_images_go_labelled_and_young_ones_stay(tmp_path):
     assert r.images_deleted == 6 and r.bytes_deleted > 0 and r.expired_items == {"sorted": 2}
     assert len(recs) == 8  # the item lines stay
     # the labelled time applies to the labelled ones
-    r2 = run_retention(log, audit, station=station, now=NOW,
-                       policy=RetentionPolicy(keep_sorted_days=7, keep_labelled_days=9))
+    r2 = run_retention(
+        log, audit, station=station, now=NOW, policy=RetentionPolicy(keep_sorted_days=7, keep_labelled_days=9)
+    )
     gone = {i for i, rec in _present(log).items() if not _has_images(log, rec)}
     assert gone == {"I0", "I1", "I2", "I3", "I4", "I6", "I7"} and r2.already_expired == 6
     assert r2.skipped_lines == 0  # a stricter policy than the first run's: every line is read again
     # the next run with the same policy starts after the lines settled for good (older than 9 days)
-    r3 = run_retention(log, audit, station=station, now=NOW,
-                       policy=RetentionPolicy(keep_sorted_days=7, keep_labelled_days=9))
+    r3 = run_retention(
+        log, audit, station=station, now=NOW, policy=RetentionPolicy(keep_sorted_days=7, keep_labelled_days=9)
+    )
     assert r3.skipped_lines == 5 and r3.items == 3 and r3.images_deleted == 0
     # a day later item I5 (sorted, then 2 days old) is still kept; 6 days later it goes
-    r4 = run_retention(log, audit, station=station, now=NOW + 6 * DAY,
-                       policy=RetentionPolicy(keep_sorted_days=7, keep_labelled_days=9))
+    r4 = run_retention(
+        log, audit, station=station, now=NOW + 6 * DAY, policy=RetentionPolicy(keep_sorted_days=7, keep_labelled_days=9)
+    )
     assert r4.skipped_lines == 5 and r4.expired_items == {"sorted": 1}
 
 

@@ -177,8 +177,9 @@ def _copy_log(src, dst):
 
 
 @pytest.mark.parametrize("change", ["reordered", "renamed", "swapped"])
-def test_resume_after_the_logs_changed_equals_an_uninterrupted_run(tmp_path, log_with_bad_lines, second_log,
-                                                                    model, monkeypatch, change):
+def test_resume_after_the_logs_changed_equals_an_uninterrupted_run(
+    tmp_path, log_with_bad_lines, second_log, model, monkeypatch, change
+):
     a = _copy_log(log_with_bad_lines, tmp_path / "a")
     b = _copy_log(second_log, tmp_path / "b")
     out = tmp_path / "scores.csv"
@@ -208,9 +209,12 @@ def test_resume_of_the_same_logs_still_resumes(tmp_path, log_with_bad_lines, sec
     assert summary.resumed_from == 16
     full = tmp_path / "full.parquet"
     score_mod.score_logs([log_with_bad_lines, second_log], full, model=model, workers=1)
+
     def rows(p):  # NaN != NaN: compare them as text
-        return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                for r in pq.read_table(p).to_pylist()]
+        return [
+            {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in pq.read_table(p).to_pylist()
+        ]
 
     assert rows(out) == rows(full) and len(rows(full)) == summary.items
 
@@ -219,8 +223,11 @@ def test_a_log_given_twice_is_refused_before_anything_is_written(tmp_path, log_w
     link = tmp_path / "link"
     link.symlink_to(log_with_bad_lines, target_is_directory=True)
     out = tmp_path / "o.csv"
-    for logs in ([log_with_bad_lines, log_with_bad_lines], [log_with_bad_lines, second_log, f"{log_with_bad_lines}/"],
-                 [log_with_bad_lines, link]):
+    for logs in (
+        [log_with_bad_lines, log_with_bad_lines],
+        [log_with_bad_lines, second_log, f"{log_with_bad_lines}/"],
+        [log_with_bad_lines, link],
+    ):
         with pytest.raises(SorterError, match="given twice"):
             score_mod.score_logs(logs, out, model=model, workers=1)
         assert not out.exists() and not (tmp_path / "o.csv.partial").exists()
@@ -283,21 +290,29 @@ def test_the_error_summary_counts_each_kind_by_its_code(tmp_path, model):
 
     d = tmp_path / "log"
     d.mkdir()
-    (d / "items.jsonl").write_bytes(b"\n".join([
-        b'{"t": 1}',  # no item_id
-        b'{"item_id": "a"}',  # no t
-        b'{"item_id": "b", "t": "noon"}',  # a bad t
-        b"\xff\xfe",  # not UTF-8
-        b"",  # blank
-        b"[1]",  # not an object
-        b"{bad",  # not JSON
-        b'{"item_id": "c", "t": 1}',
-        b'{"item_id": "c", "t": 2}',  # duplicate
-        b'{"item_id": "d", "t"',  # torn (no newline at the end)
-    ]))
+    (d / "items.jsonl").write_bytes(
+        b"\n".join(
+            [
+                b'{"t": 1}',  # no item_id
+                b'{"item_id": "a"}',  # no t
+                b'{"item_id": "b", "t": "noon"}',  # a bad t
+                b"\xff\xfe",  # not UTF-8
+                b"",  # blank
+                b"[1]",  # not an object
+                b"{bad",  # not JSON
+                b'{"item_id": "c", "t": 1}',
+                b'{"item_id": "c", "t": 2}',  # duplicate
+                b'{"item_id": "d", "t"',  # torn (no newline at the end)
+            ]
+        )
+    )
     summary = score_mod.score_logs([d], tmp_path / "o.csv", model=model, workers=0)
     assert dict(summary.errors) == {
-        ErrorKind.ITEM_ID: 1, ErrorKind.TIME: 2, ErrorKind.UTF8: 1, ErrorKind.JSON: 3, ErrorKind.DUPLICATE: 1,
+        ErrorKind.ITEM_ID: 1,
+        ErrorKind.TIME: 2,
+        ErrorKind.UTF8: 1,
+        ErrorKind.JSON: 3,
+        ErrorKind.DUPLICATE: 1,
         ErrorKind.TORN: 1,
     }
     assert "errors: duplicate=1, field 't'=2, item_id=1, json=3, torn=1, utf-8=1" in summary.format()

@@ -41,8 +41,10 @@ def test_catalogue_rejects_a_bad_row_with_its_row_number():
 
 def test_extra_catalogue_products_are_simulated(tmp_path):
     extra = tmp_path / "extra.csv"
-    extra.write_text("name,chemistry,family,length_mm,width_mm,height_mm,mass_kg,nominal_v,nominal_ah\n"
-                     "Test LFP brick,li_ion_lfp,li_ion,200,100,150,2.4,12.8,20\n")
+    extra.write_text(
+        "name,chemistry,family,length_mm,width_mm,height_mm,mass_kg,nominal_v,nominal_ah\n"
+        "Test LFP brick,li_ion_lfp,li_ion,200,100,150,2.4,12.8,20\n"
+    )
     cat = load_catalog([extra])
     assert cat[-1].name == "Test LFP brick"
 
@@ -66,8 +68,9 @@ def test_tabulated_values_are_reproduced():
     assert tab.at("Water", np.array([100.0]))[0] == pytest.approx(0.1707, rel=1e-6)
 
 
-@pytest.mark.parametrize("material,thickness_cm,density", [("Fe", 0.5, 7.85), ("Al", 2.0, 2.70), ("Pb", 0.1, 11.35),
-                                                           ("Water", 10.0, 1.0)])
+@pytest.mark.parametrize(
+    "material,thickness_cm,density", [("Fe", 0.5, 7.85), ("Al", 2.0, 2.70), ("Pb", 0.1, 11.35), ("Water", 10.0, 1.0)]
+)
 def test_monochromatic_transmission_is_beer_lambert(material, thickness_cm, density):
     e = np.array([60.0, 100.0])
     ch = XrayChannels(e, np.eye(2))  # each channel a single energy
@@ -111,8 +114,20 @@ def test_cylinder_projection_matches_its_mass_within_sampling_error():
     assert maps.sum() * 0.2**2 == pytest.approx(cyl.mass_g, rel=0.05)
 
 
-@pytest.mark.parametrize("fragment", ["BCI Group 24 SLI", "DeWalt DCB205", "Go Power", "Tesla Model S", "Prius Gen3",
-                                      "NCR18650B", "iPhone", "Duracell MN1300", "Panasonic LC-R061R3P"])
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        "BCI Group 24 SLI",
+        "DeWalt DCB205",
+        "Go Power",
+        "Tesla Model S",
+        "Prius Gen3",
+        "NCR18650B",
+        "iPhone",
+        "Duracell MN1300",
+        "Panasonic LC-R061R3P",
+    ],
+)
 @pytest.mark.parametrize("pose", list(POSES))
 def test_areal_densities_integrate_to_the_item_mass(fragment, pose):
     rng = np.random.default_rng(7)
@@ -228,9 +243,21 @@ def test_bad_configuration_is_refused_with_the_option_named(bad):
         SimConfig(**bad)
 
 
-HARD_CASES = {"lookalike_dropin", "steel_cased_li_ion", "dense_bare_cell", "xray_lookalike_other", "xray_blackout",
-              "dry_lead_acid", "unknown_product", "damaged", "dropout_xray", "dropout_camera", "dropout_scale",
-              "dropout_profiler", "dropout_thermal"}
+HARD_CASES = {
+    "lookalike_dropin",
+    "steel_cased_li_ion",
+    "dense_bare_cell",
+    "xray_lookalike_other",
+    "xray_blackout",
+    "dry_lead_acid",
+    "unknown_product",
+    "damaged",
+    "dropout_xray",
+    "dropout_camera",
+    "dropout_scale",
+    "dropout_profiler",
+    "dropout_thermal",
+}
 """Every hard-case tag the simulator writes (``record.extra["hard_cases"]``)."""
 
 
@@ -331,8 +358,9 @@ def test_pitch_overrides_change_the_image_size_and_are_declared():
 
 
 def test_meta_declares_the_energies_of_the_overridden_spectrum(tmp_path):
-    cfg = SimConfig(items=2, seed=1, line="b", line_overrides={"kvp": 120, "mid_filter_cu_mm": 0.4},
-                    line_name="plant-7 test bench")
+    cfg = SimConfig(
+        items=2, seed=1, line="b", line_overrides={"kvp": 120, "mid_filter_cu_mm": 0.4}, line_name="plant-7 test bench"
+    )
     simulate_log(cfg, tmp_path / "log")
     meta = read_meta(tmp_path / "log")
     want = cfg.profile().channels().mean_energy()
@@ -345,8 +373,9 @@ def test_meta_declares_the_energies_of_the_overridden_spectrum(tmp_path):
 
 def test_sensor_offsets_shift_the_scalar_readings_by_their_amount():
     base = SimConfig(seed=3, faults=0)
-    off = SimConfig(seed=3, faults=0, line_overrides={"scale_offset_g": 250, "thermal_offset_c": -3,
-                                                      "profiler_offset_mm": 4})
+    off = SimConfig(
+        seed=3, faults=0, line_overrides={"scale_offset_g": 250, "thermal_offset_c": -3, "profiler_offset_mm": 4}
+    )
     for i in range(5):
         a, b = simulate_item(base, i).record, simulate_item(off, i).record
         assert b.weight_g - a.weight_g == pytest.approx(250, abs=0.11)
@@ -364,8 +393,14 @@ def test_belt_speed_smears_the_images_along_the_belt():
         return (np.diff(along) ** 2).sum(), (np.diff(across) ** 2).sum()
 
     still = simulate_item(SimConfig(seed=6, faults=0), 1)
-    moving = simulate_item(SimConfig(seed=6, faults=0, line_overrides={
-        "belt_speed_m_s": 3.0, "xray_integration_ms": 4.0, "camera_exposure_ms": 4.0}), 1)
+    moving = simulate_item(
+        SimConfig(
+            seed=6,
+            faults=0,
+            line_overrides={"belt_speed_m_s": 3.0, "xray_integration_ms": 4.0, "camera_exposure_ms": 4.0},
+        ),
+        1,
+    )
     for key in ("xray_low", "rgb"):
         (s_along, s_across), (m_along, m_across) = sharpness(still, key), sharpness(moving, key)
         assert m_along < 0.5 * s_along, key  # along the belt: smeared
@@ -374,15 +409,25 @@ def test_belt_speed_smears_the_images_along_the_belt():
 
 def test_ambient_light_lifts_the_camera_image():
     a = simulate_item(SimConfig(seed=8, faults=0), 0).images["rgb"].astype(float)
-    b = simulate_item(SimConfig(seed=8, faults=0, line_overrides={"ambient_rgb": (30, 20, 0)}), 0).images["rgb"].astype(float)
+    b = (
+        simulate_item(SimConfig(seed=8, faults=0, line_overrides={"ambient_rgb": (30, 20, 0)}), 0)
+        .images["rgb"]
+        .astype(float)
+    )
     lift = (b - a).reshape(-1, 3).mean(axis=0)
     assert lift[0] > 20 and 12 < lift[1] < lift[0] and abs(lift[2]) < 3
 
 
-@pytest.mark.parametrize("param, message", [
-    ("foo=1", "valid keys: kvp"), ("kvp=abc", "is not a number"), ("xray_gain=1.1", "2 comma-separated numbers"),
-    ("kvp=20", "outside its range"), ("kvp", "expected KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        ("foo=1", "valid keys: kvp"),
+        ("kvp=abc", "is not a number"),
+        ("xray_gain=1.1", "2 comma-separated numbers"),
+        ("kvp=20", "outside its range"),
+        ("kvp", "expected KEY=VALUE"),
+    ],
+)
 def test_bad_line_parameters_exit_2_with_a_clear_message(tmp_path, capsys, param, message):
     from sorter.cli import main
 
@@ -396,9 +441,29 @@ def test_cli_writes_a_shifted_line_and_leaves_families_out(tmp_path):
     from sorter.cli import main
 
     out = tmp_path / "shift"
-    rc = main(["simulate", "--items", "30", "--seed", "4", "--workers", "1", "--out", str(out), "--line", "b",
-               "--line-param", "kvp=120", "--line-param", "xray_gain=1.05,0.97", "--exclude-family", "li_pack_tool",
-               "--exclude-family", "lead_auto"])
+    rc = main(
+        [
+            "simulate",
+            "--items",
+            "30",
+            "--seed",
+            "4",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--line",
+            "b",
+            "--line-param",
+            "kvp=120",
+            "--line-param",
+            "xray_gain=1.05,0.97",
+            "--exclude-family",
+            "li_pack_tool",
+            "--exclude-family",
+            "lead_auto",
+        ]
+    )
     assert rc == 0
     meta = read_meta(out)
     assert meta.line == "sim-b+kvp=120+xray_gain=1.05,0.97"

@@ -34,9 +34,25 @@ def items300():
 def test_linec_does_not_use_the_renderer_of_lines_a_and_b():
     """Line c may share the product physics (items, geometry primitives, the attenuation table)
     but none of the a/b rendering route."""
-    forbidden = {"areal_density", "project_z", "render_xray", "render_rgb", "detector_channels", "_noise_bank",
-                 "gaussian_noise", "transmission", "mu_matrix", "read_scale", "read_profiler", "read_thermal",
-                 "outline", "_mu_for", "_cyl_path_z", "_coverage", "XrayChannels"}
+    forbidden = {
+        "areal_density",
+        "project_z",
+        "render_xray",
+        "render_rgb",
+        "detector_channels",
+        "_noise_bank",
+        "gaussian_noise",
+        "transmission",
+        "mu_matrix",
+        "read_scale",
+        "read_profiler",
+        "read_thermal",
+        "outline",
+        "_mu_for",
+        "_cyl_path_z",
+        "_coverage",
+        "XrayChannels",
+    }
     tree = ast.parse(LINEC_SOURCE.read_text())
     imported: set[str] = set()
     modules: set[str] = set()
@@ -49,7 +65,8 @@ def test_linec_does_not_use_the_renderer_of_lines_a_and_b():
     assert not imported & forbidden, imported & forbidden
     assert "sensors" not in modules and not any(m.endswith(".sensors") for m in modules)
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
-        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+    }
     assert not names & forbidden, names & forbidden
     # the geometry module is used for its primitive types only
     geo = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").endswith("geometry")]
@@ -73,8 +90,18 @@ def test_linec_log_is_valid_and_declares_its_line(tmp_path):
             assert item.xray_low.dtype == np.uint16 and item.xray_low.shape == item.xray_high.shape
         if item.rgb is not None:
             assert item.rgb.dtype == np.uint8 and item.rgb.ndim == 3
-        for key in ("product", "chemistry_truth", "in_catalog", "damaged", "damage", "energy_wh", "product_family",
-                    "hard_cases", "pose", "true_mass_g"):
+        for key in (
+            "product",
+            "chemistry_truth",
+            "in_catalog",
+            "damaged",
+            "damage",
+            "energy_wh",
+            "product_family",
+            "hard_cases",
+            "pose",
+            "true_mass_g",
+        ):
             assert key in ln.record.extra, key
 
 
@@ -195,10 +222,15 @@ def test_linec_differs_from_line_a_like_another_recorder():
     assert json.dumps(a.record.extra, sort_keys=True).count(":") > 5 and set(a.record.extra) == set(c.record.extra)
 
 
-@pytest.mark.parametrize("over, message", [
-    ({"adc_bits": 12}, "air_adu < 2\\*\\*adc_bits"), ({"jpeg_quality": 5}, "outside its range"),
-    ({"supersample": 9}, "outside its range"), ({"colour_cast": "1,1"}, "3 comma-separated numbers"),
-])
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"adc_bits": 12}, "air_adu < 2\\*\\*adc_bits"),
+        ({"jpeg_quality": 5}, "outside its range"),
+        ({"supersample": 9}, "outside its range"),
+        ({"colour_cast": "1,1"}, "3 comma-separated numbers"),
+    ],
+)
 def test_bad_linec_parameters_are_refused_with_a_clear_message(over, message):
     with pytest.raises(SimulationError, match=message):
         SimConfig(line="c", line_overrides=over)
@@ -208,8 +240,31 @@ def test_the_cli_writes_a_linec_log(tmp_path):
     from sorter.cli import main
 
     out = tmp_path / "c"
-    assert main(["simulate", "--line", "c", "--items", "12", "--seed", "2", "--workers", "1", "--out", str(out),
-                 "--line-param", "adc_bits=16", "--line-param", "air_adu=60000"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--line",
+                "c",
+                "--items",
+                "12",
+                "--seed",
+                "2",
+                "--workers",
+                "1",
+                "--out",
+                str(out),
+                "--line-param",
+                "adc_bits=16",
+                "--line-param",
+                "air_adu=60000",
+            ]
+        )
+        == 0
+    )
     meta = read_meta(out)
-    assert meta.line == "sim-c+adc_bits=16+air_adu=60000" and meta.xray_energies_kev == SimConfig(line="c").meta().xray_energies_kev
+    assert (
+        meta.line == "sim-c+adc_bits=16+air_adu=60000"
+        and meta.xray_energies_kev == SimConfig(line="c").meta().xray_energies_kev
+    )
     assert len(list(iter_log(out))) == 12

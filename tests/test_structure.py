@@ -37,7 +37,8 @@ MODULES: dict[str, Path] = {_module_name(p): p for p in sorted(ROOT.rglob("*.py"
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(name: str, path: Path) -> set[str]:
@@ -85,7 +86,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := dfs(nxt)):
                 return cycle
         stack.pop()
@@ -127,4 +128,5 @@ def test_a_long_module_says_why_it_is_long(name: str) -> None:
     doc = ast.get_docstring(ast.parse(text)) or ""
     assert _SAYS_WHY.search(doc), (
         f"{path.relative_to(ROOT.parent)} has {lines} lines (over {LONG}) and its docstring does not say "
-        "'Why this module is long: ...'; split it, or write the reason at its top")
+        "'Why this module is long: ...'; split it, or write the reason at its top"
+    )

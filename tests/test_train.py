@@ -134,8 +134,16 @@ def _rows(n, weight, p):
 
     raw = np.ones((n, len(RAW_COLUMNS)))
     col = {c: i for i, c in enumerate(RAW_COLUMNS)}
-    for k, v in {"weight_g": weight, "length_mm": 260.0, "width_mm": 173.0, "height_mm": 225.0,
-                 "xr_area_mm2": 40000.0, "surface_temp_c": 20.0, "ambient_c": 20.0, "cam_area_mm2": 40000.0}.items():
+    for k, v in {
+        "weight_g": weight,
+        "length_mm": 260.0,
+        "width_mm": 173.0,
+        "height_mm": 225.0,
+        "xr_area_mm2": 40000.0,
+        "surface_temp_c": 20.0,
+        "ambient_c": 20.0,
+        "cam_area_mm2": 40000.0,
+    }.items():
         raw[:, col[k]] = v
     raw[:, col["xr_long_power"]] = p  # the stub's probability column
     return raw, col["xr_long_power"]
@@ -144,14 +152,14 @@ def _rows(n, weight, p):
 def test_an_item_the_density_gate_stops_sets_no_probability_threshold():
     from sorter.train import choose_thresholds
 
-    lead, pc = _rows(60, 20000.0, 0.995)            # 1.98 kg/L
+    lead, pc = _rows(60, 20000.0, 0.995)  # 1.98 kg/L
     li, _ = _rows(60, 5000.0, 0.01)
-    dropin, _ = _rows(1, 11900.0, 0.97)              # 1.18 kg/L: a LiFePO4 drop-in the model takes for lead
+    dropin, _ = _rows(1, 11900.0, 0.97)  # 1.18 kg/L: a LiFePO4 drop-in the model takes for lead
     raw = np.vstack([lead, li, dropin])
     y = np.array(["lead_acid"] * 60 + ["li_ion"] * 61)
     t, rep = choose_thresholds(_StubModel(pc), raw, y, None, FAST)
-    assert 1.7 < t.lead_density_min < 1.98          # 0.9 x the lightest lead-acid
-    assert t.lead_acid_min < 0.97                    # the drop-in is the density gate's, not the threshold's
+    assert 1.7 < t.lead_density_min < 1.98  # 0.9 x the lightest lead-acid
+    assert t.lead_acid_min < 0.97  # the drop-in is the density gate's, not the threshold's
     # the same item at a lead-acid density must set the threshold above itself
     heavy, _ = _rows(1, 20000.0, 0.97)
     t2, _ = choose_thresholds(_StubModel(pc), np.vstack([lead, li, heavy]), y, None, FAST)

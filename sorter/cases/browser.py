@@ -18,8 +18,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
 # A4 at 96 px per inch, the page the manifest's @page rule prints on
 A4_VIEWPORT = {"width": 794, "height": 1123}
 
@@ -38,20 +45,28 @@ def find_chromium() -> str | None:
 
 @dataclass(frozen=True)
 class Rendered:
-    text: str          # the page's visible text (``inner_text`` of the body)
-    png: Path | None   # the screenshot, if asked for
+    text: str  # the page's visible text (``inner_text`` of the body)
+    png: Path | None  # the screenshot, if asked for
     pdf_pages: int | None  # pages of the printed PDF, if asked for
 
 
-def render(html: str | Path, *, png: str | Path | None = None, pdf: str | Path | None = None,
-           executable: str | None = None, scale: float = 1.0) -> Rendered:
+def render(
+    html: str | Path,
+    *,
+    png: str | Path | None = None,
+    pdf: str | Path | None = None,
+    executable: str | None = None,
+    scale: float = 1.0,
+) -> Rendered:
     """Open ``html`` (a file) in headless Chromium; return its text, and write a full-page
     screenshot (``png``) and the printed PDF (``pdf``, A4 with the page's print CSS)."""
     from playwright.sync_api import sync_playwright
 
     exe = executable or find_chromium()
     if exe is None:
-        raise FileNotFoundError("no Chromium found: install it (Debian: apt-get install chromium) or set SORTER_CHROMIUM")
+        raise FileNotFoundError(
+            "no Chromium found: install it (Debian: apt-get install chromium) or set SORTER_CHROMIUM"
+        )
     url = Path(html).resolve().as_uri()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, headless=True, args=list(CHROMIUM_FLAGS))
@@ -86,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="device pixels per CSS pixel (default 1)")
     args = ap.parse_args(argv)
     r = render(args.html, png=args.png, pdf=args.pdf, scale=args.scale)
-    print(f"{len(r.text)} characters of text" + (f", screenshot {r.png}" if r.png else "")
-          + (f", PDF of {r.pdf_pages} page(s)" if r.pdf_pages is not None else ""))
+    print(
+        f"{len(r.text)} characters of text"
+        + (f", screenshot {r.png}" if r.png else "")
+        + (f", PDF of {r.pdf_pages} page(s)" if r.pdf_pages is not None else "")
+    )
     return 0
 
 

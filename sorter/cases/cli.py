@@ -22,29 +22,50 @@ def add_commands(sub: Any) -> None:
 
 
 def _add_pack(sub: Any) -> None:
-    p = sub.add_parser("pack", help="plan fire-safe cases for a scored file's hazard items, with manifests",
-                       description=(
-        "Offer the items of a station's lane (default hazard) from a 'sorter score' output, in belt order, to the "
-        "same packing code the line uses: each case's summed energy upper bound stays within the limit. Writes "
-        "cases.csv, and per closed case a manifest CSV and a printable HTML page (see docs/cases.md)."))
+    p = sub.add_parser(
+        "pack",
+        help="plan fire-safe cases for a scored file's hazard items, with manifests",
+        description=(
+            "Offer the items of a station's lane (default hazard) from a 'sorter score' output, in belt order, to the "
+            "same packing code the line uses: each case's summed energy upper bound stays within the limit. Writes "
+            "cases.csv, and per closed case a manifest CSV and a printable HTML page (see docs/cases.md)."
+        ),
+    )
     p.add_argument("scores", help="scores file (.csv or .parquet) with energy_wh and energy_wh_upper columns")
     p.add_argument("--out", required=True, help="output directory (must be new or empty, unless --force)")
-    p.add_argument("--limit-wh", type=float, default=DEFAULT_LIMIT_WH,
-                   help=f"most summed energy bound per case, Wh (default {DEFAULT_LIMIT_WH:g}: the special permit)")
+    p.add_argument(
+        "--limit-wh",
+        type=float,
+        default=DEFAULT_LIMIT_WH,
+        help=f"most summed energy bound per case, Wh (default {DEFAULT_LIMIT_WH:g}: the special permit)",
+    )
     p.add_argument("--mass-limit-kg", type=float, default=None, help="most gross item mass per case, kg (default none)")
     p.add_argument("--line", default=None, help="line name for case ids and manifests (default: the logs' meta.json)")
     p.add_argument("--lane", default="hazard", help="the lane the case station packs (default hazard)")
-    p.add_argument("--case-id", default=DEFAULT_ID_SCHEME, dest="case_id_scheme",
-                   help="case id scheme with {line}, {date} and {n} (default "
-                   + repr(DEFAULT_ID_SCHEME).replace("%", "%%") + ")")
+    p.add_argument(
+        "--case-id",
+        default=DEFAULT_ID_SCHEME,
+        dest="case_id_scheme",
+        help="case id scheme with {line}, {date} and {n} (default " + repr(DEFAULT_ID_SCHEME).replace("%", "%%") + ")",
+    )
     p.add_argument("--first-case", type=int, default=1, help="number n of the first case (default 1)")
-    p.add_argument("--state", default=None, help=(
-        "continue from a station state (station.json of an earlier run with --keep-open): its open case fills first"))
-    p.add_argument("--keep-open", action="store_true", help=(
-        "leave the last case open (no manifest; station.json keeps it for the next run) instead of closing it"))
+    p.add_argument(
+        "--state",
+        default=None,
+        help=(
+            "continue from a station state (station.json of an earlier run with --keep-open): its open case fills first"
+        ),
+    )
+    p.add_argument(
+        "--keep-open",
+        action="store_true",
+        help=("leave the last case open (no manifest; station.json keeps it for the next run) instead of closing it"),
+    )
     p.add_argument("--consignor", default=None, help="consignor/permit block for the manifests, a TOML or JSON file")
     p.add_argument("--no-thumbnails", action="store_true", help="leave the X-ray thumbnails out of the manifests")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing an earlier run's files")
+    p.add_argument(
+        "--force", action="store_true", help="write into a non-empty --out, replacing an earlier run's files"
+    )
     p.set_defaults(func=_cmd_pack)
 
 
@@ -68,9 +89,14 @@ def _cmd_pack(args: Any) -> int:
         state = StationState.from_json(text, where=f"--state {args.state}")
     table = read_scores(args.scores)
     line = args.line or (state.config.line if state else None) or default_line(table)
-    config = StationConfig(lane=args.lane, limit_wh=args.limit_wh,
-                           mass_limit_g=None if args.mass_limit_kg is None else args.mass_limit_kg * 1000.0,
-                           case_id_scheme=args.case_id_scheme, line=line, auto_open=True)
+    config = StationConfig(
+        lane=args.lane,
+        limit_wh=args.limit_wh,
+        mass_limit_g=None if args.mass_limit_kg is None else args.mass_limit_kg * 1000.0,
+        case_id_scheme=args.case_id_scheme,
+        line=line,
+        auto_open=True,
+    )
     if state is not None:
         state = state.reconfigure(config)
         if state.open_case is None and args.first_case > state.next_n:
@@ -79,22 +105,30 @@ def _cmd_pack(args: Any) -> int:
         state = StationState.new(config, args.first_case)
     render = manifest_renderer(config, consignor, scores=args.scores, thumbnails=not args.no_thumbnails)
     out = Path(args.out)
-    plan, logs = plan_scores(args.scores, config, close_last=not args.keep_open, state=state,
-                              table=table)  # everything read and checked before anything is written
+    plan, logs = plan_scores(
+        args.scores, config, close_last=not args.keep_open, state=state, table=table
+    )  # everything read and checked before anything is written
     prepare_out(out, args.force)
     summary = write_plan(plan, out, render=render)
     for msg in logs.problems:
         print(f"sorter pack: warning: {msg}", file=sys.stderr)
     closed = [c for c in summary["cases"] if c["status"] == "closed"]
     refused = summary["refused"]
-    print(f"wrote {out}: {len(summary['cases'])} case(s) for {summary['items']} {config.lane} item(s), "
-          f"{len(closed)} closed with manifests" + (", 1 left open" if len(closed) < len(summary["cases"]) else ""))
+    print(
+        f"wrote {out}: {len(summary['cases'])} case(s) for {summary['items']} {config.lane} item(s), "
+        f"{len(closed)} closed with manifests" + (", 1 left open" if len(closed) < len(summary["cases"]) else "")
+    )
     if closed:
         fills = [c["upper_wh"] / c["limit_wh"] for c in closed]
-        print(f"summed bound per case: mean {100 * sum(fills) / len(fills):.1f} % of {config.limit_wh:g} Wh, "
-              f"max {max(c['upper_wh'] for c in closed):.1f} Wh")
-    print("refused: " + (", ".join(f"{k}={v}" for k, v in sorted(refused.items())) or "none")
-          + ("  (see the reason column of cases.csv; these items go to the safe place, docs/cases.md)" if refused else ""))
+        print(
+            f"summed bound per case: mean {100 * sum(fills) / len(fills):.1f} % of {config.limit_wh:g} Wh, "
+            f"max {max(c['upper_wh'] for c in closed):.1f} Wh"
+        )
+    print(
+        "refused: "
+        + (", ".join(f"{k}={v}" for k, v in sorted(refused.items())) or "none")
+        + ("  (see the reason column of cases.csv; these items go to the safe place, docs/cases.md)" if refused else "")
+    )
     return 0
 
 
@@ -102,8 +136,11 @@ def _cmd_pack(args: Any) -> int:
 
 
 def _add_cases(sub: Any) -> None:
-    p = sub.add_parser("cases", help="list, show or export the cases a pack run planned", description=(
-        "Read the cases a 'sorter pack' run wrote (--from DIR)."))
+    p = sub.add_parser(
+        "cases",
+        help="list, show or export the cases a pack run planned",
+        description=("Read the cases a 'sorter pack' run wrote (--from DIR)."),
+    )
     csub = p.add_subparsers(dest="cases_command", metavar="ACTION")
     common = {"required": True, "help": "the --out directory of a 'sorter pack' run"}
     a = csub.add_parser("list", help="one line per case: id, items, summed bound, fill, mass")
@@ -133,9 +170,11 @@ def _cmd_list(args: Any) -> int:
     print(f"{'case':<28} {'status':<7} {'items':>5} {'bound Wh':>9} {'fill':>6} {'est. Wh':>8} {'mass kg':>8}  closed")
     for c in cases:
         est = "—" if c["energy_wh"] is None else f"{c['energy_wh']:.1f}"
-        print(f"{c['case_id']:<28} {c['status']:<7} {c['items']:>5} {c['upper_wh']:>9.1f} "
-              f"{100 * c['upper_wh'] / c['limit_wh']:>5.1f}% {est:>8} {c['mass_g'] / 1000:>8.2f}  "
-              f"{c['closed_utc'] or '-'} {c['close_reason']}")
+        print(
+            f"{c['case_id']:<28} {c['status']:<7} {c['items']:>5} {c['upper_wh']:>9.1f} "
+            f"{100 * c['upper_wh'] / c['limit_wh']:>5.1f}% {est:>8} {c['mass_g'] / 1000:>8.2f}  "
+            f"{c['closed_utc'] or '-'} {c['close_reason']}"
+        )
     print(f"{len(cases)} case(s)")
     return 0
 
@@ -146,18 +185,24 @@ def _cmd_show(args: Any) -> int:
         print(json.dumps({"case": rec.summary, "items": rec.items}, indent=1))
         return 0
     s = rec.summary
-    print(f"case {s['case_id']} ({s['status']}{', ' + s['close_reason'] if s['close_reason'] else ''}) "
-          f"line {s['line']}, lane {s['lane']}")
+    print(
+        f"case {s['case_id']} ({s['status']}{', ' + s['close_reason'] if s['close_reason'] else ''}) "
+        f"line {s['line']}, lane {s['lane']}"
+    )
     print(f"opened {s['opened_utc'] or '-'}, closed {s['closed_utc'] or '-'}")
-    print(f"items {s['items']}; summed bound {s['upper_wh']:.1f} Wh of {s['limit_wh']:g} Wh; estimate "
-          f"{'—' if s['energy_wh'] is None else format(s['energy_wh'], '.1f')} Wh; gross mass {s['mass_g'] / 1000:.2f} kg"
-          + (f" + {s['mass_unknown']} without a weight" if s["mass_unknown"] else ""))
+    print(
+        f"items {s['items']}; summed bound {s['upper_wh']:.1f} Wh of {s['limit_wh']:g} Wh; estimate "
+        f"{'—' if s['energy_wh'] is None else format(s['energy_wh'], '.1f')} Wh; gross mass {s['mass_g'] / 1000:.2f} kg"
+        + (f" + {s['mass_unknown']} without a weight" if s["mass_unknown"] else "")
+    )
     if s.get("manifest_html"):
         print(f"manifest: {Path(args.source) / s['manifest_html']}")
     print(f"{'#':>3} {'item':<14} {'est. Wh':>8} {'bound Wh':>9} {'weight g':>9}  product")
     for r in rec.items:
-        print(f"{r['seq']:>3} {r['item_id']:<14} {r['energy_wh'] or '—':>8} {r['energy_wh_upper'] or '—':>9} "
-              f"{r['weight_g'] or '—':>9}  {r['product'] or ''}")
+        print(
+            f"{r['seq']:>3} {r['item_id']:<14} {r['energy_wh'] or '—':>8} {r['energy_wh_upper'] or '—':>9} "
+            f"{r['weight_g'] or '—':>9}  {r['product'] or ''}"
+        )
     return 0
 
 

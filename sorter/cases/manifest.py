@@ -29,7 +29,7 @@ from ..errors import ConfigError, SorterError
 from .packing import Case, StationConfig
 from .plan import PlannedItem, iso
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Transport facts (see the project's reference notes and docs/cases.md).
 PROPER_SHIPPING_NAMES = {
@@ -84,7 +84,7 @@ def load_consignor(path: str | Path | None) -> Consignor:
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"--consignor {p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'} ({err})") from err
     if not isinstance(data, dict):
-        raise ConfigError(f"--consignor {p}: expected a table of keys, e.g. consignor = \"Plant name\"")
+        raise ConfigError(f'--consignor {p}: expected a table of keys, e.g. consignor = "Plant name"')
     unknown = sorted(set(data) - set(CONSIGNOR_KEYS))
     if unknown:
         raise ConfigError(f"--consignor {p}: unknown key(s) {unknown}; valid keys: {sorted(CONSIGNOR_KEYS)}")
@@ -116,7 +116,7 @@ def xray_thumbnail(log_dir: str | None, rel: str | None, px: int = THUMB_PX) -> 
     except ImageExpiredError:
         return THUMB_EXPIRED
     except (SorterError, OSError, ValueError) as err:
-        log.warning("no thumbnail for %s in %s: %s", rel, log_dir, err)
+        logger.warning("no thumbnail for %s in %s: %s", rel, log_dir, err)
         return None
     t = np.clip(img.astype(np.float32) / 65535.0, 1e-6, 1.0)
     # Attenuation on a log scale: a Li-ion pack (T 0.01-0.1) shows its cells, lead stays black.
@@ -140,40 +140,71 @@ def _env() -> Any:
         import jinja2
     except ImportError as err:
         raise SorterError("manifests need Jinja2: pip install 'sorter[cases]'") from err
-    env = jinja2.Environment(loader=jinja2.PackageLoader("sorter.cases", "templates"),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("sorter.cases", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["num"] = _fmt
     return env
 
 
-def render_manifest(case: Case, items: Sequence[PlannedItem], config: StationConfig, consignor: Consignor,
-                    *, scores: str = "", thumbnails: bool = True) -> str:
+def render_manifest(
+    case: Case,
+    items: Sequence[PlannedItem],
+    config: StationConfig,
+    consignor: Consignor,
+    *,
+    scores: str = "",
+    thumbnails: bool = True,
+) -> str:
     """The HTML page of one case (a string; UTF-8 when written)."""
     rows = []
     for it in items:
-        rows.append({
-            "seq": it.seq, "item_id": it.item_id, "line_no": it.line_no, "product": it.product or "",
-            "energy_wh": it.item.energy_wh, "energy_wh_upper": it.item.energy_wh_upper, "weight_g": it.item.weight_g,
-            "t": iso(it.item.t).replace("T", " ").rstrip("Z"), "thumb": xray_thumbnail(it.info.log_dir, it.info.xray) if thumbnails else None,
-        })
+        rows.append(
+            {
+                "seq": it.seq,
+                "item_id": it.item_id,
+                "line_no": it.line_no,
+                "product": it.product or "",
+                "energy_wh": it.item.energy_wh,
+                "energy_wh_upper": it.item.energy_wh_upper,
+                "weight_g": it.item.weight_g,
+                "t": iso(it.item.t).replace("T", " ").rstrip("Z"),
+                "thumb": xray_thumbnail(it.info.log_dir, it.info.xray) if thumbnails else None,
+            }
+        )
     n = len(rows)
     density = "normal" if n <= 10 else "dense" if n <= 26 else "tiny"
     fill = case.upper_mwh / config.limit_mwh if config.limit_mwh else math.nan
     ctx = {
-        "case": case, "config": config, "rows": rows, "density": density,
-        "opened": iso(case.opened_t), "closed": iso(case.closed_t), "fill_pct": 100.0 * fill,
-        "energy_wh": case.energy_wh, "upper_wh": case.upper_wh, "mass_kg": case.mass_g / 1000.0,
-        "mass_unknown": case.mass_unknown, "n_missing_energy": sum(1 for r in rows if not math.isfinite(r["energy_wh"])),
-        "consignor": consignor, "un_number": consignor.un_number, "psn": consignor.proper_shipping_name,
-        "hazard_class": HAZARD_CLASS, "regulation": REGULATION, "marking": MARKING,
-        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "version": __version__,
+        "case": case,
+        "config": config,
+        "rows": rows,
+        "density": density,
+        "opened": iso(case.opened_t),
+        "closed": iso(case.closed_t),
+        "fill_pct": 100.0 * fill,
+        "energy_wh": case.energy_wh,
+        "upper_wh": case.upper_wh,
+        "mass_kg": case.mass_g / 1000.0,
+        "mass_unknown": case.mass_unknown,
+        "n_missing_energy": sum(1 for r in rows if not math.isfinite(r["energy_wh"])),
+        "consignor": consignor,
+        "un_number": consignor.un_number,
+        "psn": consignor.proper_shipping_name,
+        "hazard_class": HAZARD_CLASS,
+        "regulation": REGULATION,
+        "marking": MARKING,
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": __version__,
         "scores": Path(scores).name if scores else "",
     }
     return _env().get_template("manifest.html.j2").render(**ctx)
 
 
-def manifest_renderer(config: StationConfig, consignor: Consignor, *, scores: str = "", thumbnails: bool = True
-                      ) -> Any:
+def manifest_renderer(config: StationConfig, consignor: Consignor, *, scores: str = "", thumbnails: bool = True) -> Any:
     """``render(case, items)`` for :func:`sorter.cases.plan.write_plan`."""
     _env()  # fail early, before anything is written, if Jinja2 is missing
 
@@ -181,4 +212,3 @@ def manifest_renderer(config: StationConfig, consignor: Consignor, *, scores: st
         return render_manifest(case, items, config, consignor, scores=scores, thumbnails=thumbnails)
 
     return render
-

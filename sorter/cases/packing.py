@@ -121,31 +121,40 @@ class StationConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.lane, str) or not self.lane:
-            raise CaseStateError(f"case station lane must be a lane name, got {self.lane!r}; e.g. lane = \"hazard\"")
+            raise CaseStateError(f'case station lane must be a lane name, got {self.lane!r}; e.g. lane = "hazard"')
         if not _finite_nonneg(self.limit_wh) or self.limit_wh <= 0 or isinstance(self.limit_wh, bool):
-            raise CaseStateError(f"limit_wh must be a positive number of Wh, got {self.limit_wh!r}; the permit's is 2100")
+            raise CaseStateError(
+                f"limit_wh must be a positive number of Wh, got {self.limit_wh!r}; the permit's is 2100"
+            )
         if self.mass_limit_g is not None and (
-                isinstance(self.mass_limit_g, bool) or not _finite_nonneg(self.mass_limit_g) or self.mass_limit_g <= 0):
+            isinstance(self.mass_limit_g, bool) or not _finite_nonneg(self.mass_limit_g) or self.mass_limit_g <= 0
+        ):
             raise CaseStateError(f"mass_limit_g must be a positive number of g or None, got {self.mass_limit_g!r}")
         if not isinstance(self.line, str) or not self.line:
             raise CaseStateError(f"line must be a non-empty name, got {self.line!r}")
         if not isinstance(self.case_id_scheme, str):
             raise CaseStateError(f"case_id_scheme must be a string, got {self.case_id_scheme!r}")
         try:
-            names = {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(self.case_id_scheme)
-                     if f is not None}
+            names = {
+                f.split(".")[0].split("[")[0]
+                for _, f, _, _ in string.Formatter().parse(self.case_id_scheme)
+                if f is not None
+            }
         except ValueError as err:
-            raise CaseStateError(f"case_id_scheme {self.case_id_scheme!r} is not a valid format: {err}; "
-                                 f"e.g. {DEFAULT_ID_SCHEME!r}") from err
+            raise CaseStateError(
+                f"case_id_scheme {self.case_id_scheme!r} is not a valid format: {err}; e.g. {DEFAULT_ID_SCHEME!r}"
+            ) from err
         if not names <= _ID_FIELDS or "n" not in names:
             raise CaseStateError(
                 f"case_id_scheme {self.case_id_scheme!r} may use only {{line}}, {{date}} and {{n}}, and must use {{n}} "
-                f"(ids must be unique); e.g. {DEFAULT_ID_SCHEME!r}")
+                f"(ids must be unique); e.g. {DEFAULT_ID_SCHEME!r}"
+            )
         try:
             probe = self.case_id(1, 0.0)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
-            raise CaseStateError(f"case_id_scheme {self.case_id_scheme!r} cannot be formatted: {err}; "
-                                 f"e.g. {DEFAULT_ID_SCHEME!r}") from err
+            raise CaseStateError(
+                f"case_id_scheme {self.case_id_scheme!r} cannot be formatted: {err}; e.g. {DEFAULT_ID_SCHEME!r}"
+            ) from err
         if not probe.strip():
             raise CaseStateError(f"case_id_scheme {self.case_id_scheme!r} gives an empty id")
 
@@ -163,8 +172,14 @@ class StationConfig:
         return self.case_id_scheme.format(line=self.line, date=date, n=n)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lane": self.lane, "limit_wh": self.limit_wh, "mass_limit_g": self.mass_limit_g,
-                "case_id_scheme": self.case_id_scheme, "line": self.line, "auto_open": self.auto_open}
+        return {
+            "lane": self.lane,
+            "limit_wh": self.limit_wh,
+            "mass_limit_g": self.mass_limit_g,
+            "case_id_scheme": self.case_id_scheme,
+            "line": self.line,
+            "auto_open": self.auto_open,
+        }
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "station config") -> StationConfig:
@@ -172,8 +187,9 @@ class StationConfig:
             raise CaseStateError(f"{where}: expected an object, got {type(d).__name__}")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise CaseStateError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: "
-                                 f"{sorted(cls.__dataclass_fields__)}")
+            raise CaseStateError(
+                f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}"
+            )
         try:
             return cls(**d)
         except TypeError as err:
@@ -196,18 +212,26 @@ class PackItem:
     t: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        return {"item_id": self.item_id, "energy_wh_upper": _num_out(self.energy_wh_upper),
-                "energy_wh": _num_out(self.energy_wh), "weight_g": _num_out(self.weight_g), "t": _num_out(self.t)}
+        return {
+            "item_id": self.item_id,
+            "energy_wh_upper": _num_out(self.energy_wh_upper),
+            "energy_wh": _num_out(self.energy_wh),
+            "weight_g": _num_out(self.weight_g),
+            "t": _num_out(self.t),
+        }
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> PackItem:
         if not isinstance(d, dict) or set(d) != {"item_id", "energy_wh_upper", "energy_wh", "weight_g", "t"}:
-            raise CaseStateError(f"{where}: expected an item object with item_id, energy_wh_upper, energy_wh, "
-                                 f"weight_g and t, got {d!r:.200}")
+            raise CaseStateError(
+                f"{where}: expected an item object with item_id, energy_wh_upper, energy_wh, "
+                f"weight_g and t, got {d!r:.200}"
+            )
         if not isinstance(d["item_id"], str):
             raise CaseStateError(f"{where}: item_id must be a string")
-        return cls(d["item_id"], *(_num_in(d[k], f"{where}.{k}")
-                                   for k in ("energy_wh_upper", "energy_wh", "weight_g", "t")))
+        return cls(
+            d["item_id"], *(_num_in(d[k], f"{where}.{k}") for k in ("energy_wh_upper", "energy_wh", "weight_g", "t"))
+        )
 
 
 def _num_out(x: float) -> float | None:
@@ -272,14 +296,26 @@ class Case:
     def with_item(self, item: PackItem) -> Case:
         w = item.weight_g
         known = _finite_nonneg(w)
-        return replace(self, items=self.items + (item,), upper_mwh=self.upper_mwh + _milli_up(item.energy_wh_upper),
-                       mass_mg=self.mass_mg + (_milli_up(w) if known else 0),
-                       mass_unknown=self.mass_unknown + (not known))
+        return replace(
+            self,
+            items=self.items + (item,),
+            upper_mwh=self.upper_mwh + _milli_up(item.energy_wh_upper),
+            mass_mg=self.mass_mg + (_milli_up(w) if known else 0),
+            mass_unknown=self.mass_unknown + (not known),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"case_id": self.case_id, "n": self.n, "opened_t": self.opened_t,
-                "items": [i.to_dict() for i in self.items], "upper_mwh": self.upper_mwh, "mass_mg": self.mass_mg,
-                "mass_unknown": self.mass_unknown, "closed_t": self.closed_t, "close_reason": self.close_reason}
+        return {
+            "case_id": self.case_id,
+            "n": self.n,
+            "opened_t": self.opened_t,
+            "items": [i.to_dict() for i in self.items],
+            "upper_mwh": self.upper_mwh,
+            "mass_mg": self.mass_mg,
+            "mass_unknown": self.mass_unknown,
+            "closed_t": self.closed_t,
+            "close_reason": self.close_reason,
+        }
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Case:
@@ -296,14 +332,24 @@ class Case:
             raise CaseStateError(f"{where}: case_id and close_reason must be strings")
         opened = _num_in(d["opened_t"], f"{where}.opened_t")
         closed = None if d["closed_t"] is None else _num_in(d["closed_t"], f"{where}.closed_t")
-        case = cls(d["case_id"], d["n"], opened, tuple(PackItem.from_dict(x, f"{where}.items[{k}]")
-                                                        for k, x in enumerate(items)),
-                   d["upper_mwh"], d["mass_mg"], d["mass_unknown"], closed, d["close_reason"])
+        case = cls(
+            d["case_id"],
+            d["n"],
+            opened,
+            tuple(PackItem.from_dict(x, f"{where}.items[{k}]") for k, x in enumerate(items)),
+            d["upper_mwh"],
+            d["mass_mg"],
+            d["mass_unknown"],
+            closed,
+            d["close_reason"],
+        )
         # The sums must be those of the items: a hand-edited state cannot under-count.
         again = cls.rebuild(case.case_id, case.n, case.opened_t, case.items)
         if (again.upper_mwh, again.mass_mg, again.mass_unknown) != (case.upper_mwh, case.mass_mg, case.mass_unknown):
-            raise CaseStateError(f"{where}: the sums do not match the items (upper_mwh {case.upper_mwh} vs "
-                                 f"{again.upper_mwh}); the state file is damaged, restore it from the audit log")
+            raise CaseStateError(
+                f"{where}: the sums do not match the items (upper_mwh {case.upper_mwh} vs "
+                f"{again.upper_mwh}); the state file is damaged, restore it from the audit log"
+            )
         return case
 
 
@@ -378,19 +424,25 @@ class StationState:
             if c.upper_mwh > config.limit_mwh:
                 raise CaseStateError(
                     f"open case {c.case_id} holds {c.upper_wh:.3f} Wh of bounds, over the new limit {config.limit_wh} Wh;"
-                    " close the case under the old configuration first")
+                    " close the case under the old configuration first"
+                )
             mlim = config.mass_limit_mg
             if mlim is not None and (c.mass_mg > mlim or c.mass_unknown):
                 raise CaseStateError(
                     f"open case {c.case_id} cannot be proved within the new mass limit {config.mass_limit_g} g; "
-                    "close the case under the old configuration first")
+                    "close the case under the old configuration first"
+                )
         return replace(self, config=config)
 
     # -- persistence --------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": STATE_FORMAT, "config": self.config.to_dict(),
-                "open_case": None if self.open_case is None else self.open_case.to_dict(), "next_n": self.next_n}
+        return {
+            "format": STATE_FORMAT,
+            "config": self.config.to_dict(),
+            "open_case": None if self.open_case is None else self.open_case.to_dict(),
+            "next_n": self.next_n,
+        }
 
     def to_json(self) -> str:
         """The state as one line of JSON (no NaN: missing numbers are ``null``)."""
@@ -399,7 +451,9 @@ class StationState:
     @classmethod
     def from_dict(cls, d: Any, where: str = "case station state") -> StationState:
         if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
-            raise CaseStateError(f"{where}: not a {STATE_FORMAT} state (format {d.get('format') if isinstance(d, dict) else None!r})")
+            raise CaseStateError(
+                f"{where}: not a {STATE_FORMAT} state (format {d.get('format') if isinstance(d, dict) else None!r})"
+            )
         if set(d) != {"format", "config", "open_case", "next_n"}:
             raise CaseStateError(f"{where}: expected keys format, config, open_case, next_n; got {sorted(d)}")
         cfg = StationConfig.from_dict(d["config"], f"{where}.config")
@@ -451,19 +505,28 @@ def offer(state: StationState, item: PackItem, now: float | None = None) -> Offe
     cfg = state.config
     upper = item.energy_wh_upper
     if not _finite_nonneg(upper):
-        return _refuse(state, item, "not_packable",
-                       f"no valid energy bound (energy_wh_upper={upper!r}): the case limit cannot be proved")
+        return _refuse(
+            state,
+            item,
+            "not_packable",
+            f"no valid energy bound (energy_wh_upper={upper!r}): the case limit cannot be proved",
+        )
     up_mwh = _milli_up(upper)
     if up_mwh > cfg.limit_mwh:
-        return _refuse(state, item, "not_packable",
-                       f"energy bound {upper:.1f} Wh alone exceeds the case limit {cfg.limit_wh:g} Wh")
+        return _refuse(
+            state, item, "not_packable", f"energy bound {upper:.1f} Wh alone exceeds the case limit {cfg.limit_wh:g} Wh"
+        )
     mlim = cfg.mass_limit_mg
     if mlim is not None:
         if not _finite_nonneg(item.weight_g):
             return _refuse(state, item, "not_packable", "no weight reading: the case mass limit cannot be proved")
         if _milli_up(item.weight_g) > mlim:
-            return _refuse(state, item, "not_packable",
-                           f"weight {item.weight_g:.0f} g alone exceeds the case mass limit {cfg.mass_limit_g:g} g")
+            return _refuse(
+                state,
+                item,
+                "not_packable",
+                f"weight {item.weight_g:.0f} g alone exceeds the case mass limit {cfg.mass_limit_g:g} g",
+            )
     t = item.t if now is None else now
     if not isinstance(t, (int, float)) or not math.isfinite(t):
         raise CaseStateError(f"item {item.item_id!r}: no time to open or close a case with; pass now=")
@@ -479,9 +542,8 @@ def offer(state: StationState, item: PackItem, now: float | None = None) -> Offe
         st, closed = st.close(t, "full")
     if st.open_case is None:
         if not cfg.auto_open:
-            why = (f"case {closed.case_id} full ({closed.upper_wh:.1f} Wh of {cfg.limit_wh:g}); " if closed else "")
-            return _refuse(st, item, "no_case_ready", why + f"no case ready at the {cfg.lane} station",
-                           closed)
+            why = f"case {closed.case_id} full ({closed.upper_wh:.1f} Wh of {cfg.limit_wh:g}); " if closed else ""
+            return _refuse(st, item, "no_case_ready", why + f"no case ready at the {cfg.lane} station", closed)
         st, _ = st.open(t)
     case = st.open_case
     assert case is not None and fits(case)  # an empty case fits any packable item (rules 2 and 3)

@@ -33,17 +33,40 @@ from ..errors import LogFormatError, SorterError
 from ..logformat import ITEMS_FILE, iter_log, layout, read_meta
 from .packing import Case, Offer, PackItem, StationConfig, StationState
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("log", "line_no", "item_id", "lane", "energy_wh", "energy_wh_upper")
 FLOAT_COLUMNS = ("energy_wh", "energy_wh_upper", "weight_g")
 CASES_FILE = "cases.csv"
 SUMMARY_FILE = "summary.json"
 STATE_FILE = "station.json"
-CASES_COLUMNS = ("case_id", "seq", "status", "reason", "item_id", "log", "line_no", "lane", "t", "energy_wh",
-                 "energy_wh_upper", "weight_g", "product")
-MANIFEST_COLUMNS = ("case_id", "seq", "item_id", "log", "line_no", "product", "energy_wh", "energy_wh_upper",
-                    "weight_g", "passed_bridge_utc")
+CASES_COLUMNS = (
+    "case_id",
+    "seq",
+    "status",
+    "reason",
+    "item_id",
+    "log",
+    "line_no",
+    "lane",
+    "t",
+    "energy_wh",
+    "energy_wh_upper",
+    "weight_g",
+    "product",
+)
+MANIFEST_COLUMNS = (
+    "case_id",
+    "seq",
+    "item_id",
+    "log",
+    "line_no",
+    "product",
+    "energy_wh",
+    "energy_wh_upper",
+    "weight_g",
+    "passed_bridge_utc",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,16 +133,23 @@ def read_scores(path: str | os.PathLike) -> pa.Table:
             types = {c: pa.float64() for c in FLOAT_COLUMNS if c in names}
             types.update({c: pa.string() for c in ("log", "item_id", "lane", "product") if c in names})
             types["line_no"] = pa.int64()
-            table = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(
-                column_types={k: v for k, v in types.items() if k in names}, strings_can_be_null=True))
+            table = pacsv.read_csv(
+                p,
+                convert_options=pacsv.ConvertOptions(
+                    column_types={k: v for k, v in types.items() if k in names}, strings_can_be_null=True
+                ),
+            )
         else:
             raise SorterError(f"{p}: use the .csv or .parquet file 'sorter score' wrote")
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError, csv.Error) as err:
         raise SorterError(f"{p}: cannot read the scores ({err}); pass the file 'sorter score' wrote") from err
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
-        hint = (" (the energy columns come from a model that estimates each item's energy; rescore the logs with it)"
-                if {"energy_wh", "energy_wh_upper"} & set(missing) else "")
+        hint = (
+            " (the energy columns come from a model that estimates each item's energy; rescore the logs with it)"
+            if {"energy_wh", "energy_wh_upper"} & set(missing)
+            else ""
+        )
         raise SorterError(f"{p}: missing column(s) {', '.join(missing)}{hint}")
     return table
 
@@ -160,9 +190,13 @@ class LogIndex:
                 if r is None:
                     continue
                 prod = r.extra.get("product")
-                out[r.item_id] = ItemInfo(t=r.t, weight_g=_float(r.weight_g),
-                                          product=prod if isinstance(prod, str) and prod else None,
-                                          xray=r.xray_low or r.xray_high, log_dir=log_dir)
+                out[r.item_id] = ItemInfo(
+                    t=r.t,
+                    weight_g=_float(r.weight_g),
+                    product=prod if isinstance(prod, str) and prod else None,
+                    xray=r.xray_low or r.xray_high,
+                    log_dir=log_dir,
+                )
         except (LogFormatError, OSError) as err:
             self.problems.append(f"{log_dir}: {err}")
         return out
@@ -176,8 +210,9 @@ class LogIndex:
 
 def lane_items(table: pa.Table, lane: str, logs: LogIndex) -> Iterator[PlannedItem]:
     """The rows of ``lane`` in row order, as items to pack (what the log adds looked up)."""
-    cols = {c: table.column(c).to_pylist() for c in (*REQUIRED_COLUMNS, "weight_g", "product")
-            if c in table.column_names}
+    cols = {
+        c: table.column(c).to_pylist() for c in (*REQUIRED_COLUMNS, "weight_g", "product") if c in table.column_names
+    }
     for k, row_lane in enumerate(cols["lane"]):
         if row_lane != lane:
             continue
@@ -189,16 +224,28 @@ def lane_items(table: pa.Table, lane: str, logs: LogIndex) -> Iterator[PlannedIt
         weight = _float(cols["weight_g"][k]) if "weight_g" in cols else info.weight_g
         product = (cols["product"][k] if "product" in cols else None) or info.product
         line_no = cols["line_no"][k]
-        yield PlannedItem(log_dir, None if line_no is None else int(line_no), str(item_id), lane,
-                          PackItem(str(item_id), _float(cols["energy_wh_upper"][k]), _float(cols["energy_wh"][k]),
-                                   weight, info.t), info, product)
+        yield PlannedItem(
+            log_dir,
+            None if line_no is None else int(line_no),
+            str(item_id),
+            lane,
+            PackItem(str(item_id), _float(cols["energy_wh_upper"][k]), _float(cols["energy_wh"][k]), weight, info.t),
+            info,
+            product,
+        )
 
 
 # ------------------------------------------------------------------------------ planning
 
 
-def plan_items(items: Iterable[PlannedItem], config: StationConfig, *, state: StationState | None = None,
-               close_last: bool = True, run_t: float | None = None) -> PackPlan:
+def plan_items(
+    items: Iterable[PlannedItem],
+    config: StationConfig,
+    *,
+    state: StationState | None = None,
+    close_last: bool = True,
+    run_t: float | None = None,
+) -> PackPlan:
     """Offer ``items`` in order to a station (``state``, or a new one) and record each outcome.
 
     An item without a bridge time opens or closes cases at ``run_t`` (default: now)."""
@@ -209,8 +256,21 @@ def plan_items(items: Iterable[PlannedItem], config: StationConfig, *, state: St
     last_t = run_t
     if st.open_case is not None:  # items of a resumed open case: listed, not offered again
         for k, pi in enumerate(st.open_case.items, start=1):
-            planned.append(PlannedItem("", None, pi.item_id, config.lane, pi, ItemInfo(t=pi.t), None, "assigned",
-                                       "carried over in the open case of --state", st.open_case.case_id, k))
+            planned.append(
+                PlannedItem(
+                    "",
+                    None,
+                    pi.item_id,
+                    config.lane,
+                    pi,
+                    ItemInfo(t=pi.t),
+                    None,
+                    "assigned",
+                    "carried over in the open case of --state",
+                    st.open_case.case_id,
+                    k,
+                )
+            )
     for it in items:
         now = it.item.t if math.isfinite(it.item.t) else run_t
         last_t = now
@@ -229,9 +289,15 @@ def plan_items(items: Iterable[PlannedItem], config: StationConfig, *, state: St
     return PackPlan(config, planned, cases, st)
 
 
-def plan_scores(scores: str | os.PathLike, config: StationConfig, *, close_last: bool = True,
-                state: StationState | None = None, run_t: float | None = None, table: pa.Table | None = None
-                ) -> tuple[PackPlan, LogIndex]:
+def plan_scores(
+    scores: str | os.PathLike,
+    config: StationConfig,
+    *,
+    close_last: bool = True,
+    state: StationState | None = None,
+    run_t: float | None = None,
+    table: pa.Table | None = None,
+) -> tuple[PackPlan, LogIndex]:
     """Plan cases for a scores file (see the module docstring); ``table``: the file, if read already."""
     table = read_scores(scores) if table is None else table
     logs = LogIndex()
@@ -277,14 +343,25 @@ def safe_file_id(case_id: str) -> str:
 def case_summary(case: Case, config: StationConfig) -> dict[str, Any]:
     """The totals of one case, as written to summary.json and shown by ``sorter cases``."""
     fid = safe_file_id(case.case_id)
-    return {"case_id": case.case_id, "n": case.n, "line": config.line, "lane": config.lane,
-            "status": "open" if case.is_open else "closed", "close_reason": case.close_reason,
-            "opened_utc": iso(case.opened_t), "closed_utc": iso(case.closed_t), "items": len(case.items),
-            "energy_wh": round(case.energy_wh, 3) if math.isfinite(case.energy_wh) else None,
-            "upper_wh": case.upper_wh, "limit_wh": config.limit_wh, "mass_g": case.mass_g,
-            "mass_unknown": case.mass_unknown, "mass_limit_g": config.mass_limit_g,
-            "manifest_csv": f"case-{fid}.csv" if not case.is_open else None,
-            "manifest_html": f"case-{fid}.html" if not case.is_open else None}
+    return {
+        "case_id": case.case_id,
+        "n": case.n,
+        "line": config.line,
+        "lane": config.lane,
+        "status": "open" if case.is_open else "closed",
+        "close_reason": case.close_reason,
+        "opened_utc": iso(case.opened_t),
+        "closed_utc": iso(case.closed_t),
+        "items": len(case.items),
+        "energy_wh": round(case.energy_wh, 3) if math.isfinite(case.energy_wh) else None,
+        "upper_wh": case.upper_wh,
+        "limit_wh": config.limit_wh,
+        "mass_g": case.mass_g,
+        "mass_unknown": case.mass_unknown,
+        "mass_limit_g": config.mass_limit_g,
+        "manifest_csv": f"case-{fid}.csv" if not case.is_open else None,
+        "manifest_html": f"case-{fid}.html" if not case.is_open else None,
+    }
 
 
 OWNED_PATTERNS = (CASES_FILE, SUMMARY_FILE, STATE_FILE, "case-*.csv", "case-*.html")
@@ -297,8 +374,10 @@ def prepare_out(out: Path, force: bool) -> None:
         raise SorterError(f"--out {out} is a file; pass a directory")
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise SorterError(f"--out {out} exists and is not empty; choose a new directory or pass --force "
-                              "to replace an earlier pack run's files there")
+            raise SorterError(
+                f"--out {out} exists and is not empty; choose a new directory or pass --force "
+                "to replace an earlier pack run's files there"
+            )
         for pat in OWNED_PATTERNS:
             for f in out.glob(pat):
                 if f.is_file():
@@ -306,17 +385,35 @@ def prepare_out(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def write_plan(plan: PackPlan, out: Path, *, render: Any = None, extra_summary: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
+def write_plan(
+    plan: PackPlan, out: Path, *, render: Any = None, extra_summary: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write ``cases.csv``, a manifest CSV per closed case, ``summary.json`` and ``station.json``;
     ``render(case, items) -> str`` writes each closed case's HTML page when given."""
     with open(out / CASES_FILE, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(CASES_COLUMNS)
         for it in plan.items:
-            w.writerow([_cell(x) for x in (it.case_id, it.seq, it.status, it.reason, it.item_id, it.log, it.line_no,
-                                           it.lane, iso(it.item.t), it.item.energy_wh, it.item.energy_wh_upper,
-                                           it.item.weight_g, it.product)])
+            w.writerow(
+                [
+                    _cell(x)
+                    for x in (
+                        it.case_id,
+                        it.seq,
+                        it.status,
+                        it.reason,
+                        it.item_id,
+                        it.log,
+                        it.line_no,
+                        it.lane,
+                        iso(it.item.t),
+                        it.item.energy_wh,
+                        it.item.energy_wh_upper,
+                        it.item.weight_g,
+                        it.product,
+                    )
+                ]
+            )
     groups = plan.by_case()
     summaries = []
     for case in plan.cases:
@@ -328,18 +425,39 @@ def write_plan(plan: PackPlan, out: Path, *, render: Any = None, extra_summary: 
             w = csv.writer(fh)
             w.writerow(MANIFEST_COLUMNS)
             for it in groups.get(case.case_id, []):
-                w.writerow([_cell(x) for x in (case.case_id, it.seq, it.item_id, it.log, it.line_no, it.product,
-                                               it.item.energy_wh, it.item.energy_wh_upper, it.item.weight_g,
-                                               iso(it.item.t))])
+                w.writerow(
+                    [
+                        _cell(x)
+                        for x in (
+                            case.case_id,
+                            it.seq,
+                            it.item_id,
+                            it.log,
+                            it.line_no,
+                            it.product,
+                            it.item.energy_wh,
+                            it.item.energy_wh_upper,
+                            it.item.weight_g,
+                            iso(it.item.t),
+                        )
+                    ]
+                )
         if render is not None:
             (out / s["manifest_html"]).write_text(render(case, groups.get(case.case_id, [])), encoding="utf-8")
     refused: dict[str, int] = {}
     for it in plan.items:
         if it.status != "assigned":
             refused[it.status] = refused.get(it.status, 0) + 1
-    summary = {"format": "sorter-cases/1", "scores": plan.scores, "station": plan.config.to_dict(),
-               "lines": plan.lines, "items": len(plan.items), "refused": refused, "cases": summaries,
-               **(extra_summary or {})}
+    summary = {
+        "format": "sorter-cases/1",
+        "scores": plan.scores,
+        "station": plan.config.to_dict(),
+        "lines": plan.lines,
+        "items": len(plan.items),
+        "refused": refused,
+        "cases": summaries,
+        **(extra_summary or {}),
+    }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     (out / STATE_FILE).write_text(plan.state.to_json() + "\n", encoding="utf-8")
     return summary

@@ -18,9 +18,25 @@ from ..errors import SorterError
 from .plan import CASES_COLUMNS, CASES_FILE, SUMMARY_FILE
 
 # The totals of a case, as summary.json holds them (see sorter.cases.plan.case_summary).
-SUMMARY_KEYS = ("case_id", "n", "line", "lane", "status", "close_reason", "opened_utc", "closed_utc", "items",
-                "energy_wh", "upper_wh", "limit_wh", "mass_g", "mass_unknown", "mass_limit_g", "manifest_csv",
-                "manifest_html")
+SUMMARY_KEYS = (
+    "case_id",
+    "n",
+    "line",
+    "lane",
+    "status",
+    "close_reason",
+    "opened_utc",
+    "closed_utc",
+    "items",
+    "energy_wh",
+    "upper_wh",
+    "limit_wh",
+    "mass_g",
+    "mass_unknown",
+    "mass_limit_g",
+    "manifest_csv",
+    "manifest_html",
+)
 
 
 @dataclass(frozen=True)
@@ -55,13 +71,17 @@ class PackDirSource:
             self.summary = json.loads(sp.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise SorterError(f"{sp}: cannot read it ({err}); rerun 'sorter pack'") from err
-        if not isinstance(self.summary, dict) or self.summary.get("format") != "sorter-cases/1" \
-                or not isinstance(self.summary.get("cases"), list):
+        if (
+            not isinstance(self.summary, dict)
+            or self.summary.get("format") != "sorter-cases/1"
+            or not isinstance(self.summary.get("cases"), list)
+        ):
             raise SorterError(f"{sp}: not a sorter-cases/1 summary; rerun 'sorter pack'")
         for k, c in enumerate(self.summary["cases"]):
             if not isinstance(c, dict) or set(SUMMARY_KEYS) - set(c):
-                raise SorterError(f"{sp}: case {k} lacks keys {sorted(set(SUMMARY_KEYS) - set(c or {}))}; "
-                                  "rerun 'sorter pack'")
+                raise SorterError(
+                    f"{sp}: case {k} lacks keys {sorted(set(SUMMARY_KEYS) - set(c or {}))}; rerun 'sorter pack'"
+                )
 
     def list_cases(self) -> list[dict[str, Any]]:
         return [dict(c) for c in self.summary["cases"]]

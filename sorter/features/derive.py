@@ -25,8 +25,15 @@ from .measure import CAMERA_COLUMNS
 LEAD_ACID_DENSITY_KG_L = 2.4  # middle of the 1.8-3.1 kg/L range of lead-acid batteries (reference)
 CAMERA_GEOMETRY = CAMERA_COLUMNS[:5] + ("cam_defect_rel",)  # the camera columns the model sees
 _CAMERA_GEOMETRY_INDEX = [CAMERA_COLUMNS.index(c) for c in CAMERA_GEOMETRY]
-CROSS_SENSOR_INPUTS = ("weight_g", "length_mm", "width_mm", "xr_area_mm2", "xr_al_eq_mass_g", "xr_pb_eq_mass_g",
-                       "cam_area_mm2")
+CROSS_SENSOR_INPUTS = (
+    "weight_g",
+    "length_mm",
+    "width_mm",
+    "xr_area_mm2",
+    "xr_al_eq_mass_g",
+    "xr_pb_eq_mass_g",
+    "cam_area_mm2",
+)
 
 
 def scale_profiler(X: np.ndarray) -> np.ndarray:
@@ -36,11 +43,23 @@ def scale_profiler(X: np.ndarray) -> np.ndarray:
         vol_l = length * width * height * 1e-6
         dens = (w / 1000.0) / vol_l
         lead_ratio = (w / 1000.0) / (LEAD_ACID_DENSITY_KG_L * vol_l)
-        out = np.column_stack([
-            w, np.log(np.clip(w, 1e-3, None)), vol_l, np.log(np.clip(vol_l, 1e-9, None)), dens, lead_ratio,
-            length, width, height, length / width, width / height,
-            np.isnan(w).astype(float), np.isnan(X[:, 1:]).any(axis=1).astype(float),
-        ])
+        out = np.column_stack(
+            [
+                w,
+                np.log(np.clip(w, 1e-3, None)),
+                vol_l,
+                np.log(np.clip(vol_l, 1e-9, None)),
+                dens,
+                lead_ratio,
+                length,
+                width,
+                height,
+                length / width,
+                width / height,
+                np.isnan(w).astype(float),
+                np.isnan(X[:, 1:]).any(axis=1).astype(float),
+            ]
+        )
     out[~np.isfinite(out)] = np.nan
     return out
 

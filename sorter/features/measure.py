@@ -182,6 +182,7 @@ def _fft_band(n: int, mm_per_px: float) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 # ---------------------------------------------------------------------------- X-ray
 
+
 def _attenuation(levels: np.ndarray) -> np.ndarray:
     """Attenuation -ln T (float32) of 16-bit transmission levels (T = level / 65535, clipped at
     the detector floor)."""
@@ -418,8 +419,15 @@ class _XrayView(NamedTuple):
     rect: tuple[int, int, int, int]  # the item's bounding rectangle (x, y, w, h)
 
 
-def _xray_work_view(low: np.ndarray | None, high: np.ndarray | None, mask: np.ndarray, outline: np.ndarray,
-                    box: tuple, area_px: int, px: float) -> _XrayView:
+def _xray_work_view(
+    low: np.ndarray | None,
+    high: np.ndarray | None,
+    mask: np.ndarray,
+    outline: np.ndarray,
+    box: tuple,
+    area_px: int,
+    px: float,
+) -> _XrayView:
     """The images binned to about XRAY_WORK_MM_PER_PX, the mask binned with them (pixels at
     least half inside the item); the detector's pixels when there is no binning or the binned
     item would be a sliver."""
@@ -463,11 +471,13 @@ def _xray_attenuation(out: np.ndarray, v: _XrayView, scale: MaterialScale) -> No
     if u_low is not None:
         censored = np.maximum(u_low, np.uint16(_OPAQUE_LOW_U))
         out[_X["xr_al_eq_low_p10"] : _X["xr_al_eq_low_p90"] + 1] = (
-            _att_percentiles(censored, (10, 50, 90)) / scale.mu_al_low)
+            _att_percentiles(censored, (10, 50, 90)) / scale.mu_al_low
+        )
     if u_high is not None:
         censored = np.maximum(u_high, np.uint16(_OPAQUE_HIGH_U))
         out[_X["xr_al_eq_high_p10"] : _X["xr_al_eq_high_p90"] + 1] = (
-            _att_percentiles(censored, (10, 50, 90)) / scale.mu_al_high)
+            _att_percentiles(censored, (10, 50, 90)) / scale.mu_al_high
+        )
         out[_X["xr_al_eq_mass_g"]] = float(_ATT.take(censored).sum()) * px_cm2 / scale.mu_al_high
     if u_low is not None and u_high is not None:
         meas = (u_high > _MEAS_HIGH_MIN_U) & (u_high < _MEAS_HIGH_MAX_U) & (u_low > _MEAS_LOW_MIN_U)
@@ -523,8 +533,9 @@ def _xray_structure(out: np.ndarray, v: _XrayView, box: tuple) -> None:
         cm = amask[by : by + bh, bx : bx + bw]
         # trim the case walls: the middle 80 % in each direction
         hh, ww = crop.shape
-        inner = crop[int(0.1 * hh) : max(int(0.9 * hh), int(0.1 * hh) + 1),
-                     int(0.1 * ww) : max(int(0.9 * ww), int(0.1 * ww) + 1)]
+        inner = crop[
+            int(0.1 * hh) : max(int(0.9 * hh), int(0.1 * hh) + 1), int(0.1 * ww) : max(int(0.9 * ww), int(0.1 * ww) + 1)
+        ]
         out[_X["xr_long_period_mm"]], out[_X["xr_long_power"]] = _periodicity(inner.sum(axis=0) / inner.shape[0], px)
         out[_X["xr_cross_period_mm"]], out[_X["xr_cross_power"]] = _periodicity(inner.sum(axis=1) / inner.shape[1], px)
         # the interior: the item less about 4 mm all round (5 x 5 at 2 mm, 3 x 3 at 3-4 mm)

@@ -80,9 +80,19 @@ class ScaleProfilerFeatures(_StatelessTransformer):
 
     def _output_names(self):
         return [
-            "weight_g", "log_weight", "volume_l", "log_volume", "density_kg_l", "mass_vs_lead_acid",
-            "length_mm", "width_mm", "height_mm", "aspect_length_width", "aspect_width_height",
-            "weight_missing", "dims_missing",
+            "weight_g",
+            "log_weight",
+            "volume_l",
+            "log_volume",
+            "density_kg_l",
+            "mass_vs_lead_acid",
+            "length_mm",
+            "width_mm",
+            "height_mm",
+            "aspect_length_width",
+            "aspect_width_height",
+            "weight_missing",
+            "dims_missing",
         ]
 
     def _transform(self, X):
@@ -168,8 +178,13 @@ class CrossSensorFeatures(_StatelessTransformer):
         return self.INPUTS
 
     def _output_names(self):
-        return ["al_eq_mass_per_gram", "pb_eq_mass_per_gram", "xray_vs_profiler_area", "camera_vs_profiler_area",
-                "areal_density_g_cm2"]
+        return [
+            "al_eq_mass_per_gram",
+            "pb_eq_mass_per_gram",
+            "xray_vs_profiler_area",
+            "camera_vs_profiler_area",
+            "areal_density_g_cm2",
+        ]
 
     def _transform(self, X):
         return derive.cross_sensor(X)

@@ -58,16 +58,18 @@ def build_link(config: LineConfig) -> PlcLink:
     if p.kind == "memory":
         # A dry run's in-process PLC has the case block when packing is on, with an operator who
         # swaps a full case in 5 s.
-        station = (CaseStationProgram(swap_s=5.0, ready_at_start=True, lane=config.cases.lane)
-                   if case_block is not None else None)
-        return MemoryPlc(scan_ms=p.memory_scan_ms, case_block=case_block, case_station=station,
-                         **options)  # type: ignore[arg-type]
-    return ModbusPlcLink(p.host, p.port, device_id=p.device_id, case_block=case_block,
-                         **options)  # type: ignore[arg-type]
+        station = (
+            CaseStationProgram(swap_s=5.0, ready_at_start=True, lane=config.cases.lane)
+            if case_block is not None
+            else None
+        )
+        return MemoryPlc(scan_ms=p.memory_scan_ms, case_block=case_block, case_station=station, **options)  # type: ignore[arg-type]
+    return ModbusPlcLink(p.host, p.port, device_id=p.device_id, case_block=case_block, **options)  # type: ignore[arg-type]
 
 
-def build_source(config: LineConfig, *, announce: Callable[[int, float], None] | None = None,
-                 pool: Sequence[Any] | None = None) -> SourceFactory:
+def build_source(
+    config: LineConfig, *, announce: Callable[[int, float], None] | None = None, pool: Sequence[Any] | None = None
+) -> SourceFactory:
     """A source factory for :class:`Controller` from the configuration.
 
     A log source resumes after the audit log's resume point; ``announce`` tells
@@ -82,15 +84,30 @@ def build_source(config: LineConfig, *, announce: Callable[[int, float], None] |
 
             s = config.simulated
             sim = SimConfig(items=max(1, s.pool), seed=s.seed, mix=s.mix, line=s.line, faults=s.faults)
-            return SimulatedSource(sim, timing, items=s.items, rate_hz=s.rate_hz, pool_size=s.pool, pool=pool,
-                                   announce=announce, workers=min(2, os.cpu_count() or 1))
+            return SimulatedSource(
+                sim,
+                timing,
+                items=s.items,
+                rate_hz=s.rate_hz,
+                pool_size=s.pool,
+                pool=pool,
+                announce=announce,
+                workers=min(2, os.cpu_count() or 1),
+            )
         start = resume.resume_point + 1
         if resume.resume_point:
             logger.info("resuming %s after line %d (from the audit log)", ln.log_dir, resume.resume_point)
-        return LogFollowSource(Path(ln.log_dir), timing, start_line=start,
-                               recheck_from=max(1, start - RECHECK_LINES) if resume.resume_point else None,
-                               is_recorded=is_recorded, follow=ln.follow, poll_s=ln.log_poll_ms / 1000.0,
-                               queue_size=max(4, min(ln.max_in_flight, 256)), announce=announce)
+        return LogFollowSource(
+            Path(ln.log_dir),
+            timing,
+            start_line=start,
+            recheck_from=max(1, start - RECHECK_LINES) if resume.resume_point else None,
+            is_recorded=is_recorded,
+            follow=ln.follow,
+            poll_s=ln.log_poll_ms / 1000.0,
+            queue_size=max(4, min(ln.max_in_flight, 256)),
+            announce=announce,
+        )
 
     return factory
 
@@ -138,20 +155,29 @@ async def run_line(
         status_line = None  # set below, needs the controller's snapshot
     else:
         status_line = None
-    controller = Controller(config, link=link, source=source or build_source(config, announce=announce),
-                            scorer=scorer, metrics=metrics, status=status_line, settle=settle)
+    controller = Controller(
+        config,
+        link=link,
+        source=source or build_source(config, announce=announce),
+        scorer=scorer,
+        metrics=metrics,
+        status=status_line,
+        settle=settle,
+    )
     if status is True:
         controller.status = StatusLine(controller.snapshot, interval_s=config.status.interval_s)
     loop = asyncio.get_running_loop()
     signals: list[signal.Signals] = []
     if handle_signals:
+
         def on_signal(signum: int) -> None:
             if controller.stop_requested:
                 logger.warning("second %s: stopping now", signal.Signals(signum).name)
                 controller.abort()
             else:
-                logger.warning("%s: finishing the items in flight, then stopping (again to stop now)",
-                               signal.Signals(signum).name)
+                logger.warning(
+                    "%s: finishing the items in flight, then stopping (again to stop now)", signal.Signals(signum).name
+                )
                 controller.request_stop()
 
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -60,11 +60,14 @@ CASE_EVENTS = ("case_open", "case_close")
 Event = tuple[str, dict[str, Any]]
 
 
-def pack_item(item_id: str, energy_wh_upper: float | None, energy_wh: float | None, weight_g: float | None,
-              t: float) -> PackItem:
+def pack_item(
+    item_id: str, energy_wh_upper: float | None, energy_wh: float | None, weight_g: float | None, t: float
+) -> PackItem:
     """A :class:`PackItem` from a decision's (or audit row's) values, ``None`` as NaN."""
+
     def num(x: float | None) -> float:
         return math.nan if x is None else float(x)
+
     return PackItem(item_id, num(energy_wh_upper), num(energy_wh), num(weight_g), float(t))
 
 
@@ -83,12 +86,12 @@ class CaseStation:
         The ``CASE_PLACED`` value the open (or last) case was opened for.
     """
 
-    def __init__(self, section: CasesSection, line: str, *, state: StationState | None = None,
-                 opened_for: int | None = None) -> None:
+    def __init__(
+        self, section: CasesSection, line: str, *, state: StationState | None = None, opened_for: int | None = None
+    ) -> None:
         try:
             cfg = section.station_config(line)
-            self.state = (StationState.new(cfg, section.first_case) if state is None
-                          else state.reconfigure(cfg))
+            self.state = StationState.new(cfg, section.first_case) if state is None else state.reconfigure(cfg)
         except CaseStateError as err:
             raise ConfigError(f"[cases]: {err}") from err
         self.section = section
@@ -121,15 +124,23 @@ class CaseStation:
                 items = [pack_item(r.item_id, r.energy_wh_upper, r.energy_wh, r.weight_g, r.t_item) for r in rows]
                 seqs = [r.case_seq for r in rows]
                 if seqs != list(range(1, len(rows) + 1)):
-                    raise CaseStateError(f"{where}: case {case.case_id}'s items have positions {seqs[:20]}, not "
-                                         "1..n; the audit log is damaged: close the case by hand")
-                state = StationState(state.config, Case.rebuild(case.case_id, case.n, case.opened_t, items),
-                                     state.next_n)
+                    raise CaseStateError(
+                        f"{where}: case {case.case_id}'s items have positions {seqs[:20]}, not "
+                        "1..n; the audit log is damaged: close the case by hand"
+                    )
+                state = StationState(
+                    state.config, Case.rebuild(case.case_id, case.n, case.opened_t, items), state.next_n
+                )
         station = cls(section, line, state=state, opened_for=detail.get("placed"))
         if state.open_case is not None:
             c = state.open_case
-            logger.info("case station resumed: case %s open with %d item(s), %.1f Wh of %g", c.case_id,
-                        len(c.items), c.upper_wh, state.config.limit_wh)
+            logger.info(
+                "case station resumed: case %s open with %d item(s), %.1f Wh of %g",
+                c.case_id,
+                len(c.items),
+                c.upper_wh,
+                state.config.limit_wh,
+            )
         return station
 
     # -- the line ----------------------------------------------------------------
@@ -177,8 +188,12 @@ class CaseStation:
             self.opened_for = words.placed
             self.last_case = case
             logger.info("case %s open (CASE_PLACED %d)", case.case_id, words.placed)
-            events.append(("case_open", {"case_id": case.case_id, "n": case.n, "placed": words.placed,
-                                         "state": self.state.to_dict()}))
+            events.append(
+                (
+                    "case_open",
+                    {"case_id": case.case_id, "n": case.n, "placed": words.placed, "state": self.state.to_dict()},
+                )
+            )
         return events
 
     def answered(self, case_id: str) -> bool:
@@ -206,12 +221,27 @@ class CaseStation:
     def _close_event(self, closed: Case) -> Event:
         self.closed += 1
         self.last_case = closed
-        logger.info("case %s closed (%s): %d item(s), %.1f Wh of %g", closed.case_id, closed.close_reason,
-                    len(closed.items), closed.upper_wh, self.state.config.limit_wh)
-        return ("case_close", {"case_id": closed.case_id, "n": closed.n, "reason": closed.close_reason,
-                               "items": len(closed.items), "upper_wh": closed.upper_wh,
-                               "closed_t": closed.closed_t, "placed": self.opened_for,
-                               "state": self.state.to_dict()})
+        logger.info(
+            "case %s closed (%s): %d item(s), %.1f Wh of %g",
+            closed.case_id,
+            closed.close_reason,
+            len(closed.items),
+            closed.upper_wh,
+            self.state.config.limit_wh,
+        )
+        return (
+            "case_close",
+            {
+                "case_id": closed.case_id,
+                "n": closed.n,
+                "reason": closed.close_reason,
+                "items": len(closed.items),
+                "upper_wh": closed.upper_wh,
+                "closed_t": closed.closed_t,
+                "placed": self.opened_for,
+                "state": self.state.to_dict(),
+            },
+        )
 
     def write_state_file(self) -> None:
         """Write ``[cases] state_file`` (if set) atomically: a copy for ``sorter pack --state``."""

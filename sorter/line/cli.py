@@ -27,7 +27,8 @@ def add_commands(sub: Any) -> None:
 
 def _add_run(sub: Any) -> None:
     p = sub.add_parser(
-        "run", help="run the line controller (score items, send lanes to the PLC)",
+        "run",
+        help="run the line controller (score items, send lanes to the PLC)",
         description=(
             "Run the line controller: follow the sensor bridge's log (or a simulated conveyor), score each item, "
             "record the decision in the audit log, and send the lane to the PLC over Modbus TCP before the item's "
@@ -35,20 +36,35 @@ def _add_run(sub: Any) -> None:
             "signal stops at once. Settings: --config file < SORTER_SECTION_KEY environment variables < --set "
             "options (see docs/configuration.md; examples/line.toml is a commented example). Exit status: 0 when "
             "every item has its audit row, the PLC's lane counters agree with the controller and no item missed "
-            "its deadline; 1 otherwise (the summary says why); 2 for a configuration error."),
+            "its deadline; 1 otherwise (the summary says why); 2 for a configuration error."
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", default=None, help="TOML configuration file (e.g. line.toml)")
-    p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
-                   help="override one setting, e.g. --set plc.host=192.168.10.20 (repeatable; wins over "
-                        "the file and the environment)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the effective configuration with where each value came from, and exit (without "
-                        "--config: the defaults)")
-    p.add_argument("--replay-rate", type=float, default=None, metavar="R",
-                   help="replay a recorded log (line.source = \"log\") at R times the speed it was recorded at: "
-                        "each item is handed over when its bridge time comes round, and its deadline runs from "
-                        "then (1 = belt speed as recorded)")
+    p.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override one setting, e.g. --set plc.host=192.168.10.20 (repeatable; wins over "
+        "the file and the environment)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration with where each value came from, and exit (without "
+        "--config: the defaults)",
+    )
+    p.add_argument(
+        "--replay-rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help='replay a recorded log (line.source = "log") at R times the speed it was recorded at: '
+        "each item is handed over when its bridge time comes round, and its deadline runs from "
+        "then (1 = belt speed as recorded)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_run)
 
@@ -78,7 +94,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 "no --config given: a line needs at least line.log_dir (the sensor bridge's log) and the PLC's "
                 "address; start from examples/line.toml in the source tree (every key is in "
                 "docs/configuration.md), or write the defaults with `sorter run --print-config > line.toml`; "
-                "`sorter demo` runs a whole simulated line") from err
+                "`sorter demo` runs a whole simulated line"
+            ) from err
         raise
     source = None
     if cfg.line.source == "log":
@@ -86,7 +103,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.replay_rate is not None:
             source = _paced(cfg, args.replay_rate)
     elif args.replay_rate is not None:
-        raise ConfigError("--replay-rate paces a recorded log; it needs line.source = \"log\"")
+        raise ConfigError('--replay-rate paces a recorded log; it needs line.source = "log"')
     summary = asyncio.run(run_line(cfg, source=source, handle_signals=True))
     if args.json:
         print(json.dumps(summary.to_json(), indent=2, default=str))
@@ -108,8 +125,10 @@ def run_problems(summary: Any) -> list[str]:
     if summary.plc_agrees is False:
         out.append("the PLC's lane counters differ from the controller's")
     if summary.overload:
-        out.append(f"{_items(summary.overload)} past the deadline before scoring (overload; replaying a "
-                   "recorded log? pace it with --replay-rate)")
+        out.append(
+            f"{_items(summary.overload)} past the deadline before scoring (overload; replaying a "
+            "recorded log? pace it with --replay-rate)"
+        )
     late = max(0, summary.deadline_misses - summary.overload)  # deadline_misses counts the overload too
     if late > 0:
         out.append(f"{late} decision{'s' if late != 1 else ''} missed the deadline")
@@ -159,10 +178,12 @@ def _paced(cfg: Any, rate: float) -> Any:
 
 def _add_plc_sim(sub: Any) -> None:
     p = sub.add_parser(
-        "plc-sim", help="run a simulated divert PLC (Modbus TCP on loopback)",
+        "plc-sim",
+        help="run a simulated divert PLC (Modbus TCP on loopback)",
         description=(
             "Serve the divert PLC's register contract (docs/plc-interface.md) over Modbus TCP, for commissioning "
-            "and tests without a PLC. Listens on loopback only. Ctrl-C stops it."),
+            "and tests without a PLC. Listens on loopback only. Ctrl-C stops it."
+        ),
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback only; default %(default)s)")
     p.add_argument("--port", type=int, default=5020, help="TCP port, 0 for a free one (default %(default)s)")
@@ -170,24 +191,36 @@ def _add_plc_sim(sub: Any) -> None:
     p.add_argument("--device-id", type=int, default=1, help="Modbus unit id (default %(default)s)")
     p.add_argument("--base", type=int, default=100, help="PDU address of the map (default %(default)s)")
     p.add_argument("--slots", type=int, default=8, help="mailbox ring size N (default %(default)s)")
+    p.add_argument("--pc-timeout-s", type=float, default=1.5, help="PC heartbeat timeout in s (default %(default)s)")
     p.add_argument(
-        "--pc-timeout-s", type=float, default=1.5, help="PC heartbeat timeout in s (default %(default)s)"
-    )
-    p.add_argument(
-        "--untracked", choices=["apply", "late"], default="apply",
+        "--untracked",
+        choices=["apply", "late"],
+        default="apply",
         help="answer to a decision for an item the PLC was never told about: apply it at once (a simulator has "
-             "no sensor bridge) or 'late' as the contract says for a real PLC (default %(default)s)")
+        "no sensor bridge) or 'late' as the contract says for a real PLC (default %(default)s)",
+    )
     p.add_argument(
         "--report-s", type=float, default=5.0, help="print counters every this many seconds (default %(default)s)"
     )
-    p.add_argument("--cases", action="store_true",
-                   help="also serve the case-station block (docs/plc-interface.md), with a simulated operator who "
-                        "swaps a full case in --case-swap-s seconds; a case is in place at the start")
+    p.add_argument(
+        "--cases",
+        action="store_true",
+        help="also serve the case-station block (docs/plc-interface.md), with a simulated operator who "
+        "swaps a full case in --case-swap-s seconds; a case is in place at the start",
+    )
     p.add_argument("--case-base", type=int, default=300, help="PDU address of the case block (default %(default)s)")
-    p.add_argument("--case-lane", choices=["hazard", "li_ion"], default="hazard",
-                   help="the lane whose chute ends at the case station (default %(default)s)")
-    p.add_argument("--case-swap-s", type=float, default=5.0,
-                   help="seconds the simulated operator takes to swap a full case (default %(default)s)")
+    p.add_argument(
+        "--case-lane",
+        choices=["hazard", "li_ion"],
+        default="hazard",
+        help="the lane whose chute ends at the case station (default %(default)s)",
+    )
+    p.add_argument(
+        "--case-swap-s",
+        type=float,
+        default=5.0,
+        help="seconds the simulated operator takes to swap a full case (default %(default)s)",
+    )
     p.set_defaults(func=_cmd_plc_sim)
 
 
@@ -202,8 +235,11 @@ def _cmd_plc_sim(args: argparse.Namespace) -> int:
     from sorter.line.plc.sim import PlcSimulator
 
     try:
-        station = (CaseStationProgram(swap_s=args.case_swap_s, ready_at_start=True, lane=args.case_lane)
-                   if args.cases else None)
+        station = (
+            CaseStationProgram(swap_s=args.case_swap_s, ready_at_start=True, lane=args.case_lane)
+            if args.cases
+            else None
+        )
         sim = PlcSimulator(
             args.host,
             args.port,
@@ -235,8 +271,10 @@ def _cmd_plc_sim(args: argparse.Namespace) -> int:
                 await asyncio.sleep(args.report_s)
                 counts = " ".join(f"{k}={v}" for k, v in sim.counters.items())
                 if station is not None:
-                    counts += (f" case_placed={station.placed} case_ready={int(station.ready)} "
-                               f"in_case={len(station.cases.get(station.placed, []))} buffer={len(station.buffer)}")
+                    counts += (
+                        f" case_placed={station.placed} case_ready={int(station.ready)} "
+                        f"in_case={len(station.cases.get(station.placed, []))} buffer={len(station.buffer)}"
+                    )
                 print(f"faults=0x{int(sim.model.faults):04x} {counts}", flush=True)
         finally:
             await sim.stop()
@@ -256,33 +294,53 @@ def _cmd_plc_sim(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
-        "demo", help="run the whole line on this machine: simulated PLC + conveyor + controller",
+        "demo",
+        help="run the whole line on this machine: simulated PLC + conveyor + controller",
         description=(
             "Start a simulated PLC (real Modbus TCP server on 127.0.0.1, a free port) and a simulated conveyor in "
             "this process, run the line controller with the shipped model over Modbus TCP, show live progress, and "
             "end with a summary: lanes, what went where against the simulator's truth, latency, deadline misses, "
             "audit rows against items, and the PLC's counters against the controller's. Needs nothing else "
-            "running; about 40 s with the defaults."),
+            "running; about 40 s with the defaults."
+        ),
     )
     p.add_argument("--items", type=int, default=600, help="items on the belt (default %(default)s)")
     p.add_argument("--rate", type=float, default=20.0, help="items per second (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default %(default)s)")
     p.add_argument("--mix", default="recycler", help="intake mix: recycler or balanced (default %(default)s)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="directory for the audit log, kept after the run (default: a temporary directory, deleted at "
-                        "the end)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="directory for the audit log, kept after the run (default: a temporary directory, deleted at the end)",
+    )
     p.add_argument("--force", action="store_true", help="replace an audit log already in --out")
-    p.add_argument("--pool", type=int, default=300,
-                   help="distinct items simulated up front, cycled with fresh ids (default %(default)s)")
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=300,
+        help="distinct items simulated up front, cycled with fresh ids (default %(default)s)",
+    )
     p.add_argument("--workers", type=int, default=2, help="scoring worker processes (default %(default)s)")
     p.add_argument("--scan-ms", type=float, default=10.0, help="simulated PLC scan period (default %(default)s)")
     p.add_argument("--no-status", action="store_true", help="no live status line")
-    p.add_argument("--no-cases", action="store_true",
-                   help="no case station: the hazard lane ends at its chute as before (default: packing on)")
-    p.add_argument("--case-limit-wh", type=float, default=2100.0,
-                   help="case limit in Wh (default %(default)s, the permit's; a small one shows swaps in a short demo)")
-    p.add_argument("--case-swap-s", type=float, default=3.0,
-                   help="seconds the simulated operator takes to confirm a new case (default %(default)s)")
+    p.add_argument(
+        "--no-cases",
+        action="store_true",
+        help="no case station: the hazard lane ends at its chute as before (default: packing on)",
+    )
+    p.add_argument(
+        "--case-limit-wh",
+        type=float,
+        default=2100.0,
+        help="case limit in Wh (default %(default)s, the permit's; a small one shows swaps in a short demo)",
+    )
+    p.add_argument(
+        "--case-swap-s",
+        type=float,
+        default=3.0,
+        help="seconds the simulated operator takes to confirm a new case (default %(default)s)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
@@ -296,10 +354,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         # PLC link would drown them on a busy machine (-v shows them).
         logging.getLogger("sorter.line.plc").setLevel(logging.ERROR)
 
-    result = run_demo(items=args.items, rate_hz=args.rate, seed=args.seed, mix=args.mix, out=args.out,
-                      pool=args.pool, workers=args.workers, scan_ms=args.scan_ms, status=not args.no_status,
-                      handle_signals=True, force=args.force, cases=not args.no_cases,
-                      case_limit_wh=args.case_limit_wh, case_swap_s=args.case_swap_s)
+    result = run_demo(
+        items=args.items,
+        rate_hz=args.rate,
+        seed=args.seed,
+        mix=args.mix,
+        out=args.out,
+        pool=args.pool,
+        workers=args.workers,
+        scan_ms=args.scan_ms,
+        status=not args.no_status,
+        handle_signals=True,
+        force=args.force,
+        cases=not args.no_cases,
+        case_limit_wh=args.case_limit_wh,
+        case_swap_s=args.case_swap_s,
+    )
     print(format_result(result))
     sys.stdout.flush()
     return 0 if result.ok else 1
@@ -309,19 +379,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_audit(sub: Any) -> None:
-    p = sub.add_parser("audit", help="look after the audit log (archive old rows to Parquet)", description=(
-        "Maintenance of the line's audit log (SQLite). `sorter audit export` copies the decisions made before a "
-        "date to a Parquet file and, with --delete, removes them from the log, which then stays the size of its "
-        "retention window. Safe while the line runs (see docs/operations.md)."))
+    p = sub.add_parser(
+        "audit",
+        help="look after the audit log (archive old rows to Parquet)",
+        description=(
+            "Maintenance of the line's audit log (SQLite). `sorter audit export` copies the decisions made before a "
+            "date to a Parquet file and, with --delete, removes them from the log, which then stays the size of its "
+            "retention window. Safe while the line runs (see docs/operations.md)."
+        ),
+    )
     asub = p.add_subparsers(dest="audit_command", metavar="COMMAND")
-    e = asub.add_parser("export", help="archive decisions made before a date to Parquet", description=(
-        "Copy every decision decided before --before (rows still pending excepted, and the newest row, which the "
-        "controller resumes from) to a Parquet file (schema: docs/operations.md), flushed to disk before "
-        "anything is deleted; with --delete, then remove the copied rows from the audit log, in short "
-        "transactions beside the running line."))
+    e = asub.add_parser(
+        "export",
+        help="archive decisions made before a date to Parquet",
+        description=(
+            "Copy every decision decided before --before (rows still pending excepted, and the newest row, which the "
+            "controller resumes from) to a Parquet file (schema: docs/operations.md), flushed to disk before "
+            "anything is deleted; with --delete, then remove the copied rows from the audit log, in short "
+            "transactions beside the running line."
+        ),
+    )
     e.add_argument("--audit", required=True, metavar="PATH", help="the audit log (the line's audit.path)")
-    e.add_argument("--before", required=True, metavar="DATE",
-                   help="YYYY-MM-DD (midnight UTC) or an ISO 8601 time with a zone")
+    e.add_argument(
+        "--before", required=True, metavar="DATE", help="YYYY-MM-DD (midnight UTC) or an ISO 8601 time with a zone"
+    )
     e.add_argument("--out", required=True, metavar="FILE", help="the Parquet file to write (must not exist)")
     e.add_argument("--delete", action="store_true", help="delete the archived rows from the audit log")
     e.set_defaults(func=_cmd_audit_export)
@@ -340,11 +421,15 @@ def _cmd_audit_export(args: argparse.Namespace) -> int:
     if res.out is None:
         print(f"no decision before {before.isoformat()} to archive in {args.audit}; nothing written")
     else:
-        print(f"{res.rows} decisions ({_when(res.first_t)} .. {_when(res.last_t)}) archived to {res.out}"
-              + (f"; {res.deleted} deleted from {args.audit}" if args.delete else ""))
+        print(
+            f"{res.rows} decisions ({_when(res.first_t)} .. {_when(res.last_t)}) archived to {res.out}"
+            + (f"; {res.deleted} deleted from {args.audit}" if args.delete else "")
+        )
     if res.kept_pending:
-        print(f"{res.kept_pending} decisions before the date are still pending and were left in the log "
-              "(the next start of the line reconciles them)")
+        print(
+            f"{res.kept_pending} decisions before the date are still pending and were left in the log "
+            "(the next start of the line reconciles them)"
+        )
     return 0
 
 

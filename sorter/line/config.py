@@ -70,8 +70,15 @@ __all__ = [
 ENV_PREFIX: Final = "SORTER_"
 
 
-def _num(default: float, *, gt: float | None = None, ge: float | None = None, le: float | None = None,
-         rule: str = "", hint: str = "") -> Any:
+def _num(
+    default: float,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    rule: str = "",
+    hint: str = "",
+) -> Any:
     """A number field with its range, and the words an error message uses for it."""
     if not rule:
         if ge is not None and le is not None:
@@ -86,8 +93,9 @@ def _num(default: float, *, gt: float | None = None, ge: float | None = None, le
 class _Section(BaseModel):
     """A section of the configuration file: strict types, no unknown keys, frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False,
-                              use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class LineSection(_Section):
@@ -184,8 +192,9 @@ class AuditSection(_Section):
     """``"interval"``: commits do not wait for the disk; a flusher thread makes them durable every
     ``sync_interval_ms`` (a power cut loses at most that window).  ``"full"``: every commit waits for
     fsync before its decision is sent (for disks with power-loss protection)."""
-    sync_interval_ms: float = _num(20.0, ge=1, le=1000,
-                                   hint="a power cut loses at most this window of rows; 20 ms is the default")
+    sync_interval_ms: float = _num(
+        20.0, ge=1, le=1000, hint="a power cut loses at most this window of rows; 20 ms is the default"
+    )
     """Cadence of the flusher with ``sync = "interval"`` (1..1000 ms; at most 50 ms is advised)."""
     max_lag_ms: float = 0.0
     """With ``sync = "interval"``: send no decision while committed rows have waited longer than this to
@@ -224,9 +233,14 @@ class CasesSection(_Section):
         """The packing core's :class:`~sorter.cases.packing.StationConfig` for line ``line``."""
         from sorter.cases.packing import StationConfig
 
-        return StationConfig(lane=self.lane, limit_wh=self.limit_wh,
-                             mass_limit_g=self.mass_limit_kg * 1000.0 if self.mass_limit_kg > 0 else None,
-                             case_id_scheme=self.case_id, line=line, auto_open=False)
+        return StationConfig(
+            lane=self.lane,
+            limit_wh=self.limit_wh,
+            mass_limit_g=self.mass_limit_kg * 1000.0 if self.mass_limit_kg > 0 else None,
+            case_id_scheme=self.case_id,
+            line=line,
+            auto_open=False,
+        )
 
 
 class MetricsSection(_Section):
@@ -332,8 +346,9 @@ class RetentionSection(_Section):
     def policy(self):  # -> sorter.retention.RetentionPolicy
         from sorter.retention import RetentionPolicy
 
-        return RetentionPolicy.from_mapping({"keep_sorted_days": self.keep_sorted_days,
-                                             "keep_labelled_days": self.keep_labelled_days or None})
+        return RetentionPolicy.from_mapping(
+            {"keep_sorted_days": self.keep_sorted_days, "keep_labelled_days": self.keep_labelled_days or None}
+        )
 
 
 _SECTIONS: Final[dict[str, type[_Section]]] = {
@@ -347,8 +362,13 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "disks": DisksSection,
     "retention": RetentionSection,
 }
-_PATH_KEYS: Final = {("line", "log_dir"), ("line", "model"), ("audit", "path"), ("retention", "station_store"),
-                      ("cases", "state_file")}
+_PATH_KEYS: Final = {
+    ("line", "log_dir"),
+    ("line", "model"),
+    ("audit", "path"),
+    ("retention", "station_store"),
+    ("cases", "state_file"),
+}
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
 
@@ -428,8 +448,7 @@ def _fields(section: str) -> dict[str, Any]:
 def _check_section_name(section: str, where: str) -> None:
     if section not in _SECTIONS:
         raise ConfigError(
-            f"{where}: unknown section [{section}]; valid sections: "
-            + ", ".join(f"[{s}]" for s in _SECTIONS)
+            f"{where}: unknown section [{section}]; valid sections: " + ", ".join(f"[{s}]" for s in _SECTIONS)
         )
 
 
@@ -523,9 +542,7 @@ def parse_override(text: str) -> tuple[str, str, str]:
     lhs, eq, value = text.partition("=")
     section, dot, key = lhs.strip().partition(".")
     if not eq or not dot or not section or not key:
-        raise ConfigError(
-            f"{where}: expected section.key=value, e.g. --set plc.host=192.168.10.20"
-        )
+        raise ConfigError(f"{where}: expected section.key=value, e.g. --set plc.host=192.168.10.20")
     _check_section_name(section, where)
     _check_key(section, key, where)
     return section, key, value
@@ -583,8 +600,10 @@ def load_config(
             with open(file, "rb") as fh:
                 data = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(f"config file {file} does not exist; pass --config with a TOML file "
-                              "(see docs/configuration.md for an example)") from None
+            raise ConfigError(
+                f"config file {file} does not exist; pass --config with a TOML file "
+                "(see docs/configuration.md for an example)"
+            ) from None
         except OSError as err:
             raise ConfigError(f"config file {file} cannot be read: {err}") from err
         except tomllib.TOMLDecodeError as err:
@@ -605,7 +624,7 @@ def load_config(
     for var in sorted(env):
         if not var.startswith(ENV_PREFIX):
             continue
-        section, _, key = var[len(ENV_PREFIX):].partition("_")
+        section, _, key = var[len(ENV_PREFIX) :].partition("_")
         section = section.lower()
         if section not in _SECTIONS:
             continue  # SORTER_HOME and the like are not ours
@@ -663,8 +682,12 @@ def _cross_checks(cfg: LineConfig) -> None:
 
     ln = cfg.line
     need(bool(ln.name.strip()), "line", "name", "must not be empty")
-    need(ln.source != "log" or bool(ln.log_dir), "line", "log_dir",
-         'must name the log directory to follow when line.source = "log"')
+    need(
+        ln.source != "log" or bool(ln.log_dir),
+        "line",
+        "log_dir",
+        'must name the log directory to follow when line.source = "log"',
+    )
     if not ln.deadline_ms > 0:
         raise ConfigError(
             f"the decision deadline distance_m / belt_speed_m_s - actuator_lead_ms = "
@@ -678,17 +701,21 @@ def _cross_checks(cfg: LineConfig) -> None:
         ip = check_target(p.host, p.port, p.device_id)
     except ConfigError:
         ip = None
-    need(ip is not None, "plc", "host",
-         "must be the PLC's IP address (no host names, no 0.0.0.0), e.g. 192.168.10.20")
+    need(ip is not None, "plc", "host", "must be the PLC's IP address (no host names, no 0.0.0.0), e.g. 192.168.10.20")
     try:
         RegisterMap(**p.register_map_args)
     except ConfigError as err:
-        raise ConfigError(f"{where('plc', 'base')}, {where('plc', 'slots')}: plc.base = {p.base}, "
-                          f"plc.slots = {p.slots}: {err}; the ring size must match the PLC") from None
-    need(p.heartbeat_timeout_ms > p.heartbeat_ms, "plc", "heartbeat_timeout_ms",
-         "must be longer than plc.heartbeat_ms (1000-2000 ms is usual)")
-    need(p.reconnect_max_ms >= p.reconnect_min_ms, "plc", "reconnect_max_ms",
-         "must be at least plc.reconnect_min_ms")
+        raise ConfigError(
+            f"{where('plc', 'base')}, {where('plc', 'slots')}: plc.base = {p.base}, "
+            f"plc.slots = {p.slots}: {err}; the ring size must match the PLC"
+        ) from None
+    need(
+        p.heartbeat_timeout_ms > p.heartbeat_ms,
+        "plc",
+        "heartbeat_timeout_ms",
+        "must be longer than plc.heartbeat_ms (1000-2000 ms is usual)",
+    )
+    need(p.reconnect_max_ms >= p.reconnect_min_ms, "plc", "reconnect_max_ms", "must be at least plc.reconnect_min_ms")
 
     if ln.source == "simulated" and p.kind == "modbus" and ip is not None and not ip.is_loopback:
         raise ConfigError(
@@ -708,8 +735,12 @@ def _cross_checks(cfg: LineConfig) -> None:
         cfg.retention.policy()  # the policy's own rules: labelled kept at least as long as sorted
     except ConfigError as err:
         raise ConfigError(f"{where('retention', 'keep_labelled_days')}: {err}") from None
-    need(not cfg.retention.enabled or ln.source == "log", "retention", "enabled",
-         'needs line.source = "log" (retention deletes images of the log the line follows)')
+    need(
+        not cfg.retention.enabled or ln.source == "log",
+        "retention",
+        "enabled",
+        'needs line.source = "log" (retention deletes images of the log the line follows)',
+    )
 
     c = cfg.cases
     if c.enabled:
@@ -720,10 +751,18 @@ def _cross_checks(cfg: LineConfig) -> None:
             c.station_config(ln.name)
         except CaseStateError as err:
             raise ConfigError(f"{where('cases', 'case_id')}: [cases] {err}") from None
-        need(not CaseBlockMap(c.base).overlaps(RegisterMap(**p.register_map_args)), "cases", "base",
-             f"overlaps the mailbox registers {p.base}..; give the case block its own addresses (default 300)")
+        need(
+            not CaseBlockMap(c.base).overlaps(RegisterMap(**p.register_map_args)),
+            "cases",
+            "base",
+            f"overlaps the mailbox registers {p.base}..; give the case block its own addresses (default 300)",
+        )
 
     a = cfg.audit
     need(bool(a.path), "audit", "path", "must name the audit database file")
-    need(a.max_lag_ms == 0 or a.max_lag_ms >= a.sync_interval_ms, "audit", "max_lag_ms",
-         "must be 0 (off) or at least audit.sync_interval_ms")
+    need(
+        a.max_lag_ms == 0 or a.max_lag_ms >= a.sync_interval_ms,
+        "audit",
+        "max_lag_ms",
+        "must be 0 (off) or at least audit.sync_interval_ms",
+    )

@@ -131,11 +131,13 @@ def recover_audit(path: str | os.PathLike[str]) -> Resume:
         for rec in pending:
             log.record_delivery(rec.item_id, "undelivered", plc_seq=rec.plc_seq, plc_status=rec.plc_status)
         if pending:
-            logger.warning("audit log %s: %d decision(s) left pending by a crash marked undelivered "
-                           "(their items defaulted to the safe lane unless the PLC had latched them)",
-                           path, len(pending))
+            logger.warning(
+                "audit log %s: %d decision(s) left pending by a crash marked undelivered "
+                "(their items defaulted to the safe lane unless the PLC had latched them)",
+                path,
+                len(pending),
+            )
         return Resume(log.resume_point(), log.count(), len(pending), tuple(pending))
-
 
 
 # --------------------------------------------------------------------------- controller
@@ -208,9 +210,13 @@ class Controller:
         self._source_arg = source
         self.source: ItemSource | None = source if isinstance(source, ItemSource) else None
         self._own_scorer = scorer is None
-        self.scorer = scorer or ScoringPool(config.line.model, workers=config.line.scorer_workers,
-                                            kind=config.line.scorer_pool, max_batch=config.line.max_batch,
-                                            allow_line_mismatch=config.line.allow_line_mismatch)
+        self.scorer = scorer or ScoringPool(
+            config.line.model,
+            workers=config.line.scorer_workers,
+            kind=config.line.scorer_pool,
+            max_batch=config.line.max_batch,
+            allow_line_mismatch=config.line.allow_line_mismatch,
+        )
         self.metrics = metrics or LineMetrics()
         self.status = status
         self.settle = settle
@@ -244,8 +250,10 @@ class Controller:
         self._pack_tail: asyncio.Future[None] | None = None
         self._case_wake = asyncio.Event()
         if config.cases.enabled and getattr(link, "case_block", None) is None:
-            raise ConfigError("[cases] enabled = true but the PLC link was built without the case-station block; "
-                              "build it with case_block=CaseBlockMap(cases.base) (sorter.line.app.build_link does)")
+            raise ConfigError(
+                "[cases] enabled = true but the PLC link was built without the case-station block; "
+                "build it with case_block=CaseBlockMap(cases.base) (sorter.line.app.build_link does)"
+            )
         if hasattr(link, "on_protocol_fault"):
             link.on_protocol_fault = self._protocol_fault
 
@@ -315,8 +323,12 @@ class Controller:
             new = self.scorer.like(model_dir)
             await new.start()
         except Exception as err:  # noqa: BLE001 - any failure: keep the model that works
-            logger.error("model swap to %s refused, %s stays in charge: %s", model_dir or "the shipped model",
-                         self.scorer.model_id, err)
+            logger.error(
+                "model swap to %s refused, %s stays in charge: %s",
+                model_dir or "the shipped model",
+                self.scorer.model_id,
+                err,
+            )
             self.metrics.model_swaps.labels(outcome="refused").inc()
             return False
         old, self.scorer = self.scorer, new
@@ -372,8 +384,9 @@ class Controller:
         except SorterError:  # the case station's state or configuration
             await self._abort_start(scorer_ready)
             raise
-        background.append(asyncio.create_task(self.link.run_heartbeat(cfg.plc.heartbeat_ms / 1000.0),
-                                              name="plc-heartbeat"))
+        background.append(
+            asyncio.create_task(self.link.run_heartbeat(cfg.plc.heartbeat_ms / 1000.0), name="plc-heartbeat")
+        )
         self._startup["link_up"] = time.monotonic() - t_launch
         plc_start = await self._reconcile()
         reader = AuditLog(cfg.audit.path)  # for the reader thread's re-check of lines before the resume point
@@ -384,17 +397,22 @@ class Controller:
                 if self._stop_requested:
                     self.source.stop()
             # Room for every in-flight item's two entries (decision, delivery): submit() never blocks the loop.
-            self._writer = AuditWriter(cfg.audit.path, max_queue=max(10_000, 2 * cfg.line.max_in_flight + 16),
-                                       delivery_delay_s=cfg.audit.delivery_flush_ms / 1000.0,
-                                       on_commit=self.metrics.audit_commit.observe,
-                                       sync=cfg.audit.sync, sync_interval_s=cfg.audit.sync_interval_ms / 1000.0,
-                                       on_durable=self.metrics.audit_durability_lag.observe)
+            self._writer = AuditWriter(
+                cfg.audit.path,
+                max_queue=max(10_000, 2 * cfg.line.max_in_flight + 16),
+                delivery_delay_s=cfg.audit.delivery_flush_ms / 1000.0,
+                on_commit=self.metrics.audit_commit.observe,
+                sync=cfg.audit.sync,
+                sync_interval_s=cfg.audit.sync_interval_ms / 1000.0,
+                on_durable=self.metrics.audit_durability_lag.observe,
+            )
             for kind, detail, t in self._early_events:
                 self._writer.submit_event("plc_protocol_fault", {"kind": kind, **detail}, t=t)
             self._early_events.clear()
             if self.cases is not None:
-                background.append(asyncio.create_task(self._case_loop(cfg.plc.heartbeat_ms / 1000.0),
-                                                      name="case-station"))
+                background.append(
+                    asyncio.create_task(self._case_loop(cfg.plc.heartbeat_ms / 1000.0), name="case-station")
+                )
         except BaseException:
             reader.close()
             for task in background:
@@ -413,15 +431,28 @@ class Controller:
             # --- issue 19: free-space alarms on the log and audit disks, and whether audit commits succeed
             from sorter.line.disks import DiskWatch, line_disks, settings_of
 
-            background.append(asyncio.create_task(DiskWatch(
-                line_disks(cfg), settings_of(cfg), registry=self.metrics.registry,
-                audit_failing=lambda: self._writer is not None and self._writer.failing).run(), name="disk-watch"))
+            background.append(
+                asyncio.create_task(
+                    DiskWatch(
+                        line_disks(cfg),
+                        settings_of(cfg),
+                        registry=self.metrics.registry,
+                        audit_failing=lambda: self._writer is not None and self._writer.failing,
+                    ).run(),
+                    name="disk-watch",
+                )
+            )
             if cfg.retention.enabled:
                 background.append(asyncio.create_task(self._retention_loop(cfg), name="retention"))
             # --- end issue 19
             self._started_mono = time.monotonic()
-            logger.info("line %s running: deadline %.1f ms, up to %d items in flight, model %s",
-                        cfg.line.name, cfg.line.deadline_ms, cfg.line.max_in_flight, self.scorer.model_id)
+            logger.info(
+                "line %s running: deadline %.1f ms, up to %d items in flight, model %s",
+                cfg.line.name,
+                cfg.line.deadline_ms,
+                cfg.line.max_in_flight,
+                self.scorer.model_id,
+            )
             try:
                 async for si in source:
                     await self._admit(si)
@@ -488,8 +519,9 @@ class Controller:
             # Every decision of the run is committed (their tasks are done); deliveries may still be
             # queued, and the event goes through the same queue after them.
             last_id = await asyncio.to_thread(_last_id, self.config.audit.path)
-            await asyncio.wrap_future(self._writer.submit_event(
-                SNAPSHOT_EVENT, snapshot_detail(counters, last_id, why, mailbox)))
+            await asyncio.wrap_future(
+                self._writer.submit_event(SNAPSHOT_EVENT, snapshot_detail(counters, last_id, why, mailbox))
+            )
         except AuditError as err:
             logger.error("PLC counter snapshot not recorded (the next start cannot reconcile from here): %s", err)
 
@@ -531,8 +563,11 @@ class Controller:
             level = logging.ERROR if found.gap_items else logging.WARNING
             logger.log(level, "reconciliation with the PLC: %s", text, extra={"reconciliation": found.to_json()})
         if found.ok:
-            logger.info("reconciliation with the PLC: the audit log agrees with its counters since the %s "
-                        "snapshot (%d rows)", found.since, found.audit_rows)
+            logger.info(
+                "reconciliation with the PLC: the audit log agrees with its counters since the %s snapshot (%d rows)",
+                found.since,
+                found.audit_rows,
+            )
         return counters
 
     def _protocol_fault(self, kind: str, detail: dict[str, Any]) -> None:
@@ -562,8 +597,9 @@ class Controller:
         policy = r.policy()
         while True:
             try:
-                report = await asyncio.to_thread(run_retention, cfg.line.log_dir, cfg.audit.path, policy=policy,
-                                                 station=r.station_store or None)
+                report = await asyncio.to_thread(
+                    run_retention, cfg.line.log_dir, cfg.audit.path, policy=policy, station=r.station_store or None
+                )
                 logger.info("retention: %s", "; ".join(report.format().splitlines()[1:3]))
             except (SorterError, OSError, sqlite3.Error) as err:
                 logger.error("retention failed: %s; the images stay until the next run in %g h", err, r.every_hours)
@@ -585,8 +621,15 @@ class Controller:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _sensor_changed(self, sensor: str, old: str, new: str, item_id: str) -> None:
-        logger.log(logging.WARNING if new != "ok" else logging.INFO, "sensor=%s alarm %s -> %s at item=%s",
-                   sensor, old, new, item_id, extra={"sensor": sensor, "alarm": new, "item_id": item_id})
+        logger.log(
+            logging.WARNING if new != "ok" else logging.INFO,
+            "sensor=%s alarm %s -> %s at item=%s",
+            sensor,
+            old,
+            new,
+            item_id,
+            extra={"sensor": sensor, "alarm": new, "item_id": item_id},
+        )
         self.metrics.set_sensor_alarm(sensor, new)
 
     async def _admit(self, si: SourceItem) -> None:
@@ -622,16 +665,20 @@ class Controller:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, si: SourceItem, ambient: float | None, overload: bool,
-                      scorer: ScoringPool | None = None,
-                      turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None) -> None:
+    async def _handle(
+        self,
+        si: SourceItem,
+        ambient: float | None,
+        overload: bool,
+        scorer: ScoringPool | None = None,
+        turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None,
+    ) -> None:
         try:
             await self._decide_and_deliver(si, ambient, overload, scorer or self.scorer, turn)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - one item's bug must not stop the line
-            logger.exception("item %s: unexpected error; it goes to the safe lane by the PLC's default",
-                             si.item_id)
+            logger.exception("item %s: unexpected error; it goes to the safe lane by the PLC's default", si.item_id)
             self._stats.unrecorded += 1
         finally:
             if turn is not None:
@@ -641,9 +688,14 @@ class Controller:
             self._active -= 1
             self._sem.release()
 
-    async def _decide_and_deliver(self, si: SourceItem, ambient: float | None, overload: bool,
-                                  scorer: ScoringPool,
-                                  turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None) -> None:
+    async def _decide_and_deliver(
+        self,
+        si: SourceItem,
+        ambient: float | None,
+        overload: bool,
+        scorer: ScoringPool,
+        turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None,
+    ) -> None:
         """One item: decide its lane, commit the decision, send it, count it."""
         model_id = scorer.model_id  # the pool that scores the item names the model in its row
         verdict = await self._decide(si, ambient, overload, scorer)
@@ -662,12 +714,18 @@ class Controller:
                 self._case_wake.set()  # the closed case's last decision is answered: CASE_FULL may go up
         latency = acked_mono - si.available_mono if acked_mono is not None else None
         self._count(si, verdict.lane, delivery, latency, verdict.overload)
-        logger.debug("item=%s plc_id=%s lane=%s reason=%r delivery=%s latency_ms=%s", si.item_id, si.plc_id,
-                     verdict.lane, verdict.reason, delivery, None if latency is None else round(latency * 1000, 2),
-                     extra={"item_id": si.item_id, "lane": verdict.lane, "delivery": delivery})
+        logger.debug(
+            "item=%s plc_id=%s lane=%s reason=%r delivery=%s latency_ms=%s",
+            si.item_id,
+            si.plc_id,
+            verdict.lane,
+            verdict.reason,
+            delivery,
+            None if latency is None else round(latency * 1000, 2),
+            extra={"item_id": si.item_id, "lane": verdict.lane, "delivery": delivery},
+        )
 
-    async def _decide(self, si: SourceItem, ambient: float | None, overload: bool,
-                      scorer: ScoringPool) -> _Verdict:
+    async def _decide(self, si: SourceItem, ambient: float | None, overload: bool, scorer: ScoringPool) -> _Verdict:
         """The lane for the item, and whether there is still time to send it.
 
         Not scored when the deadline has passed (*overload*); decided too late, or an
@@ -690,8 +748,12 @@ class Controller:
             else:
                 lane, reason, chemistry = decision.lane, decision.reason, decision.chemistry
                 probs = (_prob(decision.p_lead_acid), _prob(decision.p_li_ion), _prob(decision.p_other))
-                energy = (_finite(decision.energy_wh), _finite(decision.energy_wh_upper),
-                          _finite(decision.novelty), _finite(decision.weight_g))
+                energy = (
+                    _finite(decision.energy_wh),
+                    _finite(decision.energy_wh_upper),
+                    _finite(decision.novelty),
+                    _finite(decision.weight_g),
+                )
         now_mono, now = time.monotonic(), time.time()
         left = si.due_mono - now_mono
         send = not overload and left > 0 and si.plc_id is not None
@@ -700,13 +762,12 @@ class Controller:
             lane = Lane.MANUAL
         if lane not in LANES:  # the policy only knows LANES; anything else is a bug, and unsafe to send
             reason, lane = f"unknown lane {lane!r} from the policy", Lane.MANUAL
-        delivery = "pending" if send else ("undelivered" if si.plc_id is None and not overload and left > 0
-                                           else "late")
+        delivery = "pending" if send else ("undelivered" if si.plc_id is None and not overload and left > 0 else "late")
         return _Verdict(lane, reason, chemistry, probs, overload, send, delivery, now, now_mono, energy)
 
-    async def _pack(self, si: SourceItem, v: _Verdict,
-                    turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]]
-                    ) -> tuple[_Verdict, Mapping[str, Any], list[tuple[str, dict[str, Any]]]]:
+    async def _pack(
+        self, si: SourceItem, v: _Verdict, turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]]
+    ) -> tuple[_Verdict, Mapping[str, Any], list[tuple[str, dict[str, Any]]]]:
         """Offer an item routed to the case station to its open case, in belt order.
 
         Only an item that is to be sent to the station's lane is offered (an item that is not sent
@@ -723,8 +784,11 @@ class Controller:
             try:  # the earlier items' offers come first; never past this item's own deadline
                 await asyncio.wait_for(asyncio.shield(prev), timeout=max(0.0, si.due_mono - time.monotonic()))
             except TimeoutError:
-                logger.warning("item=%s offered to the case station before an earlier item (which is still "
-                               "being decided at its deadline)", si.item_id)
+                logger.warning(
+                    "item=%s offered to the case station before an earlier item (which is still "
+                    "being decided at its deadline)",
+                    si.item_id,
+                )
         e_wh, e_up, _nov, w_g = v.energy
         r, events = station.offer(pack_item(si.item_id, e_up, e_wh, w_g, si.t_item), time.time())
         _pass_turn(prev, mine)
@@ -753,8 +817,11 @@ class Controller:
                 failing = False
             except PlcError as err:
                 if not failing:
-                    logger.warning("case station block not read or written (hazard items go to the buffer "
-                                   "until a case is confirmed): %s", err)
+                    logger.warning(
+                        "case station block not read or written (hazard items go to the buffer "
+                        "until a case is confirmed): %s",
+                        err,
+                    )
                 failing = True
             except AuditError as err:
                 logger.error("case station event not recorded: %s", err)
@@ -762,8 +829,14 @@ class Controller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._case_wake.wait(), timeout=interval_s)
 
-    async def _audit(self, si: SourceItem, v: _Verdict, model_id: str, case_cols: Mapping[str, Any] | None = None,
-                     events: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:
+    async def _audit(
+        self,
+        si: SourceItem,
+        v: _Verdict,
+        model_id: str,
+        case_cols: Mapping[str, Any] | None = None,
+        events: Sequence[tuple[str, dict[str, Any]]] = (),
+    ) -> bool:
         """Commit the decision to the audit log before anything is sent; False: not recorded, not sent."""
         assert self._writer is not None
         rec = AuditRecord(
@@ -794,15 +867,21 @@ class Controller:
             # Not on disk, so not sent: the PLC defaults the item to the safe lane.  During an outage
             # (a full disk) the writer has raised its alarm; one ERROR here, then one DEBUG line an item.
             (logger.debug if self._audit_outage else logger.error)(
-                "item=%s audit write failed, decision not sent: %s%s", si.item_id, err,
-                "" if self._audit_outage else " (further items while the audit log cannot be written: DEBUG "
-                "lines; their count is in the summary as unrecorded)")
+                "item=%s audit write failed, decision not sent: %s%s",
+                si.item_id,
+                err,
+                ""
+                if self._audit_outage
+                else " (further items while the audit log cannot be written: DEBUG "
+                "lines; their count is in the summary as unrecorded)",
+            )
             self._audit_outage = True
             self._stats.unrecorded += 1
             return False
         if self._audit_outage:
-            logger.warning("audit writes resumed: decisions are sent again (%d items went unrecorded)",
-                           self._stats.unrecorded)
+            logger.warning(
+                "audit writes resumed: decisions are sent again (%d items went unrecorded)", self._stats.unrecorded
+            )
             self._audit_outage = False
         if not inserted:
             logger.warning("item=%s already in the audit log (re-read after a restart?); not sent again", si.item_id)
@@ -821,8 +900,11 @@ class Controller:
             # The commit took the rest of the budget: a decision is never *started* after the deadline.
             send = False
             delivery = "late"
-            logger.info("item=%s lane=%s delivery=late: the deadline passed while the decision was being "
-                        "recorded; not sent", si.item_id, lane)
+            logger.info(
+                "item=%s lane=%s delivery=late: the deadline passed while the decision was being recorded; not sent",
+                si.item_id,
+                lane,
+            )
             await self._record_delivery(si.item_id, delivery, None, None, None)
         max_lag_s = self.config.audit.max_lag_ms / 1000.0
         if send and max_lag_s > 0 and self._writer.durability_lag_s() > max_lag_s:
@@ -830,24 +912,30 @@ class Controller:
             send = False
             delivery = "undelivered"
             lag_ms = 1000 * self._writer.durability_lag_s()
-            self._note_undelivered(si, lane, PlcError(
-                f"not sent: audit rows have waited {lag_ms:.0f} ms for the disk, more than audit.max_lag_ms"))
-            await self._record_delivery(si.item_id, delivery, None, f"not sent: durability lag {lag_ms:.0f} ms",
-                                        None)
+            self._note_undelivered(
+                si,
+                lane,
+                PlcError(f"not sent: audit rows have waited {lag_ms:.0f} ms for the disk, more than audit.max_lag_ms"),
+            )
+            await self._record_delivery(si.item_id, delivery, None, f"not sent: durability lag {lag_ms:.0f} ms", None)
         if not send:
             return delivery, None
         assert si.plc_id is not None
         try:
-            ack = await self.link.send_decision(si.plc_id, lane,
-                                                timeout_s=si.due_mono - time.monotonic() + self.grace_s,
-                                                **({"into_case": True} if v.into_case else {}))
+            ack = await self.link.send_decision(
+                si.plc_id,
+                lane,
+                timeout_s=si.due_mono - time.monotonic() + self.grace_s,
+                **({"into_case": True} if v.into_case else {}),
+            )
         except PlcProtocolError as err:
             # The PLC broke the contract: its answer cannot be trusted. Not acked, not refused:
             # where the item went is for the PLC counters (reconciliation) to say.
             delivery = "undelivered"
             plc_seq = err.seq
             plc_status = f"protocol_fault:{err.kind}" + (
-                f":status={err.raw_status}" if err.raw_status is not None else "")
+                f":status={err.raw_status}" if err.raw_status is not None else ""
+            )
             logger.error("item=%s plc_id=%d lane=%s delivery=undelivered: %s", si.item_id, si.plc_id, lane, err)
         except PlcTimeoutError as err:
             delivery = "late"
@@ -866,18 +954,26 @@ class Controller:
             plc_seq, plc_status = ack.seq, ack.status
             delivery = "acked" if ack.accepted else ("late" if ack.status == "late" else "rejected")
             if delivery != "acked":
-                logger.info("item=%s plc_id=%d lane=%s delivery=%s plc_status=%s", si.item_id, si.plc_id,
-                            lane, delivery, ack.status)
+                logger.info(
+                    "item=%s plc_id=%d lane=%s delivery=%s plc_status=%s",
+                    si.item_id,
+                    si.plc_id,
+                    lane,
+                    delivery,
+                    ack.status,
+                )
         t_acked = time.time() - (time.monotonic() - acked_mono) if acked_mono is not None else None
         await self._record_delivery(si.item_id, delivery, plc_seq, plc_status, t_acked)
         return delivery, acked_mono
 
-    async def _record_delivery(self, item_id: str, delivery: str, plc_seq: int | None, plc_status: str | None,
-                               t_acked: float | None) -> None:
+    async def _record_delivery(
+        self, item_id: str, delivery: str, plc_seq: int | None, plc_status: str | None, t_acked: float | None
+    ) -> None:
         assert self._writer is not None
         try:
-            await asyncio.wrap_future(self._writer.submit_delivery(
-                item_id, delivery, plc_seq=plc_seq, plc_status=plc_status, t_acked=t_acked))
+            await asyncio.wrap_future(
+                self._writer.submit_delivery(item_id, delivery, plc_seq=plc_seq, plc_status=plc_status, t_acked=t_acked)
+            )
         except AuditError as err:
             logger.error("item=%s delivery %s not recorded (row stays pending): %s", item_id, delivery, err)
 
@@ -886,8 +982,13 @@ class Controller:
         self._outage_undelivered += 1
         now = time.monotonic()
         if now - self._last_outage_log >= 5.0:
-            logger.warning("PLC link %s: %d decision(s) undelivered so far (recorded in the audit log; "
-                           "the items go to the safe lane): %s", self.link.state, self._outage_undelivered, err)
+            logger.warning(
+                "PLC link %s: %d decision(s) undelivered so far (recorded in the audit log; "
+                "the items go to the safe lane): %s",
+                self.link.state,
+                self._outage_undelivered,
+                err,
+            )
             self._last_outage_log = now
 
     def _count(self, si: SourceItem, lane: str, delivery: str, latency: float | None, overload: bool) -> None:
@@ -898,8 +999,9 @@ class Controller:
                 hazard_wh = si.truth.energy_wh
             if went == Lane.LEAD_ACID and si.truth.label == "li_ion":
                 logger.error("item=%s: Li-ion (truth) went to lead_acid", si.item_id)
-        self.metrics.record_item(lane=lane, delivery=delivery, latency_s=latency, overload=overload,
-                                 hazard_wh=hazard_wh)
+        self.metrics.record_item(
+            lane=lane, delivery=delivery, latency_s=latency, overload=overload, hazard_wh=hazard_wh
+        )
 
     def _summary(self, duration: float, total: int, plc: dict[str, int] | None, error: str | None) -> RunSummary:
         s = self._stats

@@ -95,9 +95,11 @@ class DiskSettings:
             if self.warn_free_pct > 100 or self.alarm_free_pct > 100:
                 problems.append("disks.warn_free_pct and disks.alarm_free_pct are percentages (0..100)")
             if self.alarm_free_pct > self.warn_free_pct or self.alarm_free_mb > self.warn_free_mb:
-                problems.append("the alarm thresholds must not be above the warn thresholds "
-                                f"(alarm {self.alarm_free_pct} % / {self.alarm_free_mb} MB, "
-                                f"warn {self.warn_free_pct} % / {self.warn_free_mb} MB)")
+                problems.append(
+                    "the alarm thresholds must not be above the warn thresholds "
+                    f"(alarm {self.alarm_free_pct} % / {self.alarm_free_mb} MB, "
+                    f"warn {self.warn_free_pct} % / {self.warn_free_mb} MB)"
+                )
         if problems:
             raise ConfigError("; ".join(problems) + " (see docs/operations.md, free disk space)")
 
@@ -164,9 +166,15 @@ class DiskWatch:
         ``os.statvfs`` (tests replace it).
     """
 
-    def __init__(self, paths: Mapping[str, str | os.PathLike[str]], settings: DiskSettings | None = None, *,
-                 registry: Any = None, audit_failing: Callable[[], bool] | None = None,
-                 statvfs: Callable[[str], Any] = os.statvfs) -> None:
+    def __init__(
+        self,
+        paths: Mapping[str, str | os.PathLike[str]],
+        settings: DiskSettings | None = None,
+        *,
+        registry: Any = None,
+        audit_failing: Callable[[], bool] | None = None,
+        statvfs: Callable[[str], Any] = os.statvfs,
+    ) -> None:
         self.paths = {name: Path(p) for name, p in paths.items()}
         self.settings = settings or DiskSettings()
         self._statvfs = statvfs
@@ -176,12 +184,20 @@ class DiskWatch:
         if registry is not None:
             from prometheus_client import Gauge
 
-            self._free = Gauge("sorter_line_disk_free_bytes", "Free bytes on each disk the line writes to",
-                               ["disk"], registry=registry)
-            self._level = Gauge("sorter_line_disk_level", "Free-space level of each disk: 0 ok, 1 warn, 2 alarm",
-                                ["disk"], registry=registry)
-            self._writable = Gauge("sorter_line_audit_writable",
-                                   "1 while the audit log's commits succeed, 0 while they fail", registry=registry)
+            self._free = Gauge(
+                "sorter_line_disk_free_bytes", "Free bytes on each disk the line writes to", ["disk"], registry=registry
+            )
+            self._level = Gauge(
+                "sorter_line_disk_level",
+                "Free-space level of each disk: 0 ok, 1 warn, 2 alarm",
+                ["disk"],
+                registry=registry,
+            )
+            self._writable = Gauge(
+                "sorter_line_audit_writable",
+                "1 while the audit log's commits succeed, 0 while they fail",
+                registry=registry,
+            )
             self._writable.set(1)
 
     def check(self) -> dict[str, DiskReading]:
@@ -211,12 +227,20 @@ class DiskWatch:
         if r.level == before:
             return
         s = self.settings
-        what = (f"disk {r.name} ({r.path}): {r.free_bytes / 1e6:.0f} MB free ({r.free_pct:.1f} % of "
-                f"{r.total_bytes / 1e9:.1f} GB)")
+        what = (
+            f"disk {r.name} ({r.path}): {r.free_bytes / 1e6:.0f} MB free ({r.free_pct:.1f} % of "
+            f"{r.total_bytes / 1e9:.1f} GB)"
+        )
         if r.level == "alarm":
-            logger.error("ALARM %s, under %g %% or %g MB; free space now (image retention, `sorter audit export "
-                         "--delete`): a full %s disk stops %s", what, s.alarm_free_pct, s.alarm_free_mb, r.name,
-                         "the decisions (the PLC defaults every item)" if r.name == "audit" else "the recording")
+            logger.error(
+                "ALARM %s, under %g %% or %g MB; free space now (image retention, `sorter audit export "
+                "--delete`): a full %s disk stops %s",
+                what,
+                s.alarm_free_pct,
+                s.alarm_free_mb,
+                r.name,
+                "the decisions (the PLC defaults every item)" if r.name == "audit" else "the recording",
+            )
         elif r.level == "warn":
             logger.warning("%s, under %g %% or %g MB", what, s.warn_free_pct, s.warn_free_mb)
         else:

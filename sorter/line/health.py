@@ -30,7 +30,7 @@ import numpy as np
 from ..lanes import Lane
 from ..readings import Item
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SENSORS = ("scale", "profiler", "xray", "camera", "thermal")
 
@@ -89,8 +89,9 @@ class SensorHealth:
     'stuck'
     """
 
-    def __init__(self, limits: HealthLimits | None = None,
-                 on_change: Callable[[str, str, str, str], None] | None = None):
+    def __init__(
+        self, limits: HealthLimits | None = None, on_change: Callable[[str, str, str, str], None] | None = None
+    ):
         self.limits = limits or HealthLimits()
         self.on_change = on_change
         self.states = {s: SensorState() for s in SENSORS}
@@ -174,8 +175,9 @@ class SensorHealth:
                 old, st.status = st.status, new
                 st.since_item = item.item_id
                 st.good_run = 0
-                (log.warning if new != "ok" else log.info)(
-                    "sensor %s: %s -> %s at item %s", sensor, old, new, item.item_id)
+                (logger.warning if new != "ok" else logger.info)(
+                    "sensor %s: %s -> %s at item %s", sensor, old, new, item.item_id
+                )
                 if self.on_change is not None:
                     self.on_change(sensor, old, new, item.item_id)
         return self.strip(item)

@@ -90,45 +90,64 @@ class LineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.items = Counter("sorter_line_items", "Items decided, by lane sent and delivery outcome",
-                             ["lane", "delivery"], registry=r)
-        self.latency = Histogram("sorter_line_decision_latency_seconds",
-                                 "Item available to lane acknowledged by the PLC", buckets=_LATENCY_BUCKETS,
-                                 registry=r)
-        self.deadline_misses = Counter("sorter_line_deadline_misses",
-                                       "Items not confirmed by the PLC before their deadline", registry=r)
-        self.overload = Counter("sorter_line_overload", "Items whose deadline passed before scoring started",
-                                registry=r)
+        self.items = Counter(
+            "sorter_line_items", "Items decided, by lane sent and delivery outcome", ["lane", "delivery"], registry=r
+        )
+        self.latency = Histogram(
+            "sorter_line_decision_latency_seconds",
+            "Item available to lane acknowledged by the PLC",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.deadline_misses = Counter(
+            "sorter_line_deadline_misses", "Items not confirmed by the PLC before their deadline", registry=r
+        )
+        self.overload = Counter(
+            "sorter_line_overload", "Items whose deadline passed before scoring started", registry=r
+        )
         self.undelivered = Counter("sorter_line_undelivered", "Decisions that never reached the PLC", registry=r)
-        self.link_state = Gauge("sorter_line_plc_link_state", "1 for the current PLC link state", ["state"],
-                                registry=r)
-        self.model_swaps = Counter("sorter_line_model_swaps", "Model swaps on the running line, by outcome",
-                                   ["outcome"], registry=r)
-        self.sensor_alarm = Gauge("sorter_line_sensor_status", "1 for each sensor's current health status",
-                                  ["sensor", "status"], registry=r)
+        self.link_state = Gauge("sorter_line_plc_link_state", "1 for the current PLC link state", ["state"], registry=r)
+        self.model_swaps = Counter(
+            "sorter_line_model_swaps", "Model swaps on the running line, by outcome", ["outcome"], registry=r
+        )
+        self.sensor_alarm = Gauge(
+            "sorter_line_sensor_status", "1 for each sensor's current health status", ["sensor", "status"], registry=r
+        )
         self.in_flight = Gauge("sorter_line_in_flight", "Items being scored, recorded or delivered", registry=r)
-        self.audit_commit = Histogram("sorter_line_audit_commit_seconds",
-                                      "Audit-log transactions (write and fsync), one per group commit",
-                                      buckets=_COMMIT_BUCKETS, registry=r)
+        self.audit_commit = Histogram(
+            "sorter_line_audit_commit_seconds",
+            "Audit-log transactions (write and fsync), one per group commit",
+            buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
         self.audit_durability_lag = Histogram(
             "sorter_line_audit_durability_lag_seconds",
             "How long committed audit rows waited to be flushed to disk, one per flush (audit.sync = interval)",
-            buckets=_COMMIT_BUCKETS, registry=r)
-        self.reconciliation_gaps = Gauge("sorter_line_reconciliation_gaps",
-                                         "Items in a gap between the audit log and the PLC counters at start-up",
-                                         registry=r)
-        self.plc_protocol_faults = Counter("sorter_line_plc_protocol_faults",
-                                           "PLC protocol faults (header change, undefined ack status, ...)",
-                                           ["kind"], registry=r)
-        self.hazard_energy = Counter("sorter_line_hazard_energy_wh",
-                                     "Known rated energy of items sent to the hazard lane (Wh)", registry=r)
+            buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.reconciliation_gaps = Gauge(
+            "sorter_line_reconciliation_gaps",
+            "Items in a gap between the audit log and the PLC counters at start-up",
+            registry=r,
+        )
+        self.plc_protocol_faults = Counter(
+            "sorter_line_plc_protocol_faults",
+            "PLC protocol faults (header change, undefined ack status, ...)",
+            ["kind"],
+            registry=r,
+        )
+        self.hazard_energy = Counter(
+            "sorter_line_hazard_energy_wh", "Known rated energy of items sent to the hazard lane (Wh)", registry=r
+        )
         for state in LINK_STATES:
             self.link_state.labels(state=state).set(0)
         self._server: Any = None
         self._thread: Any = None
 
-    def record_item(self, *, lane: str, delivery: str, latency_s: float | None, overload: bool,
-                    hazard_wh: float | None) -> None:
+    def record_item(
+        self, *, lane: str, delivery: str, latency_s: float | None, overload: bool, hazard_wh: float | None
+    ) -> None:
         """Count one finished item."""
         self.items.labels(lane=lane, delivery=delivery).inc()
         if delivery == "acked" and latency_s is not None:
@@ -158,8 +177,10 @@ class LineMetrics:
         try:
             self._server, self._thread = start_http_server(port, addr=address, registry=self.registry)
         except OSError as err:
-            raise ConfigError(f"metrics: cannot listen on {address}:{port} ({err}); set metrics.port to a free "
-                              "port, or metrics.enabled = false") from err
+            raise ConfigError(
+                f"metrics: cannot listen on {address}:{port} ({err}); set metrics.port to a free "
+                "port, or metrics.enabled = false"
+            ) from err
         logger.info("metrics on http://%s:%d/metrics", address, port)
 
     def close(self) -> None:
@@ -182,9 +203,11 @@ def format_status(s: Mapping[str, Any]) -> str:
     lanes = " ".join(f"{k} {v}" for k, v in sorted(s.get("lanes", {}).items())) or "-"
     p99 = s.get("p99_ms")
     p99_text = "-" if p99 is None else f"{p99:.0f} ms"
-    return (f"items {s.get('items', 0)} ({s.get('rate_hz', 0.0):.1f}/s) | {lanes} | in flight {s.get('in_flight', 0)}"
-            f" | p99 {p99_text} | late {s.get('misses', 0)} | undelivered {s.get('undelivered', 0)}"
-            f" | PLC {s.get('link', '?')}")
+    return (
+        f"items {s.get('items', 0)} ({s.get('rate_hz', 0.0):.1f}/s) | {lanes} | in flight {s.get('in_flight', 0)}"
+        f" | p99 {p99_text} | late {s.get('misses', 0)} | undelivered {s.get('undelivered', 0)}"
+        f" | PLC {s.get('link', '?')}"
+    )
 
 
 class StatusLine:
@@ -202,8 +225,14 @@ class StatusLine:
         Rewrite in place (default: whether ``stream`` is a terminal).
     """
 
-    def __init__(self, snapshot: Callable[[], Mapping[str, Any]], *, stream: TextIO | None = None,
-                 interval_s: float = 1.0, tty: bool | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Mapping[str, Any]],
+        *,
+        stream: TextIO | None = None,
+        interval_s: float = 1.0,
+        tty: bool | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.stream = stream if stream is not None else sys.stderr
         self.interval_s = interval_s

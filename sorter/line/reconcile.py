@@ -51,11 +51,16 @@ GAP_EVENT: Final = "reconciliation_gap"
 _LANES: Final = tuple(Lane)
 
 
-def snapshot_detail(counters: Mapping[str, int], last_id: int, why: str,
-                    mailbox: Sequence[MailboxEntry] = ()) -> dict[str, Any]:
+def snapshot_detail(
+    counters: Mapping[str, int], last_id: int, why: str, mailbox: Sequence[MailboxEntry] = ()
+) -> dict[str, Any]:
     """The ``plc_counters`` event: the PLC counters, the audit's last row id and the acks standing then."""
-    return {"counters": {k: int(v) for k, v in counters.items()}, "last_id": int(last_id), "why": why,
-            "mailbox": {str(e.slot): int(e.ack_seq) for e in mailbox}}
+    return {
+        "counters": {k: int(v) for k, v in counters.items()},
+        "last_id": int(last_id),
+        "why": why,
+        "mailbox": {str(e.slot): int(e.ack_seq) for e in mailbox},
+    }
 
 
 @dataclass(frozen=True)
@@ -100,38 +105,54 @@ class Reconciliation:
         for lane, gap in self.lane_gaps.items():
             pending = self.crash_pending.get(lane, 0)
             if gap > 0:
-                text = (f"the PLC carried out {gap} more {lane} decision(s) than the audit log shows acknowledged "
-                        f"({self.plc_carried_out.get(lane, 0)} against {self.audit_acked.get(lane, 0)})")
+                text = (
+                    f"the PLC carried out {gap} more {lane} decision(s) than the audit log shows acknowledged "
+                    f"({self.plc_carried_out.get(lane, 0)} against {self.audit_acked.get(lane, 0)})"
+                )
                 if pending:
-                    text += (f"; {min(gap, pending)} may be decisions left pending by the crash that the PLC "
-                             "latched after the PC died")
+                    text += (
+                        f"; {min(gap, pending)} may be decisions left pending by the crash that the PLC "
+                        "latched after the PC died"
+                    )
                 if gap > pending:
                     text += f"; {gap - pending} have no audit row at all (lost to a power cut?)"
             else:
-                text = (f"the audit log shows {-gap} {lane} decision(s) acknowledged that the PLC did not carry "
-                        f"out ({self.audit_acked.get(lane, 0)} against {self.plc_carried_out.get(lane, 0)}): "
-                        "accepted, then sent to the safe lane (diverter fault or PLC restart)")
+                text = (
+                    f"the audit log shows {-gap} {lane} decision(s) acknowledged that the PLC did not carry "
+                    f"out ({self.audit_acked.get(lane, 0)} against {self.plc_carried_out.get(lane, 0)}): "
+                    "accepted, then sent to the safe lane (diverter fault or PLC restart)"
+                )
             out.append(text)
         out.extend(self.mailbox)
         if self.items_without_row:
-            out.append(f"{self.items_without_row} item(s) diverted by the PLC have no audit row ({self.plc_items} "
-                       f"items at the PLC, {self.audit_rows} rows since the {self.since} snapshot): items that "
-                       "passed while no controller ran (safe lane), or rows lost to a power cut")
+            out.append(
+                f"{self.items_without_row} item(s) diverted by the PLC have no audit row ({self.plc_items} "
+                f"items at the PLC, {self.audit_rows} rows since the {self.since} snapshot): items that "
+                "passed while no controller ran (safe lane), or rows lost to a power cut"
+            )
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"since": self.since, "plc_carried_out": dict(self.plc_carried_out),
-                "audit_acked": dict(self.audit_acked), "crash_pending": dict(self.crash_pending),
-                "lane_gaps": dict(self.lane_gaps), "plc_items": self.plc_items, "audit_rows": self.audit_rows,
-                "items_without_row": self.items_without_row, "mailbox": list(self.mailbox)}
+        return {
+            "since": self.since,
+            "plc_carried_out": dict(self.plc_carried_out),
+            "audit_acked": dict(self.audit_acked),
+            "crash_pending": dict(self.crash_pending),
+            "lane_gaps": dict(self.lane_gaps),
+            "plc_items": self.plc_items,
+            "audit_rows": self.audit_rows,
+            "items_without_row": self.items_without_row,
+            "mailbox": list(self.mailbox),
+        }
 
 
 def _delta(now: Mapping[str, int], before: Mapping[str, int], key: str) -> int:
     return (int(now.get(key, 0)) - int(before.get(key, 0))) & 0xFFFF_FFFF
 
 
-def reconcile(log: AuditLog, counters: Mapping[str, int], mailbox: Sequence[MailboxEntry],
-              crash_pending: Sequence[AuditRecord]) -> Reconciliation | None:
+def reconcile(
+    log: AuditLog, counters: Mapping[str, int], mailbox: Sequence[MailboxEntry], crash_pending: Sequence[AuditRecord]
+) -> Reconciliation | None:
     """Compare the audit log with the PLC since the last counter snapshot.
 
     Parameters
@@ -184,17 +205,30 @@ def reconcile(log: AuditLog, counters: Mapping[str, int], mailbox: Sequence[Mail
             continue
         crashed = pending_by_plc_id.get(entry.item_id)
         if crashed is not None:
-            notes.append(f"mailbox slot {entry.slot}: the PLC accepted seq {entry.ack_seq} for item "
-                         f"{crashed.item_id} ({lane}), a decision left pending by the crash (its row says "
-                         "undelivered; the PLC latched it after the PC died)")
+            notes.append(
+                f"mailbox slot {entry.slot}: the PLC accepted seq {entry.ack_seq} for item "
+                f"{crashed.item_id} ({lane}), a decision left pending by the crash (its row says "
+                "undelivered; the PLC latched it after the PC died)"
+            )
         elif entry.ack_seq in by_seq:
-            notes.append(f"mailbox slot {entry.slot}: the PLC accepted seq {entry.ack_seq} for PLC id "
-                         f"{entry.item_id} ({lane}), but the audit row acknowledged under that seq is another "
-                         "decision")
+            notes.append(
+                f"mailbox slot {entry.slot}: the PLC accepted seq {entry.ack_seq} for PLC id "
+                f"{entry.item_id} ({lane}), but the audit row acknowledged under that seq is another "
+                "decision"
+            )
         elif rows or last_id:
-            notes.append(f"mailbox slot {entry.slot}: the PLC accepted seq {entry.ack_seq} for PLC id "
-                         f"{entry.item_id} ({lane}), which no audit row since the {detail.get('why', '?')} "
-                         "snapshot holds as acknowledged")
-    return Reconciliation(since=str(detail.get("why", "?")), plc_carried_out=carried, audit_acked=dict(acked),
-                          crash_pending=dict(pending), lane_gaps=gaps, plc_items=plc_items, audit_rows=len(rows),
-                          mailbox=tuple(notes))
+            notes.append(
+                f"mailbox slot {entry.slot}: the PLC accepted seq {entry.ack_seq} for PLC id "
+                f"{entry.item_id} ({lane}), which no audit row since the {detail.get('why', '?')} "
+                "snapshot holds as acknowledged"
+            )
+    return Reconciliation(
+        since=str(detail.get("why", "?")),
+        plc_carried_out=carried,
+        audit_acked=dict(acked),
+        crash_pending=dict(pending),
+        lane_gaps=gaps,
+        plc_items=plc_items,
+        audit_rows=len(rows),
+        mailbox=tuple(notes),
+    )

@@ -93,8 +93,15 @@ class ScoringPool(abc.ABC):
                 raise ValueError(f"kind={kind!r}: use one of {sorted(POOL_KINDS)}") from None
         return super().__new__(cls)
 
-    def __init__(self, model_dir: str | None = None, *, workers: int = 2, kind: str | None = None,
-                 max_batch: int = 16, allow_line_mismatch: bool = False) -> None:
+    def __init__(
+        self,
+        model_dir: str | None = None,
+        *,
+        workers: int = 2,
+        kind: str | None = None,
+        max_batch: int = 16,
+        allow_line_mismatch: bool = False,
+    ) -> None:
         if kind is not None and kind != self.kind:
             raise ValueError(f"kind={kind!r} given to a {type(self).__name__} (kind {self.kind!r})")
         if workers < 1 or max_batch < 1:
@@ -120,8 +127,13 @@ class ScoringPool(abc.ABC):
 
     def like(self, model_dir: str | None) -> ScoringPool:
         """A new, unstarted pool of the same kind and size for another model (a model swap)."""
-        return ScoringPool(model_dir, kind=self.kind, workers=self.workers, max_batch=self.max_batch,
-                           allow_line_mismatch=self.allow_line_mismatch)
+        return ScoringPool(
+            model_dir,
+            kind=self.kind,
+            workers=self.workers,
+            max_batch=self.max_batch,
+            allow_line_mismatch=self.allow_line_mismatch,
+        )
 
     @property
     def started(self) -> bool:
@@ -225,13 +237,19 @@ class ScoringPool(abc.ABC):
         logger.error("scoring %d item(s) failed: %r; they go to the safe lane", len(jobs), err)
         for job in jobs:
             if not job.future.done():
-                job.future.set_result(error_decision(job.item.record.line_no, job.item.item_id,
-                                                     f"scorer failed: {err!r}"))
+                job.future.set_result(
+                    error_decision(job.item.record.line_no, job.item.item_id, f"scorer failed: {err!r}")
+                )
 
     def _ready(self, t0: float) -> None:
         self._started = True
-        logger.info("scoring pool: %d %s worker(s), model %s, ready in %.1f s", self.workers, self.kind,
-                    self.model_id, time.monotonic() - t0)
+        logger.info(
+            "scoring pool: %d %s worker(s), model %s, ready in %.1f s",
+            self.workers,
+            self.kind,
+            self.model_id,
+            time.monotonic() - t0,
+        )
 
 
 class ThreadScoringPool(ScoringPool):
@@ -348,13 +366,18 @@ class ProcessScoringPool(ScoringPool):
         self.model_id = model_id
         self.worker_pids = [pid]
         self._started = True
-        logger.info("scoring pool: first of %d process worker(s) ready in %.1f s, model %s", self.workers,
-                    time.monotonic() - t0, model_id)
+        logger.info(
+            "scoring pool: first of %d process worker(s) ready in %.1f s, model %s",
+            self.workers,
+            time.monotonic() - t0,
+            model_id,
+        )
         for _ in range(self.workers - 1):
             self._respawning += 1
             other = self._new_process()
-            self._spawn_task(self._join_when_warm(other, asyncio.ensure_future(other.call("warm", None))),
-                             "scoring worker warming")
+            self._spawn_task(
+                self._join_when_warm(other, asyncio.ensure_future(other.call("warm", None))), "scoring worker warming"
+            )
 
     async def _join_when_warm(self, proc: ScoringProcess, fut: asyncio.Future[tuple[int, str]]) -> None:
         try:
@@ -417,8 +440,11 @@ class ProcessScoringPool(ScoringPool):
         self._kick()
 
     def _replace(self, proc: ScoringProcess) -> None:
-        logger.error("scoring worker %s died (exit code %s); starting a new one (the model loads again)",
-                     proc.pid, proc.process.exitcode)
+        logger.error(
+            "scoring worker %s died (exit code %s); starting a new one (the model loads again)",
+            proc.pid,
+            proc.process.exitcode,
+        )
         if proc in self._procs:
             self._procs.remove(proc)
         self.worker_pids = [p for p in self.worker_pids if p != proc.pid]
@@ -440,16 +466,16 @@ class ProcessScoringPool(ScoringPool):
                     proc = self._new_process()
                     pid, _model_id = await proc.call("warm", None)
                 except WorkerLost as err:
-                    logger.error("replacement scoring worker failed to start: %s; retrying in %.0f s", err,
-                                 _RESPAWN_DELAY_S)
+                    logger.error(
+                        "replacement scoring worker failed to start: %s; retrying in %.0f s", err, _RESPAWN_DELAY_S
+                    )
                     if proc is not None:
                         proc.kill()
                     proc = None
                     await asyncio.sleep(_RESPAWN_DELAY_S)
                     continue
                 except Exception as err:  # noqa: BLE001 - e.g. the model no longer loads: its calls fail alike
-                    logger.error("replacement scoring worker cannot score: %s; its items go to the safe lane",
-                                 err)
+                    logger.error("replacement scoring worker cannot score: %s; its items go to the safe lane", err)
                     pid = proc.pid or 0
                 if not self._started:
                     break
@@ -476,8 +502,7 @@ class ProcessScoringPool(ScoringPool):
         await asyncio.to_thread(_close_all, procs)
         for job in self._queue:  # nothing is left to score them
             if not job.future.done():
-                job.future.set_result(error_decision(job.item.record.line_no, job.item.item_id,
-                                                     "scorer closed"))
+                job.future.set_result(error_decision(job.item.record.line_no, job.item.item_id, "scorer closed"))
         self._queue.clear()
 
 

@@ -369,8 +369,13 @@ class LogFollowSource(ItemSource):
         meta: LogMeta | None = None
         meta_error: str | None = None
         try:
-            for line in iter_log(self.log_dir, start=self._start_position(), follow=self.follow,
-                                 poll_s=self.poll_s, should_stop=self._stop.is_set):
+            for line in iter_log(
+                self.log_dir,
+                start=self._start_position(),
+                follow=self.follow,
+                poll_s=self.poll_s,
+                should_stop=self._stop.is_set,
+            ):
                 if self._stop.is_set():
                     break
                 self.lines_read += 1
@@ -378,9 +383,12 @@ class LogFollowSource(ItemSource):
                     if line.line_no < self.recheck_from or self._recorded(line):
                         continue
                     self.rechecked += 1
-                    logger.warning("log line %d (%s) has no audit row although later lines do "
-                                   "(a crash committed them out of order); recording it now",
-                                   line.line_no, self._audit_id(line))
+                    logger.warning(
+                        "log line %d (%s) has no audit row although later lines do "
+                        "(a crash committed them out of order); recording it now",
+                        line.line_no,
+                        self._audit_id(line),
+                    )
                 if meta is None and meta_error is None:
                     try:
                         meta = read_meta(self.log_dir)
@@ -434,12 +442,19 @@ class LogFollowSource(ItemSource):
         raw_id = record.item_id if record is not None else line.item_id
         plc_id = plc_item_id(raw_id) if raw_id else None
         t_available, now_mono = time.time(), time.monotonic()
-        if (self.timing.deadline_from == "bridge" and t_item is not None
-                and t_item > t_available + _FUTURE_TOLERANCE_S and not self._warned_future):
+        if (
+            self.timing.deadline_from == "bridge"
+            and t_item is not None
+            and t_item > t_available + _FUTURE_TOLERANCE_S
+            and not self._warned_future
+        ):
             self._warned_future = True
-            logger.warning("item %s has a bridge time %.1f s in the future: the bridge and this PC's clocks "
-                           "disagree; timing deadlines from arrival for such items (synchronise the clocks)",
-                           raw_id, t_item - t_available)
+            logger.warning(
+                "item %s has a bridge time %.1f s in the future: the bridge and this PC's clocks "
+                "disagree; timing deadlines from arrival for such items (synchronise the clocks)",
+                raw_id,
+                t_item - t_available,
+            )
         if self.timing.deadline_from == "arrival" or t_item is None:
             due = self.timing.due(t_item, t_available, now_mono)  # the clock starts now, with the images loaded
         if plc_id is not None and self._announce is not None and self._loop is not None:

@@ -57,7 +57,6 @@ class LatencyHistogram:
         return round(k * self.RESOLUTION_MS, 1)
 
 
-
 @dataclass
 class RunStats:
     """Running totals of a run (constant memory)."""
@@ -76,8 +75,7 @@ class RunStats:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     peak_in_flight: int = 0
 
-    def record(self, lane: str, delivery: str, latency_s: float | None, overload: bool,
-               truth: Any = None) -> str:
+    def record(self, lane: str, delivery: str, latency_s: float | None, overload: bool, truth: Any = None) -> str:
         """Count one item: the lane decided, its delivery, and (``truth``: a
         :class:`~sorter.line.sources.Truth` or ``None``) what it really was.  Returns where it went:
         the decided lane when the PLC accepted it, else ``manual``."""
@@ -105,8 +103,9 @@ class RunStats:
         t = self.truth
 
         def tsum(label: str | None = None, lane: str | None = None) -> int:
-            return sum(v for (lab, ln), v in t.items()
-                       if (label is None or lab == label) and (lane is None or ln == lane))
+            return sum(
+                v for (lab, ln), v in t.items() if (label is None or lab == label) and (lane is None or ln == lane)
+            )
 
         return dict(
             li_ion_total=tsum("li_ion"),
@@ -216,8 +215,14 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out.update(deadline_misses=self.deadline_misses, undelivered=self.undelivered, rejected=self.rejected,
-                   lead_acid_purity=self.lead_acid_purity, audit_ok=self.audit_ok, plc_agrees=self.plc_agrees)
+        out.update(
+            deadline_misses=self.deadline_misses,
+            undelivered=self.undelivered,
+            rejected=self.rejected,
+            lead_acid_purity=self.lead_acid_purity,
+            audit_ok=self.audit_ok,
+            plc_agrees=self.plc_agrees,
+        )
         return out
 
     def format(self) -> str:
@@ -234,8 +239,8 @@ class RunSummary:
             f"items          {self.items} in {self.duration_s:.1f} s ({rate:.1f}/s), model {self.model_id}",
             f"lanes decided  {counts(self.lanes)}",
             f"items went to  {counts(self.effective_lanes)}   (only PLC-accepted decisions leave manual)",
-            "delivery       " + ", ".join(f"{k} {self.delivery.get(k, 0)}" for k in
-                                          ("acked", "late", "undelivered", "rejected")),
+            "delivery       "
+            + ", ".join(f"{k} {self.delivery.get(k, 0)}" for k in ("acked", "late", "undelivered", "rejected")),
             f"latency        p50 {ms(self.latency_p50_ms)}, p99 {ms(self.latency_p99_ms)}, "
             f"max {ms(self.latency_max_ms)} (available -> PLC ack; deadline {self.deadline_ms:.0f} ms)",
             f"deadline       {self.deadline_misses} missed (of which {self.overload} overload, not scored), "
@@ -261,8 +266,10 @@ class RunSummary:
             + (f"; resumed after line {self.resume_point}" if self.resume_point else "")
         )
         if self.audit_sync == "interval" and self.max_durability_lag_ms is not None:
-            lines.append(f"durability     audit rows flushed to disk on a cadence; worst lag "
-                         f"{self.max_durability_lag_ms:.0f} ms (a power cut loses at most that window)")
+            lines.append(
+                f"durability     audit rows flushed to disk on a cadence; worst lag "
+                f"{self.max_durability_lag_ms:.0f} ms (a power cut loses at most that window)"
+            )
         if self.reconciliation:
             head = "RECONCILE      " if self.reconciliation_gap_items else "reconcile      "
             lines += [(head if k == 0 else "               ") + text for k, text in enumerate(self.reconciliation)]

@@ -61,8 +61,9 @@ class WorkerLost(SorterError, RuntimeError):
     The pool replaces the worker; the items of the call go to the safe lane."""
 
 
-def _serve(conn: Connection, init: Callable[..., None], init_args: tuple[Any, ...],
-           handlers: dict[str, Callable[..., Any]]) -> None:
+def _serve(
+    conn: Connection, init: Callable[..., None], init_args: tuple[Any, ...], handlers: dict[str, Callable[..., Any]]
+) -> None:
     """The worker's main loop: one request at a time until the controller closes the socket."""
     init(*init_args)
     while True:
@@ -107,8 +108,14 @@ class ScoringProcess:
     stream out of step: close the process and start a new one.
     """
 
-    def __init__(self, init: Callable[..., None], init_args: tuple[Any, ...],
-                 handlers: dict[str, Callable[..., Any]], *, name: str = "sorter-score") -> None:
+    def __init__(
+        self,
+        init: Callable[..., None],
+        init_args: tuple[Any, ...],
+        handlers: dict[str, Callable[..., Any]],
+        *,
+        name: str = "sorter-score",
+    ) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_serve, args=(child, init, init_args, handlers), name=name, daemon=True)
@@ -206,8 +213,9 @@ def init_scoring_worker(model_dir: str | None, allow_line_mismatch: bool = False
     global _WORKER_SCORER, _WORKER_ERROR
     try:
         # estimators=False: the fast predictor file, without importing scikit-learn (sorter.fastmodel)
-        _WORKER_SCORER = Scorer(load_model(model_dir or None, estimators=False),
-                                allow_line_mismatch=allow_line_mismatch)
+        _WORKER_SCORER = Scorer(
+            load_model(model_dir or None, estimators=False), allow_line_mismatch=allow_line_mismatch
+        )
     except Exception as err:  # noqa: BLE001 - reported by the first call, with its own message
         # An initializer that raises breaks the whole pool with no message; keep the error to raise it.
         _WORKER_ERROR = err

@@ -92,8 +92,7 @@ def resolve_image_path(log_dir: StrPath, rel: str) -> Path:
         target = (base / rel).resolve()
     except (OSError, RuntimeError) as err:  # symlink loops
         raise UnsafePathError(
-            f"image path {_show(rel)} in {log_dir} cannot be resolved ({err}); "
-            "remove the symlink loop"
+            f"image path {_show(rel)} in {log_dir} cannot be resolved ({err}); remove the symlink loop"
         ) from err
     if not target.is_relative_to(base):
         raise UnsafePathError(
@@ -166,9 +165,7 @@ def load_png(
             "images folder was copied with the log"
         ) from err
     except OSError as err:
-        raise ImageError(
-            f"{path}: cannot read the image ({err}); check the file and its permissions"
-        ) from err
+        raise ImageError(f"{path}: cannot read the image ({err}); check the file and its permissions") from err
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as err:
@@ -197,9 +194,7 @@ def load_png(
     return cv2.cvtColor(img, code)
 
 
-def _check_png_header(
-    header: bytes, path: StrPath, kind: str, max_pixels: int
-) -> tuple[int, int, int, int]:
+def _check_png_header(header: bytes, path: StrPath, kind: str, max_pixels: int) -> tuple[int, int, int, int]:
     if not header:
         raise ImageError(
             f"{path}: image file is empty (0 bytes; the recorder probably crashed while "
@@ -218,10 +213,7 @@ def _check_png_header(
     length, ctype = struct.unpack(">I4s", header[8:16])
     ihdr, crc = header[16:29], int.from_bytes(header[29:33], "big")
     if length != 13 or ctype != b"IHDR" or zlib.crc32(ctype + ihdr) != crc:
-        raise ImageError(
-            f"{path}: corrupt PNG header (IHDR chunk missing or failing its CRC); "
-            "re-export the image"
-        )
+        raise ImageError(f"{path}: corrupt PNG header (IHDR chunk missing or failing its CRC); re-export the image")
     width, height, depth, colour, _comp, _filt, _interlace = struct.unpack(">IIBBBBB", ihdr)
     if not (0 < width < 2**31 and 0 < height < 2**31) or depth not in _PNG_DEPTHS.get(colour, ()):
         raise ImageError(
@@ -285,8 +277,7 @@ def encode_png(img: np.ndarray, level: int = 1) -> bytes:
     img = np.asarray(img)
     if img.dtype not in (np.uint8, np.uint16) or img.ndim not in (2, 3):
         raise ImageError(
-            f"cannot encode a {img.dtype} array of shape {img.shape} as PNG; pass "
-            "H x W or H x W x 3 uint8/uint16"
+            f"cannot encode a {img.dtype} array of shape {img.shape} as PNG; pass H x W or H x W x 3 uint8/uint16"
         )
     if img.ndim == 3:
         if img.shape[2] == 3:
@@ -294,16 +285,18 @@ def encode_png(img: np.ndarray, level: int = 1) -> bytes:
         elif img.shape[2] == 4:
             img = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGBA2BGRA)
         else:
-            raise ImageError(
-                f"cannot encode an image with {img.shape[2]} channels as PNG; pass 1, 3 or 4"
-            )
+            raise ImageError(f"cannot encode an image with {img.shape[2]} channels as PNG; pass 1, 3 or 4")
     try:
         params = [cv2.IMWRITE_PNG_COMPRESSION, level]
         if level == 1:
             # Sensor images are noisy: LZ77 matching finds little, so Huffman coding after
             # the "sub" filter gives nearly the same size at a third of the encoding time.
-            params += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
-                       cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
+            params += [
+                cv2.IMWRITE_PNG_STRATEGY,
+                cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+                cv2.IMWRITE_PNG_FILTER,
+                cv2.IMWRITE_PNG_FILTER_SUB,
+            ]
         ok, buf = cv2.imencode(".png", img, params)
     except cv2.error as err:
         raise ImageError(f"OpenCV could not encode the image as PNG ({err})") from err

@@ -55,15 +55,12 @@ def read_meta(log_dir: StrPath) -> LogMeta:
         return LogMeta()
     except (OSError, UnicodeDecodeError) as err:
         raise LogFormatError(
-            f"{path}: cannot be read as UTF-8 text ({err}); rewrite it with write_meta "
-            "or delete it to use the defaults"
+            f"{path}: cannot be read as UTF-8 text ({err}); rewrite it with write_meta or delete it to use the defaults"
         ) from err
     try:
         obj = json.loads(text, parse_constant=_NonFinite)
     except (ValueError, RecursionError) as err:
-        raise LogFormatError(
-            f"{path}: not valid JSON ({err}); fix the file or delete it to use the defaults"
-        ) from err
+        raise LogFormatError(f"{path}: not valid JSON ({err}); fix the file or delete it to use the defaults") from err
     return _meta_from_json(obj, str(path))
 
 
@@ -85,8 +82,10 @@ def check_log_dir(log_dir: StrPath) -> None:
     """
     d = Path(log_dir)
     if not d.exists():
-        raise LogFormatError(f"{d}: no such log directory; check the path (a sorter-log/1 log is a "
-                             f"directory holding {ITEMS_FILE}, see docs/log-format.md)")
+        raise LogFormatError(
+            f"{d}: no such log directory; check the path (a sorter-log/1 log is a "
+            f"directory holding {ITEMS_FILE}, see docs/log-format.md)"
+        )
     if not d.is_dir():
         raise LogFormatError(f"{d} is a file, not a log directory; pass the directory that holds {ITEMS_FILE}")
     if layout(d) == "rotated":
@@ -94,8 +93,10 @@ def check_log_dir(log_dir: StrPath) -> None:
         return
     items = d / ITEMS_FILE
     if not items.is_file():
-        raise LogFormatError(f"{d} holds no {ITEMS_FILE}, so it is not a sorter-log/1 log (or its recorder "
-                             "has not written an item yet); pass a log directory, see docs/log-format.md")
+        raise LogFormatError(
+            f"{d} holds no {ITEMS_FILE}, so it is not a sorter-log/1 log (or its recorder "
+            "has not written an item yet); pass a log directory, see docs/log-format.md"
+        )
 
 
 def write_meta(log_dir: StrPath, meta: LogMeta) -> None:
@@ -134,8 +135,7 @@ def write_meta(log_dir: StrPath, meta: LogMeta) -> None:
 def _meta_from_json(obj: object, where: str) -> LogMeta:
     if not isinstance(obj, dict):
         raise LogFormatError(
-            f"{where}: expected a JSON object, got {_json_type(obj)}; "
-            'write e.g. {"format": "sorter-log/1"}'
+            f'{where}: expected a JSON object, got {_json_type(obj)}; write e.g. {{"format": "sorter-log/1"}}'
         )
     kwargs: dict[str, Any] = {}
     fmt = obj.get("format", SUPPORTED_FORMAT)
@@ -148,8 +148,7 @@ def _meta_from_json(obj: object, where: str) -> LogMeta:
     if "line" in obj:
         if not isinstance(obj["line"], str):
             raise LogFormatError(
-                f"{where}: key 'line' is {_show(obj['line'])}, expected a string "
-                "naming the sorting line; fix meta.json"
+                f"{where}: key 'line' is {_show(obj['line'])}, expected a string naming the sorting line; fix meta.json"
             )
         kwargs["line"] = obj["line"]
     xray = _meta_section(obj, "xray", ("mm_per_px", "energies_kev"), where)
@@ -159,23 +158,16 @@ def _meta_from_json(obj: object, where: str) -> LogMeta:
         kwargs["xray_energies_kev"] = _meta_energies(xray["energies_kev"], where)
     camera = _meta_section(obj, "camera", ("mm_per_px",), where)
     if "mm_per_px" in camera:
-        kwargs["camera_mm_per_px"] = _meta_positive(
-            camera["mm_per_px"], "camera.mm_per_px", where
-        )
-    extra = {
-        k: _clean_json(v) for k, v in obj.items() if k not in ("format", "line", "xray", "camera")
-    }
+        kwargs["camera_mm_per_px"] = _meta_positive(camera["mm_per_px"], "camera.mm_per_px", where)
+    extra = {k: _clean_json(v) for k, v in obj.items() if k not in ("format", "line", "xray", "camera")}
     return LogMeta(**kwargs, extra=extra)
 
 
-def _meta_section(
-    obj: dict[str, Any], key: str, known: tuple[str, ...], where: str
-) -> dict[str, Any]:
+def _meta_section(obj: dict[str, Any], key: str, known: tuple[str, ...], where: str) -> dict[str, Any]:
     section = obj.get(key, {})
     if not isinstance(section, dict):
         raise LogFormatError(
-            f"{where}: key '{key}' is {_show(section)}, expected an object with keys "
-            f"{', '.join(known)}; fix meta.json"
+            f"{where}: key '{key}' is {_show(section)}, expected an object with keys {', '.join(known)}; fix meta.json"
         )
     unknown = sorted(str(k) for k in section if k not in known)
     if unknown:
@@ -198,9 +190,7 @@ def _meta_positive(value: object, key: str, where: str) -> float:
 
 
 def _meta_energies(value: object, where: str) -> tuple[float, float]:
-    nums = (
-        [_as_float(v) for v in value] if isinstance(value, list) and len(value) == 2 else None
-    )
+    nums = [_as_float(v) for v in value] if isinstance(value, list) and len(value) == 2 else None
     if nums is None or nums[0] is None or nums[1] is None or not 0 < nums[0] < nums[1]:
         raise LogFormatError(
             f"{where}: key 'xray.energies_kev' is {_show(value)}, expected "

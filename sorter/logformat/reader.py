@@ -223,8 +223,9 @@ def iter_log(
         with open(path, "rb") as fh:
             ids = _IdRing() if follow else _IdIndex()  # a followed log may grow for weeks
             _skip_prefix(fh, 0, 1, start.offset, start.line_no, ids, str(path))
-            yield from _read_file(fh, path, start.offset, start.line_no, ids, 0, follow=follow,
-                                  poll_s=poll_s, stop=stop, next_path=None)
+            yield from _read_file(
+                fh, path, start.offset, start.line_no, ids, 0, follow=follow, poll_s=poll_s, stop=stop, next_path=None
+            )
         return
     yield from _iter_rotated(Path(log_dir), start, follow=follow, poll_s=poll_s, stop=stop)
 
@@ -241,8 +242,7 @@ def _iter_rotated(
         )
     if k not in segs:
         raise LogFormatError(
-            f"{d / segment_file(k)}: no such segment (the log has {len(segs)}); resume from a position "
-            "in this same log"
+            f"{d / segment_file(k)}: no such segment (the log has {len(segs)}); resume from a position in this same log"
         )
     ids = _IdWindow()
     if k > 1:  # the previous segment's ids, for the duplicate check across the boundary
@@ -250,8 +250,9 @@ def _iter_rotated(
         hdr = read_header(prev, k - 1)
         with open(prev, "rb") as fh:
             fh.seek(hdr.end)
-            for _ in _read_file(fh, prev, hdr.end, hdr.first_line, ids, k - 1, follow=False,
-                                poll_s=poll_s, stop=stop, next_path=None):
+            for _ in _read_file(
+                fh, prev, hdr.end, hdr.first_line, ids, k - 1, follow=False, poll_s=poll_s, stop=stop, next_path=None
+            ):
                 pass
         ids.next_segment()
     offset, line_no = start.offset, start.line_no
@@ -274,13 +275,15 @@ def _iter_rotated(
                 )
             line_no = line_no_here
         elif offset < hdr.end:
-            raise LogFormatError(f"{path}: start offset {offset} is inside the segment header; resume from a "
-                                 "LogLine's next_position")
+            raise LogFormatError(
+                f"{path}: start offset {offset} is inside the segment header; resume from a LogLine's next_position"
+            )
         with open(path, "rb") as fh:
             _skip_prefix(fh, hdr.end, hdr.first_line, offset, line_no, ids, str(path))
             nxt = d / segment_file(k + 1)
-            result = yield from _read_file(fh, path, offset, line_no, ids, k, follow=follow,
-                                           poll_s=poll_s, stop=stop, next_path=nxt)
+            result = yield from _read_file(
+                fh, path, offset, line_no, ids, k, follow=follow, poll_s=poll_s, stop=stop, next_path=nxt
+            )
         offset, line_no, stopped = result
         if stopped:
             return
@@ -447,9 +450,7 @@ def _check_still_same_file(fh: IO[bytes], path: Path, ino: int, offset: int) -> 
     try:
         now = os.stat(path).st_ino
     except FileNotFoundError as err:
-        raise LogFormatError(
-            f"{path} was removed while being followed; a log must only be appended to"
-        ) from err
+        raise LogFormatError(f"{path} was removed while being followed; a log must only be appended to") from err
     if now != ino:
         raise LogFormatError(
             f"{path} was replaced by another file while being followed; a log must only "

@@ -83,8 +83,7 @@ def parse_record(obj: object, *, line_no: int = 0, where: str = "") -> ItemRecor
     item_id = obj.get("item_id")
     if "item_id" not in obj:
         raise LogFormatError(
-            f"{loc}: field 'item_id' is missing; every line needs the string id the "
-            "sensor bridge gave the item",
+            f"{loc}: field 'item_id' is missing; every line needs the string id the sensor bridge gave the item",
             kind=ErrorKind.ITEM_ID,
         )
     if not isinstance(item_id, str) or not item_id.strip():

@@ -107,10 +107,12 @@ def segment_numbers(log_dir: StrPath) -> list[int]:
 
 
 def missing_segment_message(log_dir: StrPath, missing: int, last: int) -> str:
-    return (f"{Path(log_dir) / segment_file(missing)} is missing, although the log goes on to "
-            f"{segment_file(last)}: the items in it cannot be read. Segments are numbered from 1 "
-            "without a gap; restore the file from a copy of the log (never delete segment files: "
-            "retention deletes images, not item lines)")
+    return (
+        f"{Path(log_dir) / segment_file(missing)} is missing, although the log goes on to "
+        f"{segment_file(last)}: the items in it cannot be read. Segments are numbered from 1 "
+        "without a gap; restore the file from a copy of the log (never delete segment files: "
+        "retention deletes images, not item lines)"
+    )
 
 
 def layout(log_dir: StrPath) -> Layout | None:
@@ -127,7 +129,8 @@ def layout(log_dir: StrPath) -> Layout | None:
     if single and rotated:
         raise LogFormatError(
             f"{d} holds both {ITEMS_FILE} and segment files ({segment_file(1)}, …); a log is either one "
-            "file or rotated segments — move one of them to a log directory of its own")
+            "file or rotated segments — move one of them to a log directory of its own"
+        )
     if single:
         return "single"
     return "rotated" if rotated else None
@@ -155,8 +158,10 @@ def read_header(path: StrPath, segment: int) -> SegmentHeader:
 
 
 def parse_header(raw: bytes, path: StrPath, segment: int) -> SegmentHeader:
-    fix = ("a segment file starts with a header line {\"segment\": k, \"first_line\": n} and appears whole "
-           "(written under a temporary name, then renamed); see docs/log-format.md")
+    fix = (
+        'a segment file starts with a header line {"segment": k, "first_line": n} and appears whole '
+        "(written under a temporary name, then renamed); see docs/log-format.md"
+    )
     if not raw.endswith(b"\n"):
         raise LogFormatError(f"{path}: the segment header line is incomplete or too long; {fix}")
     try:
@@ -168,11 +173,12 @@ def parse_header(raw: bytes, path: StrPath, segment: int) -> SegmentHeader:
     seg, first = obj.get("segment"), obj.get("first_line")
     for name, value in (("segment", seg), ("first_line", first)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise LogFormatError(f"{path}: segment header field {name!r} is {value!r}, expected an "
-                                 f"integer >= 1; {fix}")
+            raise LogFormatError(f"{path}: segment header field {name!r} is {value!r}, expected an integer >= 1; {fix}")
     if seg != segment:
-        raise LogFormatError(f"{path}: the header says segment {seg} but the file name says {segment}; "
-                             "segment files must keep the names their writer gave them")
+        raise LogFormatError(
+            f"{path}: the header says segment {seg} but the file name says {segment}; "
+            "segment files must keep the names their writer gave them"
+        )
     if segment == 1 and first != 1:
         raise LogFormatError(f"{path}: the first segment must start at line 1, its header says {first}")
     return SegmentHeader(segment=seg, first_line=first, end=len(raw))

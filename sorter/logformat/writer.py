@@ -109,8 +109,9 @@ class LogWriter:
     ) -> None:
         if not 0 <= png_level <= 9:
             raise ImageError(f"png_level must be 0..9 (zlib level), got {png_level}")
-        if rotate_items is not None and (isinstance(rotate_items, bool) or not isinstance(rotate_items, int)
-                                         or rotate_items < 1):
+        if rotate_items is not None and (
+            isinstance(rotate_items, bool) or not isinstance(rotate_items, int) or rotate_items < 1
+        ):
             raise LogFormatError(f"rotate_items must be a whole number >= 1 (items per segment), got {rotate_items!r}")
         self.log_dir = Path(log_dir)
         self.png_level = png_level
@@ -252,9 +253,7 @@ class LogWriter:
     ) -> None:
         self.close()
 
-    def append(
-        self, record: ItemRecord, images: Mapping[str, np.ndarray] | None = None
-    ) -> ItemRecord:
+    def append(self, record: ItemRecord, images: Mapping[str, np.ndarray] | None = None) -> ItemRecord:
         """Write an item's images and its line; return the record as the log now holds it.
 
         Parameters
@@ -294,8 +293,7 @@ class LogWriter:
         first = self._ids.first_line(record.item_id)
         if first is not None:
             raise LogFormatError(
-                f"{where}: duplicate item_id (already written at line {first}); give every "
-                "item a new id"
+                f"{where}: duplicate item_id (already written at line {first}); give every item a new id"
             )
         for name in NUMERIC_FIELDS:
             value = getattr(record, name)
@@ -322,8 +320,7 @@ class LogWriter:
         unknown = sorted(set(images) - set(IMAGE_FIELDS))
         if unknown:
             raise ImageError(
-                f"unknown image key {unknown[0]!r} for item {_show(item_id)}; use "
-                f"{', '.join(IMAGE_FIELDS)}"
+                f"unknown image key {unknown[0]!r} for item {_show(item_id)}; use {', '.join(IMAGE_FIELDS)}"
             )
         encoded: dict[str, bytes] = {}
         for key, img in images.items():

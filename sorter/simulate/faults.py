@@ -47,6 +47,7 @@ BAD_KINDS: tuple[str, ...] = (
 
 def _bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A tiny PNG whose header declares an enormous image (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -89,7 +90,7 @@ def write_bad_log(out_dir: str | os.PathLike, *, good_items: int = 20, seed: int
         elif kind == "invalid_json":
             line = b'{"item_id": "bad", t: 1}'
         elif kind == "not_an_object":
-            line = b'[1, 2, 3]'
+            line = b"[1, 2, 3]"
         elif kind == "non_utf8":
             line = b'{"item_id": "bad-\xff\xfe", "t": 1.0}'
         elif kind == "missing_item_id":
@@ -101,8 +102,11 @@ def write_bad_log(out_dir: str | os.PathLike, *, good_items: int = 20, seed: int
         elif kind == "wrong_types":
             line = item(i, weight_g="heavy", length_mm=[1], surface_temp_c=True, rgb=7)
         elif kind == "nan_and_infinity":
-            line = item(i).replace(b'"weight_g":', b'"weight_g": NaN, "x_weight_g":').replace(
-                b'"height_mm":', b'"height_mm": Infinity, "x_height_mm":')
+            line = (
+                item(i)
+                .replace(b'"weight_g":', b'"weight_g": NaN, "x_weight_g":')
+                .replace(b'"height_mm":', b'"height_mm": Infinity, "x_height_mm":')
+            )
         elif kind == "negative_readings":
             line = item(i, weight_g=-5.0, length_mm=-1.0)
         elif kind == "absurd_readings":

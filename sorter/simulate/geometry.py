@@ -91,9 +91,7 @@ def _coverage(edges: np.ndarray, a: float, b: float) -> np.ndarray:
     return np.clip(hi - lo, 0, None) / (edges[1] - edges[0])
 
 
-def project_z(
-    prims: list[Primitive], materials: tuple[str, ...], nx: int, ny: int, px_mm: float
-) -> np.ndarray:
+def project_z(prims: list[Primitive], materials: tuple[str, ...], nx: int, ny: int, px_mm: float) -> np.ndarray:
     """Areal density maps ``(ny, nx, n_materials)`` in g/cm^2, beam along z.
 
     Box edges are anti-aliased (fractional pixel coverage); cylinders are sampled at
@@ -117,8 +115,15 @@ def project_z(
                 cy = _coverage(ye, p.lo[1], p.hi[1])
                 ix = np.flatnonzero(cx)
                 iy = np.flatnonzero(cy)
-                footprints[key] = None if (ix.size == 0 or iy.size == 0) else (
-                    np.outer(cy[iy[0] : iy[-1] + 1], cx[ix[0] : ix[-1] + 1]).astype(np.float32), int(iy[0]), int(ix[0]))
+                footprints[key] = (
+                    None
+                    if (ix.size == 0 or iy.size == 0)
+                    else (
+                        np.outer(cy[iy[0] : iy[-1] + 1], cx[ix[0] : ix[-1] + 1]).astype(np.float32),
+                        int(iy[0]),
+                        int(ix[0]),
+                    )
+                )
             fp = footprints[key]
             if fp is None:
                 continue

@@ -121,7 +121,9 @@ POSES: dict[str, tuple[int, int, int]] = {
 # ---------------------------------------------------------------------------- helpers
 
 
-def _shell(lo: tuple[float, float, float], hi: tuple[float, float, float], t: float, material: str, rho: float) -> list[Box]:
+def _shell(
+    lo: tuple[float, float, float], hi: tuple[float, float, float], t: float, material: str, rho: float
+) -> list[Box]:
     """A closed hollow box of wall thickness ``t`` (outer minus inner)."""
     inner_lo = tuple(a + t for a in lo)
     inner_hi = tuple(b - t for b in hi)
@@ -168,8 +170,25 @@ def _pick_rgb(rng: np.random.Generator, palette: list[tuple[int, int, int]], var
 
 
 LEAD_CASE_COLOURS = [(20, 20, 22), (35, 35, 38), (120, 120, 125), (215, 215, 205), (110, 30, 35), (25, 45, 110)]
-LI_BRAND_COLOURS = [(250, 200, 20), (0, 140, 150), (30, 90, 200), (200, 30, 30), (40, 160, 60), (240, 120, 20), (25, 25, 28), (90, 90, 95)]
-SHRINK_COLOURS = [(30, 90, 200), (40, 160, 60), (150, 60, 160), (200, 40, 40), (230, 230, 230), (20, 20, 20), (250, 140, 30)]
+LI_BRAND_COLOURS = [
+    (250, 200, 20),
+    (0, 140, 150),
+    (30, 90, 200),
+    (200, 30, 30),
+    (40, 160, 60),
+    (240, 120, 20),
+    (25, 25, 28),
+    (90, 90, 95),
+]
+SHRINK_COLOURS = [
+    (30, 90, 200),
+    (40, 160, 60),
+    (150, 60, 160),
+    (200, 40, 40),
+    (230, 230, 230),
+    (20, 20, 20),
+    (250, 140, 30),
+]
 
 
 # ---------------------------------------------------------------------------- lead-acid
@@ -213,7 +232,9 @@ def build_lead_acid(p: Product, rng: np.random.Generator, in_catalog: bool = Tru
     plate_top = H - lid - 0.12 * H
     for i in range(n_cells):
         x0 = wall + i * (cell_L + part)
-        prims += _fill((x0, wall, wall), (x0 + cell_L, W - wall, plate_top), frac, rest * (1 - post_frac / tot) / n_cells)
+        prims += _fill(
+            (x0, wall, wall), (x0 + cell_L, W - wall, plate_top), frac, rest * (1 - post_frac / tot) / n_cells
+        )
     # straps along the cells and two tapered posts (lead)
     post_mass = rest * post_frac / tot
     strap_w = min(12.0, W * 0.15)
@@ -226,7 +247,9 @@ def build_lead_acid(p: Product, rng: np.random.Generator, in_catalog: bool = Tru
     py = wall + 2 + strap_w / 2 - r_post
     posts = [
         CylinderArray((wall + 4, py, H - 1), (1, 1, 1), 2, r_post, post_len, 2 * r_post + 1, "Pb", 1.0),
-        CylinderArray((L - wall - 4 - 2 * r_post, py, H - 1), (1, 1, 1), 2, r_post * 0.9, post_len, 2 * r_post, "Pb", 1.0),
+        CylinderArray(
+            (L - wall - 4 - 2 * r_post, py, H - 1), (1, 1, 1), 2, r_post * 0.9, post_len, 2 * r_post, "Pb", 1.0
+        ),
     ]
     unit = total_mass_g(strap + posts)  # at density 1
     scale = post_mass / unit * 1.0
@@ -242,9 +265,16 @@ def build_lead_acid(p: Product, rng: np.random.Generator, in_catalog: bool = Tru
         gloss=float(rng.uniform(0.1, 0.5)),
     )
     return Instance(
-        product=p.name, chemistry=p.chemistry, family="lead_acid", in_catalog=in_catalog,
-        size_mm=(L, W, H + post_len), prims=prims, appearance=app, emissivity=0.94,
-        energy_wh=p.energy_wh, extra={"sulfation": round(sulf, 3), "dry": dry},
+        product=p.name,
+        chemistry=p.chemistry,
+        family="lead_acid",
+        in_catalog=in_catalog,
+        size_mm=(L, W, H + post_len),
+        prims=prims,
+        appearance=app,
+        emissivity=0.94,
+        energy_wh=p.energy_wh,
+        extra={"sulfation": round(sulf, 3), "dry": dry},
     )
 
 
@@ -276,9 +306,17 @@ def build_li_ion(p: Product, rng: np.random.Generator, in_catalog: bool = True) 
         fr = CELL_FRACTIONS["cyl_lfp" if lfp else "cyl"]
         prims = _cyl_cells((0, 0, 0), (1, 1, 1), 0, W, L, mass, fr, cath)
         wrap = _pick_rgb(rng, SHRINK_COLOURS)
-        app = Appearance("cell", wrap, shape="cylinder", label=str(rng.choice(["brand", "li_text", "none"])),
-                         accent_rgb=_pick_rgb(rng, SHRINK_COLOURS), gloss=0.6)
-        return Instance(p.name, p.chemistry, "li_ion", in_catalog, (L, W, H), prims, app, 0.9, energy_wh=rated_energy_wh(p))
+        app = Appearance(
+            "cell",
+            wrap,
+            shape="cylinder",
+            label=str(rng.choice(["brand", "li_text", "none"])),
+            accent_rgb=_pick_rgb(rng, SHRINK_COLOURS),
+            gloss=0.6,
+        )
+        return Instance(
+            p.name, p.chemistry, "li_ion", in_catalog, (L, W, H), prims, app, 0.9, energy_wh=rated_energy_wh(p)
+        )
     if kind in ("pouch_cell", "prismatic_cell"):
         fr = CELL_FRACTIONS["pouch" if kind == "pouch_cell" else "prismatic"]
         t = 0.15 if kind == "pouch_cell" else 0.8
@@ -286,11 +324,28 @@ def build_li_ion(p: Product, rng: np.random.Generator, in_catalog: bool = True) 
         can = total_mass_g(prims)
         fr2 = {(cath if k == "cathode" else k): v for k, v in fr.items() if k != "Al"}
         prims += _fill((t, t, t), (L - t, W - t, H - t), fr2, max(mass - can, 0.5 * mass))
-        colour = (190, 190, 195) if kind == "pouch_cell" else _pick_rgb(rng, [(60, 110, 190), (160, 160, 165), (30, 30, 30)])
-        app = Appearance("cell", colour, label=str(rng.choice(["brand", "li_text", "warning", "none"])), gloss=0.7,
-                         posts=kind == "prismatic_cell", post_rgb=(200, 200, 205))
-        return Instance(p.name, p.chemistry, "li_ion", in_catalog, (L, W, H), prims, app, 0.3 if kind == "pouch_cell" else 0.5,
-                        energy_wh=rated_energy_wh(p))
+        colour = (
+            (190, 190, 195) if kind == "pouch_cell" else _pick_rgb(rng, [(60, 110, 190), (160, 160, 165), (30, 30, 30)])
+        )
+        app = Appearance(
+            "cell",
+            colour,
+            label=str(rng.choice(["brand", "li_text", "warning", "none"])),
+            gloss=0.7,
+            posts=kind == "prismatic_cell",
+            post_rgb=(200, 200, 205),
+        )
+        return Instance(
+            p.name,
+            p.chemistry,
+            "li_ion",
+            in_catalog,
+            (L, W, H),
+            prims,
+            app,
+            0.3 if kind == "pouch_cell" else 0.5,
+            energy_wh=rated_energy_wh(p),
+        )
     return _build_pack(p, kind, rng, L, W, H, mass, cath, in_catalog)
 
 
@@ -307,8 +362,10 @@ def _build_pack(p, kind, rng, L, W, H, mass, cath, in_catalog) -> Instance:
     inner = (L - 2 * wall - 2, W - 2 * wall - 2, H - 2 * wall - 4)
     cell_frac = float(rng.uniform(0.70, 0.90))
     budget = mass * cell_frac
-    use_prismatic = (lfp and kind == "dropin" and rng.random() < 0.55) or ("prismatic" in p.name.lower()) or (
-        "bmw i3" in p.name.lower()
+    use_prismatic = (
+        (lfp and kind == "dropin" and rng.random() < 0.55)
+        or ("prismatic" in p.name.lower())
+        or ("bmw i3" in p.name.lower())
     )
     if use_prismatic:
         n_cells = 4 if (p.nominal_v or 12.8) < 14 else 8
@@ -324,7 +381,9 @@ def _build_pack(p, kind, rng, L, W, H, mass, cath, in_catalog) -> Instance:
             lo, hi = (x0, wall + 1, wall + 2), (x0 + cl, wall + 1 + inner[1], wall + 2 + inner[2] * 0.92)
             can = _shell(lo, hi, 0.8, "Al", 2.70)
             prims += can
-            prims += _fill(tuple(a + 0.8 for a in lo), tuple(b - 0.8 for b in hi), fr, max(per - total_mass_g(can), 0.6 * per))
+            prims += _fill(
+                tuple(a + 0.8 for a in lo), tuple(b - 0.8 for b in hi), fr, max(per - total_mass_g(can), 0.6 * per)
+            )
         cells_desc = f"{n_cells} prismatic"
     else:
         fmt = "32700" if (lfp and kind == "dropin") else ("21700" if rng.random() < 0.35 else "18650")
@@ -380,19 +439,37 @@ def _build_pack(p, kind, rng, L, W, H, mass, cath, in_catalog) -> Instance:
         prims += _fill(lo, hi, {PP: 0.8, "Cu": 0.2}, rest)
     if kind == "dropin":
         app = Appearance(
-            "dropin", _pick_rgb(rng, [(22, 22, 24), (35, 35, 38), (60, 60, 62), (215, 215, 205), (30, 60, 120)], 8),
-            posts=True, vents=str(rng.choice(["flat", "caps", "none"], p=[0.6, 0.15, 0.25])),
+            "dropin",
+            _pick_rgb(rng, [(22, 22, 24), (35, 35, 38), (60, 60, 62), (215, 215, 205), (30, 60, 120)], 8),
+            posts=True,
+            vents=str(rng.choice(["flat", "caps", "none"], p=[0.6, 0.15, 0.25])),
             label=str(rng.choice(["li_text", "brand", "pb_bin", "none"], p=[0.35, 0.3, 0.05, 0.3])),
-            label_rgb=_pick_rgb(rng, [(235, 235, 230), (30, 160, 80), (240, 200, 30), (30, 80, 200)]), gloss=0.3,
+            label_rgb=_pick_rgb(rng, [(235, 235, 230), (30, 160, 80), (240, 200, 30), (30, 80, 200)]),
+            gloss=0.3,
         )
     elif kind == "module":
         app = Appearance("module", (175, 175, 180), label=str(rng.choice(["warning", "none"])), gloss=0.6)
     else:
         base = _pick_rgb(rng, LI_BRAND_COLOURS)
-        app = Appearance("pack", base, accent_rgb=_pick_rgb(rng, LI_BRAND_COLOURS + [(20, 20, 20)]),
-                         label=str(rng.choice(["brand", "li_text", "warning", "none"], p=[0.4, 0.25, 0.15, 0.2])), gloss=0.4)
-    return Instance(p.name, p.chemistry, "li_ion", in_catalog, (L, W, H), prims, app, 0.94,
-                    energy_wh=rated_energy_wh(p), extra={"cells": cells_desc})
+        app = Appearance(
+            "pack",
+            base,
+            accent_rgb=_pick_rgb(rng, LI_BRAND_COLOURS + [(20, 20, 20)]),
+            label=str(rng.choice(["brand", "li_text", "warning", "none"], p=[0.4, 0.25, 0.15, 0.2])),
+            gloss=0.4,
+        )
+    return Instance(
+        p.name,
+        p.chemistry,
+        "li_ion",
+        in_catalog,
+        (L, W, H),
+        prims,
+        app,
+        0.94,
+        energy_wh=rated_energy_wh(p),
+        extra={"cells": cells_desc},
+    )
 
 
 # ---------------------------------------------------------------------------- other batteries
@@ -404,8 +481,14 @@ def build_other_battery(p: Product, rng: np.random.Generator, in_catalog: bool =
     if p.chemistry == "alkaline":
         fr = {"Fe": 0.20, "MnO2_proxy": 0.42, "Zn": 0.20, "KOH": 0.06, "Water": 0.08, "C": 0.04}
         prims = _cyl_cells((0, 0, 0), (1, 1, 1), 0, W, L, mass, fr, "MnO2_proxy", can_mm=0.3)
-        app = Appearance("cell", _pick_rgb(rng, [(30, 30, 30), (200, 140, 40), (180, 30, 30), (40, 80, 160)]),
-                         shape="cylinder", label="brand", accent_rgb=(200, 140, 40), gloss=0.6)
+        app = Appearance(
+            "cell",
+            _pick_rgb(rng, [(30, 30, 30), (200, 140, 40), (180, 30, 30), (40, 80, 160)]),
+            shape="cylinder",
+            label="brand",
+            accent_rgb=(200, 140, 40),
+            gloss=0.6,
+        )
         return Instance(p.name, p.chemistry, "other", in_catalog, (L, W, H), prims, app, 0.6)
     if p.chemistry == "nicd":
         d, ln = 22.0, 42.0  # sub-C cells
@@ -430,11 +513,15 @@ def build_other_battery(p: Product, rng: np.random.Generator, in_catalog: bool =
     cl = (L - 2 * wall - (n - 1) * gap) / n
     for i in range(n):
         x0 = wall + i * (cl + gap)
-        prims += _fill((x0, wall, wall), (x0 + cl, W - wall, H - wall - 8), fr, (mass - total_mass_g(prims[:2])) / n * 0.95)
+        prims += _fill(
+            (x0, wall, wall), (x0 + cl, W - wall, H - wall - 8), fr, (mass - total_mass_g(prims[:2])) / n * 0.95
+        )
     rest = mass - total_mass_g(prims)
     if rest > 0:
         prims += _fill((wall, wall, H - wall - 8), (L - wall, W - wall, H - wall), {PP: 0.7, "Ni": 0.3}, rest)
-    app = Appearance("nimh", (70, 70, 75), posts=True, post_rgb=(190, 190, 195), label=str(rng.choice(["brand", "none"])))
+    app = Appearance(
+        "nimh", (70, 70, 75), posts=True, post_rgb=(190, 190, 195), label=str(rng.choice(["brand", "none"]))
+    )
     return Instance(p.name, p.chemistry, "other", in_catalog, (L, W, H), prims, app, 0.94)
 
 
@@ -453,14 +540,18 @@ def build_contaminant(kind: str, rng: np.random.Generator) -> Instance:
             r = rng.uniform(6, min(W, H + 10) / 2)
             prims.append(CylinderArray((L * 0.3, 0, 0), (1, 1, 1), 1, r, W, 2 * r, "Fe", 7.85))
             H = max(H, 2 * r)
-        app = Appearance("steel", _pick_rgb(rng, [(110, 105, 100), (150, 150, 150), (120, 70, 40)]), gloss=0.6, shape="irregular")
+        app = Appearance(
+            "steel", _pick_rgb(rng, [(110, 105, 100), (150, 150, 150), (120, 70, 40)]), gloss=0.6, shape="irregular"
+        )
         return Instance("steel part", "none", "other", False, (L, W, H), prims, app, 0.3)
     if kind == "plastic_box":
         L, W, H = rng.uniform(80, 350), rng.uniform(60, 200), rng.uniform(40, 200)
         t = rng.uniform(1.5, 4)
         prims = _shell((0, 0, 0), (L, W, H), t, PP, 0.95)
         if rng.random() < 0.4:  # with something in it
-            prims += _fill((t, t, t), (L - t, W - t, H * 0.3), {"Water": 0.7, "Glass_fibre(SiO2)": 0.3}, rng.uniform(100, 1500))
+            prims += _fill(
+                (t, t, t), (L - t, W - t, H * 0.3), {"Water": 0.7, "Glass_fibre(SiO2)": 0.3}, rng.uniform(100, 1500)
+            )
         app = Appearance("plastic", _pick_rgb(rng, LEAD_CASE_COLOURS + LI_BRAND_COLOURS), gloss=0.4)
         return Instance("plastic box", "none", "other", False, (L, W, H), prims, app, 0.94)
     if kind == "wood_block":
@@ -471,7 +562,9 @@ def build_contaminant(kind: str, rng: np.random.Generator) -> Instance:
     if kind == "stone":
         L, W, H = rng.uniform(60, 220), rng.uniform(50, 150), rng.uniform(40, 120)
         prims = [Box((0, 0, 0), (L, W, H), "Stone", rng.uniform(2.4, 2.8))]
-        app = Appearance("stone", _pick_rgb(rng, [(130, 125, 115), (90, 85, 80), (170, 160, 140)]), gloss=0.05, shape="irregular")
+        app = Appearance(
+            "stone", _pick_rgb(rng, [(130, 125, 115), (90, 85, 80), (170, 160, 140)]), gloss=0.05, shape="irregular"
+        )
         return Instance("stone", "none", "other", False, (L, W, H), prims, app, 0.93)
     if kind == "glass_bottle":
         d, ln = rng.uniform(55, 90), rng.uniform(180, 320)
@@ -479,14 +572,20 @@ def build_contaminant(kind: str, rng: np.random.Generator) -> Instance:
         prims = [CylinderArray((0, 0, 0), (1, 1, 1), 0, d / 2, ln, d + 1, "Glass", 2.5, r_inner=d / 2 - t)]
         if rng.random() < 0.5:
             prims.append(CylinderArray((0, t, t), (1, 1, 1), 0, d / 2 - t, ln * rng.uniform(0.2, 0.8), d, "Water", 1.0))
-        app = Appearance("glass", _pick_rgb(rng, [(40, 110, 50), (120, 70, 20), (200, 210, 205)]), shape="cylinder", gloss=0.9)
+        app = Appearance(
+            "glass", _pick_rgb(rng, [(40, 110, 50), (120, 70, 20), (200, 210, 205)]), shape="cylinder", gloss=0.9
+        )
         return Instance("glass bottle", "none", "other", False, (ln, d, d), prims, app, 0.9)
     # PET bottle with water
     d, ln = rng.uniform(60, 100), rng.uniform(180, 330)
     prims = [CylinderArray((0, 0, 0), (1, 1, 1), 0, d / 2, ln, d + 1, PP, 1.3, r_inner=d / 2 - 0.4)]
     if rng.random() < 0.6:
-        prims.append(CylinderArray((0, 0.4, 0.4), (1, 1, 1), 0, d / 2 - 0.4, ln * rng.uniform(0.3, 0.9), d, "Water", 1.0))
-    app = Appearance("pet", _pick_rgb(rng, [(200, 220, 230), (60, 140, 200), (40, 150, 60)]), shape="cylinder", gloss=0.8)
+        prims.append(
+            CylinderArray((0, 0.4, 0.4), (1, 1, 1), 0, d / 2 - 0.4, ln * rng.uniform(0.3, 0.9), d, "Water", 1.0)
+        )
+    app = Appearance(
+        "pet", _pick_rgb(rng, [(200, 220, 230), (60, 140, 200), (40, 150, 60)]), shape="cylinder", gloss=0.8
+    )
     return Instance("PET bottle", "none", "other", False, (ln, d, d), prims, app, 0.9)
 
 
@@ -499,8 +598,9 @@ def unknown_product(family: str, rng: np.random.Generator) -> Product:
         L, W, H = rng.uniform(90, 340), rng.uniform(45, 190), rng.uniform(60, 250)
         dens = rng.uniform(1.8, 3.1)  # kg/L (reference)
         v = float(rng.choice([6, 12]))
-        return Product(f"unknown lead-acid {int(L)}x{int(W)}", "lead_acid", "lead_acid", L, W, H,
-                       L * W * H * 1e-6 * dens, v, None)
+        return Product(
+            f"unknown lead-acid {int(L)}x{int(W)}", "lead_acid", "lead_acid", L, W, H, L * W * H * 1e-6 * dens, v, None
+        )
     chem = str(rng.choice(["li_ion_nmc", "li_ion_lfp", "li_ion_nca"]))
     style = rng.integers(3)
     if style == 0:  # a lead-acid-sized LFP battery from an unknown brand, some in steel boxes
@@ -509,8 +609,17 @@ def unknown_product(family: str, rng: np.random.Generator) -> Product:
         if rng.random() < 0.3:
             dens = rng.uniform(0.9, 1.5)
             mass = L * W * H * 1e-6 * dens
-            return Product(f"unknown LFP steel case pack {int(L)}x{int(W)}", chem, "li_ion", L, W, H,
-                           mass, 12.8, _nominal_ah(mass, 12.8, SPECIFIC_ENERGY_WH_KG["dropin_steel"]))
+            return Product(
+                f"unknown LFP steel case pack {int(L)}x{int(W)}",
+                chem,
+                "li_ion",
+                L,
+                W,
+                H,
+                mass,
+                12.8,
+                _nominal_ah(mass, 12.8, SPECIFIC_ENERGY_WH_KG["dropin_steel"]),
+            )
     elif style == 1:  # a tool or appliance pack
         L, W, H = rng.uniform(80, 200), rng.uniform(50, 110), rng.uniform(35, 90)
     else:  # a long e-mobility pack
@@ -520,16 +629,24 @@ def unknown_product(family: str, rng: np.random.Generator) -> Product:
     lfp = chem == "li_ion_lfp"
     volts = 12.8 if lfp else (18.0 if style == 1 else 36.0)
     spec = SPECIFIC_ENERGY_WH_KG["dropin" if style == 0 else ("pack_lfp" if lfp else "pack")]
-    return Product(f"unknown {chem} pack {int(L)}x{int(W)}", chem, "li_ion", L, W, H,
-                   mass, volts, _nominal_ah(mass, volts, spec))
+    return Product(
+        f"unknown {chem} pack {int(L)}x{int(W)}", chem, "li_ion", L, W, H, mass, volts, _nominal_ah(mass, volts, spec)
+    )
 
 
 # Rated specific energy (Wh per kg of the whole item) assumed where a product's Ah is not
 # published: inside the reference range for Li-ion items (70-276 Wh/kg).
 SPECIFIC_ENERGY_WH_KG: dict[str, float] = {
-    "cyl_cell": 230.0, "cyl_cell_lfp": 120.0, "pouch_cell": 180.0, "prismatic_cell": 170.0,
-    "prismatic_cell_lfp": 140.0, "module": 140.0, "dropin": 95.0, "dropin_steel": 80.0,
-    "pack": 140.0, "pack_lfp": 100.0,
+    "cyl_cell": 230.0,
+    "cyl_cell_lfp": 120.0,
+    "pouch_cell": 180.0,
+    "prismatic_cell": 170.0,
+    "prismatic_cell_lfp": 140.0,
+    "module": 140.0,
+    "dropin": 95.0,
+    "dropin_steel": 80.0,
+    "pack": 140.0,
+    "pack_lfp": 100.0,
 }
 
 
@@ -585,9 +702,14 @@ PRODUCT_FAMILIES: dict[str, str] = {
     "contaminant_pet": "PET bottles",
 }
 
-_CONTAMINANT_FAMILY = {"steel_part": "contaminant_steel", "plastic_box": "contaminant_plastic",
-                       "wood_block": "contaminant_wood", "stone": "contaminant_stone",
-                       "glass_bottle": "contaminant_glass", "pet_bottle": "contaminant_pet"}
+_CONTAMINANT_FAMILY = {
+    "steel_part": "contaminant_steel",
+    "plastic_box": "contaminant_plastic",
+    "wood_block": "contaminant_wood",
+    "stone": "contaminant_stone",
+    "glass_bottle": "contaminant_glass",
+    "pet_bottle": "contaminant_pet",
+}
 
 
 def contaminant_family(kind: str) -> str:

@@ -123,11 +123,19 @@ class LineCProfile:
         if not self.dark_adu < self.air_adu < 2**self.adc_bits:
             raise SimulationError(
                 f"line c: need dark_adu < air_adu < 2**adc_bits, got {self.dark_adu:g} / {self.air_adu:g} / "
-                f"{2**self.adc_bits}; set --line-param air_adu=... below the ADC's full scale")
+                f"{2**self.adc_bits}; set --line-param air_adu=... below the ADC's full scale"
+            )
 
     def channels(self) -> CChannels:
-        return _channels(self.kvp, self.tube_filter_al_mm, self.tube_filter_cu_mm, self.k_line_fraction,
-                         self.front_csi_mm, self.mid_filter_cu_mm, self.back_csi_mm)
+        return _channels(
+            self.kvp,
+            self.tube_filter_al_mm,
+            self.tube_filter_cu_mm,
+            self.k_line_fraction,
+            self.front_csi_mm,
+            self.mid_filter_cu_mm,
+            self.back_csi_mm,
+        )
 
 
 LINE_C = LineCProfile()
@@ -154,8 +162,9 @@ def _csi_mu(e: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=32)
-def _channels(kvp: float, al_mm: float, cu_mm: float, k_frac: float, front_mm: float, mid_cu_mm: float,
-              back_mm: float) -> CChannels:
+def _channels(
+    kvp: float, al_mm: float, cu_mm: float, k_frac: float, front_mm: float, mid_cu_mm: float, back_mm: float
+) -> CChannels:
     tab = attenuation_table()
     e = np.arange(16.5, kvp, 3.0)  # 3 keV bins; 85.5 and 88.5 straddle lead's K-edge
     # Kramers: energy fluence per keV falls linearly to kVp; photons = energy / E
@@ -258,8 +267,9 @@ def _path_cm(p: Primitive, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return chord * on * np.float32(nz / 10)
 
 
-def areal_density_c(prims: list[Primitive], frame: BeltFrame, pitch: float, ss: int
-                    ) -> tuple[np.ndarray, tuple[str, ...], np.ndarray, np.ndarray]:
+def areal_density_c(
+    prims: list[Primitive], frame: BeltFrame, pitch: float, ss: int
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray, np.ndarray]:
     """Per-material areal density (g/cm^2) on the belt grid, by supersampled point sampling;
     also the item-frame coordinates of the pixel centres (for damage)."""
     x, y, nx, ny = frame.grid(pitch, ss)
@@ -269,7 +279,9 @@ def areal_density_c(prims: list[Primitive], frame: BeltFrame, pitch: float, ss: 
     # primitives of one geometry (the materials of one mixture) share their path map
     paths: dict[tuple, np.ndarray] = {}
     for p in prims:
-        key = (p.lo, p.hi) if isinstance(p, Box) else (p.origin, p.counts, p.axis, p.radius, p.r_inner, p.length, p.pitch)
+        key = (
+            (p.lo, p.hi) if isinstance(p, Box) else (p.origin, p.counts, p.axis, p.radius, p.r_inner, p.length, p.pitch)
+        )
         path = paths.get(key)
         if path is None:
             path = paths[key] = _path_cm(p, x, y)
@@ -285,8 +297,9 @@ def areal_density_c(prims: list[Primitive], frame: BeltFrame, pitch: float, ss: 
     return sig, materials, xc, yc
 
 
-def render_xray_c(sig: np.ndarray, materials: tuple[str, ...], prof: LineCProfile, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def render_xray_c(
+    sig: np.ndarray, materials: tuple[str, ...], prof: LineCProfile, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Low and high channel images (uint16, 65535 = air) of line c's detector."""
     mu, w = _mu_c(materials, prof)
     m, ny, nx = sig.shape
@@ -314,7 +327,9 @@ def render_xray_c(sig: np.ndarray, materials: tuple[str, ...], prof: LineCProfil
             k = max(1, int(round(blur)))
             tc = cv2.blur(tc, (1, k), borderType=cv2.BORDER_REPLICATE)
         quanta = rng.poisson(tc * n0).astype(np.float32)
-        adu = prof.dark_adu + (prof.air_adu - prof.dark_adu) * prof.xray_gain[c] * cols[None, :] * quanta / np.float32(n0)
+        adu = prof.dark_adu + (prof.air_adu - prof.dark_adu) * prof.xray_gain[c] * cols[None, :] * quanta / np.float32(
+            n0
+        )
         adu += rng.standard_normal(adu.shape, dtype=np.float32) * np.float32(prof.read_noise_adu)
         adu = np.clip(np.rint(adu), 0, full)
         # the recorder's flat-field: nominal dark and air levels (it cannot know the residuals)
@@ -343,8 +358,20 @@ def outline_c(inst: Instance, L: float, W: float, rng: np.random.Generator) -> n
         half = float(rng.uniform(0.08, 0.2)) * L
         depth = float(rng.uniform(0.12, 0.3)) * W
         cut = float(rng.uniform(0.08, 0.18)) * min(L, W)
-        return np.array([(0, 0), (c - half, 0), (c - half * 0.3, depth), (c + half * 0.3, depth), (c + half, 0),
-                         (L - cut, 0), (L, cut), (L, W), (0, W)], float)
+        return np.array(
+            [
+                (0, 0),
+                (c - half, 0),
+                (c - half * 0.3, depth),
+                (c + half * 0.3, depth),
+                (c + half, 0),
+                (L - cut, 0),
+                (L, cut),
+                (L, W),
+                (0, W),
+            ],
+            float,
+        )
     return np.array([(0, 0), (L, 0), (L, W), (0, W)], float)
 
 
@@ -378,7 +405,7 @@ def _texture(inst: Instance, L: float, W: float, pose: str, px: float, rng: np.r
     s = 1 / px
     if app.accent_rgb is not None and pose != "end":
         frac = rng.uniform(0.55, 0.8)  # accent on the far end, not the near one
-        tex[:, int(nx * frac):] = app.accent_rgb
+        tex[:, int(nx * frac) :] = app.accent_rgb
     upright = pose == "upright"
     if app.kind in ("lead_acid", "dropin", "nimh") and upright:
         if app.vents == "caps":
@@ -387,12 +414,19 @@ def _texture(inst: Instance, L: float, W: float, pose: str, px: float, rng: np.r
             for i in range(n):
                 cx = int(nx * (0.18 + 0.64 * i / max(1, n - 1)))
                 cy = int(ny * 0.58)
-                cv2.rectangle(tex, (cx - size, cy - size), (cx + size, cy + size), tuple(int(v * 0.7) for v in base), -1)
+                cv2.rectangle(
+                    tex, (cx - size, cy - size), (cx + size, cy + size), tuple(int(v * 0.7) for v in base), -1
+                )
         elif app.vents == "eye":
             cv2.circle(tex, (int(nx * 0.55), int(ny * 0.32)), max(2, int(7 * s)), (40, 170, 80), max(1, int(2 * s)))
         elif app.vents == "flat":
-            cv2.line(tex, (int(nx * 0.1), int(ny * 0.5)), (int(nx * 0.9), int(ny * 0.5)),
-                     tuple(int(v * 0.8) for v in base), max(1, int(4 * s)))
+            cv2.line(
+                tex,
+                (int(nx * 0.1), int(ny * 0.5)),
+                (int(nx * 0.9), int(ny * 0.5)),
+                tuple(int(v * 0.8) for v in base),
+                max(1, int(4 * s)),
+            )
         if app.posts:
             r = max(2, int(min(W * 0.065, 9) * s))
             for fx, rr in ((0.12, r), (0.88, max(2, int(r * 0.85)))):
@@ -469,8 +503,16 @@ def _weave(px: float, ny: int, nx: int) -> np.ndarray:
     return tile[:ny, :nx]
 
 
-def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame, poly: np.ndarray,
-                 prof: LineCProfile, rng: np.random.Generator) -> np.ndarray:
+def render_rgb_c(
+    inst: Instance,
+    pose: str,
+    L: float,
+    W: float,
+    frame: BeltFrame,
+    poly: np.ndarray,
+    prof: LineCProfile,
+    rng: np.random.Generator,
+) -> np.ndarray:
     px = prof.camera_mm_per_px
     tex = _texture(inst, L, W, pose, px, rng)
     # light the item in its own frame: Lambert shading and a stripe highlight
@@ -483,16 +525,24 @@ def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame
         width = 0.08 * W + 2
         tex += (70 * inst.appearance.gloss * np.exp(-(((tys[:, :1] - yh) / width) ** 2)))[:, :, None]
     xs, ys, nx, ny = frame.grid(px, 1)
-    item = cv2.remap(tex, xs * np.float32(1 / px) - np.float32(0.5), ys * np.float32(1 / px) - np.float32(0.5),
-                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    item = cv2.remap(
+        tex,
+        xs * np.float32(1 / px) - np.float32(0.5),
+        ys * np.float32(1 / px) - np.float32(0.5),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     # the footprint, anti-aliased, rasterised on the belt grid (1/16 px precision)
     pts = frame.to_belt(poly) / px + np.array([nx / 2, ny / 2])
     mask8 = np.zeros((ny, nx), np.uint8)
     cv2.fillPoly(mask8, [np.rint((pts - 0.5) * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
     inside = mask8.astype(np.float32) * np.float32(1 / 255)
     # the belt: woven blue-grey with a slow mottling and the item's soft halo
-    mott = cv2.resize(rng.standard_normal((max(2, ny // 16), max(2, nx // 16))).astype(np.float32), (nx, ny),
-                      interpolation=cv2.INTER_CUBIC)
+    mott = cv2.resize(
+        rng.standard_normal((max(2, ny // 16), max(2, nx // 16))).astype(np.float32),
+        (nx, ny),
+        interpolation=cv2.INTER_CUBIC,
+    )
     tone = _weave(px, ny, nx) + mott * np.float32(6.0)
     halo = cv2.GaussianBlur(np.roll(inside, (3, -2), axis=(0, 1)), (0, 0), 3.0)
     tone_shade = 1 - 0.25 * halo
@@ -518,8 +568,9 @@ def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame
         out = cv2.addWeighted(out, 1 + prof.sharpen, cv2.GaussianBlur(out, (0, 0), 1.2), -prof.sharpen, 0)
     img = cv2.LUT(np.clip(out, 0, 255).astype(np.uint8), _TONE)  # the camera's tone curve
     if prof.jpeg_quality < 100:
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, int(prof.jpeg_quality)])
+        ok, buf = cv2.imencode(
+            ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(prof.jpeg_quality)]
+        )
         if ok:
             img = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     return img
@@ -530,12 +581,17 @@ def render_rgb_c(inst: Instance, pose: str, L: float, W: float, frame: BeltFrame
 
 def read_scale_c(mass_g: float, prof: LineCProfile, rng: np.random.Generator) -> float:
     """1 g resolution, reads 0.3 % high."""
-    g = mass_g * prof.scale_gain + prof.scale_offset_g + rng.normal(0, prof.scale_noise_g + prof.scale_rel_noise * mass_g)
+    g = (
+        mass_g * prof.scale_gain
+        + prof.scale_offset_g
+        + rng.normal(0, prof.scale_noise_g + prof.scale_rel_noise * mass_g)
+    )
     return float(max(0.0, round(g)))
 
 
-def read_profiler_c(poly_belt: np.ndarray, height_mm: float, prof: LineCProfile, rng: np.random.Generator
-                    ) -> tuple[float, float, float]:
+def read_profiler_c(
+    poly_belt: np.ndarray, height_mm: float, prof: LineCProfile, rng: np.random.Generator
+) -> tuple[float, float, float]:
     """Rotating calipers on the footprint: the narrowest width, the extent across it, and the height,
     in 0.5 mm steps with the line's offset."""
     ang = np.radians(np.arange(0, 180, 1.0))
@@ -618,10 +674,25 @@ def _escooter(rng: np.random.Generator) -> Instance:
     volts = 3.6 * s
     cap = ah * p
     name = f"e-scooter pack {s}S{p}P {fmt} {shape} (line c)"
-    app = _li_app("pack", rng, [(20, 60, 170), (25, 25, 28), (230, 190, 30), (30, 120, 60)],
-                  label=str(rng.choice(["li_text", "warning", "none"], p=[0.3, 0.3, 0.4])), gloss=0.65)
-    return Instance(name, "li_ion_nmc", "li_ion", False, (L, W, H), prims, app, 0.93, energy_wh=volts * cap,
-                    extra={"cells": f"{n} x {fmt}", "_family": "li_pack_escooter"})
+    app = _li_app(
+        "pack",
+        rng,
+        [(20, 60, 170), (25, 25, 28), (230, 190, 30), (30, 120, 60)],
+        label=str(rng.choice(["li_text", "warning", "none"], p=[0.3, 0.3, 0.4])),
+        gloss=0.65,
+    )
+    return Instance(
+        name,
+        "li_ion_nmc",
+        "li_ion",
+        False,
+        (L, W, H),
+        prims,
+        app,
+        0.93,
+        energy_wh=volts * cap,
+        extra={"cells": f"{n} x {fmt}", "_family": "li_pack_escooter"},
+    )
 
 
 def _lfp_prismatic_dropin(rng: np.random.Generator) -> Instance:
@@ -639,20 +710,29 @@ def _lfp_prismatic_dropin(rng: np.random.Generator) -> Instance:
     L = per_row * (ct + gap) + 2 * wall + float(rng.uniform(20, 60))  # room for the BMS and wiring at one end
     W = rows * (cw + gap) + 2 * wall + 6
     H = chh + 2 * wall + float(rng.uniform(25, 45))
-    prims: list[Primitive] = _shell((0, 0, 0), (L, W, H), wall, "Fe", 7.85) if steel else _shell(
-        (0, 0, 0), (L, W, H), wall, PP, 1.05)
-    fr = {(CATHODE["li_ion_lfp"] if k == "cathode" else k): v for k, v in CELL_FRACTIONS["prismatic"].items() if k != "Al"}
+    prims: list[Primitive] = (
+        _shell((0, 0, 0), (L, W, H), wall, "Fe", 7.85) if steel else _shell((0, 0, 0), (L, W, H), wall, PP, 1.05)
+    )
+    fr = {
+        (CATHODE["li_ion_lfp"] if k == "cathode" else k): v for k, v in CELL_FRACTIONS["prismatic"].items() if k != "Al"
+    }
     for r in range(rows):
         for i in range(per_row):
             lo = (wall + 3 + i * (ct + gap), wall + 3 + r * (cw + gap), wall + 2)
             hi = (lo[0] + ct, lo[1] + cw, lo[2] + chh)
             can = _shell(lo, hi, 1.0, "Al", 2.70)
             prims += can
-            prims += _fill(tuple(a + 1.0 for a in lo), tuple(b - 1.0 for b in hi), fr,
-                           max(cell_kg * 1000 - total_mass_g(can), 0.7 * cell_kg * 1000))
+            prims += _fill(
+                tuple(a + 1.0 for a in lo),
+                tuple(b - 1.0 for b in hi),
+                fr,
+                max(cell_kg * 1000 - total_mass_g(can), 0.7 * cell_kg * 1000),
+            )
     # copper busbars across the cell tops
     prims.append(Box((wall + 3, wall + 3, wall + 2 + chh), (L - wall - 3, wall + 15, wall + 5 + chh), "Cu", 8.96))
-    prims.append(Box((wall + 3, W - wall - 15, wall + 2 + chh), (L - wall - 3, W - wall - 3, wall + 5 + chh), "Cu", 8.96))
+    prims.append(
+        Box((wall + 3, W - wall - 15, wall + 2 + chh), (L - wall - 3, W - wall - 3, wall + 5 + chh), "Cu", 8.96)
+    )
     prims.append(Box((wall + 5, W / 2 - 25, H - wall - 8), (wall + 85, W / 2 + 25, H - wall - 6.4), "FR4", 1.9))
     cells = s * cell_kg * 1000
     rest = cells / rng.uniform(0.78, 0.88) - total_mass_g(prims)
@@ -660,12 +740,28 @@ def _lfp_prismatic_dropin(rng: np.random.Generator) -> Instance:
         prims += _fill((wall, wall, wall), (L - wall, W - wall, H - wall), {PP: 0.85, "Cu": 0.15}, rest)
     volts = 3.2 * s
     name = f"LFP prismatic drop-in {volts:.1f}V {cap:.0f}Ah 2-row{' steel case' if steel else ''} (line c)"
-    app = _li_app("dropin", rng, [(22, 22, 24), (45, 45, 48), (200, 200, 195), (30, 60, 120)],
-                  posts=True, vents=str(rng.choice(["flat", "none"])),
-                  label=str(rng.choice(["li_text", "brand", "pb_bin", "none"], p=[0.35, 0.3, 0.1, 0.25])),
-                  label_rgb=(235, 235, 230), gloss=0.25)
-    return Instance(name, "li_ion_lfp", "li_ion", False, (L, W, H), prims, app, 0.94, energy_wh=volts * cap,
-                    extra={"cells": f"{s} prismatic {cap:.0f}Ah", "_family": "li_dropin_steel" if steel else "li_dropin"})
+    app = _li_app(
+        "dropin",
+        rng,
+        [(22, 22, 24), (45, 45, 48), (200, 200, 195), (30, 60, 120)],
+        posts=True,
+        vents=str(rng.choice(["flat", "none"])),
+        label=str(rng.choice(["li_text", "brand", "pb_bin", "none"], p=[0.35, 0.3, 0.1, 0.25])),
+        label_rgb=(235, 235, 230),
+        gloss=0.25,
+    )
+    return Instance(
+        name,
+        "li_ion_lfp",
+        "li_ion",
+        False,
+        (L, W, H),
+        prims,
+        app,
+        0.94,
+        energy_wh=volts * cap,
+        extra={"cells": f"{s} prismatic {cap:.0f}Ah", "_family": "li_dropin_steel" if steel else "li_dropin"},
+    )
 
 
 def _pouch_module(rng: np.random.Generator) -> Instance:
@@ -690,10 +786,21 @@ def _pouch_module(rng: np.random.Generator) -> Instance:
         prims += _fill((wall, wall, wall), (L - wall, W - wall, H - wall), {PP: 0.7, "Al": 0.3}, rest)
     par = 2 if n >= 12 else 1
     volts, cap = 3.7 * n / par, cell_ah * par
-    app = _li_app("module", rng, [(170, 172, 178), (60, 62, 66)], label=str(rng.choice(["warning", "none"])), gloss=0.55)
-    return Instance(f"pouch module {n // par}S{par}P {cell_ah:.0f}Ah (line c)", "li_ion_nmc", "li_ion", False,
-                    (L, W, H), prims, app, 0.2, energy_wh=volts * cap,
-                    extra={"cells": f"{n} pouch", "_family": "li_module"})
+    app = _li_app(
+        "module", rng, [(170, 172, 178), (60, 62, 66)], label=str(rng.choice(["warning", "none"])), gloss=0.55
+    )
+    return Instance(
+        f"pouch module {n // par}S{par}P {cell_ah:.0f}Ah (line c)",
+        "li_ion_nmc",
+        "li_ion",
+        False,
+        (L, W, H),
+        prims,
+        app,
+        0.2,
+        energy_wh=volts * cap,
+        extra={"cells": f"{n} pouch", "_family": "li_module"},
+    )
 
 
 def _power_bank(rng: np.random.Generator) -> Instance:
@@ -706,8 +813,16 @@ def _power_bank(rng: np.random.Generator) -> Instance:
         n = per * rows
         wall = float(rng.uniform(1.5, 2.5))
         prims: list[Primitive] = []
-        prims += _cyl_cells((wall + 1, wall + 1, wall + 1), (1, per, rows), 0, d, ln, m_cell, CELL_FRACTIONS["cyl"],
-                            CATHODE["li_ion_nmc"])
+        prims += _cyl_cells(
+            (wall + 1, wall + 1, wall + 1),
+            (1, per, rows),
+            0,
+            d,
+            ln,
+            m_cell,
+            CELL_FRACTIONS["cyl"],
+            CATHODE["li_ion_nmc"],
+        )
         L, W, H = ln + 2 * wall + 20, per * (d + 0.2) + 2 * wall + 2, rows * (d + 0.2) + 2 * wall + 2
         ah = float(rng.uniform(*CELL_AH[fmt])) * n
         cells = f"{n} x {fmt}"
@@ -728,10 +843,25 @@ def _power_bank(rng: np.random.Generator) -> Instance:
     prims = shell + prims
     prims.append(Box((L - 17, wall + 1, wall + 1), (L - wall - 1, W - wall - 1, wall + 2.6), "FR4", 1.9))
     prims.append(Box((L - 12, W / 2 - 4, wall + 2.6), (L - 6, W / 2 + 4, wall + 5), "Cu", 5.0))
-    app = _li_app("pack", rng, [(240, 240, 240), (20, 20, 22), (200, 200, 205), (220, 60, 90), (60, 150, 220)],
-                  label=str(rng.choice(["brand", "li_text", "none"])), gloss=0.7)
-    return Instance(f"power bank {ah * 1000:.0f} mAh (line c)", "li_ion_nmc", "li_ion", False, (L, W, H), prims, app,
-                    0.1 if alu else 0.93, energy_wh=3.7 * ah, extra={"cells": cells, "_family": "li_powerbank"})
+    app = _li_app(
+        "pack",
+        rng,
+        [(240, 240, 240), (20, 20, 22), (200, 200, 205), (220, 60, 90), (60, 150, 220)],
+        label=str(rng.choice(["brand", "li_text", "none"])),
+        gloss=0.7,
+    )
+    return Instance(
+        f"power bank {ah * 1000:.0f} mAh (line c)",
+        "li_ion_nmc",
+        "li_ion",
+        False,
+        (L, W, H),
+        prims,
+        app,
+        0.1 if alu else 0.93,
+        energy_wh=3.7 * ah,
+        extra={"cells": cells, "_family": "li_powerbank"},
+    )
 
 
 def _odd_lead(rng: np.random.Generator) -> Instance:
@@ -839,7 +969,8 @@ def draw_instance_c(cfg: SimConfig, prof: LineCProfile, rng: np.random.Generator
     else:
         raise SimulationError(
             f"no product family left to draw after {MAX_REDRAWS} tries: --only-family {list(cfg.only_families)} "
-            f"--exclude-family {list(cfg.exclude_families)} leave nothing of mix {cfg.mix!r}; widen the filter")
+            f"--exclude-family {list(cfg.exclude_families)} leave nothing of mix {cfg.mix!r}; widen the filter"
+        )
     if inst.family == "li_ion" and rng.random() < MIXES[cfg.mix].damaged_li_rate * 1.2:
         dmg = str(rng.choice(["swollen", "dented", "hot"], p=[0.35, 0.35, 0.30]))
         inst.damage = dmg
@@ -870,7 +1001,9 @@ def _ambient_c(cfg: SimConfig, t: float) -> float:
 # ---------------------------------------------------------------------------- one item
 
 
-def _swollen_voids(sig: np.ndarray, xc: np.ndarray, yc: np.ndarray, L: float, W: float, rng: np.random.Generator) -> None:
+def _swollen_voids(
+    sig: np.ndarray, xc: np.ndarray, yc: np.ndarray, L: float, W: float, rng: np.random.Generator
+) -> None:
     """Gas pockets: ellipsoidal regions of lower density in the item frame."""
     for _ in range(int(rng.integers(1, 4))):
         cx, cy = rng.uniform(0.25, 0.75) * L, rng.uniform(0.25, 0.75) * W
@@ -927,12 +1060,18 @@ def simulate_item_c(cfg: SimConfig, index: int) -> SimItem:
         "product_family": family,
         "ambient_c": round(ambient, 2),
         # the same truth tags as lines a/b; only what counts as blacked out is this detector's
-        "hard_cases": hard_cases(inst, xl, dropped,
-                                 20 * prof.read_noise_adu / (prof.air_adu - prof.dark_adu) * U16),
+        "hard_cases": hard_cases(inst, xl, dropped, 20 * prof.read_noise_adu / (prof.air_adu - prof.dark_adu) * U16),
     }
     rec = ItemRecord(
-        item_id=f"{index + 1:08d}", t=round(t, 3), weight_g=weight, length_mm=dims[0], width_mm=dims[1],
-        height_mm=dims[2], surface_temp_c=temp, label=inst.family if cfg.labelled else None, extra=extra,
+        item_id=f"{index + 1:08d}",
+        t=round(t, 3),
+        weight_g=weight,
+        length_mm=dims[0],
+        width_mm=dims[1],
+        height_mm=dims[2],
+        surface_temp_c=temp,
+        label=inst.family if cfg.labelled else None,
+        extra=extra,
     )
     return SimItem(rec, images)
 

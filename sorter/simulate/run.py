@@ -46,13 +46,11 @@ from .sensors import (
     render_xray,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SENSORS = ("scale", "profiler", "xray", "camera", "thermal")
 # Line presets: "a" and "b" share one renderer (sensors.py); "c" has its own (linec.py).
 ALL_LINES = ("a", "b", "c")
-
-
 
 
 @dataclass(frozen=True)
@@ -86,16 +84,18 @@ class SimConfig:
             raise SimulationError(f"--faults is a probability in [0, 1], got {self.faults}")
         ov = self.line_overrides
         items = sorted(ov.items()) if isinstance(ov, Mapping) else sorted(tuple(kv) for kv in ov)
-        object.__setattr__(self, "line_overrides", tuple((str(k), v if not isinstance(v, list) else tuple(v))
-                                                         for k, v in items))
+        object.__setattr__(
+            self, "line_overrides", tuple((str(k), v if not isinstance(v, list) else tuple(v)) for k, v in items)
+        )
         for opt, fams in (("--exclude-family", self.exclude_families), ("--only-family", self.only_families)):
             if isinstance(fams, str):
                 fams = (fams,)
             object.__setattr__(self, "exclude_families" if opt[2] == "e" else "only_families", tuple(fams))
             bad = [f for f in fams if f not in PRODUCT_FAMILIES]
             if bad:
-                raise SimulationError(f"{opt}: unknown product family {bad[0]!r}; valid families: "
-                                      + ", ".join(PRODUCT_FAMILIES))
+                raise SimulationError(
+                    f"{opt}: unknown product family {bad[0]!r}; valid families: " + ", ".join(PRODUCT_FAMILIES)
+                )
         if self.line_name is not None and not str(self.line_name).strip():
             raise SimulationError("--line-name must not be empty")
         self.profile()  # refuse bad overrides now, not in a worker
@@ -124,8 +124,10 @@ class SimConfig:
         ch = line.channels().mean_energy()
         sim: dict[str, Any] = {"seed": self.seed, "mix": self.mix, "line": self.line, "faults": self.faults}
         if self.line_overrides:
-            sim["line_overrides"] = {k: (list(getattr(line, k)) if isinstance(getattr(line, k), tuple) else getattr(line, k))
-                                     for k, _ in self.line_overrides}
+            sim["line_overrides"] = {
+                k: (list(getattr(line, k)) if isinstance(getattr(line, k), tuple) else getattr(line, k))
+                for k, _ in self.line_overrides
+            }
         if self.exclude_families:
             sim["exclude_families"] = list(self.exclude_families)
         if self.only_families:
@@ -197,7 +199,8 @@ def _draw_instance(cfg: SimConfig, rng: np.random.Generator) -> Instance:
     else:
         raise SimulationError(
             f"no product family left to draw after {MAX_REDRAWS} tries: --only-family {list(cfg.only_families)} "
-            f"--exclude-family {list(cfg.exclude_families)} leave nothing of mix {cfg.mix!r}; widen the filter")
+            f"--exclude-family {list(cfg.exclude_families)} leave nothing of mix {cfg.mix!r}; widen the filter"
+        )
     if what == "contaminant":
         inst = build_contaminant(obj, rng)
     else:
@@ -322,8 +325,9 @@ def _write_chunk(cfg: SimConfig, start: int, stop: int, png_level: int, out_dir:
     return [_write_item(cfg, i, png_level, out_dir) for i in range(start, stop)]
 
 
-def iter_written(cfg: SimConfig, out_dir: str, workers: int = 1, png_level: int = 1, chunk: int = 32
-                 ) -> Iterator[tuple[ItemRecord, int]]:
+def iter_written(
+    cfg: SimConfig, out_dir: str, workers: int = 1, png_level: int = 1, chunk: int = 32
+) -> Iterator[tuple[ItemRecord, int]]:
     """Simulate the items and write their images, in order, over ``workers`` processes;
     yield each record (image paths set) and its image bytes.  The caller appends the
     records to ``items.jsonl``: a line is written only after its images exist."""
@@ -391,8 +395,15 @@ class SimSummary:
         return "\n".join(lines)
 
 
-def simulate_log(cfg: SimConfig, out_dir: str | os.PathLike, *, workers: int = 1, png_level: int = 1,
-                 progress: bool = False, rotate_items: int | None = None) -> SimSummary:
+def simulate_log(
+    cfg: SimConfig,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 1,
+    png_level: int = 1,
+    progress: bool = False,
+    rotate_items: int | None = None,
+) -> SimSummary:
     """Write a simulated ``sorter-log/1`` log to ``out_dir`` and return its summary.
 
     Examples
@@ -410,15 +421,21 @@ def simulate_log(cfg: SimConfig, out_dir: str | os.PathLike, *, workers: int = 1
     single = (out / ITEMS_FILE).exists() and (out / ITEMS_FILE).stat().st_size > 0
     if single or layout(out) == "rotated":
         if incomplete_note(out) is not None:
-            raise SimulationError(f"{out} holds an incomplete log (an earlier simulation was interrupted); "
-                                  "delete it or pass --force to replace it, or choose another --out directory")
-        raise SimulationError(f"{out} already holds a log; pass --force to replace it, or choose an empty --out directory")
+            raise SimulationError(
+                f"{out} holds an incomplete log (an earlier simulation was interrupted); "
+                "delete it or pass --force to replace it, or choose another --out directory"
+            )
+        raise SimulationError(
+            f"{out} already holds a log; pass --force to replace it, or choose an empty --out directory"
+        )
     (out / "images").mkdir(parents=True, exist_ok=True)
     # Marks the log as unfinished until the last item is written: an interrupted run
     # leaves a log whose lines are all valid, and readers must be able to tell it ends early.
     (out / INCOMPLETE_FILE).write_text(
         f"sorter simulate was interrupted before writing all {cfg.items} items (seed {cfg.seed}); "
-        "simulate again with --force to replace it\n", encoding="utf-8")
+        "simulate again with --force to replace it\n",
+        encoding="utf-8",
+    )
     summary = SimSummary()
     t_start = time.perf_counter()
     bar = None

@@ -58,8 +58,9 @@ class LineProfile:
     profiler_offset_mm: float = 0.0  # profiler offset on each of length, width, height
 
     def channels(self) -> XrayChannels:
-        return detector_channels(self.kvp, self.tube_filter_al_mm, self.front_scint_mm, self.mid_filter_cu_mm,
-                                 self.back_scint_mm)
+        return detector_channels(
+            self.kvp, self.tube_filter_al_mm, self.front_scint_mm, self.mid_filter_cu_mm, self.back_scint_mm
+        )
 
     def xray_blur_px(self) -> float:
         """Motion blur of the X-ray image along the belt (px): belt speed x integration time / pitch."""
@@ -73,40 +74,98 @@ class LineProfile:
 LINES: dict[str, LineProfile] = {
     # A 160 kV dual-energy sorter, neutral camera, dark grey belt.
     "a": LineProfile(
-        name="a", kvp=160.0, tube_filter_al_mm=2.0, mid_filter_cu_mm=0.6,
-        photons_low=4.0e4, photons_high=2.5e4, electronic_noise=2.5e-4,
-        xray_mm_per_px=2.0, camera_mm_per_px=1.5, white_balance=(1.0, 1.0, 1.0), exposure=1.0,
-        camera_noise=2.0, belt_rgb=(58, 60, 62), blur_sigma_px=(0.3, 1.2),
-        scale_noise_g=2.0, scale_rel_noise=0.002, profiler_noise_mm=1.0, thermal_noise_c=0.4,
+        name="a",
+        kvp=160.0,
+        tube_filter_al_mm=2.0,
+        mid_filter_cu_mm=0.6,
+        photons_low=4.0e4,
+        photons_high=2.5e4,
+        electronic_noise=2.5e-4,
+        xray_mm_per_px=2.0,
+        camera_mm_per_px=1.5,
+        white_balance=(1.0, 1.0, 1.0),
+        exposure=1.0,
+        camera_noise=2.0,
+        belt_rgb=(58, 60, 62),
+        blur_sigma_px=(0.3, 1.2),
+        scale_noise_g=2.0,
+        scale_rel_noise=0.002,
+        profiler_noise_mm=1.0,
+        thermal_noise_c=0.4,
     ),
     # An older 140 kV line: harder-filtered tube, noisier detector, finer X-ray pitch,
     # warm white balance, darker exposure, green belt, coarser camera.
     "b": LineProfile(
-        name="b", kvp=140.0, tube_filter_al_mm=3.0, mid_filter_cu_mm=1.0,
-        photons_low=1.5e4, photons_high=1.0e4, electronic_noise=6.0e-4,
-        xray_mm_per_px=1.6, camera_mm_per_px=2.0, white_balance=(1.18, 1.0, 0.80), exposure=0.78,
-        camera_noise=3.5, belt_rgb=(45, 75, 50), blur_sigma_px=(0.5, 1.8),
-        scale_noise_g=5.0, scale_rel_noise=0.004, profiler_noise_mm=2.0, thermal_noise_c=0.8,
+        name="b",
+        kvp=140.0,
+        tube_filter_al_mm=3.0,
+        mid_filter_cu_mm=1.0,
+        photons_low=1.5e4,
+        photons_high=1.0e4,
+        electronic_noise=6.0e-4,
+        xray_mm_per_px=1.6,
+        camera_mm_per_px=2.0,
+        white_balance=(1.18, 1.0, 0.80),
+        exposure=0.78,
+        camera_noise=3.5,
+        belt_rgb=(45, 75, 50),
+        blur_sigma_px=(0.5, 1.8),
+        scale_noise_g=5.0,
+        scale_rel_noise=0.004,
+        profiler_noise_mm=2.0,
+        thermal_noise_c=0.8,
     ),
 }
 
 # Limits of the knobs (a value outside is refused with its range named).
 _RANGES: dict[str, tuple[float, float]] = {
-    "kvp": (40.0, 450.0), "tube_filter_al_mm": (0.0, 20.0), "mid_filter_cu_mm": (0.0, 10.0),
-    "photons_low": (10.0, 1e9), "photons_high": (10.0, 1e9), "electronic_noise": (0.0, 0.1),
-    "xray_mm_per_px": (0.5, 10.0), "camera_mm_per_px": (0.5, 10.0), "white_balance": (0.1, 5.0),
-    "exposure": (0.05, 5.0), "camera_noise": (0.0, 60.0), "belt_rgb": (0, 255), "blur_sigma_px": (0.0, 10.0),
-    "scale_noise_g": (0.0, 1000.0), "scale_rel_noise": (0.0, 0.2), "profiler_noise_mm": (0.0, 50.0),
-    "thermal_noise_c": (0.0, 20.0), "front_scint_mm": (0.01, 5.0), "back_scint_mm": (0.1, 20.0),
-    "xray_gain": (0.5, 2.0), "xray_offset": (-0.1, 0.1), "belt_speed_m_s": (0.0, 10.0),
-    "xray_integration_ms": (0.0, 50.0), "camera_exposure_ms": (0.0, 50.0), "ambient_rgb": (-50.0, 120.0),
-    "scale_offset_g": (-5000.0, 5000.0), "thermal_offset_c": (-30.0, 30.0), "profiler_offset_mm": (-50.0, 50.0),
+    "kvp": (40.0, 450.0),
+    "tube_filter_al_mm": (0.0, 20.0),
+    "mid_filter_cu_mm": (0.0, 10.0),
+    "photons_low": (10.0, 1e9),
+    "photons_high": (10.0, 1e9),
+    "electronic_noise": (0.0, 0.1),
+    "xray_mm_per_px": (0.5, 10.0),
+    "camera_mm_per_px": (0.5, 10.0),
+    "white_balance": (0.1, 5.0),
+    "exposure": (0.05, 5.0),
+    "camera_noise": (0.0, 60.0),
+    "belt_rgb": (0, 255),
+    "blur_sigma_px": (0.0, 10.0),
+    "scale_noise_g": (0.0, 1000.0),
+    "scale_rel_noise": (0.0, 0.2),
+    "profiler_noise_mm": (0.0, 50.0),
+    "thermal_noise_c": (0.0, 20.0),
+    "front_scint_mm": (0.01, 5.0),
+    "back_scint_mm": (0.1, 20.0),
+    "xray_gain": (0.5, 2.0),
+    "xray_offset": (-0.1, 0.1),
+    "belt_speed_m_s": (0.0, 10.0),
+    "xray_integration_ms": (0.0, 50.0),
+    "camera_exposure_ms": (0.0, 50.0),
+    "ambient_rgb": (-50.0, 120.0),
+    "scale_offset_g": (-5000.0, 5000.0),
+    "thermal_offset_c": (-30.0, 30.0),
+    "profiler_offset_mm": (-50.0, 50.0),
     # line c's own fields
-    "tube_filter_cu_mm": (0.0, 10.0), "k_line_fraction": (0.0, 0.5), "front_csi_mm": (0.01, 5.0),
-    "back_csi_mm": (0.1, 20.0), "quanta_low": (10.0, 1e9), "quanta_high": (10.0, 1e9), "read_noise_adu": (0.0, 1000.0),
-    "dark_adu": (0.0, 4000.0), "air_adu": (100.0, 65535.0), "adc_bits": (8, 16), "column_gain_sd": (0.0, 0.2),
-    "supersample": (1, 4), "colour_cast": (0.1, 5.0), "sharpen": (0.0, 5.0), "jpeg_quality": (10, 100),
-    "scale_gain": (0.5, 1.5), "thermal_emissivity_assumed": (0.05, 1.0), "unknown_rate": (0.0, 1.0),
+    "tube_filter_cu_mm": (0.0, 10.0),
+    "k_line_fraction": (0.0, 0.5),
+    "front_csi_mm": (0.01, 5.0),
+    "back_csi_mm": (0.1, 20.0),
+    "quanta_low": (10.0, 1e9),
+    "quanta_high": (10.0, 1e9),
+    "read_noise_adu": (0.0, 1000.0),
+    "dark_adu": (0.0, 4000.0),
+    "air_adu": (100.0, 65535.0),
+    "adc_bits": (8, 16),
+    "column_gain_sd": (0.0, 0.2),
+    "supersample": (1, 4),
+    "colour_cast": (0.1, 5.0),
+    "sharpen": (0.0, 5.0),
+    "jpeg_quality": (10, 100),
+    "scale_gain": (0.5, 1.5),
+    "thermal_emissivity_assumed": (0.05, 1.0),
+    "unknown_rate": (0.0, 1.0),
 }
 
 
@@ -169,7 +228,8 @@ def apply_overrides(profile, overrides, where: str = "--line-param"):
     for key, value in dict(overrides).items():
         if key not in valid:
             raise SimulationError(
-                f"{where}: unknown line parameter {key!r} for line {profile.name!r}; valid keys: {', '.join(valid)}")
+                f"{where}: unknown line parameter {key!r} for line {profile.name!r}; valid keys: {', '.join(valid)}"
+            )
         changes[key] = _coerce(key, value, getattr(profile, key), where)
     suffix = "".join(f"+{k}={_fmt(v)}" for k, v in sorted(changes.items()))
     return _replace(profile, name=profile.name + suffix, **changes)
@@ -282,8 +342,9 @@ def _rotation(size_px: tuple[float, float], angle_deg: float, margin_px: float) 
 # ---------------------------------------------------------------------------- X-ray
 
 
-def areal_density(inst: Instance, pose: str, angle_deg: float, px_mm: float, rng: np.random.Generator | None = None
-                  ) -> tuple[np.ndarray, tuple[str, ...]]:
+def areal_density(
+    inst: Instance, pose: str, angle_deg: float, px_mm: float, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, tuple[str, ...]]:
     """Areal density maps (g/cm^2) of each material on the belt, and the material names.
 
     The maps are renormalised so that each material's integral equals its mass
@@ -355,8 +416,15 @@ def render_xray(
 # ---------------------------------------------------------------------------- camera
 
 
-def render_rgb(inst: Instance, pose: str, size: tuple[float, float, float], angle_deg: float,
-               poly_mm: np.ndarray, line: LineProfile, rng: np.random.Generator) -> np.ndarray:
+def render_rgb(
+    inst: Instance,
+    pose: str,
+    size: tuple[float, float, float],
+    angle_deg: float,
+    poly_mm: np.ndarray,
+    line: LineProfile,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Top view (RGB uint8) of the item on the belt."""
     px = line.camera_mm_per_px
     L, W = size[0], size[1]
@@ -385,8 +453,13 @@ def render_rgb(inst: Instance, pose: str, size: tuple[float, float, float], angl
         elif app.vents == "eye":
             cv2.circle(img, (int(nx * 0.5), int(ny * 0.3)), max(2, int(8 * s)), (30, 150, 60), -1)
         elif app.vents == "flat":
-            cv2.rectangle(img, (int(nx * 0.15), int(ny * 0.45)), (int(nx * 0.85), int(ny * 0.6)),
-                          tuple(int(v * 0.85) for v in app.case_rgb), -1)
+            cv2.rectangle(
+                img,
+                (int(nx * 0.15), int(ny * 0.45)),
+                (int(nx * 0.85), int(ny * 0.6)),
+                tuple(int(v * 0.85) for v in app.case_rgb),
+                -1,
+            )
     if app.label is not None and rng.random() < 0.85:  # labels face up only some of the time
         x0, y0 = int(nx * rng.uniform(0.2, 0.35)), int(ny * rng.uniform(0.6, 0.7))
         x1, y1 = int(nx * rng.uniform(0.65, 0.8)), int(ny * rng.uniform(0.85, 0.95))
@@ -455,11 +528,14 @@ def render_rgb(inst: Instance, pose: str, size: tuple[float, float, float], angl
 
 
 def read_scale(mass_g: float, line: LineProfile, rng: np.random.Generator) -> float:
-    return float(round(mass_g + line.scale_offset_g + rng.normal(0, line.scale_noise_g + line.scale_rel_noise * mass_g), 1))
+    return float(
+        round(mass_g + line.scale_offset_g + rng.normal(0, line.scale_noise_g + line.scale_rel_noise * mass_g), 1)
+    )
 
 
-def read_profiler(poly_mm: np.ndarray, height_mm: float, angle_deg: float, line: LineProfile,
-                  rng: np.random.Generator) -> tuple[float, float, float]:
+def read_profiler(
+    poly_mm: np.ndarray, height_mm: float, angle_deg: float, line: LineProfile, rng: np.random.Generator
+) -> tuple[float, float, float]:
     """Sides of the minimum-area rectangle around the footprint and the maximum height."""
     a = math.radians(angle_deg)
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])

@@ -70,14 +70,16 @@ class Station:
         self.store = store or StationStore(settings.store_path)
         self.audit = AuditReader(settings.audit_path)
         self.log = LineLog(settings.log_dir, self.store)
-        self.watcher = LineWatcher(self.audit, self.log, self.store, spot_check=settings.spot_check,
-                                   metrics_url=settings.metrics_url)
+        self.watcher = LineWatcher(
+            self.audit, self.log, self.store, spot_check=settings.spot_check, metrics_url=settings.metrics_url
+        )
         self.throttle = LoginThrottle()
         self.images = ImageCache()
         self.evaluations: dict[str, list[dict[str, Any]]] = {}
         self.eval_lock = asyncio.Lock()  # one evaluation at a time: it measures every labelled item
-        self.env = Environment(loader=PackageLoader("sorter.station", "templates"),
-                               autoescape=select_autoescape(["html"]))
+        self.env = Environment(
+            loader=PackageLoader("sorter.station", "templates"), autoescape=select_autoescape(["html"])
+        )
         self.env.filters["time"] = _fmt_time
         self.env.filters["num"] = _fmt_num
         self.env.filters["q"] = lambda s: quote(str(s), safe="")
@@ -162,8 +164,13 @@ async def login(request: Request) -> Response:
     wait = st.throttle.retry_after(name, client)
     if wait > 0:
         await asyncio.sleep(1.0)  # slow every refused attempt too
-        resp = st.render(request, "login.html", status_code=429, next=nxt,
-                         error=f"Too many wrong passwords. Try again in {math.ceil(wait)} s.")
+        resp = st.render(
+            request,
+            "login.html",
+            status_code=429,
+            next=nxt,
+            error=f"Too many wrong passwords. Try again in {math.ceil(wait)} s.",
+        )
         resp.headers["Retry-After"] = str(math.ceil(wait))
         return resp
     role = await asyncio.to_thread(check_password, st.store, name, password)
@@ -190,8 +197,9 @@ async def logout(st: Station, request: Request) -> Response:
 @page()
 async def status_page(st: Station, request: Request) -> Response:
     snap = st.watcher.snapshot
-    return st.render(request, "status.html", s=snap, chart=minute_chart(snap.minutes),
-                     refresh_ms=int(st.settings.refresh_s * 1000))
+    return st.render(
+        request, "status.html", s=snap, chart=minute_chart(snap.minutes), refresh_ms=int(st.settings.refresh_s * 1000)
+    )
 
 
 @page()
@@ -216,15 +224,21 @@ def _item_context(st: Station, item_id: str) -> dict[str, Any] | None:
     extras = {k: v for k, v in audit.items() if k in ("mismatch", "mismatch_reason", "line_mismatch")}
     readings = []
     if rec is not None:
-        for name, unit in (("weight_g", "g"), ("length_mm", "mm"), ("width_mm", "mm"), ("height_mm", "mm"),
-                           ("surface_temp_c", "°C")):
+        for name, unit in (
+            ("weight_g", "g"),
+            ("length_mm", "mm"),
+            ("width_mm", "mm"),
+            ("height_mm", "mm"),
+            ("surface_temp_c", "°C"),
+        ):
             readings.append((name, getattr(rec, name), unit))
     images = []
     if rec is not None:
         gone = {name: _expired(st, rec, name) for name in ("xray_low", "xray_high", "rgb")}
         if rec.xray_low and rec.xray_high:
-            images.append(("material", "X-ray, both energies (colour: material)",
-                           gone["xray_low"] or gone["xray_high"]))
+            images.append(
+                ("material", "X-ray, both energies (colour: material)", gone["xray_low"] or gone["xray_high"])
+            )
         if rec.xray_low:
             images.append(("xray_low", "X-ray low energy", gone["xray_low"]))
         if rec.xray_high:
@@ -233,9 +247,16 @@ def _item_context(st: Station, item_id: str) -> dict[str, Any] | None:
             images.append(("rgb", "camera", gone["rgb"]))
     probs = [(c, audit.get(f"p_{c}")) for c in LABELS]
     return {
-        "q": q, "audit": audit, "record": rec, "readings": readings, "images": images, "probs": probs,
-        "novelty": audit.get(novelty_col) if novelty_col else None, "extras": extras,
-        "history": st.store.history(item_id), "problems": list(rec.problems) if rec else [],
+        "q": q,
+        "audit": audit,
+        "record": rec,
+        "readings": readings,
+        "images": images,
+        "probs": probs,
+        "novelty": audit.get(novelty_col) if novelty_col else None,
+        "extras": extras,
+        "history": st.store.history(item_id),
+        "problems": list(rec.problems) if rec else [],
     }
 
 
@@ -270,8 +291,15 @@ async def review_page(st: Station, request: Request) -> Response:
     order = _order(request)
     q = st.store.next_open(order=order)
     ctx = _item_context(st, q.item_id) if q else None
-    return st.render(request, "review.html", it=ctx, order=order, counts=st.store.queue_counts(),
-                     recent=st.store.recent_verdicts(8), labels=LABELS)
+    return st.render(
+        request,
+        "review.html",
+        it=ctx,
+        order=order,
+        counts=st.store.queue_counts(),
+        recent=st.store.recent_verdicts(8),
+        labels=LABELS,
+    )
 
 
 @page()
@@ -283,8 +311,12 @@ async def review_next(st: Station, request: Request) -> Response:
     except ValueError:
         cursor = None
     exclude = [x for x in request.query_params.get("exclude", "").split(",") if x][:10]
-    q = st.store.next_open(order=order, before=cursor if order == "newest" else None,
-                           after=cursor if order == "belt" else None, exclude=exclude)
+    q = st.store.next_open(
+        order=order,
+        before=cursor if order == "newest" else None,
+        after=cursor if order == "belt" else None,
+        exclude=exclude,
+    )
     if q is None:  # wrapped around: anything still open (newer items may have arrived)
         q = st.store.next_open(order=order, exclude=exclude)
     if q is None:
@@ -318,8 +350,17 @@ async def verdict(st: Station, request: Request) -> Response:
         return PlainError(400, str(err))
     logger.info("station: %s says %s is %s%s", v.user, item_id, label, " (damaged)" if damaged else "")
     if "json" in request.headers.get("accept", ""):
-        return JSONResponse({"ok": True, "id": v.id, "item_id": item_id, "label": label, "damaged": damaged,
-                             "corrects": v.corrects, "open": st.store.queue_counts()["open"]})
+        return JSONResponse(
+            {
+                "ok": True,
+                "id": v.id,
+                "item_id": item_id,
+                "label": label,
+                "damaged": damaged,
+                "corrects": v.corrects,
+                "open": st.store.queue_counts()["open"],
+            }
+        )
     back = str(form.get("back", ""))
     return RedirectResponse(_safe_next(back) if back else "/review", status_code=303)
 
@@ -358,8 +399,13 @@ def _model_card(model_dir: str) -> dict[str, Any]:
     from sorter.model import default_model_dir
 
     d = Path(model_dir) if model_dir else default_model_dir()
-    out: dict[str, Any] = {"dir": str(model_dir or "the shipped model"), "manifest": None, "card": None,
-                           "target": None, "name": Path(model_dir).name if model_dir else "the shipped model"}
+    out: dict[str, Any] = {
+        "dir": str(model_dir or "the shipped model"),
+        "manifest": None,
+        "card": None,
+        "target": None,
+        "name": Path(model_dir).name if model_dir else "the shipped model",
+    }
     if model_dir and Path(model_dir).is_symlink():
         out["target"] = str(Path(model_dir).readlink())
     try:
@@ -381,9 +427,17 @@ async def models_page(st: Station, request: Request) -> Response:
 
     current = _model_card(st.settings.line_model)
     cands = [p.name for p in list_candidates(st.settings.candidates_dir)]
-    return st.render(request, "models.html", current=current, candidates=cands, evaluations=st.evaluations,
-                     in_charge=st.watcher.snapshot.model_in_charge, promotions=st.store.promotions(),
-                     message=request.query_params.get("msg"), labelled=st.store.verdict_count())
+    return st.render(
+        request,
+        "models.html",
+        current=current,
+        candidates=cands,
+        evaluations=st.evaluations,
+        in_charge=st.watcher.snapshot.model_in_charge,
+        promotions=st.store.promotions(),
+        message=request.query_params.get("msg"),
+        labelled=st.store.verdict_count(),
+    )
 
 
 async def _evaluate(st: Station, name: str) -> list[dict[str, Any]]:
@@ -391,8 +445,13 @@ async def _evaluate(st: Station, name: str) -> list[dict[str, Any]]:
 
     cand = resolve_candidate(st.settings.candidates_dir, name)
     async with st.eval_lock:
-        tables = await asyncio.to_thread(evaluate_on_labels, st.store, st.log, [st.settings.line_model or None, str(cand)],
-                                         Path(st.settings.store_path).parent)
+        tables = await asyncio.to_thread(
+            evaluate_on_labels,
+            st.store,
+            st.log,
+            [st.settings.line_model or None, str(cand)],
+            Path(st.settings.store_path).parent,
+        )
     st.evaluations[name] = [t.to_json() for t in tables]
     return st.evaluations[name]
 
@@ -419,17 +478,29 @@ async def models_promote(st: Station, request: Request) -> Response:
         tables = await _evaluate(st, name)  # on the labels as they are now, not as they were
         cand_table = tables[-1]
         if not cand_table["passed"]:
-            st.store.add_promotion(user, str(tables[0]["model"]), str(cand_table["model"]),
-                                   st.settings.line_model, "refused: " + "; ".join(cand_table["problems"]))
-            return PlainError(409, "promotion refused: the candidate fails the safety table: "
-                              + "; ".join(cand_table["problems"]))
-        dest = await asyncio.to_thread(promote, resolve_candidate(st.settings.candidates_dir, name),
-                                       st.settings.line_model)
+            st.store.add_promotion(
+                user,
+                str(tables[0]["model"]),
+                str(cand_table["model"]),
+                st.settings.line_model,
+                "refused: " + "; ".join(cand_table["problems"]),
+            )
+            return PlainError(
+                409, "promotion refused: the candidate fails the safety table: " + "; ".join(cand_table["problems"])
+            )
+        dest = await asyncio.to_thread(
+            promote, resolve_candidate(st.settings.candidates_dir, name), st.settings.line_model
+        )
     except SorterError as err:
         return PlainError(409, f"promotion refused: {err}")
     note = reload_controller(st.settings.controller_pidfile, st.settings.reload_command)
-    st.store.add_promotion(user, str(tables[0]["model"]), str(cand_table["model"]), st.settings.line_model,
-                           f"promoted to {dest.name}; {note}")
+    st.store.add_promotion(
+        user,
+        str(tables[0]["model"]),
+        str(cand_table["model"]),
+        st.settings.line_model,
+        f"promoted to {dest.name}; {note}",
+    )
     return RedirectResponse(f"/models?msg={quote('promoted ' + name + ': ' + note)}", status_code=303)
 
 
@@ -440,8 +511,11 @@ class SecurityHeaders:
     """Headers on every response: no framing, no sniffing, scripts and styles from this server only."""
 
     HEADERS = [
-        (b"content-security-policy", b"default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
-                                     b"frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+        (
+            b"content-security-policy",
+            b"default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
+            b"frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
         (b"x-content-type-options", b"nosniff"),
         (b"referrer-policy", b"same-origin"),
         (b"x-frame-options", b"DENY"),
@@ -513,8 +587,14 @@ def create_app(settings: StationSettings, *, store: StationStore | None = None, 
     ]
     middleware = [
         Middleware(SecurityHeaders),
-        Middleware(SessionMiddleware, secret_key=station.store.secret_key(), session_cookie="sorter_station",
-                   max_age=SESSION_MAX_AGE_S, same_site="strict", https_only=settings.secure_cookies),
+        Middleware(
+            SessionMiddleware,
+            secret_key=station.store.secret_key(),
+            session_cookie="sorter_station",
+            max_age=SESSION_MAX_AGE_S,
+            same_site="strict",
+            https_only=settings.secure_cookies,
+        ),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.station = station

@@ -137,5 +137,9 @@ def new_csrf_token() -> str:
 
 def csrf_ok(expected: object, sent: object) -> bool:
     """True when the token sent matches the session's (constant-time comparison)."""
-    return (isinstance(expected, str) and isinstance(sent, str) and len(expected) >= 32
-            and hmac.compare_digest(expected.encode(), sent.encode()))
+    return (
+        isinstance(expected, str)
+        and isinstance(sent, str)
+        and len(expected) >= 32
+        and hmac.compare_digest(expected.encode(), sent.encode())
+    )

@@ -50,8 +50,10 @@ class ExportSummary:
 
     def format(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.labels.items())) or "none"
-        text = (f"exported {self.items} labelled items to {self.out} ({counts}; damaged {self.damaged}; "
-                f"{self.images} images)")
+        text = (
+            f"exported {self.items} labelled items to {self.out} ({counts}; damaged {self.damaged}; "
+            f"{self.images} images)"
+        )
         if self.no_record:
             text += f"\n{self.no_record} verdicts skipped: their item has no record in the line's log"
         if self.images_refused:
@@ -85,7 +87,8 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
     except ValueError as err:
         raise SorterError(
             f"--since {text!r} is not a time; give an ISO time (2026-11-30T08:00, UTC unless a zone is given), "
-            "epoch seconds, or an age such as 24h or 7d") from err
+            "epoch seconds, or an age such as 24h or 7d"
+        ) from err
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
@@ -101,8 +104,9 @@ def _place(src: Path, dst: Path, link: bool) -> None:
     shutil.copyfile(src, dst)
 
 
-def export_labels(store: StationStore, log: LineLog, out: str | Path, *, since: float | None = None,
-                  link: bool = False) -> ExportSummary:
+def export_labels(
+    store: StationStore, log: LineLog, out: str | Path, *, since: float | None = None, link: bool = False
+) -> ExportSummary:
     """Write the current verdicts as a labelled log in ``out`` (which must not exist, or be empty).
 
     Raises
@@ -114,13 +118,18 @@ def export_labels(store: StationStore, log: LineLog, out: str | Path, *, since: 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SorterError(f"{out} exists and is not an empty directory; choose a new --out directory")
     if log.log_dir is None:
-        raise SorterError("the line has no log directory (line.log_dir is empty): the verdicts have no readings "
-                          "to export; run the line with source = \"log\"")
+        raise SorterError(
+            "the line has no log directory (line.log_dir is empty): the verdicts have no readings "
+            'to export; run the line with source = "log"'
+        )
     log.index_new()
     labelled = store.labelled(since)
     if not labelled:
-        raise SorterError("no verdicts to export" + (" since the given time" if since is not None else "")
-                          + "; record verdicts at the station's review page first")
+        raise SorterError(
+            "no verdicts to export"
+            + (" since the given time" if since is not None else "")
+            + "; record verdicts at the station's review page first"
+        )
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -143,8 +152,10 @@ def export_labels(store: StationStore, log: LineLog, out: str | Path, *, since: 
                     try:
                         src = log.image_path(rec, name)
                         if not src.is_file():
-                            raise ImageError(f"{src.name} " + ("expired (deleted by the retention policy)"
-                                                              if is_expired(src) else "is missing"))
+                            raise ImageError(
+                                f"{src.name} "
+                                + ("expired (deleted by the retention policy)" if is_expired(src) else "is missing")
+                            )
                     except ImageError as err:
                         summary.images_refused.append(f"item {rec.item_id} {name}: {err}")
                         obj[name] = None
@@ -183,4 +194,3 @@ def export_labels(store: StationStore, log: LineLog, out: str | Path, *, since: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
-

@@ -23,8 +23,6 @@ from .linedata import LineLog
 __all__ = ["ImageCache", "render_image", "render_material", "render_rgb", "render_xray"]
 
 
-
-
 def _attenuation(img: np.ndarray) -> np.ndarray:
     """-ln(transmission): 0 for air, larger for more material."""
     return -np.log(np.maximum(img.astype(np.float32), 1.0) / 65535.0)

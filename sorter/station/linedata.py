@@ -75,8 +75,10 @@ class AuditReader:
             self._tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if "decisions" not in self._tables:
                 conn.close()
-                raise SorterError(f"{self.path} has no 'decisions' table: it is not a sorter audit log; "
-                                  "point audit.path in line.toml at the controller's audit database")
+                raise SorterError(
+                    f"{self.path} has no 'decisions' table: it is not a sorter audit log; "
+                    "point audit.path in line.toml at the controller's audit database"
+                )
             self._columns = {r[1] for r in conn.execute("PRAGMA table_info(decisions)")}
         except sqlite3.Error as err:
             logger.warning("audit log %s not readable yet: %s", self.path, err)
@@ -190,8 +192,10 @@ class LineLog:
             self.problem = f"{path} does not exist (yet)"
             return 0, False
         if size < offset:
-            self.problem = (f"{path} is shorter than what was already read ({size} < {offset} bytes): the log "
-                            "was truncated or replaced; start the station with a new store for a new log")
+            self.problem = (
+                f"{path} is shorter than what was already read ({size} < {offset} bytes): the log "
+                "was truncated or replaced; start the station with a new store for a new log"
+            )
             return 0, False
         self.problem = None
         if size == offset:
@@ -362,8 +366,16 @@ class LineWatcher:
 
     BATCH: Final = 20_000
 
-    def __init__(self, audit: AuditReader, log: LineLog, store: StationStore, *, spot_check: float = 0.02,
-                 metrics_url: str | None = None, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        audit: AuditReader,
+        log: LineLog,
+        store: StationStore,
+        *,
+        spot_check: float = 0.02,
+        metrics_url: str | None = None,
+        clock: Any = time.time,
+    ) -> None:
         if not 0.0 <= spot_check <= 1.0:
             raise SorterError(f"spot-check share {spot_check!r} must be between 0 and 1 (e.g. 0.02 for 2 %)")
         self.audit, self.log, self.store = audit, log, store
@@ -439,8 +451,14 @@ class LineWatcher:
                 lanes[lane] = lanes.get(lane, 0) + n
             for d, n in b.deliveries.items():
                 deliveries[d] = deliveries.get(d, 0) + n
-            snap.minutes.append({"minute": k * 60, "items": b.items, "lanes": dict(b.lanes),
-                                 "manual_rate": (b.lanes.get("manual", 0) / b.items) if b.items else None})
+            snap.minutes.append(
+                {
+                    "minute": k * 60,
+                    "items": b.items,
+                    "lanes": dict(b.lanes),
+                    "manual_rate": (b.lanes.get("manual", 0) / b.items) if b.items else None,
+                }
+            )
         snap.lanes_hour, snap.deliveries_hour = lanes, deliveries
         snap.plc_link, snap.in_flight, snap.sensors = self._controller_metrics()
         snap.queue = self.store.queue_counts()
@@ -454,7 +472,8 @@ class LineWatcher:
             self._items_total = int(r[0][0]) if r else 0
         rows = self.audit.query(
             "SELECT id, lane, delivery, t_decided, model_id FROM decisions WHERE id > ? ORDER BY id LIMIT ?",
-            (self._last_id, self.BATCH))
+            (self._last_id, self.BATCH),
+        )
         for rid, lane, delivery, t_decided, model_id in rows:
             self._last_id = rid
             self._items_total += 1
@@ -476,8 +495,9 @@ class LineWatcher:
         if not self._pending:
             return
         ids = list(self._pending)[:900]  # under SQLite's parameter limit; the rest next time
-        rows = self.audit.query(f"SELECT id, delivery FROM decisions WHERE id IN ({', '.join('?' * len(ids))})",
-                                tuple(ids))
+        rows = self.audit.query(
+            f"SELECT id, delivery FROM decisions WHERE id IN ({', '.join('?' * len(ids))})", tuple(ids)
+        )
         for rid, delivery in rows:
             if delivery == "pending":
                 continue
@@ -511,8 +531,9 @@ class LineWatcher:
         items = []
         for rid, item_id, lane, delivery, t_item, source_line in rows:
             if lane == "manual" or delivery in UNDELIVERED:
-                items.append(QueueItem(rid, item_id, "manual", lane if delivery == "acked" else "manual",
-                                       t_item, source_line))
+                items.append(
+                    QueueItem(rid, item_id, "manual", lane if delivery == "acked" else "manual", t_item, source_line)
+                )
             elif delivery == "acked" and spot_checked(item_id, self.spot_check, self._salt):
                 items.append(QueueItem(rid, item_id, "spot", lane, t_item, source_line))
         self.store.sync_queue(items, rows[-1][0])
@@ -531,10 +552,13 @@ class LineWatcher:
                 pass
         elif "events" in tables:  # the line's case station records its cases as events (sorter.line.casestation)
             try:
-                snap.open_cases = int(self.audit.query(
-                    "SELECT COUNT(*) FROM (SELECT json_extract(detail, '$.case_id') FROM events "
-                    "WHERE kind = 'case_open' EXCEPT SELECT json_extract(detail, '$.case_id') FROM events "
-                    "WHERE kind = 'case_close')")[0][0])
+                snap.open_cases = int(
+                    self.audit.query(
+                        "SELECT COUNT(*) FROM (SELECT json_extract(detail, '$.case_id') FROM events "
+                        "WHERE kind = 'case_open' EXCEPT SELECT json_extract(detail, '$.case_id') FROM events "
+                        "WHERE kind = 'case_close')"
+                    )[0][0]
+                )
             except SorterError:
                 pass
         col = self.audit.optional_column("t_durable", "t_synced")
@@ -576,8 +600,11 @@ class LineWatcher:
             alarms.append(snap.log_problem)
         last = self._minutes.get(int(snap.at // 60) - 1, _Minute())
         now_m = self._minutes.get(int(snap.at // 60), _Minute())
-        for d, text in (("undelivered", "decisions not delivered to the PLC"),
-                        ("late", "deadline misses"), ("rejected", "decisions refused by the PLC")):
+        for d, text in (
+            ("undelivered", "decisions not delivered to the PLC"),
+            ("late", "deadline misses"),
+            ("rejected", "decisions refused by the PLC"),
+        ):
             n = last.deliveries.get(d, 0) + now_m.deliveries.get(d, 0)
             if n:
                 alarms.append(f"{n} {text} in the last two minutes (items went to manual)")
@@ -599,8 +626,10 @@ def minute_chart(minutes: list[dict[str, Any]], width: int = 600, height: int = 
     n = max(len(minutes), 1)
     top = max([m["items"] for m in minutes] + [1])
     bw = width / n
-    parts = [f'<svg viewBox="0 0 {width} {height + 14}" class="chart" role="img" '
-             f'aria-label="items per minute by lane, last hour">']
+    parts = [
+        f'<svg viewBox="0 0 {width} {height + 14}" class="chart" role="img" '
+        f'aria-label="items per minute by lane, last hour">'
+    ]
     for i, m in enumerate(minutes):
         y = float(height)
         for lane in ("lead_acid", "li_ion", "hazard", "manual"):
@@ -609,22 +638,33 @@ def minute_chart(minutes: list[dict[str, Any]], width: int = 600, height: int = 
                 continue
             h = v / top * height
             y -= h
-            parts.append(f'<rect x="{i * bw:.1f}" y="{y:.1f}" width="{max(bw - 1, 1):.1f}" height="{h:.1f}" '
-                         f'fill="{colours[lane]}"><title>{lane}: {v}</title></rect>')
+            parts.append(
+                f'<rect x="{i * bw:.1f}" y="{y:.1f}" width="{max(bw - 1, 1):.1f}" height="{h:.1f}" '
+                f'fill="{colours[lane]}"><title>{lane}: {v}</title></rect>'
+            )
         other = m["items"] - sum(m["lanes"].get(k, 0) for k in colours)
         if other > 0:
             h = other / top * height
             y -= h
-            parts.append(f'<rect x="{i * bw:.1f}" y="{y:.1f}" width="{max(bw - 1, 1):.1f}" height="{h:.1f}" '
-                         'fill="#6a6"/>')
-    pts = [(i * bw + bw / 2, height - (m["manual_rate"] or 0) * height)
-           for i, m in enumerate(minutes) if m["manual_rate"] is not None]
+            parts.append(
+                f'<rect x="{i * bw:.1f}" y="{y:.1f}" width="{max(bw - 1, 1):.1f}" height="{h:.1f}" fill="#6a6"/>'
+            )
+    pts = [
+        (i * bw + bw / 2, height - (m["manual_rate"] or 0) * height)
+        for i, m in enumerate(minutes)
+        if m["manual_rate"] is not None
+    ]
     if len(pts) > 1:
-        parts.append('<polyline fill="none" stroke="#000" stroke-width="1.5" points="'
-                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"><title>manual share</title></polyline>')
-    parts.append(f'<text x="0" y="{height + 12}" font-size="10">-60 min</text>'
-                 f'<text x="{width - 30}" y="{height + 12}" font-size="10">now</text>'
-                 f'<text x="2" y="10" font-size="10">{top}/min</text></svg>')
+        parts.append(
+            '<polyline fill="none" stroke="#000" stroke-width="1.5" points="'
+            + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+            + '"><title>manual share</title></polyline>'
+        )
+    parts.append(
+        f'<text x="0" y="{height + 12}" font-size="10">-60 min</text>'
+        f'<text x="{width - 30}" y="{height + 12}" font-size="10">now</text>'
+        f'<text x="2" y="10" font-size="10">{top}/min</text></svg>'
+    )
     return "".join(parts)
 
 

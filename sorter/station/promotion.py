@@ -72,8 +72,9 @@ def _table(model: Any, raw: np.ndarray, labels: np.ndarray, model_dir: str) -> S
     from sorter.policy import decide
 
     proba, p_dmg = model.predict(raw)
-    lanes = [decide(proba[k], float(p_dmg[k]), raw[k], model.thresholds, model.classes).lane
-             for k in range(len(labels))]
+    lanes = [
+        decide(proba[k], float(p_dmg[k]), raw[k], model.thresholds, model.classes).lane for k in range(len(labels))
+    ]
     t = SafetyTable(model.model_id, model_dir, items=len(labels))
     for c in CLASSES:
         t.table[c] = {lane: 0 for lane in LANES}
@@ -93,8 +94,9 @@ def _table(model: Any, raw: np.ndarray, labels: np.ndarray, model_dir: str) -> S
     return t
 
 
-def evaluate_on_labels(store: StationStore, log: LineLog, model_dirs: list[str | None],
-                       work_dir: str | Path | None = None) -> list[SafetyTable]:
+def evaluate_on_labels(
+    store: StationStore, log: LineLog, model_dirs: list[str | None], work_dir: str | Path | None = None
+) -> list[SafetyTable]:
     """Safety tables of several models on the items the operators labelled (measured once).
 
     ``None`` in ``model_dirs`` is the shipped model.  A model that cannot be loaded gets a
@@ -156,12 +158,14 @@ def promote(candidate: Path, target: str | Path) -> Path:
     if not target:
         raise PromotionError(
             "line.model is empty: the line runs the shipped model. To promote models, make line.model a symbolic "
-            "link to a model directory, e.g. `ln -s model-2026-11 current-model` and line.model = \"current-model\"")
+            'link to a model directory, e.g. `ln -s model-2026-11 current-model` and line.model = "current-model"'
+        )
     target = Path(target)
     if not target.is_symlink():
         raise PromotionError(
             f"line.model {target} is not a symbolic link, so it cannot be switched atomically; make it one: "
-            f"`mv {target} {target}.v1 && ln -s {target.name}.v1 {target}` (then restart or reload the line)")
+            f"`mv {target} {target}.v1 && ln -s {target.name}.v1 {target}` (then restart or reload the line)"
+        )
     model = load_model(candidate)
     safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.model_id)
     manifest = (candidate / "manifest.json").read_bytes()

@@ -33,10 +33,20 @@ class SampleLine:
     items: int
 
 
-def make_sample_line(root: str | Path, *, items: int = 200, base_items: int = 100, seed: int = 0,
-                     line: str = "a", mix: str = "recycler", model_dir: str | None = None,
-                     t0: float | None = None, rate_hz: float = 20.0, late_every: int = 97,
-                     audit_rows: int | None = None) -> SampleLine:
+def make_sample_line(
+    root: str | Path,
+    *,
+    items: int = 200,
+    base_items: int = 100,
+    seed: int = 0,
+    line: str = "a",
+    mix: str = "recycler",
+    model_dir: str | None = None,
+    t0: float | None = None,
+    rate_hz: float = 20.0,
+    late_every: int = 97,
+    audit_rows: int | None = None,
+) -> SampleLine:
     """Write a sample line under ``root`` (see the module docstring).
 
     ``audit_rows``: how many of the lines are already decided in the audit (default all),
@@ -81,8 +91,8 @@ def make_sample_line(root: str | Path, *, items: int = 200, base_items: int = 10
         add_audit_rows(log, decisions, model.model_id, t0, rate_hz, range(n_audit), late_every)
     config = root / "line.toml"
     config.write_text(
-        '[line]\nname = "sample"\nsource = "log"\nlog_dir = "log"\n\n[audit]\npath = "audit.sqlite"\n',
-        encoding="utf-8")
+        '[line]\nname = "sample"\nsource = "log"\nlog_dir = "log"\n\n[audit]\npath = "audit.sqlite"\n', encoding="utf-8"
+    )
     return SampleLine(root, log_dir, audit, config, items)
 
 
@@ -95,10 +105,27 @@ def add_audit_rows(log, decisions, model_id: str, t0: float, rate_hz: float, ind
         lane, reason, chemistry, *p = decisions[i % len(decisions)]
         t = t0 + i / rate_hz
         late = late_every > 0 and (i + 1) % late_every == 0
-        recs.append(AuditRecord(
-            item_id=f"{i + 1:08d}", source_line=i + 1, t_item=t, t_available=t + 0.002, t_decided=t + 0.006,
-            chemistry=chemistry, p_lead_acid=p[0], p_li_ion=p[1], p_other=p[2], lane=lane, reason=reason,
-            model_id=model_id, latency_ms=4.0, deadline_ms=90.0, delivery="late" if late else "acked",
-            plc_seq=i, plc_status="late" if late else "accepted", t_acked=None if late else t + 0.015))
+        recs.append(
+            AuditRecord(
+                item_id=f"{i + 1:08d}",
+                source_line=i + 1,
+                t_item=t,
+                t_available=t + 0.002,
+                t_decided=t + 0.006,
+                chemistry=chemistry,
+                p_lead_acid=p[0],
+                p_li_ion=p[1],
+                p_other=p[2],
+                lane=lane,
+                reason=reason,
+                model_id=model_id,
+                latency_ms=4.0,
+                deadline_ms=90.0,
+                delivery="late" if late else "acked",
+                plc_seq=i,
+                plc_status="late" if late else "accepted",
+                t_acked=None if late else t + 0.015,
+            )
+        )
     for k in range(0, len(recs), 1000):
-        log.record_decisions(recs[k:k + 1000])
+        log.record_decisions(recs[k : k + 1000])

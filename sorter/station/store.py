@@ -126,12 +126,8 @@ class Verdict:
 
 
 def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not name or len(name) > 64 or not all(
-        c.isalnum() or c in "._-" for c in name
-    ):
-        raise StationError(
-            f"user name {name!r} is not usable; use 1-64 letters, digits, '.', '_' or '-'"
-        )
+    if not isinstance(name, str) or not name or len(name) > 64 or not all(c.isalnum() or c in "._-" for c in name):
+        raise StationError(f"user name {name!r} is not usable; use 1-64 letters, digits, '.', '_' or '-'")
     return name
 
 
@@ -213,8 +209,10 @@ class StationStore:
 
     def set_setting(self, key: str, value: str) -> None:
         with self._tx() as c:
-            c.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                      (key, value))
+            c.execute(
+                "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     # -- users -------------------------------------------------------------------
 
@@ -227,7 +225,9 @@ class StationStore:
             new = c.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None
             c.execute(
                 "INSERT INTO users VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET role = excluded.role, "
-                "pw_hash = excluded.pw_hash", (name, role, pw_hash, time.time()))
+                "pw_hash = excluded.pw_hash",
+                (name, role, pw_hash, time.time()),
+            )
         return new
 
     def user(self, name: str) -> User | None:
@@ -249,15 +249,17 @@ class StationStore:
             before = c.total_changes
             c.executemany(
                 "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [(q.audit_id, q.item_id, q.kind, q.lane, q.t_item, q.source_line) for q in items])
+                [(q.audit_id, q.item_id, q.kind, q.lane, q.t_item, q.source_line) for q in items],
+            )
             return c.total_changes - before
 
     def queue_item(self, item_id: str) -> QueueItem | None:
         rows = self._read("SELECT * FROM queue WHERE item_id = ?", (item_id,))
         return QueueItem(*rows[0]) if rows else None
 
-    def next_open(self, *, order: str = "newest", before: int | None = None, after: int | None = None,
-                  exclude: Sequence[str] = ()) -> QueueItem | None:
+    def next_open(
+        self, *, order: str = "newest", before: int | None = None, after: int | None = None, exclude: Sequence[str] = ()
+    ) -> QueueItem | None:
         """The next queued item without a verdict.
 
         ``order="newest"`` walks from the newest item down (``before``: only items
@@ -298,8 +300,9 @@ class StationStore:
 
     # -- verdicts ----------------------------------------------------------------
 
-    def add_verdict(self, item_id: str, label: str, *, damaged: bool, note: str, user: str,
-                    at: float | None = None) -> Verdict:
+    def add_verdict(
+        self, item_id: str, label: str, *, damaged: bool, note: str, user: str, at: float | None = None
+    ) -> Verdict:
         """Record a verdict; an item that already has one gets a correction (the old row stays)."""
         if label not in LABELS:
             raise StationError(f"label {label!r} is not one of {', '.join(LABELS)}")
@@ -315,7 +318,8 @@ class StationStore:
             prev = c.execute("SELECT MAX(id) FROM verdicts WHERE item_id = ?", (item_id,)).fetchone()[0]
             cur = c.execute(
                 "INSERT INTO verdicts (item_id, label, damaged, note, user, at, corrects) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (item_id, label, int(damaged), note, user, at, prev))
+                (item_id, label, int(damaged), note, user, at, prev),
+            )
             vid = int(cur.lastrowid or 0)
         return Verdict(vid, item_id, label, damaged, note, user, at, prev)
 
@@ -334,7 +338,8 @@ class StationStore:
         """
         sql = (
             "SELECT v.*, q.* FROM verdicts v JOIN queue q ON q.item_id = v.item_id "
-            "WHERE v.id = (SELECT MAX(id) FROM verdicts w WHERE w.item_id = v.item_id)")
+            "WHERE v.id = (SELECT MAX(id) FROM verdicts w WHERE w.item_id = v.item_id)"
+        )
         args: list[Any] = []
         if since is not None:
             sql += " AND v.at >= ?"
@@ -354,19 +359,28 @@ class StationStore:
 
     # -- log index ---------------------------------------------------------------
 
-    def add_log_index(self, rows: Sequence[tuple[str, int, int, int]], end_offset: int, next_line: int,
-                      segment: int | None = None) -> None:
+    def add_log_index(
+        self, rows: Sequence[tuple[str, int, int, int]], end_offset: int, next_line: int, segment: int | None = None
+    ) -> None:
         """Remember where items are in the line's log, and how far it was read (in ``segment``
         of a rotated log, when given: all in one transaction)."""
         with self._tx() as c:
             if segment is not None:
-                c.execute("INSERT INTO settings VALUES ('log_segment', ?) ON CONFLICT (key) DO UPDATE SET "
-                          "value = excluded.value", (str(segment),))
+                c.execute(
+                    "INSERT INTO settings VALUES ('log_segment', ?) ON CONFLICT (key) DO UPDATE SET "
+                    "value = excluded.value",
+                    (str(segment),),
+                )
             c.executemany("INSERT INTO log_index VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
-            c.execute("INSERT INTO settings VALUES ('log_offset', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                      (str(end_offset),))
-            c.execute("INSERT INTO settings VALUES ('log_next_line', ?) ON CONFLICT (key) DO UPDATE SET "
-                      "value = excluded.value", (str(next_line),))
+            c.execute(
+                "INSERT INTO settings VALUES ('log_offset', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(end_offset),),
+            )
+            c.execute(
+                "INSERT INTO settings VALUES ('log_next_line', ?) ON CONFLICT (key) DO UPDATE SET "
+                "value = excluded.value",
+                (str(next_line),),
+            )
 
     def log_position(self, item_id: str) -> tuple[int, int, int] | None:
         rows = self._read("SELECT line_no, offset, end_offset FROM log_index WHERE item_id = ?", (item_id,))
@@ -378,20 +392,27 @@ class StationStore:
             before = c.total_changes
             c.executemany(
                 "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [(q.audit_id, q.item_id, q.kind, q.lane, q.t_item, q.source_line) for q in items])
+                [(q.audit_id, q.item_id, q.kind, q.lane, q.t_item, q.source_line) for q in items],
+            )
             added = c.total_changes - before
-            c.execute("INSERT INTO settings VALUES ('audit_synced_id', ?) ON CONFLICT (key) DO UPDATE SET "
-                      "value = excluded.value", (str(synced_id),))
+            c.execute(
+                "INSERT INTO settings VALUES ('audit_synced_id', ?) ON CONFLICT (key) DO UPDATE SET "
+                "value = excluded.value",
+                (str(synced_id),),
+            )
             return added
 
     # -- promotions --------------------------------------------------------------
 
     def add_promotion(self, user: str, from_model: str, to_model: str, target: str, outcome: str) -> None:
         with self._tx() as c:
-            c.execute("INSERT INTO promotions (at, user, from_model, to_model, target, outcome) VALUES (?, ?, ?, ?, ?, ?)",
-                      (time.time(), user, from_model, to_model, target, outcome))
+            c.execute(
+                "INSERT INTO promotions (at, user, from_model, to_model, target, outcome) VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), user, from_model, to_model, target, outcome),
+            )
 
     def promotions(self, limit: int = 10) -> list[dict[str, Any]]:
-        rows = self._read("SELECT at, user, from_model, to_model, target, outcome FROM promotions ORDER BY id DESC "
-                          "LIMIT ?", (limit,))
+        rows = self._read(
+            "SELECT at, user, from_model, to_model, target, outcome FROM promotions ORDER BY id DESC LIMIT ?", (limit,)
+        )
         return [dict(zip(("at", "user", "from_model", "to_model", "target", "outcome"), r)) for r in rows]

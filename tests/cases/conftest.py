@@ -52,11 +52,23 @@ def hazard_scores(tmp_path_factory) -> dict:
     Path(log / truth[no_image].xray_low).unlink()
     # sorter score writes these columns itself (from the model's energy estimate): replaced here by
     # the truth-based ones, so these tests do not depend on the model's figures
-    for name, values in (("lane", pa.array(lanes)), ("weight_g", pa.array(w, pa.float64())),
-                         ("energy_wh", pa.array(e, pa.float64())), ("energy_wh_upper", pa.array(u, pa.float64()))):
+    for name, values in (
+        ("lane", pa.array(lanes)),
+        ("weight_g", pa.array(w, pa.float64())),
+        ("energy_wh", pa.array(e, pa.float64())),
+        ("energy_wh_upper", pa.array(u, pa.float64())),
+    ):
         k = t.schema.get_field_index(name)
         t = t.set_column(k, name, values) if k >= 0 else t.append_column(name, values)
     scores = base / "scores.parquet"
     pq.write_table(t, scores)
-    return {"log": log, "scores": scores, "hazard": hazard, "truth": truth, "no_bound": no_bound,
-            "no_image": no_image, "table": t, "base": base}
+    return {
+        "log": log,
+        "scores": scores,
+        "hazard": hazard,
+        "truth": truth,
+        "no_bound": no_bound,
+        "no_image": no_image,
+        "table": t,
+        "base": base,
+    }

@@ -12,7 +12,7 @@ def truths(n: int, wh: float) -> list[Truth]:
 
 
 def test_true_bounds_never_overfill_and_low_bounds_are_caught():
-    items = truths(40, 300.0)                                    # 7 per case by the truth
+    items = truths(40, 300.0)  # 7 per case by the truth
     ok = pack("truth", [(t, t.energy_wh) for t in items], 2100.0)
     assert ok.over_limit == 0 and ok.cases == math.ceil(40 / 7) and ok.coverage == 1.0
     assert ok.fill_mean == 1.0 and ok.packed == 40

@@ -40,9 +40,14 @@ def test_consignor_file_toml_json_and_un3481(tmp_path):
     assert "Not configured" in render_manifest(case, items, cfg, load_consignor(None))
 
 
-@pytest.mark.parametrize("text, words", [
-    ('un_number = "UN3090"\n', "un_number"), ("permit = 12345\n", "must be text"), ("permit = \n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('un_number = "UN3090"\n', "un_number"),
+        ("permit = 12345\n", "must be text"),
+        ("permit = \n", "not valid TOML"),
+    ],
+)
 def test_bad_consignor_files_are_refused(tmp_path, text, words):
     p = tmp_path / "c.toml"
     p.write_text(text)

@@ -16,8 +16,10 @@ from sorter.cases.plan import ItemInfo, PlannedItem
 
 pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed (the test extra)")
 CHROMIUM = find_chromium()
-pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)"),
-              pytest.mark.e2e]
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)"),
+    pytest.mark.e2e,
+]
 
 from sorter.cases.browser import render  # noqa: E402
 
@@ -46,9 +48,9 @@ def test_a_packed_manifest_in_chromium_shows_items_and_totals(hazard_scores, tmp
     assert f"{case['mass_g'] / 1000:,.2f} kg" in r.text
     assert "DAMAGED/DEFECTIVE LITHIUM ION BATTERIES" in r.text and "UN3480" in r.text
     w, h = png_size(png)
-    assert 700 <= w <= 900 and 900 <= h <= 1400                       # about one A4 page at 96 dpi
-    assert png.stat().st_size > 20_000                                  # not a blank page
-    assert r.pdf_pages == 1                                             # prints on one page
+    assert 700 <= w <= 900 and 900 <= h <= 1400  # about one A4 page at 96 dpi
+    assert png.stat().st_size > 20_000  # not a blank page
+    assert r.pdf_pages == 1  # prints on one page
 
 
 @pytest.mark.parametrize("n", [10, 26, 27, 200])
@@ -60,14 +62,26 @@ def test_the_manifest_prints_on_one_page_up_to_200_items(hazard_scores, tmp_path
     state = StationState.new(cfg)
     items = []
     for k in range(n):
-        pi = PackItem(f"CELL-{k:05d}", energy_wh_upper=2100 / n * 0.99, energy_wh=2100 / n * 0.75, weight_g=48.0,
-                      t=1.78e9 + k)
+        pi = PackItem(
+            f"CELL-{k:05d}", energy_wh_upper=2100 / n * 0.99, energy_wh=2100 / n * 0.75, weight_g=48.0, t=1.78e9 + k
+        )
         res = state.offer(pi)
         state = res.state
-        items.append(PlannedItem(str(hazard_scores["log"]), k + 1, pi.item_id, "hazard", pi,
-                                 ItemInfo(t=pi.t, log_dir=str(hazard_scores["log"]), xray=some.xray_low),
-                                 "Panasonic NCR18650BD (NCA), a long product name that wraps", "assigned", "",
-                                 res.case_id, k + 1))
+        items.append(
+            PlannedItem(
+                str(hazard_scores["log"]),
+                k + 1,
+                pi.item_id,
+                "hazard",
+                pi,
+                ItemInfo(t=pi.t, log_dir=str(hazard_scores["log"]), xray=some.xray_low),
+                "Panasonic NCR18650BD (NCA), a long product name that wraps",
+                "assigned",
+                "",
+                res.case_id,
+                k + 1,
+            )
+        )
     state, case = state.close(1.78e9 + n)
     assert case is not None and len(case.items) == n
     page = tmp_path / "case.html"

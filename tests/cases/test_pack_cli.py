@@ -33,14 +33,15 @@ def packed(hazard_scores, tmp_path_factory):
     out = tmp_path_factory.mktemp("packed") / "out"
     cons = out.parent / "consignor.toml"
     cons.write_text(CONSIGNOR)
-    assert main(["pack", str(hazard_scores["scores"]), "--out", str(out), "--consignor", str(cons),
-                 "--line", "L1"]) == 0
+    assert (
+        main(["pack", str(hazard_scores["scores"]), "--out", str(out), "--consignor", str(cons), "--line", "L1"]) == 0
+    )
     return out
 
 
 def test_every_hazard_item_once_in_belt_order_and_no_case_over_the_limit(hazard_scores, packed):
     rows = read_csv(packed / "cases.csv")
-    assert [r["item_id"] for r in rows] == hazard_scores["hazard"]          # each hazard item once, belt order
+    assert [r["item_id"] for r in rows] == hazard_scores["hazard"]  # each hazard item once, belt order
     assert [int(r["line_no"]) for r in rows] == sorted(int(r["line_no"]) for r in rows)
     sums = defaultdict(float)
     truth_sums = defaultdict(float)
@@ -54,8 +55,9 @@ def test_every_hazard_item_once_in_belt_order_and_no_case_over_the_limit(hazard_
     assert max(sums.values()) <= 2100.0 and max(truth_sums.values()) <= 2100.0
     # case ids follow the scheme and the cases' items are contiguous on the belt
     order = [r["case_id"] for r in rows if r["case_id"]]
-    assert order == sorted(order) and all(c.startswith("L1-") and c.endswith(f"-{n:04d}")
-                                          for n, c in enumerate(dict.fromkeys(order), start=1))
+    assert order == sorted(order) and all(
+        c.startswith("L1-") and c.endswith(f"-{n:04d}") for n, c in enumerate(dict.fromkeys(order), start=1)
+    )
     by_id = {r["item_id"]: r for r in rows}
     assert by_id[hazard_scores["no_bound"]]["status"] == "not_packable"
     assert "no valid energy bound" in by_id[hazard_scores["no_bound"]]["reason"]
@@ -67,7 +69,7 @@ def test_every_hazard_item_once_in_belt_order_and_no_case_over_the_limit(hazard_
 def test_each_closed_case_has_a_manifest_csv_and_page(hazard_scores, packed):
     summary = json.loads((packed / "summary.json").read_text())
     rows = read_csv(packed / "cases.csv")
-    assert all(c["status"] == "closed" for c in summary["cases"])           # the last one closes at the end of input
+    assert all(c["status"] == "closed" for c in summary["cases"])  # the last one closes at the end of input
     for c in summary["cases"]:
         items = [r["item_id"] for r in rows if r["case_id"] == c["case_id"]]
         man = read_csv(packed / c["manifest_csv"])
@@ -77,13 +79,21 @@ def test_each_closed_case_has_a_manifest_csv_and_page(hazard_scores, packed):
         html = (packed / c["manifest_html"]).read_text(encoding="utf-8")
         for i in items:
             assert f"<b>{i}</b>" in html
-        for words in ("DAMAGED/DEFECTIVE LITHIUM ION BATTERIES", "UN3480, LITHIUM ION BATTERIES, Class 9",
-                      "49 CFR 173.185(f)", "DOT-SP 99999", "Example Li-ion Recycler", f"{c['upper_wh']:,.1f} Wh of 2,100 Wh"):
+        for words in (
+            "DAMAGED/DEFECTIVE LITHIUM ION BATTERIES",
+            "UN3480, LITHIUM ION BATTERIES, Class 9",
+            "49 CFR 173.185(f)",
+            "DOT-SP 99999",
+            "Example Li-ion Recycler",
+            f"{c['upper_wh']:,.1f} Wh of 2,100 Wh",
+        ):
             assert words in html
     pages = {c["manifest_html"]: (packed / c["manifest_html"]).read_text() for c in summary["cases"]}
     with_missing = [h for h in pages.values() if f"<b>{hazard_scores['no_image']}</b>" in h]
-    assert len(with_missing) == 1 and "no X-ray" in with_missing[0]          # a placeholder, not a crash
-    assert sum(h.count("data:image/png;base64,") for h in pages.values()) == sum(c["items"] for c in summary["cases"]) - 1
+    assert len(with_missing) == 1 and "no X-ray" in with_missing[0]  # a placeholder, not a crash
+    assert (
+        sum(h.count("data:image/png;base64,") for h in pages.values()) == sum(c["items"] for c in summary["cases"]) - 1
+    )
 
 
 def test_the_station_state_resumes_an_open_case(hazard_scores, tmp_path):
@@ -99,7 +109,7 @@ def test_the_station_state_resumes_an_open_case(hazard_scores, tmp_path):
     s2 = json.loads((b / "summary.json").read_text())["cases"][0]
     assert s2["case_id"] == st.open_case.case_id and s2["status"] == "closed" and s2["upper_wh"] <= 2100
     man = read_csv(b / s2["manifest_csv"])
-    assert [m["item_id"] for m in man][:len(st.open_case.items)] == [i.item_id for i in st.open_case.items]
+    assert [m["item_id"] for m in man][: len(st.open_case.items)] == [i.item_id for i in st.open_case.items]
     assert s2["items"] == len(man) >= len(st.open_case.items)
 
 
@@ -109,7 +119,7 @@ def test_pack_reads_the_csv_scores_too_and_a_mass_limit_holds(hazard_scores, tmp
     out = tmp_path / "out"
     assert main(["pack", str(csv_scores), "--out", str(out), "--mass-limit-kg", "12", "--no-thumbnails"]) == 0
     rows = read_csv(out / "cases.csv")
-    assert rows[0]["item_id"] == hazard_scores["hazard"][0]                 # ids stay text ("00000012")
+    assert rows[0]["item_id"] == hazard_scores["hazard"][0]  # ids stay text ("00000012")
     mass = defaultdict(float)
     for r in rows:
         if r["status"] == "assigned":
@@ -119,7 +129,7 @@ def test_pack_reads_the_csv_scores_too_and_a_mass_limit_holds(hazard_scores, tmp
 
 def test_bad_inputs_exit_2_with_a_message(hazard_scores, packed, tmp_path, capsys):
     s = str(hazard_scores["scores"])
-    assert main(["pack", s, "--out", str(packed)]) == 2                      # non-empty --out
+    assert main(["pack", s, "--out", str(packed)]) == 2  # non-empty --out
     assert "not empty" in capsys.readouterr().err
     no_energy = tmp_path / "old.parquet"
     pq.write_table(hazard_scores["table"].drop(["energy_wh", "energy_wh_upper"]), no_energy)
@@ -146,7 +156,7 @@ def test_force_replaces_an_earlier_run(hazard_scores, tmp_path):
     assert list(out.glob("case-OLD-*.html"))
     (out / "notes.txt").write_text("keep me")
     assert main(["pack", str(hazard_scores["scores"]), "--out", str(out), "--force"]) == 0
-    assert not list(out.glob("case-OLD-*"))                                 # no stale manifests
+    assert not list(out.glob("case-OLD-*"))  # no stale manifests
     assert len(list(out.glob("case-*.html"))) == len(json.loads((out / "summary.json").read_text())["cases"])
     assert (out / "notes.txt").read_text() == "keep me"
 

@@ -15,14 +15,19 @@ from sorter.cases.packing import offer
 T0 = 1_780_000_000.0
 
 bounds = st.one_of(
-    st.floats(min_value=0.0, max_value=2500.0),              # mostly packable, some over the limit
+    st.floats(min_value=0.0, max_value=2500.0),  # mostly packable, some over the limit
     st.sampled_from([0.0, 2100.0, 2100.0001, 1050.0, 700.0, 0.1, 1e-300]),  # edges
-    st.sampled_from([math.nan, math.inf, -1.0, -0.0]),       # invalid bounds
+    st.sampled_from([math.nan, math.inf, -1.0, -0.0]),  # invalid bounds
 )
 weights = st.one_of(st.floats(min_value=0.0, max_value=30_000.0), st.just(math.nan))
-items = st.builds(lambda u, w, k: PackItem(f"I{k}", energy_wh_upper=u, energy_wh=u / 1.3 if math.isfinite(u) else math.nan,
-                                           weight_g=w, t=T0 + k),
-                  bounds, weights, st.integers(0, 10**6))
+items = st.builds(
+    lambda u, w, k: PackItem(
+        f"I{k}", energy_wh_upper=u, energy_wh=u / 1.3 if math.isfinite(u) else math.nan, weight_g=w, t=T0 + k
+    ),
+    bounds,
+    weights,
+    st.integers(0, 10**6),
+)
 # An event on the line: an item, or the PLC confirming a new case / the operator closing one.
 events = st.lists(st.one_of(items, items, items, st.just("open"), st.just("close"), st.just("restart")), max_size=80)
 limits = st.sampled_from([2100.0, 1000.0, 0.5, 2100.0000000001, 333.3])
@@ -89,8 +94,12 @@ def test_no_case_over_the_limit_order_kept_each_item_once(evs, limit, mass_limit
     for r in refused:
         u = r.item.energy_wh_upper
         if r.kind == "not_packable":
-            assert (not math.isfinite(u) or u < 0 or u > limit
-                    or (mass_limit is not None and not (r.item.weight_g <= mass_limit)))
+            assert (
+                not math.isfinite(u)
+                or u < 0
+                or u > limit
+                or (mass_limit is not None and not (r.item.weight_g <= mass_limit))
+            )
         else:
             assert not auto_open
 
@@ -136,7 +145,7 @@ def test_a_case_closes_when_the_next_bound_would_not_fit():
         r = st_.offer(PackItem(f"A{k}", u), now=T0)
         ids.append(r.case_id)
         st_ = r.state
-    assert ids[:4] == [ids[0]] * 4 and ids[4] != ids[0]          # exactly 2100 fits; 2101 > 2100: the fifth opens case 2
+    assert ids[:4] == [ids[0]] * 4 and ids[4] != ids[0]  # exactly 2100 fits; 2101 > 2100: the fifth opens case 2
     assert r.closed is not None and r.closed.upper_wh == 2100.0 and r.closed.close_reason == "full"
     assert r.closed.case_id == "L1-20260528-0001" and r.case_id == "L1-20260528-0002"
 
@@ -153,7 +162,7 @@ def test_on_the_line_a_full_case_waits_for_the_next_to_be_confirmed():
     assert r.kind == "no_case_ready" and r.closed is not None and r.closed.items == (PackItem("B", 2000.0),)
     assert "full" in r.reason
     assert r.state.open_case is None
-    r = r.state.offer(PackItem("D", 1.0), now=T0 + 2)           # still no case: the safe place
+    r = r.state.offer(PackItem("D", 1.0), now=T0 + 2)  # still no case: the safe place
     assert r.kind == "no_case_ready"
     s, case2 = r.state.open(T0 + 3)
     assert case2.case_id.endswith("-0002") and s.offer(PackItem("E", 1.0), now=T0 + 4).case_id == case2.case_id
@@ -162,10 +171,12 @@ def test_on_the_line_a_full_case_waits_for_the_next_to_be_confirmed():
 def test_not_packable_items_leave_the_open_case_as_it_was():
     s, _ = StationState.new(StationConfig(mass_limit_g=20_000.0)).open(T0)
     s = s.offer(PackItem("A", 100.0, weight_g=1000.0), now=T0).state
-    for it, words in [(PackItem("M", 2100.01), "alone exceeds the case limit"),
-                      (PackItem("N", math.nan), "no valid energy bound"),
-                      (PackItem("W", 10.0, weight_g=math.nan), "no weight"),
-                      (PackItem("H", 10.0, weight_g=20_001.0), "mass limit")]:
+    for it, words in [
+        (PackItem("M", 2100.01), "alone exceeds the case limit"),
+        (PackItem("N", math.nan), "no valid energy bound"),
+        (PackItem("W", 10.0, weight_g=math.nan), "no weight"),
+        (PackItem("H", 10.0, weight_g=20_001.0), "mass limit"),
+    ]:
         r = s.offer(it, now=T0)
         assert r.kind == "not_packable" and words in r.reason and r.state == s
 
@@ -177,11 +188,11 @@ def test_state_json_round_trip_and_damage_is_refused():
     assert "NaN" not in text
     assert StationState.from_json(text) == s
     d = json.loads(text)
-    d["open_case"]["upper_mwh"] = 5            # a state that under-counts its items is refused
+    d["open_case"]["upper_mwh"] = 5  # a state that under-counts its items is refused
     with pytest.raises(CaseStateError, match="sums do not match"):
         StationState.from_json(json.dumps(d))
     d = json.loads(text)
-    d["config"]["limit_wh"] = 50.0             # an open case over the (edited) limit is refused
+    d["config"]["limit_wh"] = 50.0  # an open case over the (edited) limit is refused
     with pytest.raises(CaseStateError, match="over the new limit"):
         StationState.from_json(json.dumps(d))
     d = json.loads(text)
@@ -190,15 +201,22 @@ def test_state_json_round_trip_and_damage_is_refused():
         StationState.from_json(json.dumps(d))
     with pytest.raises(CaseStateError, match="not valid JSON"):
         StationState.from_json(text[:-3])
-    with pytest.raises(ValueError):            # also a ValueError for callers that catch builtins
+    with pytest.raises(ValueError):  # also a ValueError for callers that catch builtins
         StationState.from_json("{}")
 
 
-@pytest.mark.parametrize("kw, words", [
-    ({"limit_wh": 0}, "limit_wh"), ({"limit_wh": math.nan}, "limit_wh"), ({"mass_limit_g": -1.0}, "mass_limit_g"),
-    ({"case_id_scheme": "{line}-{date:%Y}"}, "must use {n}"), ({"case_id_scheme": "{who}-{n}"}, "may use only"),
-    ({"case_id_scheme": "{n:Z}"}, "cannot be formatted"), ({"lane": ""}, "lane"),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"limit_wh": 0}, "limit_wh"),
+        ({"limit_wh": math.nan}, "limit_wh"),
+        ({"mass_limit_g": -1.0}, "mass_limit_g"),
+        ({"case_id_scheme": "{line}-{date:%Y}"}, "must use {n}"),
+        ({"case_id_scheme": "{who}-{n}"}, "may use only"),
+        ({"case_id_scheme": "{n:Z}"}, "cannot be formatted"),
+        ({"lane": ""}, "lane"),
+    ],
+)
 def test_bad_configuration_is_refused_with_a_fix(kw, words):
     with pytest.raises(CaseStateError, match="e.g.|must|positive|lane"):
         try:
@@ -231,4 +249,3 @@ def test_the_module_examples_run():
     import sorter.cases.packing as packing
 
     assert doctest.testmod(packing).failed == 0
-

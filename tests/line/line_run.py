@@ -21,17 +21,31 @@ from sorter.logformat import LogWriter
 from sorter.simulate.run import SimConfig, SimItem
 
 WAIT_S = 30.0  # bound for anything that should happen "soon"; only there to avoid hangs
-LINK = {"heartbeat_timeout_s": 1.5, "request_timeout_s": 0.5, "reconnect_min_s": 0.02, "reconnect_max_s": 0.2,
-        "poll_interval_s": 0.001, "rewrite_interval_s": 0.02}
+LINK = {
+    "heartbeat_timeout_s": 1.5,
+    "request_timeout_s": 0.5,
+    "reconnect_min_s": 0.02,
+    "reconnect_max_s": 0.2,
+    "poll_interval_s": 0.001,
+    "rewrite_interval_s": 0.02,
+}
 SIM_CFG = SimConfig(items=40, seed=11, mix="balanced")
 REPO = Path(__file__).resolve().parents[2]
 
 
 def make_config(tmp_path: Path, *overrides: str, belt_speed: float = 0.3) -> LineConfig:
     """Simulated source, audit in tmp_path; deadline (0.3 m / 0.3 m/s - 10 ms) = 990 ms unless told."""
-    return load_config(None, env={}, overrides=[
-        "line.source=simulated", f"audit.path={tmp_path / 'audit.sqlite'}", f"line.belt_speed_m_s={belt_speed}",
-        "status.enabled=false", *overrides])
+    return load_config(
+        None,
+        env={},
+        overrides=[
+            "line.source=simulated",
+            f"audit.path={tmp_path / 'audit.sqlite'}",
+            f"line.belt_speed_m_s={belt_speed}",
+            "status.enabled=false",
+            *overrides,
+        ],
+    )
 
 
 def audit_rows(cfg: LineConfig) -> list[AuditRecord]:
@@ -68,10 +82,17 @@ async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float 
         await asyncio.sleep(0.01)
 
 
-def sim_source(cfg: LineConfig, pool: list[SimItem], *, items: int, rate_hz: float,
-               announce: Callable[[int, float], None] | None = None) -> SimulatedSource:
-    return SimulatedSource(SIM_CFG, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=rate_hz,
-                           pool=pool, announce=announce)
+def sim_source(
+    cfg: LineConfig,
+    pool: list[SimItem],
+    *,
+    items: int,
+    rate_hz: float,
+    announce: Callable[[int, float], None] | None = None,
+) -> SimulatedSource:
+    return SimulatedSource(
+        SIM_CFG, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=rate_hz, pool=pool, announce=announce
+    )
 
 
 def write_log(log_dir: Path, pool: list[SimItem], n: int, *, first: int = 1, t: float | None = None) -> None:

@@ -97,9 +97,7 @@ def test_durability_pragmas_and_schema_version(log: AuditLog, db: Path) -> None:
     # WAL is a property of the file: any other connection sees it too.
     with sqlite3.connect(db) as other:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert other.execute("SELECT version FROM schema_version").fetchall() == [
-            (audit_module.SCHEMA_VERSION,)
-        ]
+        assert other.execute("SELECT version FROM schema_version").fetchall() == [(audit_module.SCHEMA_VERSION,)]
 
 
 def test_reopen_keeps_rows_and_does_not_recreate_schema(db: Path) -> None:
@@ -146,11 +144,19 @@ def test_in_memory_database_is_refused_because_it_cannot_use_wal() -> None:
 def test_insert_and_read_back_in_insertion_order(log: AuditLog) -> None:
     recs = [
         make_record(5, item_id="z-last-alphabetically"),
-        make_record(2, item_id="a-first-alphabetically", chemistry=None,
-                    p_lead_acid=None, p_li_ion=None, p_other=None,
-                    lane="manual", reason="no_xray"),
-        make_record(9, item_id="m", source_line=None, delivery="acked",
-                    plc_seq=3, plc_status="ok", t_acked=1.7e9 + 9.03),
+        make_record(
+            2,
+            item_id="a-first-alphabetically",
+            chemistry=None,
+            p_lead_acid=None,
+            p_li_ion=None,
+            p_other=None,
+            lane="manual",
+            reason="no_xray",
+        ),
+        make_record(
+            9, item_id="m", source_line=None, delivery="acked", plc_seq=3, plc_status="ok", t_acked=1.7e9 + 9.03
+        ),
     ]
     assert [log.record_decision(r) for r in recs] == [True, True, True]
     assert list(log.rows()) == recs
@@ -174,7 +180,9 @@ def test_duplicate_item_is_not_inserted_and_first_decision_wins(log: AuditLog, d
     assert log.get(first.item_id) == first
     # Duplicates inside one batch, and against earlier batches.
     assert log.record_decisions([make_record(2), make_record(1), make_record(2)]) == [
-        True, False, False,
+        True,
+        False,
+        False,
     ]
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 2
@@ -213,9 +221,7 @@ def test_delivery_update_is_stored(log: AuditLog) -> None:
     log.record_decisions([make_record(1), make_record(2), make_record(3)])
     log.record_delivery("it-2", "acked", plc_seq=41, plc_status="ok", t_acked=1.7e9 + 2.05)
     log.record_delivery("it-3", "late")
-    assert log.get("it-2") == make_record(
-        2, delivery="acked", plc_seq=41, plc_status="ok", t_acked=1.7e9 + 2.05
-    )
+    assert log.get("it-2") == make_record(2, delivery="acked", plc_seq=41, plc_status="ok", t_acked=1.7e9 + 2.05)
     assert log.counts_by_delivery() == {"acked": 1, "late": 1, "pending": 1}
     assert [r.item_id for r in log.pending()] == ["it-1"]
 
@@ -312,9 +318,7 @@ def test_any_valid_record_round_trips(recs: list[AuditRecord]) -> None:
 # --------------------------------------------------------------------------- errors
 
 
-def test_locked_database_raises_audit_error_and_records_nothing(
-    db: Path, write_lock: sqlite3.Connection
-) -> None:
+def test_locked_database_raises_audit_error_and_records_nothing(db: Path, write_lock: sqlite3.Connection) -> None:
     # Opening an existing log needs no write lock (a restart is not stalled) ...
     with AuditLog(db, busy_timeout_s=0.05) as log:
         # ... but writing does, and fails cleanly after busy_timeout_s.
@@ -344,9 +348,7 @@ def test_writer_future_resolves_only_after_the_row_is_committed(db: Path) -> Non
         # Runs as soon as the future resolves: a fresh connection must see the row.
         item_id = ids[futures.index(fut)] if fut in futures else None
         with sqlite3.connect(db) as other:
-            row = other.execute(
-                "SELECT 1 FROM decisions WHERE item_id = ?", (item_id,)
-            ).fetchone()
+            row = other.execute("SELECT 1 FROM decisions WHERE item_id = ?", (item_id,)).fetchone()
         committed_when_resolved.append(row is not None)
 
     ids = [f"it-{n}" for n in range(1, 201)]
@@ -360,9 +362,7 @@ def test_writer_future_resolves_only_after_the_row_is_committed(db: Path) -> Non
     assert committed_when_resolved == [True] * 200
 
 
-def test_writer_futures_wait_for_commit_and_group_commit_batches(
-    db: Path, write_lock: sqlite3.Connection
-) -> None:
+def test_writer_futures_wait_for_commit_and_group_commit_batches(db: Path, write_lock: sqlite3.Connection) -> None:
     # Hold the write lock so the writer cannot commit; meanwhile 8 threads submit.
     futures: list[Future[bool]] = []
     guard = threading.Lock()
@@ -407,9 +407,7 @@ def test_writer_duplicates_and_deliveries_apply_in_order(db: Path) -> None:
         with pytest.raises(AuditRecordError):
             writer.submit_delivery("it-1", "lost")  # refused before queueing
     with AuditLog(db) as log:
-        assert list(log.rows()) == [
-            make_record(1, delivery="acked", plc_seq=5, plc_status="ok", t_acked=2e9)
-        ]
+        assert list(log.rows()) == [make_record(1, delivery="acked", plc_seq=5, plc_status="ok", t_acked=2e9)]
 
 
 def test_delivery_updates_share_the_next_decisions_transaction_and_every_future_waits_for_its_commit(
@@ -434,8 +432,7 @@ def test_delivery_updates_share_the_next_decisions_transaction_and_every_future_
             assert fut.result(timeout=10) is True
             assert time.monotonic() - t0 < 2.5
             if n > 1:  # the previous item's outcome arrives while this one is in flight
-                upd = writer.submit_delivery(f"it-{n - 1}", "acked", plc_seq=n - 1, plc_status="accepted",
-                                             t_acked=2e9)
+                upd = writer.submit_delivery(f"it-{n - 1}", "acked", plc_seq=n - 1, plc_status="accepted", t_acked=2e9)
                 upd.add_done_callback(lambda _f, n=n: committed("delivery", f"it-{n - 1}", "acked"))
         last = writer.submit_delivery("it-40", "late")
         time.sleep(0.05)
@@ -496,9 +493,7 @@ def test_close_drains_the_queue_and_refuses_new_entries(db: Path) -> None:
     writer.close()  # idempotent
 
 
-def test_writer_reports_a_failed_batch_and_carries_on(
-    db: Path, write_lock: sqlite3.Connection
-) -> None:
+def test_writer_reports_a_failed_batch_and_carries_on(db: Path, write_lock: sqlite3.Connection) -> None:
     with AuditWriter(db, busy_timeout_s=0.05) as writer:
         failed = writer.submit(make_record(1))
         with pytest.raises(AuditError, match="locked"):
@@ -509,9 +504,7 @@ def test_writer_reports_a_failed_batch_and_carries_on(
     assert stored_ids(db) == {"it-1", "it-2"}
 
 
-def test_submit_times_out_when_the_queue_stays_full(
-    db: Path, write_lock: sqlite3.Connection
-) -> None:
+def test_submit_times_out_when_the_queue_stays_full(db: Path, write_lock: sqlite3.Connection) -> None:
     writer = AuditWriter(db, busy_timeout_s=20.0, max_queue=2, max_batch=1)
     try:
         accepted = [writer.submit(make_record(1))]  # taken by the (blocked) writer
@@ -646,8 +639,25 @@ def test_full_sync_writer_checkpoints_off_the_commits(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite"
     with AuditWriter(path, sync="full", checkpoint_interval_s=0.05) as writer:
         for k in range(50):  # far under the 1000 pages of SQLite's automatic checkpoint
-            assert writer.submit(AuditRecord(f"ck-{k}", k + 1, 1.7e9, 1.7e9, 1.7e9, None, None, None, None,
-                                             "manual", "no_reading", "m1", 1.0, 90.0, "late")).result(timeout=30)
+            assert writer.submit(
+                AuditRecord(
+                    f"ck-{k}",
+                    k + 1,
+                    1.7e9,
+                    1.7e9,
+                    1.7e9,
+                    None,
+                    None,
+                    None,
+                    None,
+                    "manual",
+                    "no_reading",
+                    "m1",
+                    1.0,
+                    90.0,
+                    "late",
+                )
+            ).result(timeout=30)
         assert writer.durability_lag_s() == 0.0  # every commit was synced: nothing waits for a flush
 
         def rows_in_database_file() -> int:

@@ -18,10 +18,26 @@ T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).timestamp()
 
 
 def rec(k: int, t: float, delivery: str = "acked") -> AuditRecord:
-    return AuditRecord(f"it-{k:05d}", k, t - 0.05, t - 0.01, t, "li_ion", 0.01, 0.98, 0.01, "li_ion", "confident",
-                       "m1", 4.0, 90.0, delivery, plc_seq=k if delivery == "acked" else None,
-                       plc_status="ok" if delivery == "acked" else None,
-                       t_acked=t + 0.01 if delivery == "acked" else None)
+    return AuditRecord(
+        f"it-{k:05d}",
+        k,
+        t - 0.05,
+        t - 0.01,
+        t,
+        "li_ion",
+        0.01,
+        0.98,
+        0.01,
+        "li_ion",
+        "confident",
+        "m1",
+        4.0,
+        90.0,
+        delivery,
+        plc_seq=k if delivery == "acked" else None,
+        plc_status="ok" if delivery == "acked" else None,
+        t_acked=t + 0.01 if delivery == "acked" else None,
+    )
 
 
 def fill(path: Path, days: int = 4, per_day: int = 50) -> list[AuditRecord]:
@@ -77,8 +93,9 @@ def test_deleting_beside_a_running_writer_loses_none_of_its_rows(tmp_path: Path)
     fill(audit, days=3, per_day=3000)
     with AuditWriter(audit) as writer:
         futs = [writer.submit(rec(100_000 + k, T0 + 10 * DAY + k)) for k in range(200)]
-        res = export_before(audit, dt.datetime(2026, 11, 3, tzinfo=dt.timezone.utc), tmp_path / "a.parquet",
-                            delete=True)
+        res = export_before(
+            audit, dt.datetime(2026, 11, 3, tzinfo=dt.timezone.utc), tmp_path / "a.parquet", delete=True
+        )
         futs += [writer.submit(rec(200_000 + k, T0 + 10 * DAY + 300 + k)) for k in range(200)]
         assert all(f.result(timeout=60) for f in futs)
     assert res.deleted == 5999
@@ -89,13 +106,42 @@ def test_deleting_beside_a_running_writer_loses_none_of_its_rows(tmp_path: Path)
 def test_cli_exports_and_refuses_a_bad_date_with_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     audit = tmp_path / "audit.sqlite"
     fill(audit, days=2, per_day=5)
-    assert main(["audit", "export", "--audit", str(audit), "--before", "2026-11-02", "--out",
-                 str(tmp_path / "a.parquet"), "--delete"]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                "export",
+                "--audit",
+                str(audit),
+                "--before",
+                "2026-11-02",
+                "--out",
+                str(tmp_path / "a.parquet"),
+                "--delete",
+            ]
+        )
+        == 0
+    )
     assert "4 decisions" in capsys.readouterr().out
-    assert main(["audit", "export", "--audit", str(audit), "--before", "yesterday", "--out",
-                 str(tmp_path / "b.parquet")]) == 2
+    assert (
+        main(["audit", "export", "--audit", str(audit), "--before", "yesterday", "--out", str(tmp_path / "b.parquet")])
+        == 2
+    )
     assert "YYYY-MM-DD" in capsys.readouterr().err
-    assert main(["audit", "export", "--audit", str(tmp_path / "nope.sqlite"), "--before", "2026-11-02", "--out",
-                 str(tmp_path / "c.parquet")]) == 2
+    assert (
+        main(
+            [
+                "audit",
+                "export",
+                "--audit",
+                str(tmp_path / "nope.sqlite"),
+                "--before",
+                "2026-11-02",
+                "--out",
+                str(tmp_path / "c.parquet"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     assert sqlite3.connect(audit).execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 6

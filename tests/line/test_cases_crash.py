@@ -39,11 +39,13 @@ def case_snapshot(path: Path) -> tuple[int, dict[str, list[tuple[int, float, str
         rows = con.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
         cases: dict[str, list[tuple[int, float, str]]] = defaultdict(list)
         for case_id, seq, upper, item in con.execute(
-                "SELECT case_id, case_seq, energy_wh_upper, item_id FROM decisions "
-                "WHERE case_status = 'assigned' ORDER BY case_seq"):
+            "SELECT case_id, case_seq, energy_wh_upper, item_id FROM decisions "
+            "WHERE case_status = 'assigned' ORDER BY case_seq"
+        ):
             cases[case_id].append((seq, upper, item))
-        last = con.execute("SELECT kind, detail FROM events WHERE kind LIKE 'case_%' ORDER BY id DESC LIMIT 1"
-                           ).fetchone()
+        last = con.execute(
+            "SELECT kind, detail FROM events WHERE kind LIKE 'case_%' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
     except sqlite3.OperationalError:  # schema not created yet
         return 0, {}, None
     finally:
@@ -100,8 +102,12 @@ enabled = false
     rng = random.Random(4321)
     kills_with_open_case = 0
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-m", "sorter", "run", "--config", str(cfg), *PACE],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sorter", "run", "--config", str(cfg), *PACE],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         before = case_snapshot(audit)[0]
         deadline = time.monotonic() + 60
         while case_snapshot(audit)[0] < before + 4 and proc.poll() is None and time.monotonic() < deadline:
@@ -116,8 +122,12 @@ enabled = false
         # Restart and finish; the open case's items at the kill are all still counted after it.
         if open_case is not None and at_kill.get(open_case):
             kills_with_open_case += 1
-        proc = subprocess.Popen([sys.executable, "-m", "sorter", "run", "--config", str(cfg), *PACE],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sorter", "run", "--config", str(cfg), *PACE],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         time.sleep(rng.uniform(1.0, 3.0))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -126,8 +136,12 @@ enabled = false
         check(after)
         for case_id, items in at_kill.items():
             assert after[case_id][: len(items)] == items, f"{case_id} changed across a restart"
-    proc = subprocess.Popen([sys.executable, "-m", "sorter", "run", "--config", str(cfg), *PACE],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sorter", "run", "--config", str(cfg), *PACE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, out.decode()[-1500:] + err.decode()[-1500:]
     rows, final, _ = case_snapshot(audit)
@@ -137,8 +151,9 @@ enabled = false
     # Each case was opened once: a restart never opened a second case for the same placement.
     con = sqlite3.connect(f"file:{audit}?mode=ro", uri=True)
     try:
-        opened = [r[0] for r in con.execute("SELECT json_extract(detail, '$.case_id') FROM events "
-                                            "WHERE kind = 'case_open'")]
+        opened = [
+            r[0] for r in con.execute("SELECT json_extract(detail, '$.case_id') FROM events WHERE kind = 'case_open'")
+        ]
     finally:
         con.close()
     assert len(opened) == len(set(opened))

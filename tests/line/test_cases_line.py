@@ -36,8 +36,9 @@ def case_events(path: Any) -> list[tuple[str, dict[str, Any]]]:
         return [(k, d) for _, k, d in log.events() if k.startswith("case_")]
 
 
-async def run_packing(cfg: Any, scorer: ScoringPool, pool: list[SimItem], backend: str, *, items: int,
-                      prog: CaseStationProgram) -> RunSummary:
+async def run_packing(
+    cfg: Any, scorer: ScoringPool, pool: list[SimItem], backend: str, *, items: int, prog: CaseStationProgram
+) -> RunSummary:
     sim = None
     if backend == "modbus":
         sim = PlcSimulator(port=0, scan_ms=2, case_station=prog, case_base=cfg.cases.base)
@@ -73,7 +74,8 @@ def check_cases(rows: list[AuditRecord], limit_wh: float, lane: str) -> dict[str
 
 @pytest.mark.parametrize("backend", ["memory", "modbus"])
 def test_the_line_packs_cases_within_the_limit_and_the_plc_drops_items_where_the_audit_says(
-        backend: str, tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]) -> None:
+    backend: str, tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     cfg = make_config(tmp_path, *CASES, belt_speed=0.03)
     prog = CaseStationProgram(swap_s=0.3, ready_at_start=True, lane="li_ion")
     summary = asyncio.run(run_packing(cfg, scorer, sim_pool, backend, items=80, prog=prog))
@@ -106,8 +108,7 @@ def test_the_line_packs_cases_within_the_limit_and_the_plc_drops_items_where_the
     assert all(d["reason"] == "full" for k, d in events if k == "case_close")
 
 
-def test_a_restart_resumes_the_open_case_exactly(tmp_path: Path, scorer: ScoringPool,
-                                                 sim_pool: list[SimItem]) -> None:
+def test_a_restart_resumes_the_open_case_exactly(tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]) -> None:
     """Stop mid-case; the next run (a new PLC link, the same physical case in place: CASE_PLACED
     unchanged) fills the same case from the position where it stopped, never over the limit."""
     cfg = make_config(tmp_path, *CASES, "cases.limit_wh=2100", belt_speed=0.03)
@@ -165,14 +166,16 @@ def _renamed(source: Any, prefix: str) -> Any:
     return Renamed()
 
 
-def test_cases_disabled_leave_the_hazard_lane_as_before(tmp_path: Path, scorer: ScoringPool,
-                                                        sim_pool: list[SimItem]) -> None:
+def test_cases_disabled_leave_the_hazard_lane_as_before(
+    tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     cfg = make_config(tmp_path, belt_speed=0.03)
     link = MemoryPlc(scan_ms=2, **LINK)  # a PLC without the case block
 
     async def main() -> RunSummary:
-        return await Controller(cfg, link=link, source=sim_source(cfg, sim_pool, items=30, rate_hz=30),
-                                scorer=scorer, settle=False).run()
+        return await Controller(
+            cfg, link=link, source=sim_source(cfg, sim_pool, items=30, rate_hz=30), scorer=scorer, settle=False
+        ).run()
 
     summary = asyncio.run(main())
     rows = audit_rows(cfg)
@@ -184,7 +187,8 @@ def test_cases_disabled_leave_the_hazard_lane_as_before(tmp_path: Path, scorer: 
 
 @pytest.mark.parametrize("backend", ["memory", "modbus"])
 def test_cases_enabled_with_a_plc_without_the_block_stop_at_connect_saying_what_to_do(
-        backend: str, tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]) -> None:
+    backend: str, tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     cfg = make_config(tmp_path, *CASES, belt_speed=0.03)
 
     async def main() -> None:
@@ -196,8 +200,9 @@ def test_cases_enabled_with_a_plc_without_the_block_stop_at_connect_saying_what_
         else:
             link = MemoryPlc(scan_ms=2, case_block=CaseBlockMap(300), **LINK)
         try:
-            await Controller(cfg, link=link, source=sim_source(cfg, sim_pool, items=5, rate_hz=30),
-                             scorer=scorer, settle=False).run()
+            await Controller(
+                cfg, link=link, source=sim_source(cfg, sim_pool, items=5, rate_hz=30), scorer=scorer, settle=False
+            ).run()
         finally:
             if sim is not None:
                 await sim.stop()
@@ -211,6 +216,7 @@ def test_cases_enabled_with_a_plc_without_the_block_stop_at_connect_saying_what_
 
 def test_a_plc_without_the_block_sends_an_into_case_item_to_the_safe_lane() -> None:
     """Fail safe: lane code 5 is not a lane for a protocol-1 PLC: rejected, the item goes to manual."""
+
     async def main() -> tuple[str, dict[int, str]]:
         link = MemoryPlc(scan_ms=1, **LINK)
         await link.connect()
@@ -254,18 +260,42 @@ def test_an_audit_log_written_before_the_case_columns_opens_and_gains_them(tmp_p
     for statement in audit_module._SCHEMA.split(";"):  # version 1's tables, as an older sorter wrote them
         if statement.strip():
             con.execute(statement)
-    con.execute("INSERT INTO decisions (item_id, t_item, t_available, t_decided, lane, reason, model_id, latency_ms, "
-                "deadline_ms, delivery) VALUES ('old-1', 1, 1, 1, 'hazard', 'hot', 'm', 1, 90, 'acked')")
+    con.execute(
+        "INSERT INTO decisions (item_id, t_item, t_available, t_decided, lane, reason, model_id, latency_ms, "
+        "deadline_ms, delivery) VALUES ('old-1', 1, 1, 1, 'hazard', 'hot', 'm', 1, 90, 'acked')"
+    )
     con.commit()
     con.close()
-    base = dict(source_line=None, t_item=2.0, t_available=2.0, t_decided=2.0, chemistry="li_ion", p_lead_acid=0.0,
-                p_li_ion=1.0, p_other=0.0, lane="hazard", reason="hot", model_id="m", latency_ms=1.0,
-                deadline_ms=90.0, delivery="pending")
+    base = dict(
+        source_line=None,
+        t_item=2.0,
+        t_available=2.0,
+        t_decided=2.0,
+        chemistry="li_ion",
+        p_lead_acid=0.0,
+        p_li_ion=1.0,
+        p_other=0.0,
+        lane="hazard",
+        reason="hot",
+        model_id="m",
+        latency_ms=1.0,
+        deadline_ms=90.0,
+        delivery="pending",
+    )
     with AuditLog(path) as log:
         old = log.get("old-1")
         assert old is not None and old.case_id is None and old.energy_wh is None
-    new = AuditRecord(item_id="new-1", **base, energy_wh=10.0, energy_wh_upper=15.0, novelty=0.1, weight_g=50.0,
-                      case_id="C-1", case_seq=1, case_status="assigned")
+    new = AuditRecord(
+        item_id="new-1",
+        **base,
+        energy_wh=10.0,
+        energy_wh_upper=15.0,
+        novelty=0.1,
+        weight_g=50.0,
+        case_id="C-1",
+        case_seq=1,
+        case_status="assigned",
+    )
     close = ("case_close", {"case_id": "C-0", "reason": "full"})
     with AuditWriter(path) as writer:
         assert writer.submit(new, events=[close]).result(timeout=30)

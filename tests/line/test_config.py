@@ -31,7 +31,9 @@ def test_defaults_give_the_documented_deadline() -> None:
 
 
 def test_file_values_are_read_and_paths_are_relative_to_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [line]
 source = "log"
 log_dir = "logs/today"
@@ -41,7 +43,8 @@ host = "192.168.10.20"
 port = 502
 [audit]
 path = "audit.sqlite"
-""")
+""",
+    )
     cfg = load_config(path, env={})
     assert cfg.line.log_dir == str(tmp_path / "logs/today")
     assert cfg.audit.path == str(tmp_path / "audit.sqlite")
@@ -75,8 +78,9 @@ def test_bad_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
 
 
 def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
-    path = write(tmp_path, '[line]\nsource = "simulated"\n[plc]\nport = 1001\nheartbeat_ms = 300\n'
-                           "request_timeout_ms = 400\n")
+    path = write(
+        tmp_path, '[line]\nsource = "simulated"\n[plc]\nport = 1001\nheartbeat_ms = 300\nrequest_timeout_ms = 400\n'
+    )
     env = {"SORTER_PLC_PORT": "1002", "SORTER_PLC_HEARTBEAT_MS": "250"}
     cfg = load_config(path, env=env, overrides=["plc.port=1003"])
     assert cfg.plc.port == 1003  # command line beats environment and file
@@ -91,8 +95,15 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
 
 
 def test_environment_keys_with_underscores_and_foreign_variables() -> None:
-    cfg = load_config(None, env={"SORTER_LINE_SOURCE": "simulated", "SORTER_LINE_BELT_SPEED_M_S": "1.5",
-                                 "SORTER_HOME": "/x", "PATH": "/bin"})
+    cfg = load_config(
+        None,
+        env={
+            "SORTER_LINE_SOURCE": "simulated",
+            "SORTER_LINE_BELT_SPEED_M_S": "1.5",
+            "SORTER_HOME": "/x",
+            "PATH": "/bin",
+        },
+    )
     assert cfg.line.belt_speed_m_s == 1.5
     with pytest.raises(ConfigError, match="SORTER_PLC_HOSTNAME.*unknown key 'hostname'"):
         load_config(None, env={"SORTER_PLC_HOSTNAME": "x"}, overrides=SIM)
@@ -160,8 +171,11 @@ def test_replace_validates_and_config_is_frozen() -> None:
 
 
 def test_to_toml_round_trips(tmp_path: Path) -> None:
-    cfg = load_config(None, env={}, overrides=[*SIM, "plc.port=1502", 'line.name=a "quoted" name',
-                                                f"audit.path={tmp_path / 'a.sqlite'}"])
+    cfg = load_config(
+        None,
+        env={},
+        overrides=[*SIM, "plc.port=1502", 'line.name=a "quoted" name', f"audit.path={tmp_path / 'a.sqlite'}"],
+    )
     again = load_config(write(tmp_path, cfg.to_toml()), env={})
     assert again.model_dump() == cfg.model_dump()  # every section, every key (origins aside)
     assert again.origins != cfg.origins
@@ -180,8 +194,10 @@ def test_any_set_option_is_accepted_or_refused_with_config_error(text: str) -> N
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.sampled_from(["plc.port", "plc.heartbeat_ms", "line.follow", "line.name", "simulated.rate_hz"]),
-       st.text(max_size=20))
+@given(
+    st.sampled_from(["plc.port", "plc.heartbeat_ms", "line.follow", "line.name", "simulated.rate_hz"]),
+    st.text(max_size=20),
+)
 def test_any_value_for_a_known_key_is_accepted_or_refused_with_config_error(key: str, value: str) -> None:
     with contextlib.suppress(ConfigError):
         load_config(None, env={}, overrides=[*SIM, f"{key}={value}"])
@@ -227,8 +243,11 @@ def test_the_retention_table_is_checked_and_the_controller_runs_it_off_the_loop(
         load_config(None, env={}, overrides=[*SIM, "retention.enabled=true"])
     with pytest.raises(ConfigError, match="keep_labelled_days"):
         load_config(None, env={}, overrides=[*log, "retention.keep_sorted_days=30", "retention.keep_labelled_days=7"])
-    cfg = load_config(write(tmp_path, '[retention]\nenabled = true\nkeep_sorted_days = 2\nstation_store = "st.sqlite"\n'),
-                      env={}, overrides=log)
+    cfg = load_config(
+        write(tmp_path, '[retention]\nenabled = true\nkeep_sorted_days = 2\nstation_store = "st.sqlite"\n'),
+        env={},
+        overrides=log,
+    )
     assert cfg.retention.policy().keep_labelled_days is None  # 0: forever
     assert cfg.retention.station_store == str(tmp_path / "st.sqlite")  # relative to the file
 

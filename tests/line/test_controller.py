@@ -58,13 +58,16 @@ from tests.line.line_run import (
 # --------------------------------------------------------------------------- scoring
 
 
-def test_batched_scoring_gives_the_same_decisions_as_one_at_a_time(scorer: ScoringPool,
-                                                                   sim_pool: list[SimItem]) -> None:
+def test_batched_scoring_gives_the_same_decisions_as_one_at_a_time(
+    scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     from sorter.model import load_model
 
     single = Scorer(load_model(None))
-    items = [Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"),
-                  SIM_CFG.meta()) for s in sim_pool[:12]]
+    items = [
+        Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"), SIM_CFG.meta())
+        for s in sim_pool[:12]
+    ]
     batch = single.score_items([(it, 18.0) for it in items])
     for it, d in zip(items, batch, strict=True):
         one = single.score_item(it, 18.0)
@@ -89,15 +92,18 @@ def test_items_past_their_deadline_are_not_scored_by_the_pool(scorer: ScoringPoo
 
 @pytest.mark.e2e  # spawned scoring processes, one killed
 def test_worker_processes_score_like_in_process_survive_a_killed_worker_and_serve_two_loops(
-        sim_pool: list[SimItem]) -> None:
+    sim_pool: list[SimItem],
+) -> None:
     """The process pool (sockets from the event loop, no executor threads): the same decisions as
     scoring in-process; a worker killed between batches costs only its own batch (safe lane) and
     is replaced; the pool serves one event loop after another; close() reaps every worker."""
     from sorter.model import load_model
 
     single = Scorer(load_model(None))
-    items = [Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"),
-                  SIM_CFG.meta()) for s in sim_pool[:10]]
+    items = [
+        Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"), SIM_CFG.meta())
+        for s in sim_pool[:10]
+    ]
     expected = [single.score_item(it, 18.0) for it in items]
     pool = ScoringPool(None, workers=2, kind="process", max_batch=4)
 
@@ -132,8 +138,7 @@ def test_worker_processes_score_like_in_process_survive_a_killed_worker_and_serv
     assert procs and not any(p.process.is_alive() for p in procs)
 
 
-def test_a_pool_whose_loop_ended_mid_batch_replaces_that_worker_on_the_next_loop(
-        sim_pool: list[SimItem]) -> None:
+def test_a_pool_whose_loop_ended_mid_batch_replaces_that_worker_on_the_next_loop(sim_pool: list[SimItem]) -> None:
     s = sim_pool[0]
     item = Item(s.record, s.images.get("xray_low"), s.images.get("xray_high"), s.images.get("rgb"), SIM_CFG.meta())
     pool = ScoringPool(None, workers=1, kind="process")
@@ -162,8 +167,9 @@ def test_a_pool_whose_loop_ended_mid_batch_replaces_that_worker_on_the_next_loop
 
 
 @pytest.mark.parametrize("backend", ["memory", "modbus"])
-def test_every_item_is_decided_recorded_and_acked(backend: str, tmp_path: Path, scorer: ScoringPool,
-                                                  sim_pool: list[SimItem]) -> None:
+def test_every_item_is_decided_recorded_and_acked(
+    backend: str, tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     cfg = make_config(tmp_path, belt_speed=0.03)  # 10 s deadline: timing cannot matter here
 
     async def main() -> tuple[RunSummary, dict[int, str], dict[str, int]]:
@@ -201,8 +207,9 @@ def test_every_item_is_decided_recorded_and_acked(backend: str, tmp_path: Path, 
 # --------------------------------------------------------------------------- deadlines and overload
 
 
-def test_plc_that_never_acks_gives_late_items_that_default_to_manual(tmp_path: Path, scorer: ScoringPool,
-                                                                     sim_pool: list[SimItem]) -> None:
+def test_plc_that_never_acks_gives_late_items_that_default_to_manual(
+    tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     cfg = make_config(tmp_path, "plc.ack_grace_ms=20", belt_speed=3.0)  # the real 90 ms deadline
 
     async def main() -> tuple[RunSummary, MemoryPlc]:
@@ -227,11 +234,18 @@ def test_plc_that_never_acks_gives_late_items_that_default_to_manual(tmp_path: P
 
 
 def test_items_past_their_deadline_are_recorded_as_overload_without_scoring(
-        tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]) -> None:
+    tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     log_dir = tmp_path / "log"
     write_log(log_dir, sim_pool, 15, t=time.time() - 60.0)  # passed the bridge a minute ago
-    cfg = make_config(tmp_path, "line.source=log", f"line.log_dir={log_dir}", "line.follow=false",
-                      "line.deadline_from=bridge", belt_speed=3.0)
+    cfg = make_config(
+        tmp_path,
+        "line.source=log",
+        f"line.log_dir={log_dir}",
+        "line.follow=false",
+        "line.deadline_from=bridge",
+        belt_speed=3.0,
+    )
     scored_before = scorer.items_scored
 
     async def main() -> RunSummary:
@@ -247,8 +261,9 @@ def test_items_past_their_deadline_are_recorded_as_overload_without_scoring(
     assert scorer.items_scored == scored_before
 
 
-def test_in_flight_work_is_bounded_and_every_item_still_gets_a_row(tmp_path: Path, scorer: ScoringPool,
-                                                                   sim_pool: list[SimItem]) -> None:
+def test_in_flight_work_is_bounded_and_every_item_still_gets_a_row(
+    tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     cfg = make_config(tmp_path, "line.max_in_flight=2", belt_speed=3.0)
 
     async def main() -> RunSummary:
@@ -263,16 +278,23 @@ def test_in_flight_work_is_bounded_and_every_item_still_gets_a_row(tmp_path: Pat
     assert summary.plc_agrees
 
 
-def test_unreadable_lines_get_a_row_and_the_safe_lane(tmp_path: Path, scorer: ScoringPool,
-                                                      sim_pool: list[SimItem]) -> None:
+def test_unreadable_lines_get_a_row_and_the_safe_lane(
+    tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     log_dir = tmp_path / "log"
     write_log(log_dir, sim_pool, 2)
     with open(log_dir / "items.jsonl", "a", encoding="utf-8") as fh:
         fh.write("{not json\n")
         fh.write('{"item_id": "123", "weight_g": 5}\n')  # no t
         fh.write('{"item_id": "00000001", "t": 1.0}\n')  # duplicate id
-    cfg = make_config(tmp_path, "line.source=log", f"line.log_dir={log_dir}", "line.follow=false",
-                      "line.deadline_from=arrival", belt_speed=0.03)
+    cfg = make_config(
+        tmp_path,
+        "line.source=log",
+        f"line.log_dir={log_dir}",
+        "line.follow=false",
+        "line.deadline_from=arrival",
+        belt_speed=0.03,
+    )
 
     async def main() -> tuple[RunSummary, dict[int, str]]:
         link = MemoryPlc(scan_ms=2, **LINK)
@@ -294,8 +316,9 @@ def test_unreadable_lines_get_a_row_and_the_safe_lane(tmp_path: Path, scorer: Sc
 # --------------------------------------------------------------------------- PLC outage
 
 
-def test_plc_restart_mid_run_loses_no_item_and_the_link_comes_back(tmp_path: Path, scorer: ScoringPool,
-                                                                   sim_pool: list[SimItem]) -> None:
+def test_plc_restart_mid_run_loses_no_item_and_the_link_comes_back(
+    tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     cfg = make_config(tmp_path, belt_speed=0.03)  # 10 s deadline: only the outage may keep items from the PLC
 
     async def main() -> tuple[RunSummary, int, int]:
@@ -332,12 +355,14 @@ def test_plc_restart_mid_run_loses_no_item_and_the_link_comes_back(tmp_path: Pat
 # --------------------------------------------------------------------------- restart and resume
 
 
-def test_resume_after_a_crash_continues_after_the_resume_point(tmp_path: Path, scorer: ScoringPool,
-                                                               sim_pool: list[SimItem]) -> None:
+def test_resume_after_a_crash_continues_after_the_resume_point(
+    tmp_path: Path, scorer: ScoringPool, sim_pool: list[SimItem]
+) -> None:
     log_dir = tmp_path / "log"
     write_log(log_dir, sim_pool, 20)
-    cfg = make_config(tmp_path, "line.source=log", f"line.log_dir={log_dir}", "line.follow=false",
-                      "line.deadline_from=arrival")
+    cfg = make_config(
+        tmp_path, "line.source=log", f"line.log_dir={log_dir}", "line.follow=false", "line.deadline_from=arrival"
+    )
 
     async def run_once() -> RunSummary:
         link = MemoryPlc(scan_ms=2, **LINK)
@@ -349,8 +374,10 @@ def test_resume_after_a_crash_continues_after_the_resume_point(tmp_path: Path, s
     # A crash: line 18's row never committed, line 19's delivery never recorded.
     with sqlite3.connect(cfg.audit.path) as db:
         db.execute("DELETE FROM decisions WHERE source_line = 18")
-        db.execute("UPDATE decisions SET delivery = 'pending', plc_seq = NULL, plc_status = NULL, t_acked = NULL "
-                   "WHERE source_line = 19")
+        db.execute(
+            "UPDATE decisions SET delivery = 'pending', plc_seq = NULL, plc_status = NULL, t_acked = NULL "
+            "WHERE source_line = 19"
+        )
     write_log(log_dir, sim_pool, 10, first=21)
 
     second = asyncio.run(run_once())
@@ -399,13 +426,19 @@ class _Lines:
 
 @pytest.mark.e2e  # sorter run and a PLC in subprocesses
 def test_sorter_run_follows_a_growing_log_and_drives_a_plc_in_another_process(
-        tmp_path: Path, sim_pool: list[SimItem]) -> None:
+    tmp_path: Path, sim_pool: list[SimItem]
+) -> None:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env = {k: v for k, v in env.items() if not k.startswith("SORTER_")}
-    plc = subprocess.Popen([sys.executable, "-m", "sorter", "plc-sim", "--port", str(port), "--scan-ms", "5",
-                            "--report-s", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=env, cwd=tmp_path)
+    plc = subprocess.Popen(
+        [sys.executable, "-m", "sorter", "plc-sim", "--port", str(port), "--scan-ms", "5", "--report-s", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     run = None
     try:
         plc_out = _Lines(plc.stdout)
@@ -431,8 +464,14 @@ path = "audit.sqlite"
 [status]
 enabled = false
 """)
-        run = subprocess.Popen([sys.executable, "-m", "sorter", "-v", "run", "--config", "line.toml"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "sorter", "-v", "run", "--config", "line.toml"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
         run_out, run_err = _Lines(run.stdout), _Lines(run.stderr)
         while "running: deadline" not in run_err.text():
             assert run.poll() is None and time.monotonic() < deadline + WAIT_S, run_err.text()
@@ -526,8 +565,16 @@ def test_metrics_are_served_on_loopback_from_a_private_registry() -> None:
 def test_status_line_rewrites_in_place_on_a_terminal_and_prints_lines_otherwise() -> None:
     import io
 
-    snap = {"items": 5, "rate_hz": 2.5, "lanes": {"li_ion": 2, "manual": 3}, "in_flight": 1, "p99_ms": 33.0,
-            "misses": 0, "undelivered": 1, "link": "connected"}
+    snap = {
+        "items": 5,
+        "rate_hz": 2.5,
+        "lanes": {"li_ion": 2, "manual": 3},
+        "in_flight": 1,
+        "p99_ms": 33.0,
+        "misses": 0,
+        "undelivered": 1,
+        "link": "connected",
+    }
     tty, plain = io.StringIO(), io.StringIO()
     for stream, is_tty in ((tty, True), (plain, False)):
         line = StatusLine(lambda: snap, stream=stream, interval_s=0.0, tty=is_tty)

@@ -29,8 +29,14 @@ from sorter.simulate.run import SimConfig
 
 WAIT_S = 30.0  # only a guard against hangs
 U32 = 0xFFFF_FFFF
-LINK = {"heartbeat_timeout_s": 1.5, "request_timeout_s": 0.5, "reconnect_min_s": 0.02, "reconnect_max_s": 0.2,
-        "poll_interval_s": 0.001, "rewrite_interval_s": 0.02}
+LINK = {
+    "heartbeat_timeout_s": 1.5,
+    "request_timeout_s": 0.5,
+    "reconnect_min_s": 0.02,
+    "reconnect_max_s": 0.2,
+    "poll_interval_s": 0.001,
+    "rewrite_interval_s": 0.02,
+}
 SIM = SimConfig(items=20, seed=19, mix="balanced")
 
 
@@ -76,8 +82,10 @@ def test_every_shared_counter_wraps_without_a_fault(backend: str) -> None:
             assert seqs == [65532, 65533, 65534, 65535, 1, 2, 3, 4, 5, 6]  # 0 is never used
             # both heartbeats have wrapped, and neither side saw the other as lost
             await eventually(lambda: model._heartbeat < 1000 and link._pc_heartbeat < 100, "both heartbeats to wrap")
-            await eventually(lambda: model.scans > 0 and model._pc_heartbeat is not None
-                             and model._pc_heartbeat < 100, "the PLC to see the wrapped PC heartbeat")
+            await eventually(
+                lambda: model.scans > 0 and model._pc_heartbeat is not None and model._pc_heartbeat < 100,
+                "the PLC to see the wrapped PC heartbeat",
+            )
             assert link.state == "connected"
             assert not model.faults & PlcFault.PC_HEARTBEAT_LOST
             assert (await link.send_decision(2000, "lead_acid", timeout_s=5.0)).accepted
@@ -98,13 +106,19 @@ def test_every_shared_counter_wraps_without_a_fault(backend: str) -> None:
 
 def make_config(tmp_path: Path, belt_speed_m_s: float):
     # over 0.3 m: 0.1 m/s is a deadline of about 3 s, 0.01 m/s of 30 s (no machine load can miss that)
-    return load_config(None, env={}, overrides=[
-        "line.source=simulated", f"audit.path={tmp_path / 'audit.sqlite'}", f"line.belt_speed_m_s={belt_speed_m_s}",
-        "status.enabled=false"])
+    return load_config(
+        None,
+        env={},
+        overrides=[
+            "line.source=simulated",
+            f"audit.path={tmp_path / 'audit.sqlite'}",
+            f"line.belt_speed_m_s={belt_speed_m_s}",
+            "status.enabled=false",
+        ],
+    )
 
 
-def run_line(tmp_path: Path, plc: MemoryPlc, items: int, during=None, belt_speed_m_s: float = 0.1,
-             settle: bool = True):
+def run_line(tmp_path: Path, plc: MemoryPlc, items: int, during=None, belt_speed_m_s: float = 0.1, settle: bool = True):
     cfg = make_config(tmp_path, belt_speed_m_s)
     pool = generate_pool(SIM, 20, workers=1)
     source = SimulatedSource(SIM, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=25.0, pool=pool)
@@ -153,7 +167,8 @@ class SteppedClock:
 
 @pytest.mark.parametrize("step_s", [3600.0, -3600.0])
 def test_a_wall_clock_step_mid_run_neither_fires_nor_hides_a_deadline(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step_s: float) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step_s: float
+) -> None:
     clock = SteppedClock()
     monkeypatch.setattr(time, "time", clock)
     plc = MemoryPlc(scan_ms=5.0, **LINK)
@@ -174,13 +189,16 @@ def test_a_wall_clock_step_mid_run_neither_fires_nor_hides_a_deadline(
     stepped = [r for r in rows if abs((r.t_decided - r.t_item) - step_s) < 600]
     assert stepped, [(r.t_item, r.t_decided) for r in rows]
     # an ack's wall time is the clock's at the ack: the step is in it only if it came between decision and ack
-    assert all(r.t_acked is not None and min(abs(r.t_acked - r.t_decided), abs(r.t_acked - r.t_decided - step_s))
-               < 600 for r in rows)
+    assert all(
+        r.t_acked is not None and min(abs(r.t_acked - r.t_decided), abs(r.t_acked - r.t_decided - step_s)) < 600
+        for r in rows
+    )
 
 
 @pytest.mark.parametrize("step_s", [-3600.0, 3600.0])
-def test_a_wall_clock_step_while_waiting_for_an_ack_changes_nothing(monkeypatch: pytest.MonkeyPatch,
-                                                                    step_s: float) -> None:
+def test_a_wall_clock_step_while_waiting_for_an_ack_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, step_s: float
+) -> None:
     clock = SteppedClock()
     monkeypatch.setattr(time, "time", clock)
 

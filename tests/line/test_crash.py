@@ -56,7 +56,7 @@ scorer_workers = 1
 [plc]
 kind = "memory"
 [audit]
-path = "{tmp / 'audit.sqlite'}"
+path = "{tmp / "audit.sqlite"}"
 [metrics]
 enabled = false
 [status]
@@ -77,12 +77,17 @@ def recorded_log(tmp_path_factory) -> Path:
 
 
 def _start(cfg: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sorter", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sorter", "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
-def kill_cycles(cfg: Path, audit: Path, rng: random.Random, cycles: int, *, min_new: int, max_wait_s: float
-                ) -> tuple[int, dict[str, tuple[str, str]]]:
+def kill_cycles(
+    cfg: Path, audit: Path, rng: random.Random, cycles: int, *, min_new: int, max_wait_s: float
+) -> tuple[int, dict[str, tuple[str, str]]]:
     """Start the controller, let it record ``min_new`` more items, kill -9 it at a random moment;
     ``cycles`` times. After each kill, nothing the audit log held before may be lost or changed."""
     seen: dict[str, tuple[str, str]] = {}

@@ -25,8 +25,12 @@ def test_demo_smoke_runs_the_whole_line_over_modbus(tmp_path: Path, capsys: pyte
         assert db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 24
         assert db.execute("SELECT COUNT(*) FROM decisions WHERE delivery = 'pending'").fetchone()[0] == 0
         # Packing is on in the demo: every hazard item the PLC acknowledged has its case outcome.
-        assert db.execute("SELECT COUNT(*) FROM decisions WHERE lane = 'hazard' AND delivery = 'acked' "
-                          "AND case_status IS NULL").fetchone()[0] == 0
+        assert (
+            db.execute(
+                "SELECT COUNT(*) FROM decisions WHERE lane = 'hazard' AND delivery = 'acked' AND case_status IS NULL"
+            ).fetchone()[0]
+            == 0
+        )
         assert db.execute("SELECT COUNT(*) FROM events WHERE kind = 'case_open'").fetchone()[0] >= 1
     # The simulated PLC's own counters, read in-process, agree with where the controller says items went.
     assert sum(result.plc_counters[lane] for lane in LANES) == 24
@@ -55,8 +59,9 @@ def test_every_line_command_has_help(command: str, capsys: pytest.CaptureFixture
     assert f"sorter {command}" in capsys.readouterr().out
 
 
-def test_run_print_config_shows_values_and_their_origin(capsys: pytest.CaptureFixture[str],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_print_config_shows_values_and_their_origin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SORTER_PLC_PORT", "1502")
     assert main(["run", "--print-config", "--set", "line.source=simulated", "--set", "plc.device_id=7"]) == 0
     out = capsys.readouterr().out
@@ -105,8 +110,9 @@ def test_run_exit_status_tells_the_truth() -> None:
 
     from sorter.line.cli import run_problems
 
-    ok = SimpleNamespace(error=None, audit_ok=True, audit_rows=5, items=5, plc_agrees=True, overload=0,
-                         deadline_misses=0, undelivered=0)
+    ok = SimpleNamespace(
+        error=None, audit_ok=True, audit_rows=5, items=5, plc_agrees=True, overload=0, deadline_misses=0, undelivered=0
+    )
     assert run_problems(ok) == []
     assert run_problems(SimpleNamespace(**{**vars(ok), "plc_agrees": None})) == []  # no counters to compare
     differ = run_problems(SimpleNamespace(**{**vars(ok), "plc_agrees": False}))

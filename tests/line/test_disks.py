@@ -33,18 +33,25 @@ WAIT_S = 60.0
 
 
 def statvfs_of(free_mb: float, total_mb: float = 1000.0):
-    return lambda _path: SimpleNamespace(f_bavail=int(free_mb * 1e6 / 4096), f_blocks=int(total_mb * 1e6 / 4096),
-                                         f_frsize=4096)
+    return lambda _path: SimpleNamespace(
+        f_bavail=int(free_mb * 1e6 / 4096), f_blocks=int(total_mb * 1e6 / 4096), f_frsize=4096
+    )
 
 
-def test_levels_follow_the_thresholds_and_each_change_is_logged_once(tmp_path: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_levels_follow_the_thresholds_and_each_change_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = DiskSettings(warn_free_pct=10, alarm_free_pct=5, warn_free_mb=30, alarm_free_mb=10)
     registry = CollectorRegistry()
     free = {"mb": 500.0}
     failing = {"now": False}
-    watch = DiskWatch({"audit": tmp_path}, settings, registry=registry, audit_failing=lambda: failing["now"],
-                      statvfs=lambda p: statvfs_of(free["mb"])(p))
+    watch = DiskWatch(
+        {"audit": tmp_path},
+        settings,
+        registry=registry,
+        audit_failing=lambda: failing["now"],
+        statvfs=lambda p: statvfs_of(free["mb"])(p),
+    )
     caplog.set_level(logging.INFO, logger="sorter.line.disks")
     seen = []
     for mb in (500, 90, 80, 40, 20, 5, 5, 500):
@@ -72,8 +79,16 @@ def test_settings_refuse_bad_values_naming_the_key() -> None:
 
 
 def test_the_line_watches_its_log_and_audit_disks(tmp_path: Path) -> None:
-    cfg = load_config(None, env={}, overrides=["line.source=log", f"line.log_dir={tmp_path / 'log'}",
-                                               f"audit.path={tmp_path / 'a' / 'audit.sqlite'}"], validate=False)
+    cfg = load_config(
+        None,
+        env={},
+        overrides=[
+            "line.source=log",
+            f"line.log_dir={tmp_path / 'log'}",
+            f"audit.path={tmp_path / 'a' / 'audit.sqlite'}",
+        ],
+        validate=False,
+    )
     assert line_disks(cfg) == {"log": tmp_path / "log", "audit": tmp_path / "a"}
     assert settings_of(cfg) == DiskSettings()  # no [disks] table yet: the defaults
     # a directory not created yet is looked up through its parent
@@ -90,8 +105,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a 2 MB tmpfs for the disk-full test needs root")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (a container without CAP_SYS_ADMIN?): {res.stderr.strip()}")
     try:
@@ -116,12 +130,14 @@ def fill(disk: Path) -> Path:
 
 def rec(k: int) -> AuditRecord:
     t = time.time()
-    return AuditRecord(f"it-{k:06d}", k + 1, t, t, t, "li_ion", 0.0, 1.0, 0.0, "li_ion", "confident", "m1", 4.0, 90.0,
-                       "pending")
+    return AuditRecord(
+        f"it-{k:06d}", k + 1, t, t, t, "li_ion", 0.0, 1.0, 0.0, "li_ion", "confident", "m1", 4.0, 90.0, "pending"
+    )
 
 
 def test_the_audit_writer_survives_a_full_disk_and_resumes_when_space_returns(
-        small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="sorter.line.audit")
     path = small_disk / "audit.sqlite"
     with AuditWriter(path) as writer:
@@ -153,12 +169,20 @@ def test_the_audit_writer_survives_a_full_disk_and_resumes_when_space_returns(
 
 
 def test_the_line_sends_nothing_it_could_not_record_and_recovers_without_a_restart(
-        small_disk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    small_disk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sim_cfg = SimConfig(items=20, seed=19, mix="balanced")
     pool = generate_pool(sim_cfg, 20, workers=1)
-    cfg = load_config(None, env={}, overrides=[
-        "line.source=simulated", f"audit.path={small_disk / 'audit.sqlite'}", "line.belt_speed_m_s=0.3",
-        "status.enabled=false"])
+    cfg = load_config(
+        None,
+        env={},
+        overrides=[
+            "line.source=simulated",
+            f"audit.path={small_disk / 'audit.sqlite'}",
+            "line.belt_speed_m_s=0.3",
+            "status.enabled=false",
+        ],
+    )
     plc = MemoryPlc()
     n_items = 400
     source = SimulatedSource(sim_cfg, BeltTiming(cfg.line.deadline_ms / 1000), items=n_items, rate_hz=40.0, pool=pool)
@@ -207,7 +231,10 @@ def test_the_line_sends_nothing_it_could_not_record_and_recovers_without_a_resta
     assert sum(m.startswith("ALARM audit log") and "the disk is full" in m for m in msgs) >= 1
     assert any("writes resumed" in m for m in msgs)
     # one ERROR for the outage's refused decisions, not one an item (a full disk must not flood the log)
-    refused = [r for r in caplog.records if "audit write failed, decision not sent" in r.getMessage()
-               and r.levelno >= logging.ERROR]
+    refused = [
+        r
+        for r in caplog.records
+        if "audit write failed, decision not sent" in r.getMessage() and r.levelno >= logging.ERROR
+    ]
     assert 1 <= len(refused) < summary.unrecorded
     assert any("audit writes resumed: decisions are sent again" in m for m in msgs)

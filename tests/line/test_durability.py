@@ -32,9 +32,23 @@ LANES = ("lead_acid", "li_ion", "hazard", "manual")
 
 
 def record(n: int, lane: str, delivery: str = "pending") -> AuditRecord:
-    return AuditRecord(item_id=f"{n:08d}", source_line=n, t_item=1.7e9 + n, t_available=1.7e9 + n,
-                       t_decided=1.7e9 + n, chemistry=None, p_lead_acid=None, p_li_ion=None, p_other=None,
-                       lane=lane, reason="test", model_id="m", latency_ms=1.0, deadline_ms=90.0, delivery=delivery)
+    return AuditRecord(
+        item_id=f"{n:08d}",
+        source_line=n,
+        t_item=1.7e9 + n,
+        t_available=1.7e9 + n,
+        t_decided=1.7e9 + n,
+        chemistry=None,
+        p_lead_acid=None,
+        p_li_ion=None,
+        p_other=None,
+        lane=lane,
+        reason="test",
+        model_id="m",
+        latency_ms=1.0,
+        deadline_ms=90.0,
+        delivery=delivery,
+    )
 
 
 def test_interval_mode_writer_connection_never_syncs_and_full_keeps_fsync(tmp_path: Path) -> None:
@@ -46,7 +60,8 @@ def test_interval_mode_writer_connection_never_syncs_and_full_keeps_fsync(tmp_pa
 
 
 def test_commits_do_not_wait_for_a_stalled_flush_and_the_lag_is_measured_and_recorded(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "audit.sqlite"
     stalled = threading.Event()
     release = threading.Event()
@@ -113,8 +128,7 @@ class PowerCut:
             return self.durable
 
 
-def test_a_power_cut_loses_only_rows_after_the_last_flush_and_reconciliation_flags_every_one(
-        tmp_path: Path) -> None:
+def test_a_power_cut_loses_only_rows_after_the_last_flush_and_reconciliation_flags_every_one(tmp_path: Path) -> None:
     db = tmp_path / "audit.sqlite"
     cuts = tmp_path / "cuts"
     cuts.mkdir()
@@ -143,8 +157,7 @@ def test_a_power_cut_loses_only_rows_after_the_last_flush_and_reconciliation_fla
                 ack = await plc.send_decision(n, lane, timeout_s=10)
                 assert ack.accepted
                 delivered[n] = lane
-                writer.submit_delivery(f"{n:08d}", "acked", plc_seq=ack.seq, plc_status=ack.status,
-                                       t_acked=time.time())
+                writer.submit_delivery(f"{n:08d}", "acked", plc_seq=ack.seq, plc_status=ack.status, t_acked=time.time())
                 if n % 7 == 0:
                     await asyncio.sleep(0.003)
             copy, committed_before = cut.cut()  # the power goes: only the last flush is on disk
@@ -198,8 +211,9 @@ def test_reconciliation_agrees_when_nothing_was_lost(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with MemoryPlc(scan_ms=1) as plc:
             with AuditLog(db) as log:
-                log.record_event(SNAPSHOT_EVENT, snapshot_detail(await plc.read_counters(), 0, "start",
-                                                                 await plc.read_mailbox()))
+                log.record_event(
+                    SNAPSHOT_EVENT, snapshot_detail(await plc.read_counters(), 0, "start", await plc.read_mailbox())
+                )
                 for n, lane in enumerate(LANES * 3, 1):
                     log.record_decision(record(n, lane))
                     ack = await plc.send_decision(n, lane, timeout_s=10)
@@ -218,8 +232,9 @@ def test_accepted_but_defaulted_and_latched_after_a_crash_are_both_flagged(tmp_p
     async def scenario() -> None:
         async with MemoryPlc(scan_ms=1) as plc:
             with AuditLog(db) as log:
-                log.record_event(SNAPSHOT_EVENT, snapshot_detail(await plc.read_counters(), 0, "start",
-                                                                 await plc.read_mailbox()))
+                log.record_event(
+                    SNAPSHOT_EVENT, snapshot_detail(await plc.read_counters(), 0, "start", await plc.read_mailbox())
+                )
                 # Item 1: accepted, then the diverter faults before it arrives -> safe lane.
                 plc.model.expect(1, time.monotonic() + 0.3)
                 log.record_decision(record(1, "li_ion"))
@@ -260,17 +275,24 @@ def test_a_restart_reports_a_gap_in_the_summary_and_the_audit_events(tmp_path: P
         scorer = ScoringPool(None, workers=1, kind="thread")
         plc = MemoryPlc(scan_ms=2)
         try:
-            first = await Controller(cfg, link=plc, source=sim_source(cfg, pool, items=20, rate_hz=40),
-                                     scorer=scorer).run()
+            first = await Controller(
+                cfg, link=plc, source=sim_source(cfg, pool, items=20, rate_hz=40), scorer=scorer
+            ).run()
             assert not first.reconciliation  # a new log: nothing to compare yet
             with sqlite3.connect(cfg.audit.path) as con:
-                gone = [r[0] for r in con.execute(
-                    "SELECT item_id FROM decisions WHERE delivery = 'acked' ORDER BY id DESC LIMIT 3")]
+                gone = [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT item_id FROM decisions WHERE delivery = 'acked' ORDER BY id DESC LIMIT 3"
+                    )
+                ]
                 con.execute(f"DELETE FROM decisions WHERE item_id IN ({','.join('?' * len(gone))})", gone)
-                con.execute("DELETE FROM events WHERE kind = ? AND id = (SELECT MAX(id) FROM events)",
-                            (SNAPSHOT_EVENT,))
-            second = await Controller(cfg, link=plc, source=sim_source(cfg, pool, items=2, rate_hz=40),
-                                      scorer=scorer).run()
+                con.execute(
+                    "DELETE FROM events WHERE kind = ? AND id = (SELECT MAX(id) FROM events)", (SNAPSHOT_EVENT,)
+                )
+            second = await Controller(
+                cfg, link=plc, source=sim_source(cfg, pool, items=2, rate_hz=40), scorer=scorer
+            ).run()
         finally:
             await scorer.close()
         assert second.reconciliation_gap_items >= 3
@@ -285,8 +307,7 @@ def test_a_restart_reports_a_gap_in_the_summary_and_the_audit_events(tmp_path: P
     asyncio.run(asyncio.wait_for(scenario(), 240))
 
 
-def test_max_lag_holds_decisions_back_while_the_disk_is_behind(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_max_lag_holds_decisions_back_while_the_disk_is_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """audit.max_lag_ms: the operator's hard bound on what a power cut may lose."""
     from sorter.line.controller import Controller
     from sorter.line.scoring_pool import ScoringPool
@@ -305,8 +326,9 @@ def test_max_lag_holds_decisions_back_while_the_disk_is_behind(tmp_path: Path,
         try:
             await scorer.start()
             asyncio.get_running_loop().call_later(3.0, release.set)  # the disk catches up after a while
-            summary = await Controller(cfg, link=plc, source=sim_source(cfg, pool, items=3, rate_hz=5),
-                                       scorer=scorer, settle=False).run()
+            summary = await Controller(
+                cfg, link=plc, source=sim_source(cfg, pool, items=3, rate_hz=5), scorer=scorer, settle=False
+            ).run()
         finally:
             release.set()
             await scorer.close()
@@ -320,8 +342,9 @@ def test_max_lag_holds_decisions_back_while_the_disk_is_behind(tmp_path: Path,
     asyncio.run(asyncio.wait_for(scenario(), 120))
 
 
-def test_a_steady_stream_of_commits_still_lets_the_wal_start_over(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_steady_stream_of_commits_still_lets_the_wal_start_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A checkpoint beside a writer that never pauses never copies everything; the flusher holds the
     writer for the short tail now and then (on a quick disk), so the WAL starts over and stays bounded."""
     monkeypatch.setattr(audit_module, "_WAL_RESET_FRAMES", 50)

@@ -34,8 +34,13 @@ def test_a_faulty_sensor_closes_lead_acid_within_the_window(fault, tmp_path, lea
         if fault == "stuck_scale":
             bad.append(dataclasses.replace(s, record=dataclasses.replace(s.record, weight_g=17250.0)))
         else:
-            bad.append(dataclasses.replace(s, images={k: v for k, v in s.images.items() if not k.startswith("xray")},
-                                           record=dataclasses.replace(s.record, xray_low=None, xray_high=None)))
+            bad.append(
+                dataclasses.replace(
+                    s,
+                    images={k: v for k, v in s.images.items() if not k.startswith("xray")},
+                    record=dataclasses.replace(s.record, xray_low=None, xray_high=None),
+                )
+            )
     back: list = []
     if fault == "silent_xray":
         lead = [s for s in good if s.record.label == "lead_acid"][:3]
@@ -58,19 +63,21 @@ def test_a_faulty_sensor_closes_lead_acid_within_the_window(fault, tmp_path, lea
     assert len(rows) == len(pool)
     sensor = "scale" if fault == "stuck_scale" else "xray"
     window = health.limits.window
-    faulty = rows[len(good) + window - 1: len(good) + len(bad)]
+    faulty = rows[len(good) + window - 1 : len(good) + len(bad)]
     assert faulty and all(r.lane != "lead_acid" for r in faulty), [(r.item_id, r.lane) for r in faulty]
     if fault == "stuck_scale":
         assert sensor in health.alarms
         # the lead-acid items among them were held back: the alarm strips the stuck reading
-        assert any("scale missing" in r.reason or "sensor alarm" in r.reason for r in faulty), \
-            [r.reason for r in faulty]
+        assert any("scale missing" in r.reason or "sensor alarm" in r.reason for r in faulty), [
+            r.reason for r in faulty
+        ]
     else:
         assert health.limits.clear_after == 3
-        returned = rows[len(good) + len(bad):]
+        returned = rows[len(good) + len(bad) :]
         # the same lead-acid items: held while the alarm clears, lead_acid once it has
-        assert [r.lane == "lead_acid" for r in returned] == [False, False, True, True, True], \
-            [(r.item_id, r.lane, r.reason) for r in returned]
+        assert [r.lane == "lead_acid" for r in returned] == [False, False, True, True, True], [
+            (r.item_id, r.lane, r.reason) for r in returned
+        ]
         assert sensor not in health.alarms
     # and the alarm is exported as a metric
     from prometheus_client import generate_latest

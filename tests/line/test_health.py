@@ -28,16 +28,27 @@ def test_healthy_stream_raises_no_alarm():
     assert h.alarms == {} and not h.blocks_lead_acid
 
 
-@pytest.mark.parametrize("sensor,fault", [
-    ("scale", lambda it: replace(it, record=replace(it.record, weight_g=None))),
-    ("scale", lambda it: replace(it, record=replace(it.record, weight_g=15000.0))),
-    ("scale", lambda it: replace(it, record=replace(it.record, weight_g=80000.0))),
-    ("thermal", lambda it: replace(it, record=replace(it.record, surface_temp_c=21.5))),
-    ("profiler", lambda it: replace(it, record=replace(it.record, length_mm=300.0, width_mm=170.0, height_mm=220.0))),
-    ("xray", lambda it: replace(it, xray_low=None, xray_high=None)),
-    ("xray", lambda it: replace(it, xray_low=np.full_like(it.xray_low, 65535), xray_high=np.full_like(it.xray_high, 65535))),
-    ("camera", lambda it: replace(it, rgb=np.zeros_like(it.rgb))),
-])
+@pytest.mark.parametrize(
+    "sensor,fault",
+    [
+        ("scale", lambda it: replace(it, record=replace(it.record, weight_g=None))),
+        ("scale", lambda it: replace(it, record=replace(it.record, weight_g=15000.0))),
+        ("scale", lambda it: replace(it, record=replace(it.record, weight_g=80000.0))),
+        ("thermal", lambda it: replace(it, record=replace(it.record, surface_temp_c=21.5))),
+        (
+            "profiler",
+            lambda it: replace(it, record=replace(it.record, length_mm=300.0, width_mm=170.0, height_mm=220.0)),
+        ),
+        ("xray", lambda it: replace(it, xray_low=None, xray_high=None)),
+        (
+            "xray",
+            lambda it: replace(
+                it, xray_low=np.full_like(it.xray_low, 65535), xray_high=np.full_like(it.xray_high, 65535)
+            ),
+        ),
+        ("camera", lambda it: replace(it, rgb=np.zeros_like(it.rgb))),
+    ],
+)
 def test_a_faulty_sensor_alarms_within_the_window_and_closes_lead_acid(sensor, fault):
     changes = []
     h = SensorHealth(HealthLimits(window=5), on_change=lambda *a: changes.append(a))

@@ -81,8 +81,15 @@ def test_check_word_catches_any_change_to_one_register(item_id: int, index: int,
 
 @pytest.mark.parametrize(
     "seq, item_id, lane",
-    [(0, 1, "li_ion"), (0x10000, 1, "li_ion"), (1, -1, "li_ion"), (1, 2**32, "li_ion"), (1, 1, "lead-acid"),
-     (1, 1, LaneCode.NONE), (1, 1, 9)],
+    [
+        (0, 1, "li_ion"),
+        (0x10000, 1, "li_ion"),
+        (1, -1, "li_ion"),
+        (1, 2**32, "li_ion"),
+        (1, 1, "lead-acid"),
+        (1, 1, LaneCode.NONE),
+        (1, 1, 9),
+    ],
 )
 def test_encode_refuses_out_of_range_values(seq: int, item_id: int, lane: Any) -> None:
     with pytest.raises(ValueError):
@@ -168,8 +175,9 @@ def test_decisions_in_flight_use_distinct_slots(backend: str) -> None:
             n = rig.map.slots
             rig.model.acking = False
             items = {200 + i: LANES[i % len(LANES)] for i in range(n)}
-            tasks = [asyncio.create_task(rig.link.send_decision(i, lane, timeout_s=WAIT_S))
-                     for i, lane in items.items()]
+            tasks = [
+                asyncio.create_task(rig.link.send_decision(i, lane, timeout_s=WAIT_S)) for i, lane in items.items()
+            ]
             await rig.wait_written(set(items))  # all n in the ring at once, none overwritten
             rig.model.acking = True
             acks = await asyncio.gather(*tasks)
@@ -188,8 +196,9 @@ def test_a_full_ring_waits_for_a_free_slot_or_times_out_clearly(backend: str) ->
             n = rig.map.slots
             rig.model.acking = False
             # One more than the ring holds: the extra decision waits for a slot.
-            tasks = [asyncio.create_task(rig.link.send_decision(300 + i, "li_ion", timeout_s=WAIT_S))
-                     for i in range(n + 1)]
+            tasks = [
+                asyncio.create_task(rig.link.send_decision(300 + i, "li_ion", timeout_s=WAIT_S)) for i in range(n + 1)
+            ]
             await rig.wait_written({300 + i for i in range(n)} - {300 + n})
             await asyncio.sleep(0.05)
             assert not any(t.done() for t in tasks)
@@ -328,6 +337,7 @@ def test_stale_pc_heartbeat_sets_the_plc_fault_bit(backend: str) -> None:
             await rig.wait_scans(3)
             assert await rig.ack_of(3) == (3, 5)  # rejected_fault
             assert 10 not in rig.model.decisions
+
             # ... and the link took that ack of a seq it never wrote as a protocol fault, then reconnected.
             async def flagged_and_back() -> bool:
                 with contextlib.suppress(PlcError):
@@ -457,9 +467,17 @@ def test_restarted_pc_does_not_reuse_a_seq_standing_in_the_mailbox() -> None:
 
 @pytest.mark.parametrize(
     "host, port, device_id",
-    [("localhost", 502, 1), ("plc.example.com", 502, 1), ("0.0.0.0", 502, 1), ("::", 502, 1),
-     ("224.0.0.1", 502, 1), ("255.255.255.255", 502, 1), ("127.0.0.1", 0, 1), ("127.0.0.1", 502, 0),
-     ("127.0.0.1", 502, 256)],
+    [
+        ("localhost", 502, 1),
+        ("plc.example.com", 502, 1),
+        ("0.0.0.0", 502, 1),
+        ("::", 502, 1),
+        ("224.0.0.1", 502, 1),
+        ("255.255.255.255", 502, 1),
+        ("127.0.0.1", 0, 1),
+        ("127.0.0.1", 502, 0),
+        ("127.0.0.1", 502, 256),
+    ],
 )
 def test_link_refuses_anything_but_one_device_by_ip(host: str, port: int, device_id: int) -> None:
     with pytest.raises(ConfigError):

@@ -133,8 +133,7 @@ async def _no_fault(rig: Rig) -> bool:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_stop_to_run_is_a_program_start_in_the_plc_and_the_pc(backend: str, caplog: pytest.LogCaptureFixture
-                                                             ) -> None:
+def test_stop_to_run_is_a_program_start_in_the_plc_and_the_pc(backend: str, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         async with Rig(backend) as rig:
             assert (await rig.link.send_decision(20, "li_ion", timeout_s=WAIT_S)).accepted
@@ -197,7 +196,8 @@ def test_a_full_pending_table_refuses_with_rejected_full_and_a_latched_bit(backe
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fault_word_is_set_before_the_first_pc_heartbeat_and_the_link_up_is_quiet(
-        backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         rig = Rig(backend, heartbeat=False)
         if rig.sim is not None:
@@ -240,8 +240,9 @@ def test_a_protocol_fault_is_recorded_in_the_audit_log_and_its_items_are_not_ack
         plc = MemoryPlc(scan_ms=2, reconnect_min_s=0.02)
         plc.model.answer_status = 9
         try:
-            summary = await Controller(cfg, link=plc, source=sim_source(cfg, pool, items=3, rate_hz=20),
-                                       scorer=scorer, settle=False).run()
+            summary = await Controller(
+                cfg, link=plc, source=sim_source(cfg, pool, items=3, rate_hz=20), scorer=scorer, settle=False
+            ).run()
         finally:
             await scorer.close()
         assert summary.delivery.get("acked", 0) == 0

@@ -32,8 +32,9 @@ def _same(a: object, b: object) -> bool:
 
 
 @pytest.mark.parametrize("which", ["line_log", "log_with_bad_lines"])
-def test_the_line_pool_decides_bit_identically_to_the_batch_engine(which: str, request: pytest.FixtureRequest,
-                                                                    model) -> None:
+def test_the_line_pool_decides_bit_identically_to_the_batch_engine(
+    which: str, request: pytest.FixtureRequest, model
+) -> None:
     """Items scored by the line's pool (queued together, so in micro-batches of up to 4 rows) get
     exactly the batch engine's decisions for the same log lines: every output column, floats
     compared bit for bit (NaN with NaN).  On a log of the model's line (every lane open) and on

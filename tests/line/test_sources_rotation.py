@@ -52,8 +52,14 @@ def test_restart_resumes_in_the_middle_of_segment_two(tmp_path):
         for i in range(1, 31):
             w.append(_rec(i))
     recorded = {f"{i:08d}" for i in range(1, 15)} - {"00000012"}  # a crash lost line 12's row
-    src = LogFollowSource(tmp_path, BeltTiming(10.0, "arrival"), start_line=15, recheck_from=11,
-                          is_recorded=recorded.__contains__, follow=False)
+    src = LogFollowSource(
+        tmp_path,
+        BeltTiming(10.0, "arrival"),
+        start_line=15,
+        recheck_from=11,
+        is_recorded=recorded.__contains__,
+        follow=False,
+    )
     got = asyncio.run(_collect(src, 10**6))
     assert [it.source_line for it in got] == [12, *range(15, 31)]
     assert src.rechecked == 1

@@ -37,8 +37,9 @@ def test_link_heartbeat_and_snapshot_are_up_before_the_model_loads(tmp_path: Pat
         gate = asyncio.Event()
         scorer = GatedPool(gate)
         plc = MemoryPlc(scan_ms=2, pc_heartbeat_timeout_s=0.3)
-        run = asyncio.create_task(Controller(cfg, link=plc, source=sim_source(cfg, pool_items, items=3, rate_hz=20),
-                                             scorer=scorer).run())
+        run = asyncio.create_task(
+            Controller(cfg, link=plc, source=sim_source(cfg, pool_items, items=3, rate_hz=20), scorer=scorer).run()
+        )
         try:
             while not (scorer.loading and plc.state == "connected"):
                 await asyncio.sleep(0.01)

@@ -13,14 +13,25 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def chromium_path() -> str | None:
     """Debian's Chromium (``apt-get install chromium``), or $SORTER_CHROMIUM."""
-    for cand in (os.environ.get("SORTER_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                 shutil.which("chromium-browser")):
+    for cand in (
+        os.environ.get("SORTER_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if cand and Path(cand).is_file():
             return cand
     return None
@@ -85,9 +96,16 @@ def verdict_by_key(page, key: str, timeout_ms: int = 10_000) -> tuple[str, str |
     page.wait_for_function(
         "old => { const a = document.querySelector('#current article.item');"
         " return (a ? a.dataset.itemId : null) !== old && (!a || document.body.dataset.readyAt); }",
-        arg=old, timeout=timeout_ms)
-    new = page.get_attribute("#current article.item", "data-item-id") if page.query_selector(
-        "#current article.item") else None
-    ms = page.evaluate("document.body.dataset.readyAt ? Number(document.body.dataset.readyAt)"
-                       " - Number(document.body.dataset.verdictAt) : null")
+        arg=old,
+        timeout=timeout_ms,
+    )
+    new = (
+        page.get_attribute("#current article.item", "data-item-id")
+        if page.query_selector("#current article.item")
+        else None
+    )
+    ms = page.evaluate(
+        "document.body.dataset.readyAt ? Number(document.body.dataset.readyAt)"
+        " - Number(document.body.dataset.verdictAt) : null"
+    )
     return old, new, ms

@@ -35,8 +35,7 @@ def line(sample_line_master, tmp_path):
     """A private copy of the sample line (tests may change its log or audit)."""
     dst = tmp_path / "line"
     shutil.copytree(sample_line_master.root, dst, symlinks=True)
-    return type(sample_line_master)(dst, dst / "log", dst / "audit.sqlite", dst / "line.toml",
-                                    sample_line_master.items)
+    return type(sample_line_master)(dst, dst / "log", dst / "audit.sqlite", dst / "line.toml", sample_line_master.items)
 
 
 def make_station(line, *, spot_check=0.25, watch=False, overrides=(), **kw):
@@ -56,8 +55,11 @@ def csrf_of(html: str) -> str:
 
 def login(client, user="ana", password=None):
     tok = csrf_of(client.get("/login").text)
-    r = client.post("/login", data={"user": user, "password": password or PASSWORDS[user], "csrf": tok,
-                                    "next": "/review"}, follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={"user": user, "password": password or PASSWORDS[user], "csrf": tok, "next": "/review"},
+        follow_redirects=False,
+    )
     return r
 
 

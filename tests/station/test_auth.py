@@ -14,8 +14,9 @@ from sorter.station.store import StationError, StationStore
 from .conftest import PASSWORDS, csrf_of, login
 
 
-@pytest.mark.parametrize("path", ["/review", "/status", "/models", "/status.json", "/review/next",
-                                  "/image/00000001/rgb.png"])
+@pytest.mark.parametrize(
+    "path", ["/review", "/status", "/models", "/status.json", "/review/next", "/image/00000001/rgb.png"]
+)
 def test_no_session_is_redirected_to_login(station, path):
     _, client = station
     r = client.get(path, follow_redirects=False)
@@ -56,8 +57,11 @@ def test_verdict_without_csrf_token_is_refused(logged_in):
         r = client.post("/review/verdict", data=data, headers={"accept": "application/json"})
         assert r.status_code == 403
     assert app.state.station.store.verdict_count() == 0
-    r = client.post("/review/verdict", data={"item_id": item, "label": "li_ion", "csrf": token},
-                    headers={"accept": "application/json"})
+    r = client.post(
+        "/review/verdict",
+        data={"item_id": item, "label": "li_ion", "csrf": token},
+        headers={"accept": "application/json"},
+    )
     assert r.status_code == 200 and r.json()["ok"]
 
 
@@ -96,8 +100,11 @@ def test_wrong_user_and_wrong_password_look_the_same(station):
 def test_login_redirect_stays_on_this_site(station):
     _, client = station
     tok = csrf_of(client.get("/login").text)
-    r = client.post("/login", data={"user": "ana", "password": PASSWORDS["ana"], "csrf": tok,
-                                    "next": "//evil.example/x"}, follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={"user": "ana", "password": PASSWORDS["ana"], "csrf": tok, "next": "//evil.example/x"},
+        follow_redirects=False,
+    )
     assert r.headers["location"] == "/review"
 
 
@@ -125,8 +132,9 @@ def test_logout_ends_the_session(logged_in):
 
 def test_add_user_command(line, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
-    assert main(["station", "--config", str(line.config), "add-user", "bo", "--role", "engineer",
-                 "--password-stdin"]) == 0
+    assert (
+        main(["station", "--config", str(line.config), "add-user", "bo", "--role", "engineer", "--password-stdin"]) == 0
+    )
     assert "added engineer bo" in capsys.readouterr().out
     store = StationStore(line.root / "station.sqlite")
     assert store.user("bo").role == "engineer"

@@ -29,10 +29,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 if chromium_path() is None or not __import__("importlib").util.find_spec("playwright"):
     if os.environ.get("SORTER_REQUIRE_BROWSER") == "1":
-        raise RuntimeError("SORTER_REQUIRE_BROWSER=1 but Chromium or playwright is missing: "
-                           "apt-get install chromium chromium-driver; pip install playwright")
-    pytest.skip("no Chromium or playwright (apt-get install chromium; pip install playwright)",
-                allow_module_level=True)
+        raise RuntimeError(
+            "SORTER_REQUIRE_BROWSER=1 but Chromium or playwright is missing: "
+            "apt-get install chromium chromium-driver; pip install playwright"
+        )
+    pytest.skip("no Chromium or playwright (apt-get install chromium; pip install playwright)", allow_module_level=True)
 
 KEYS = {"lead_acid": "l", "li_ion": "i", "other": "o"}
 
@@ -68,8 +69,14 @@ def controller_metrics():
 
 def test_operator_and_engineer_in_a_real_browser(line, tmp_path, controller_metrics):
     models, cands = _model_line(line, tmp_path)
-    app = make_station(line, spot_check=0.3, candidates_dir=str(cands), watch=True, refresh_s=0.3,
-                       overrides=["metrics.enabled=true", f"metrics.port={controller_metrics}"])
+    app = make_station(
+        line,
+        spot_check=0.3,
+        candidates_dir=str(cands),
+        watch=True,
+        refresh_s=0.3,
+        overrides=["metrics.enabled=true", f"metrics.port={controller_metrics}"],
+    )
     st = app.state.station
     truth = _truth(line)
     with serve(app) as base, browser() as b:
@@ -125,11 +132,33 @@ def test_operator_and_engineer_in_a_real_browser(line, tmp_path, controller_metr
         model_id = st.watcher.snapshot.model_in_charge
         now = time.time()
         with AuditLog(line.audit) as log:
-            log.record_decisions([AuditRecord(f"L-{k}", None, now, now, now, "lead_acid", 0.999, 0.0, 0.001,
-                                              "lead_acid", "confident", model_id, 4.0, 90.0, "acked")
-                                  for k in range(25)])
-        page.wait_for_function("n => Number(document.querySelector('[data-k=items_total]').textContent) >= n",
-                               arg=before + 25, timeout=15_000)
+            log.record_decisions(
+                [
+                    AuditRecord(
+                        f"L-{k}",
+                        None,
+                        now,
+                        now,
+                        now,
+                        "lead_acid",
+                        0.999,
+                        0.0,
+                        0.001,
+                        "lead_acid",
+                        "confident",
+                        model_id,
+                        4.0,
+                        90.0,
+                        "acked",
+                    )
+                    for k in range(25)
+                ]
+            )
+        page.wait_for_function(
+            "n => Number(document.querySelector('[data-k=items_total]').textContent) >= n",
+            arg=before + 25,
+            timeout=15_000,
+        )
         _shot(page, "status")
 
         # ---- export (what `sorter train` reads)

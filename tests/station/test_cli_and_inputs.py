@@ -24,8 +24,13 @@ from .browserkit import free_port
 def test_sorter_station_serves_the_login_page_on_loopback(line):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "sorter", "station", "--config", str(line.config), "--port",
-                             str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sorter", "station", "--config", str(line.config), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         r = None
         for _ in range(300):

@@ -58,16 +58,24 @@ def test_engineer_promotion_reaches_the_running_controller(line, tmp_path):
     (root / "run.toml").write_text(
         '[line]\nname = "sample"\nsource = "log"\nlog_dir = "log"\nfollow = true\ndeadline_from = "arrival"\n'
         'model = "models/current"\nscorer_workers = 1\n\n[plc]\nkind = "memory"\n\n'
-        '[audit]\npath = "line-audit.sqlite"\n\n[status]\nenabled = false\n')
+        '[audit]\npath = "line-audit.sqlite"\n\n[status]\nenabled = false\n'
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "sorter", "run", "--config", str(root / "run.toml")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sorter", "run", "--config", str(root / "run.toml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait(lambda: len(_rows(audit)) == line.items, 180, "the controller to decide the log")
         assert len({m for _, m in _rows(audit)}) == 1
         (tmp_path / "run.pid").write_text(str(proc.pid))
         line.config.write_text((root / "run.toml").read_text())  # the station reads the same line.toml
-        app = make_station(line, spot_check=0.3, candidates_dir=str(cands), controller_pidfile=str(tmp_path / "run.pid"))
+        app = make_station(
+            line, spot_check=0.3, candidates_dir=str(cands), controller_pidfile=str(tmp_path / "run.pid")
+        )
         assert _play_operator(app) >= 20
         with TestClient(app) as client:
             login(client, "eng")
@@ -81,7 +89,7 @@ def test_engineer_promotion_reaches_the_running_controller(line, tmp_path):
         k = 0
         while time.monotonic() < deadline and not _rows(audit, "model_id LIKE 'renamed@%'"):
             with open(items, "a") as fh:
-                for obj in base[k % 40: k % 40 + 5]:
+                for obj in base[k % 40 : k % 40 + 5]:
                     fh.write(json.dumps({**obj, "item_id": f"new-{k}-{obj['item_id']}", "t": time.time()}) + "\n")
             k += 5
             time.sleep(0.5)

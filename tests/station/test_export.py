@@ -70,8 +70,12 @@ def test_export_since_only_takes_recent_verdicts(line, tmp_path):
 
 def test_export_refuses_bad_input_with_a_message(line, tmp_path, capsys):
     make_station(line)
-    assert main(["labels", "export", "--config", str(line.config), "--out", str(tmp_path / "x"),
-                 "--since", "yesterday-ish"]) == 2
+    assert (
+        main(
+            ["labels", "export", "--config", str(line.config), "--out", str(tmp_path / "x"), "--since", "yesterday-ish"]
+        )
+        == 2
+    )
     assert "--since 'yesterday-ish' is not a time" in capsys.readouterr().err
     assert main(["labels", "export", "--config", str(line.config), "--out", str(tmp_path / "y")]) == 2
     assert "no verdicts to export" in capsys.readouterr().err

@@ -25,7 +25,7 @@ def _model_line(line, tmp_path):
     models.mkdir()
     shutil.copytree(default_model_dir(), models / "v1")
     (models / "current").symlink_to("v1")
-    text = line.config.read_text().replace('[line]\n', '[line]\nmodel = "models/current"\n')
+    text = line.config.read_text().replace("[line]\n", '[line]\nmodel = "models/current"\n')
     line.config.write_text(text)
     cands = tmp_path / "candidates"
     cands.mkdir()
@@ -44,11 +44,21 @@ def models_station(line, tmp_path):
     models, cands = _model_line(line, tmp_path)
     flag = tmp_path / "hup"
     # a stand-in for `sorter run`: it reports the SIGHUP it receives
-    proc = subprocess.Popen([sys.executable, "-c", (
-        "import signal, sys, time, pathlib\n"
-        f"signal.signal(signal.SIGHUP, lambda *a: (pathlib.Path({str(flag)!r}).write_text('hup'), sys.exit(0)))\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import signal, sys, time, pathlib\n"
+                f"signal.signal(signal.SIGHUP,\n"
+                f"              lambda *a: (pathlib.Path({str(flag)!r}).write_text('hup'), sys.exit(0)))\n"
+                "print('ready', flush=True)\n"
+                "time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     pidfile = tmp_path / "run.pid"
     pidfile.write_text(str(proc.pid))

@@ -37,8 +37,25 @@ def test_queue_holds_every_item_that_went_to_manual_and_a_spot_check_sample(logg
 
 def test_pending_items_wait_until_their_delivery_is_known(line):
     with AuditLog(line.audit) as log:
-        log.record_decision(AuditRecord("P-1", None, 1.7e9, 1.7e9, 1.7e9, "lead_acid", 0.99, 0.0, 0.01, "lead_acid",
-                                        "confident", "m", 4.0, 90.0, "pending"))
+        log.record_decision(
+            AuditRecord(
+                "P-1",
+                None,
+                1.7e9,
+                1.7e9,
+                1.7e9,
+                "lead_acid",
+                0.99,
+                0.0,
+                0.01,
+                "lead_acid",
+                "confident",
+                "m",
+                4.0,
+                90.0,
+                "pending",
+            )
+        )
     app = make_station(line, spot_check=0.0)
     st = app.state.station
     st.watcher.refresh()
@@ -54,8 +71,11 @@ def test_review_page_shows_the_item_and_a_verdict_brings_the_next(logged_in):
     page = client.get("/review").text
     first = re.search(r'data-item-id="([^"]+)"', page).group(1)
     assert f"/image/{first}/material.png" in page and "P(li_ion)" in page and "reason" in page
-    r = client.post("/review/verdict", data={"item_id": first, "label": "li_ion", "damaged": "yes",
-                                              "note": "swollen", "csrf": token}, follow_redirects=False)
+    r = client.post(
+        "/review/verdict",
+        data={"item_id": first, "label": "li_ion", "damaged": "yes", "note": "swollen", "csrf": token},
+        follow_redirects=False,
+    )
     assert r.status_code == 303
     second = re.search(r'data-item-id="([^"]+)"', client.get("/review").text).group(1)
     assert second != first
@@ -77,8 +97,11 @@ def test_a_correction_is_appended_never_overwritten(logged_in):
     store = app.state.station.store
     item = store.next_open().item_id
     for label in ("lead_acid", "li_ion"):
-        r = client.post("/review/verdict", data={"item_id": item, "label": label, "csrf": token},
-                        headers={"accept": "application/json"})
+        r = client.post(
+            "/review/verdict",
+            data={"item_id": item, "label": label, "csrf": token},
+            headers={"accept": "application/json"},
+        )
         assert r.json()["ok"]
     hist = store.history(item)
     assert [v.label for v in hist] == ["lead_acid", "li_ion"]
@@ -91,8 +114,11 @@ def test_a_correction_is_appended_never_overwritten(logged_in):
 def test_bad_verdicts_are_refused(logged_in):
     app, client, token = logged_in
     item = app.state.station.store.next_open().item_id
-    for data in ({"item_id": item, "label": "nimh"}, {"item_id": "not-queued", "label": "li_ion"},
-                 {"item_id": item, "label": "li_ion", "note": "x" * 600}):
+    for data in (
+        {"item_id": item, "label": "nimh"},
+        {"item_id": "not-queued", "label": "li_ion"},
+        {"item_id": item, "label": "li_ion", "note": "x" * 600},
+    ):
         r = client.post("/review/verdict", data={**data, "csrf": token}, headers={"accept": "application/json"})
         assert r.status_code == 400 and not r.json()["ok"]
     assert app.state.station.store.verdict_count() == 0
@@ -127,9 +153,15 @@ def test_image_paths_cannot_leave_the_log_directory(line):
     with TestClient(app) as client:
         login(client)
         good = next(i for i, _, _ in rows if i not in (a, b))
-        for url in (f"/image/{a}/rgb.png", f"/image/{a}/xray_low.png", f"/image/{b}/rgb.png",
-                    "/image/..%2F..%2Fsecret/rgb.png", "/image/%2E%2E/rgb.png", f"/image/{a}/..%2F..%2Fsecret.png",
-                    "/static/..%2F..%2F..%2Fsecret.png"):
+        for url in (
+            f"/image/{a}/rgb.png",
+            f"/image/{a}/xray_low.png",
+            f"/image/{b}/rgb.png",
+            "/image/..%2F..%2Fsecret/rgb.png",
+            "/image/%2E%2E/rgb.png",
+            f"/image/{a}/..%2F..%2Fsecret.png",
+            "/static/..%2F..%2F..%2Fsecret.png",
+        ):
             r = client.get(url)
             assert r.status_code == 404, url
             assert r.content[:4] != b"\x89PNG", url
@@ -179,9 +211,25 @@ def test_status_counts_follow_the_audit_log(logged_in, line):
     assert before["items_total"] == line.items
     with AuditLog(line.audit) as log:
         for k in range(5):
-            log.record_decision(AuditRecord(f"N-{k}", None, st.watcher.clock(), st.watcher.clock(),
-                                            st.watcher.clock(), "li_ion", 0.0, 1.0, 0.0, "li_ion", "confident",
-                                            "m2", 4.0, 90.0, "acked"))
+            log.record_decision(
+                AuditRecord(
+                    f"N-{k}",
+                    None,
+                    st.watcher.clock(),
+                    st.watcher.clock(),
+                    st.watcher.clock(),
+                    "li_ion",
+                    0.0,
+                    1.0,
+                    0.0,
+                    "li_ion",
+                    "confident",
+                    "m2",
+                    4.0,
+                    90.0,
+                    "acked",
+                )
+            )
     st.watcher.refresh()
     after = client.get("/status.json").json()
     assert after["items_total"] == line.items + 5
@@ -196,8 +244,11 @@ def test_a_pending_decision_is_counted_by_its_final_delivery(logged_in, line):
     st = app.state.station
     now = st.watcher.clock()
     with AuditLog(line.audit) as log:
-        log.record_decision(AuditRecord("Q-1", None, now, now, now, "li_ion", 0.0, 1.0, 0.0, "li_ion", "confident",
-                                        "m", 4.0, 90.0, "pending"))
+        log.record_decision(
+            AuditRecord(
+                "Q-1", None, now, now, now, "li_ion", 0.0, 1.0, 0.0, "li_ion", "confident", "m", 4.0, 90.0, "pending"
+            )
+        )
     st.watcher.refresh()
     before = client.get("/status.json").json()["deliveries_hour"]
     assert before.get("pending") == 1 and client.get("/status.json").json()["pending"] == 1
@@ -294,8 +345,9 @@ def test_open_cases_are_counted_from_the_line_case_events(line):
 
     conn = sqlite3.connect(line.audit)
     for kind, case in (("case_open", "C-1"), ("case_close", "C-1"), ("case_open", "C-2")):
-        conn.execute("INSERT INTO events (t, kind, detail) VALUES (?, ?, ?)",
-                     (time.time(), kind, json.dumps({"case_id": case})))
+        conn.execute(
+            "INSERT INTO events (t, kind, detail) VALUES (?, ?, ?)", (time.time(), kind, json.dumps({"case_id": case}))
+        )
     conn.commit()
     conn.close()
     app = make_station(line)

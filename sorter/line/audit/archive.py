@@ -71,17 +71,39 @@ def archive_schema() -> Any:
 
     f64, i64, s = pa.float64(), pa.int64(), pa.string()
     cols = [
-        ("id", i64, False), ("item_id", s, False), ("source_line", i64, True), ("t_item", f64, False),
-        ("t_available", f64, False), ("t_decided", f64, False), ("chemistry", s, True),
-        ("p_lead_acid", f64, True), ("p_li_ion", f64, True), ("p_other", f64, True), ("lane", s, False),
-        ("reason", s, False), ("model_id", s, False), ("latency_ms", f64, False), ("deadline_ms", f64, False),
-        ("delivery", s, False), ("plc_seq", i64, True), ("plc_status", s, True), ("t_acked", f64, True),
-        ("energy_wh", f64, True), ("energy_wh_upper", f64, True), ("novelty", f64, True), ("weight_g", f64, True),
-        ("case_id", s, True), ("case_seq", i64, True), ("case_status", s, True), ("case_reason", s, True),
+        ("id", i64, False),
+        ("item_id", s, False),
+        ("source_line", i64, True),
+        ("t_item", f64, False),
+        ("t_available", f64, False),
+        ("t_decided", f64, False),
+        ("chemistry", s, True),
+        ("p_lead_acid", f64, True),
+        ("p_li_ion", f64, True),
+        ("p_other", f64, True),
+        ("lane", s, False),
+        ("reason", s, False),
+        ("model_id", s, False),
+        ("latency_ms", f64, False),
+        ("deadline_ms", f64, False),
+        ("delivery", s, False),
+        ("plc_seq", i64, True),
+        ("plc_status", s, True),
+        ("t_acked", f64, True),
+        ("energy_wh", f64, True),
+        ("energy_wh_upper", f64, True),
+        ("novelty", f64, True),
+        ("weight_g", f64, True),
+        ("case_id", s, True),
+        ("case_seq", i64, True),
+        ("case_status", s, True),
+        ("case_reason", s, True),
     ]
     assert tuple(c[0] for c in cols) == _COLUMNS, "archive schema out of step with AuditRecord"
-    return pa.schema([pa.field(n, t, nullable=null) for n, t, null in cols],
-                     metadata={"sorter.format": ARCHIVE_FORMAT, "sorter.audit_schema": str(SCHEMA_VERSION)})
+    return pa.schema(
+        [pa.field(n, t, nullable=null) for n, t, null in cols],
+        metadata={"sorter.format": ARCHIVE_FORMAT, "sorter.audit_schema": str(SCHEMA_VERSION)},
+    )
 
 
 @dataclass(frozen=True)
@@ -112,8 +134,10 @@ def parse_date(text: str) -> dt.datetime:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"--before {text!r}: expected a date YYYY-MM-DD (midnight UTC) or an ISO 8601 time "
-                         "with a zone, e.g. 2026-11-01 or 2026-11-01T06:00:00+01:00") from None
+        raise ValueError(
+            f"--before {text!r}: expected a date YYYY-MM-DD (midnight UTC) or an ISO 8601 time "
+            "with a zone, e.g. 2026-11-01 or 2026-11-01T06:00:00+01:00"
+        ) from None
     if when.tzinfo is None:
         if len(text.strip()) > 10:
             raise ValueError(f"--before {text!r}: a time needs a zone (e.g. +00:00), or give a date only")
@@ -176,16 +200,20 @@ def export_before(audit: StrPath, before: dt.datetime, out: StrPath, *, delete: 
         writer = None
         try:
             while True:
-                page = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM decisions WHERE id > ? AND {where} "  # noqa: S608
-                                    "ORDER BY id LIMIT ?", (last_id, cutoff, newest, CHUNK_ROWS)).fetchall()
+                page = conn.execute(
+                    f"SELECT {', '.join(_COLUMNS)} FROM decisions WHERE id > ? AND {where} "  # noqa: S608
+                    "ORDER BY id LIMIT ?",
+                    (last_id, cutoff, newest, CHUNK_ROWS),
+                ).fetchall()
                 if not page:
                     break
                 if writer is None:
                     out.parent.mkdir(parents=True, exist_ok=True)
                     writer = pq.ParquetWriter(str(partial), schema, compression="zstd")
                 columns = list(zip(*page))
-                writer.write_table(pa.table([pa.array(c, type=schema.field(k).type) for k, c in enumerate(columns)],
-                                            schema=schema))
+                writer.write_table(
+                    pa.table([pa.array(c, type=schema.field(k).type) for k, c in enumerate(columns)], schema=schema)
+                )
                 ts = columns[_COLUMNS.index("t_decided")]
                 first_t = min(ts) if first_t is None else min(first_t, min(ts))
                 last_t = max(ts) if last_t is None else max(last_t, max(ts))
@@ -194,8 +222,11 @@ def export_before(audit: StrPath, before: dt.datetime, out: StrPath, *, delete: 
         finally:
             if writer is not None:
                 writer.close()
-        kept_pending = int(conn.execute("SELECT COUNT(*) FROM decisions WHERE delivery = 'pending' AND "
-                                        "t_decided < ?", (cutoff,)).fetchone()[0])
+        kept_pending = int(
+            conn.execute(
+                "SELECT COUNT(*) FROM decisions WHERE delivery = 'pending' AND t_decided < ?", (cutoff,)
+            ).fetchone()[0]
+        )
         if rows == 0:
             return ExportResult(0, 0, None, None, None, kept_pending)
         fd = os.open(partial, os.O_RDONLY)
@@ -227,8 +258,10 @@ def _delete(conn: sqlite3.Connection, path: str, where: str, cutoff: float, newe
         hi = min(last_id, lo + CHUNK_ROWS)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            cur = conn.execute(f"DELETE FROM decisions WHERE id > ? AND id <= ? AND {where}",  # noqa: S608
-                               (lo, hi, cutoff, newest))
+            cur = conn.execute(
+                f"DELETE FROM decisions WHERE id > ? AND id <= ? AND {where}",  # noqa: S608
+                (lo, hi, cutoff, newest),
+            )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -257,8 +290,9 @@ def read_archive(path: StrPath) -> Iterator[AuditRecord]:
         raise AuditError(f"{path}: not a readable Parquet file: {err}") from err
     meta = pf.schema_arrow.metadata or {}
     if meta.get(b"sorter.format") != ARCHIVE_FORMAT.encode():
-        raise AuditError(f"{path}: not a sorter audit archive (format {meta.get(b'sorter.format')!r}, expected "
-                         f"{ARCHIVE_FORMAT!r})")
+        raise AuditError(
+            f"{path}: not a sorter audit archive (format {meta.get(b'sorter.format')!r}, expected {ARCHIVE_FORMAT!r})"
+        )
     for batch in pf.iter_batches(batch_size=CHUNK_ROWS):
         cols = batch.to_pydict()
         for k in range(batch.num_rows):

@@ -59,11 +59,7 @@ def _is_int(value: object) -> bool:
 
 
 def _is_finite(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +173,7 @@ class AuditRecord:
         if self.source_line is not None and (
             not _is_int(self.source_line) or not 1 <= self.source_line <= _MAX_SQL_INT
         ):
-            problems.append(
-                f"source_line must be a 1-based int below 2**63 or None, "
-                f"got {self.source_line!r}"
-            )
+            problems.append(f"source_line must be a 1-based int below 2**63 or None, got {self.source_line!r}")
         for name in ("t_item", "t_available", "t_decided"):
             value = getattr(self, name)
             if not _is_finite(value):
@@ -193,14 +186,9 @@ class AuditRecord:
             value = getattr(self, name)
             if value is not None and (not _is_finite(value) or not 0.0 <= value <= 1.0):
                 problems.append(f"{name} must be None or in [0, 1], got {value!r}")
-        problems.extend(
-            _delivery_problems(self.delivery, self.plc_seq, self.plc_status, self.t_acked)
-        )
+        problems.extend(_delivery_problems(self.delivery, self.plc_seq, self.plc_status, self.t_acked))
         if problems:
-            raise AuditRecordError(
-                f"invalid AuditRecord for item {self.item_id!r}: "
-                + "; ".join(problems)
-            )
+            raise AuditRecordError(f"invalid AuditRecord for item {self.item_id!r}: " + "; ".join(problems))
 
 
 CASE_STATUSES: Final = ("assigned", "not_packable", "no_case_ready")
@@ -215,8 +203,9 @@ def _case_problems(rec: AuditRecord) -> list[str]:
             problems.append(f"{name} must be a finite number or None, got {value!r}")
     if rec.case_status is not None and rec.case_status not in CASE_STATUSES:
         problems.append(f"case_status must be one of {CASE_STATUSES} or None, got {rec.case_status!r}")
-    if rec.case_status == "assigned" and not (isinstance(rec.case_id, str) and rec.case_id and _is_int(rec.case_seq)
-                                               and rec.case_seq >= 1):  # type: ignore[operator]
+    if rec.case_status == "assigned" and not (
+        isinstance(rec.case_id, str) and rec.case_id and _is_int(rec.case_seq) and rec.case_seq >= 1
+    ):  # type: ignore[operator]
         problems.append(f"an assigned item needs a case_id and a case_seq >= 1, got {rec.case_id!r}, {rec.case_seq!r}")
     for name in ("case_id", "case_reason"):
         value = getattr(rec, name)
@@ -225,9 +214,7 @@ def _case_problems(rec: AuditRecord) -> list[str]:
     return problems
 
 
-def _delivery_problems(
-    delivery: object, plc_seq: object, plc_status: object, t_acked: object
-) -> list[str]:
+def _delivery_problems(delivery: object, plc_seq: object, plc_status: object, t_acked: object) -> list[str]:
     problems = []
     if delivery not in DELIVERY_STATES:
         problems.append(f"delivery must be one of {DELIVERY_STATES}, got {delivery!r}")
@@ -242,14 +229,9 @@ def _delivery_problems(
     return problems
 
 
-def _check_delivery(
-    item_id: object, delivery: object, plc_seq: object, plc_status: object, t_acked: object
-) -> None:
+def _check_delivery(item_id: object, delivery: object, plc_seq: object, plc_status: object, t_acked: object) -> None:
     problems = _delivery_problems(delivery, plc_seq, plc_status, t_acked)
     if not isinstance(item_id, str) or not item_id:
         problems.insert(0, f"item_id must be a non-empty str, got {item_id!r}")
     if problems:
-        raise AuditRecordError(
-            f"invalid delivery update for item {item_id!r}: " + "; ".join(problems)
-        )
-
+        raise AuditRecordError(f"invalid delivery update for item {item_id!r}: " + "; ".join(problems))

@@ -76,8 +76,14 @@ _EVENT_INSERT: Final = "INSERT INTO events (t, kind, detail) VALUES (?, ?, ?)"
 # version stays 1: an older log gains them at open (NULL in its old rows), and an older sorter
 # still reads a newer log (it names its columns).
 _ADDED_COLUMNS: Final = (
-    ("energy_wh", "REAL"), ("energy_wh_upper", "REAL"), ("novelty", "REAL"), ("weight_g", "REAL"),
-    ("case_id", "TEXT"), ("case_seq", "INTEGER"), ("case_status", "TEXT"), ("case_reason", "TEXT"),
+    ("energy_wh", "REAL"),
+    ("energy_wh_upper", "REAL"),
+    ("novelty", "REAL"),
+    ("weight_g", "REAL"),
+    ("case_id", "TEXT"),
+    ("case_seq", "INTEGER"),
+    ("case_status", "TEXT"),
+    ("case_reason", "TEXT"),
 )
 
 _INSERT: Final = (
@@ -85,10 +91,7 @@ _INSERT: Final = (
     f"VALUES ({', '.join('?' * len(_COLUMNS))}) "
     "ON CONFLICT (item_id) DO NOTHING"
 )
-_UPDATE: Final = (
-    "UPDATE decisions SET delivery = ?, plc_seq = ?, plc_status = ?, t_acked = ? "
-    "WHERE item_id = ?"
-)
+_UPDATE: Final = "UPDATE decisions SET delivery = ?, plc_seq = ?, plc_status = ?, t_acked = ? WHERE item_id = ?"
 _SELECT: Final = f"SELECT id, {', '.join(_COLUMNS)} FROM decisions"
 _PAGE_ROWS: Final = 1000
 
@@ -113,9 +116,7 @@ def _event_payload(kind: str, detail: Mapping[str, Any], t: float | None) -> tup
 def _wrap(err: sqlite3.Error, path: str, doing: str) -> AuditError:
     text = str(err)
     if "locked" in text or "busy" in text:
-        hint = (
-            "another process holds a write lock; stop it or raise busy_timeout_s"
-        )
+        hint = "another process holds a write lock; stop it or raise busy_timeout_s"
     elif "full" in text:
         hint = "free disk space on the audit log's volume"
     elif "not a database" in text or "malformed" in text:
@@ -174,12 +175,11 @@ class AuditLog:
     (1, {'acked': 1})
     """
 
-    def __init__(self, path: StrPath, *, busy_timeout_s: float = 5.0, sync: str = "full",
-                 autocheckpoint: bool = True) -> None:
+    def __init__(
+        self, path: StrPath, *, busy_timeout_s: float = 5.0, sync: str = "full", autocheckpoint: bool = True
+    ) -> None:
         if not _is_finite(busy_timeout_s) or busy_timeout_s < 0:
-            raise AuditRecordError(
-                f"busy_timeout_s must be a finite number >= 0, got {busy_timeout_s!r}"
-            )
+            raise AuditRecordError(f"busy_timeout_s must be a finite number >= 0, got {busy_timeout_s!r}")
         if sync not in SYNC_MODES:
             raise AuditRecordError(f"sync must be one of {SYNC_MODES}, got {sync!r}")
         self._sync = sync
@@ -232,9 +232,7 @@ class AuditLog:
         version = self._schema_version(conn)
         if version is None:
             with self._transaction(conn, "create the schema"):
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
-                )
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 version = self._schema_version(conn)
                 if version is None:  # nobody created it while we waited for the lock
                     # Statement by statement: executescript() would COMMIT on its
@@ -242,9 +240,7 @@ class AuditLog:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,)
-                    )
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise AuditError(
@@ -253,9 +249,7 @@ class AuditLog:
                 "wrote it, or start a new log file"
             )
         try:
-            has_events = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
-            ).fetchone()
+            has_events = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()
         except sqlite3.Error as err:
             raise _wrap(err, self._path, "read the schema") from err
         if not has_events:
@@ -277,8 +271,9 @@ class AuditLog:
             for name, sql_type in missing:
                 if name not in have:
                     conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {sql_type}")
-            conn.execute("CREATE INDEX IF NOT EXISTS decisions_case ON decisions (case_id, case_seq) "
-                         "WHERE case_id IS NOT NULL")
+            conn.execute(
+                "CREATE INDEX IF NOT EXISTS decisions_case ON decisions (case_id, case_seq) WHERE case_id IS NOT NULL"
+            )
 
     def _schema_version(self, conn: sqlite3.Connection) -> int | None:
         try:
@@ -292,9 +287,7 @@ class AuditLog:
         return None if row is None else int(row[0])
 
     @contextmanager
-    def _transaction(
-        self, conn: sqlite3.Connection, doing: str
-    ) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, conn: sqlite3.Connection, doing: str) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any error.
 
         IMMEDIATE takes the write lock up front, so a busy database fails at
@@ -319,9 +312,7 @@ class AuditLog:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise AuditError(
-                f"audit log {self._path} is closed; open a new AuditLog to use it"
-            )
+            raise AuditError(f"audit log {self._path} is closed; open a new AuditLog to use it")
         return self._conn
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -338,8 +329,7 @@ class AuditLog:
     def _insert(conn: sqlite3.Connection, rec: AuditRecord) -> bool:
         if not isinstance(rec, AuditRecord):
             raise AuditRecordError(
-                f"expected an AuditRecord, got {type(rec).__name__}; build one with "
-                "AuditRecord(...)"
+                f"expected an AuditRecord, got {type(rec).__name__}; build one with AuditRecord(...)"
             )
         cur = conn.execute(_INSERT, tuple(getattr(rec, c) for c in _COLUMNS))
         return cur.rowcount == 1
@@ -397,9 +387,7 @@ class AuditLog:
         recs = list(recs)
         for rec in recs:  # refuse before writing anything
             if not isinstance(rec, AuditRecord):
-                raise AuditRecordError(
-                    f"expected AuditRecord items, got {type(rec).__name__}"
-                )
+                raise AuditRecordError(f"expected AuditRecord items, got {type(rec).__name__}")
         with self._lock:
             conn = self._connection()
             with self._transaction(conn, "record decisions"):
@@ -437,9 +425,7 @@ class AuditLog:
         with self._lock:
             conn = self._connection()
             with self._transaction(conn, "record a delivery"):
-                problem = self._update(
-                    conn, (item_id, delivery, plc_seq, plc_status, t_acked)
-                )
+                problem = self._update(conn, (item_id, delivery, plc_seq, plc_status, t_acked))
         if problem is not None:
             raise problem
 
@@ -500,8 +486,7 @@ class AuditLog:
 
     def case_items(self, case_id: str) -> list[AuditRecord]:
         """Issue 15: the items assigned to case ``case_id``, in case order (``case_seq``)."""
-        rows = self._read(f"{_SELECT} WHERE case_id = ? AND case_status = 'assigned' ORDER BY case_seq",
-                          (case_id,))
+        rows = self._read(f"{_SELECT} WHERE case_id = ? AND case_status = 'assigned' ORDER BY case_seq", (case_id,))
         return [AuditRecord(*row[1:]) for row in rows]
 
     def last_id(self) -> int:
@@ -541,11 +526,7 @@ class AuditLog:
 
     def counts_by_delivery(self) -> dict[str, int]:
         """Number of decisions per delivery state (absent states omitted)."""
-        return dict(
-            self._read(
-                "SELECT delivery, COUNT(*) FROM decisions GROUP BY delivery ORDER BY delivery"
-            )
-        )
+        return dict(self._read("SELECT delivery, COUNT(*) FROM decisions GROUP BY delivery ORDER BY delivery"))
 
     def rows(self) -> Iterator[AuditRecord]:
         """All decisions in insertion order.
@@ -588,9 +569,7 @@ class AuditLog:
                     "synchronous": conn.execute("PRAGMA synchronous").fetchone()[0],
                     "wal_autocheckpoint": conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
                     "busy_timeout_ms": conn.execute("PRAGMA busy_timeout").fetchone()[0],
-                    "schema_version": conn.execute(
-                        "SELECT version FROM schema_version"
-                    ).fetchone()[0],
+                    "schema_version": conn.execute("SELECT version FROM schema_version").fetchone()[0],
                 }
             except sqlite3.Error as err:
                 raise _wrap(err, self._path, "read") from err
@@ -624,4 +603,3 @@ class AuditLog:
     def __repr__(self) -> str:
         state = "closed" if self._conn is None else "open"
         return f"AuditLog({self._path!r}, {state})"
-

@@ -41,6 +41,7 @@ def audit_disk_full(err: BaseException) -> bool:
     text = str(err).lower()
     return "full" in text or "no space" in text or "enospc" in text
 
+
 # --------------------------------------------------------------------------- writer
 
 
@@ -223,8 +224,7 @@ class AuditWriter:
         try:
             # Its own connection, synchronous=FULL: a checkpoint it runs syncs the WAL before
             # copying it and the database after, before the writer may reuse the WAL.
-            conn = sqlite3.connect(self._path, timeout=busy_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(self._path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as err:
             started.set_exception(_wrap(err, self._path, "open the flusher's connection"))
@@ -250,13 +250,23 @@ class AuditWriter:
                     lag_note = (max(worst, lag), count + 1)
                 if lag_note is not None and (now - last_note >= 10.0 or stopping):
                     worst, count = lag_note
-                    logger.warning("audit log %s: durability lagged %.0f ms behind the commits (%d flush(es) over "
-                                   "%.0f ms); a power cut now would lose that much", self._path, 1000 * worst,
-                                   count, 1000 * self._lag_alarm_s)
+                    logger.warning(
+                        "audit log %s: durability lagged %.0f ms behind the commits (%d flush(es) over "
+                        "%.0f ms); a power cut now would lose that much",
+                        self._path,
+                        1000 * worst,
+                        count,
+                        1000 * self._lag_alarm_s,
+                    )
                     with suppress(AuditError):
-                        self.submit_event("durability_lag", {"worst_lag_ms": round(1000 * worst, 1),
-                                                             "flushes_over_alarm": count,
-                                                             "alarm_ms": 1000 * self._lag_alarm_s})
+                        self.submit_event(
+                            "durability_lag",
+                            {
+                                "worst_lag_ms": round(1000 * worst, 1),
+                                "flushes_over_alarm": count,
+                                "alarm_ms": 1000 * self._lag_alarm_s,
+                            },
+                        )
                     lag_note, last_note = None, now
                 if stopping:
                     return
@@ -268,8 +278,7 @@ class AuditWriter:
                     # WAL is long, and only while the disk is quick (the last flushes synced in under
                     # 10 ms), the writer is held for one checkpoint of the short tail (a WAL sync, a
                     # copy, a database sync: milliseconds on a quick disk); then the WAL restarts.
-                    quiesce = wal_frames > _WAL_RESET_FRAMES and len(recent) == recent.maxlen and \
-                        max(recent) < 0.010
+                    quiesce = wal_frames > _WAL_RESET_FRAMES and len(recent) == recent.maxlen and max(recent) < 0.010
                     t_checkpoint = time.monotonic()
                     try:
                         if quiesce:
@@ -285,8 +294,10 @@ class AuditWriter:
                     except sqlite3.Error as err:  # busy now and then: the next one catches up
                         logger.debug("audit log %s: checkpoint skipped: %s", self._path, err)
         except BaseException:
-            logger.exception("audit flusher %s stopped unexpectedly; rows are committed but no longer "
-                             "flushed on a cadence", self._path)
+            logger.exception(
+                "audit flusher %s stopped unexpectedly; rows are committed but no longer flushed on a cadence",
+                self._path,
+            )
             raise
         finally:
             conn.close()
@@ -323,8 +334,7 @@ class AuditWriter:
             except OSError as err:
                 logger.error("audit log %s: fdatasync of the WAL failed: %s", self._path, err)
                 with self._commit_lock:
-                    self._unsynced_since = (since if self._unsynced_since is None
-                                            else min(since, self._unsynced_since))
+                    self._unsynced_since = since if self._unsynced_since is None else min(since, self._unsynced_since)
                 return None
             finally:
                 os.close(fd)
@@ -404,9 +414,13 @@ class AuditWriter:
                 fut.set_exception(err)
             return
         if self._failing_since is not None:
-            logger.warning("audit log %s: writes resumed after %.1f s; %d entries were not recorded meanwhile "
-                           "(their items were not sent: the PLC sent them to the safe lane)", self._path,
-                           time.monotonic() - self._failing_since, self._failed_entries)
+            logger.warning(
+                "audit log %s: writes resumed after %.1f s; %d entries were not recorded meanwhile "
+                "(their items were not sent: the PLC sent them to the safe lane)",
+                self._path,
+                time.monotonic() - self._failing_since,
+                self._failed_entries,
+            )
             self._failing_since, self._failed_entries, self.last_error = None, 0, None
         self._transactions += 1
         self._entries += len(batch)
@@ -429,9 +443,13 @@ class AuditWriter:
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             cause = "the disk is full" if audit_disk_full(err) else "the database cannot be written"
-            logger.error("ALARM audit log %s: %s (%s); decisions are not sent while this lasts, so the PLC sends "
-                         "their items to the safe lane; writing resumes by itself when the cause is fixed",
-                         self._path, cause, err)
+            logger.error(
+                "ALARM audit log %s: %s (%s); decisions are not sent while this lasts, so the PLC sends "
+                "their items to the safe lane; writing resumes by itself when the cause is fixed",
+                self._path,
+                cause,
+                err,
+            )
         else:
             logger.debug("audit writer %s: %d entries not recorded: %s", self._path, entries, err)
 
@@ -452,9 +470,7 @@ class AuditWriter:
             except queue.Empty:
                 return
             if item is not _STOP:
-                item[2].set_exception(
-                    AuditError(f"audit writer {self._path} stopped: {err!r}; not recorded")
-                )
+                item[2].set_exception(AuditError(f"audit writer {self._path} stopped: {err!r}; not recorded"))
 
     # -- callers' side --------------------------------------------------------
 
@@ -463,9 +479,7 @@ class AuditWriter:
         fut.set_running_or_notify_cancel()  # not cancellable: see class notes
         with self._submit_lock:
             if self._closed:
-                raise AuditError(
-                    f"audit writer {self._path} is closed; nothing more can be recorded"
-                )
+                raise AuditError(f"audit writer {self._path} is closed; nothing more can be recorded")
             try:
                 self._queue.put((kind, payload, fut), timeout=timeout)
             except queue.Full:
@@ -475,8 +489,9 @@ class AuditWriter:
                 ) from None
         return fut
 
-    def submit(self, rec: AuditRecord, *, timeout: float | None = None,
-               events: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> Future[bool]:
+    def submit(
+        self, rec: AuditRecord, *, timeout: float | None = None, events: Sequence[tuple[str, Mapping[str, Any]]] = ()
+    ) -> Future[bool]:
         """Queue a decision; the future resolves after its commit.
 
         Parameters
@@ -505,8 +520,7 @@ class AuditWriter:
         """
         if not isinstance(rec, AuditRecord):
             raise AuditRecordError(
-                f"expected an AuditRecord, got {type(rec).__name__}; build one with "
-                "AuditRecord(...)"
+                f"expected an AuditRecord, got {type(rec).__name__}; build one with AuditRecord(...)"
             )
         if events:
             payloads = [_event_payload(kind, detail, rec.t_decided) for kind, detail in events]
@@ -543,12 +557,11 @@ class AuditWriter:
             If the writer is closed or the queue stayed full for ``timeout``.
         """
         _check_delivery(item_id, delivery, plc_seq, plc_status, t_acked)
-        return self._enqueue(
-            "delivery", (item_id, delivery, plc_seq, plc_status, t_acked), timeout
-        )
+        return self._enqueue("delivery", (item_id, delivery, plc_seq, plc_status, t_acked), timeout)
 
-    def submit_event(self, kind: str, detail: Mapping[str, Any], *, t: float | None = None,
-                     timeout: float | None = None) -> Future[None]:
+    def submit_event(
+        self, kind: str, detail: Mapping[str, Any], *, t: float | None = None, timeout: float | None = None
+    ) -> Future[None]:
         """Queue an event (see :meth:`AuditLog.record_event`); resolves after its commit."""
         return self._enqueue("event", _event_payload(kind, detail, t), timeout)
 
@@ -638,7 +651,4 @@ class AuditWriter:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return (
-            f"AuditWriter({self._path!r}, {state}, transactions={self._transactions}, "
-            f"entries={self._entries})"
-        )
+        return f"AuditWriter({self._path!r}, {state}, transactions={self._transactions}, entries={self._entries})"

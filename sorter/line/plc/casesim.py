@@ -110,8 +110,7 @@ class CaseStationProgram:
                 self.cases[self.placed].append(item_id)
                 return
             self.buffered = (self.buffered + 1) & 0xFFFF
-            logger.warning("simulated PLC: item %d was decided into the case but no case is in place: buffer",
-                           item_id)
+            logger.warning("simulated PLC: item %d was decided into the case but no case is in place: buffer", item_id)
         self.buffer.append(item_id)
 
     def scan(self, pc_words: Sequence[int], now: float) -> list[int]:

@@ -219,8 +219,6 @@ class PlcLink(abc.ABC):
         await self.close()
 
 
-
-
 class AckTimeoutError(PlcTimeoutError):
     """A decision was not acknowledged within its ``timeout_s``.
 
@@ -244,8 +242,15 @@ class PlcProtocolError(PlcError):
     PLC's answer for it cannot be trusted, so where the item went is the PLC's counters' business.
     """
 
-    def __init__(self, message: str, *, kind: str, detail: Mapping[str, Any], seq: int | None = None,
-                 raw_status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        detail: Mapping[str, Any],
+        seq: int | None = None,
+        raw_status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.detail = dict(detail)

@@ -110,9 +110,11 @@ class MailboxLink(PlcLink):
             raise ConfigError(f"max_consecutive_failures={max_consecutive_failures} must be >= 1")
         self.register_map = register_map or RegisterMap()
         if case_block is not None and case_block.overlaps(self.register_map):
-            raise ConfigError(f"the case block at {case_block.base}..{case_block.base + case_block.size - 1} overlaps "
-                              f"the mailbox at {self.register_map.base}..{self.register_map.base + self.register_map.size - 1}; "
-                              "give cases.base an address outside it (default 300)")
+            raise ConfigError(
+                f"the case block at {case_block.base}..{case_block.base + case_block.size - 1} overlaps "
+                f"the mailbox at {self.register_map.base}..{self.register_map.base + self.register_map.size - 1}; "
+                "give cases.base an address outside it (default 300)"
+            )
         self.case_block = case_block
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.request_timeout_s = request_timeout_s
@@ -434,26 +436,38 @@ class MailboxLink(PlcLink):
             await self._handshake_heartbeat(status[5])
         self._connected = True
         self._last_error = ""
-        logger.info("PLC link up: %s (protocol %d, %d slots, scan %d ms, fault word 0x%04x)", self._describe(),
-                    version, slots, status[5], self._fault_word)
+        logger.info(
+            "PLC link up: %s (protocol %d, %d slots, scan %d ms, fault word 0x%04x)",
+            self._describe(),
+            version,
+            slots,
+            status[5],
+            self._fault_word,
+        )
 
     async def _check_case_block(self) -> None:
         """Packing is on: the PLC must have the case-station block, or no hazard item could reach a case."""
         cb = self.case_block
         assert cb is not None
-        how = ("implement the case-station block of docs/plc-interface.md in the PLC program (block version "
-               f"{CASE_BLOCK_VERSION} at register {cb.base}), or set cases.base to where it is, or turn packing off "
-               "with cases.enabled = false (the hazard lane then works as before)")
+        how = (
+            "implement the case-station block of docs/plc-interface.md in the PLC program (block version "
+            f"{CASE_BLOCK_VERSION} at register {cb.base}), or set cases.base to where it is, or turn packing off "
+            "with cases.enabled = false (the hazard lane then works as before)"
+        )
         try:
             words = CasePlcWords.decode(await self._read(cb.plc_address, CASE_PLC_WORDS))
         except LinkLost:
             raise
         except PlcError as err:
-            raise CaseBlockMissingError(f"cases are enabled but the PLC has no case-station block at register {cb.base} "
-                           f"(reading it failed: {err}); {how}") from err
+            raise CaseBlockMissingError(
+                f"cases are enabled but the PLC has no case-station block at register {cb.base} "
+                f"(reading it failed: {err}); {how}"
+            ) from err
         if words.version != CASE_BLOCK_VERSION:
-            raise CaseBlockMissingError(f"cases are enabled but the PLC reports case block version {words.version} at register "
-                           f"{cb.base}, expected {CASE_BLOCK_VERSION} (0: no block); {how}")
+            raise CaseBlockMissingError(
+                f"cases are enabled but the PLC reports case block version {words.version} at register "
+                f"{cb.base}, expected {CASE_BLOCK_VERSION} (0: no block); {how}"
+            )
 
     async def _handshake_heartbeat(self, scan_ms: int) -> None:
         try:
@@ -585,9 +599,12 @@ class MailboxLink(PlcLink):
             names = ("PROTOCOL_VERSION", "SLOT_COUNT", "SAFE_LANE", "SCAN_MS")
             changed = {n: {"at_connect": a, "now": b} for n, a, b in zip(names, self._header, header) if a != b}
             self._protocol_fault(
-                "header_changed", f"PLC header registers changed mid-run ({', '.join(changed)}: "
+                "header_changed",
+                f"PLC header registers changed mid-run ({', '.join(changed)}: "
                 + ", ".join(f"{v['at_connect']} -> {v['now']}" for v in changed.values())
-                + "); stopped sending, re-running the connect handshake", {"changed": changed})
+                + "); stopped sending, re-running the connect handshake",
+                {"changed": changed},
+            )
             return
         heartbeat = words[2]
         if heartbeat != self._plc_heartbeat:
@@ -595,25 +612,37 @@ class MailboxLink(PlcLink):
                 gap = now - self._plc_heartbeat_seen_at
                 self._stale_seen = False
                 self._plc_heartbeat, self._plc_heartbeat_seen_at = heartbeat, now
-                logger.warning("PLC heartbeat restored at %s after %.1f s without change: treated as a PLC program "
-                               "start (STOP -> RUN, docs/plc-interface.md rule 8); re-running the connect handshake",
-                               self._describe(), gap)
+                logger.warning(
+                    "PLC heartbeat restored at %s after %.1f s without change: treated as a PLC program "
+                    "start (STOP -> RUN, docs/plc-interface.md rule 8); re-running the connect handshake",
+                    self._describe(),
+                    gap,
+                )
                 self._lost("PLC program start (heartbeat restored after STOP)")
                 return
             self._plc_heartbeat = heartbeat
             self._plc_heartbeat_seen_at = now
         elif now - self._plc_heartbeat_seen_at > self.heartbeat_timeout_s and not self._stale_seen:
             self._stale_seen = True
-            logger.warning("PLC heartbeat at %s unchanged for %.1f s: link faulted (PLC in STOP or its scan hung)",
-                           self._describe(), now - self._plc_heartbeat_seen_at)
+            logger.warning(
+                "PLC heartbeat at %s unchanged for %.1f s: link faulted (PLC in STOP or its scan hung)",
+                self._describe(),
+                now - self._plc_heartbeat_seen_at,
+            )
         if words[3] != self._fault_word:
-            level = logging.WARNING if words[3] & ~PlcFault.PC_HEARTBEAT_LOST or (
-                words[3] and self._connected) else logging.INFO
+            level = (
+                logging.WARNING
+                if words[3] & ~PlcFault.PC_HEARTBEAT_LOST or (words[3] and self._connected)
+                else logging.INFO
+            )
             logger.log(level, "PLC fault word now 0x%04x %s", words[3], sorted(fault_names(words[3])))
             if words[3] & RESERVED_FAULT_BITS and not self._fault_word & RESERVED_FAULT_BITS & words[3]:
-                self._report_fault("reserved_fault_bits", {"fault_word": words[3]},
-                                   f"PLC set reserved fault-word bits 0x{words[3] & RESERVED_FAULT_BITS:04x}; "
-                                   "no decision is sent while they are set")
+                self._report_fault(
+                    "reserved_fault_bits",
+                    {"fault_word": words[3]},
+                    f"PLC set reserved fault-word bits 0x{words[3] & RESERVED_FAULT_BITS:04x}; "
+                    "no decision is sent while they are set",
+                )
             self._fault_word = words[3]
         self._counters = decode_counters(words)
         for slot in range(self.register_map.slots):
@@ -625,44 +654,59 @@ class MailboxLink(PlcLink):
             pending = self._pending.get(slot)
             if status > max(AckStatus):
                 self._protocol_fault(
-                    "undefined_ack_status", f"PLC acknowledged seq {ack_seq} in slot {slot} with status {status}, "
+                    "undefined_ack_status",
+                    f"PLC acknowledged seq {ack_seq} in slot {slot} with status {status}, "
                     f"which the contract does not define (0..{int(max(AckStatus))}); stopped sending, re-running the "
-                    "connect handshake", {"slot": slot, "ack_seq": ack_seq, "raw_status": status},
-                    seq=ack_seq, raw_status=status)
+                    "connect handshake",
+                    {"slot": slot, "ack_seq": ack_seq, "raw_status": status},
+                    seq=ack_seq,
+                    raw_status=status,
+                )
                 return
             # Status 0 answers nothing (a program start writes [standing seq, 0] into every slot).
             if ack_seq and status != AckStatus.NONE and ack_seq not in self._written[slot]:
                 self._protocol_fault(
-                    "ack_for_unwritten_seq", f"PLC acknowledged seq {ack_seq} in slot {slot} (status {status}), a "
+                    "ack_for_unwritten_seq",
+                    f"PLC acknowledged seq {ack_seq} in slot {slot} (status {status}), a "
                     "seq this PC never wrote there; stopped sending, re-running the connect handshake",
-                    {"slot": slot, "ack_seq": ack_seq, "raw_status": status})
+                    {"slot": slot, "ack_seq": ack_seq, "raw_status": status},
+                )
                 return
-            if pending is not None and ack_seq == pending.seq and status != AckStatus.NONE \
-                    and not pending.done.is_set():
+            if (
+                pending is not None
+                and ack_seq == pending.seq
+                and status != AckStatus.NONE
+                and not pending.done.is_set()
+            ):
                 pending.status = status
                 pending.acked_at = now
                 pending.done.set()
 
     def _report_fault(self, kind: str, detail: dict[str, Any], message: str) -> None:
         self.protocol_faults += 1
-        logger.error("PLC protocol fault at %s: %s", self._describe(), message,
-                     extra={"plc_fault": kind, "detail": detail})
+        logger.error(
+            "PLC protocol fault at %s: %s", self._describe(), message, extra={"plc_fault": kind, "detail": detail}
+        )
         if self.on_protocol_fault is not None:
             try:
                 self.on_protocol_fault(kind, {"message": message, **detail})
             except Exception:  # noqa: BLE001 - an observer must not break the link
                 logger.exception("protocol fault observer failed")
 
-    def _protocol_fault(self, kind: str, message: str, detail: dict[str, Any], *, seq: int | None = None,
-                        raw_status: int | None = None) -> None:
+    def _protocol_fault(
+        self, kind: str, message: str, detail: dict[str, Any], *, seq: int | None = None, raw_status: int | None = None
+    ) -> None:
         """The PLC broke the contract: alarm, record, stop sending, and re-run the handshake."""
         self._report_fault(kind, detail, message)
         for pending in self._pending.values():
             if not pending.done.is_set():
                 pending.error = PlcProtocolError(
-                    f"decision for item {pending.item_id} (seq {pending.seq}) not confirmed: {message}", kind=kind,
-                    detail=detail, seq=pending.seq,
-                    raw_status=raw_status if seq == pending.seq else None)
+                    f"decision for item {pending.item_id} (seq {pending.seq}) not confirmed: {message}",
+                    kind=kind,
+                    detail=detail,
+                    seq=pending.seq,
+                    raw_status=raw_status if seq == pending.seq else None,
+                )
                 pending.done.set()
         self._lost(f"protocol fault: {kind}")
 

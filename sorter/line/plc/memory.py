@@ -114,8 +114,11 @@ class MemoryPlc(MailboxLink):
         self._image = [0] * self.register_map.size
         self.plc_case_block: CaseBlockMap | None = None
         if case_station is not None:
-            base = case_station_base if case_station_base is not None else (
-                case_block.base if case_block is not None else CaseBlockMap().base)
+            base = (
+                case_station_base
+                if case_station_base is not None
+                else (case_block.base if case_block is not None else CaseBlockMap().base)
+            )
             self.plc_case_block = CaseBlockMap(base)
         self._case_image = [0] * CaseBlockMap().size
         self._reachable = True

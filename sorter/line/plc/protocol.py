@@ -79,8 +79,12 @@ class LaneCode(enum.IntEnum):
 
 
 LANE_CODES: Final[Mapping[Lane, LaneCode]] = MappingProxyType(
-    {Lane.LEAD_ACID: LaneCode.LEAD_ACID, Lane.LI_ION: LaneCode.LI_ION, Lane.HAZARD: LaneCode.HAZARD,
-     Lane.MANUAL: LaneCode.MANUAL}
+    {
+        Lane.LEAD_ACID: LaneCode.LEAD_ACID,
+        Lane.LI_ION: LaneCode.LI_ION,
+        Lane.HAZARD: LaneCode.HAZARD,
+        Lane.MANUAL: LaneCode.MANUAL,
+    }
 )
 """Lane (:class:`sorter.lanes.Lane`, or its name as a string) to wire code."""
 
@@ -90,6 +94,7 @@ LANE_NAMES: Final[Mapping[int, Lane]] = MappingProxyType({code: name for name, c
 SAFE_LANE_CODE: Final = LaneCode.MANUAL
 """Code of the lane where the PLC sends any item without a valid acknowledged decision (``manual``):
 the ``SAFE_LANE`` header register must hold it."""
+
 
 class AckStatus(enum.IntEnum):
     """Status word the PLC writes next to ``ack_seq`` for a mailbox slot."""
@@ -292,8 +297,10 @@ class CaseBlockMap:
 
     def __post_init__(self) -> None:
         if not 0 <= self.base <= 0xFFFF - self.size + 1:
-            raise ConfigError(f"case block base={self.base} does not leave room for {self.size} registers; "
-                              f"pass 0..{0xFFFF - self.size + 1}")
+            raise ConfigError(
+                f"case block base={self.base} does not leave room for {self.size} registers; "
+                f"pass 0..{0xFFFF - self.size + 1}"
+            )
 
     @property
     def plc_address(self) -> int:
@@ -355,8 +362,14 @@ class CasePcWords:
     open_for: int = 0
 
     def encode(self) -> list[int]:
-        return [self.number & 0xFFFF, min(0xFFFF, self.fill_wh), min(0xFFFF, self.limit_wh),
-                min(0xFFFF, self.items), int(self.full), self.open_for & 0xFFFF]
+        return [
+            self.number & 0xFFFF,
+            min(0xFFFF, self.fill_wh),
+            min(0xFFFF, self.limit_wh),
+            min(0xFFFF, self.items),
+            int(self.full),
+            self.open_for & 0xFFFF,
+        ]
 
     @classmethod
     def decode(cls, words: Sequence[int]) -> CasePcWords:
@@ -480,9 +493,7 @@ def fault_names(word: int) -> frozenset[str]:
 
 def decode_counters(status_words: Sequence[int]) -> dict[str, int]:
     """PLC counters from the status block registers (uint32, high word first)."""
-    return {
-        name: status_words[6 + 2 * i] << 16 | status_words[7 + 2 * i] for i, name in enumerate(COUNTER_NAMES)
-    }
+    return {name: status_words[6 + 2 * i] << 16 | status_words[7 + 2 * i] for i, name in enumerate(COUNTER_NAMES)}
 
 
 @dataclass(frozen=True)

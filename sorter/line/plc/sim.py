@@ -399,9 +399,7 @@ class PlcModel:
 
     def _check_image(self, image: Sequence[int]) -> None:
         if len(image) != self.register_map.size:
-            raise ValueError(
-                f"register image has {len(image)} registers, the map needs {self.register_map.size}"
-            )
+            raise ValueError(f"register image has {len(image)} registers, the map needs {self.register_map.size}")
 
 
 class PlcSimulator:
@@ -638,8 +636,9 @@ class PlcSimulator:
             cb = self.case_block
             if cb is not None:
                 pc_words = await server.async_getValues(self.device_id, 3, cb.pc_address, CASE_PC_WORDS)
-                await server.async_setValues(self.device_id, 16, cb.plc_address,
-                                             self.model.scan_case(pc_words, time.monotonic()))
+                await server.async_setValues(
+                    self.device_id, 16, cb.plc_address, self.model.scan_case(pc_words, time.monotonic())
+                )
         finally:
             self._scan_writing = False
 
