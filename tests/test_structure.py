@@ -130,3 +130,13 @@ def test_a_long_module_says_why_it_is_long(name: str) -> None:
         f"{path.relative_to(ROOT.parent)} has {lines} lines (over {LONG}) and its docstring does not say "
         "'Why this module is long: ...'; split it, or write the reason at its top"
     )
+
+
+def test_every_package_is_installed() -> None:
+    """A plain `pip install .` installs only the packages pyproject.toml lists: a new subpackage
+    missing there imports from a source tree (so the tests pass) and fails on the line PC."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT.parent).parts) for p in ROOT.rglob("__init__.py")}
+    assert found - listed == set(), f"packages missing from [tool.setuptools] packages: {sorted(found - listed)}"
