@@ -1,6 +1,6 @@
 """The ``sorter`` command line. Only this module configures logging.
 
-Why this module is long (about 620 lines): one parser and one small handler per command
+Why this module is long (about 630 lines): one parser and one small handler per command
 (simulate, train, calibrate, score, evaluate, model, retention, and the line, cases and
 station groups, which live in their own packages); each handler only turns arguments into
 one library call, and the shared argument types sit beside them.

@@ -21,7 +21,7 @@ value came from and how to fix it), and then trusted by the controller.  Checks 
 ask the code that owns the rule: the register map's fit (:class:`~sorter.line.plc.protocol.RegisterMap`),
 the PLC address (:func:`~sorter.line.plc.modbus.check_target`), the simulator's mixes and lines.
 
-Why this module is long (about 670 lines): every key carries its meaning beside its
+Why this module is long (about 770 lines): every key carries its meaning beside its
 type, default and range (``docs/configuration.md`` is checked against them), and the
 messages for each way a value can be wrong are written out here.
 

@@ -48,7 +48,7 @@ Where the rest lives: the scoring workers in :mod:`sorter.line.scoring_pool`, th
 totals and report in :mod:`sorter.line.summary`, the wiring (configuration to link, source
 and signals) in :mod:`sorter.line.app`.
 
-Why this module is long (about 940 lines): :class:`Controller` is one asyncio service whose
+Why this module is long (about 1,070 lines): :class:`Controller` is one asyncio service whose
 start-up order (audit recovery, link, reconciliation, scorer), admission, per-item steps
 (decide, audit, send, count) and shutdown share the same in-flight state; each step is a
 method of its own, and splitting the class would hand that state around instead.

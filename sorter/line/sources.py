@@ -35,7 +35,7 @@ backlog counts, as it does on the belt); a bridge time more than a second in the
 future (clocks out of step) falls back to the arrival time.  With ``"arrival"``
 it starts when the controller reads the item (replaying an old log).
 
-Why this module is long (about 600 lines): the two sources share the item hand-over
+Why this module is long (about 650 lines): the two sources share the item hand-over
 (:class:`SourceItem`, :class:`BeltTiming`, the bounded queue), and the log follower's
 reader thread, resume and re-check logic is most of it.
 """

@@ -9,7 +9,7 @@ Compositions follow the reference facts: lead and its compounds are 55-60 % of a
 lead-acid battery's mass, electrolyte 12-20 %, the polypropylene case 5-8 %; in Li-ion
 packs cells are 68-94 % of the mass, cylindrical cells have 0.22-0.28 mm steel cans.
 
-Why this module is long (about 640 lines): one builder per product family (lead-acid
+Why this module is long (about 760 lines): one builder per product family (lead-acid
 blocks, cylindrical-cell packs, prismatic and pouch cells, modules, drop-ins, contaminants,
 unknown products), each a page of physics that shares the mass-budget and pose helpers
 here; split by family they would import each other's helpers back.

@@ -27,7 +27,7 @@ from there on its own way:
 
 Records and logs have the same format and truth fields as lines a and b.
 
-Why this module is long (about 940 lines): line c's whole route, from intake to every
+Why this module is long (about 1,080 lines): line c's whole route, from intake to every
 sensor, is written apart from lines a and b on purpose (above), so it shares no renderer
 code with :mod:`sorter.simulate.sensors` and lives in one module.
 """

@@ -9,7 +9,7 @@ The periodic reading of the audit log and the line's log runs in a background
 thread (:class:`~sorter.station.linedata.LineWatcher`), so a page only reads a
 snapshot and the station store.
 
-Why this module is long (about 610 lines): the routes share the session, CSRF and role
+Why this module is long (about 600 lines): the routes share the session, CSRF and role
 checks and the one Jinja2 environment defined here; each route is a short function.
 """
 

@@ -10,7 +10,7 @@
   per-minute counts, the review queue (manual items and a random spot-check sample of
   the other lanes), the log index; pages only read its snapshot.
 
-Why this module is long (about 620 lines): the three are one read side of the line —
+Why this module is long (about 670 lines): the three are one read side of the line —
 the watcher's snapshot joins the audit reader's rows with the log index's offsets, one
 segment at a time on a rotated log — and split apart they would pass each other their
 private cursors.

@@ -1,6 +1,6 @@
 """The audit store: the SQLite schema and :class:`AuditLog`, the synchronous API.
 
-Why this module is long (about 610 lines): the schema, its additive migrations and every
+Why this module is long (about 600 lines): the schema, its additive migrations and every
 query the line, the reconciliation, the cases and the station's readers make of it live
 with the one connection discipline (transactions, busy waits, error wrapping) they share.
 """

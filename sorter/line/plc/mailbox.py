@@ -6,7 +6,7 @@ handshake, protocol-fault detection, reconnection), so that the Modbus link
 (:mod:`sorter.line.plc.modbus`) and the in-memory one (:mod:`sorter.line.plc.memory`)
 behave alike; they only move registers.
 
-Why this module is long (about 700 lines): it is one state machine (the handshake,
+Why this module is long (about 760 lines): it is one state machine (the handshake,
 the ack poller timed to the PLC scan, reconnection and the contract checks share the
 same slot and sequence state), and splitting it would spread that state over modules.
 """
