@@ -50,6 +50,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sorter.errors import ConfigError
+from sorter.line.disks import DiskSettings
 
 __all__ = [
     "ENV_PREFIX",
@@ -310,19 +311,20 @@ class StatusSection(_Section):
 
 
 class DisksSection(_Section):
-    """``[disks]``: free-space alarms on the log and audit disks (:mod:`sorter.line.disks`)."""
+    """``[disks]``: free-space alarms on the log and audit disks (:mod:`sorter.line.disks`); the defaults
+    are :class:`~sorter.line.disks.DiskSettings`'s, which also checks the values."""
 
-    enabled: bool = True
+    enabled: bool = DiskSettings.enabled
     """Watch the disks' free space at all."""
-    interval_s: float = _num(10.0, gt=0, le=3600, rule="must be in (0, 3600] seconds")
+    interval_s: float = _num(DiskSettings.interval_s, gt=0, le=3600, rule="must be in (0, 3600] seconds")
     """How often free space is read (one ``statvfs`` per disk, off the event loop)."""
-    warn_free_pct: float = _num(10.0, ge=0, le=100)
+    warn_free_pct: float = _num(DiskSettings.warn_free_pct, ge=0, le=100)
     """Free space, in % of the disk, under which the level is ``warn``."""
-    alarm_free_pct: float = _num(5.0, ge=0, le=100)
+    alarm_free_pct: float = _num(DiskSettings.alarm_free_pct, ge=0, le=100)
     """Free space, in % of the disk, under which the level is ``alarm`` (not above ``warn_free_pct``)."""
-    warn_free_mb: float = _num(2048.0, ge=0)
+    warn_free_mb: float = _num(DiskSettings.warn_free_mb, ge=0)
     """Free space in MB under which the level is ``warn``, whatever the percentage."""
-    alarm_free_mb: float = _num(512.0, ge=0)
+    alarm_free_mb: float = _num(DiskSettings.alarm_free_mb, ge=0)
     """Free space in MB under which the level is ``alarm`` (not above ``warn_free_mb``)."""
 
 
@@ -723,8 +725,6 @@ def _cross_checks(cfg: LineConfig) -> None:
             f"({where('plc', 'host')}): simulated items would be sent to a real PLC and could "
             "collide with the ids of real items; use a loopback PLC (sorter plc-sim) or plc.kind = 'memory'"
         )
-
-    from sorter.line.disks import DiskSettings
 
     try:
         DiskSettings.from_mapping(cfg.disks.model_dump())  # its own rules: alarm levels not above warn levels
