@@ -388,7 +388,10 @@ class DiskLoad:
             f'while :; do dd if=/dev/zero of="{self.path}" bs=1M count={self.mb} conv=fdatasync '
             f'status=none; rm -f "{self.path}"; done'
         )
-        self.proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+        # the other process on the disk runs at the default priority, whatever the line's (--nice)
+        self.proc = subprocess.Popen(
+            ["sh", "-c", script], start_new_session=True, preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, 0)
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -565,6 +568,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a short series: 6 s runs, 100 items/s, step to 200, 3 repeats (about 2 minutes)",
     )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the line (this process and the scoring workers it starts) at this niceness, as the "
+        "controller's systemd unit does with Nice= (docs/line.md recommends -10); the disk load's writer "
+        "stays at 0 (default %(default)s)",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     ap.add_argument(
         "--cases",
@@ -583,6 +594,14 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds, args.rates, args.step, args.down = 6.0, "100", "100,200", "50,20"
         args.probe_seconds = min(args.probe_seconds, 20.0)
     SYNC_MODE[0] = args.sync
+    if args.nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        except PermissionError:
+            print(
+                f"line_latency: --nice {args.nice} needs the right to raise priority (root, CAP_SYS_NICE)",
+            )
+            return 2
     if args.section == "line_latency" and (args.disk_load or args.sync != "interval"):
         args.section += ("_disk_load" if args.disk_load else "") + ("_sync_full" if args.sync == "full" else "")
     # Late and refused acknowledgements are counted in the table; one warning per item would drown it.
@@ -641,8 +660,15 @@ def main(argv: list[str] | None = None) -> int:
         title,
         "",
         f"Command: `python -m benchmarks.line_latency{' --quick' if args.quick else ''}"
-        f"{' --disk-load' if args.disk_load else ''}{' --sync full' if args.sync == 'full' else ''}`. "
-        f'Audit durability: `audit.sync = "{args.sync}"`'
+        f"{' --disk-load' if args.disk_load else ''}{' --sync full' if args.sync == 'full' else ''}"
+        f"{f' --nice {args.nice}' if args.nice else ''}`. "
+        + (
+            f"The line (controller, PLC simulator and scoring workers) ran at niceness {args.nice}, as "
+            "docs/line.md deploys it (`Nice=` in its systemd unit); the disk load's writer at 0. "
+            if args.nice
+            else ""
+        )
+        + f'Audit durability: `audit.sync = "{args.sync}"`'
         + (
             " (commits do not wait for the disk; a flusher syncs every 20 ms)."
             if args.sync == "interval"
