@@ -364,6 +364,40 @@ def case_summary(case: Case, config: StationConfig) -> dict[str, Any]:
     }
 
 
+def write_manifest(
+    case: Case, items: list[PlannedItem], config: StationConfig, out: Path, *, render: Any = None
+) -> dict[str, Any]:
+    """Write a closed case's manifest CSV (and, with ``render(case, items) -> str``, its HTML
+    page) into ``out``; return the case's totals (:func:`case_summary`, with the file names)."""
+    s = case_summary(case, config)
+    if case.is_open:
+        raise SorterError(f"case {case.case_id} is still open: a manifest is written once the case is closed")
+    with open(out / s["manifest_csv"], "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(MANIFEST_COLUMNS)
+        for it in items:
+            w.writerow(
+                [
+                    _cell(x)
+                    for x in (
+                        case.case_id,
+                        it.seq,
+                        it.item_id,
+                        it.log,
+                        it.line_no,
+                        it.product,
+                        it.item.energy_wh,
+                        it.item.energy_wh_upper,
+                        it.item.weight_g,
+                        iso(it.item.t),
+                    )
+                ]
+            )
+    if render is not None:
+        (out / s["manifest_html"]).write_text(render(case, items), encoding="utf-8")
+    return s
+
+
 OWNED_PATTERNS = (CASES_FILE, SUMMARY_FILE, STATE_FILE, "case-*.csv", "case-*.html")
 
 
@@ -421,29 +455,7 @@ def write_plan(
         summaries.append(s)
         if case.is_open:
             continue
-        with open(out / s["manifest_csv"], "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(MANIFEST_COLUMNS)
-            for it in groups.get(case.case_id, []):
-                w.writerow(
-                    [
-                        _cell(x)
-                        for x in (
-                            case.case_id,
-                            it.seq,
-                            it.item_id,
-                            it.log,
-                            it.line_no,
-                            it.product,
-                            it.item.energy_wh,
-                            it.item.energy_wh_upper,
-                            it.item.weight_g,
-                            iso(it.item.t),
-                        )
-                    ]
-                )
-        if render is not None:
-            (out / s["manifest_html"]).write_text(render(case, groups.get(case.case_id, [])), encoding="utf-8")
+        write_manifest(case, groups.get(case.case_id, []), plan.config, out, render=render)
     refused: dict[str, int] = {}
     for it in plan.items:
         if it.status != "assigned":
