@@ -50,6 +50,12 @@ def _add_pack(sub: Any) -> None:
     )
     p.add_argument("--first-case", type=int, default=1, help="number n of the first case (default 1)")
     p.add_argument(
+        "--positions",
+        type=int,
+        default=1,
+        help="cases open side by side at the station (default 1); each item goes into the fullest it fits",
+    )
+    p.add_argument(
         "--state",
         default=None,
         help=(
@@ -77,6 +83,8 @@ def _cmd_pack(args: Any) -> int:
         raise SorterError(f"--limit-wh must be a positive number of Wh, got {args.limit_wh}")
     if args.mass_limit_kg is not None and not (math.isfinite(args.mass_limit_kg) and args.mass_limit_kg > 0):
         raise SorterError(f"--mass-limit-kg must be a positive number of kg, got {args.mass_limit_kg}")
+    if not 1 <= args.positions <= 16:
+        raise SorterError(f"--positions must be 1 to 16 case positions, got {args.positions}")
     if args.first_case < 1:
         raise SorterError(f"--first-case must be 1 or more, got {args.first_case}")
     consignor = load_consignor(args.consignor)
@@ -96,10 +104,11 @@ def _cmd_pack(args: Any) -> int:
         case_id_scheme=args.case_id_scheme,
         line=line,
         auto_open=True,
+        positions=args.positions,
     )
     if state is not None:
         state = state.reconfigure(config)
-        if state.open_case is None and args.first_case > state.next_n:
+        if not state.open_cases and args.first_case > state.next_n:
             state = StationState(config, None, args.first_case)
     else:
         state = StationState.new(config, args.first_case)

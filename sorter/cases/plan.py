@@ -254,8 +254,8 @@ def plan_items(
     cases: list[Case] = []
     planned: list[PlannedItem] = []
     last_t = run_t
-    if st.open_case is not None:  # items of a resumed open case: listed, not offered again
-        for k, pi in enumerate(st.open_case.items, start=1):
+    for resumed in st.open_cases:  # items of a resumed open case: listed, not offered again
+        for k, pi in enumerate(resumed.items, start=1):
             planned.append(
                 PlannedItem(
                     "",
@@ -267,7 +267,7 @@ def plan_items(
                     None,
                     "assigned",
                     "carried over in the open case of --state",
-                    st.open_case.case_id,
+                    resumed.case_id,
                     k,
                 )
             )
@@ -280,12 +280,11 @@ def plan_items(
         it.status, it.reason, it.case_id, it.seq = r.kind, r.reason, r.case_id, r.seq
         st = r.state
         planned.append(it)
-    if close_last and st.open_case is not None:
-        st, closed = st.close(last_t, "end of input")
-        assert closed is not None
-        cases.append(closed)
-    elif st.open_case is not None:
-        cases.append(st.open_case)
+    if close_last:
+        st, closed_all = st.close_all(last_t, "end of input")
+        cases.extend(sorted(closed_all, key=lambda c: c.n))
+    else:
+        cases.extend(sorted(st.open_cases, key=lambda c: c.n))
     return PackPlan(config, planned, cases, st)
 
 
