@@ -115,3 +115,64 @@ def test_scoring_gives_li_ion_and_hazard_items_an_energy_and_bound(tmp_path):
 def test_physical_bound_allows_for_a_scale_that_reads_light():
     """A 21700 NMC cell (68 g, 18.4 Wh, 270 Wh/kg) read 5 g light is still bounded."""
     assert physical_upper_wh(np.array([63.0]))[0] >= 18.4
+
+
+# -- the group-conditional (Mondrian) bound ------------------------------------------------------
+
+
+def mixed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic items whose estimate is good for the large ones and poor for the small ones:
+    the small ones' true energy scatters from -25 % to +20 % around what their measurements tell
+    (never above the physical 0.30 Wh/g, which caps every bound)."""
+    raw, e = packs(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    small = raw[:, C["weight_g"]] < 8000
+    e = np.where(small, e * rng.uniform(0.75, 1.2, n), e)
+    return raw, e
+
+
+def test_group_bound_is_tighter_where_the_estimate_is_good_and_covers_each_group(energy_model):
+    raw_c, e_c = mixed(4000, 11)
+    est_c = energy_model.estimate(raw_c)
+    edge = float(np.median(est_c))
+    grouped, report = energy_model.with_group_bound(raw_c, e_c, [edge])
+    assert [g["calibration_n"] for g in report["groups"]] == [int((est_c < edge).sum()), int((est_c >= edge).sum())]
+    # each group's quantile is the split-conformal rank of its own residuals
+    r = np.log(e_c / est_c)
+    for k, m in enumerate([est_c < edge, est_c >= edge]):
+        rs = np.sort(r[m])
+        assert grouped.log_q_groups[k] == rs[math.ceil((rs.size + 1) * grouped.coverage) - 1]
+    single, _ = energy_model.with_group_bound(raw_c, e_c, [1e12])  # one group: the global rule
+    raw, e = mixed(5000, 12)
+    est, upper = grouped.predict(raw)
+    _, upper1 = single.predict(raw)
+    for m in (est < edge, est >= edge):  # coverage holds within each group, not only overall
+        assert np.mean(upper[m] >= e[m]) >= 0.99
+    # the well-estimated group's bound is tighter than one global quantile would give it, the other's looser
+    big = est >= edge
+    assert grouped.log_q_groups[1] < single.log_q_groups[0] < grouped.log_q_groups[0]
+    assert np.mean(upper[big] / est[big]) < np.mean(upper1[big] / est[big])
+    assert (upper <= physical_upper_wh(raw[:, C["weight_g"]]) + 1e-9).all()
+
+
+def test_group_bound_survives_the_manifest_and_a_thin_group_gets_the_physical_bound(energy_model):
+    raw_c, e_c = mixed(1500, 13)
+    est_c = energy_model.estimate(raw_c)
+    top = float(np.sort(est_c)[-50])  # 50 items above: too few for a 99.8 % rank
+    grouped, report = energy_model.with_group_bound(raw_c, e_c, [float(np.median(est_c)), top])
+    assert math.isinf(grouped.log_q_groups[-1]) and report["groups"][-1]["log_q_upper"] is None
+    again = EnergyModel.from_json(grouped.to_json(), grouped.regressor)
+    raw, _ = mixed(300, 14)
+    np.testing.assert_array_equal(again.predict(raw)[1], grouped.predict(raw)[1])
+    _, upper = grouped.predict(raw)
+    est = grouped.estimate(raw)
+    w = raw[:, C["weight_g"]]
+    np.testing.assert_allclose(upper[est >= top], physical_upper_wh(w[est >= top]))
+    # a manifest without groups reads as before: one global quantile
+    plain = energy_model.to_json()
+    assert "log_q_groups" not in plain and not EnergyModel.from_json(plain, energy_model.regressor).log_q_groups
+    with pytest.raises(ValueError, match="edges"):
+        energy_model.with_group_bound(raw_c, e_c, [300.0, 100.0])
+    bad = dict(grouped.to_json(), log_q_groups=[0.1])
+    with pytest.raises(ValueError, match="quantiles"):
+        EnergyModel.from_json(bad, grouped.regressor)
