@@ -176,3 +176,36 @@ def test_group_bound_survives_the_manifest_and_a_thin_group_gets_the_physical_bo
     bad = dict(grouped.to_json(), log_q_groups=[0.1])
     with pytest.raises(ValueError, match="quantiles"):
         EnergyModel.from_json(bad, grouped.regressor)
+
+
+def test_sorter_model_energy_bound_writes_a_model_with_the_group_bound(model, tmp_path, capsys):
+    from sorter.cli import main
+    from sorter.model import load_model
+    from sorter.simulate import SimConfig, simulate_log
+
+    log = tmp_path / "heldout"
+    simulate_log(SimConfig(items=40, seed=31, mix="balanced"), str(log), workers=1)
+    out = tmp_path / "model"
+    assert main(["model", "energy-bound", str(log), "--out", str(out), "--edges-wh", "100,1100"]) == 0
+    printed = capsys.readouterr().out
+    assert "estimate 0-100 Wh" in printed and "estimate 1100- Wh" in printed
+    m = load_model(out)
+    assert m.energy.group_edges_wh == (100.0, 1100.0) and len(m.energy.log_q_groups) == 3
+    cal = m.manifest["energy_bound_calibration"]
+    assert cal["logs"] == ["heldout"] and sum(g["calibration_n"] for g in cal["groups"]) == cal["calibration_n"] > 0
+    # A few held-out items: too few for a 99.8 % rank in any group, so the physical bound alone;
+    # the classifier and the estimate are those of the model it came from.
+    raw = np.random.default_rng(0).uniform(1, 2, (4, len(RAW_COLUMNS)))
+    raw[:, C["weight_g"]] = [500.0, 2000.0, 9000.0, 12000.0]
+    est0, _ = model.energy.predict(raw)
+    est1, up1 = m.energy.predict(raw)
+    np.testing.assert_allclose(est1, est0)
+    np.testing.assert_allclose(up1, physical_upper_wh(raw[:, C["weight_g"]]))
+    np.testing.assert_allclose(m.predict(raw)[0], model.predict(raw)[0])
+    # mistakes: exit 2 with a message
+    assert main(["model", "energy-bound", str(log), "--out", str(out)]) == 2  # --out holds a model
+    assert main(["model", "energy-bound", str(log), "--out", str(tmp_path / "m2"), "--edges-wh", "300,100"]) == 2
+    assert main(["model", "energy-bound", str(log), "--out", str(tmp_path / "m3"), "--edges-wh", "a,b"]) == 2
+    assert main(["model", "energy-bound", str(tmp_path / "nolog"), "--out", str(tmp_path / "m4")]) == 2
+    err = capsys.readouterr().err
+    assert "ascending" in err and "no such log directory" in err
