@@ -193,6 +193,7 @@ def test_sorter_model_energy_bound_writes_a_model_with_the_group_bound(model, tm
     assert m.energy.group_edges_wh == (100.0, 1100.0) and len(m.energy.log_q_groups) == 3
     cal = m.manifest["energy_bound_calibration"]
     assert cal["logs"] == ["heldout"] and sum(g["calibration_n"] for g in cal["groups"]) == cal["calibration_n"] > 0
+    assert "group-conditional" in (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     # A few held-out items: too few for a 99.8 % rank in any group, so the physical bound alone;
     # the classifier and the estimate are those of the model it came from.
     raw = np.random.default_rng(0).uniform(1, 2, (4, len(RAW_COLUMNS)))
