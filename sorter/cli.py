@@ -494,7 +494,7 @@ def _add_model(sub) -> None:
     e.add_argument(
         "--edges-wh",
         default=None,
-        help="bins of the estimate, ascending Wh, comma-separated (default 30,100,300,700)",
+        help="bins of the estimate, ascending Wh, comma-separated (default 30,100,300,1100,1700)",
     )
     e.add_argument("--workers", type=int, default=1, help="measuring processes (default 1)")
     e.set_defaults(func=_cmd_model_energy_bound)
@@ -511,7 +511,8 @@ def _cmd_model_upgrade(args) -> int:
 def _cmd_model_energy_bound(args) -> int:
     import math
 
-    from .energy import DEFAULT_GROUP_EDGES_WH, check_edges, recalibrate_bound
+    from .energy import DEFAULT_GROUP_EDGES_WH, check_edges
+    from .energy_calibration import recalibrate_bound
     from .model import MANIFEST
 
     edges = DEFAULT_GROUP_EDGES_WH
@@ -522,7 +523,7 @@ def _cmd_model_energy_bound(args) -> int:
             raise SorterError(
                 f"--edges-wh {args.edges_wh!r}: {err}"
                 if "group edges" in str(err)
-                else f"--edges-wh {args.edges_wh!r}: expected ascending Wh values separated by commas, e.g. 30,100,300,700"
+                else f"--edges-wh {args.edges_wh!r}: expected ascending Wh values separated by commas, e.g. 30,100,300,1100,1700"
             ) from err
     if args.workers < 1:
         raise SorterError(f"--workers must be at least 1, got {args.workers}")

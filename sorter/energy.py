@@ -21,7 +21,8 @@ item packed needs an upper bound on its rated energy (nominal V x Ah) that holds
   too; a group with too few calibration items for the rank gets no model bound (the physical
   bound alone).  A single global quantile is set by the worst-estimated kind of item (unknown
   packs, a few light cells); the groups let the large, well-estimated items (12 V drop-ins) that
-  fill a case carry a bound of their own.  ``sorter model energy-bound`` calibrates it.
+  fill a case carry a bound of their own.  ``sorter model energy-bound`` calibrates it
+  (:mod:`sorter.energy_calibration`).
 - **Physical fallback**: mass (plus the scale's allowance) x :data:`MAX_WH_PER_G` (commercial Li-ion cells rarely pass
   300 Wh/kg; the reference catalogue's highest is a 21700 NMC cell at 276).  Used as the
   bound, with the estimate at the training items' median specific energy, when the item is
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -106,7 +106,9 @@ def check_edges(edges_wh: Sequence[float]) -> tuple[float, ...]:
     """Bins of the estimate for the group-conditional bound, checked: ascending positive Wh."""
     edges = tuple(float(e) for e in edges_wh)
     if not edges or any(not math.isfinite(e) or e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
-        raise ValueError(f"group edges must be ascending positive Wh values, got {list(edges_wh)}; e.g. 30,100,300,700")
+        raise ValueError(
+            f"group edges must be ascending positive Wh values, got {list(edges_wh)}; e.g. 30,100,300,1100,1700"
+        )
     return edges
 
 
@@ -301,78 +303,8 @@ class EnergyModel:
         )
 
 
-DEFAULT_GROUP_EDGES_WH = (30.0, 100.0, 300.0, 700.0)
-"""Bins of the estimate for the group-conditional bound: cells, small packs, tool and e-bike
-packs, and the large items (12 V drop-ins, modules) that fill a case.  Each bin needs at least
+DEFAULT_GROUP_EDGES_WH = (30.0, 100.0, 300.0, 1100.0, 1700.0)
+"""Bins of the estimate for the group-conditional bound: cells (< 30 Wh), small packs, tool packs
+and small drop-ins, e-bike packs and mid-size drop-ins (300-1,100), the 12 V 100 Ah drop-ins that
+fill a case (1,100-1,700), modules (above; over a case's limit anyway).  Each bin needs at least
 ``1 / (1 - coverage)`` held-out Li-ion items (499 at 99.8 %) for a model bound of its own."""
-
-
-def recalibrate_bound(
-    model_dir: str | None,
-    log_dirs: Sequence[str],
-    out_dir: str,
-    *,
-    edges_wh: Sequence[float] = DEFAULT_GROUP_EDGES_WH,
-    workers: int = 1,
-    progress: bool = False,
-) -> tuple[Any, dict[str, Any]]:
-    """Give the model in ``model_dir`` (None: the shipped one) a group-conditional energy bound
-    calibrated on the labelled Li-ion items of ``log_dirs`` (held-out logs of the model's line,
-    never its training logs), and write it as a new model directory ``out_dir``.  The
-    classifier, its thresholds and the energy estimate are unchanged; the manifest records the
-    calibration (per group: items, quantile)."""
-    from .batch import measure_logs
-    from .errors import SorterError
-    from .model import load_model, save_model
-    from .report import model_card
-
-    base = load_model(model_dir)
-    if base.energy is None:
-        raise SorterError(f"{base.path}: the model has no energy estimator to calibrate; train one with 'sorter train'")
-    training = set(base.manifest.get("training", {}).get("logs", []) or [])
-    reused = sorted({str(d) for d in log_dirs if Path(d).name in training})
-    if reused:
-        raise SorterError(
-            f"{', '.join(reused)}: named like a log the model was trained on; the bound must be calibrated "
-            "on held-out items (simulate or record a fresh labelled log)"
-        )
-    m = measure_logs(log_dirs, workers=workers, progress=progress)
-    truth = np.array(
-        [
-            float(e["energy_wh"])
-            if isinstance(e.get("energy_wh"), (int, float)) and not isinstance(e.get("energy_wh"), bool)
-            else np.nan
-            for e in m.extras
-        ]
-    )
-    li = np.array([lab == "li_ion" for lab in m.labels], dtype=bool) & m.ok & np.isfinite(truth)
-    if not li.any():
-        raise SorterError(
-            f"{', '.join(map(str, log_dirs))}: no labelled Li-ion item with a rated energy ('energy_wh'); "
-            "pass labelled logs of the model's line"
-        )
-    energy, report = base.energy.with_group_bound(base.normalise(m.raw[li]), truth[li], edges_wh)
-    report["logs"] = [Path(d).name for d in log_dirs]
-    model = base
-    model.energy = energy
-    manifest = {
-        k: v
-        for k, v in base.manifest.items()
-        if k
-        not in (
-            "files",
-            "policy",
-            "novelty",
-            "line_domain",
-            "normalisation",
-            "libraries",
-            "format",
-            "classes",
-            "name",
-            "energy",
-        )
-    }
-    manifest["energy_bound_calibration"] = report
-    save_model(model, out_dir, name=str(base.manifest.get("name", "sorter")), extra_manifest=manifest)
-    (Path(out_dir) / "MODEL_CARD.md").write_text(model_card(model.manifest), encoding="utf-8")
-    return model, report

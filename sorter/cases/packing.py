@@ -1,5 +1,9 @@
 """The packing core: a case station's open case, and where each hazard item goes.
 
+Why this module is long (about 630 lines): the rules of :func:`offer` and the state they act on
+(configuration, item, case, station state, each with the JSON round trip that re-checks every
+invariant a restart relies on) are one unit; apart, the state's checks would drift from the rules.
+
 One code path for the line and for recorded logs.  The line controller keeps a
 :class:`StationState` per case station and offers each item routed to the
 station's lane as it is decided; ``sorter pack`` offers a scored log's items in
