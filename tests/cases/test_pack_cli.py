@@ -219,3 +219,16 @@ def test_a_log_that_cannot_be_read_leaves_blanks_not_a_crash(hazard_scores, tmp_
     assert [r["item_id"] for r in rows] == hazard_scores["hazard"] and all(r["t"] == "" for r in rows)
     page = next(out.glob("case-*.html")).read_text()
     assert "no X-ray" in page and "data:image/png" not in page
+
+
+def test_cases_manifest_rewrites_a_pack_runs_manifest_with_the_same_content(packed, tmp_path):
+    summary = json.loads((packed / "summary.json").read_text())
+    c = next(c for c in summary["cases"] if c["status"] == "closed" and c["items"] >= 2)
+    out = tmp_path / "again"
+    assert main(["cases", "manifest", c["case_id"], "--from", str(packed), "--out", str(out)]) == 0
+    assert (out / c["manifest_csv"]).read_text() == (packed / c["manifest_csv"]).read_text()
+    html, before = (out / c["manifest_html"]).read_text(), (packed / c["manifest_html"]).read_text()
+    for r in read_csv(packed / c["manifest_csv"]):
+        assert r["item_id"] in html
+    assert html.count("data:image/png;base64,") == before.count("data:image/png;base64,")
+    assert f"{c['upper_wh']:,.1f}" in html and "UN3480" in html
