@@ -142,9 +142,11 @@ class Result:
     coverage: float
 
 
-def pack(name: str, items: Sequence[tuple[Truth, float]], limit_wh: float) -> Result:
+def pack(name: str, items: Sequence[tuple[Truth, float]], limit_wh: float, positions: int = 1) -> Result:
     """Pack (truth, bound) pairs in order with the packing core; measure against the truth."""
-    state = StationState.new(StationConfig(limit_wh=limit_wh, auto_open=True))
+    state = StationState.new(StationConfig(limit_wh=limit_wh, auto_open=True, positions=positions))
+    if positions != 1:
+        name = f"{name}, {positions} positions"
     closed = []
     packed = refused = 0
     truth = {}
@@ -157,7 +159,7 @@ def pack(name: str, items: Sequence[tuple[Truth, float]], limit_wh: float) -> Re
         state = r.state
         packed += r.kind == "assigned"
         refused += r.kind != "assigned"
-    last = [state.open_case] if state.open_case is not None else []
+    last = list(state.open_cases)  # open at the end of the input: left out of the fill
     true_wh = [math.fsum(truth[i.item_id].energy_wh for i in c.items) for c in closed + last]
     full = [w / limit_wh for w in true_wh[: len(closed)]]
     covered = [t.energy_wh <= b for t, b in items if math.isfinite(b)]
@@ -199,7 +201,32 @@ HEADER = (
 )
 
 
-def run_scores(files: Iterable[str], lanes: set[str], limit: float, specific: float) -> tuple[list[str], list[str]]:
+def looseness(name: str, items: Sequence[tuple[Truth, float, float]], limit: float) -> str:
+    """Where the fill goes: per product family, the summed bound over the summed true energy of
+    the Li-ion items the bound lets into a case (bound within the limit)."""
+    fam: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    for t, b, _ in items:
+        if t.li_ion and math.isfinite(b) and b <= limit:
+            f = fam[t.family]
+            f[0] += 1
+            f[1] += b
+            f[2] += t.energy_wh
+    tot_b = math.fsum(v[1] for v in fam.values())
+    tot_t = math.fsum(v[2] for v in fam.values())
+    parts = [
+        f"{k} {v[1] / v[2]:.2f} (n={v[0]}, {v[2]:.0f} Wh true)"
+        for k, v in sorted(fam.items(), key=lambda kv: -kv[1][2])
+        if v[2] > 0
+    ]
+    return (
+        f"{name}: summed bound / summed true energy of the packable Li-ion items {tot_b / tot_t:.2f} "
+        f"({tot_b / limit:.1f} cases of bound for {tot_t / limit:.1f} of true energy); per family: " + ", ".join(parts)
+    )
+
+
+def run_scores(
+    files: Iterable[str], lanes: set[str], limit: float, specific: float, positions: Sequence[int] = (1,)
+) -> tuple[list[str], list[str]]:
     rows, notes = [], []
     for f in files:
         table = read_scores(f)
@@ -221,10 +248,13 @@ def run_scores(files: Iterable[str], lanes: set[str], limit: float, specific: fl
             est = cols["energy_wh"][k]
             items.append((t, math.nan if up is None else float(up), math.nan if est is None else float(est)))
         name = Path(f).name
-        rows.append(_row(name, pack("model (energy_wh_upper)", [(t, b) for t, b, _ in items], limit)))
-        rows.append(
-            _row(name, pack(f"mass x {specific:.2f} Wh/g", [(t, mass_bound(t, specific)) for t, _, _ in items], limit))
-        )
+        for n in positions:
+            rows.append(_row(name, pack("model (energy_wh_upper)", [(t, b) for t, b, _ in items], limit, n)))
+        for n in positions:
+            mass = [(t, mass_bound(t, specific)) for t, _, _ in items]
+            rows.append(_row(name, pack(f"mass x {specific:.2f} Wh/g", mass, limit, n)))
+        if any(t.li_ion for t, _, _ in items):
+            notes.append(looseness(name, items, limit))
         note = mass_bound_misses(name, [t for t, _, _ in items], specific)
         if note:
             notes.append(note)
@@ -259,14 +289,21 @@ def mass_bound_misses(name: str, items: Iterable[Truth], specific: float) -> str
 
 
 def run_truth(
-    named: Iterable[tuple[str, list[Truth], int]], limit: float, specific: float, damaged_only: bool
+    named: Iterable[tuple[str, list[Truth], int]],
+    limit: float,
+    specific: float,
+    damaged_only: bool,
+    positions: Sequence[int] = (1,),
 ) -> tuple[list[str], list[str]]:
     rows, notes = [], []
     for name, truths, n_items in named:
         li = [t for t in truths if t.li_ion and (t.damaged or not damaged_only)]
         run = f"{name} ({n_items} items, {len(li)} Li-ion), truth-based"
-        rows.append(_row(run, pack("simulator truth (oracle)", [(t, t.energy_wh) for t in li], limit)))
-        rows.append(_row(run, pack(f"mass x {specific:.2f} Wh/g", [(t, mass_bound(t, specific)) for t in li], limit)))
+        for n in positions:
+            rows.append(_row(run, pack("simulator truth (oracle)", [(t, t.energy_wh) for t in li], limit, n)))
+        for n in positions:
+            mass = [(t, mass_bound(t, specific)) for t in li]
+            rows.append(_row(run, pack(f"mass x {specific:.2f} Wh/g", mass, limit, n)))
         note = mass_bound_misses(name, li, specific)
         if note:
             notes.append(note)
@@ -287,31 +324,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--damaged-only", action="store_true", help="truth-based: pack only the damaged Li-ion items")
     ap.add_argument("--limit-wh", type=float, default=2100.0)
     ap.add_argument("--specific-wh-per-g", type=float, default=SPECIFIC_WH_PER_G)
+    ap.add_argument(
+        "--positions",
+        default="1",
+        help="case positions at the station, comma-separated: a row per value (default 1; e.g. 1,3)",
+    )
+    ap.add_argument(
+        "--section",
+        default=None,
+        help="docs/performance.md section to write (default: cases)",
+    )
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/performance.md alone")
     args = ap.parse_args(argv)
+    try:
+        positions = [int(x) for x in args.positions.split(",")]
+    except ValueError:
+        ap.error(f"--positions {args.positions!r}: expected whole numbers separated by commas, e.g. 1,3")
+    if any(not 1 <= n <= 16 for n in positions):
+        ap.error(f"--positions {args.positions!r}: each must be 1 to 16")
+    pos_arg = "" if positions == [1] else f" --positions {args.positions}"
 
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     notes: list[str] = []
     if args.scores:
-        rows, notes = run_scores(args.scores, set(args.lanes.split(",")), args.limit_wh, args.specific_wh_per_g)
+        rows, notes = run_scores(
+            args.scores, set(args.lanes.split(",")), args.limit_wh, args.specific_wh_per_g, positions
+        )
         how = (
-            f"`python -m benchmarks.cases --scores {' '.join(Path(f).name for f in args.scores)} --lanes {args.lanes}`"
+            f"`python -m benchmarks.cases --scores {' '.join(Path(f).name for f in args.scores)} --lanes {args.lanes}"
+            f"{pos_arg}`"
         )
     elif args.logs:
         named = [(Path(d).name, truth_from_log(d), sum(1 for _ in iter_log(d))) for d in args.logs]
-        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only)
-        how = f"`python -m benchmarks.cases --logs {' '.join(Path(d).name for d in args.logs)}`"
+        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions)
+        how = f"`python -m benchmarks.cases --logs {' '.join(Path(d).name for d in args.logs)}{pos_arg}`"
     else:
         named = []
         for k, line in enumerate(args.lines.split(",")):
             seed = args.seed + k
             truths, n = truth_simulated(args.simulate, seed, line, args.mix, args.workers)
             named.append((f"line {line}, {args.mix}, seed {seed}", truths, n))
-        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only)
+        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions)
         how = (
             f"`python -m benchmarks.cases --simulate {args.simulate} --lines {args.lines} --mix {args.mix} "
-            f"--seed {args.seed}" + (" --damaged-only" if args.damaged_only else "") + "`"
+            f"--seed {args.seed}" + (" --damaged-only" if args.damaged_only else "") + pos_arg + "`"
         )
     secs = time.perf_counter() - t0
     table = "\n".join([HEADER, *rows])
@@ -328,16 +385,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "*coverage* the share of items whose true energy is within their bound. A *truth-based* run has no "
             "energy model: the simulator's truth is the bound (an oracle, the best any estimate can reach), "
             "beside the mass bound alone (the scale's weight × "
-            f"{args.specific_wh_per_g:.2f} Wh/g, the highest specific energy of commercial Li-ion cells). Items "
-            "stay in belt order (a case is not held open for a later item that would fit), so the fill stays below "
-            "what *fewest possible* implies; an item the bound makes not packable goes to the quarantine buffer "
+            f"{args.specific_wh_per_g:.2f} Wh/g, the highest specific energy of commercial Li-ion cells). With one "
+            "position items stay in belt order (a case is not held open for a later item that would fit), so the fill "
+            "stays below what *fewest possible* implies; with *N positions* the station keeps N cases open side by side "
+            "(`sorter pack --positions N`; each item into the fullest it fits, the fullest closing when an item fits "
+            "none; the line's station has one). An item the bound makes not packable goes to the quarantine buffer "
             "(`docs/cases.md`), so the two bounds pack different items.\n\n"
             f"{table}\n\n"
             + "".join(f"- {n}\n" for n in notes)
             + f"\nRun time {secs:.0f} s; load average {load:.1f} at the start on {os.cpu_count()} cores "
             f"(`uname -m`: {os.uname().machine}), shared with other work."
         )
-        write_section("cases", md)
+        write_section(args.section or "cases", md)
     return 0
 
 

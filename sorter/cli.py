@@ -477,6 +477,27 @@ def _add_model(sub) -> None:
     )
     u.add_argument("model_dir", metavar="DIR", help="model directory (manifest.json and the skops files)")
     u.set_defaults(func=_cmd_model_upgrade)
+    e = msub.add_parser(
+        "energy-bound",
+        help="calibrate a group-conditional energy bound on held-out labelled logs",
+        description=(
+            "Give a model's rated-energy bound (energy_wh_upper) one conformal quantile per bin of the estimate "
+            "(Mondrian conformal prediction), calibrated on the labelled Li-ion items of held-out logs of the "
+            "model's line (never its training logs), and write the result as a new model directory. The "
+            "classifier, its thresholds and the estimate are unchanged. See sorter/energy.py."
+        ),
+    )
+    e.add_argument("logs", nargs="+", metavar="LOG", help="labelled log directories (held out from training)")
+    e.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    e.add_argument("--out", required=True, help="model directory to write (new or empty; see --force)")
+    e.add_argument("--force", action="store_true", help="replace --out if it holds a model")
+    e.add_argument(
+        "--edges-wh",
+        default=None,
+        help="bins of the estimate, ascending Wh, comma-separated (default 30,100,300,1100,1700)",
+    )
+    e.add_argument("--workers", type=int, default=1, help="measuring processes (default 1)")
+    e.set_defaults(func=_cmd_model_energy_bound)
 
 
 def _cmd_model_upgrade(args) -> int:
@@ -484,6 +505,45 @@ def _cmd_model_upgrade(args) -> int:
 
     changed = upgrade_model(args.model_dir)
     print(f"{'wrote' if changed else 'up to date:'} {Path(args.model_dir) / FAST_FILE} (its sha256 is in the manifest)")
+    return 0
+
+
+def _cmd_model_energy_bound(args) -> int:
+    import math
+
+    from .energy import DEFAULT_GROUP_EDGES_WH, check_edges
+    from .energy_calibration import recalibrate_bound
+    from .model import MANIFEST
+
+    edges = DEFAULT_GROUP_EDGES_WH
+    if args.edges_wh is not None:
+        try:
+            edges = check_edges([float(x) for x in args.edges_wh.split(",")])
+        except ValueError as err:
+            raise SorterError(
+                f"--edges-wh {args.edges_wh!r}: {err}"
+                if "group edges" in str(err)
+                else f"--edges-wh {args.edges_wh!r}: expected ascending Wh values separated by commas, e.g. 30,100,300,1100,1700"
+            ) from err
+    if args.workers < 1:
+        raise SorterError(f"--workers must be at least 1, got {args.workers}")
+    for d in args.logs:
+        if not Path(d).is_dir():
+            raise SorterError(
+                f"{d}: no such log directory; pass labelled logs written by 'sorter simulate' or the line"
+            )
+    _check_out_dir(args.out, "a model", MANIFEST, args.force)
+    model, report = recalibrate_bound(args.model, args.logs, args.out, edges_wh=edges, workers=args.workers)
+    for g in report["groups"]:
+        lo, hi = g["estimate_wh"]
+        f = g["bound_over_estimate"]
+        print(
+            f"estimate {lo:g}-{'' if hi is None else f'{hi:g}'} Wh: {g['calibration_n']} items, bound "
+            + (f"= estimate x {f:.3f}" if f is not None else "= physical (too few items)")
+        )
+    print(
+        f"wrote {args.out} ({model.model_id}); global bound was estimate x {math.exp(report['global_log_q_upper']):.3f}"
+    )
     return 0
 
 

@@ -13,6 +13,16 @@ item packed needs an upper bound on its rated energy (nominal V x Ah) that holds
   ``log_q_upper`` at the stated coverage (default 99.5 %); the bound is the estimate times
   ``exp(log_q_upper)``.  For exchangeable items that bound holds with at least the stated
   probability (taken at 99.8 % for a stated 99.5 %).  It is never above the physical bound below, which holds for any Li-ion item.
+- **Group-conditional bound** (optional, :meth:`EnergyModel.with_group_bound`): Mondrian conformal
+  prediction.  The items are grouped by their *estimate* (bins of Wh, a function of the
+  measurements only, never of the truth), and each group has its own quantile of
+  ``log(true / estimate)``, calibrated on held-out labelled Li-ion items of that group.  Within
+  each group the bound covers at least the stated share of exchangeable items, hence overall
+  too; a group with too few calibration items for the rank gets no model bound (the physical
+  bound alone).  A single global quantile is set by the worst-estimated kind of item (unknown
+  packs, a few light cells); the groups let the large, well-estimated items (12 V drop-ins) that
+  fill a case carry a bound of their own.  ``sorter model energy-bound`` calibrates it
+  (:mod:`sorter.energy_calibration`).
 - **Physical fallback**: mass (plus the scale's allowance) x :data:`MAX_WH_PER_G` (commercial Li-ion cells rarely pass
   300 Wh/kg; the reference catalogue's highest is a 21700 NMC cell at 276).  Used as the
   bound, with the estimate at the training items' median specific energy, when the item is
@@ -30,8 +40,8 @@ Examples
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -92,6 +102,16 @@ def energy_inputs(raw: np.ndarray) -> np.ndarray:
     return out
 
 
+def check_edges(edges_wh: Sequence[float]) -> tuple[float, ...]:
+    """Bins of the estimate for the group-conditional bound, checked: ascending positive Wh."""
+    edges = tuple(float(e) for e in edges_wh)
+    if not edges or any(not math.isfinite(e) or e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
+        raise ValueError(
+            f"group edges must be ascending positive Wh values, got {list(edges_wh)}; e.g. 30,100,300,1100,1700"
+        )
+    return edges
+
+
 @dataclass
 class EnergyModel:
     """The fitted estimator and its conformal bound."""
@@ -103,6 +123,12 @@ class EnergyModel:
     calibration_n: int
     # Li-ion novelty (sorter.novelty) above which the item is outside the estimator's envelope
     novelty_max: float = math.inf
+    # Group-conditional (Mondrian) bound: bins of the estimate (Wh edges, ascending) and one
+    # quantile per bin (len(edges) + 1; inf: too few calibration items, the physical bound alone).
+    # Empty: the global ``log_q_upper`` for every item.
+    group_edges_wh: tuple[float, ...] = ()
+    log_q_groups: tuple[float, ...] = ()
+    group_calibration_n: tuple[int, ...] = ()
 
     @classmethod
     def fit(
@@ -148,6 +174,73 @@ class EnergyModel:
             out[ok] = np.exp(self.regressor.predict(energy_inputs(raw[ok]))) * w[ok]
         return out
 
+    def group_of(self, est_wh: np.ndarray) -> np.ndarray:
+        """The bound's group of each estimate (the bin index; 0 for all without groups)."""
+        est = np.asarray(est_wh, dtype=np.float64)
+        if not self.log_q_groups:
+            return np.zeros(est.shape, dtype=np.intp)
+        return np.searchsorted(np.asarray(self.group_edges_wh, dtype=np.float64), est, side="right")
+
+    def log_q_for(self, est_wh: np.ndarray) -> np.ndarray:
+        """The conformal quantile that bounds each estimate (the global one without groups)."""
+        est = np.asarray(est_wh, dtype=np.float64)
+        if not self.log_q_groups:
+            return np.full(est.shape, self.log_q_upper)
+        return np.asarray(self.log_q_groups, dtype=np.float64)[self.group_of(est)]
+
+    def with_group_bound(
+        self,
+        raw_cal: np.ndarray,
+        energy_cal: np.ndarray,
+        edges_wh: Sequence[float],
+        *,
+        coverage: float | None = None,
+    ) -> tuple["EnergyModel", dict[str, Any]]:
+        """This model with a group-conditional bound calibrated on held-out Li-ion rows
+        (``raw_cal``, already normalised to the model's line, and their true rated energy).
+
+        Split conformal per group (Mondrian): in each bin of the estimate the
+        ``ceil((n + 1) * coverage)``-th smallest ``log(true / estimate)``; a bin with fewer
+        items than that rank gets ``inf`` (the physical bound alone).  The rows must not have
+        been used to fit the regressor.  Returns the model and a report per group.
+        """
+        edges = check_edges(edges_wh)
+        cov = self.coverage if coverage is None else float(coverage)
+        if not 0 < cov < 1:
+            raise ValueError(f"coverage must be in (0, 1), got {cov}")
+        raw_cal = np.atleast_2d(np.asarray(raw_cal, dtype=np.float64))
+        energy_cal = np.asarray(energy_cal, dtype=np.float64)
+        ok = np.isfinite(energy_cal) & (energy_cal > 0) & np.isfinite(raw_cal[:, _C["weight_g"]])
+        est = self.estimate(raw_cal[ok])
+        r = np.log(energy_cal[ok] / est)
+        g = np.searchsorted(np.asarray(edges), est, side="right")
+        qs, ns, groups = [], [], []
+        for k in range(len(edges) + 1):
+            rk = np.sort(r[g == k])
+            n = int(rk.size)
+            rank = int(np.ceil((n + 1) * cov))
+            q = float(rk[rank - 1]) if 0 < rank <= n else math.inf
+            qs.append(q)
+            ns.append(n)
+            lo = 0.0 if k == 0 else edges[k - 1]
+            hi = math.inf if k == len(edges) else edges[k]
+            groups.append(
+                {
+                    "estimate_wh": [lo, None if math.isinf(hi) else hi],
+                    "calibration_n": n,
+                    "log_q_upper": None if math.isinf(q) else q,
+                    "bound_over_estimate": None if math.isinf(q) else float(np.exp(q)),
+                }
+            )
+        model = replace(self, group_edges_wh=edges, log_q_groups=tuple(qs), group_calibration_n=tuple(ns))
+        report = {
+            "coverage": cov,
+            "calibration_n": int(r.size),
+            "global_log_q_upper": self.log_q_upper,
+            "groups": groups,
+        }
+        return model, report
+
     def predict(self, raw: np.ndarray, fallback: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(energy_wh, energy_wh_upper)`` of raw rows. ``fallback`` (bool per row): use the
         physical bound (the item is outside the model's envelope or its X-ray is missing)."""
@@ -155,7 +248,8 @@ class EnergyModel:
         w = raw[:, _C["weight_g"]]
         est = self.estimate(raw)
         phys = physical_upper_wh(w)
-        upper = np.minimum(est * np.exp(self.log_q_upper), phys)
+        with np.errstate(invalid="ignore"):
+            upper = np.minimum(est * np.exp(self.log_q_for(est)), phys)
         xray_missing = ~np.isfinite(raw[:, _C["xr_area_mm2"]]) | ~np.isfinite(raw[:, _C["xr_high_ok"]])
         fb = xray_missing if fallback is None else (xray_missing | fallback)
         est = np.where(fb, w * self.median_wh_per_g, est)
@@ -171,6 +265,15 @@ class EnergyModel:
             "calibration_n": self.calibration_n,
             "max_wh_per_g": MAX_WH_PER_G,
             "novelty_max": None if math.isinf(self.novelty_max) else self.novelty_max,
+            **(
+                {
+                    "group_edges_wh": list(self.group_edges_wh),
+                    "log_q_groups": [None if math.isinf(q) else q for q in self.log_q_groups],
+                    "group_calibration_n": list(self.group_calibration_n),
+                }
+                if self.log_q_groups
+                else {}
+            ),
         }
 
     @classmethod
@@ -179,6 +282,14 @@ class EnergyModel:
             raise ValueError(f"energy features {d.get('features')} are not this sorter's {list(ENERGY_FEATURES)}")
         nmax = d.get("novelty_max")
         q = d["log_q_upper"]
+        edges = tuple(float(e) for e in d.get("group_edges_wh", ()))
+        qs = tuple(math.inf if x is None else float(x) for x in d.get("log_q_groups", ()))
+        ns = tuple(int(n) for n in d.get("group_calibration_n", ()))
+        if qs and (len(qs) != len(edges) + 1 or list(edges) != sorted(set(edges)) or len(ns) != len(qs)):
+            raise ValueError(
+                f"energy bound groups: {len(edges)} edges need {len(edges) + 1} quantiles and counts, got "
+                f"{len(qs)} and {len(ns)}; recalibrate with 'sorter model energy-bound'"
+            )
         return cls(
             regressor,
             math.inf if q is None else float(q),
@@ -186,4 +297,14 @@ class EnergyModel:
             float(d["median_wh_per_g"]),
             int(d["calibration_n"]),
             math.inf if nmax is None else float(nmax),
+            edges if qs else (),
+            qs,
+            ns if qs else (),
         )
+
+
+DEFAULT_GROUP_EDGES_WH = (30.0, 100.0, 300.0, 1100.0, 1700.0)
+"""Bins of the estimate for the group-conditional bound: cells (< 30 Wh), small packs, tool packs
+and small drop-ins, e-bike packs and mid-size drop-ins (300-1,100), the 12 V 100 Ah drop-ins that
+fill a case (1,100-1,700), modules (above; over a case's limit anyway).  Each bin needs at least
+``1 / (1 - coverage)`` held-out Li-ion items (499 at 99.8 %) for a model bound of its own."""

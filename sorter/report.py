@@ -786,6 +786,24 @@ def _energy_card(manifest: dict[str, Any]) -> list[str]:
         + ("no limit" if en.get("novelty_max") is None else f"{en['novelty_max']:.1f}")
         + ") or without an X-ray;",
     ]
+    groups = manifest.get("energy_bound_calibration", {}).get("groups") if en.get("log_q_groups") else None
+    if groups:  # sorter model energy-bound: one quantile per bin of the estimate
+        parts = []
+        for g in groups:
+            lo, hi = g["estimate_wh"]
+            f = g["bound_over_estimate"]
+            parts.append(
+                f"{lo:g}-{'' if hi is None else f'{hi:g}'} Wh: "
+                + (f"x {f:.3f}" if f is not None else "physical")
+                + f" ({g['calibration_n']} items)"
+            )
+        cal = manifest["energy_bound_calibration"]
+        out.append(
+            "- the bound used is group-conditional (`sorter model energy-bound`, Mondrian conformal at "
+            f"{100 * cal['coverage']:.1f} % per bin of the estimate, held-out logs {', '.join(cal.get('logs', []))}): "
+            + "; ".join(parts)
+            + "; the single bound above is not used;"
+        )
     if rep.get("fitted"):
         out.append(
             f"- on {rep['report_n']} other held-out Li-ion items: median error {rep['median_abs_error_wh']:.1f} Wh "

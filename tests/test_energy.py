@@ -115,3 +115,98 @@ def test_scoring_gives_li_ion_and_hazard_items_an_energy_and_bound(tmp_path):
 def test_physical_bound_allows_for_a_scale_that_reads_light():
     """A 21700 NMC cell (68 g, 18.4 Wh, 270 Wh/kg) read 5 g light is still bounded."""
     assert physical_upper_wh(np.array([63.0]))[0] >= 18.4
+
+
+# -- the group-conditional (Mondrian) bound ------------------------------------------------------
+
+
+def mixed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic items whose estimate is good for the large ones and poor for the small ones:
+    the small ones' true energy scatters from -25 % to +20 % around what their measurements tell
+    (never above the physical 0.30 Wh/g, which caps every bound)."""
+    raw, e = packs(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    small = raw[:, C["weight_g"]] < 8000
+    e = np.where(small, e * rng.uniform(0.75, 1.2, n), e)
+    return raw, e
+
+
+def test_group_bound_is_tighter_where_the_estimate_is_good_and_covers_each_group(energy_model):
+    raw_c, e_c = mixed(4000, 11)
+    est_c = energy_model.estimate(raw_c)
+    edge = float(np.median(est_c))
+    grouped, report = energy_model.with_group_bound(raw_c, e_c, [edge])
+    assert [g["calibration_n"] for g in report["groups"]] == [int((est_c < edge).sum()), int((est_c >= edge).sum())]
+    # each group's quantile is the split-conformal rank of its own residuals
+    r = np.log(e_c / est_c)
+    for k, m in enumerate([est_c < edge, est_c >= edge]):
+        rs = np.sort(r[m])
+        assert grouped.log_q_groups[k] == rs[math.ceil((rs.size + 1) * grouped.coverage) - 1]
+    single, _ = energy_model.with_group_bound(raw_c, e_c, [1e12])  # one group: the global rule
+    raw, e = mixed(5000, 12)
+    est, upper = grouped.predict(raw)
+    _, upper1 = single.predict(raw)
+    for m in (est < edge, est >= edge):  # coverage holds within each group, not only overall
+        assert np.mean(upper[m] >= e[m]) >= 0.99
+    # the well-estimated group's bound is tighter than one global quantile would give it, the other's looser
+    big = est >= edge
+    assert grouped.log_q_groups[1] < single.log_q_groups[0] < grouped.log_q_groups[0]
+    assert np.mean(upper[big] / est[big]) < np.mean(upper1[big] / est[big])
+    assert (upper <= physical_upper_wh(raw[:, C["weight_g"]]) + 1e-9).all()
+
+
+def test_group_bound_survives_the_manifest_and_a_thin_group_gets_the_physical_bound(energy_model):
+    raw_c, e_c = mixed(1500, 13)
+    est_c = energy_model.estimate(raw_c)
+    top = float(np.sort(est_c)[-50])  # 50 items above: too few for a 99.8 % rank
+    grouped, report = energy_model.with_group_bound(raw_c, e_c, [float(np.median(est_c)), top])
+    assert math.isinf(grouped.log_q_groups[-1]) and report["groups"][-1]["log_q_upper"] is None
+    again = EnergyModel.from_json(grouped.to_json(), grouped.regressor)
+    raw, _ = mixed(300, 14)
+    np.testing.assert_array_equal(again.predict(raw)[1], grouped.predict(raw)[1])
+    _, upper = grouped.predict(raw)
+    est = grouped.estimate(raw)
+    w = raw[:, C["weight_g"]]
+    np.testing.assert_allclose(upper[est >= top], physical_upper_wh(w[est >= top]))
+    # a manifest without groups reads as before: one global quantile
+    plain = energy_model.to_json()
+    assert "log_q_groups" not in plain and not EnergyModel.from_json(plain, energy_model.regressor).log_q_groups
+    with pytest.raises(ValueError, match="edges"):
+        energy_model.with_group_bound(raw_c, e_c, [300.0, 100.0])
+    bad = dict(grouped.to_json(), log_q_groups=[0.1])
+    with pytest.raises(ValueError, match="quantiles"):
+        EnergyModel.from_json(bad, grouped.regressor)
+
+
+def test_sorter_model_energy_bound_writes_a_model_with_the_group_bound(model, tmp_path, capsys):
+    from sorter.cli import main
+    from sorter.model import load_model
+    from sorter.simulate import SimConfig, simulate_log
+
+    log = tmp_path / "heldout"
+    simulate_log(SimConfig(items=40, seed=31, mix="balanced"), str(log), workers=1)
+    out = tmp_path / "model"
+    assert main(["model", "energy-bound", str(log), "--out", str(out), "--edges-wh", "100,1100"]) == 0
+    printed = capsys.readouterr().out
+    assert "estimate 0-100 Wh" in printed and "estimate 1100- Wh" in printed
+    m = load_model(out)
+    assert m.energy.group_edges_wh == (100.0, 1100.0) and len(m.energy.log_q_groups) == 3
+    cal = m.manifest["energy_bound_calibration"]
+    assert cal["logs"] == ["heldout"] and sum(g["calibration_n"] for g in cal["groups"]) == cal["calibration_n"] > 0
+    assert "group-conditional" in (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    # A few held-out items: too few for a 99.8 % rank in any group, so the physical bound alone;
+    # the classifier and the estimate are those of the model it came from.
+    raw = np.random.default_rng(0).uniform(1, 2, (4, len(RAW_COLUMNS)))
+    raw[:, C["weight_g"]] = [500.0, 2000.0, 9000.0, 12000.0]
+    est0, _ = model.energy.predict(raw)
+    est1, up1 = m.energy.predict(raw)
+    np.testing.assert_allclose(est1, est0)
+    np.testing.assert_allclose(up1, physical_upper_wh(raw[:, C["weight_g"]]))
+    np.testing.assert_allclose(m.predict(raw)[0], model.predict(raw)[0])
+    # mistakes: exit 2 with a message
+    assert main(["model", "energy-bound", str(log), "--out", str(out)]) == 2  # --out holds a model
+    assert main(["model", "energy-bound", str(log), "--out", str(tmp_path / "m2"), "--edges-wh", "300,100"]) == 2
+    assert main(["model", "energy-bound", str(log), "--out", str(tmp_path / "m3"), "--edges-wh", "a,b"]) == 2
+    assert main(["model", "energy-bound", str(tmp_path / "nolog"), "--out", str(tmp_path / "m4")]) == 2
+    err = capsys.readouterr().err
+    assert "ascending" in err and "no such log directory" in err

@@ -50,6 +50,12 @@ def _add_pack(sub: Any) -> None:
     )
     p.add_argument("--first-case", type=int, default=1, help="number n of the first case (default 1)")
     p.add_argument(
+        "--positions",
+        type=int,
+        default=1,
+        help="cases open side by side at the station (default 1); each item goes into the fullest it fits",
+    )
+    p.add_argument(
         "--state",
         default=None,
         help=(
@@ -77,6 +83,8 @@ def _cmd_pack(args: Any) -> int:
         raise SorterError(f"--limit-wh must be a positive number of Wh, got {args.limit_wh}")
     if args.mass_limit_kg is not None and not (math.isfinite(args.mass_limit_kg) and args.mass_limit_kg > 0):
         raise SorterError(f"--mass-limit-kg must be a positive number of kg, got {args.mass_limit_kg}")
+    if not 1 <= args.positions <= 16:
+        raise SorterError(f"--positions must be 1 to 16 case positions, got {args.positions}")
     if args.first_case < 1:
         raise SorterError(f"--first-case must be 1 or more, got {args.first_case}")
     consignor = load_consignor(args.consignor)
@@ -96,10 +104,11 @@ def _cmd_pack(args: Any) -> int:
         case_id_scheme=args.case_id_scheme,
         line=line,
         auto_open=True,
+        positions=args.positions,
     )
     if state is not None:
         state = state.reconfigure(config)
-        if state.open_case is None and args.first_case > state.next_n:
+        if not state.open_cases and args.first_case > state.next_n:
             state = StationState(config, None, args.first_case)
     else:
         state = StationState.new(config, args.first_case)
@@ -138,31 +147,83 @@ def _cmd_pack(args: Any) -> int:
 def _add_cases(sub: Any) -> None:
     p = sub.add_parser(
         "cases",
-        help="list, show or export the cases a pack run planned",
-        description=("Read the cases a 'sorter pack' run wrote (--from DIR)."),
+        help="list, show or export cases: the line's (from its audit log) or a pack run's",
+        description=(
+            "Read the cases the line packed, from its audit log (--audit PATH, the line's audit.path; add --log DIR, "
+            "the log the line followed, for products and X-ray thumbnails), or the cases a 'sorter pack' run "
+            "planned (--from DIR). 'manifest' writes a closed case's manifest (CSV and printable HTML)."
+        ),
     )
     csub = p.add_subparsers(dest="cases_command", metavar="ACTION")
-    common = {"required": True, "help": "the --out directory of a 'sorter pack' run"}
+
+    def source_args(q: Any) -> None:
+        g = q.add_mutually_exclusive_group(required=True)
+        g.add_argument("--from", dest="source", help="the --out directory of a 'sorter pack' run")
+        g.add_argument("--audit", default=None, help="the line's audit log (audit.path in its configuration)")
+        q.add_argument(
+            "--log",
+            default=None,
+            help="with --audit: the log the line followed (line.log_dir), for products and X-rays",
+        )
+
     a = csub.add_parser("list", help="one line per case: id, items, summed bound, fill, mass")
-    a.add_argument("--from", dest="source", **common)
+    source_args(a)
     a.set_defaults(func=_cmd_list)
     b = csub.add_parser("show", help="a case's totals and items")
     b.add_argument("case_id", metavar="ID")
-    b.add_argument("--from", dest="source", **common)
+    source_args(b)
     b.add_argument("--json", action="store_true", help="print JSON instead of text")
     b.set_defaults(func=_cmd_show)
     c = csub.add_parser("export", help="the cases' totals (or, with --items, their items) as CSV or JSON")
-    c.add_argument("--from", dest="source", **common)
+    source_args(c)
     c.add_argument("--out", default="-", help="output file (.csv or .json; default: CSV to standard output)")
     c.add_argument("--items", action="store_true", help="one row per item instead of one per case")
     c.set_defaults(func=_cmd_export)
+    m = csub.add_parser("manifest", help="write a closed case's manifest: case-ID.csv and a printable case-ID.html")
+    m.add_argument("case_id", metavar="ID")
+    source_args(m)
+    m.add_argument("--out", required=True, help="directory to write the two files into (created if missing)")
+    m.add_argument("--consignor", default=None, help="consignor/permit block for the manifest, a TOML or JSON file")
+    m.add_argument("--no-thumbnails", action="store_true", help="leave the X-ray thumbnails out")
+    m.add_argument("--force", action="store_true", help="replace the case's manifest files if they exist")
+    m.set_defaults(func=_cmd_manifest)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def _source(args: Any) -> Any:
-    from .records import PackDirSource
+    from .records import AuditSource, PackDirSource
 
+    if getattr(args, "audit", None):
+        return AuditSource(args.audit, args.log)
+    if getattr(args, "log", None):
+        raise SorterError("--log goes with --audit (a pack run's items name their logs already)")
     return PackDirSource(args.source)
+
+
+def _cmd_manifest(args: Any) -> int:
+    from .manifest import load_consignor, manifest_renderer
+    from .plan import safe_file_id, write_manifest
+
+    consignor = load_consignor(args.consignor)
+    src = _source(args)
+    case, items, config = src.manifest_inputs(args.case_id)
+    if case.is_open:
+        raise SorterError(f"case {case.case_id} is still open: its manifest is written once it is closed")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SorterError(f"--out {out} is a file; pass a directory")
+    fid = safe_file_id(case.case_id)
+    existing = [f for f in (out / f"case-{fid}.csv", out / f"case-{fid}.html") if f.exists()]
+    if existing and not args.force:
+        raise SorterError(f"{existing[0]} exists; pass --force to replace it, or choose another --out")
+    origin = f"the line's audit log {Path(args.audit).name}" if args.audit else str(src.summary.get("scores") or "")
+    render = manifest_renderer(config, consignor, scores=origin, thumbnails=not args.no_thumbnails)
+    out.mkdir(parents=True, exist_ok=True)
+    s = write_manifest(case, items, config, out, render=render)
+    print(
+        f"wrote {out / s['manifest_csv']} and {out / s['manifest_html']} ({s['items']} item(s), {s['upper_wh']:.1f} Wh)"
+    )
+    return 0
 
 
 def _cmd_list(args: Any) -> int:
@@ -195,8 +256,10 @@ def _cmd_show(args: Any) -> int:
         f"{'—' if s['energy_wh'] is None else format(s['energy_wh'], '.1f')} Wh; gross mass {s['mass_g'] / 1000:.2f} kg"
         + (f" + {s['mass_unknown']} without a weight" if s["mass_unknown"] else "")
     )
-    if s.get("manifest_html"):
+    if s.get("manifest_html") and args.source:
         print(f"manifest: {Path(args.source) / s['manifest_html']}")
+    elif s["status"] == "closed":
+        print(f"manifest: sorter cases manifest {s['case_id']} --audit {args.audit} --out DIR")
     print(f"{'#':>3} {'item':<14} {'est. Wh':>8} {'bound Wh':>9} {'weight g':>9}  product")
     for r in rec.items:
         print(

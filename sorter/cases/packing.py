@@ -1,5 +1,9 @@
 """The packing core: a case station's open case, and where each hazard item goes.
 
+Why this module is long (about 630 lines): the rules of :func:`offer` and the state they act on
+(configuration, item, case, station state, each with the JSON round trip that re-checks every
+invariant a restart relies on) are one unit; apart, the state's checks would drift from the rules.
+
 One code path for the line and for recorded logs.  The line controller keeps a
 :class:`StationState` per case station and offers each item routed to the
 station's lane as it is decided; ``sorter pack`` offers a scored log's items in
@@ -16,10 +20,20 @@ The rules of :func:`offer`, in order (the first that applies decides):
    **not packable**.
 4. No case is open: with ``auto_open`` a new case opens and takes the item;
    otherwise **no case ready**.
-5. The open case's summed bound plus the item's stays within the limit (and
-   its gross mass within the mass limit): **assigned** to the open case.
-6. Otherwise the open case **closes** (reason ``full``); with ``auto_open`` a
-   new case opens and takes the item, otherwise the item is **no case ready**.
+5. The item fits an open case (its summed bound plus the item's stays within
+   the limit, and its gross mass within the mass limit): **assigned** to it; with
+   several open cases, to the fullest it fits (best fit).
+6. Otherwise, while the station has a free case position (``positions``, default
+   1), a new case opens there and takes the item (``auto_open``).  Else the
+   fullest open case **closes** (reason ``full``); with ``auto_open`` a new case
+   opens in its position and takes the item, otherwise the item is **no case
+   ready**.
+
+With one position (the default, and the line's today) rules 5 and 6 are: into
+the open case if it fits, else the case closes and the next one takes the item.
+Several positions (``sorter pack --positions N``: a station with N cases open
+side by side, each item dropped into the one the plan names) keep a case open
+while later, smaller items can still fill it; they need ``auto_open``.
 
 An item that is not packable or finds no case ready goes to the station's safe
 place (``docs/cases.md``), never the breaker; the outcome's ``reason`` says why.
@@ -118,8 +132,16 @@ class StationConfig:
     case_id_scheme: str = DEFAULT_ID_SCHEME
     line: str = "line-1"
     auto_open: bool = False
+    positions: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.positions, bool) or not isinstance(self.positions, int) or not 1 <= self.positions <= 16:
+            raise CaseStateError(f"positions must be a whole number of case positions, 1 to 16, got {self.positions!r}")
+        if self.positions > 1 and not self.auto_open:
+            raise CaseStateError(
+                f"positions = {self.positions} needs auto_open (planning recorded logs): the line's PLC case block "
+                "has one case position; use positions = 1 on the line"
+            )
         if not isinstance(self.lane, str) or not self.lane:
             raise CaseStateError(f'case station lane must be a lane name, got {self.lane!r}; e.g. lane = "hazard"')
         if not _finite_nonneg(self.limit_wh) or self.limit_wh <= 0 or isinstance(self.limit_wh, bool):
@@ -179,6 +201,8 @@ class StationConfig:
             "case_id_scheme": self.case_id_scheme,
             "line": self.line,
             "auto_open": self.auto_open,
+            # only when used: a one-position state reads the same as before positions existed
+            **({"positions": self.positions} if self.positions != 1 else {}),
         }
 
     @classmethod
@@ -373,18 +397,34 @@ class Offer:
     @property
     def seq(self) -> int | None:
         """The item's position in its case (1 = first), if assigned."""
-        if self.kind != "assigned" or self.state.open_case is None:
+        if self.kind != "assigned":
             return None
-        return len(self.state.open_case.items)
+        for case in self.state.open_cases:
+            if case.case_id == self.case_id:
+                return len(case.items)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
 class StationState:
-    """A case station's state: its configuration, the open case, the next case number."""
+    """A case station's state: its configuration, the open case, the next case number.
+
+    ``other_cases``: with several case positions, the open cases besides ``open_case``
+    (in opening order; empty with one position)."""
 
     config: StationConfig
     open_case: Case | None = None
     next_n: int = 1
+    other_cases: tuple[Case, ...] = ()
+
+    @property
+    def open_cases(self) -> tuple[Case, ...]:
+        """Every open case (``open_case`` first)."""
+        return ((self.open_case,) if self.open_case is not None else ()) + self.other_cases
+
+    def _with_open(self, cases: Sequence[Case]) -> StationState:
+        cases = tuple(cases)
+        return replace(self, open_case=cases[0] if cases else None, other_cases=cases[1:])
 
     @classmethod
     def new(cls, config: StationConfig, first_n: int = 1) -> StationState:
@@ -410,17 +450,31 @@ class StationState:
         return replace(self, open_case=case, next_n=self.next_n + 1), case
 
     def close(self, now: float, reason: str = "closed by operator") -> tuple[StationState, Case | None]:
-        """Close the open case (if any); no case is ready afterwards."""
+        """Close the open case (if any); no case is ready afterwards (with several positions,
+        the next open case, if any, becomes ``open_case``)."""
         if self.open_case is None:
             return self, None
         closed = replace(self.open_case, closed_t=float(now), close_reason=reason)
-        return replace(self, open_case=None), closed
+        return self._with_open(self.other_cases), closed
+
+    def close_all(self, now: float, reason: str) -> tuple[StationState, list[Case]]:
+        """Close every open case, in opening order."""
+        st, out = self, []
+        while st.open_case is not None:
+            st, closed = st.close(now, reason)
+            assert closed is not None
+            out.append(closed)
+        return st, out
 
     def reconfigure(self, config: StationConfig) -> StationState:
         """The same open case under a new configuration (e.g. after a restart with an
         edited file).  Refused if the open case would exceed the new limits."""
-        c = self.open_case
-        if c is not None:
+        if len(self.open_cases) > config.positions:
+            raise CaseStateError(
+                f"{len(self.open_cases)} cases are open, more than the new configuration's {config.positions} "
+                "position(s); close cases under the old configuration first"
+            )
+        for c in self.open_cases:
             if c.upper_mwh > config.limit_mwh:
                 raise CaseStateError(
                     f"open case {c.case_id} holds {c.upper_wh:.3f} Wh of bounds, over the new limit {config.limit_wh} Wh;"
@@ -437,12 +491,15 @@ class StationState:
     # -- persistence --------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": STATE_FORMAT,
             "config": self.config.to_dict(),
             "open_case": None if self.open_case is None else self.open_case.to_dict(),
             "next_n": self.next_n,
         }
+        if self.other_cases:  # only with several positions: a one-position state reads as before
+            d["other_cases"] = [c.to_dict() for c in self.other_cases]
+        return d
 
     def to_json(self) -> str:
         """The state as one line of JSON (no NaN: missing numbers are ``null``)."""
@@ -454,19 +511,37 @@ class StationState:
             raise CaseStateError(
                 f"{where}: not a {STATE_FORMAT} state (format {d.get('format') if isinstance(d, dict) else None!r})"
             )
-        if set(d) != {"format", "config", "open_case", "next_n"}:
-            raise CaseStateError(f"{where}: expected keys format, config, open_case, next_n; got {sorted(d)}")
+        if (
+            not {"format", "config", "open_case", "next_n"}
+            <= set(d)
+            <= {
+                "format",
+                "config",
+                "open_case",
+                "next_n",
+                "other_cases",
+            }
+        ):
+            raise CaseStateError(
+                f"{where}: expected keys format, config, open_case, next_n (and other_cases); got {sorted(d)}"
+            )
         cfg = StationConfig.from_dict(d["config"], f"{where}.config")
         n = d["next_n"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise CaseStateError(f"{where}.next_n: expected a positive integer, got {n!r:.40}")
         case = None if d["open_case"] is None else Case.from_dict(d["open_case"], f"{where}.open_case")
-        if case is not None:
-            if not case.is_open:
-                raise CaseStateError(f"{where}.open_case: the case is marked closed")
-            if case.n >= n:
-                raise CaseStateError(f"{where}: open case number {case.n} is not below next_n {n}")
-        st = cls(cfg, case, n)
+        others = d.get("other_cases", [])
+        if not isinstance(others, list) or (others and case is None):
+            raise CaseStateError(f"{where}.other_cases: expected a list beside an open case")
+        more = tuple(Case.from_dict(x, f"{where}.other_cases[{k}]") for k, x in enumerate(others))
+        for c in ((case,) if case is not None else ()) + more:
+            if not c.is_open:
+                raise CaseStateError(f"{where}: case {c.case_id} is marked closed")
+            if c.n >= n:
+                raise CaseStateError(f"{where}: open case number {c.n} is not below next_n {n}")
+        if len({c.n for c in more} | ({case.n} if case is not None else set())) != len(more) + (case is not None):
+            raise CaseStateError(f"{where}: two open cases have the same number")
+        st = cls(cfg, case, n, more)
         if case is not None:
             try:
                 st.reconfigure(cfg)  # the open case within the limits
@@ -538,13 +613,21 @@ def offer(state: StationState, item: PackItem, now: float | None = None) -> Offe
 
     closed = None
     st = state
-    if st.open_case is not None and not fits(st.open_case):
-        st, closed = st.close(t, "full")
-    if st.open_case is None:
-        if not cfg.auto_open:
-            why = f"case {closed.case_id} full ({closed.upper_wh:.1f} Wh of {cfg.limit_wh:g}); " if closed else ""
-            return _refuse(st, item, "no_case_ready", why + f"no case ready at the {cfg.lane} station", closed)
-        st, _ = st.open(t)
-    case = st.open_case
-    assert case is not None and fits(case)  # an empty case fits any packable item (rules 2 and 3)
-    return Offer("assigned", item, case.case_id, "", replace(st, open_case=case.with_item(item)), closed)
+    cases = list(st.open_cases)
+    fitting = [k for k, c in enumerate(cases) if fits(c)]
+    if fitting:  # rule 5: the fullest case the item fits (the only one, with one position)
+        k = max(fitting, key=lambda j: (cases[j].upper_mwh, -j))
+        cases[k] = cases[k].with_item(item)
+        return Offer("assigned", item, cases[k].case_id, "", st._with_open(cases), None)
+    if len(cases) >= cfg.positions:  # rule 6: no free position: the fullest case closes
+        k = max(range(len(cases)), key=lambda j: (cases[j].upper_mwh, -j))
+        closed = replace(cases.pop(k), closed_t=float(t), close_reason="full")
+        st = st._with_open(cases)
+    if not cfg.auto_open:
+        why = f"case {closed.case_id} full ({closed.upper_wh:.1f} Wh of {cfg.limit_wh:g}); " if closed else ""
+        return _refuse(st, item, "no_case_ready", why + f"no case ready at the {cfg.lane} station", closed)
+    new = Case(cfg.case_id(st.next_n, t), st.next_n, float(t))
+    assert fits(new)  # an empty case fits any packable item (rules 2 and 3)
+    new = new.with_item(item)
+    st = replace(st._with_open([*cases, new]), next_n=st.next_n + 1)
+    return Offer("assigned", item, new.case_id, "", st, closed)

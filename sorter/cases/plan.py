@@ -254,8 +254,8 @@ def plan_items(
     cases: list[Case] = []
     planned: list[PlannedItem] = []
     last_t = run_t
-    if st.open_case is not None:  # items of a resumed open case: listed, not offered again
-        for k, pi in enumerate(st.open_case.items, start=1):
+    for resumed in st.open_cases:  # items of a resumed open case: listed, not offered again
+        for k, pi in enumerate(resumed.items, start=1):
             planned.append(
                 PlannedItem(
                     "",
@@ -267,7 +267,7 @@ def plan_items(
                     None,
                     "assigned",
                     "carried over in the open case of --state",
-                    st.open_case.case_id,
+                    resumed.case_id,
                     k,
                 )
             )
@@ -280,12 +280,11 @@ def plan_items(
         it.status, it.reason, it.case_id, it.seq = r.kind, r.reason, r.case_id, r.seq
         st = r.state
         planned.append(it)
-    if close_last and st.open_case is not None:
-        st, closed = st.close(last_t, "end of input")
-        assert closed is not None
-        cases.append(closed)
-    elif st.open_case is not None:
-        cases.append(st.open_case)
+    if close_last:
+        st, closed_all = st.close_all(last_t, "end of input")
+        cases.extend(sorted(closed_all, key=lambda c: c.n))
+    else:
+        cases.extend(sorted(st.open_cases, key=lambda c: c.n))
     return PackPlan(config, planned, cases, st)
 
 
@@ -364,6 +363,40 @@ def case_summary(case: Case, config: StationConfig) -> dict[str, Any]:
     }
 
 
+def write_manifest(
+    case: Case, items: list[PlannedItem], config: StationConfig, out: Path, *, render: Any = None
+) -> dict[str, Any]:
+    """Write a closed case's manifest CSV (and, with ``render(case, items) -> str``, its HTML
+    page) into ``out``; return the case's totals (:func:`case_summary`, with the file names)."""
+    s = case_summary(case, config)
+    if case.is_open:
+        raise SorterError(f"case {case.case_id} is still open: a manifest is written once the case is closed")
+    with open(out / s["manifest_csv"], "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(MANIFEST_COLUMNS)
+        for it in items:
+            w.writerow(
+                [
+                    _cell(x)
+                    for x in (
+                        case.case_id,
+                        it.seq,
+                        it.item_id,
+                        it.log,
+                        it.line_no,
+                        it.product,
+                        it.item.energy_wh,
+                        it.item.energy_wh_upper,
+                        it.item.weight_g,
+                        iso(it.item.t),
+                    )
+                ]
+            )
+    if render is not None:
+        (out / s["manifest_html"]).write_text(render(case, items), encoding="utf-8")
+    return s
+
+
 OWNED_PATTERNS = (CASES_FILE, SUMMARY_FILE, STATE_FILE, "case-*.csv", "case-*.html")
 
 
@@ -421,29 +454,7 @@ def write_plan(
         summaries.append(s)
         if case.is_open:
             continue
-        with open(out / s["manifest_csv"], "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(MANIFEST_COLUMNS)
-            for it in groups.get(case.case_id, []):
-                w.writerow(
-                    [
-                        _cell(x)
-                        for x in (
-                            case.case_id,
-                            it.seq,
-                            it.item_id,
-                            it.log,
-                            it.line_no,
-                            it.product,
-                            it.item.energy_wh,
-                            it.item.energy_wh_upper,
-                            it.item.weight_g,
-                            iso(it.item.t),
-                        )
-                    ]
-                )
-        if render is not None:
-            (out / s["manifest_html"]).write_text(render(case, groups.get(case.case_id, [])), encoding="utf-8")
+        write_manifest(case, groups.get(case.case_id, []), plan.config, out, render=render)
     refused: dict[str, int] = {}
     for it in plan.items:
         if it.status != "assigned":

@@ -113,6 +113,31 @@ def test_the_station_state_resumes_an_open_case(hazard_scores, tmp_path):
     assert s2["items"] == len(man) >= len(st.open_case.items)
 
 
+def test_several_positions_fill_no_more_cases_and_keep_every_case_within_the_limit(hazard_scores, packed, tmp_path):
+    out = tmp_path / "p3"
+    args = ["pack", str(hazard_scores["scores"]), "--line", "L1", "--no-thumbnails"]
+    assert main([*args, "--out", str(out), "--positions", "3", "--keep-open"]) == 0
+    rows = read_csv(out / "cases.csv")
+    assert [r["item_id"] for r in rows] == hazard_scores["hazard"]  # each item once, in belt order
+    sums = defaultdict(float)
+    for r in rows:
+        if r["status"] == "assigned":
+            sums[r["case_id"]] += float(r["energy_wh_upper"])
+    assert max(sums.values()) <= 2100.0
+    one = json.loads((packed / "summary.json").read_text())["cases"]
+    three = json.loads((out / "summary.json").read_text())["cases"]
+    assert len(three) <= len(one)
+    st = StationState.from_json((out / "station.json").read_text())
+    assert 1 <= len(st.open_cases) <= 3 and sum(c["status"] == "open" for c in three) == len(st.open_cases)
+    # the next run resumes the three positions; with one position it is refused, with a message
+    assert (
+        main([*args, "--out", str(tmp_path / "again"), "--positions", "3", "--state", str(out / "station.json")]) == 0
+    )
+    if len(st.open_cases) > 1:
+        assert main([*args, "--out", str(tmp_path / "one"), "--state", str(out / "station.json")]) == 2
+    assert main([*args, "--out", str(tmp_path / "zero"), "--positions", "0"]) == 2
+
+
 def test_pack_reads_the_csv_scores_too_and_a_mass_limit_holds(hazard_scores, tmp_path):
     csv_scores = tmp_path / "scores.csv"
     pacsv.write_csv(hazard_scores["table"], csv_scores)
@@ -194,3 +219,16 @@ def test_a_log_that_cannot_be_read_leaves_blanks_not_a_crash(hazard_scores, tmp_
     assert [r["item_id"] for r in rows] == hazard_scores["hazard"] and all(r["t"] == "" for r in rows)
     page = next(out.glob("case-*.html")).read_text()
     assert "no X-ray" in page and "data:image/png" not in page
+
+
+def test_cases_manifest_rewrites_a_pack_runs_manifest_with_the_same_content(packed, tmp_path):
+    summary = json.loads((packed / "summary.json").read_text())
+    c = next(c for c in summary["cases"] if c["status"] == "closed" and c["items"] >= 2)
+    out = tmp_path / "again"
+    assert main(["cases", "manifest", c["case_id"], "--from", str(packed), "--out", str(out)]) == 0
+    assert (out / c["manifest_csv"]).read_text() == (packed / c["manifest_csv"]).read_text()
+    html, before = (out / c["manifest_html"]).read_text(), (packed / c["manifest_html"]).read_text()
+    for r in read_csv(packed / c["manifest_csv"]):
+        assert r["item_id"] in html
+    assert html.count("data:image/png;base64,") == before.count("data:image/png;base64,")
+    assert f"{c['upper_wh']:,.1f}" in html and "UN3480" in html

@@ -116,6 +116,68 @@ def test_a_restart_from_json_changes_nothing(evs, limit, auto_open):
     assert ca == cb
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(items, items, items, st.just("restart")), max_size=80), limits, st.integers(1, 4))
+def test_several_positions_never_over_the_limit_each_item_once_and_a_restart_changes_nothing(evs, limit, positions):
+    cfg = StationConfig(line="L1", limit_wh=limit, auto_open=True, positions=positions)
+    state = StationState.new(cfg)
+    cases: dict[str, list] = {}
+    closed = []
+    offers = []
+    for ev in evs:
+        if ev == "restart":
+            again = StationState.from_json(state.to_json())
+            assert again == state
+            state = again
+            continue
+        r = state.offer(ev, now=T0 + len(offers))
+        offers.append(r)
+        assert len(r.state.open_cases) <= positions
+        if r.closed is not None:
+            closed.append(r.closed)
+            assert r.closed.close_reason == "full"
+            assert (
+                r.kind == "assigned" and len(state.open_cases) == positions
+            )  # closed only when every position is taken
+        if r.kind == "assigned":
+            cases.setdefault(r.case_id, []).append(r.item)
+            assert r.seq == len(cases[r.case_id])
+        state = r.state
+    final = list(closed) + list(state.open_cases)
+    assert sorted(c.case_id for c in final) == sorted(cases)  # every case that took an item, once
+    for c in final:
+        assert math.fsum(i.energy_wh_upper for i in c.items) <= limit and c.upper_wh <= limit
+        assert list(c.items) == cases[c.case_id]  # each case holds its items in belt order
+    assert sum(len(c.items) for c in final) == sum(r.kind == "assigned" for r in offers)
+    if positions == 1:  # one position: exactly the one-case station
+        one = StationState.new(StationConfig(line="L1", limit_wh=limit, auto_open=True))
+        for k, ev in enumerate(e for e in evs if e != "restart"):
+            r1 = one.offer(ev, now=T0 + k)
+            one = r1.state
+        assert one.to_json() == state.to_json()
+
+
+def test_positions_keep_a_case_open_for_a_later_small_item_and_need_auto_open():
+    cfg = StationConfig(line="L1", limit_wh=2100.0, auto_open=True, positions=2)
+    s = StationState.new(cfg)
+    for k, u in enumerate([1400.0, 1400.0, 650.0, 690.0]):
+        r = s.offer(PackItem(f"I{k}", energy_wh_upper=u), now=T0)
+        s = r.state
+        assert r.closed is None
+    assert [(c.case_id[-4:], c.upper_wh) for c in s.open_cases] == [("0001", 2050.0), ("0002", 2090.0)]
+    r = s.offer(PackItem("I4", energy_wh_upper=100.0), now=T0)  # fits neither: the fullest closes
+    assert r.closed.case_id.endswith("0002") and r.case_id.endswith("0003")
+    st2 = StationState.from_json(r.state.to_json())
+    assert st2 == r.state and len(st2.open_cases) == 2
+    with pytest.raises(CaseStateError, match="auto_open"):
+        StationConfig(positions=2)
+    with pytest.raises(CaseStateError, match="positions"):
+        StationConfig(positions=0, auto_open=True)
+    with pytest.raises(CaseStateError, match="position"):
+        st2.reconfigure(StationConfig(line="L1", auto_open=True))  # two open cases, one position
+    assert "positions" not in StationState.new(StationConfig()).to_json()  # one position: the old format
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(items, max_size=60), limits)
 def test_the_open_case_rebuilds_from_per_item_records(its, limit):
