@@ -401,7 +401,9 @@ class LineWatcher:
 
     def _start_id(self, since: float) -> int:
         """The first audit id decided at or after ``since`` (binary search on the row id; ids follow time)."""
-        rows = self.audit.query("SELECT MIN(id), MAX(id) FROM decisions")
+        # Two subqueries: SQLite reads a lone MIN or MAX off the row id's b-tree, but scans the
+        # whole table for both in one SELECT (seconds at 30 days of rows).
+        rows = self.audit.query("SELECT (SELECT MIN(id) FROM decisions), (SELECT MAX(id) FROM decisions)")
         if not rows or rows[0][0] is None:
             return 0
         lo, hi = int(rows[0][0]), int(rows[0][1])

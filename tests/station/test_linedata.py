@@ -227,3 +227,29 @@ def test_a_restarted_station_and_a_running_one_agree_as_rows_come_and_go(tmp_pat
     # restarted stations read the log as it is now; old and new queries still agree
     snap = assert_same(audit, tmp_path)
     assert snap["items_total"] == count_rows(audit) < len(recs) + len(more)
+
+
+def test_neither_the_station_start_nor_a_refresh_scans_the_decisions_table(tmp_path: Path) -> None:
+    """Every statement the watcher runs searches an index or the row id (or scans the pending rows'
+    partial index): its cost does not grow with the days of rows in the log."""
+    audit = tmp_path / "audit.sqlite"
+    several_days(audit)
+    store = StationStore(tmp_path / "station.sqlite")
+    reader = AuditReader(audit)
+    assert reader.available
+    seen: list[str] = []
+    reader._conn.set_trace_callback(seen.append)  # type: ignore[union-attr]
+    w = LineWatcher(reader, LineLog(None, store), store, clock=lambda: NOW)
+    w.refresh()
+    write(audit, days_of_rows(10**5, NOW - 5.0, NOW, 1.0))
+    w.refresh()
+    reader._conn.set_trace_callback(None)  # type: ignore[union-attr]
+    scans = []
+    with sqlite3.connect(audit) as conn:
+        for sql in seen:
+            if "decisions" not in sql or not sql.lstrip().upper().startswith("SELECT"):
+                continue
+            plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            if any(step.startswith("SCAN decisions") and "decisions_pending" not in step for step in plan):
+                scans.append((sql, plan))
+    assert len(seen) > 20 and scans == []
