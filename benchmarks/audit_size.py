@@ -5,9 +5,11 @@
 Builds an audit log (the controller's own schema, :class:`sorter.line.audit.AuditLog`) with rows spread
 evenly over ``--days`` days, growing it to each size of ``--rows`` in turn, and at each size times every
 query the line runs against it: the operator station's (``sorter/station/linedata.py``) and the
-controller's (start-up: resume point, pending rows, row count; the summary; the re-check of a line).  Each
-query is run 5 times and the median is reported, with SQLite's ``EXPLAIN QUERY PLAN``: a query that searches
-an index or the row id stays flat as the log grows, a ``SCAN`` grows with it.
+controller's (start-up: resume point, pending rows, row count; the summary; the re-check of a line), and the
+forms they replaced.  Each query is run 5 times and the median is reported, with SQLite's ``EXPLAIN QUERY
+PLAN``: a query that searches an index or the row id stays flat as the log grows, a ``SCAN`` grows with it.
+Then the start-ups themselves, end to end: the station's first refresh, the controller's ``recover_audit``
+and the summary's row count.
 
 30 days at 100 items/s would be 259 million rows (about 60 GB): too big for this machine, so the sizes are
 smaller and the plans say how each query scales.  At the largest size it then archives the first third of
@@ -87,15 +89,28 @@ def grow(path: Path, have: int, want: int, total: int, days: float) -> float:
 
 
 def queries(n: int, last_id: int) -> list[tuple[str, str, str, tuple]]:
+    """The queries as the station and the controller run them, then the forms they replaced (issue 19)."""
     mid = max(1, last_id // 2)
     item = f"{mid:012d}"
+    hour_ago = last_id - 360_000 if last_id > 360_000 else mid
     return [
-        ("station", "id range (start of the last hour, binary search)", "SELECT MIN(id), MAX(id) FROM decisions", ()),
+        (
+            "station",
+            "id range (start of the last hour, binary search)",
+            "SELECT (SELECT MIN(id) FROM decisions), (SELECT MAX(id) FROM decisions)",
+            (),
+        ),
         (
             "station",
             "first row at or after an id (each search step)",
             "SELECT id, t_decided FROM decisions WHERE id >= ? ORDER BY id LIMIT 1",
             (mid,),
+        ),
+        (
+            "station",
+            "items before the last hour (once, at station start): the row count less the last hour's",
+            "SELECT (SELECT n FROM decision_count) - (SELECT COUNT(*) FROM decisions WHERE id > ?)",
+            (hour_ago,),
         ),
         (
             "station",
@@ -118,34 +133,78 @@ def queries(n: int, last_id: int) -> list[tuple[str, str, str, tuple]]:
             (last_id - 600, last_id - 20),
         ),
         ("station", "one item (item page)", "SELECT * FROM decisions WHERE item_id = ?", (item,)),
-        (
-            "station",
-            "items before the last hour (once, at station start)",
-            "SELECT COUNT(*) FROM decisions WHERE id <= ?",
-            (last_id - 360_000 if last_id > 360_000 else mid,),
-        ),
         ("controller", "resume point (start)", "SELECT COALESCE(MAX(source_line), 0) FROM decisions", ()),
         ("controller", "pending rows (start)", "SELECT * FROM decisions WHERE delivery = 'pending' ORDER BY id", ()),
+        (
+            "controller",
+            "last row id (start snapshot, reconciliation)",
+            "SELECT COALESCE(MAX(id), 0) FROM decisions",
+            (),
+        ),
         (
             "controller",
             "is this item recorded? (re-check of a line)",
             "SELECT 1 FROM decisions WHERE item_id = ?",
             (item,),
         ),
-        ("controller", "rows in the log (start and summary)", "SELECT COUNT(*) FROM decisions", ()),
+        ("controller", "rows in the log (start and summary): the row count", "SELECT n FROM decision_count", ()),
         (
-            "proposed",
-            "id range as two subqueries (SQLite optimises a lone MIN or MAX, not both)",
-            "SELECT (SELECT MIN(id) FROM decisions), (SELECT MAX(id) FROM decisions)",
+            "replaced",
+            "id range in one SELECT (SQLite optimises a lone MIN or MAX, not both)",
+            "SELECT MIN(id), MAX(id) FROM decisions",
             (),
         ),
         (
-            "proposed",
-            "items before the last hour as all rows minus the last hour's",
-            "SELECT (SELECT COUNT(*) FROM decisions) - (SELECT COUNT(*) FROM decisions WHERE id > ?)",
-            (last_id - 360_000 if last_id > 360_000 else mid,),
+            "replaced",
+            "items before the last hour, counted",
+            "SELECT COUNT(*) FROM decisions WHERE id <= ?",
+            (hour_ago,),
         ),
+        ("replaced", "rows in the log, counted", "SELECT COUNT(*) FROM decisions", ()),
     ]
+
+
+def time_calls(path: Path, d: Path) -> list[dict]:
+    """The start-ups as the line runs them: the station's first refresh, the controller's start and summary count."""
+    from sorter.line.controller import recover_audit
+    from sorter.station.linedata import AuditReader, LineLog, LineWatcher
+    from sorter.station.store import StationStore
+
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    t_last = con.execute("SELECT t_decided FROM decisions WHERE id = (SELECT MAX(id) FROM decisions)").fetchone()[0]
+    n = con.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]  # what the answers must be (not timed)
+    con.close()
+    out = []
+    store = StationStore(d / f"station-{time.monotonic_ns()}.sqlite")
+    audit = AuditReader(path)
+    watcher = LineWatcher(audit, LineLog(None, store), store, clock=lambda: t_last + 1.0)
+    t0 = time.perf_counter()
+    snap = watcher.refresh()
+    took = time.perf_counter() - t0
+    audit.close()
+    store.close()
+    if snap.items_total != n:
+        raise SystemExit(f"audit_size: the station counted {snap.items_total} items of {n}")
+    out.append({"who": "station", "name": "station start: first refresh (`LineWatcher.refresh`)", "ms": 1000 * took})
+    t0 = time.perf_counter()
+    resume = recover_audit(path)
+    took = time.perf_counter() - t0
+    if resume.rows_before != n:
+        raise SystemExit(f"audit_size: the controller counted {resume.rows_before} rows of {n}")
+    out.append(
+        {
+            "who": "controller",
+            "name": "controller start: `recover_audit` (resume point, pending, count)",
+            "ms": 1000 * took,
+        }
+    )
+    with AuditLog(path) as log:
+        t0 = time.perf_counter()
+        log.count()
+        out.append({"who": "controller", "name": "summary: `AuditLog.count`", "ms": 1000 * (time.perf_counter() - t0)})
+    for r in out:
+        r["plan"] = "(the calls above, end to end)"
+    return out
 
 
 def time_queries(path: Path, n: int) -> list[dict]:
@@ -190,11 +249,11 @@ def main(argv: list[str] | None = None) -> int:
             # rows are laid out for the largest size, so each smaller log is the first part of the same 30 days
             grow(path, have, n, total, args.days)
             have = n
-            results[n] = time_queries(path, n)
+            results[n] = time_queries(path, n) + time_calls(path, Path(d))
             size_mb = path.stat().st_size / 1e6
             print(f"{n} rows: {size_mb:.0f} MB", flush=True)
             for r in results[n]:
-                print(f"  {r['ms']:9.3f} ms  {r['name']}  [{r['plan']}]", flush=True)
+                print(f"  {r['ms']:9.3f} ms  {r['who']}: {r['name']}  [{r['plan']}]", flush=True)
         # archive the first third of the days
         db_mb = path.stat().st_size / 1e6
         cut = dt.datetime.fromtimestamp(T0 + args.days / 3 * 86400.0, dt.timezone.utc)
@@ -206,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         day = int(total / args.days)
         grow(path, total, total + day, total, args.days)  # one more day of rows
         after_day_mb = path.stat().st_size / 1e6
-        after = time_queries(path, total)
+        after = time_queries(path, total) + time_calls(path, Path(d))
     load1 = os.getloadavg()[0]
 
     head = (
@@ -242,13 +301,19 @@ Parquet (zstd) {parquet_mb:.0f} MB ({1e6 * parquet_mb / max(1, res.rows):.0f} by
 ({after_delete_mb:.0f} MB: the freed pages are reused) and a further day of rows ({day:,}) left it at
 {after_day_mb:.0f} MB: exported daily with `--delete`, the log stays the size of its retention window.
 
-Two of the station's queries grow with the log, both run once when the station starts: `SELECT MIN(id),
-MAX(id)` scans (SQLite optimises a lone `MIN` or `MAX` through the index, not both in one `SELECT`), and
-counting the items before the last hour walks the table's pages. The rows marked "proposed" are the same
-answers written so they stay flat (two subqueries; all rows minus the last hour's), for
-`sorter/station/linedata.py`. `COUNT(*)` of the whole log (the controller's start and summary) walks the
-smallest index: linear but cheap while the log is cached; the daily export keeps the log to its retention
-window. Load average ({platform.machine()}; other work shares the 2 cores): {load0:.1f} at the start,
+The station and the controller run the rows marked "station" and "controller" (`sorter/station/linedata.py`,
+`sorter/line/controller.py`, `sorter/line/audit/store.py`); the rows marked "replaced" are the forms they ran
+before, kept for comparison. `SELECT MIN(id), MAX(id)` scans (SQLite optimises a lone `MIN` or `MAX` through
+the row id's b-tree, not both in one `SELECT`): the station asks for them as two subqueries. Counting rows
+walks a whole index: the audit log keeps its row count in `decision_count`, updated by triggers in the
+transaction that inserts or deletes the rows, so the controller's start and summary read one row, and the
+station counts only the last hour's rows (constant at a steady rate: 360,000 an hour at 100 items/s; fewer
+in these logs, whose rows are spread over {args.days:g} days). The last three rows of each size time the
+start-ups end to end: the station's first refresh on a fresh station store (the binary search for the last
+hour, the count, the first 20,000 rows of the review queue), the controller's `recover_audit` and the
+summary's count. `sorter audit export` reads old rows by row id and, once past them, reads the rest of the
+log once to find none left: linear in the log, a daily job off the deadline path (figures above).
+Load average ({platform.machine()}; other work shares the 2 cores): {load0:.1f} at the start,
 {load1:.1f} at the end."""
     print(md)
     if not args.no_write:

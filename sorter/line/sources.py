@@ -483,21 +483,30 @@ class LogFollowSource(ItemSource):
     def _put(self, obj: object, *, always: bool = False) -> bool:
         """Hand ``obj`` to the loop, waiting for room; False if stopped meanwhile."""
         assert self._loop is not None and self._queue is not None
+        if self._stop.is_set() and not always:
+            return False
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._queue.put(obj), self._loop)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return False
+        # One put per object, waited for in slices.  Never a second put after a timeout: the first
+        # may have completed on the loop just as the wait timed out (its completion not yet passed
+        # to `fut`, so `fut.cancel()` still "succeeds"), and putting again handed that line over
+        # twice -- once, after a restart, with the queue full of the backlog (issue 19).
         while True:
-            if self._stop.is_set() and not always:
-                return False
-            try:
-                fut = asyncio.run_coroutine_threadsafe(self._queue.put(obj), self._loop)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                return False
             try:
                 fut.result(timeout=0.1)
                 return True
             except TimeoutError:
-                fut.cancel()
-                if always and self._stop.is_set():
-                    # Make room: the consumer is stopping and only needs the end marker.
-                    self._loop.call_soon_threadsafe(self._drop_one)
+                if not self._stop.is_set():
+                    continue
+                if not always:
+                    fut.cancel()  # a put that completed anyway hands the item over once, to a stopping consumer
+                    return False
+                if self._loop.is_closed() or not self._loop.is_running():
+                    return False
+                # Make room: the consumer is stopping and only needs the end marker.
+                self._loop.call_soon_threadsafe(self._drop_one)
             except Exception:  # noqa: BLE001 - cancelled or loop gone
                 return False
 

@@ -145,3 +145,54 @@ def test_cli_exports_and_refuses_a_bad_date_with_status_2(tmp_path: Path, capsys
     )
     assert "does not exist" in capsys.readouterr().err
     assert sqlite3.connect(audit).execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 6
+
+
+# ---- the row count (issue 19): the controller's start and summary read it instead of COUNT(*) ----------
+
+
+def sql_count(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+
+
+def test_the_row_count_follows_inserts_duplicates_rollbacks_other_writers_and_archive_deletes(tmp_path: Path) -> None:
+    audit = tmp_path / "audit.sqlite"
+    with AuditLog(audit) as log:
+        assert log.count() == 0
+        recs = fill(audit)  # four days through a second connection
+        assert log.count() == len(recs) == sql_count(audit)
+        assert log.record_decisions(recs[:5] + [rec(900, T0 + 5 * DAY)]) == [False] * 5 + [True]
+        assert log.count() == len(recs) + 1
+        with sqlite3.connect(audit, isolation_level=None) as raw:
+            cols = ", ".join(r[1] for r in raw.execute("PRAGMA table_info(decisions)") if r[1] not in ("id", "item_id"))
+            copy = f"INSERT INTO decisions SELECT NULL, 'x-' || item_id, {cols} FROM decisions"  # noqa: S608
+            raw.execute("BEGIN")  # a transaction that is rolled back changes nothing
+            raw.execute(copy)
+            raw.execute("DELETE FROM decisions WHERE id < 50")
+            raw.execute("ROLLBACK")
+            assert log.count() == len(recs) + 1 == sql_count(audit)
+            raw.execute(copy + " WHERE id <= 3")  # a writer that knows nothing of the count (an older sorter)
+        assert log.count() == len(recs) + 4 == sql_count(audit)
+        res = export_before(
+            audit, dt.datetime(2026, 11, 3, tzinfo=dt.timezone.utc), tmp_path / "o.parquet", delete=True
+        )
+        assert res.deleted == 99 + 2  # and two of the copies; the newest row stays
+        assert log.count() == len(recs) + 4 - 101 == sql_count(audit)
+
+
+def test_a_log_written_before_the_row_count_gains_it_counted_at_open(tmp_path: Path) -> None:
+    audit = tmp_path / "audit.sqlite"
+    recs = fill(audit)
+    with sqlite3.connect(audit) as conn:  # as an older sorter left it
+        conn.execute("DROP TRIGGER decision_count_insert")
+        conn.execute("DROP TRIGGER decision_count_delete")
+        conn.execute("DROP TABLE decision_count")
+        conn.execute("DELETE FROM decisions WHERE id % 7 = 0")
+    left = sql_count(audit)
+    assert 0 < left < len(recs)
+    with AuditLog(audit) as log:
+        assert log.count() == left
+        log.record_decision(rec(1000, T0 + 9 * DAY))
+        assert log.count() == left + 1 == sql_count(audit)
+    with AuditLog(audit) as log:  # opened again: counted once, not twice
+        assert log.count() == left + 1

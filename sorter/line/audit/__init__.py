@@ -34,6 +34,10 @@ crash of the process (``kill -9``) without losing anything it acknowledged:
   (:meth:`AuditLog.record_event`, :meth:`AuditLog.events`).  It was added
   without changing the ``decisions`` layout, so the schema version is still 1
   and older logs gain the table when opened.
+- A ``decision_count`` table holds the number of decision rows, kept by triggers in the
+  transaction that inserts or deletes them (:meth:`AuditLog.count`): the controller's start and
+  summary and the operator station read it in constant time, where ``COUNT(*)`` walks a whole
+  index (seconds at 30 days of rows).  Older logs gain it, counted once, when opened.
 - ``item_id`` is unique: a restarted controller that re-reads part of its
   source log cannot record an item twice (:meth:`AuditLog.record_decision`
   returns ``False``), and :meth:`AuditLog.resume_point` tells it where to

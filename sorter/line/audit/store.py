@@ -72,6 +72,19 @@ CREATE TABLE IF NOT EXISTS events (
 """
 _EVENT_INSERT: Final = "INSERT INTO events (t, kind, detail) VALUES (?, ?, ?)"
 
+# Issue 19: the number of decision rows, kept by triggers in the transaction that inserts or deletes
+# them, so the controller's start and summary and the station read it in constant time: SQLite's
+# COUNT(*) walks a whole index (seconds at 30 days of rows).  A trigger fires for every writer, an
+# archive export's deletes and an older sorter's inserts included.  Added to older logs at open.
+ROW_COUNT_TABLE: Final = "decision_count"
+_ROW_COUNT_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS decision_count (n INTEGER NOT NULL)",
+    "CREATE TRIGGER IF NOT EXISTS decision_count_insert AFTER INSERT ON decisions "
+    "BEGIN UPDATE decision_count SET n = n + 1; END",
+    "CREATE TRIGGER IF NOT EXISTS decision_count_delete AFTER DELETE ON decisions "
+    "BEGIN UPDATE decision_count SET n = n - 1; END",
+)
+
 # Issue 15: columns added to `decisions` after schema version 1 was written.  Additive, so the
 # version stays 1: an older log gains them at open (NULL in its old rows), and an older sorter
 # still reads a newer log (it names its columns).
@@ -256,6 +269,22 @@ class AuditLog:
             with self._transaction(conn, "add the events table"):
                 conn.execute(_EVENTS_SCHEMA)
         self._add_columns(conn)
+        self._add_row_count(conn)
+
+    def _add_row_count(self, conn: sqlite3.Connection) -> None:
+        """Issue 19's migration: the row-count table and its triggers, counted once from the rows there are."""
+        try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+        except sqlite3.Error as err:
+            raise _wrap(err, self._path, "read the schema") from err
+        if {ROW_COUNT_TABLE, "decision_count_insert", "decision_count_delete"} <= names:
+            return
+        with self._transaction(conn, "add the row count"):
+            for statement in _ROW_COUNT_SCHEMA:
+                conn.execute(statement)
+            # under the write lock: no row can come or go between the count and the triggers
+            conn.execute("DELETE FROM decision_count")
+            conn.execute("INSERT INTO decision_count (n) SELECT COUNT(*) FROM decisions")
 
     def _add_columns(self, conn: sqlite3.Connection) -> None:
         """Issue 15's migration: add the missing `_ADDED_COLUMNS` (and the case index) in one transaction."""
@@ -517,8 +546,8 @@ class AuditLog:
         return int(self._read("SELECT COALESCE(MAX(source_line), 0) FROM decisions")[0][0])
 
     def count(self) -> int:
-        """Number of decisions recorded."""
-        return int(self._read("SELECT COUNT(*) FROM decisions")[0][0])
+        """Number of decisions recorded (in constant time: the row-count table, not ``COUNT(*)``)."""
+        return int(self._read("SELECT n FROM decision_count")[0][0])
 
     def counts_by_lane(self) -> dict[str, int]:
         """Number of decisions per lane (lanes without items are absent)."""
