@@ -355,7 +355,8 @@ def test_a_steady_stream_of_commits_still_lets_the_wal_start_over(
         for n in range(1, 1501):
             assert writer.submit(record(n, "manual")).result(timeout=30)
         size = wal.stat().st_size
-    # Without the WAL starting over, 1500 commits of a few pages each would make it about 25 MB.
-    assert size < 8 << 20, f"WAL grew to {size >> 20} MB"
+    # Without the WAL starting over, 1500 commits of about five pages each (the row, its indexes and
+    # the row count) would make it about 30 MB; a loaded machine delays the reset now and then.
+    assert size < 12 << 20, f"WAL grew to {size >> 20} MB"
     with AuditLog(db) as log:
         assert log.count() == 1500
