@@ -23,11 +23,11 @@ from sorter.features import (
 from sorter.features.measure import (
     CAMERA_COLUMNS,
     XRAY_COLUMNS,
+    XRAY_WORK_MM_PER_PX,
     camera_binning,
     material_scale,
     measure_camera,
     measure_xray,
-    XRAY_WORK_MM_PER_PX,
     xray_binning,
 )
 from sorter.readings import Item, ItemRecord, LogMeta
