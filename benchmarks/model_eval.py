@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         "",
         "`python -m benchmarks.model_eval` — fresh simulated logs with seeds never used in training "
         f"({args.test_items} items each, recycler mix). Full reports (per product, hard cases, wrong items, plots) "
-        f"are written to `{args.data}/reports/` (`--data`, default `bench-data`).",
+        "are written to `reports/` in the data folder (`--data`, default `bench-data`).",
         "",
     ]
     for title, ev in sections:

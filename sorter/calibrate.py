@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,7 +50,8 @@ from .train import (
 logger = logging.getLogger(__name__)
 
 MIN_ITEMS_PER_CLASS = 10
-SLOPE_RANGE = (0.25, 4.0)  # a map outside this is not a line difference but a broken sensor or log
+SLOPE_RANGE = (0.25, 4.0)  # a column whose map falls outside this is dropped (read as missing)
+MAX_DROPPED = 2  # more dropped columns than this: not a line difference but a broken sensor or log
 
 
 def fit_normalisation(
@@ -57,9 +59,12 @@ def fit_normalisation(
 ) -> tuple[dict[str, tuple[float, float]], dict[str, Any]]:
     """Per line-dependent column, the affine map of this line's class quantiles onto the
     reference (training) line's, by least squares over the quantiles of every class with
-    enough items on both lines.  Columns without enough points keep the identity."""
+    enough items on both lines.  Columns without enough points keep the identity; a column
+    whose map's slope is outside :data:`SLOPE_RANGE` is dropped (mapped to NaN, which the
+    classifier reads as missing), and more than :data:`MAX_DROPPED` of them refuse the line."""
     maps: dict[str, tuple[float, float]] = {}
     report: dict[str, Any] = {}
+    dropped: list[str] = []
     for col in LINE_DEPENDENT_COLUMNS:
         ref = reference.get(col, {})
         v = raw[:, RAW_COLUMNS.index(col)]
@@ -74,13 +79,30 @@ def fit_normalisation(
             continue
         a, b = np.polyfit(np.asarray(xs), np.asarray(ys), 1)
         if not SLOPE_RANGE[0] <= a <= SLOPE_RANGE[1]:
-            raise SorterError(
-                f"calibration of {col}: this line's values map onto the training line's with slope {a:.3g}, outside "
-                f"{SLOPE_RANGE}; that is no line difference a calibration can absorb (a broken sensor, a log of another "
-                "kind, wrong labels?). Check the log, or retrain on this line ('sorter train')"
-            )
+            # No affine map carries this column over (e.g. the lead-equivalent mass when both of
+            # the line's energies lie below lead's K-edge at 88 keV): it is dropped, read as
+            # missing by the classifier, and the thresholds below are chosen without it.
+            maps[col] = (0.0, math.nan)
+            report[col] = f"dropped: slope {a:.3g} outside {SLOPE_RANGE}"
+            dropped.append(f"{col} (slope {a:.3g})")
+            continue
         maps[col] = (float(a), float(b))
         report[col] = [round(float(a), 4), round(float(b), 4)]
+    if len(dropped) > MAX_DROPPED:
+        raise SorterError(
+            f"calibration: {len(dropped)} X-ray measurements map onto the training line's with slopes outside "
+            f"{SLOPE_RANGE} ({', '.join(dropped)}); that is no line difference a calibration can absorb (a broken "
+            "sensor, a log of another kind, wrong labels?). Check the log, or retrain on this line ('sorter train')"
+        )
+    if dropped:
+        logger.warning(
+            "calibration: %s cannot be mapped onto the training line's and %s dropped (read as missing); "
+            "the thresholds are chosen without %s. Retraining on this line ('sorter train') keeps %s",
+            ", ".join(dropped),
+            "is" if len(dropped) == 1 else "are",
+            "it" if len(dropped) == 1 else "them",
+            "it" if len(dropped) == 1 else "them",
+        )
     return maps, report
 
 

@@ -169,7 +169,7 @@ def decide(
 
     Parameters
     ----------
-    proba : calibrated probabilities in ``classes`` order.
+    proba : the classifier's probabilities in ``classes`` order.
     p_damaged : probability that a Li-ion item is damaged (NaN if no damage model).
     raw : the item's raw measurement row (``RAW_COLUMNS``).
     t : thresholds.

@@ -83,3 +83,48 @@ def test_cli_calibrate_refuses_a_non_empty_out(line_b_log, tmp_path, capsys):
     (tmp_path / "taken" / "x").write_text("")
     assert main(["calibrate", str(line_b_log), "--out", str(tmp_path / "taken")]) == 2
     assert "is not empty and does not hold a model" in capsys.readouterr().err
+
+
+def _scaled(m, cols, factor):
+    """``m`` with the raw columns ``cols`` multiplied by ``factor`` (a line where they read otherwise)."""
+    import dataclasses
+
+    from sorter.features.measure import RAW_COLUMNS
+
+    raw = m.raw.copy()
+    for c in cols:
+        raw[:, RAW_COLUMNS.index(c)] *= factor
+    return dataclasses.replace(m, raw=raw)
+
+
+def test_a_column_no_map_can_carry_is_dropped_not_the_line(line_b_log, tmp_path, caplog):
+    """A line whose lead-equivalent mass reads 40 times the training line's (both energies under
+    lead's K-edge): calibration drops that one column (read as missing), says so, and still
+    keeps Li-ion out of lead_acid; the dropped column survives the manifest's round trip."""
+    import logging
+
+    from sorter.features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
+    from sorter.model import save_model
+
+    m = _scaled(measure_logs([line_b_log], workers=0), ["xr_pb_eq_mass_g"], 40.0)
+    with caplog.at_level(logging.WARNING, logger="sorter.calibrate"):
+        model, report = calibrate([str(line_b_log)], load_model(), measured=m)
+    assert str(report["normalisation"]["xr_pb_eq_mass_g"]).startswith("dropped")
+    assert any("xr_pb_eq_mass_g" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)
+    a, b = model.normalisation["xr_pb_eq_mass_g"]
+    assert a == 0.0 and np.isnan(b)
+    assert np.isnan(model.normalise(m.raw[:3])[:, RAW_COLUMNS.index("xr_pb_eq_mass_g")]).all()
+    save_model(model, tmp_path / "m", name="dropped", extra_manifest={"measurements": MEASUREMENTS_VERSION})
+    loaded = load_model(tmp_path / "m")
+    assert np.isnan(loaded.normalisation["xr_pb_eq_mass_g"][1])
+    keep = m.ok & np.array([lab in ("lead_acid", "li_ion", "other") for lab in m.labels])
+    y = np.array([m.labels[i] for i in np.flatnonzero(keep)])
+    _, _, lanes, _ = lanes_for(loaded, m.raw[keep], read_meta(line_b_log))
+    assert not np.any((y != "lead_acid") & (lanes == "lead_acid"))
+
+
+def test_calibration_refuses_a_line_where_many_columns_cannot_be_mapped(line_b_log):
+    cols = ["xr_pb_eq_mass_g", "xr_al_eq_mass_g", "xr_al_eq_low_p50", "xr_al_eq_high_p50"]
+    m = _scaled(measure_logs([line_b_log], workers=0), cols, 40.0)
+    with pytest.raises(SorterError, match="no line difference a calibration can absorb"):
+        calibrate([str(line_b_log)], load_model(), measured=m)

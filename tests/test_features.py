@@ -23,6 +23,7 @@ from sorter.features import (
 from sorter.features.measure import (
     CAMERA_COLUMNS,
     XRAY_COLUMNS,
+    XRAY_WORK_MM_PER_PX,
     camera_binning,
     material_scale,
     measure_camera,
@@ -214,7 +215,25 @@ def test_xray_outline_and_attenuation_measure_the_item_at_any_pitch(mm_per_px):
 
 
 def test_xray_binning_keeps_the_working_pitch():
-    assert [xray_binning(p) for p in (1.0, 1.6, 2.0, 2.5, 4.0, 5.0)] == [4, 2, 2, 1, 1, 1]
+    """Every detector pitch finer than the working pitch is brought exactly to it (a line of
+    2.5 mm pixels is measured at 4 mm like one of 2 mm); coarser pixels are left as they are."""
+    for p in (1.0, 1.6, 2.0, 2.5, 3.3, 4.0):
+        assert p * xray_binning(p) == pytest.approx(XRAY_WORK_MM_PER_PX)
+    assert xray_binning(5.0) == 1.0
+
+
+def test_fractional_binning_averages_the_area():
+    """Resampling by a factor that is not whole keeps the mean and the item's extent in mm."""
+    from sorter.features.measure import _bin
+
+    img = np.zeros((100, 160), np.uint16)
+    img[20:80, 40:120] = 40000
+    out = _bin(img, 1.6)
+    assert out.shape == (62, 100)
+    assert out.dtype == np.uint16
+    assert float(out.mean()) == pytest.approx(float(img[:99, :160].mean()), rel=0.01)
+    inside = np.count_nonzero(out > 20000) * 1.6 * 1.6
+    assert inside == pytest.approx(60 * 80, rel=0.05)
 
 
 def test_periodicity_finds_the_cell_pitch():

@@ -37,8 +37,10 @@ from .ambient import AmbientTracker  # noqa: F401 - importable from here, as bef
 # its void blur and interior erosion sized in mm; 4: the X-ray in line-independent units
 # (aluminium-equivalent areal density, the dual-energy ratio on the material scale of the
 # line's declared energies, a lead-equivalent mass), texture and dense-spot counts dropped
-# (they measured our renderer's noise and sharpness more than the item).
-MEASUREMENTS_VERSION = 4
+# (they measured our renderer's noise and sharpness more than the item); 5: both resampled to
+# exactly their working pitch (by a factor that need not be whole), so lines of other pitches
+# are measured at the same scale.
+MEASUREMENTS_VERSION = 5
 
 U16 = 65535.0
 T_MIN = 1e-5  # transmissions below this are clipped before taking logs (below the detector floor)
@@ -150,18 +152,25 @@ def _percentiles(a: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
     return out
 
 
-def _binning(work_mm_per_px: float, mm_per_px: float) -> int:
-    """As many whole pixels (per side) as fit in ``work_mm_per_px``, at least 1."""
-    return max(1, int(work_mm_per_px / mm_per_px + 1e-9))
+def _binning(work_mm_per_px: float, mm_per_px: float) -> float:
+    """The factor (per side, not necessarily whole) that brings pixels of ``mm_per_px`` to
+    ``work_mm_per_px``; 1 when they are that coarse already.  Every line is measured at the same
+    working pitch, whatever its detector's, so what is measured on the working pixels (noise
+    averaged over the same area, structure and texture at the same scale) carries over between
+    lines of different pitch."""
+    return max(1.0, work_mm_per_px / mm_per_px)
 
 
-def _bin(img: np.ndarray | None, f: int) -> np.ndarray | None:
-    """``img`` averaged over ``f`` x ``f`` blocks of pixels (a last partial row or column is
-    dropped), keeping its type (rounded) and channels."""
+def _bin(img: np.ndarray | None, f: float) -> np.ndarray | None:
+    """``img`` area-averaged down by ``f`` per side (``f`` >= 1, not necessarily whole: each
+    output pixel is the mean of the input area it covers; a last partial output row or column is
+    dropped), keeping its type (rounded) and channels.  For a whole ``f`` this is the mean of
+    ``f`` x ``f`` blocks."""
     if img is None:
         return None
-    h, w = img.shape[0] // f, img.shape[1] // f
-    return cv2.resize(img[: h * f, : w * f], (w, h), interpolation=cv2.INTER_AREA)
+    h, w = int(img.shape[0] / f + 1e-9), int(img.shape[1] / f + 1e-9)
+    hc, wc = min(img.shape[0], round(h * f)), min(img.shape[1], round(w * f))
+    return cv2.resize(img[:hc, :wc], (w, h), interpolation=cv2.INTER_AREA)
 
 
 @lru_cache(maxsize=256)
@@ -352,7 +361,7 @@ def material_scale(energies_kev: tuple[float, float]) -> MaterialScale:
 XRAY_WORK_MM_PER_PX = 4.0  # the X-ray is measured at this pitch or finer (see xray_binning)
 
 
-def xray_binning(mm_per_px: float) -> int:
+def xray_binning(mm_per_px: float) -> float:
     """Pixels binned (per side) before the X-ray is measured (see :func:`_binning`)."""
     return _binning(XRAY_WORK_MM_PER_PX, mm_per_px)
 
@@ -583,7 +592,7 @@ def _level_stats(counts: np.ndarray) -> tuple[float, float]:
     return mean, math.sqrt(max(var, 0.0))
 
 
-def camera_binning(mm_per_px: float) -> int:
+def camera_binning(mm_per_px: float) -> float:
     """Pixels binned (per side) before the camera is measured (see :func:`_binning`)."""
     return _binning(CAMERA_WORK_MM_PER_PX, mm_per_px)
 
