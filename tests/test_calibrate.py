@@ -51,6 +51,8 @@ def test_calibrated_model_is_valid_for_the_new_line_and_opens_lead_acid(calibrat
     np.testing.assert_array_equal(lanes_for(fast, m.raw[keep], meta)[2], cal_lanes)
     np.testing.assert_array_equal(fast.predict(m.raw[keep][:5])[0], loaded.predict(m.raw[keep][:5])[0])
     assert "lead_acid" not in shipped_lanes  # the shipped model: another line, lead_acid closed
+    # a few hundred items set no lead_acid threshold below the calibration floor
+    assert loaded.thresholds.lead_acid_min >= 0.99
     assert np.mean(cal_lanes[y == "lead_acid"] == "lead_acid") > 0.8
     assert not np.any((y == "li_ion") & (cal_lanes == "lead_acid"))
     report_md = (out / "calibration-report" / "report.md").read_text()
