@@ -418,6 +418,28 @@ def prepare_out(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def item_cells(it: PlannedItem) -> list[Any]:
+    """An item's cells of ``cases.csv``, in :data:`CASES_COLUMNS` order."""
+    return [
+        _cell(x)
+        for x in (
+            it.case_id,
+            it.seq,
+            it.status,
+            it.reason,
+            it.item_id,
+            it.log,
+            it.line_no,
+            it.lane,
+            iso(it.item.t),
+            it.item.energy_wh,
+            it.item.energy_wh_upper,
+            it.item.weight_g,
+            it.product,
+        )
+    ]
+
+
 def write_plan(
     plan: PackPlan, out: Path, *, render: Any = None, extra_summary: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -427,26 +449,7 @@ def write_plan(
         w = csv.writer(fh)
         w.writerow(CASES_COLUMNS)
         for it in plan.items:
-            w.writerow(
-                [
-                    _cell(x)
-                    for x in (
-                        it.case_id,
-                        it.seq,
-                        it.status,
-                        it.reason,
-                        it.item_id,
-                        it.log,
-                        it.line_no,
-                        it.lane,
-                        iso(it.item.t),
-                        it.item.energy_wh,
-                        it.item.energy_wh_upper,
-                        it.item.weight_g,
-                        it.product,
-                    )
-                ]
-            )
+            w.writerow(item_cells(it))
     groups = plan.by_case()
     summaries = []
     for case in plan.cases:

@@ -34,10 +34,9 @@ from .plan import (
     ItemInfo,
     LogIndex,
     PlannedItem,
-    _cell,
     _float,
     case_summary,
-    iso,
+    item_cells,
 )
 
 # The totals of a case, as summary.json holds them (see sorter.cases.plan.case_summary).
@@ -325,19 +324,4 @@ class AuditSource:
 
 def item_row(it: PlannedItem) -> dict[str, str]:
     """An item as a row of ``cases.csv`` (the same text ``sorter pack`` writes)."""
-    values = (
-        it.case_id,
-        it.seq,
-        it.status,
-        it.reason,
-        it.item_id,
-        it.log,
-        it.line_no,
-        it.lane,
-        iso(it.item.t),
-        it.item.energy_wh,
-        it.item.energy_wh_upper,
-        it.item.weight_g,
-        it.product,
-    )
-    return {k: str(_cell(v)) for k, v in zip(CASES_COLUMNS, values)}
+    return {k: str(v) for k, v in zip(CASES_COLUMNS, item_cells(it))}
