@@ -341,10 +341,8 @@ def save_model(
     if model.domain is not None:
         manifest["line_domain"] = model.domain.to_json()
     if model.normalisation:
-        # a column calibration dropped maps to (0, NaN): JSON has no NaN, so it is written as null
-        manifest["normalisation"] = {
-            k: [float(v[0]), None if math.isnan(v[1]) else float(v[1])] for k, v in model.normalisation.items()
-        }
+        # a column calibration dropped maps to (0, NaN), written as (0, null): JSON has no NaN
+        manifest["normalisation"] = {k: [a, None if math.isnan(b) else b] for k, (a, b) in model.normalisation.items()}
     if model.energy is not None:
         manifest["energy"] = model.energy.to_json()
     manifest.update(dict(extra_manifest or {}))
@@ -579,10 +577,8 @@ def load_model(model_dir: str | os.PathLike | None = None, *, estimators: bool =
     try:
         novelty = NoveltyModel.from_json(manifest["novelty"]) if "novelty" in manifest else None
         domain = LineDomain.from_json(manifest["line_domain"]) if "line_domain" in manifest else None
-        normalisation = {
-            str(k): (float(v[0]), math.nan if v[1] is None else float(v[1]))
-            for k, v in manifest.get("normalisation", {}).items()
-        }
+        norm = manifest.get("normalisation", {})
+        normalisation = {str(k): (float(v[0]), math.nan if v[1] is None else float(v[1])) for k, v in norm.items()}
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise ModelIntegrityError(
             f"{mpath}: invalid applicability domain ({err}); retrain or recalibrate the model"
