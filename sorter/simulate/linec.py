@@ -27,7 +27,7 @@ from there on its own way:
 
 Records and logs have the same format and truth fields as lines a and b.
 
-Why this module is long (about 1,080 lines): line c's whole route, from intake to every
+Why this module is long (about 1,100 lines): line c's whole route, from intake to every
 sensor, is written apart from lines a and b on purpose (above), so it shares no renderer
 code with :mod:`sorter.simulate.sensors` and lives in one module.
 """
@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -66,8 +66,26 @@ from .items import (
 )
 from .physics import attenuation_table
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .run import SimConfig
+
+class SimConfig(Protocol):
+    """What line c reads of a simulation's settings (:class:`sorter.simulate.run.SimConfig`, which
+    chooses this module for line c: described here rather than imported, so the two do not
+    import each other)."""
+
+    seed: int
+    t0: float
+    rate_hz: float
+    faults: float
+    mix: str
+    labelled: bool
+    extra_catalogs: tuple[str, ...]
+    only_families: tuple[str, ...]
+    exclude_families: tuple[str, ...]
+
+    def family_allowed(self, family: str) -> bool: ...
+
+    def profile(self) -> Any: ...
+
 
 U16 = 65535
 SENSORS = ("scale", "profiler", "xray", "camera", "thermal")
