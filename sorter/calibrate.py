@@ -38,7 +38,7 @@ from .domain import LineDomain
 from .errors import SorterError
 from .features.measure import RAW_COLUMNS
 from .logformat import read_meta
-from .model import SorterModel, load_model, save_model
+from .model import SorterModel, inherited_manifest, load_model, save_model
 from .train import (
     CLASSES,
     LINE_DEPENDENT_COLUMNS,
@@ -199,12 +199,7 @@ def calibrate_and_save(
     base = load_model(model_dir)
     m = measure_logs(log_dirs, workers=workers, progress=progress)
     model, report = calibrate(log_dirs, base, seed=seed, measured=m)
-    manifest = {
-        k: v
-        for k, v in base.manifest.items()
-        if k
-        not in ("files", "policy", "novelty", "line_domain", "normalisation", "libraries", "format", "classes", "name")
-    }
+    manifest = inherited_manifest(base.manifest)
     manifest["calibration"] = report
     line = report["line"]["line"]
     save_model(model, out_dir, name=name or f"{base.manifest.get('name', 'sorter')}-{line}", extra_manifest=manifest)

@@ -112,6 +112,12 @@ def check_edges(edges_wh: Sequence[float]) -> tuple[float, ...]:
     return edges
 
 
+def rated_energy_wh(extra: Mapping[str, Any]) -> float:
+    """An item's labelled rated energy (``energy_wh`` of its log line: nominal V x Ah), NaN if absent."""
+    v = extra.get("energy_wh")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
 @dataclass
 class EnergyModel:
     """The fitted estimator and its conformal bound."""

@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .batch import measure_logs
-from .energy import DEFAULT_GROUP_EDGES_WH
+from .energy import DEFAULT_GROUP_EDGES_WH, rated_energy_wh
 from .errors import SorterError
-from .model import load_model, save_model
+from .model import inherited_manifest, load_model, save_model
 from .report import model_card
 
 __all__ = ["recalibrate_bound"]
@@ -46,14 +46,7 @@ def recalibrate_bound(
             "on held-out items (simulate or record a fresh labelled log)"
         )
     m = measure_logs(log_dirs, workers=workers, progress=progress)
-    truth = np.array(
-        [
-            float(e["energy_wh"])
-            if isinstance(e.get("energy_wh"), (int, float)) and not isinstance(e.get("energy_wh"), bool)
-            else np.nan
-            for e in m.extras
-        ]
-    )
+    truth = np.array([rated_energy_wh(e) for e in m.extras])
     li = np.array([lab == "li_ion" for lab in m.labels], dtype=bool) & m.ok & np.isfinite(truth)
     if not li.any():
         raise SorterError(
@@ -64,23 +57,7 @@ def recalibrate_bound(
     report["logs"] = [Path(d).name for d in log_dirs]
     model = base
     model.energy = energy
-    manifest = {
-        k: v
-        for k, v in base.manifest.items()
-        if k
-        not in (
-            "files",
-            "policy",
-            "novelty",
-            "line_domain",
-            "normalisation",
-            "libraries",
-            "format",
-            "classes",
-            "name",
-            "energy",
-        )
-    }
+    manifest = inherited_manifest(base.manifest)
     manifest["energy_bound_calibration"] = report
     save_model(model, out_dir, name=str(base.manifest.get("name", "sorter")), extra_manifest=manifest)
     (Path(out_dir) / "MODEL_CARD.md").write_text(model_card(model.manifest), encoding="utf-8")

@@ -1,24 +1,18 @@
 """The model: a fitted pipeline, a damage detector, policy thresholds, and a manifest.
 
-A model directory holds
+A model directory holds ``classifier.skops`` (features + chemistry classifier, a scikit-learn
+Pipeline), optionally ``damage.skops`` (the damaged-Li-ion detector), ``energy.skops`` (the
+rated-energy regressor, :mod:`sorter.energy`) and ``predictor.npz`` (the fast predictor's arrays,
+:mod:`sorter.fastmodel`: scoring loads without scikit-learn or skops); ``manifest.json`` (format
+and library versions, feature names, classes, policy thresholds, a digest of the training data,
+metrics, the sha256 of every file, and the model's applicability domain: the training line's
+declared settings ``line_domain`` (:mod:`sorter.domain`), the class densities of the novelty
+score ``novelty`` (:mod:`sorter.novelty`) and the line's measurement ``normalisation`` set by
+``sorter calibrate``); and ``MODEL_CARD.md`` (optional, not loaded).
 
-- ``classifier.skops``: features + calibrated chemistry classifier (a scikit-learn Pipeline),
-- ``damage.skops`` (optional): the damaged-Li-ion detector,
-- ``energy.skops`` (optional): the rated-energy regressor of likely Li-ion items (:mod:`sorter.energy`),
-- ``predictor.npz`` (optional): the arrays of the fast predictor (:mod:`sorter.fastmodel`), so
-  that scoring loads without scikit-learn or skops,
-- ``manifest.json``: format version, library versions, feature names, classes, policy
-  thresholds, a digest of the training data, metrics, and the sha256 of every file; and the
-  model's applicability domain: the training line's declared settings (``line_domain``,
-  :mod:`sorter.domain`), the class densities behind the novelty score (``novelty``,
-  :mod:`sorter.novelty`) and the line's measurement normalisation (``normalisation``, set
-  by ``sorter calibrate``),
-- ``MODEL_CARD.md`` (optional, not loaded).
-
-Files are written with skops, whose loader builds objects from a declared schema and
-runs no code from the file.  Loading checks, in order: the manifest's format, every
-file's sha256, the library versions, and that every type in the file is on the
-reviewed allow-list :data:`ALLOWED_TYPES`; anything else is refused with a message.
+Files are written with skops, whose loader builds objects from a declared schema and runs no
+code from the file.  Loading checks, in order: the manifest's format, every file's sha256, the
+library versions, and that every type in a file is on the reviewed allow-list :data:`ALLOWED_TYPES`.
 ``load_model(dir, estimators=False)`` (the line, ``sorter score``) reads ``predictor.npz``
 instead of the skops files when the directory has one: the same hash and version checks,
 then the fast predictor's self-check on the file's probe rows; the skops files are hashed
@@ -353,6 +347,13 @@ def save_model(
     model.manifest = manifest
     model.path = out
     return out
+
+
+def inherited_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What a model derived from another (calibrated, given a new energy bound) keeps of its base's
+    manifest: all but the entries :func:`save_model` writes from the model itself."""
+    own = ("files", "format", "name", "classes", "libraries", "policy", "novelty", "line_domain", "normalisation")
+    return {k: v for k, v in manifest.items() if k not in own and k != "energy"}
 
 
 def _write_fast_file(out: Path, model: SorterModel) -> bool:

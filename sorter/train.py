@@ -35,6 +35,7 @@ from sklearn.pipeline import Pipeline
 
 from .batch import data_digest, log_digests, measure_logs
 from .domain import LineDomain
+from .energy import rated_energy_wh
 from .errors import SorterError
 from .features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
 from .features.transformers import SENSOR_GROUPS, make_feature_transformer, mask_sensor
@@ -258,11 +259,6 @@ def reference_quantiles(raw: np.ndarray, y: np.ndarray) -> dict[str, dict[str, l
     return out
 
 
-def _energy(extra: dict[str, Any]) -> float:
-    v = extra.get("energy_wh")
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-
-
 def fit_energy(
     model: SorterModel,
     raw: np.ndarray,
@@ -400,7 +396,7 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
     novelty_max, nov_report = choose_novelty_max(model, raw[va], y[va], cfg)
     th_report.update(nov_report, novelty_max=novelty_max)
     model.thresholds = dataclasses.replace(thresholds, novelty_max=novelty_max)
-    energy_truth = np.array([_energy(m.extras[i]) for i in np.flatnonzero(usable)])
+    energy_truth = np.array([rated_energy_wh(m.extras[i]) for i in np.flatnonzero(usable)])
     model.energy, energy_report = fit_energy(model, raw, y, energy_truth, tr, va, cfg)
     metrics = heldout_metrics(model, raw[va], y[va], None if damaged is None else damaged[va])
     names = list(pipe.named_steps["features"].get_feature_names_out())
