@@ -518,13 +518,15 @@ def _cmd_model_energy_bound(args) -> int:
     edges = DEFAULT_GROUP_EDGES_WH
     if args.edges_wh is not None:
         try:
-            edges = check_edges([float(x) for x in args.edges_wh.split(",")])
+            values = [float(x) for x in args.edges_wh.split(",")]
         except ValueError as err:
             raise SorterError(
-                f"--edges-wh {args.edges_wh!r}: {err}"
-                if "group edges" in str(err)
-                else f"--edges-wh {args.edges_wh!r}: expected ascending Wh values separated by commas, e.g. 30,100,300,1100,1700"
+                f"--edges-wh {args.edges_wh!r}: expected ascending Wh values separated by commas, e.g. 30,100,300,1100,1700"
             ) from err
+        try:
+            edges = check_edges(values)
+        except ValueError as err:
+            raise SorterError(f"--edges-wh {args.edges_wh!r}: {err}") from err
     if args.workers < 1:
         raise SorterError(f"--workers must be at least 1, got {args.workers}")
     for d in args.logs:
