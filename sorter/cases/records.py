@@ -248,27 +248,26 @@ class AuditSource:
     def _rows(self, case_id: str) -> list[Any]:
         return self._log.case_items(case_id)
 
-    def _planned(self, case_id: str, cfg: StationConfig) -> list[PlannedItem]:
-        out = []
-        for r in self._rows(case_id):
-            info = self._logs.get(self.log_dir, r.item_id) if self.log_dir else ItemInfo()
-            pi = PackItem(r.item_id, _float(r.energy_wh_upper), _float(r.energy_wh), _float(r.weight_g), r.t_item)
-            out.append(
-                PlannedItem(
-                    self.log_dir or "",
-                    r.source_line,
-                    r.item_id,
-                    r.lane,
-                    pi,
-                    info,
-                    info.product,
-                    "assigned",
-                    r.case_reason or "",
-                    case_id,
-                    r.case_seq,
-                )
-            )
-        return out
+    def _planned_item(self, r: Any, status: str, case_id: str | None) -> PlannedItem:
+        """An audit row as an item of the packing plan (product and thumbnail from the followed log, if given)."""
+        info = self._logs.get(self.log_dir, r.item_id) if self.log_dir else ItemInfo()
+        pi = PackItem(r.item_id, _float(r.energy_wh_upper), _float(r.energy_wh), _float(r.weight_g), r.t_item)
+        return PlannedItem(
+            self.log_dir or "",
+            r.source_line,
+            r.item_id,
+            r.lane,
+            pi,
+            info,
+            info.product,
+            status,
+            r.case_reason or "",
+            case_id,
+            r.case_seq,
+        )
+
+    def _planned(self, case_id: str) -> list[PlannedItem]:
+        return [self._planned_item(r, "assigned", case_id) for r in self._rows(case_id)]
 
     def _case(self, case_id: str, items: list[PlannedItem]) -> Case:
         h = self._cases[case_id]
@@ -280,14 +279,14 @@ class AuditSource:
     def list_cases(self) -> list[dict[str, Any]]:
         out = []
         for case_id, h in self._cases.items():
-            out.append(case_summary(self._case(case_id, self._planned(case_id, h["config"])), h["config"]))
+            out.append(case_summary(self._case(case_id, self._planned(case_id)), h["config"]))
         return out
 
     def manifest_inputs(self, case_id: str) -> tuple[Case, list[PlannedItem], StationConfig]:
         if case_id not in self._cases:
             raise _unknown_case(case_id, list(self._cases), f"--audit {self.path}")
         cfg = self._cases[case_id]["config"]
-        items = self._planned(case_id, cfg)
+        items = self._planned(case_id)
         return self._case(case_id, items), items, cfg
 
     def get_case(self, case_id: str) -> CaseRecord:
@@ -296,30 +295,11 @@ class AuditSource:
 
     def item_rows(self) -> list[dict[str, str]]:
         """The rows of every item the station was offered (packed and refused), in belt order."""
-        rows = []
-        for r in self._log.rows():
-            if r.case_status is None:
-                continue
-            info = self._logs.get(self.log_dir, r.item_id) if self.log_dir else ItemInfo()
-            pi = PackItem(r.item_id, _float(r.energy_wh_upper), _float(r.energy_wh), _float(r.weight_g), r.t_item)
-            rows.append(
-                item_row(
-                    PlannedItem(
-                        self.log_dir or "",
-                        r.source_line,
-                        r.item_id,
-                        r.lane,
-                        pi,
-                        info,
-                        info.product,
-                        r.case_status,
-                        r.case_reason or "",
-                        r.case_id,
-                        r.case_seq,
-                    )
-                )
-            )
-        return rows
+        return [
+            item_row(self._planned_item(r, r.case_status, r.case_id))
+            for r in self._log.rows()
+            if r.case_status is not None
+        ]
 
 
 def item_row(it: PlannedItem) -> dict[str, str]:
