@@ -4,8 +4,9 @@
 
 For each shifted line of :mod:`benchmarks.shift` (the same logs and seeds: calibration 500
 items, test 2000), the shipped model is calibrated on the calibration log with the lead_acid
-threshold's floor at each of ``--floors`` (``sorter.calibrate.CALIBRATION_LEAD_FLOOR``; the
-rule above it, the most lead-like calibration non-lead item plus the margin, is unchanged) and
+threshold's floor at each of ``--floors`` (``calibrate(lead_floor=...)``; ``sorter calibrate``
+uses ``sorter.calibrate.CALIBRATION_LEAD_FLOOR``; the rule above it, the most lead-like
+calibration non-lead item plus the margin, is unchanged) and
 scored on the test log with the line's mismatch resolved by the calibration.  Per floor: Li-ion
 in lead_acid (with the p_lead_acid of each), lead-acid to lead_acid, manual.  The section
 ``calibration_floor`` of docs/performance.md is replaced.
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-import sorter.calibrate as calibrate_module
 from sorter.batch import measure_logs
+from sorter.calibrate import CALIBRATION_LEAD_FLOOR, calibrate
 from sorter.logformat import read_meta
 from sorter.model import load_model
 from sorter.report import lanes_for
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     floors = [float(f) for f in args.floors.split(",") if f]
     data = Path(args.data)
     base = load_model()
-    shipped = calibrate_module.CALIBRATION_LEAD_FLOOR
+    shipped = CALIBRATION_LEAD_FLOOR
     rows = []
     for name in names:
         cal = ensure_log(data, by_name[name], "cal", 500)
@@ -55,11 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = mt.ok & np.array([lab in CLASSES for lab in mt.labels])
         y = np.array([mt.labels[i] for i in np.flatnonzero(keep)])
         for floor in floors:
-            calibrate_module.CALIBRATION_LEAD_FLOOR = floor
-            try:
-                model, _ = calibrate_module.calibrate([str(cal)], base, measured=mc)
-            finally:
-                calibrate_module.CALIBRATION_LEAD_FLOOR = shipped
+            model, _ = calibrate([str(cal)], base, measured=mc, lead_floor=floor)
             proba, _, lanes, _ = lanes_for(model, mt.raw[keep], read_meta(test))
             leak = np.flatnonzero((y == "li_ion") & (lanes == "lead_acid"))
             ps = ", ".join(f"{p:.4f}" for p in sorted(proba[leak, 0]))

@@ -122,9 +122,11 @@ def calibrate(
     workers: int = 1,
     progress: bool = False,
     measured: MeasuredLog | None = None,
+    lead_floor: float = CALIBRATION_LEAD_FLOOR,
 ) -> tuple[SorterModel, dict[str, Any]]:
     """A copy of ``base`` calibrated for the line of ``log_dirs`` (labelled), and a report.
-    ``measured``: the logs already measured (:func:`sorter.batch.measure_logs`)."""
+    ``measured``: the logs already measured (:func:`sorter.batch.measure_logs`); ``lead_floor``:
+    the lowest lead_acid threshold the calibration may set."""
     t0 = time.perf_counter()
     metas = [read_meta(d) for d in log_dirs]
     domain = LineDomain.from_metas(metas)
@@ -153,7 +155,7 @@ def calibrate(
     damaged = np.array([bool(d) for d in dmg]) if any(isinstance(d, bool) for d in dmg) else None
     maps, map_report = fit_normalisation(raw, y, reference)
     model = dataclasses.replace(base, normalisation=maps, domain=domain, manifest=dict(base.manifest), path=None)
-    cfg = TrainConfig(seed=seed, lead_acid_min_floor=CALIBRATION_LEAD_FLOOR)
+    cfg = TrainConfig(seed=seed, lead_acid_min_floor=lead_floor)
     thresholds, th_report = choose_thresholds(model, raw, y, damaged, cfg)
     novelty_max, nov_report = choose_novelty_max(model, raw, y, cfg)
     model.thresholds = dataclasses.replace(
