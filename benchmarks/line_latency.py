@@ -76,6 +76,7 @@ from ._report import write_section
 SIM = SimConfig(items=200, seed=2026, mix="recycler")
 SLOW_COMMIT_S = 0.05  # an audit transaction this slow eats most of a 90 ms deadline (a bucket of the histogram)
 SYNC_MODE = ["interval"]  # audit.sync of the runs (set from --sync)
+JOURNAL = ["auto"]  # audit.journal of the runs (set from --journal)
 CASE_LANE = ["li_ion"]  # the case station's lane with --cases (set from --case-lane)
 
 
@@ -150,6 +151,7 @@ async def one_run(
                 f"line.scorer_workers={scorer.workers}",
                 "line.max_in_flight=256",
                 f"audit.sync={SYNC_MODE[0]}",
+                f"audit.journal={JOURNAL[0]}",
                 f"cases.enabled={'true' if cases else 'false'}",
                 f"cases.lane={CASE_LANE[0]}",
             ],
@@ -564,6 +566,13 @@ def main(argv: list[str] | None = None) -> int:
         help="audit.sync of the runs (default %(default)s, the line's default)",
     )
     ap.add_argument(
+        "--journal",
+        choices=["auto", "off"],
+        default="auto",
+        help="audit.journal of the runs: the crash journal on tmpfs (auto, the line's default) or none, so "
+        "that each decision waits for its SQLite commit (off; for comparison) (default %(default)s)",
+    )
+    ap.add_argument(
         "--quick",
         action="store_true",
         help="a short series: 6 s runs, 100 items/s, step to 200, 3 repeats (about 2 minutes)",
@@ -594,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds, args.rates, args.step, args.down = 6.0, "100", "100,200", "50,20"
         args.probe_seconds = min(args.probe_seconds, 20.0)
     SYNC_MODE[0] = args.sync
+    JOURNAL[0] = args.journal
     if args.nice:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, args.nice)
@@ -602,8 +612,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"line_latency: --nice {args.nice} needs the right to raise priority (root, CAP_SYS_NICE)",
             )
             return 2
-    if args.section == "line_latency" and (args.disk_load or args.sync != "interval"):
-        args.section += ("_disk_load" if args.disk_load else "") + ("_sync_full" if args.sync == "full" else "")
+    if args.section == "line_latency" and (args.disk_load or args.sync != "interval" or args.journal == "off"):
+        args.section += (
+            ("_disk_load" if args.disk_load else "")
+            + ("_sync_full" if args.sync == "full" else "")
+            + ("_no_journal" if args.journal == "off" and args.sync == "interval" else "")
+        )
     # Late and refused acknowledgements are counted in the table; one warning per item would drown it.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its request timeouts are the link's business
@@ -656,11 +670,14 @@ def main(argv: list[str] | None = None) -> int:
         title = "## Line controller under disk load (issue 14)"
     if args.sync == "full":
         title += ', `audit.sync = "full"` (every commit waits for fsync)'
+    elif args.journal == "off":
+        title += ', `audit.journal = "off"` (every decision waits for its SQLite commit)'
     md = [
         title,
         "",
         f"Command: `python -m benchmarks.line_latency{' --quick' if args.quick else ''}"
         f"{' --disk-load' if args.disk_load else ''}{' --sync full' if args.sync == 'full' else ''}"
+        f"{' --journal off' if args.journal == 'off' else ''}"
         f"{f' --nice {args.nice}' if args.nice else ''}`. "
         + (
             f"The line (controller, PLC simulator and scoring workers) ran at niceness {args.nice}, as "
@@ -670,7 +687,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         + f'Audit durability: `audit.sync = "{args.sync}"`'
         + (
-            " (commits do not wait for the disk; a flusher syncs every 20 ms)."
+            " (commits do not wait for the disk; a flusher syncs every 20 ms)"
+            + (
+                ', `audit.journal = "auto"`: each decision is appended to the crash journal on tmpfs before it is '
+                "sent, and committed to SQLite just after, off the deadline path."
+                if args.journal == "auto"
+                else ', `audit.journal = "off"`: each decision waits for its SQLite commit before it is sent.'
+            )
             if args.sync == "interval"
             else " (every commit waits for fsync before its decision is sent)."
         )

@@ -202,6 +202,12 @@ class AuditSection(_Section):
     reach the disk (the item goes to the safe lane), so a power cut can never lose more than this window.
     0 (the default) never holds a decision back for the disk; the restart's reconciliation flags what a
     power cut lost."""
+    journal: str = "auto"
+    """With ``sync = "interval"``: where each decision is journaled before it is sent, so its SQLite commit
+    (which writes to the audit disk, and can wait there while another process flushes a large file) is off
+    the deadline path.  ``"auto"``: a directory under ``/dev/shm`` (tmpfs, in memory) named after the audit
+    path; ``"off"``: no journal, each decision waits for its commit; or a directory, which should be on
+    tmpfs.  A process crash loses nothing either way: the next start writes the journal into the log."""
 
 
 class CasesSection(_Section):

@@ -73,6 +73,8 @@ from sorter.errors import ConfigError, PlcError, PlcTimeoutError, SorterError
 from sorter.features.ambient import AmbientTracker
 from sorter.lanes import Lane
 from sorter.line.audit import AuditError, AuditLog, AuditRecord, AuditWriter
+from sorter.line.audit.journal import journal_dir_for
+from sorter.line.audit.journal import replay as replay_journal
 from sorter.line.casestation import CaseStation, case_columns, pack_item
 from sorter.line.config import LineConfig
 from sorter.line.health import SensorHealth
@@ -113,8 +115,9 @@ class Resume:
     """Those rows, as they were (the reconciliation with the PLC looks at them)."""
 
 
-def recover_audit(path: str | os.PathLike[str]) -> Resume:
-    """Prepare the audit log for a run: mark a crash's ``pending`` rows ``undelivered``.
+def recover_audit(path: str | os.PathLike[str], journal_dir: str | os.PathLike[str] | None = None) -> Resume:
+    """Prepare the audit log for a run: replay a killed run's crash journal, then mark a crash's
+    ``pending`` rows ``undelivered``.
 
     A ``pending`` row is a decision committed before the process died, whose
     delivery was never recorded.  Its deadline is long gone: the PLC defaulted
@@ -126,6 +129,7 @@ def recover_audit(path: str | os.PathLike[str]) -> Resume:
     AuditError
         If the audit log cannot be opened or written.
     """
+    replay_journal(path, journal_dir)
     with AuditLog(path) as log:
         pending = log.pending()
         for rec in pending:
@@ -243,6 +247,9 @@ class Controller:
         self._startup: dict[str, float] = {}
         self._t_launch: float | None = None
         self._max_lag_s = 0.0
+        self._journal_dir = (
+            journal_dir_for(config.audit.path, config.audit.journal) if config.audit.sync == "interval" else None
+        )
         self._early_events: list[tuple[str, dict[str, Any], float]] = []  # before the audit writer is open
         # The case station (``[cases] enabled``): restored from the audit log at start-up.  Offers are
         # made in belt (admission) order: each item waits for the previous item's turn (a chain of futures).
@@ -364,7 +371,7 @@ class Controller:
         # PLC link, its heartbeat and the reconciliation come up.
         scorer_ready = asyncio.create_task(self._start_scorer(t_launch), name="scorer-start")
         try:
-            self.resume = await asyncio.to_thread(recover_audit, cfg.audit.path)
+            self.resume = await asyncio.to_thread(recover_audit, cfg.audit.path, self._journal_dir)
         except BaseException:
             scorer_ready.cancel()
             await asyncio.gather(scorer_ready, return_exceptions=True)
@@ -405,6 +412,7 @@ class Controller:
                 sync=cfg.audit.sync,
                 sync_interval_s=cfg.audit.sync_interval_ms / 1000.0,
                 on_durable=self.metrics.audit_durability_lag.observe,
+                journal_dir=self._journal_dir,
             )
             for kind, detail, t in self._early_events:
                 self._writer.submit_event("plc_protocol_fault", {"kind": kind, **detail}, t=t)

@@ -29,6 +29,12 @@ crash of the process (``kill -9``) without losing anything it acknowledged:
   the last completed flush.  The flusher reports how far durability lags
   (``on_durable``) and records lags over ``lag_alarm_s`` in the ``events``
   table.
+- The crash journal (:mod:`~sorter.line.audit.journal`, ``AuditWriter(journal_dir=...)``, the
+  line's default with ``"interval"``): a decision is appended to a file on tmpfs before its future
+  resolves, and committed to SQLite just after on the writer's thread, so even the ``write`` of a
+  commit (which can wait on ext4's journal while another process flushes a large file) is off the
+  deadline path.  A killed process's journal is written into the log by the next start
+  (:func:`~sorter.line.audit.journal.replay`), before anything reads the log.
 - An ``events`` table holds what is not one item's decision: durability lags,
   PLC protocol faults, reconciliation gaps, PLC counter snapshots
   (:meth:`AuditLog.record_event`, :meth:`AuditLog.events`).  It was added
@@ -56,7 +62,8 @@ with :class:`AuditRecordError` before anything is written.
 The package is split by what each part holds: :mod:`~sorter.line.audit.record`
 (the record type, delivery states and errors), :mod:`~sorter.line.audit.store`
 (the schema and :class:`AuditLog`) and :mod:`~sorter.line.audit.writer`
-(:class:`AuditWriter` and its flusher).  Import the public names from here.
+(:class:`AuditWriter` and its flusher) and :mod:`~sorter.line.audit.journal` (the crash journal).
+Import the public names from here.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The audit writer: an :class:`AuditLog` on its own thread, group commit and a flusher.
 
-Why this module is long (about 650 lines): the writer thread, its group commit, the
-durability flusher and the full-disk pause and resume share one connection and one queue;
-each decides what the others may do next (a commit may not run while the flusher syncs, a
-full disk stops both), and apart they would pass each other that state.
+Why this module is long (about 790 lines): the writer thread, its group commit, the
+durability flusher, the crash journal's hand-over and the full-disk pause and resume share one
+connection and one queue; each decides what the others may do next (a commit may not run while
+the flusher syncs, a full disk stops both and keeps journaled decisions for a retry), and apart
+they would pass each other that state.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import suppress
+from contextlib import closing, suppress
 from types import TracebackType
 from typing import Any, Final
 
@@ -31,6 +32,7 @@ from sorter.line.audit.record import (
     _is_finite,
     _is_int,
 )
+from sorter.line.audit.journal import CrashJournal, replay
 from sorter.line.audit.store import AuditLog, _event_payload, _wrap
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,19 @@ def audit_disk_full(err: BaseException) -> bool:
 
 
 _STOP: Final = object()
+_RECENT_IDS: Final = 20_000  # item ids the journal path remembers, to refuse a re-submitted item at once
+_RETRY_S: Final = 0.5  # how often journaled decisions whose commit failed are tried again
+
+
+class _Journaled(Future[bool]):
+    """The (already resolved) future of a decision the crash journal holds: where, and since when."""
+
+    def __init__(self, seg: int, t_journal: float) -> None:
+        super().__init__()
+        self.seg = seg
+        self.t_journal = t_journal
+
+
 _WAL_RESET_FRAMES: Final = 4000  # about 16 MB of WAL: then the flusher lets the WAL start over (see _flush_loop)
 
 
@@ -92,6 +107,13 @@ class AuditWriter:
         How often the flusher checkpoints the WAL into the database (sooner
         when the last checkpoint left more than 1000 frames, about 4 MB), so
         the WAL is reset from its start often and stays small.
+    journal_dir : str or os.PathLike, optional
+        With ``sync="interval"``: a directory on tmpfs for the crash journal
+        (:mod:`~sorter.line.audit.journal`).  A decision is then journaled there
+        and its future resolves at once; the SQLite commit follows on this
+        writer's thread, so a stalling audit disk never holds a decision back.
+        Whatever a killed process left in the journal is written to the log
+        first, here.  ``None``: decisions wait for their SQLite commit.
     on_durable : callable, optional
         Called on the flusher thread after each flush with the durability lag
         in seconds: how long the oldest row it made durable had waited since
@@ -141,6 +163,7 @@ class AuditWriter:
         checkpoint_interval_s: float = 1.0,
         on_durable: Callable[[float], None] | None = None,
         lag_alarm_s: float = 0.25,
+        journal_dir: StrPath | None = None,
     ) -> None:
         if sync not in SYNC_MODES:
             raise AuditRecordError(f"sync must be one of {SYNC_MODES}, got {sync!r}")
@@ -191,6 +214,18 @@ class AuditWriter:
         self.last_error: str | None = None
         """The last failed commit's error (``None`` once commits succeed again)."""
         self._entries = 0
+        self._journal: CrashJournal | None = None
+        self._journal_times: deque[float] = deque()  # when each queued journaled decision was journaled
+        self._recent: set[str] = set()
+        self._recent_order: deque[str] = deque()
+        self._retry: list[tuple[str, Any, Future[Any]]] = []  # journaled decisions whose commit failed
+        self._journal_broken = False
+        self.late_duplicates = 0
+        """Journaled decisions SQLite then found already recorded (sent before their duplicate was known)."""
+        if journal_dir is not None and sync == "interval":
+            replay(self._path, journal_dir)  # what a killed process left, before anything new
+            self._remember_last_ids(busy_timeout_s)
+            self._journal = CrashJournal(journal_dir)
         started: Future[None] = Future()
         self._thread = threading.Thread(
             target=self._run,
@@ -201,7 +236,12 @@ class AuditWriter:
             daemon=True,
         )
         self._thread.start()
-        started.result()  # re-raises AuditError from opening the log
+        try:
+            started.result()  # re-raises AuditError from opening the log
+        except BaseException:
+            if self._journal is not None:
+                self._journal.close(remove=False)
+            raise
         # Both modes: the flusher checkpoints the WAL off the commits (and in "interval" mode syncs it).
         flusher_started: Future[None] = Future()
         self._flusher = threading.Thread(
@@ -363,7 +403,11 @@ class AuditWriter:
             stop = False
             while not stop:
                 batch: list[tuple[str, Any, Future[Any]]] = []
-                item = self._queue.get()
+                try:
+                    item = self._queue.get(timeout=_RETRY_S) if self._retry else self._queue.get()
+                except queue.Empty:  # only failed journaled decisions to try again
+                    self._commit(log, batch)
+                    continue
                 hold_until: float | None = None
                 while True:
                     if item is _STOP:
@@ -390,7 +434,7 @@ class AuditWriter:
                         item = self._queue.get(timeout=hold_until - now)
                     except queue.Empty:
                         break
-                if batch:
+                if batch or self._retry:
                     self._commit(log, batch)
         except BaseException as err:  # a bug here must not strand callers
             logger.exception("audit writer %s stopped unexpectedly", self._path)
@@ -402,15 +446,23 @@ class AuditWriter:
             log.close()
 
     def _commit(self, log: AuditLog, batch: list[tuple[str, Any, Future[Any]]]) -> None:
+        if self._retry:  # journaled decisions come first, in the order they were sent
+            batch, self._retry = self._retry + batch, []
         t0 = time.monotonic()
         try:
             with self._commit_lock:
-                if self._unsynced_since is None and self._sync == "interval":
-                    self._unsynced_since = t0
+                if self._sync == "interval":
+                    oldest = min((f.t_journal for _, _, f in batch if isinstance(f, _Journaled)), default=t0)
+                    if self._unsynced_since is None or oldest < self._unsynced_since:
+                        self._unsynced_since = oldest
                 results = log._apply([(kind, payload) for kind, payload, _ in batch])
         except AuditError as err:
-            self._note_failure(err, len(batch))
-            for _, _, fut in batch:
+            # A journaled decision was sent already: it stays in the journal and is tried again
+            # until it is written (or the next start replays it).  The rest failed, as before.
+            lost = [entry for entry in batch if not isinstance(entry[2], _Journaled)]
+            self._retry = [entry for entry in batch if isinstance(entry[2], _Journaled)]
+            self._note_failure(err, len(lost))
+            for _, _, fut in lost:
                 fut.set_exception(err)
             return
         if self._failing_since is not None:
@@ -429,11 +481,28 @@ class AuditWriter:
                 self._on_commit(time.monotonic() - t0)
             except Exception:  # noqa: BLE001 - an observer must not stop the audit trail
                 logger.exception("audit writer %s: commit observer failed", self._path)
-        for (_, _, fut), result in zip(batch, results):
+        for (_, payload, fut), result in zip(batch, results):
+            if isinstance(fut, _Journaled):
+                self._journal_committed(fut, payload, result)
+                continue
             if isinstance(result, AuditRecordError):
                 fut.set_exception(result)
             else:
                 fut.set_result(result)
+
+    def _journal_committed(self, fut: _Journaled, payload: Any, result: Any) -> None:
+        assert self._journal is not None
+        self._journal.committed(fut.seg)
+        with suppress(IndexError):
+            self._journal_times.popleft()
+        if result is False:
+            self.late_duplicates += 1
+            logger.error(
+                "audit log %s: item %s was already recorded; its second decision was sent before that was "
+                "known (the first row is kept; the PLC's answer to the second is recorded on it)",
+                self._path,
+                payload[0].item_id,
+            )
 
     def _note_failure(self, err: AuditError, entries: int) -> None:
         """A commit failed: raise the alarm once per outage (naming the cause), count the rest."""
@@ -469,7 +538,7 @@ class AuditWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if item is not _STOP:
+            if item is not _STOP and not item[2].done():  # a journaled decision's is resolved already
                 item[2].set_exception(AuditError(f"audit writer {self._path} stopped: {err!r}; not recorded"))
 
     # -- callers' side --------------------------------------------------------
@@ -522,10 +591,71 @@ class AuditWriter:
             raise AuditRecordError(
                 f"expected an AuditRecord, got {type(rec).__name__}; build one with AuditRecord(...)"
             )
-        if events:
-            payloads = [_event_payload(kind, detail, rec.t_decided) for kind, detail in events]
+        payloads = [_event_payload(kind, detail, rec.t_decided) for kind, detail in events]
+        if self._journal is not None and not self.failing and not self._journal_broken:
+            fut = self._submit_journaled(rec, payloads, timeout)
+            if fut is not None:
+                return fut
+        if payloads:
             return self._enqueue("decision+events", (rec, payloads), timeout)
         return self._enqueue("decision", rec, timeout)
+
+    def _remember_last_ids(self, busy_timeout_s: float) -> None:
+        """Seed the journal path's memory of recorded ids with the log's last rows, so an item a
+        restarted reader passes again (just before its resume point) is refused at once, as a
+        commit would refuse it."""
+        try:
+            with closing(sqlite3.connect(self._path, timeout=busy_timeout_s)) as conn:
+                rows = conn.execute("SELECT item_id FROM decisions ORDER BY id DESC LIMIT ?", (_RECENT_IDS,)).fetchall()
+        except sqlite3.Error as err:  # a new log has no table yet; the writer's own open reports real trouble
+            logger.debug("audit log %s: last ids not read: %s", self._path, err)
+            return
+        for (item_id,) in reversed(rows):
+            self._recent.add(item_id)
+            self._recent_order.append(item_id)
+
+    def _submit_journaled(
+        self, rec: AuditRecord, payloads: list[tuple[float, str, str]], timeout: float | None
+    ) -> Future[bool] | None:
+        """Journal a decision on tmpfs and queue its commit; ``None``: the journal failed, commit instead."""
+        assert self._journal is not None
+        with self._submit_lock:
+            if self._closed:
+                raise AuditError(f"audit writer {self._path} is closed; nothing more can be recorded")
+            if rec.item_id in self._recent:
+                done: Future[bool] = Future()
+                done.set_running_or_notify_cancel()
+                done.set_result(False)
+                return done
+            try:
+                seg = self._journal.append(rec, payloads)
+            except OSError as err:
+                self._journal_broken = True
+                logger.error(
+                    "audit journal %s cannot be written (%s); decisions now wait for their commit to the audit "
+                    "disk before they are sent, as with no journal",
+                    self._journal.directory,
+                    err,
+                )
+                return None
+            fut = _Journaled(seg, time.monotonic())
+            fut.set_running_or_notify_cancel()
+            fut.set_result(True)
+            self._journal_times.append(fut.t_journal)
+            try:
+                self._queue.put(("decision+events", (rec, payloads), fut), timeout=timeout)
+            except queue.Full:
+                self._journal_times.pop()
+                self._journal.committed(seg)  # abandoned: the caller does not send it
+                raise AuditError(
+                    f"audit writer {self._path}: queue full ({self._queue.maxsize} entries "
+                    f"waiting) after {timeout} s; the disk is not keeping up"
+                ) from None
+            self._recent.add(rec.item_id)
+            self._recent_order.append(rec.item_id)
+            if len(self._recent_order) > _RECENT_IDS:
+                self._recent.discard(self._recent_order.popleft())
+        return fut
 
     def submit_delivery(
         self,
@@ -574,7 +704,14 @@ class AuditWriter:
         """How long the oldest committed row not yet flushed has waited (0 when all are durable,
         and always 0 with ``sync="full"``).  What a power cut now would lose, in time."""
         oldest = [t for t in (self._flushing_since, self._unsynced_since) if t is not None]
+        with suppress(IndexError):  # a journaled decision still waiting for its commit
+            oldest.append(self._journal_times[0])
         return time.monotonic() - min(oldest) if oldest else 0.0
+
+    @property
+    def journal(self) -> CrashJournal | None:
+        """The crash journal (``None`` without one)."""
+        return self._journal
 
     @property
     def flushes(self) -> int:
@@ -637,6 +774,18 @@ class AuditWriter:
         if flusher is not None:
             self._flush_stop.set()
             flusher.join(timeout)
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            left = len(self._retry)
+            journal.close(remove=left == 0)
+            if left:
+                logger.error(
+                    "audit log %s: %d sent decision(s) could not be written; they stay in the crash journal %s "
+                    "and are written at the next start",
+                    self._path,
+                    left,
+                    journal.directory,
+                )
 
     def __enter__(self) -> AuditWriter:
         return self
