@@ -257,8 +257,33 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--name", default="sorter", help="model name in the manifest")
     p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP + ", for measuring the items")
-    p.add_argument("--val-fraction", type=float, default=0.3, help="held-out share for thresholds (default 0.3)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.3,
+        help="held-out share for the damage and novelty thresholds and the held-out metrics (default 0.3)",
+    )
+    p.add_argument(
+        "--threshold-folds",
+        type=_threshold_folds,
+        default=None,
+        help=(
+            "cross-fit the chemistry classifier in this many folds and choose the lead_acid threshold on every "
+            "item's out-of-fold probability; 0: on the held-out share only, the classifier fitted on the rest "
+            "(default 5)"
+        ),
+    )
     p.set_defaults(func=_cmd_train)
+
+
+def _threshold_folds(text: str) -> int:
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if k != 0 and not 2 <= k <= 20:
+        raise argparse.ArgumentTypeError(f"--threshold-folds must be 0 or a whole number from 2 to 20, got {text!r}")
+    return k
 
 
 def _cmd_train(args) -> int:
@@ -270,7 +295,10 @@ def _cmd_train(args) -> int:
     for d in args.logs:
         check_log_dir(d)
     _check_out_dir(args.out, "a model", MANIFEST, args.force)
-    cfg = TrainConfig(seed=args.seed, val_fraction=args.val_fraction, workers=args.workers or default_workers())
+    folds = {} if args.threshold_folds is None else {"threshold_folds": args.threshold_folds}
+    cfg = TrainConfig(
+        seed=args.seed, val_fraction=args.val_fraction, workers=args.workers or default_workers(), **folds
+    )
     model, report = train_and_save(args.logs, args.out, cfg, name=args.name, progress=True)
     m = report["heldout_metrics"]
     print(f"wrote {args.out} ({model.model_id})")

@@ -823,6 +823,8 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
     tr = manifest.get("training", {})
     pol = manifest.get("policy", {})
     held = manifest.get("heldout_metrics", {})
+    # older manifests: the held-out part; cross-fitted training: every item's out-of-fold probability
+    chem_rows = manifest.get("threshold_selection", {}).get("chemistry_thresholds_on", "the held-out items")
     md = [
         f"# Model card: {manifest.get('name', 'sorter')}",
         "",
@@ -849,11 +851,12 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
         f"- Configuration: `{json.dumps(tr.get('config', {}))}`.",
         "",
         "## Policy thresholds (chosen on held-out data, stored in manifest.json)",
+        f"- The chemistry thresholds below were chosen on {chem_rows}.",
         f"- lead_acid only when p(lead_acid) ≥ {pol.get('lead_acid_min', float('nan')):.6f} (the most lead-like "
-        "non-lead held-out item plus a margin of 1.5 in log-odds, at least 0.9), with the X-ray and the scale "
+        "non-lead item plus a margin of 1.5 in log-odds, at least 0.9), with the X-ray and the scale "
         "present and valid.",
         "- an item without one of the optional sensors must also clear that sensor's threshold (the same rule on "
-        "the held-out items with the sensor removed): "
+        "the items with the sensor removed): "
         + (", ".join(f"{k} {v:.6f}" for k, v in sorted(pol.get("lead_acid_min_missing", {}).items())) or "none")
         + ".",
         f"- confidently not lead-acid when p(lead_acid) ≤ {pol.get('not_lead_max', float('nan')):.4f}; between the "

@@ -4,17 +4,22 @@ Steps (each reproducible for a seed):
 
 1. measure every item of the labelled logs (in parallel);
 2. split items into training and held-out parts (stratified by label);
-3. augment the training part with copies whose sensors drop out one at a time, so the
+3. augment the training rows with copies whose sensors drop out one at a time, so the
    model learns what a missing reading looks like instead of guessing;
 4. fit the chemistry pipeline (features -> gradient-boosted trees, their own log-loss
-   probabilities), with costs that make the dangerous error rare (Li-ion weighted up);
+   probabilities), with costs that make the dangerous error rare (Li-ion weighted up).
+   With ``threshold_folds`` >= 2 (the default) it is *cross-fitted*: the shipped classifier
+   is fitted on every item, and ``threshold_folds`` more, each on all items but one fold,
+   give every item a probability from a classifier that never saw it (out of fold); with
+   ``threshold_folds`` = 0 the classifier is fitted on the training part only;
 5. fit the damaged-Li-ion detector where the logs carry a ``damaged`` truth;
 6. fit the class densities of the novelty score on the training part (:mod:`sorter.novelty`)
    and record the training logs' declared line settings (:mod:`sorter.domain`): the model's
    applicability domain;
-7. choose the policy thresholds on the held-out part, with each sensor missing in turn,
-   to meet the target (no Li-ion in the lead_acid lane, with a safety margin), and the
-   novelty threshold from the held-out lead-acid items;
+7. choose the chemistry thresholds, with each sensor missing in turn, to meet the target (no
+   Li-ion in the lead_acid lane, with a safety margin) on the out-of-fold probabilities of
+   every item (cross-fitted) or on the held-out part; the damage and novelty thresholds on
+   the held-out part;
 8. save with skops and a manifest (hashes, versions, data digest, metrics).
 """
 
@@ -26,11 +31,11 @@ import math
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 
 from .batch import data_digest, log_digests, measure_logs
@@ -65,6 +70,11 @@ class TrainConfig:
     max_leaf_nodes: int = 31
     dropout_augment: float = 0.15  # share of training rows copied once per sensor with that sensor missing
     lead_margin_logit: float = 1.5  # safety margin above the most lead-like non-lead item seen, in logits
+    # Cross-fitting for the chemistry thresholds (step 4 above): the lead_acid threshold is
+    # chosen on out-of-fold probabilities of every item instead of the held-out part's only,
+    # so it sees 1 / val_fraction times as many non-lead items, and the shipped classifier
+    # learns from every item.  0 (or 1): the held-out part's probabilities, as before.
+    threshold_folds: int = 5
     lead_acid_min_floor: float = 0.9
     # The lead-acid density gate (policy rule 4): this share of the lightest held-out
     # lead-acid items' envelope density (their 0.1 % quantile), in kg/L.
@@ -125,6 +135,38 @@ def fit_classifier(raw: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConf
     return pipe
 
 
+def cross_fit(raw: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, list[Pipeline]]:
+    """``cfg.threshold_folds`` classifiers, each fitted (as :func:`fit_classifier`, with the
+    dropout copies) on all rows but one stratified fold.  Returns each row's fold and the
+    classifiers: row ``i`` is out of fold for ``pipes[fold[i]]``."""
+    fold = np.empty(len(y), dtype=int)
+    pipes = []
+    splits = StratifiedKFold(n_splits=cfg.threshold_folds, shuffle=True, random_state=cfg.seed)
+    for k, (fit_rows, out_rows) in enumerate(splits.split(raw, y)):
+        fold[out_rows] = k
+        rng = np.random.default_rng(cfg.seed + 1 + k)
+        xa, ya, wa = _augment(raw[fit_rows], y[fit_rows], w[fit_rows], rng, cfg.dropout_augment)
+        pipes.append(fit_classifier(xa, ya, wa, cfg))
+    return fold, pipes
+
+
+def out_of_fold_probas(
+    model: SorterModel, fold: np.ndarray, pipes: Sequence[Pipeline], raw: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Each row's chemistry probabilities from the classifier of :func:`cross_fit` that never
+    saw it, as recorded (``"all"``) and with each sensor masked: :func:`choose_thresholds`'s
+    ``probas``."""
+    models = [dataclasses.replace(model, classifier=pipe, damage=None) for pipe in pipes]
+    out = {}
+    for name in ("all", *SENSOR_GROUPS):
+        r = raw if name == "all" else mask_sensor(raw, name)
+        proba = np.empty((len(r), len(model.classes)))
+        for k, m in enumerate(models):
+            proba[fold == k] = m.predict(r[fold == k])[0]
+        out[name] = proba
+    return out
+
+
 def fit_damage(raw: np.ndarray, damaged: np.ndarray, cfg: TrainConfig) -> Pipeline | None:
     if damaged.sum() < 10 or (~damaged).sum() < 10:
         logger.warning("fewer than 10 damaged or sound Li-ion items with a 'damaged' truth: no damage detector")
@@ -139,10 +181,34 @@ def fit_damage(raw: np.ndarray, damaged: np.ndarray, cfg: TrainConfig) -> Pipeli
     return pipe
 
 
+def choose_damage_min(
+    model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray, cfg: TrainConfig
+) -> tuple[float, int]:
+    """The damage threshold: the highest that keeps recall at ``damage_recall_target`` on the
+    held-out damaged Li-ion items (less 10 %, within [0.02, 0.5]); 0.5 without any.  Returns
+    the threshold and the number of held-out damaged Li-ion items."""
+    is_li = y == "li_ion"
+    _, p_dmg = model.predict(raw[is_li])
+    d = damaged[is_li]
+    if not d.any():
+        return 0.5, 0
+    dmg_min = float(np.quantile(p_dmg[d], 1 - cfg.damage_recall_target))
+    return float(np.clip(dmg_min * 0.9, 0.02, 0.5)), int(d.sum())
+
+
 def choose_thresholds(
-    model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None, cfg: TrainConfig
+    model: SorterModel,
+    raw: np.ndarray,
+    y: np.ndarray,
+    damaged: np.ndarray | None,
+    cfg: TrainConfig,
+    probas: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[PolicyThresholds, dict[str, Any]]:
     """Pick the policy thresholds on held-out rows, with each sensor missing in turn.
+
+    ``probas``: the rows' chemistry probabilities as recorded (``"all"``) and with each sensor
+    of :data:`~sorter.features.transformers.SENSOR_GROUPS` masked (by its name), when they do
+    not come from ``model`` (training's out-of-fold probabilities); by default ``model``'s.
 
     ``lead_acid_min`` sits ``lead_margin_logit`` above the most lead-like non-lead-acid
     item of the held-out rows as recorded; for each optional sensor (profiler, camera,
@@ -154,7 +220,7 @@ def choose_thresholds(
     """
     variants = [("all", raw)] + [(s, mask_sensor(raw, s)) for s in SENSOR_GROUPS]
     report: dict[str, Any] = {}
-    probas = {}
+    given, probas = probas, {}
     # The density gate first: an item it stops cannot reach lead_acid, so it sets no
     # probability threshold (a lithium drop-in in a lead-acid case is stopped by physics).
     dens_lead = np.array([envelope_density(row) for row in raw[y == "lead_acid"]])
@@ -172,7 +238,7 @@ def choose_thresholds(
 
     per_variant: dict[str, float] = {}
     for name, r in variants:
-        proba, _ = model.predict(r)
+        proba = model.predict(r)[0] if given is None else given[name]
         probas[name] = proba
         # only rows the policy could send to lead_acid: critical readings present and valid
         eligible = np.array(
@@ -191,14 +257,7 @@ def choose_thresholds(
     not_lead = min(not_lead, lead_min * 0.5)
     dmg_min = 0.5
     if damaged is not None and model.damage is not None:
-        is_li = y == "li_ion"
-        _, p_dmg = model.predict(raw[is_li])
-        d = damaged[is_li]
-        if d.sum() > 0:
-            # the highest threshold that keeps recall at the target on held-out damaged Li-ion
-            dmg_min = float(np.quantile(p_dmg[d], 1 - cfg.damage_recall_target))
-            dmg_min = float(np.clip(dmg_min * 0.9, 0.02, 0.5))
-        report["damage_heldout_n"] = int(d.sum())
+        dmg_min, report["damage_heldout_n"] = choose_damage_min(model, raw, y, damaged, cfg)
     finite = raw[:, [RAW_COLUMNS.index(c) for c in ENVELOPE_COLUMNS]]
     envelope = {}
     for k, col in enumerate(ENVELOPE_COLUMNS):
@@ -328,15 +387,31 @@ def choose_novelty_max(
 
 
 def heldout_metrics(
-    model: SorterModel, raw: np.ndarray, y: np.ndarray, damaged: np.ndarray | None, meta: Any = None
+    model: SorterModel,
+    raw: np.ndarray,
+    y: np.ndarray,
+    damaged: np.ndarray | None,
+    meta: Any = None,
+    classifiers: Sequence[tuple[np.ndarray, Pipeline]] | None = None,
 ) -> dict[str, Any]:
-    """The plant's table on labelled rows, through the scoring path (:class:`~sorter.scoring.Scorer`)."""
+    """The plant's table on labelled rows, through the scoring path (:class:`~sorter.scoring.Scorer`).
+
+    ``classifiers``: (row mask, classifier) pairs covering the rows: each row is scored by
+    ``model`` with its pair's classifier instead of ``model``'s (cross-fitted training scores a
+    held-out row by the classifier that never saw it)."""
     from .scoring import Scorer
 
-    proba, _ = model.predict(raw)
     n = len(y)
-    decisions = Scorer(model).decide_rows(raw, list(range(1, n + 1)), [str(k) for k in range(n)], [""] * n, meta)
-    lanes = np.array([d.lane for d in decisions])
+    parts = [(np.ones(n, dtype=bool), model)]
+    if classifiers is not None:
+        parts = [(rows, dataclasses.replace(model, classifier=pipe)) for rows, pipe in classifiers]
+    proba = np.empty((n, len(model.classes)))
+    lanes = np.empty(n, dtype=object)
+    for rows, m in parts:
+        idx = np.flatnonzero(rows)
+        proba[idx] = m.predict(raw[idx])[0]
+        decisions = Scorer(m).decide_rows(raw[idx], (idx + 1).tolist(), [str(k) for k in idx], [""] * idx.size, meta)
+        lanes[idx] = [d.lane for d in decisions]
     pred = np.array(CLASSES)[np.argmax(proba, axis=1)]
     out: dict[str, Any] = {
         "n": int(len(y)),
@@ -375,13 +450,23 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
     damaged = np.array([bool(d) for d in dmg_truth]) if has_dmg else None
     idx = np.arange(len(y))
     tr, va = train_test_split(idx, test_size=cfg.val_fraction, random_state=cfg.seed, stratify=y)
+    # cross-fitting needs every class in every fold
+    folds = min(cfg.threshold_folds, min(int((y == c).sum()) for c in CLASSES))
+    cross = folds >= 2
+    if cfg.threshold_folds >= 2 and not cross:
+        logger.warning("a class has fewer than 2 items: thresholds from the held-out part, not cross-fitted")
+    cfg_folds = dataclasses.replace(cfg, threshold_folds=folds)
+    fit_rows = idx if cross else tr
     rng = np.random.default_rng(cfg.seed)
     w = np.array([CLASS_WEIGHT[c] for c in y])
-    xa, ya, wa = _augment(raw[tr], y[tr], w[tr], rng, cfg.dropout_augment)
+    xa, ya, wa = _augment(raw[fit_rows], y[fit_rows], w[fit_rows], rng, cfg.dropout_augment)
     t_meas = time.perf_counter() - t0
-    logger.info("fitting the chemistry classifier on %d rows (%d after augmentation)", len(tr), len(ya))
+    logger.info("fitting the chemistry classifier on %d rows (%d after augmentation)", len(fit_rows), len(ya))
     stages.stage(f"fitting the chemistry classifier on {len(ya)} rows (the longest step; no progress count)")
     pipe = fit_classifier(xa, ya, wa, cfg)
+    if cross:
+        stages.stage(f"cross-fitting {folds} more classifiers for out-of-fold probabilities (no progress count)")
+        fold, fold_pipes = cross_fit(raw, y, w, cfg_folds)
     dmg_pipe = None
     if damaged is not None:
         li_tr = tr[y[tr] == "li_ion"]
@@ -391,14 +476,29 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
     model.novelty = NoveltyModel.fit(raw[tr], y[tr], CLASSES, seed=cfg.seed)
     model.domain = LineDomain.from_metas([read_meta(d) for d in log_dirs])
     reference = reference_quantiles(raw[tr], y[tr])
-    stages.stage(f"choosing the policy thresholds on {len(va)} held-out rows")
-    thresholds, th_report = choose_thresholds(model, raw[va], y[va], None if damaged is None else damaged[va], cfg)
+    damaged_va = None if damaged is None else damaged[va]
+    if cross:
+        stages.stage(f"choosing the policy thresholds on the out-of-fold probabilities of {len(y)} rows")
+        thresholds, th_report = choose_thresholds(
+            model, raw, y, None, cfg, probas=out_of_fold_probas(model, fold, fold_pipes, raw)
+        )
+        th_report["chemistry_thresholds_on"] = f"out-of-fold probabilities of all {len(y)} rows ({folds} folds)"
+        if damaged_va is not None and model.damage is not None:
+            dmg_min, th_report["damage_heldout_n"] = choose_damage_min(model, raw[va], y[va], damaged_va, cfg)
+            thresholds = dataclasses.replace(thresholds, damage_min=dmg_min)
+            th_report["damage_min"] = dmg_min
+    else:
+        stages.stage(f"choosing the policy thresholds on {len(va)} held-out rows")
+        thresholds, th_report = choose_thresholds(model, raw[va], y[va], damaged_va, cfg)
+        th_report["chemistry_thresholds_on"] = f"{len(va)} held-out rows"
     novelty_max, nov_report = choose_novelty_max(model, raw[va], y[va], cfg)
     th_report.update(nov_report, novelty_max=novelty_max)
     model.thresholds = dataclasses.replace(thresholds, novelty_max=novelty_max)
     energy_truth = np.array([rated_energy_wh(m.extras[i]) for i in np.flatnonzero(usable)])
     model.energy, energy_report = fit_energy(model, raw, y, energy_truth, tr, va, cfg)
-    metrics = heldout_metrics(model, raw[va], y[va], None if damaged is None else damaged[va])
+    # held-out rows: cross-fitted, each scored by the classifier of its fold (which never saw it)
+    per_fold = [(fold[va] == k, p) for k, p in enumerate(fold_pipes)] if cross else None
+    metrics = heldout_metrics(model, raw[va], y[va], damaged_va, classifiers=per_fold)
     names = list(pipe.named_steps["features"].get_feature_names_out())
     report = {
         "feature_names": names,
@@ -409,7 +509,7 @@ def train(log_dirs: Sequence[str], cfg: TrainConfig, *, progress: bool = False) 
             "logs": [Path(d).name for d in log_dirs],
             "items": int(len(m.labels)),
             "usable": int(usable.sum()),
-            "train_rows": int(len(tr)),
+            "train_rows": int(len(fit_rows)),
             "heldout_rows": int(len(va)),
             "class_counts": {c: int((y == c).sum()) for c in CLASSES},
             "data_sha256": data_digest(m),

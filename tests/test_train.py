@@ -14,7 +14,7 @@ from sorter.model import load_model
 from sorter.simulate import SimConfig, simulate_log
 from sorter.train import TrainConfig, train, train_and_save
 
-FAST = TrainConfig(seed=3, max_iter=40, workers=1)
+FAST = TrainConfig(seed=3, max_iter=40, workers=1, threshold_folds=3)  # 3 folds: small and quick
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,40 @@ def test_thresholds_keep_every_heldout_non_lead_item_out_of_lead_acid(small_log)
     for sensor, v in t.lead_acid_min_missing.items():
         assert v >= t.lead_acid_min and v > sel[f"max_p_lead_nonlead_{sensor}"]
     assert 0 <= t.not_lead_max < t.lead_acid_min
+
+
+def test_cross_fitted_training_fits_on_every_item_and_keeps_each_out_of_fold_non_lead_item_out(small_log):
+    import dataclasses
+
+    from sorter.train import CLASS_WEIGHT, cross_fit, out_of_fold_probas
+
+    model, report = train([str(small_log)], FAST)
+    tr, sel = report["training"], report["threshold_selection"]
+    assert tr["train_rows"] == tr["usable"]  # the shipped classifier learns from every item
+    assert "out-of-fold" in sel["chemistry_thresholds_on"]
+    # every non-lead item, scored by a classifier that never saw it, stays under the threshold
+    m = measure_logs([small_log])
+    ok = m.ok & np.array([lab in ("lead_acid", "li_ion", "other") for lab in m.labels])
+    raw, y = m.raw[ok], np.array([m.labels[i] for i in np.flatnonzero(ok)])
+    fold, pipes = cross_fit(raw, y, np.array([CLASS_WEIGHT[c] for c in y]), FAST)
+    assert sorted(set(fold)) == list(range(FAST.threshold_folds))
+    p = out_of_fold_probas(model, fold, pipes, raw)["all"][:, 0]
+    assert p[y != "lead_acid"].max() == pytest.approx(sel["max_p_lead_nonlead_all"])
+    assert model.thresholds.lead_acid_min > p[y != "lead_acid"].max()
+    # 0 folds: the classifier fitted on the training part, the thresholds on the held-out part
+    held_model, held = train([str(small_log)], dataclasses.replace(FAST, threshold_folds=0))
+    assert held["training"]["train_rows"] + held["training"]["heldout_rows"] == held["training"]["usable"]
+    assert "held-out" in held["threshold_selection"]["chemistry_thresholds_on"]
+
+
+def test_cli_train_refuses_a_bad_fold_count(tmp_path, small_log, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["train", str(small_log), "--out", str(tmp_path / "m"), "--threshold-folds", "1"])
+    assert err.value.code == 2
+    assert "--threshold-folds must be 0 or a whole number from 2 to 20" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert f"(default {TrainConfig().threshold_folds})" in " ".join(capsys.readouterr().out.split())
 
 
 def test_unlabelled_logs_are_refused_with_a_reason(tmp_path):
@@ -163,4 +197,21 @@ def test_an_item_the_density_gate_stops_sets_no_probability_threshold():
     # the same item at a lead-acid density must set the threshold above itself
     heavy, _ = _rows(1, 20000.0, 0.97)
     t2, _ = choose_thresholds(_StubModel(pc), np.vstack([lead, li, heavy]), y, None, FAST)
+    assert t2.lead_acid_min > 0.97
+
+
+def test_thresholds_are_chosen_on_the_probabilities_given_not_the_models():
+    from sorter.features.transformers import SENSOR_GROUPS
+    from sorter.train import choose_thresholds
+
+    lead, pc = _rows(60, 20000.0, 0.995)
+    li, _ = _rows(61, 20000.0, 0.01)  # the model finds every Li-ion item plainly not lead-acid...
+    raw = np.vstack([lead, li])
+    y = np.array(["lead_acid"] * 60 + ["li_ion"] * 61)
+    t, _ = choose_thresholds(_StubModel(pc), raw, y, None, FAST)
+    assert t.lead_acid_min == FAST.lead_acid_min_floor
+    given = _StubModel(pc).predict(raw)[0]
+    given[-1, :2] = [0.97, 0.03]  # ...but the classifier that never saw the last one found it lead-like
+    t2, rep = choose_thresholds(_StubModel(pc), raw, y, None, FAST, probas={n: given for n in ("all", *SENSOR_GROUPS)})
+    assert rep["max_p_lead_nonlead_all"] == 0.97
     assert t2.lead_acid_min > 0.97
