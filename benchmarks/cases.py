@@ -22,6 +22,15 @@ closed at the end of the input, is left out), cases whose TRUE rated energy exce
 (must be 0), and the bound's coverage (share of items whose true energy is within their bound).
 For score files also the estimate's median absolute error, overall and per product family.
 Results replace the "cases" section of docs/performance.md (unless ``--no-doc``).
+
+``--line-swap-s S[,S...]`` packs through **the line's code** instead of the plan: the controller's
+case station (``sorter.line.casestation.CaseStation``) against the simulated PLC's case-station
+program (``sorter.line.plc.casesim``), exchanging the block's registers as the line does, in the
+items' belt time (the logs' timestamps, no wall clock): a case opens only when the PLC confirms one
+at a position, a full case is swapped by the simulated operator in S seconds, and meanwhile an item
+that fits no open case goes to the quarantine buffer (*no case ready*).  One row per ``--positions``
+value and swap time, beside the plan's fill (``sorter pack``, a new case always ready); into the
+"cases_line" section.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ class Truth:
     product: str
     family: str  # dropin / pack / cyl_cell / pouch_cell / prismatic_cell / module / unknown / not_li_ion
     damaged: bool
+    t: float = math.nan  # the time the item passed the bridge (epoch s)
 
 
 _KINDS: dict[str, str] | None = None
@@ -83,6 +93,7 @@ def _truth_of(rec) -> Truth:
         prod,
         product_family(prod, bool(rec.extra.get("in_catalog", True))) if li else "not_li_ion",
         bool(rec.extra.get("damaged", False)),
+        float(rec.t) if rec.t is not None else math.nan,
     )
 
 
@@ -179,6 +190,111 @@ def pack(name: str, items: Sequence[tuple[Truth, float]], limit_wh: float, posit
     )
 
 
+@dataclass
+class LineResult:
+    name: str
+    positions: int
+    swap_s: float
+    offered: int
+    assigned: int
+    not_packable: int
+    no_case_ready: int
+    cases: int  # closed full
+    fill_mean: float
+    fill_min: float
+    over_limit: int
+    max_case_true_wh: float
+    plan_fill: float  # the same items planned with `sorter pack --positions N` (a new case always ready)
+    swaps: int
+
+
+def line_pack(
+    name: str, items: Sequence[tuple[Truth, float]], limit_wh: float, positions: int, swap_s: float
+) -> LineResult:
+    """Pack (truth, bound) pairs through the line's case station and the simulated PLC's block, in belt time.
+
+    Per item, at its bridge time: the PLC scans (a swap asked for, a new case confirmed), the PC
+    reads the PLC's words (opening or closing cases) and writes its own, the PLC scans again; then
+    the item is offered (``CaseStation.offer``), sent to its position or the buffer, reaches the
+    chute and is answered, and the registers are exchanged once more (a full case's swap starts).
+    """
+    from sorter.line.casestation import CaseStation
+    from sorter.line.config import CasesSection
+    from sorter.line.plc.casesim import CaseStationProgram
+    from sorter.line.plc.protocol import CaseBlockMap
+
+    block = CaseBlockMap(positions=positions)
+    station = CaseStation(CasesSection(enabled=True, limit_wh=limit_wh, positions=positions), "bench")
+    prog = CaseStationProgram(swap_s=swap_s, ready_at_start=True, positions=positions)
+
+    def exchange(now: float) -> None:
+        for _ in range(2):
+            prog.scan(block.encode_pc(station.pc_words()), now)
+            station.on_plc(block.decode_plc(prog.outputs()), now)
+        prog.scan(block.encode_pc(station.pc_words()), now)
+
+    truth: dict[str, Truth] = {}
+    closed = []
+    kinds = {"assigned": 0, "not_packable": 0, "no_case_ready": 0}
+    last_t = -math.inf
+    for k, (t, bound) in enumerate(items):
+        now = t.t if math.isfinite(t.t) else float(k)
+        now = max(now, last_t)  # belt order: time never runs back (logs of several files)
+        last_t = now
+        exchange(now)
+        key = f"{k}:{t.item_id}"
+        truth[key] = t
+        r, _events = station.offer(PackItem(key, bound, weight_g=t.weight_g, t=now), now)
+        kinds[r.kind] += 1
+        if r.closed is not None:
+            closed.append(r.closed)
+        if r.kind == "assigned":
+            p = station.position_of(r.case_id)
+            assert p is not None
+            prog.accept_into_case(p)
+            prog.arrive(k, into_case=p, now=now)
+            station.answered(r.case_id)
+        else:
+            prog.arrive(k, into_case=False, now=now)
+        exchange(now)
+    assert prog.buffered == 0, "an item decided into a case found none in place"
+    true_wh = [math.fsum(truth[i.item_id].energy_wh for i in c.items) for c in closed + list(station.state.open_cases)]
+    full = [w / limit_wh for w in true_wh[: len(closed)]]
+    plan = pack("plan", items, limit_wh, positions)
+    return LineResult(
+        name,
+        positions,
+        swap_s,
+        len(items),
+        kinds["assigned"],
+        kinds["not_packable"],
+        kinds["no_case_ready"],
+        len(closed),
+        statistics.fmean(full) if full else math.nan,
+        min(full) if full else math.nan,
+        sum(w > limit_wh for w in true_wh),
+        max(true_wh, default=0.0),
+        plan.fill_mean,
+        prog.swaps,
+    )
+
+
+LINE_HEADER = (
+    "| run | bound | case positions | swap time | items | into a case | not packable | no case ready (buffer) | "
+    "cases closed full | mean fill (true / limit) | lowest fill | largest case, true Wh | cases over the limit "
+    "(true) | plan's mean fill (`sorter pack`) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _line_row(run: str, r: LineResult) -> str:
+    return (
+        f"| {run} | {r.name} | {r.positions} | {r.swap_s:g} s | {r.offered} | {r.assigned} | {r.not_packable} | "
+        f"{r.no_case_ready} | {r.cases} | {100 * r.fill_mean:.1f} % | {100 * r.fill_min:.1f} % | "
+        f"{r.max_case_true_wh:.0f} | **{r.over_limit}** | {100 * r.plan_fill:.1f} % |"
+    )
+
+
 def mass_bound(t: Truth, specific: float) -> float:
     return t.weight_g * specific if math.isfinite(t.weight_g) else math.nan
 
@@ -225,7 +341,12 @@ def looseness(name: str, items: Sequence[tuple[Truth, float, float]], limit: flo
 
 
 def run_scores(
-    files: Iterable[str], lanes: set[str], limit: float, specific: float, positions: Sequence[int] = (1,)
+    files: Iterable[str],
+    lanes: set[str],
+    limit: float,
+    specific: float,
+    positions: Sequence[int] = (1,),
+    line_swaps: Sequence[float] = (),
 ) -> tuple[list[str], list[str]]:
     rows, notes = [], []
     for f in files:
@@ -248,6 +369,18 @@ def run_scores(
             est = cols["energy_wh"][k]
             items.append((t, math.nan if up is None else float(up), math.nan if est is None else float(est)))
         name = Path(f).name
+        if line_swaps:  # the line's code, not the plan
+            for n in positions:
+                for swap in line_swaps:
+                    bounds = [(t, b) for t, b, _ in items]
+                    rows.append(_line_row(name, line_pack("model (energy_wh_upper)", bounds, limit, n, swap)))
+            span = [t.t for t, _, _ in items if math.isfinite(t.t)]
+            if span:
+                notes.append(
+                    f"{name}: {len(items)} items of the lanes over {(max(span) - min(span)) / 3600:.2f} h of belt "
+                    f"time (one every {(max(span) - min(span)) / max(1, len(items) - 1):.0f} s on average)"
+                )
+            continue
         for n in positions:
             rows.append(_row(name, pack("model (energy_wh_upper)", [(t, b) for t, b, _ in items], limit, n)))
         for n in positions:
@@ -294,11 +427,18 @@ def run_truth(
     specific: float,
     damaged_only: bool,
     positions: Sequence[int] = (1,),
+    line_swaps: Sequence[float] = (),
 ) -> tuple[list[str], list[str]]:
     rows, notes = [], []
     for name, truths, n_items in named:
         li = [t for t in truths if t.li_ion and (t.damaged or not damaged_only)]
         run = f"{name} ({n_items} items, {len(li)} Li-ion), truth-based"
+        if line_swaps:  # the line's code, not the plan
+            for n in positions:
+                for swap in line_swaps:
+                    oracle = [(t, t.energy_wh) for t in li]
+                    rows.append(_line_row(run, line_pack("simulator truth (oracle)", oracle, limit, n, swap)))
+            continue
         for n in positions:
             rows.append(_row(run, pack("simulator truth (oracle)", [(t, t.energy_wh) for t in li], limit, n)))
         for n in positions:
@@ -334,22 +474,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="docs/performance.md section to write (default: cases)",
     )
+    ap.add_argument(
+        "--line-swap-s",
+        default="",
+        help="pack through the line's case station and the simulated PLC instead of the plan, the operator "
+        "swapping a full case in this many seconds (comma-separated: a row per value, e.g. 60,300)",
+    )
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/performance.md alone")
     args = ap.parse_args(argv)
+    try:
+        swaps = [float(x) for x in args.line_swap_s.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--line-swap-s {args.line_swap_s!r}: expected seconds separated by commas, e.g. 60,300")
+    if any(not (math.isfinite(x) and x >= 0) for x in swaps):
+        ap.error(f"--line-swap-s {args.line_swap_s!r}: each must be a number of seconds >= 0")
     try:
         positions = [int(x) for x in args.positions.split(",")]
     except ValueError:
         ap.error(f"--positions {args.positions!r}: expected whole numbers separated by commas, e.g. 1,3")
-    if any(not 1 <= n <= 16 for n in positions):
-        ap.error(f"--positions {args.positions!r}: each must be 1 to 16")
-    pos_arg = "" if positions == [1] else f" --positions {args.positions}"
+    top = 8 if swaps else 16  # the line's PLC block has up to 8 positions
+    if any(not 1 <= n <= top for n in positions):
+        ap.error(f"--positions {args.positions!r}: each must be 1 to {top}" + (" with --line-swap-s" if swaps else ""))
+    pos_arg = ("" if positions == [1] else f" --positions {args.positions}") + (
+        f" --line-swap-s {args.line_swap_s}" if swaps else ""
+    )
 
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     notes: list[str] = []
     if args.scores:
         rows, notes = run_scores(
-            args.scores, set(args.lanes.split(",")), args.limit_wh, args.specific_wh_per_g, positions
+            args.scores, set(args.lanes.split(",")), args.limit_wh, args.specific_wh_per_g, positions, swaps
         )
         how = (
             f"`python -m benchmarks.cases --scores {' '.join(Path(f).name for f in args.scores)} --lanes {args.lanes}"
@@ -357,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif args.logs:
         named = [(Path(d).name, truth_from_log(d), sum(1 for _ in iter_log(d))) for d in args.logs]
-        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions)
+        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions, swaps)
         how = f"`python -m benchmarks.cases --logs {' '.join(Path(d).name for d in args.logs)}{pos_arg}`"
     else:
         named = []
@@ -365,17 +520,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed = args.seed + k
             truths, n = truth_simulated(args.simulate, seed, line, args.mix, args.workers)
             named.append((f"line {line}, {args.mix}, seed {seed}", truths, n))
-        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions)
+        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions, swaps)
         how = (
             f"`python -m benchmarks.cases --simulate {args.simulate} --lines {args.lines} --mix {args.mix} "
             f"--seed {args.seed}" + (" --damaged-only" if args.damaged_only else "") + pos_arg + "`"
         )
     secs = time.perf_counter() - t0
-    table = "\n".join([HEADER, *rows])
+    table = "\n".join([LINE_HEADER if swaps else HEADER, *rows])
     print(table)
     for n in notes:
         print(n)
-    if not args.no_doc:
+    if swaps and not args.no_doc:
+        write_section(args.section or "cases_line", _line_doc(how, args.limit_wh, table, notes, secs, load))
+    elif not args.no_doc:
         md = (
             f"## Safe cases: packing the hazard lane (issue 15)\n\n{how} — {args.limit_wh:g} Wh per case. "
             "Items in belt order through the packing core (`sorter.cases.packing`); a case closes when the next "
@@ -398,6 +555,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         write_section(args.section or "cases", md)
     return 0
+
+
+def _line_doc(how: str, limit_wh: float, table: str, notes: Sequence[str], secs: float, load: float) -> str:
+    return (
+        "## Safe cases on the line: case positions and swaps (issue 15)\n\n"
+        f"{how} — {limit_wh:g} Wh per case. The items of the lane in belt order through **the line's code**: "
+        "the controller's case station (`sorter.line.casestation.CaseStation`, the packing core with "
+        "`[cases] positions = N`) against the simulated PLC's case-station program (`sorter.line.plc.casesim`, "
+        "block version 1 for one position, 2 for several), exchanging the block's registers as the line does, "
+        "in the items' belt time (the logs' timestamps; no wall clock, no timing). A case opens only once the PLC "
+        "confirms one at a position; each case the PC closes full is swapped by the simulated operator in the "
+        "*swap time*, and meanwhile an item that fits no open case goes to the quarantine buffer (*no case "
+        "ready*; with several positions, only when no position is free of an open case does the fullest close). "
+        "*Fill* is the true rated energy (nominal V × Ah) of the cases closed full over the limit (the cases "
+        "still open at the end are left out); the last column is the same items planned by `sorter pack "
+        "--positions N` (a new case always ready at once), the figure of the sections above.\n\n"
+        f"{table}\n\n"
+        + "".join(f"- {n}\n" for n in notes)
+        + f"\nRun time {secs:.0f} s; load average {load:.1f} at the start on {os.cpu_count()} cores "
+        f"(`uname -m`: {os.uname().machine}), shared with other work."
+    )
 
 
 if __name__ == "__main__":
