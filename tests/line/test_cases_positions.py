@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from sorter.cases.plan import iso
+from sorter.cases.records import AuditSource
 from sorter.line.audit import AuditRecord
 from sorter.line.casestation import CaseStation, PackItem
 from sorter.line.config import CasesSection
@@ -132,6 +134,14 @@ def test_three_positions_spread_items_each_case_within_the_limit_and_swapped_on_
     # Every event says where every open case stands.
     for _, d in case_events(cfg.audit.path):
         assert [e["position"] for e in d["positions"]] == [1, 2, 3]
+    # `sorter cases --audit` reads each case's opening time from its own event (not the first open case's).
+    listed = {c["case_id"]: c for c in AuditSource(cfg.audit.path).list_cases()}
+    assert set(listed) == set(where)
+    for k, d in case_events(cfg.audit.path):
+        if k == "case_open":
+            st = d["state"]
+            mine = next(c for c in [st["open_case"], *st.get("other_cases", [])] if c["case_id"] == d["case_id"])
+            assert listed[d["case_id"]]["opened_utc"] == iso(mine["opened_t"])
 
 
 def open_at_end(path: Any) -> list[str]:
