@@ -30,7 +30,7 @@ items' belt time (the logs' timestamps, no wall clock): a case opens only when t
 at a position, a full case is swapped by the simulated operator in S seconds, and meanwhile an item
 that fits no open case goes to the quarantine buffer (*no case ready*).  One row per ``--positions``
 value and swap time, beside the plan's fill (``sorter pack``, a new case always ready); into the
-"cases_line" section.
+"cases_line" section (score files) or "cases_line_truth" (truth-based).
 """
 
 from __future__ import annotations
@@ -531,7 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in notes:
         print(n)
     if swaps and not args.no_doc:
-        write_section(args.section or "cases_line", _line_doc(how, args.limit_wh, table, notes, secs, load))
+        what = "the model's energy bound" if args.scores else "truth-based (no energy model)"
+        key = args.section or ("cases_line" if args.scores else "cases_line_truth")
+        write_section(key, _line_doc(how, what, args.limit_wh, table, notes, secs, load))
     elif not args.no_doc:
         md = (
             f"## Safe cases: packing the hazard lane (issue 15)\n\n{how} — {args.limit_wh:g} Wh per case. "
@@ -557,9 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _line_doc(how: str, limit_wh: float, table: str, notes: Sequence[str], secs: float, load: float) -> str:
+def _line_doc(how: str, what: str, limit_wh: float, table: str, notes: Sequence[str], secs: float, load: float) -> str:
     return (
-        "## Safe cases on the line: case positions and swaps (issue 15)\n\n"
+        f"## Safe cases on the line: case positions and swaps, {what} (issue 15)\n\n"
         f"{how} — {limit_wh:g} Wh per case. The items of the lane in belt order through **the line's code**: "
         "the controller's case station (`sorter.line.casestation.CaseStation`, the packing core with "
         "`[cases] positions = N`) against the simulated PLC's case-station program (`sorter.line.plc.casesim`, "
