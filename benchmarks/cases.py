@@ -195,10 +195,12 @@ class LineResult:
     name: str
     positions: int
     swap_s: float
+    refeed_s: float | None
     offered: int
     assigned: int
     not_packable: int
-    no_case_ready: int
+    no_case_ready: int  # times an item went to the buffer for want of a case (an item re-fed may count twice)
+    left_in_buffer: int  # items in the buffer for want of a case at the end
     cases: int  # closed full
     fill_mean: float
     fill_min: float
@@ -209,7 +211,12 @@ class LineResult:
 
 
 def line_pack(
-    name: str, items: Sequence[tuple[Truth, float]], limit_wh: float, positions: int, swap_s: float
+    name: str,
+    items: Sequence[tuple[Truth, float]],
+    limit_wh: float,
+    positions: int,
+    swap_s: float,
+    refeed_s: float | None = None,
 ) -> LineResult:
     """Pack (truth, bound) pairs through the line's case station and the simulated PLC's block, in belt time.
 
@@ -217,7 +224,12 @@ def line_pack(
     reads the PLC's words (opening or closing cases) and writes its own, the PLC scans again; then
     the item is offered (``CaseStation.offer``), sent to its position or the buffer, reaches the
     chute and is answered, and the registers are exchanged once more (a full case's swap starts).
+    With ``refeed_s``, an item that went to the buffer for want of a case is put back on the belt
+    ``refeed_s`` seconds later (the procedure of docs/cases.md: offered again once a case is ready)
+    and offered again in belt order; not-packable items stay in the buffer.
     """
+    import heapq
+
     from sorter.line.casestation import CaseStation
     from sorter.line.config import CasesSection
     from sorter.line.plc.casesim import CaseStationProgram
@@ -236,16 +248,22 @@ def line_pack(
     truth: dict[str, Truth] = {}
     closed = []
     kinds = {"assigned": 0, "not_packable": 0, "no_case_ready": 0}
+    belt: list[tuple[float, int, int]] = []  # (time, order, item index): the belt, re-fed items merged in
     last_t = -math.inf
-    for k, (t, bound) in enumerate(items):
-        now = t.t if math.isfinite(t.t) else float(k)
-        now = max(now, last_t)  # belt order: time never runs back (logs of several files)
-        last_t = now
+    for k, (t, _bound) in enumerate(items):
+        last_t = max(t.t if math.isfinite(t.t) else float(k), last_t)  # logs of several files: never back
+        belt.append((last_t, k, k))
+    order = len(items)
+    buffered: set[int] = set()
+    while belt:
+        now, _, k = heapq.heappop(belt)
+        t, bound = items[k]
         exchange(now)
         key = f"{k}:{t.item_id}"
         truth[key] = t
         r, _events = station.offer(PackItem(key, bound, weight_g=t.weight_g, t=now), now)
         kinds[r.kind] += 1
+        buffered.discard(k)
         if r.closed is not None:
             closed.append(r.closed)
         if r.kind == "assigned":
@@ -256,6 +274,11 @@ def line_pack(
             station.answered(r.case_id)
         else:
             prog.arrive(k, into_case=False, now=now)
+            if r.kind == "no_case_ready":
+                buffered.add(k)
+                if refeed_s is not None:
+                    heapq.heappush(belt, (now + refeed_s, order, k))
+                    order += 1
         exchange(now)
     assert prog.buffered == 0, "an item decided into a case found none in place"
     true_wh = [math.fsum(truth[i.item_id].energy_wh for i in c.items) for c in closed + list(station.state.open_cases)]
@@ -265,10 +288,12 @@ def line_pack(
         name,
         positions,
         swap_s,
+        refeed_s,
         len(items),
         kinds["assigned"],
         kinds["not_packable"],
         kinds["no_case_ready"],
+        len(buffered),
         len(closed),
         statistics.fmean(full) if full else math.nan,
         min(full) if full else math.nan,
@@ -280,18 +305,19 @@ def line_pack(
 
 
 LINE_HEADER = (
-    "| run | bound | case positions | swap time | items | into a case | not packable | no case ready (buffer) | "
-    "cases closed full | mean fill (true / limit) | lowest fill | largest case, true Wh | cases over the limit "
-    "(true) | plan's mean fill (`sorter pack`) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| run | bound | case positions | swap time | buffer re-fed | items | into a case | not packable | "
+    "to the buffer for want of a case (times) | left in the buffer | cases closed full | mean fill (true / limit) | "
+    "lowest fill | largest case, true Wh | cases over the limit (true) | plan's mean fill (`sorter pack`) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def _line_row(run: str, r: LineResult) -> str:
+    refeed = "no" if r.refeed_s is None else f"after {r.refeed_s:g} s"
     return (
-        f"| {run} | {r.name} | {r.positions} | {r.swap_s:g} s | {r.offered} | {r.assigned} | {r.not_packable} | "
-        f"{r.no_case_ready} | {r.cases} | {100 * r.fill_mean:.1f} % | {100 * r.fill_min:.1f} % | "
-        f"{r.max_case_true_wh:.0f} | **{r.over_limit}** | {100 * r.plan_fill:.1f} % |"
+        f"| {run} | {r.name} | {r.positions} | {r.swap_s:g} s | {refeed} | {r.offered} | {r.assigned} | "
+        f"{r.not_packable} | {r.no_case_ready} | {r.left_in_buffer} | {r.cases} | {100 * r.fill_mean:.1f} % | "
+        f"{100 * r.fill_min:.1f} % | {r.max_case_true_wh:.0f} | **{r.over_limit}** | {100 * r.plan_fill:.1f} % |"
     )
 
 
@@ -347,6 +373,7 @@ def run_scores(
     specific: float,
     positions: Sequence[int] = (1,),
     line_swaps: Sequence[float] = (),
+    refeeds: Sequence[float | None] = (None,),
 ) -> tuple[list[str], list[str]]:
     rows, notes = [], []
     for f in files:
@@ -372,8 +399,10 @@ def run_scores(
         if line_swaps:  # the line's code, not the plan
             for n in positions:
                 for swap in line_swaps:
-                    bounds = [(t, b) for t, b, _ in items]
-                    rows.append(_line_row(name, line_pack("model (energy_wh_upper)", bounds, limit, n, swap)))
+                    for refeed in refeeds:
+                        bounds = [(t, b) for t, b, _ in items]
+                        r = line_pack("model (energy_wh_upper)", bounds, limit, n, swap, refeed)
+                        rows.append(_line_row(name, r))
             span = [t.t for t, _, _ in items if math.isfinite(t.t)]
             if span:
                 notes.append(
@@ -428,6 +457,7 @@ def run_truth(
     damaged_only: bool,
     positions: Sequence[int] = (1,),
     line_swaps: Sequence[float] = (),
+    refeeds: Sequence[float | None] = (None,),
 ) -> tuple[list[str], list[str]]:
     rows, notes = [], []
     for name, truths, n_items in named:
@@ -436,8 +466,10 @@ def run_truth(
         if line_swaps:  # the line's code, not the plan
             for n in positions:
                 for swap in line_swaps:
-                    oracle = [(t, t.energy_wh) for t in li]
-                    rows.append(_line_row(run, line_pack("simulator truth (oracle)", oracle, limit, n, swap)))
+                    for refeed in refeeds:
+                        oracle = [(t, t.energy_wh) for t in li]
+                        r = line_pack("simulator truth (oracle)", oracle, limit, n, swap, refeed)
+                        rows.append(_line_row(run, r))
             continue
         for n in positions:
             rows.append(_row(run, pack("simulator truth (oracle)", [(t, t.energy_wh) for t in li], limit, n)))
@@ -480,6 +512,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="pack through the line's case station and the simulated PLC instead of the plan, the operator "
         "swapping a full case in this many seconds (comma-separated: a row per value, e.g. 60,300)",
     )
+    ap.add_argument(
+        "--line-refeed-s",
+        type=float,
+        default=None,
+        help="with --line-swap-s: also rows where an item buffered for want of a case is put back on the belt "
+        "this many seconds later (docs/cases.md: offered again once a case is ready)",
+    )
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/performance.md alone")
     args = ap.parse_args(argv)
     try:
@@ -492,11 +531,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         positions = [int(x) for x in args.positions.split(",")]
     except ValueError:
         ap.error(f"--positions {args.positions!r}: expected whole numbers separated by commas, e.g. 1,3")
+    if args.line_refeed_s is not None and not (swaps and math.isfinite(args.line_refeed_s) and args.line_refeed_s >= 0):
+        ap.error("--line-refeed-s needs --line-swap-s and a number of seconds >= 0")
+    refeeds: list[float | None] = [None] if args.line_refeed_s is None else [None, args.line_refeed_s]
     top = 8 if swaps else 16  # the line's PLC block has up to 8 positions
     if any(not 1 <= n <= top for n in positions):
         ap.error(f"--positions {args.positions!r}: each must be 1 to {top}" + (" with --line-swap-s" if swaps else ""))
-    pos_arg = ("" if positions == [1] else f" --positions {args.positions}") + (
-        f" --line-swap-s {args.line_swap_s}" if swaps else ""
+    pos_arg = (
+        ("" if positions == [1] else f" --positions {args.positions}")
+        + (f" --line-swap-s {args.line_swap_s}" if swaps else "")
+        + (f" --line-refeed-s {args.line_refeed_s:g}" if args.line_refeed_s is not None else "")
     )
 
     load = os.getloadavg()[0]
@@ -504,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     if args.scores:
         rows, notes = run_scores(
-            args.scores, set(args.lanes.split(",")), args.limit_wh, args.specific_wh_per_g, positions, swaps
+            args.scores, set(args.lanes.split(",")), args.limit_wh, args.specific_wh_per_g, positions, swaps, refeeds
         )
         how = (
             f"`python -m benchmarks.cases --scores {' '.join(Path(f).name for f in args.scores)} --lanes {args.lanes}"
@@ -512,7 +556,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif args.logs:
         named = [(Path(d).name, truth_from_log(d), sum(1 for _ in iter_log(d))) for d in args.logs]
-        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions, swaps)
+        rows, notes = run_truth(
+            named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions, swaps, refeeds
+        )
         how = f"`python -m benchmarks.cases --logs {' '.join(Path(d).name for d in args.logs)}{pos_arg}`"
     else:
         named = []
@@ -520,7 +566,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed = args.seed + k
             truths, n = truth_simulated(args.simulate, seed, line, args.mix, args.workers)
             named.append((f"line {line}, {args.mix}, seed {seed}", truths, n))
-        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions, swaps)
+        rows, notes = run_truth(
+            named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions, swaps, refeeds
+        )
         how = (
             f"`python -m benchmarks.cases --simulate {args.simulate} --lines {args.lines} --mix {args.mix} "
             f"--seed {args.seed}" + (" --damaged-only" if args.damaged_only else "") + pos_arg + "`"
@@ -570,9 +618,14 @@ def _line_doc(how: str, what: str, limit_wh: float, table: str, notes: Sequence[
         "confirms one at a position; each case the PC closes full is swapped by the simulated operator in the "
         "*swap time*, and meanwhile an item that fits no open case goes to the quarantine buffer (*no case "
         "ready*; with several positions, only when no position is free of an open case does the fullest close). "
-        "*Fill* is the true rated energy (nominal V × Ah) of the cases closed full over the limit (the cases "
-        "still open at the end are left out); the last column is the same items planned by `sorter pack "
-        "--positions N` (a new case always ready at once), the figure of the sections above.\n\n"
+        "The item whose bound closes a case goes to the buffer too: on the line the next case takes items only "
+        "once the PLC confirms it, even with a swap time of 0. *Buffer re-fed*: the documented procedure "
+        "(`docs/cases.md`, the safe place) — an item buffered for want of a case is put back on the belt that many "
+        "seconds later and offered again in belt order (it may be buffered again; every time counts in *to the "
+        "buffer*); *no*: it stays in the buffer (*left in the buffer*). *Fill* is the true rated energy "
+        "(nominal V × Ah) of the cases closed full over the limit (the cases still open at the end are left out); "
+        "the last column is the same items planned by `sorter pack --positions N` (a new case always ready at once, "
+        "no buffer), the figure of the sections above.\n\n"
         f"{table}\n\n"
         + "".join(f"- {n}\n" for n in notes)
         + f"\nRun time {secs:.0f} s; load average {load:.1f} at the start on {os.cpu_count()} cores "
