@@ -579,8 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in notes:
         print(n)
     if swaps and not args.no_doc:
-        what = "the model's energy bound" if args.scores else "truth-based (no energy model)"
-        key = args.section or ("cases_line" if args.scores else "cases_line_truth")
+        what = f"the model's energy bound, lanes {args.lanes}" if args.scores else "truth-based (no energy model)"
+        default = "cases_line" + ("" if args.lanes == "hazard" else "_" + args.lanes.replace(",", "_"))
+        key = args.section or (default if args.scores else "cases_line_truth")
         write_section(key, _line_doc(how, what, args.limit_wh, table, notes, secs, load))
     elif not args.no_doc:
         md = (
