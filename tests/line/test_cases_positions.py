@@ -279,3 +279,21 @@ def test_a_station_restored_from_events_knows_where_each_case_stands(tmp_path: P
     assert [k for k, _ in again.on_plc(w, now=1.7e9 + 1)] == ["case_open"]
     assert again.position_of(again.state.open_cases[-1].case_id) == 3
     assert len(again.state.open_cases) == 3 and math.isclose(again.state.open_cases[0].upper_wh, 600.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["cases.positions=9"], "cases.positions = 9 must be in 1..8"),
+        (["cases.positions=8", "cases.base=65500"], "does not leave room for 74 registers"),
+        (["cases.positions=3", "cases.base=150"], "overlaps the mailbox"),
+    ],
+)
+def test_bad_positions_in_the_configuration_say_what_to_fix(overrides: list[str], match: str) -> None:
+    from sorter.errors import ConfigError
+    from sorter.line.config import load_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, env={}, overrides=["line.source=simulated", "cases.enabled=true", *overrides])
+    cfg = load_config(None, env={}, overrides=["line.source=simulated", "cases.enabled=true", "cases.positions=3"])
+    assert cfg.cases.case_block() == CaseBlockMap(300, positions=3)
