@@ -151,6 +151,7 @@ class Result:
     over_limit: int
     max_case_true_wh: float
     coverage: float
+    fills: tuple[float, ...] = ()  # each case closed full: true energy / limit
 
 
 def pack(name: str, items: Sequence[tuple[Truth, float]], limit_wh: float, positions: int = 1) -> Result:
@@ -187,6 +188,7 @@ def pack(name: str, items: Sequence[tuple[Truth, float]], limit_wh: float, posit
         sum(w > limit_wh for w in true_wh),
         max(true_wh, default=0.0),
         sum(covered) / len(covered) if covered else math.nan,
+        tuple(full),
     )
 
 
@@ -208,6 +210,8 @@ class LineResult:
     max_case_true_wh: float
     plan_fill: float  # the same items planned with `sorter pack --positions N` (a new case always ready)
     swaps: int
+    fills: tuple[float, ...] = ()  # each case closed full: true energy / limit
+    plan_fills: tuple[float, ...] = ()
 
 
 def line_pack(
@@ -301,6 +305,32 @@ def line_pack(
         max(true_wh, default=0.0),
         plan.fill_mean,
         prog.swaps,
+        tuple(full),
+        plan.fills,
+    )
+
+
+def _pool(results: Sequence[LineResult]) -> LineResult:
+    """Several runs' cases as one sample (the counts summed, the fill over every case closed full)."""
+    fills = [f for r in results for f in r.fills]
+    plan = [f for r in results for f in r.plan_fills]
+    r0 = results[0]
+    return LineResult(
+        r0.name,
+        r0.positions,
+        r0.swap_s,
+        r0.refeed_s,
+        *(sum(getattr(r, k) for r in results) for k in ("offered", "assigned", "not_packable", "no_case_ready")),
+        sum(r.left_in_buffer for r in results),
+        sum(r.cases for r in results),
+        statistics.fmean(fills) if fills else math.nan,
+        min(fills, default=math.nan),
+        sum(r.over_limit for r in results),
+        max(r.max_case_true_wh for r in results),
+        statistics.fmean(plan) if plan else math.nan,
+        sum(r.swaps for r in results),
+        tuple(fills),
+        tuple(plan),
     )
 
 
@@ -376,6 +406,7 @@ def run_scores(
     refeeds: Sequence[float | None] = (None,),
 ) -> tuple[list[str], list[str]]:
     rows, notes = [], []
+    pooled: dict[tuple[int, float, float | None], list[LineResult]] = defaultdict(list)
     for f in files:
         table = read_scores(f)
         logs: dict[str, dict[str, Truth]] = {}
@@ -403,6 +434,7 @@ def run_scores(
                         bounds = [(t, b) for t, b, _ in items]
                         r = line_pack("model (energy_wh_upper)", bounds, limit, n, swap, refeed)
                         rows.append(_line_row(name, r))
+                        pooled[(n, swap, refeed)].append(r)
             span = [t.t for t, _, _ in items if math.isfinite(t.t)]
             if span:
                 notes.append(
@@ -434,6 +466,9 @@ def run_scores(
             + (f"; {missing} item(s) without a log record left out" if missing else "")
             + f"; {sum(not t.li_ion for t, _, _ in items)} item(s) in the lanes are not Li-ion (true energy 0)"
         )
+    if pooled and len(next(iter(pooled.values()))) > 1:  # several files: their cases together
+        for v in pooled.values():
+            rows.append(_line_row("all files", _pool(v)))
     return rows, notes
 
 
