@@ -796,9 +796,12 @@ class Controller:
         _pass_turn(prev, mine)
         if events:
             self._case_wake.set()
-        into = r.kind == "assigned"
-        position = (station.position_of(r.case_id) or 1) if into else 1
-        return dataclasses.replace(v, into_case=into, case_position=position), case_columns(r), events
+        position = station.position_of(r.case_id) if r.kind == "assigned" else None
+        if r.kind == "assigned" and position is None:  # cannot happen; never guess a position: the buffer
+            logger.error("item=%s assigned to case %s, which stands at no position: buffer", si.item_id, r.case_id)
+            station.answered(r.case_id)  # nothing will be sent into it
+        into = position is not None
+        return dataclasses.replace(v, into_case=into, case_position=position or 1), case_columns(r), events
 
     async def _case_loop(self, interval_s: float) -> None:
         """Every heartbeat: read the PLC's case words, open or close cases, publish the PC's words."""
