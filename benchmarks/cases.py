@@ -22,6 +22,15 @@ closed at the end of the input, is left out), cases whose TRUE rated energy exce
 (must be 0), and the bound's coverage (share of items whose true energy is within their bound).
 For score files also the estimate's median absolute error, overall and per product family.
 Results replace the "cases" section of docs/performance.md (unless ``--no-doc``).
+
+``--line-swap-s S[,S...]`` packs through **the line's code** instead of the plan: the controller's
+case station (``sorter.line.casestation.CaseStation``) against the simulated PLC's case-station
+program (``sorter.line.plc.casesim``), exchanging the block's registers as the line does, in the
+items' belt time (the logs' timestamps, no wall clock): a case opens only when the PLC confirms one
+at a position, a full case is swapped by the simulated operator in S seconds, and meanwhile an item
+that fits no open case goes to the quarantine buffer (*no case ready*).  One row per ``--positions``
+value and swap time, beside the plan's fill (``sorter pack``, a new case always ready); into the
+"cases_line" section (score files) or "cases_line_truth" (truth-based).
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ class Truth:
     product: str
     family: str  # dropin / pack / cyl_cell / pouch_cell / prismatic_cell / module / unknown / not_li_ion
     damaged: bool
+    t: float = math.nan  # the time the item passed the bridge (epoch s)
 
 
 _KINDS: dict[str, str] | None = None
@@ -83,6 +93,7 @@ def _truth_of(rec) -> Truth:
         prod,
         product_family(prod, bool(rec.extra.get("in_catalog", True))) if li else "not_li_ion",
         bool(rec.extra.get("damaged", False)),
+        float(rec.t) if rec.t is not None else math.nan,
     )
 
 
@@ -140,6 +151,7 @@ class Result:
     over_limit: int
     max_case_true_wh: float
     coverage: float
+    fills: tuple[float, ...] = ()  # each case closed full: true energy / limit
 
 
 def pack(name: str, items: Sequence[tuple[Truth, float]], limit_wh: float, positions: int = 1) -> Result:
@@ -176,6 +188,166 @@ def pack(name: str, items: Sequence[tuple[Truth, float]], limit_wh: float, posit
         sum(w > limit_wh for w in true_wh),
         max(true_wh, default=0.0),
         sum(covered) / len(covered) if covered else math.nan,
+        tuple(full),
+    )
+
+
+@dataclass
+class LineResult:
+    name: str
+    positions: int
+    swap_s: float
+    refeed_s: float | None
+    offered: int
+    assigned: int
+    not_packable: int
+    no_case_ready: int  # times an item went to the buffer for want of a case (an item re-fed may count twice)
+    left_in_buffer: int  # items in the buffer for want of a case at the end
+    cases: int  # closed full
+    fill_mean: float
+    fill_min: float
+    over_limit: int
+    max_case_true_wh: float
+    plan_fill: float  # the same items planned with `sorter pack --positions N` (a new case always ready)
+    swaps: int
+    fills: tuple[float, ...] = ()  # each case closed full: true energy / limit
+    plan_fills: tuple[float, ...] = ()
+
+
+def line_pack(
+    name: str,
+    items: Sequence[tuple[Truth, float]],
+    limit_wh: float,
+    positions: int,
+    swap_s: float,
+    refeed_s: float | None = None,
+) -> LineResult:
+    """Pack (truth, bound) pairs through the line's case station and the simulated PLC's block, in belt time.
+
+    Per item, at its bridge time: the PLC scans (a swap asked for, a new case confirmed), the PC
+    reads the PLC's words (opening or closing cases) and writes its own, the PLC scans again; then
+    the item is offered (``CaseStation.offer``), sent to its position or the buffer, reaches the
+    chute and is answered, and the registers are exchanged once more (a full case's swap starts).
+    With ``refeed_s``, an item that went to the buffer for want of a case is put back on the belt
+    ``refeed_s`` seconds later (the procedure of docs/cases.md: offered again once a case is ready)
+    and offered again in belt order; not-packable items stay in the buffer.
+    """
+    import heapq
+
+    from sorter.line.casestation import CaseStation
+    from sorter.line.config import CasesSection
+    from sorter.line.plc.casesim import CaseStationProgram
+    from sorter.line.plc.protocol import CaseBlockMap
+
+    block = CaseBlockMap(positions=positions)
+    station = CaseStation(CasesSection(enabled=True, limit_wh=limit_wh, positions=positions), "bench")
+    prog = CaseStationProgram(swap_s=swap_s, ready_at_start=True, positions=positions)
+
+    def exchange(now: float) -> None:
+        for _ in range(2):
+            prog.scan(block.encode_pc(station.pc_words()), now)
+            station.on_plc(block.decode_plc(prog.outputs()), now)
+        prog.scan(block.encode_pc(station.pc_words()), now)
+
+    truth: dict[str, Truth] = {}
+    closed = []
+    kinds = {"assigned": 0, "not_packable": 0, "no_case_ready": 0}
+    belt: list[tuple[float, int, int]] = []  # (time, order, item index): the belt, re-fed items merged in
+    last_t = -math.inf
+    for k, (t, _bound) in enumerate(items):
+        last_t = max(t.t if math.isfinite(t.t) else float(k), last_t)  # logs of several files: never back
+        belt.append((last_t, k, k))
+    order = len(items)
+    buffered: set[int] = set()
+    while belt:
+        now, _, k = heapq.heappop(belt)
+        t, bound = items[k]
+        exchange(now)
+        key = f"{k}:{t.item_id}"
+        truth[key] = t
+        r, _events = station.offer(PackItem(key, bound, weight_g=t.weight_g, t=now), now)
+        kinds[r.kind] += 1
+        buffered.discard(k)
+        if r.closed is not None:
+            closed.append(r.closed)
+        if r.kind == "assigned":
+            p = station.position_of(r.case_id)
+            assert p is not None
+            prog.accept_into_case(p)
+            prog.arrive(k, into_case=p, now=now)
+            station.answered(r.case_id)
+        else:
+            prog.arrive(k, into_case=False, now=now)
+            if r.kind == "no_case_ready":
+                buffered.add(k)
+                if refeed_s is not None:
+                    heapq.heappush(belt, (now + refeed_s, order, k))
+                    order += 1
+        exchange(now)
+    assert prog.buffered == 0, "an item decided into a case found none in place"
+    true_wh = [math.fsum(truth[i.item_id].energy_wh for i in c.items) for c in closed + list(station.state.open_cases)]
+    full = [w / limit_wh for w in true_wh[: len(closed)]]
+    plan = pack("plan", items, limit_wh, positions)
+    return LineResult(
+        name,
+        positions,
+        swap_s,
+        refeed_s,
+        len(items),
+        kinds["assigned"],
+        kinds["not_packable"],
+        kinds["no_case_ready"],
+        len(buffered),
+        len(closed),
+        statistics.fmean(full) if full else math.nan,
+        min(full) if full else math.nan,
+        sum(w > limit_wh for w in true_wh),
+        max(true_wh, default=0.0),
+        plan.fill_mean,
+        prog.swaps,
+        tuple(full),
+        plan.fills,
+    )
+
+
+def _pool(results: Sequence[LineResult]) -> LineResult:
+    """Several runs' cases as one sample (the counts summed, the fill over every case closed full)."""
+    fills = [f for r in results for f in r.fills]
+    plan = [f for r in results for f in r.plan_fills]
+    r0 = results[0]
+    return LineResult(
+        r0.name,
+        r0.positions,
+        r0.swap_s,
+        r0.refeed_s,
+        *(sum(getattr(r, k) for r in results) for k in ("offered", "assigned", "not_packable", "no_case_ready")),
+        sum(r.left_in_buffer for r in results),
+        sum(r.cases for r in results),
+        statistics.fmean(fills) if fills else math.nan,
+        min(fills, default=math.nan),
+        sum(r.over_limit for r in results),
+        max(r.max_case_true_wh for r in results),
+        statistics.fmean(plan) if plan else math.nan,
+        sum(r.swaps for r in results),
+        tuple(fills),
+        tuple(plan),
+    )
+
+
+LINE_HEADER = (
+    "| run | bound | case positions | swap time | buffer re-fed | items | into a case | not packable | "
+    "to the buffer for want of a case (times) | left in the buffer | cases closed full | mean fill (true / limit) | "
+    "lowest fill | largest case, true Wh | cases over the limit (true) | plan's mean fill (`sorter pack`) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _line_row(run: str, r: LineResult) -> str:
+    refeed = "no" if r.refeed_s is None else f"after {r.refeed_s:g} s"
+    return (
+        f"| {run} | {r.name} | {r.positions} | {r.swap_s:g} s | {refeed} | {r.offered} | {r.assigned} | "
+        f"{r.not_packable} | {r.no_case_ready} | {r.left_in_buffer} | {r.cases} | {100 * r.fill_mean:.1f} % | "
+        f"{100 * r.fill_min:.1f} % | {r.max_case_true_wh:.0f} | **{r.over_limit}** | {100 * r.plan_fill:.1f} % |"
     )
 
 
@@ -225,9 +397,16 @@ def looseness(name: str, items: Sequence[tuple[Truth, float, float]], limit: flo
 
 
 def run_scores(
-    files: Iterable[str], lanes: set[str], limit: float, specific: float, positions: Sequence[int] = (1,)
+    files: Iterable[str],
+    lanes: set[str],
+    limit: float,
+    specific: float,
+    positions: Sequence[int] = (1,),
+    line_swaps: Sequence[float] = (),
+    refeeds: Sequence[float | None] = (None,),
 ) -> tuple[list[str], list[str]]:
     rows, notes = [], []
+    pooled: dict[tuple[int, float, float | None], list[LineResult]] = defaultdict(list)
     for f in files:
         table = read_scores(f)
         logs: dict[str, dict[str, Truth]] = {}
@@ -248,6 +427,21 @@ def run_scores(
             est = cols["energy_wh"][k]
             items.append((t, math.nan if up is None else float(up), math.nan if est is None else float(est)))
         name = Path(f).name
+        if line_swaps:  # the line's code, not the plan
+            for n in positions:
+                for swap in line_swaps:
+                    for refeed in refeeds:
+                        bounds = [(t, b) for t, b, _ in items]
+                        r = line_pack("model (energy_wh_upper)", bounds, limit, n, swap, refeed)
+                        rows.append(_line_row(name, r))
+                        pooled[(n, swap, refeed)].append(r)
+            span = [t.t for t, _, _ in items if math.isfinite(t.t)]
+            if span:
+                notes.append(
+                    f"{name}: {len(items)} items of the lanes over {(max(span) - min(span)) / 3600:.2f} h of belt "
+                    f"time (one every {(max(span) - min(span)) / max(1, len(items) - 1):.0f} s on average)"
+                )
+            continue
         for n in positions:
             rows.append(_row(name, pack("model (energy_wh_upper)", [(t, b) for t, b, _ in items], limit, n)))
         for n in positions:
@@ -272,6 +466,9 @@ def run_scores(
             + (f"; {missing} item(s) without a log record left out" if missing else "")
             + f"; {sum(not t.li_ion for t, _, _ in items)} item(s) in the lanes are not Li-ion (true energy 0)"
         )
+    if pooled and len(next(iter(pooled.values()))) > 1:  # several files: their cases together
+        for v in pooled.values():
+            rows.append(_line_row("all files", _pool(v)))
     return rows, notes
 
 
@@ -294,11 +491,21 @@ def run_truth(
     specific: float,
     damaged_only: bool,
     positions: Sequence[int] = (1,),
+    line_swaps: Sequence[float] = (),
+    refeeds: Sequence[float | None] = (None,),
 ) -> tuple[list[str], list[str]]:
     rows, notes = [], []
     for name, truths, n_items in named:
         li = [t for t in truths if t.li_ion and (t.damaged or not damaged_only)]
         run = f"{name} ({n_items} items, {len(li)} Li-ion), truth-based"
+        if line_swaps:  # the line's code, not the plan
+            for n in positions:
+                for swap in line_swaps:
+                    for refeed in refeeds:
+                        oracle = [(t, t.energy_wh) for t in li]
+                        r = line_pack("simulator truth (oracle)", oracle, limit, n, swap, refeed)
+                        rows.append(_line_row(run, r))
+            continue
         for n in positions:
             rows.append(_row(run, pack("simulator truth (oracle)", [(t, t.energy_wh) for t in li], limit, n)))
         for n in positions:
@@ -334,22 +541,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="docs/performance.md section to write (default: cases)",
     )
+    ap.add_argument(
+        "--line-swap-s",
+        default="",
+        help="pack through the line's case station and the simulated PLC instead of the plan, the operator "
+        "swapping a full case in this many seconds (comma-separated: a row per value, e.g. 60,300)",
+    )
+    ap.add_argument(
+        "--line-refeed-s",
+        type=float,
+        default=None,
+        help="with --line-swap-s: also rows where an item buffered for want of a case is put back on the belt "
+        "this many seconds later (docs/cases.md: offered again once a case is ready)",
+    )
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/performance.md alone")
     args = ap.parse_args(argv)
+    try:
+        swaps = [float(x) for x in args.line_swap_s.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--line-swap-s {args.line_swap_s!r}: expected seconds separated by commas, e.g. 60,300")
+    if any(not (math.isfinite(x) and x >= 0) for x in swaps):
+        ap.error(f"--line-swap-s {args.line_swap_s!r}: each must be a number of seconds >= 0")
     try:
         positions = [int(x) for x in args.positions.split(",")]
     except ValueError:
         ap.error(f"--positions {args.positions!r}: expected whole numbers separated by commas, e.g. 1,3")
-    if any(not 1 <= n <= 16 for n in positions):
-        ap.error(f"--positions {args.positions!r}: each must be 1 to 16")
-    pos_arg = "" if positions == [1] else f" --positions {args.positions}"
+    if args.line_refeed_s is not None and not (swaps and math.isfinite(args.line_refeed_s) and args.line_refeed_s >= 0):
+        ap.error("--line-refeed-s needs --line-swap-s and a number of seconds >= 0")
+    refeeds: list[float | None] = [None] if args.line_refeed_s is None else [None, args.line_refeed_s]
+    top = 8 if swaps else 16  # the line's PLC block has up to 8 positions
+    if any(not 1 <= n <= top for n in positions):
+        ap.error(f"--positions {args.positions!r}: each must be 1 to {top}" + (" with --line-swap-s" if swaps else ""))
+    pos_arg = (
+        ("" if positions == [1] else f" --positions {args.positions}")
+        + (f" --line-swap-s {args.line_swap_s}" if swaps else "")
+        + (f" --line-refeed-s {args.line_refeed_s:g}" if args.line_refeed_s is not None else "")
+    )
 
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     notes: list[str] = []
     if args.scores:
         rows, notes = run_scores(
-            args.scores, set(args.lanes.split(",")), args.limit_wh, args.specific_wh_per_g, positions
+            args.scores, set(args.lanes.split(",")), args.limit_wh, args.specific_wh_per_g, positions, swaps, refeeds
         )
         how = (
             f"`python -m benchmarks.cases --scores {' '.join(Path(f).name for f in args.scores)} --lanes {args.lanes}"
@@ -357,7 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif args.logs:
         named = [(Path(d).name, truth_from_log(d), sum(1 for _ in iter_log(d))) for d in args.logs]
-        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions)
+        rows, notes = run_truth(
+            named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions, swaps, refeeds
+        )
         how = f"`python -m benchmarks.cases --logs {' '.join(Path(d).name for d in args.logs)}{pos_arg}`"
     else:
         named = []
@@ -365,17 +601,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed = args.seed + k
             truths, n = truth_simulated(args.simulate, seed, line, args.mix, args.workers)
             named.append((f"line {line}, {args.mix}, seed {seed}", truths, n))
-        rows, notes = run_truth(named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions)
+        rows, notes = run_truth(
+            named, args.limit_wh, args.specific_wh_per_g, args.damaged_only, positions, swaps, refeeds
+        )
         how = (
             f"`python -m benchmarks.cases --simulate {args.simulate} --lines {args.lines} --mix {args.mix} "
             f"--seed {args.seed}" + (" --damaged-only" if args.damaged_only else "") + pos_arg + "`"
         )
     secs = time.perf_counter() - t0
-    table = "\n".join([HEADER, *rows])
+    table = "\n".join([LINE_HEADER if swaps else HEADER, *rows])
     print(table)
     for n in notes:
         print(n)
-    if not args.no_doc:
+    if swaps and not args.no_doc:
+        what = f"the model's energy bound, lanes {args.lanes}" if args.scores else "truth-based (no energy model)"
+        default = "cases_line" + ("" if args.lanes == "hazard" else "_" + args.lanes.replace(",", "_"))
+        key = args.section or (default if args.scores else "cases_line_truth")
+        write_section(key, _line_doc(how, what, args.limit_wh, table, notes, secs, load))
+    elif not args.no_doc:
         md = (
             f"## Safe cases: packing the hazard lane (issue 15)\n\n{how} — {args.limit_wh:g} Wh per case. "
             "Items in belt order through the packing core (`sorter.cases.packing`); a case closes when the next "
@@ -398,6 +641,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         write_section(args.section or "cases", md)
     return 0
+
+
+def _line_doc(how: str, what: str, limit_wh: float, table: str, notes: Sequence[str], secs: float, load: float) -> str:
+    return (
+        f"## Safe cases on the line: case positions and swaps, {what} (issue 15)\n\n"
+        f"{how} — {limit_wh:g} Wh per case. The items of the lane in belt order through **the line's code**: "
+        "the controller's case station (`sorter.line.casestation.CaseStation`, the packing core with "
+        "`[cases] positions = N`) against the simulated PLC's case-station program (`sorter.line.plc.casesim`, "
+        "block version 1 for one position, 2 for several), exchanging the block's registers as the line does, "
+        "in the items' belt time (the logs' timestamps; no wall clock, no timing). A case opens only once the PLC "
+        "confirms one at a position; each case the PC closes full is swapped by the simulated operator in the "
+        "*swap time*, and meanwhile an item that fits no open case goes to the quarantine buffer (*no case "
+        "ready*; with several positions, only when no position is free of an open case does the fullest close). "
+        "The item whose bound closes a case goes to the buffer too: on the line the next case takes items only "
+        "once the PLC confirms it, even with a swap time of 0. *Buffer re-fed*: the documented procedure "
+        "(`docs/cases.md`, the safe place) — an item buffered for want of a case is put back on the belt that many "
+        "seconds later and offered again in belt order (it may be buffered again; every time counts in *to the "
+        "buffer*); *no*: it stays in the buffer (*left in the buffer*). *Fill* is the true rated energy "
+        "(nominal V × Ah) of the cases closed full over the limit (the cases still open at the end are left out); "
+        "the last column is the same items planned by `sorter pack --positions N` (a new case always ready at once, "
+        "no buffer), the figure of the sections above.\n\n"
+        f"{table}\n\n"
+        + "".join(f"- {n}\n" for n in notes)
+        + f"\nRun time {secs:.0f} s; load average {load:.1f} at the start on {os.cpu_count()} cores "
+        f"(`uname -m`: {os.uname().machine}), shared with other work."
+    )
 
 
 if __name__ == "__main__":

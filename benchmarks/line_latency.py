@@ -35,7 +35,8 @@ transaction; the simulator's PLC has the case-station block): pairs of runs at t
 without and one with packing, alternated so that both see the same machine load; it reports the
 deadline misses of each side and their ratio, into its own section ("..._cases").  The station sits
 on the ``--case-lane`` (default ``li_ion``: many more items are offered than on the recycler mix's
-hazard lane, so the cost of packing is exercised, not hidden).
+hazard lane, so the cost of packing is exercised, not hidden).  ``--case-positions N`` runs the
+station with N case positions (block version 2; section "..._cases_N_positions").
 
 The result table is written into ``docs/performance.md`` (section "Line
 controller (issue 4)", or "..._disk_load" / "..._sync_full" for those modes), with the machine it
@@ -65,7 +66,6 @@ from sorter.line.config import load_config
 from sorter.line.controller import Controller
 from sorter.line.plc import ModbusPlcLink
 from sorter.line.plc.casesim import CaseStationProgram
-from sorter.line.plc.protocol import CaseBlockMap
 from sorter.line.plc.sim import PlcSimulator
 from sorter.line.scoring_pool import ScoringPool
 from sorter.line.sources import BeltTiming, SimulatedSource, generate_pool
@@ -78,6 +78,7 @@ SLOW_COMMIT_S = 0.05  # an audit transaction this slow eats most of a 90 ms dead
 SYNC_MODE = ["interval"]  # audit.sync of the runs (set from --sync)
 JOURNAL = ["auto"]  # audit.journal of the runs (set from --journal)
 CASE_LANE = ["li_ion"]  # the case station's lane with --cases (set from --case-lane)
+CASE_POSITIONS = [1]  # case positions at the station with --cases (set from --case-positions)
 
 
 @dataclass
@@ -137,7 +138,11 @@ async def one_run(
 ) -> Result:
     items = max(20, int(round(rate_hz * seconds)))
     audit = workdir / f"audit-{len(list(workdir.glob('audit-*.sqlite'))) + 1:02d}-{rate_hz:g}.sqlite"  # one per run
-    station = CaseStationProgram(swap_s=2.0, ready_at_start=True, lane=CASE_LANE[0]) if cases else None
+    station = (
+        CaseStationProgram(swap_s=2.0, ready_at_start=True, lane=CASE_LANE[0], positions=CASE_POSITIONS[0])
+        if cases
+        else None
+    )
     sim = PlcSimulator(port=0, scan_ms=scan_ms, case_station=station)
     await sim.start()
     try:
@@ -154,9 +159,10 @@ async def one_run(
                 f"audit.journal={JOURNAL[0]}",
                 f"cases.enabled={'true' if cases else 'false'}",
                 f"cases.lane={CASE_LANE[0]}",
+                f"cases.positions={CASE_POSITIONS[0]}",
             ],
         )
-        link = ModbusPlcLink("127.0.0.1", sim.port, case_block=CaseBlockMap(cfg.cases.base) if cases else None)
+        link = ModbusPlcLink("127.0.0.1", sim.port, case_block=cfg.cases.case_block() if cases else None)
         source = SimulatedSource(
             SIM, BeltTiming(cfg.line.deadline_ms / 1000), items=items, rate_hz=rate_hz, pool=pool, announce=sim.expect
         )
@@ -494,14 +500,18 @@ def cases_main(args: argparse.Namespace) -> int:
     print("\n".join(rows))
     print(verdict)
     md = [
-        f"## Line controller with packing on the line (issue 15), {args.rates[0]:g} items/s",
+        f"## Line controller with packing on the line (issue 15), {args.rates[0]:g} items/s"
+        + (f", {CASE_POSITIONS[0]} case positions" if CASE_POSITIONS[0] != 1 else ""),
         "",
         f"Command: `python -m benchmarks.line_latency --cases --rates {args.rates[0]:g} --seconds {args.seconds:g} "
-        f"--repeat {args.repeat}`. The real line on loopback as in the section above (PLC simulator, "
+        f"--repeat {args.repeat}"
+        + (f" --case-positions {CASE_POSITIONS[0]}" if CASE_POSITIONS[0] != 1 else "")
+        + "`. The real line on loopback as in the section above (PLC simulator, "
         f"{args.scan_ms:g} ms scan, {SIM.mix} mix, shipped model in {args.workers} {args.scorer} worker(s), "
         f'audit.sync = "{args.sync}", deadline 90 ms), in pairs of {args.seconds:g} s runs at '
         f"{args.rates[0]:g} items/s: one without packing, one with the case station on the `{CASE_LANE[0]}` lane "
-        "(limit 2100 Wh; the simulated PLC has the case-station block and its operator swaps a full case in 2 s). "
+        f"(limit 2100 Wh; {CASE_POSITIONS[0]} case position(s); the simulated PLC has the case-station block "
+        "and its operator swaps a full case in 2 s). "
         "The order alternates between pairs so that both sides see the same machine load; the ratio, not the "
         "absolute count, is the figure (the machine is shared with other work).",
         "",
@@ -512,7 +522,11 @@ def cases_main(args: argparse.Namespace) -> int:
         f"Load average (1 min) at the start {load[0]:.1f}, at the end {load_end[0]:.1f} ({os.cpu_count()} cores).",
     ]
     if not args.no_write:
-        key = "line_latency_cases" + ("" if args.rates[0] == 100 else f"_{args.rates[0]:g}")
+        key = (
+            "line_latency_cases"
+            + ("" if args.rates[0] == 100 else f"_{args.rates[0]:g}")
+            + ("" if CASE_POSITIONS[0] == 1 else f"_{CASE_POSITIONS[0]}_positions")
+        )
         write_section(key, "\n".join(md))
         print("written to docs/performance.md")
     return 0
@@ -598,6 +612,12 @@ def main(argv: list[str] | None = None) -> int:
         default="li_ion",
         help="the case station's lane with --cases (default %(default)s)",
     )
+    ap.add_argument(
+        "--case-positions",
+        type=int,
+        default=1,
+        help="case positions at the station with --cases, 1..8 (default %(default)s; 2..8: block version 2)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.rates, args.step, args.down = 6.0, "100", "100,200", "50,20"
@@ -625,7 +645,10 @@ def main(argv: list[str] | None = None) -> int:
     args.step = [float(x) for x in args.step.split(",") if x]
     args.down = [float(x) for x in args.down.split(",") if x]
     if args.cases:
+        if not 1 <= args.case_positions <= 8:
+            ap.error(f"--case-positions {args.case_positions}: must be 1..8")
         CASE_LANE[0] = args.case_lane
+        CASE_POSITIONS[0] = args.case_positions
         return cases_main(args)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cores = os.cpu_count() or 1

@@ -29,11 +29,13 @@ The rules of :func:`offer`, in order (the first that applies decides):
    opens in its position and takes the item, otherwise the item is **no case
    ready**.
 
-With one position (the default, and the line's today) rules 5 and 6 are: into
-the open case if it fits, else the case closes and the next one takes the item.
-Several positions (``sorter pack --positions N``: a station with N cases open
-side by side, each item dropped into the one the plan names) keep a case open
-while later, smaller items can still fill it; they need ``auto_open``.
+With one position (the default) rules 5 and 6 are: into the open case if it
+fits, else the case closes and the next one takes the item.  Several positions
+(``sorter pack --positions N``, or ``[cases] positions = N`` on the line: a
+station with N cases open side by side, each item dropped into the one the
+offer names) keep a case open while later, smaller items can still fill it.  On
+the line (no ``auto_open``) a position without a confirmed case is free: an item
+that fits no open case then finds no case ready and no case closes.
 
 An item that is not packable or finds no case ready goes to the station's safe
 place (``docs/cases.md``), never the breaker; the outcome's ``reason`` says why.
@@ -124,6 +126,8 @@ class StationConfig:
     auto_open : a new case is ready as soon as one closes (planning recorded logs).
         ``False`` on the line: a new case takes items only after :meth:`StationState.open`,
         when the PLC confirms it is in place.
+    positions : case positions side by side at the station (1..16; the line's PLC block has up to 8),
+        each holding at most one open case.
     """
 
     lane: str = "hazard"
@@ -137,11 +141,6 @@ class StationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.positions, bool) or not isinstance(self.positions, int) or not 1 <= self.positions <= 16:
             raise CaseStateError(f"positions must be a whole number of case positions, 1 to 16, got {self.positions!r}")
-        if self.positions > 1 and not self.auto_open:
-            raise CaseStateError(
-                f"positions = {self.positions} needs auto_open (planning recorded logs): the line's PLC case block "
-                "has one case position; use positions = 1 on the line"
-            )
         if not isinstance(self.lane, str) or not self.lane:
             raise CaseStateError(f'case station lane must be a lane name, got {self.lane!r}; e.g. lane = "hazard"')
         if not _finite_nonneg(self.limit_wh) or self.limit_wh <= 0 or isinstance(self.limit_wh, bool):
@@ -441,21 +440,28 @@ class StationState:
     def open(self, now: float) -> tuple[StationState, Case]:
         """A new, empty case is in place and ready (the PLC confirmed it).
 
-        If a case is open already, it stays open and is returned unchanged."""
-        if self.open_case is not None:
-            return self, self.open_case
+        With one position: if a case is open already, it stays open and is returned unchanged.
+        With several, the new case opens beside the open ones (after them in opening order); if
+        every position holds an open case already, nothing changes and the last opened is returned."""
+        if len(self.open_cases) >= self.config.positions:
+            return self, self.open_cases[-1]
         if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
             raise CaseStateError(f"open(now={now!r}): now must be the time in epoch seconds")
         case = Case(self.config.case_id(self.next_n, now), self.next_n, float(now))
-        return replace(self, open_case=case, next_n=self.next_n + 1), case
+        return replace(self._with_open([*self.open_cases, case]), next_n=self.next_n + 1), case
 
-    def close(self, now: float, reason: str = "closed by operator") -> tuple[StationState, Case | None]:
-        """Close the open case (if any); no case is ready afterwards (with several positions,
-        the next open case, if any, becomes ``open_case``)."""
-        if self.open_case is None:
+    def close(
+        self, now: float, reason: str = "closed by operator", case_id: str | None = None
+    ) -> tuple[StationState, Case | None]:
+        """Close the open case ``case_id`` (default: ``open_case``, the first opened), if open; with
+        one position no case is ready afterwards (with several, the next open case, if any,
+        becomes ``open_case``)."""
+        cases = list(self.open_cases)
+        k = next((j for j, c in enumerate(cases) if case_id is None or c.case_id == case_id), None)
+        if k is None:
             return self, None
-        closed = replace(self.open_case, closed_t=float(now), close_reason=reason)
-        return self._with_open(self.other_cases), closed
+        closed = replace(cases.pop(k), closed_t=float(now), close_reason=reason)
+        return self._with_open(cases), closed
 
     def close_all(self, now: float, reason: str) -> tuple[StationState, list[Case]]:
         """Close every open case, in opening order."""

@@ -235,7 +235,10 @@ class AuditSource:
                 case_id, {"n": n, "opened_t": math.nan, "closed_t": None, "reason": "", "config": cfg}
             )
             if kind == "case_open":
-                oc = d["state"].get("open_case") or {}
+                # With several positions the new case is among other_cases (open_case is the first opened).
+                st = d["state"]
+                opened = [c for c in [st.get("open_case"), *st.get("other_cases", [])] if isinstance(c, dict)]
+                oc = next((c for c in opened if c.get("case_id") == case_id), {})
                 h["opened_t"] = _float(oc.get("opened_t", t))
                 h["config"] = cfg
             else:

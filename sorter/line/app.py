@@ -29,7 +29,7 @@ from sorter.line.plc.casesim import CaseStationProgram
 from sorter.line.plc.link import PlcLink
 from sorter.line.plc.memory import MemoryPlc
 from sorter.line.plc.modbus import ModbusPlcLink
-from sorter.line.plc.protocol import CaseBlockMap, RegisterMap
+from sorter.line.plc.protocol import RegisterMap
 from sorter.line.scoring_pool import ScoringPool
 from sorter.line.sources import BeltTiming, ItemSource, LogFollowSource, SimulatedSource
 from sorter.line.summary import RunSummary
@@ -54,12 +54,14 @@ def build_link(config: LineConfig) -> PlcLink:
         poll_interval_s=p.poll_interval_ms / 1000.0,
         rewrite_interval_s=p.rewrite_interval_ms / 1000.0,
     )
-    case_block = CaseBlockMap(config.cases.base) if config.cases.enabled else None
+    case_block = config.cases.case_block() if config.cases.enabled else None
     if p.kind == "memory":
         # A dry run's in-process PLC has the case block when packing is on, with an operator who
         # swaps a full case in 5 s.
         station = (
-            CaseStationProgram(swap_s=5.0, ready_at_start=True, lane=config.cases.lane)
+            CaseStationProgram(
+                swap_s=5.0, ready_at_start=True, lane=config.cases.lane, positions=config.cases.positions
+            )
             if case_block is not None
             else None
         )

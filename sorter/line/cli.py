@@ -221,6 +221,12 @@ def _add_plc_sim(sub: Any) -> None:
         default=5.0,
         help="seconds the simulated operator takes to swap a full case (default %(default)s)",
     )
+    p.add_argument(
+        "--case-positions",
+        type=int,
+        default=1,
+        help="case positions at the station, 1..8 (default %(default)s; 2..8: block version 2)",
+    )
     p.set_defaults(func=_cmd_plc_sim)
 
 
@@ -236,7 +242,9 @@ def _cmd_plc_sim(args: argparse.Namespace) -> int:
 
     try:
         station = (
-            CaseStationProgram(swap_s=args.case_swap_s, ready_at_start=True, lane=args.case_lane)
+            CaseStationProgram(
+                swap_s=args.case_swap_s, ready_at_start=True, lane=args.case_lane, positions=args.case_positions
+            )
             if args.cases
             else None
         )
@@ -271,10 +279,13 @@ def _cmd_plc_sim(args: argparse.Namespace) -> int:
                 await asyncio.sleep(args.report_s)
                 counts = " ".join(f"{k}={v}" for k, v in sim.counters.items())
                 if station is not None:
-                    counts += (
-                        f" case_placed={station.placed} case_ready={int(station.ready)} "
-                        f"in_case={len(station.cases.get(station.placed, []))} buffer={len(station.buffer)}"
-                    )
+                    for q in station.positions:
+                        tag = "" if len(station.positions) == 1 else str(q.number)
+                        counts += (
+                            f" case_placed{tag}={q.placed} case_ready{tag}={int(q.ready)} "
+                            f"in_case{tag}={len(q.cases.get(q.placed, []))}"
+                        )
+                    counts += f" buffer={len(station.buffer)}"
                 print(f"faults=0x{int(sim.model.faults):04x} {counts}", flush=True)
         finally:
             await sim.stop()
@@ -341,6 +352,12 @@ def _add_demo(sub: Any) -> None:
         default=3.0,
         help="seconds the simulated operator takes to confirm a new case (default %(default)s)",
     )
+    p.add_argument(
+        "--case-positions",
+        type=int,
+        default=1,
+        help="case positions side by side at the simulated station, 1..8 (default %(default)s)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
@@ -369,6 +386,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         cases=not args.no_cases,
         case_limit_wh=args.case_limit_wh,
         case_swap_s=args.case_swap_s,
+        case_positions=args.case_positions,
     )
     print(format_result(result))
     sys.stdout.flush()

@@ -232,6 +232,9 @@ class CasesSection(_Section):
     """Number of the first case of a new audit log (later cases continue from the audit log)."""
     base: int = _num(300, ge=0, le=0xFFFF - 9, hint="outside the mailbox's registers")
     """PDU address of the PLC's case-station block."""
+    positions: int = _num(1, ge=1, le=8, hint="case positions side by side under the station's chute")
+    """Case positions at the station, each holding one case (1: block version 1; 2..8: block version 2,
+    ``docs/plc-interface.md``); the PLC's block must report the same number."""
     state_file: str = ""
     """Also write the station's state (``sorter-case-station/1``) to this file at every case opening and
     closing, for ``sorter pack --state``; ``""``: only in the audit log (which is what a restart reads)."""
@@ -247,7 +250,14 @@ class CasesSection(_Section):
             case_id_scheme=self.case_id,
             line=line,
             auto_open=False,
+            positions=self.positions,
         )
+
+    def case_block(self) -> Any:
+        """The :class:`~sorter.line.plc.protocol.CaseBlockMap` of the station's PLC block."""
+        from sorter.line.plc.protocol import CaseBlockMap
+
+        return CaseBlockMap(self.base, positions=self.positions)
 
 
 class MetricsSection(_Section):
@@ -751,14 +761,17 @@ def _cross_checks(cfg: LineConfig) -> None:
     c = cfg.cases
     if c.enabled:
         from sorter.errors import CaseStateError
-        from sorter.line.plc.protocol import CaseBlockMap
 
         try:
             c.station_config(ln.name)
         except CaseStateError as err:
             raise ConfigError(f"{where('cases', 'case_id')}: [cases] {err}") from None
+        try:
+            block = c.case_block()
+        except ConfigError as err:
+            raise ConfigError(f"{where('cases', 'base')}: [cases] {err}") from None
         need(
-            not CaseBlockMap(c.base).overlaps(RegisterMap(**p.register_map_args)),
+            not block.overlaps(RegisterMap(**p.register_map_args)),
             "cases",
             "base",
             f"overlaps the mailbox registers {p.base}..; give the case block its own addresses (default 300)",

@@ -168,6 +168,8 @@ class _Verdict:
     """``(energy_wh, energy_wh_upper, novelty, weight_g)`` of the decision (``None``: unknown)."""
     into_case: bool = False
     """Sent with the case-station block's lane code "into the open case" (the offer assigned it)."""
+    case_position: int = 1
+    """With ``into_case``: the case position (1-based) whose case the offer assigned it to."""
 
 
 class Controller:
@@ -802,7 +804,12 @@ class Controller:
         _pass_turn(prev, mine)
         if events:
             self._case_wake.set()
-        return dataclasses.replace(v, into_case=r.kind == "assigned"), case_columns(r), events
+        position = station.position_of(r.case_id) if r.kind == "assigned" else None
+        if r.kind == "assigned" and position is None:  # cannot happen; never guess a position: the buffer
+            logger.error("item=%s assigned to case %s, which stands at no position: buffer", si.item_id, r.case_id)
+            station.answered(r.case_id)  # nothing will be sent into it
+        into = position is not None
+        return dataclasses.replace(v, into_case=into, case_position=position or 1), case_columns(r), events
 
     async def _case_loop(self, interval_s: float) -> None:
         """Every heartbeat: read the PLC's case words, open or close cases, publish the PC's words."""
@@ -934,7 +941,7 @@ class Controller:
                 si.plc_id,
                 lane,
                 timeout_s=si.due_mono - time.monotonic() + self.grace_s,
-                **({"into_case": True} if v.into_case else {}),
+                **_case_target(v),
             )
         except PlcProtocolError as err:
             # The PLC broke the contract: its answer cannot be trusted. Not acked, not refused:
@@ -1048,6 +1055,13 @@ class Controller:
             startup_s={k: round(v, 3) for k, v in self._startup.items()},
             **truth,
         )
+
+
+def _case_target(v: _Verdict) -> dict[str, Any]:
+    """``send_decision``'s case arguments: none for the buffer; position 1 as before positions existed."""
+    if not v.into_case:
+        return {}
+    return {"into_case": True, **({"case_position": v.case_position} if v.case_position != 1 else {})}
 
 
 def _finite(x: float) -> float | None:

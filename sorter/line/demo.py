@@ -77,6 +77,7 @@ def demo_config(
     status: bool = True,
     cases: bool = False,
     case_limit_wh: float = 2100.0,
+    case_positions: int = 1,
 ) -> LineConfig:
     """The configuration of a demo run (the environment is ignored: the demo is the same everywhere)."""
     return load_config(
@@ -98,6 +99,7 @@ def demo_config(
             f"status.enabled={'true' if status else 'false'}",
             f"cases.enabled={'true' if cases else 'false'}",
             f"cases.limit_wh={case_limit_wh}",
+            f"cases.positions={case_positions}",
         ],
     )
 
@@ -119,6 +121,7 @@ async def run_demo_async(
     cases: bool = True,
     case_limit_wh: float = 2100.0,
     case_swap_s: float = 3.0,
+    case_positions: int = 1,
 ) -> DemoResult:
     """Run the demo inside a running event loop (see :func:`run_demo`)."""
     stream = stream or sys.stdout
@@ -151,6 +154,7 @@ async def run_demo_async(
             cases=cases,
             case_limit_wh=case_limit_wh,
             case_swap_s=case_swap_s,
+            case_positions=case_positions,
         )
     finally:
         if out is None:  # a temporary folder the user never asked for: leave nothing behind
@@ -176,6 +180,7 @@ async def _run_demo(
     cases: bool = True,
     case_limit_wh: float = 2100.0,
     case_swap_s: float = 3.0,
+    case_positions: int = 1,
 ) -> DemoResult:
     audit_path = out_dir / "audit.sqlite"
     if audit_path.exists() and force:  # --force: this demo's audit log replaces the earlier one's
@@ -189,7 +194,7 @@ async def _run_demo(
     # The PLC simulator starts last, just before the controller connects: a PLC that runs without a PC
     # heartbeat (during the pool generation and model loading) would rightly report it lost.
     # The case station's simulated operator confirms a new case case_swap_s after the PLC asks for a swap.
-    station = CaseStationProgram(swap_s=case_swap_s, ready_at_start=True) if cases else None
+    station = CaseStationProgram(swap_s=case_swap_s, ready_at_start=True, positions=case_positions) if cases else None
     sim = PlcSimulator("127.0.0.1", 0, scan_ms=scan_ms, case_station=station)
     cfg = demo_config(
         items=items,
@@ -203,6 +208,7 @@ async def _run_demo(
         status=status,
         cases=cases,
         case_limit_wh=case_limit_wh,
+        case_positions=case_positions,
     )
     print(
         f"sorter demo: {items} items at {rate_hz:g}/s from a pool of {cfg.simulated.pool} ({mix} mix, seed {seed}); "
@@ -270,6 +276,8 @@ def run_demo(**kwargs: object) -> DemoResult:
         The case limit (default 2100 Wh; a small one shows case swaps in a short demo).
     case_swap_s : float
         Seconds the simulated operator takes to confirm a new case after the PLC asks for a swap.
+    case_positions : int
+        Case positions at the simulated station (default 1; 2..8 use the block's version 2).
     """
     return asyncio.run(run_demo_async(**kwargs))  # type: ignore[arg-type]
 
@@ -294,8 +302,17 @@ def format_result(result: DemoResult) -> str:
 def _station_lines(station: CaseStationProgram | None) -> list[str]:
     if station is None:
         return []
-    filled = ", ".join(f"#{placed} {len(ids)}" for placed, ids in station.cases.items())
+    if len(station.positions) == 1:
+        filled = ", ".join(f"#{placed} {len(ids)}" for placed, ids in station.cases.items())
+        placed = f"cases placed {station.placed} (items per case: {filled or 'none'})"
+    else:
+        placed = "; ".join(
+            f"position {q.number}: cases placed {q.placed} (items per case: "
+            + (", ".join(f"#{n} {len(ids)}" for n, ids in q.cases.items()) or "none")
+            + ")"
+            for q in station.positions
+        )
     return [
-        f"case station   cases placed {station.placed} (items per case: {filled or 'none'}), swaps {station.swaps}, "
+        f"case station   {placed}, swaps {station.swaps}, "
         f"quarantine buffer {len(station.buffer)} item(s), decided into a case but buffered {station.buffered}"
     ]

@@ -157,7 +157,7 @@ def test_several_positions_never_over_the_limit_each_item_once_and_a_restart_cha
         assert one.to_json() == state.to_json()
 
 
-def test_positions_keep_a_case_open_for_a_later_small_item_and_need_auto_open():
+def test_positions_keep_a_case_open_for_a_later_small_item():
     cfg = StationConfig(line="L1", limit_wh=2100.0, auto_open=True, positions=2)
     s = StationState.new(cfg)
     for k, u in enumerate([1400.0, 1400.0, 650.0, 690.0]):
@@ -169,8 +169,6 @@ def test_positions_keep_a_case_open_for_a_later_small_item_and_need_auto_open():
     assert r.closed.case_id.endswith("0002") and r.case_id.endswith("0003")
     st2 = StationState.from_json(r.state.to_json())
     assert st2 == r.state and len(st2.open_cases) == 2
-    with pytest.raises(CaseStateError, match="auto_open"):
-        StationConfig(positions=2)
     with pytest.raises(CaseStateError, match="positions"):
         StationConfig(positions=0, auto_open=True)
     with pytest.raises(CaseStateError, match="position"):
@@ -311,3 +309,33 @@ def test_the_module_examples_run():
     import sorter.cases.packing as packing
 
     assert doctest.testmod(packing).failed == 0
+
+
+def test_on_the_line_positions_open_when_confirmed_and_close_one_by_one():
+    """Without auto_open (the line): a case opens at a position only when the PLC confirms it; an
+    item that fits no open case while a position is free finds no case ready and closes nothing;
+    with every position holding a case the fullest closes; close(case_id) closes only that case."""
+    cfg = StationConfig(line="L1", limit_wh=2100.0, positions=3)
+    s = StationState.new(cfg)
+    assert s.offer(PackItem("X", energy_wh_upper=10.0), now=T0).kind == "no_case_ready"
+    s, a = s.open(T0)
+    s, b = s.open(T0)
+    assert [c.case_id for c in s.open_cases] == [a.case_id, b.case_id]
+    r = s.offer(PackItem("I1", energy_wh_upper=1500.0), now=T0)
+    assert (r.kind, r.case_id, r.seq) == ("assigned", a.case_id, 1)
+    r = r.state.offer(PackItem("I2", energy_wh_upper=1500.0), now=T0)
+    assert (r.kind, r.case_id) == ("assigned", b.case_id)
+    r = r.state.offer(PackItem("I3", energy_wh_upper=1000.0), now=T0)  # fits neither; position 3 is free
+    assert r.kind == "no_case_ready" and r.closed is None
+    s, c = r.state.open(T0)
+    s2, same = s.open(T0)  # every position holds a case: nothing opens
+    assert s2 == s and same == c
+    r = s.offer(PackItem("I4", energy_wh_upper=1000.0), now=T0)
+    assert r.case_id == c.case_id
+    r = r.state.offer(PackItem("I5", energy_wh_upper=1200.0), now=T0)  # fits none, no free position
+    assert r.kind == "no_case_ready" and r.closed is not None and r.closed.upper_wh == 1500.0
+    s, closed = r.state.close(T0 + 1, "case removed", case_id=c.case_id)
+    assert closed is not None and closed.case_id == c.case_id and closed.close_reason == "case removed"
+    assert [x.case_id for x in s.open_cases] == [b.case_id if r.closed.case_id == a.case_id else a.case_id]
+    assert s.close(T0, "x", case_id="nope") == (s, None)
+    assert StationState.from_json(s.to_json()) == s

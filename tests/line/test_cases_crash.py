@@ -1,7 +1,8 @@
 """kill -9 while a case is open (issue 15): after each restart the open case resumes exactly, so
 nothing is lost and the case is never over-filled: every case's items are at positions 1..n with
 no gap or repeat, each case's summed bound stays within the limit, and an item counted in the open
-case at a kill is still counted after it.  Copied from ``test_crash.py``'s kill cycles."""
+case at a kill is still counted after it.  Copied from ``test_crash.py``'s kill cycles.  The same
+with a station of three case positions (``[cases] positions = 3``): several cases open at a kill."""
 
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ PACE = ("--replay-rate", "1")  # at the recorded 15 items/s: cases open and clos
 LIMIT_WH = 1500.0
 
 
-def case_snapshot(path: Path) -> tuple[int, dict[str, list[tuple[int, float, str]]], str | None]:
-    """(rows, case_id -> [(seq, bound, item)], the open case at the end of the events) read-only."""
+def case_snapshot(path: Path) -> tuple[int, dict[str, list[tuple[int, float, str]]], set[str]]:
+    """(rows, case_id -> [(seq, bound, item)], the open cases at the end of the events) read-only."""
     if not path.exists():
-        return 0, {}, None
+        return 0, {}, set()
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
@@ -47,13 +48,17 @@ def case_snapshot(path: Path) -> tuple[int, dict[str, list[tuple[int, float, str
             "SELECT kind, detail FROM events WHERE kind LIKE 'case_%' ORDER BY id DESC LIMIT 1"
         ).fetchone()
     except sqlite3.OperationalError:  # schema not created yet
-        return 0, {}, None
+        return 0, {}, set()
     finally:
         con.close()
     import json
 
-    open_case = json.loads(last[1])["case_id"] if last and last[0] == "case_open" else None
-    return rows, dict(cases), open_case
+    if not last:
+        return rows, dict(cases), set()
+    detail = json.loads(last[1])
+    if "positions" in detail:  # several positions: every event says where each open case stands
+        return rows, dict(cases), {e["case_id"] for e in detail["positions"] if e["case_id"]}
+    return rows, dict(cases), {detail["case_id"]} if last[0] == "case_open" else set()
 
 
 def check(cases: dict[str, list[tuple[int, float, str]]]) -> None:
@@ -74,7 +79,10 @@ def li_log(tmp_path_factory) -> Path:
     return d
 
 
-def test_kill_9_while_a_case_is_open_loses_nothing_and_never_overfills(tmp_path: Path, li_log: Path) -> None:
+@pytest.mark.parametrize("positions", [1, 3])
+def test_kill_9_while_a_case_is_open_loses_nothing_and_never_overfills(
+    tmp_path: Path, li_log: Path, positions: int
+) -> None:
     cfg = tmp_path / "line.toml"
     audit = tmp_path / "audit.sqlite"
     cfg.write_text(f"""
@@ -94,13 +102,14 @@ path = "{audit}"
 enabled = true
 lane = "li_ion"
 limit_wh = {LIMIT_WH}
+positions = {positions}
 [metrics]
 enabled = false
 [status]
 enabled = false
 """)
     rng = random.Random(4321)
-    kills_with_open_case = 0
+    kills_with_open_case = several_open = 0
     for _ in range(4):
         proc = subprocess.Popen(
             [sys.executable, "-m", "sorter", "run", "--config", str(cfg), *PACE],
@@ -117,11 +126,12 @@ enabled = false
             break
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        _, at_kill, open_case = case_snapshot(audit)
+        _, at_kill, open_cases = case_snapshot(audit)
         check(at_kill)
-        # Restart and finish; the open case's items at the kill are all still counted after it.
-        if open_case is not None and at_kill.get(open_case):
+        # Restart and finish; the open cases' items at the kill are all still counted after it.
+        if any(at_kill.get(c) for c in open_cases):
             kills_with_open_case += 1
+            several_open += sum(1 for c in open_cases if at_kill.get(c)) > 1
         proc = subprocess.Popen(
             [sys.executable, "-m", "sorter", "run", "--config", str(cfg), *PACE],
             stdout=subprocess.DEVNULL,
@@ -148,6 +158,8 @@ enabled = false
     assert rows == N_ITEMS
     check(final)
     assert kills_with_open_case >= 1, "no kill hit an open case with items; the test proved nothing"
+    if positions > 1:
+        assert several_open >= 1, "no kill hit several open cases with items"
     # Each case was opened once: a restart never opened a second case for the same placement.
     con = sqlite3.connect(f"file:{audit}?mode=ro", uri=True)
     try:

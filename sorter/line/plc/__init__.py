@@ -2,6 +2,8 @@
 
 - :mod:`~sorter.line.plc.protocol`: the contract both sides share (lane codes, ack
   codes, fault bits, register map, slot codec, CRC, the PLC item id).
+- :mod:`~sorter.line.plc.caseblock`: the optional case-station block's registers and codes
+  (re-exported by ``protocol``).
 - :mod:`~sorter.line.plc.link`: :class:`PlcLink`, the interface the controller uses,
   with :class:`Ack` and the link's errors.
 - :mod:`~sorter.line.plc.mailbox`: the PC side of the mailbox handshake, shared by

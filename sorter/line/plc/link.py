@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -94,7 +94,9 @@ class PlcLink(abc.ABC):
         """Disconnect and stop reconnecting; pending decisions fail with PlcError."""
 
     @abc.abstractmethod
-    async def send_decision(self, item_id: int, lane: str, *, timeout_s: float, into_case: bool = False) -> Ack:
+    async def send_decision(
+        self, item_id: int, lane: str, *, timeout_s: float, into_case: bool = False, case_position: int = 1
+    ) -> Ack:
         """Post a decision and wait for the PLC to acknowledge it.
 
         Parameters
@@ -107,6 +109,9 @@ class PlcLink(abc.ABC):
             The item goes *into the open case* of the case station (lane code 5 of
             the case-station block); ``False`` for the station's lane means its
             quarantine buffer.  Only with the case block enabled.
+        case_position : int
+            With ``into_case``: the case position (1-based) whose case the item goes into,
+            lane code ``4 + case_position`` (a station with several positions; 1: code 5).
         timeout_s : float
             How long to keep trying (usually the time left before the item
             reaches the diverter).  The same sequence number is rewritten on
@@ -158,8 +163,9 @@ class PlcLink(abc.ABC):
         """
         raise PlcError(f"{type(self).__name__} has no mailbox to read")
 
-    async def read_case_station(self) -> CasePlcWords:
-        """Read the PLC's words of the case-station block (``CASE_READY``, ``CASE_PLACED``, ...).
+    async def read_case_station(self) -> tuple[CasePlcWords, ...]:
+        """Read the PLC's words of the case-station block (``CASE_READY``, ``CASE_PLACED``, ...),
+        one :class:`CasePlcWords` per case position (one with a one-position block).
 
         Raises
         ------
@@ -168,8 +174,9 @@ class PlcLink(abc.ABC):
         """
         raise PlcError(f"{type(self).__name__} has no case-station block")
 
-    async def write_case_station(self, words: CasePcWords) -> None:
-        """Write the PC's words of the case-station block (the open case's number, fill, ``CASE_FULL``).
+    async def write_case_station(self, words: Sequence[CasePcWords]) -> None:
+        """Write the PC's words of the case-station block (per position, in position order: the
+        case's number, fill, ``CASE_FULL``), with one request.
 
         Raises
         ------

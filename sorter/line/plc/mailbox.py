@@ -28,7 +28,8 @@ from sorter.line.plc.protocol import (
     ACK_WORDS,
     BLOCKING_FAULTS,
     CASE_BLOCK_VERSION,
-    CASE_LANE_CODE,
+    CASE_BLOCK_VERSION_POSITIONS,
+    CASE_HEADER_WORDS,
     CASE_PLC_WORDS,
     MAX_READ,
     PROTOCOL_VERSION,
@@ -45,6 +46,7 @@ from sorter.line.plc.protocol import (
     PlcFault,
     RegisterMap,
     decode_counters,
+    encode_case_slot,
     encode_slot,
     fault_names,
     status_name,
@@ -239,10 +241,15 @@ class MailboxLink(PlcLink):
         self._connecting = False
         self._drop_transport()
 
-    async def send_decision(self, item_id: int, lane: str, *, timeout_s: float, into_case: bool = False) -> Ack:
+    async def send_decision(
+        self, item_id: int, lane: str, *, timeout_s: float, into_case: bool = False, case_position: int = 1
+    ) -> Ack:
         encode_slot(1, item_id, lane)  # refuse a bad lane or item id before touching the link
-        if into_case and self.case_block is None:
+        cb = self.case_block
+        if into_case and cb is None:
             raise ValueError("into_case needs the case-station block: build the link with case_block=")
+        if into_case and cb is not None and not 1 <= case_position <= cb.positions:
+            raise ValueError(f"case_position={case_position!r} is outside the station's positions 1..{cb.positions}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be > 0 (the time left before the diverter)")
         start = time.monotonic()
@@ -251,7 +258,7 @@ class MailboxLink(PlcLink):
         slot, seq = await self._claim_slot(deadline, item_id)
         pending = _Pending(seq, item_id, lane)
         self._pending[slot] = pending
-        words = encode_slot(seq, item_id, CASE_LANE_CODE if into_case else lane)
+        words = encode_case_slot(seq, item_id, case_position) if into_case else encode_slot(seq, item_id, lane)
         address = self.register_map.slot_address(slot)
         first_write: float | None = None
         try:
@@ -317,17 +324,23 @@ class MailboxLink(PlcLink):
         await self._write_regs(self.register_map.pc_heartbeat_address, [self._pc_heartbeat])
         await self._refresh()
 
-    async def read_case_station(self) -> CasePlcWords:
-        if self.case_block is None:
+    async def read_case_station(self) -> tuple[CasePlcWords, ...]:
+        cb = self.case_block
+        if cb is None:
             raise PlcError("this link has no case-station block (cases disabled)")
         await self._require_connected("case station not read")
-        return CasePlcWords.decode(await self._read_regs(self.case_block.plc_address, CASE_PLC_WORDS))
+        words = await self._read_regs(cb.plc_address, cb.plc_words)
+        try:
+            return cb.decode_plc(words)
+        except ValueError as err:
+            raise PlcError(f"case station block at register {cb.base}: {err}") from err
 
-    async def write_case_station(self, words: CasePcWords) -> None:
-        if self.case_block is None:
+    async def write_case_station(self, words: Sequence[CasePcWords]) -> None:
+        cb = self.case_block
+        if cb is None:
             raise PlcError("this link has no case-station block (cases disabled)")
         await self._require_connected("case station not written")
-        await self._write_regs(self.case_block.pc_address, words.encode())
+        await self._write_regs(cb.pc_address, cb.encode_pc(words))
 
     async def read_counters(self) -> dict[str, int]:
         await self._require_connected("counters not read")
@@ -451,11 +464,13 @@ class MailboxLink(PlcLink):
         assert cb is not None
         how = (
             "implement the case-station block of docs/plc-interface.md in the PLC program (block version "
-            f"{CASE_BLOCK_VERSION} at register {cb.base}), or set cases.base to where it is, or turn packing off "
+            f"{cb.version} at register {cb.base}"
+            + (f", {cb.positions} case positions" if cb.positions > 1 else "")
+            + "), or set cases.base to where it is, or turn packing off "
             "with cases.enabled = false (the hazard lane then works as before)"
         )
         try:
-            words = CasePlcWords.decode(await self._read(cb.plc_address, CASE_PLC_WORDS))
+            words = await self._read(cb.plc_address, CASE_PLC_WORDS if cb.positions == 1 else CASE_HEADER_WORDS)
         except LinkLost:
             raise
         except PlcError as err:
@@ -463,10 +478,28 @@ class MailboxLink(PlcLink):
                 f"cases are enabled but the PLC has no case-station block at register {cb.base} "
                 f"(reading it failed: {err}); {how}"
             ) from err
-        if words.version != CASE_BLOCK_VERSION:
+        version = words[0]
+        if cb.positions == 1 and version == CASE_BLOCK_VERSION_POSITIONS:
             raise CaseBlockMissingError(
-                f"cases are enabled but the PLC reports case block version {words.version} at register "
-                f"{cb.base}, expected {CASE_BLOCK_VERSION} (0: no block); {how}"
+                f"the PLC's case block at register {cb.base} has {words[1]} case positions (block version "
+                f"{CASE_BLOCK_VERSION_POSITIONS}) and cases.positions is 1; set cases.positions = {words[1]}"
+            )
+        if cb.positions > 1 and version == CASE_BLOCK_VERSION:
+            raise CaseBlockMissingError(
+                f"cases.positions = {cb.positions} but the PLC's case block at register {cb.base} has one case "
+                f"position (block version {CASE_BLOCK_VERSION}); set cases.positions = 1, or give the PLC program "
+                f"the {cb.positions}-position block (version {cb.version}, docs/plc-interface.md)"
+            )
+        if version != cb.version:
+            raise CaseBlockMissingError(
+                f"cases are enabled but the PLC reports case block version {version} at register "
+                f"{cb.base}, expected {cb.version} (0: no block); {how}"
+            )
+        if cb.positions > 1 and words[1] != cb.positions:
+            raise CaseBlockMissingError(
+                f"cases.positions = {cb.positions} but the PLC's case block at register {cb.base} reports "
+                f"CASE_POSITIONS = {words[1]}; set cases.positions = {words[1]} if the station has that many case "
+                "positions, or correct the PLC program"
             )
 
     async def _handshake_heartbeat(self, scan_ms: int) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from sorter.errors import ConfigError, PlcError
 from sorter.line.plc.mailbox import LinkLost, MailboxLink
 from sorter.line.plc.casesim import CaseStationProgram
-from sorter.line.plc.protocol import CASE_PLC_WORDS, CaseBlockMap, RegisterMap
+from sorter.line.plc.protocol import CaseBlockMap, RegisterMap
 from sorter.line.plc.sim import PlcModel
 
 __all__ = ["MemoryPlc"]
@@ -119,8 +119,8 @@ class MemoryPlc(MailboxLink):
                 if case_station_base is not None
                 else (case_block.base if case_block is not None else CaseBlockMap().base)
             )
-            self.plc_case_block = CaseBlockMap(base)
-        self._case_image = [0] * CaseBlockMap().size
+            self.plc_case_block = CaseBlockMap(base, positions=len(case_station.positions))
+        self._case_image = [0] * (self.plc_case_block or CaseBlockMap()).size
         self._reachable = True
         self._scanning = True
         self._scan_task: asyncio.Task[None] | None = None
@@ -188,7 +188,8 @@ class MemoryPlc(MailboxLink):
         if self._scan_task is None or self._scan_task.done():
             self._image[: self.register_map.plc_words] = self.model.power_on(self._image, time.monotonic())
             if self.model.case_station is not None:
-                self._case_image[:CASE_PLC_WORDS] = self.model.case_station.outputs()
+                out = self.model.case_station.outputs()
+                self._case_image[: len(out)] = out
             self._scan_task = asyncio.get_running_loop().create_task(self._scan_loop(), name="memory-plc scan")
         self._open_session = self._session
 
@@ -203,8 +204,9 @@ class MemoryPlc(MailboxLink):
                 now = time.monotonic()
                 out = self.model.scan(self._image, now)
                 self._image[: len(out)] = out
-                if self.plc_case_block is not None:
-                    self._case_image[:CASE_PLC_WORDS] = self.model.scan_case(self._case_image[CASE_PLC_WORDS:], now)
+                cb = self.plc_case_block
+                if cb is not None:
+                    self._case_image[: cb.plc_words] = self.model.scan_case(self._case_image[cb.plc_words :], now)
             next_at += period
             delay = next_at - time.monotonic()
             if delay < 0:  # fell behind (busy loop): do not try to catch up with a burst of scans

@@ -14,6 +14,8 @@ Contents
   slot format, as pure functions; :func:`decode_counters`, :func:`status_name`,
   :func:`fault_names`.
 - :func:`plc_item_id`: the uint32 id the PLC knows an item by.
+- the optional case-station block's names, from :mod:`sorter.line.plc.caseblock`
+  (re-exported here), and :func:`encode_case_slot`.
 """
 
 from __future__ import annotations
@@ -27,13 +29,32 @@ from typing import Final
 
 from sorter.errors import ConfigError
 from sorter.lanes import Lane
+from sorter.line.plc.caseblock import (
+    CASE_BLOCK_VERSION,
+    CASE_BLOCK_VERSION_POSITIONS,
+    CASE_HEADER_WORDS,
+    CASE_LANE_CODE,
+    CASE_PC_WORDS,
+    CASE_PLC_WORDS,
+    CASE_POSITION_PLC_WORDS,
+    CASE_POSITIONS_MAX,
+    CaseBlockMap,
+    CasePcWords,
+    CasePlcWords,
+    case_lane_code,
+    case_position_of,
+)
 
 __all__ = [
     "ACK_WORDS",
     "CASE_BLOCK_VERSION",
+    "CASE_BLOCK_VERSION_POSITIONS",
+    "CASE_HEADER_WORDS",
     "CASE_LANE_CODE",
     "CASE_PC_WORDS",
     "CASE_PLC_WORDS",
+    "CASE_POSITION_PLC_WORDS",
+    "CASE_POSITIONS_MAX",
     "CaseBlockMap",
     "CasePcWords",
     "CasePlcWords",
@@ -55,7 +76,10 @@ __all__ = [
     "MailboxSlot",
     "PlcFault",
     "RegisterMap",
+    "case_lane_code",
+    "case_position_of",
     "crc16_modbus",
+    "encode_case_slot",
     "decode_counters",
     "decode_slot",
     "encode_slot",
@@ -263,121 +287,6 @@ def crc16_modbus(words: Sequence[int]) -> int:
     return crc
 
 
-# --------------------------------------------------------------------------
-# The case-station block (optional; docs/plc-interface.md, "Case station block")
-# --------------------------------------------------------------------------
-
-CASE_BLOCK_VERSION: Final = 1
-"""Version of the case-station block, in its first register (0: the PLC has no block)."""
-
-CASE_LANE_CODE: Final = 5
-"""Mailbox lane code "the case station's lane, *into the open case*", written only when the
-case block is enabled.  A PLC without the block rejects it (``REJECTED_BAD_LANE``): the item
-goes to the safe lane, never the breaker.  Lane code 3 (``hazard``) with the block enabled
-means "the hazard lane, into the quarantine buffer"."""
-
-CASE_PLC_WORDS: Final = 4
-"""PLC-written registers of the case block: ``CASE_BLOCK_VERSION, CASE_READY, CASE_PLACED, CASE_BUFFERED``."""
-CASE_PC_WORDS: Final = 6
-"""PC-written registers: ``CASE_NUMBER, CASE_FILL_WH, CASE_LIMIT_WH, CASE_ITEMS, CASE_FULL, CASE_OPEN_FOR``."""
-
-
-@dataclass(frozen=True)
-class CaseBlockMap:
-    """Where the case-station block lives: its own base address, apart from the mailbox.
-
-    Examples
-    --------
-    >>> b = CaseBlockMap(300)
-    >>> b.plc_address, b.pc_address, b.size
-    (300, 304, 10)
-    """
-
-    base: int = 300
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.base <= 0xFFFF - self.size + 1:
-            raise ConfigError(
-                f"case block base={self.base} does not leave room for {self.size} registers; "
-                f"pass 0..{0xFFFF - self.size + 1}"
-            )
-
-    @property
-    def plc_address(self) -> int:
-        """PDU address of the PLC-written words (``CASE_PLC_WORDS``)."""
-        return self.base
-
-    @property
-    def pc_address(self) -> int:
-        """PDU address of the PC-written words (``CASE_PC_WORDS``)."""
-        return self.base + CASE_PLC_WORDS
-
-    @property
-    def size(self) -> int:
-        return CASE_PLC_WORDS + CASE_PC_WORDS
-
-    def overlaps(self, m: RegisterMap) -> bool:
-        """Whether this block shares an address with the mailbox map ``m``."""
-        return self.base < m.base + m.size and m.base < self.base + self.size
-
-
-@dataclass(frozen=True)
-class CasePlcWords:
-    """The PLC-written words of the case block, decoded.
-
-    ``ready``: an empty (or the confirmed) case is in place under the chute.
-    ``placed``: counts every newly confirmed case (uint16, wraps; retentive).
-    ``buffered``: counts items sent to the quarantine buffer although their lane code
-    said "into the case" (no case in place when they arrived; uint16, wraps).
-    """
-
-    version: int
-    ready: bool
-    placed: int
-    buffered: int
-
-    @classmethod
-    def decode(cls, words: Sequence[int]) -> CasePlcWords:
-        if len(words) != CASE_PLC_WORDS:
-            raise ValueError(f"the case block's PLC words are {CASE_PLC_WORDS} registers, got {list(words)!r}")
-        return cls(int(words[0]), words[1] == 1, int(words[2]), int(words[3]))
-
-
-@dataclass(frozen=True)
-class CasePcWords:
-    """The PC-written words of the case block.
-
-    ``number``: the case number (low 16 bits) of the open case, or of the last one closed.
-    ``fill_wh``: its summed upper bound, Wh, rounded up.  ``limit_wh``: the limit, rounded down.
-    ``items``: items assigned to it.  ``full``: the PC takes no more items into the case in
-    place: swap it.  ``open_for``: the ``CASE_PLACED`` value the PC opened that case for
-    (the PLC swaps only when ``full`` and ``open_for == CASE_PLACED``).
-    """
-
-    number: int = 0
-    fill_wh: int = 0
-    limit_wh: int = 0
-    items: int = 0
-    full: bool = False
-    open_for: int = 0
-
-    def encode(self) -> list[int]:
-        return [
-            self.number & 0xFFFF,
-            min(0xFFFF, self.fill_wh),
-            min(0xFFFF, self.limit_wh),
-            min(0xFFFF, self.items),
-            int(self.full),
-            self.open_for & 0xFFFF,
-        ]
-
-    @classmethod
-    def decode(cls, words: Sequence[int]) -> CasePcWords:
-        if len(words) != CASE_PC_WORDS:
-            raise ValueError(f"the case block's PC words are {CASE_PC_WORDS} registers, got {list(words)!r}")
-        return cls(int(words[0]), int(words[1]), int(words[2]), int(words[3]), words[4] == 1, int(words[5]))
-
-
 def _lane_code(lane: str | int) -> int:
     """Wire code of a lane given by name (``"li_ion"``, :class:`~sorter.lanes.Lane`) or :class:`LaneCode`."""
     if isinstance(lane, str):
@@ -422,6 +331,25 @@ def encode_slot(seq: int, item_id: int, lane: str | int) -> list[int]:
     if not isinstance(item_id, int) or not 0 <= item_id <= ITEM_ID_MAX:
         raise ValueError(f"item_id {item_id!r} is not a uint32; item ids must be 0..{ITEM_ID_MAX}")
     code = _lane_code(lane)
+    return _slot_words(seq, item_id, code)
+
+
+def encode_case_slot(seq: int, item_id: int, position: int) -> list[int]:
+    """Registers of a mailbox slot that sends the item *into the case at* ``position`` (1-based):
+    lane code ``4 + position`` (:func:`case_lane_code`; 5 for position 1, as :func:`encode_slot`
+    with :data:`CASE_LANE_CODE`).
+
+    Examples
+    --------
+    >>> encode_case_slot(1, 42, 1) == encode_slot(1, 42, CASE_LANE_CODE), encode_case_slot(1, 42, 3)[3]
+    (True, 7)
+    """
+    code = case_lane_code(position)
+    encode_slot(seq, item_id, "hazard")  # the same checks of seq and item id
+    return _slot_words(seq, item_id, code)
+
+
+def _slot_words(seq: int, item_id: int, code: int) -> list[int]:
     words = [seq, item_id >> 16, item_id & 0xFFFF, code]
     return [*words, crc16_modbus(words)]
 

@@ -51,8 +51,6 @@ from sorter.lanes import Lane
 from sorter.line.plc.casesim import CaseStationProgram
 from sorter.line.plc.protocol import (
     ACK_WORDS,
-    CASE_LANE_CODE,
-    CASE_PC_WORDS,
     COUNTER_NAMES,
     LANE_NAMES,
     PROTOCOL_VERSION,
@@ -63,6 +61,7 @@ from sorter.line.plc.protocol import (
     CaseBlockMap,
     PlcFault,
     RegisterMap,
+    case_position_of,
     decode_slot,
 )
 
@@ -112,8 +111,9 @@ class PlcModel:
         Fault injection: bits OR-ed into the fault word (e.g. a reserved bit).
     case_station : CaseStationProgram or None
         The optional case-station block's program (``docs/plc-interface.md``): with it the
-        program accepts lane code 5 (into the case) and hands every item of the station's lane
-        to it at the chute; its registers are scanned by the host (:meth:`scan_case`).
+        program accepts lane code 5 (into the case; with N positions codes 5..4+N, into the case
+        at position 1..N) and hands every item of the station's lane to it at the chute; its
+        registers are scanned by the host (:meth:`scan_case`).
 
     Examples
     --------
@@ -242,7 +242,7 @@ class PlcModel:
             self._acks[i] = (seq, AckStatus.NONE)
         self._pending.clear()
         if self.case_station is not None:
-            self.case_station.in_transit = 0  # the pending decisions are lost with the volatile memory
+            self.case_station.power_on()  # the pending decisions are lost with the volatile memory
         self._pc_heartbeat = image[m.pc_heartbeat_address - m.base]
         self._pc_heartbeat_changed_at = now
         # No PC heartbeat seen since the start: bit 0 stays set until PC_HEARTBEAT changes.
@@ -312,8 +312,10 @@ class PlcModel:
                 del self._tracked[item_id]
                 code = self._pending.pop(item_id, None)
                 if code is None or self._live_faults & PlcFault.DIVERTER_FAULT:
-                    if code == CASE_LANE_CODE and self.case_station is not None:
-                        self.case_station.in_transit = max(0, self.case_station.in_transit - 1)
+                    position = self._case_position(code)
+                    if position is not None:
+                        assert self.case_station is not None
+                        self.case_station.lost_in_transit(position)
                     self._divert(item_id, Lane.MANUAL, defaulted=True)
                 else:
                     self._divert(item_id, self._lane_of(code), defaulted=False, code=code, now=now)
@@ -324,8 +326,8 @@ class PlcModel:
         if not slot.check_ok:
             self._latched_faults |= PlcFault.CHECK_ERROR
             return self._reject(AckStatus.REJECTED_BAD_CHECK, slot.item_id)
-        into_case = slot.lane_code == CASE_LANE_CODE and self.case_station is not None
-        if slot.lane is None and not into_case:
+        position = self._case_position(slot.lane_code)
+        if slot.lane is None and position is None:
             return self._reject(AckStatus.REJECTED_BAD_LANE, slot.item_id)
         if self._live_faults:
             return self._reject(AckStatus.REJECTED_FAULT, slot.item_id)
@@ -351,13 +353,19 @@ class PlcModel:
             self._latched_faults |= PlcFault.DECISION_OVERRUN
             return self._reject(AckStatus.REJECTED_FULL, item_id)
         self._pending[item_id] = slot.lane_code
-        if into_case:
+        if position is not None:
             assert self.case_station is not None
-            self.case_station.accept_into_case()
+            self.case_station.accept_into_case(position)
         return AckStatus.ACCEPTED
 
+    def _case_position(self, code: int | None) -> int | None:
+        """The case position a lane code sends its item into (codes 5.. with the case block), else None."""
+        if self.case_station is None or code is None:
+            return None
+        return case_position_of(code, len(self.case_station.positions))
+
     def _lane_of(self, code: int) -> str:
-        return self.case_lane if code == CASE_LANE_CODE else LANE_NAMES[code]
+        return self.case_lane if self._case_position(code) is not None else LANE_NAMES[code]
 
     def scan_case(self, pc_words: Sequence[int], now: float) -> list[int]:
         """One scan of the case-station block: the PC's words in, the PLC's words out."""
@@ -371,7 +379,7 @@ class PlcModel:
 
     def _divert(self, item_id: int, lane: str, *, defaulted: bool, code: int = 0, now: float = 0.0) -> None:
         if self.case_station is not None and lane == self.case_lane and not defaulted:
-            self.case_station.arrive(item_id, into_case=code == CASE_LANE_CODE, now=now)
+            self.case_station.arrive(item_id, into_case=self._case_position(code) or False, now=now)
         self._counters[lane] += 1
         if defaulted:
             self._counters["defaulted"] += 1
@@ -494,7 +502,9 @@ class PlcSimulator:
             case_station=case_station,
         )
         self.register_map = self.model.register_map
-        self.case_block = CaseBlockMap(case_base) if case_station is not None else None
+        self.case_block = (
+            CaseBlockMap(case_base, positions=len(case_station.positions)) if case_station is not None else None
+        )
         if self.case_block is not None and self.case_block.overlaps(self.register_map):
             raise ConfigError(f"case block at {case_base} overlaps the mailbox registers; pass another case_base")
         self._requested_port = port
@@ -557,7 +567,7 @@ class PlcSimulator:
         image[: m.plc_words] = self.model.power_on(image, time.monotonic())
         blocks = [SimData(address=m.base, values=image, datatype=DataType.REGISTERS)]
         if self.case_block is not None and self.model.case_station is not None:
-            case_image = self.model.case_station.outputs() + [0] * CASE_PC_WORDS
+            case_image = self.model.case_station.outputs() + [0] * self.case_block.pc_words
             blocks.append(SimData(address=self.case_block.base, values=case_image, datatype=DataType.REGISTERS))
             blocks.sort(key=lambda b: b.address)
         device = SimDevice(id=self.device_id, simdata=blocks, action=self._guard)
@@ -635,7 +645,7 @@ class PlcSimulator:
             await server.async_setValues(self.device_id, 16, m.base, out)
             cb = self.case_block
             if cb is not None:
-                pc_words = await server.async_getValues(self.device_id, 3, cb.pc_address, CASE_PC_WORDS)
+                pc_words = await server.async_getValues(self.device_id, 3, cb.pc_address, cb.pc_words)
                 await server.async_setValues(
                     self.device_id, 16, cb.plc_address, self.model.scan_case(pc_words, time.monotonic())
                 )
