@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from sorter.line.audit.journal import journal_dir_for, replay
 from sorter.line.sources import generate_pool
 from sorter.logformat import LogWriter
 from sorter.simulate.run import SimConfig
@@ -126,6 +127,9 @@ enabled = false
             break
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        # What the killed run had sent is in the audit log or in its crash journal on tmpfs: write the
+        # journal in, as the restart's first step does, and look at what the restart will see.
+        replay(audit, journal_dir_for(audit, "auto"))
         _, at_kill, open_cases = case_snapshot(audit)
         check(at_kill)
         # Restart and finish; the open cases' items at the kill are all still counted after it.
@@ -142,6 +146,7 @@ enabled = false
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+        replay(audit, journal_dir_for(audit, "auto"))
         _, after, _ = case_snapshot(audit)
         check(after)
         for case_id, items in at_kill.items():
