@@ -44,6 +44,8 @@ import threading
 import time
 from pathlib import Path
 
+from sorter.line.audit.journal import journal_dir_for
+from sorter.line.audit.journal import replay as replay_journal
 from sorter.line.plc.sim import PlcSimulator
 from sorter.line.sources import generate_pool
 from sorter.logformat import LogWriter
@@ -237,6 +239,9 @@ async def cycles(args: argparse.Namespace, tmp: Path, model: Path | None = None)
         bridge.stop.set()
         bridge.join(10)
         await sim.stop()
+        # The last launch was killed: write its crash journal (on tmpfs) into its audit log, as the
+        # next start would, so that no journal is left behind in /dev/shm.
+        replay_journal(audit, journal_dir_for(audit, "auto"))
     return out
 
 

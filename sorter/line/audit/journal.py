@@ -163,6 +163,9 @@ def replay(audit_path: StrPath, directory: StrPath | None) -> int:
                 inserted += sum(1 for r in log._apply(ops[start : start + 1000]) if r is True)
         for _, path in segments:
             path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing left to replay: no empty directory left in /dev/shm
+            (directory / "lock").unlink()
+            directory.rmdir()
     if inserted:
         logger.warning(
             "audit log %s: %d decision(s) the last run had sent but not yet written to SQLite when it stopped "
