@@ -1,6 +1,6 @@
 """The audit writer: an :class:`AuditLog` on its own thread, group commit and a flusher.
 
-Why this module is long (about 790 lines): the writer thread, its group commit, the
+Why this module is long (about 800 lines): the writer thread, its group commit, the
 durability flusher, the crash journal's hand-over and the full-disk pause and resume share one
 connection and one queue; each decides what the others may do next (a commit may not run while
 the flusher syncs, a full disk stops both and keeps journaled decisions for a retry), and apart
