@@ -163,9 +163,7 @@ def replay(audit_path: StrPath, directory: StrPath | None) -> int:
                 inserted += sum(1 for r in log._apply(ops[start : start + 1000]) if r is True)
         for _, path in segments:
             path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # nothing left to replay: no empty directory left in /dev/shm
-            (directory / "lock").unlink()
-            directory.rmdir()
+        _remove_empty(directory)
     if inserted:
         logger.warning(
             "audit log %s: %d decision(s) the last run had sent but not yet written to SQLite when it stopped "
@@ -175,6 +173,13 @@ def replay(audit_path: StrPath, directory: StrPath | None) -> int:
             directory,
         )
     return inserted
+
+
+def _remove_empty(directory: Path) -> None:
+    """Nothing left to replay: leave no empty journal directory behind in /dev/shm."""
+    with contextlib.suppress(OSError):
+        (directory / "lock").unlink()
+        directory.rmdir()
 
 
 class _locked:
@@ -302,10 +307,8 @@ class CrashJournal:
                     path.unlink(missing_ok=True)
                 self._written.clear()
                 self._done.clear()
-        if remove:  # nothing left to replay: leave no empty directory behind in /dev/shm
-            with contextlib.suppress(OSError):
-                (self.directory / "lock").unlink()
-                self.directory.rmdir()
+        if remove:
+            _remove_empty(self.directory)
         self._lock_file.release()
 
     def __repr__(self) -> str:

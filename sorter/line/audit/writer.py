@@ -34,6 +34,7 @@ from sorter.line.audit.record import (
 )
 from sorter.line.audit.journal import CrashJournal, replay
 from sorter.line.audit.store import AuditLog, _event_payload, _wrap
+from sorter.logformat.reader import _IdRing
 
 logger = logging.getLogger(__name__)
 
@@ -216,8 +217,8 @@ class AuditWriter:
         self._entries = 0
         self._journal: CrashJournal | None = None
         self._journal_times: deque[float] = deque()  # when each queued journaled decision was journaled
-        self._recent: set[str] = set()
-        self._recent_order: deque[str] = deque()
+        # the log reader's bounded id memory: an id is remembered for _RECENT_IDS to twice that many ids
+        self._recent = _IdRing(every=_RECENT_IDS)
         self._retry: list[tuple[str, Any, Future[Any]]] = []  # journaled decisions whose commit failed
         self._journal_broken = False
         self.late_duplicates = 0
@@ -611,8 +612,7 @@ class AuditWriter:
             logger.debug("audit log %s: last ids not read: %s", self._path, err)
             return
         for (item_id,) in reversed(rows):
-            self._recent.add(item_id)
-            self._recent_order.append(item_id)
+            self._recent.add(item_id, 0)
 
     def _submit_journaled(
         self, rec: AuditRecord, payloads: list[tuple[float, str, str]], timeout: float | None
@@ -622,7 +622,7 @@ class AuditWriter:
         with self._submit_lock:
             if self._closed:
                 raise AuditError(f"audit writer {self._path} is closed; nothing more can be recorded")
-            if rec.item_id in self._recent:
+            if self._recent.first_line(rec.item_id) is not None:
                 done: Future[bool] = Future()
                 done.set_running_or_notify_cancel()
                 done.set_result(False)
@@ -651,10 +651,7 @@ class AuditWriter:
                     f"audit writer {self._path}: queue full ({self._queue.maxsize} entries "
                     f"waiting) after {timeout} s; the disk is not keeping up"
                 ) from None
-            self._recent.add(rec.item_id)
-            self._recent_order.append(rec.item_id)
-            if len(self._recent_order) > _RECENT_IDS:
-                self._recent.discard(self._recent_order.popleft())
+            self._recent.add(rec.item_id, 0)
         return fut
 
     def submit_delivery(
