@@ -163,6 +163,14 @@ def _add_simulate(sub) -> None:
         help="draw only these product families (repeatable)",
     )
     p.add_argument("--faults", type=float, default=0.002, help="per-sensor dropout probability (default 0.002)")
+    p.add_argument(
+        "--damaged-rate",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="share of Li-ion items damaged (default: the mix's, 0.05 recycler, 0.08 balanced); "
+        "e.g. 1 for a log to calibrate the hazard lane's energy bound on",
+    )
     p.add_argument("--unlabelled", action="store_true", help="omit the 'label' field")
     p.add_argument("--catalog", action="append", default=[], help="extra product catalogue CSV (repeatable)")
     p.add_argument("--workers", type=_workers, default=None, help=WORKERS_HELP)
@@ -204,6 +212,7 @@ def _cmd_simulate(args) -> int:
         line_name=args.line_name,
         exclude_families=tuple(args.exclude_family),
         only_families=tuple(args.only_family),
+        damaged_rate=args.damaged_rate,
     )
     if not args.force and Path(args.out).is_dir() and incomplete_note(args.out) is not None:
         raise SorterError(
@@ -512,7 +521,9 @@ def _add_model(sub) -> None:
             "Give a model's rated-energy bound (energy_wh_upper) one conformal quantile per bin of the estimate "
             "(Mondrian conformal prediction), calibrated on the labelled Li-ion items of held-out logs of the "
             "model's line (never its training logs), and write the result as a new model directory. The "
-            "classifier, its thresholds and the estimate are unchanged. See sorter/energy.py."
+            "classifier, its thresholds and the estimate are unchanged. --adaptive makes the bound follow how well "
+            "each kind of item is estimated (conformalized quantile regression), --hazard-groups gives the hazard "
+            "lane's items quantiles of their own. See sorter/energy.py and docs/cases.md."
         ),
     )
     e.add_argument("logs", nargs="+", metavar="LOG", help="labelled log directories (held out from training)")
@@ -524,12 +535,32 @@ def _add_model(sub) -> None:
         default=None,
         help="bins of the estimate, ascending Wh, comma-separated (default 30,100,300,1100,1700)",
     )
+    e.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="conformalized quantile regression: half the items fit a quantile regressor of the estimate's error, "
+        "the other half calibrate its offsets (needs a few thousand Li-ion items)",
+    )
+    e.add_argument(
+        "--hazard-groups",
+        action="store_true",
+        help="quantiles of their own for the items the model sends to the hazard lane (give logs with many damaged "
+        "items: sorter simulate --damaged-rate 1)",
+    )
+    e.add_argument(
+        "--coverage",
+        type=float,
+        default=None,
+        help="conformal level of each group's quantile (default: the model's, 0.998 for a stated 99.5 %%)",
+    )
+    e.add_argument("--seed", type=int, default=0, help="random split of --adaptive (default 0)")
     e.add_argument("--workers", type=int, default=1, help="measuring processes (default 1)")
     e.set_defaults(func=_cmd_model_energy_bound)
 
 
 def _cmd_model_upgrade(args) -> int:
-    from .model import FAST_FILE, upgrade_model
+    from .model import FAST_FILE
+    from .model_upgrade import upgrade_model
 
     changed = upgrade_model(args.model_dir)
     print(f"{'wrote' if changed else 'up to date:'} {Path(args.model_dir) / FAST_FILE} (its sha256 is in the manifest)")
@@ -557,20 +588,35 @@ def _cmd_model_energy_bound(args) -> int:
             raise SorterError(f"--edges-wh {args.edges_wh!r}: {err}") from err
     if args.workers < 1:
         raise SorterError(f"--workers must be at least 1, got {args.workers}")
+    if args.coverage is not None and not 0.5 <= args.coverage < 1:
+        raise SorterError(f"--coverage is a share in [0.5, 1), got {args.coverage}; e.g. 0.998")
     for d in args.logs:
         if not Path(d).is_dir():
             raise SorterError(
                 f"{d}: no such log directory; pass labelled logs written by 'sorter simulate' or the line"
             )
     _check_out_dir(args.out, "a model", MANIFEST, args.force)
-    model, report = recalibrate_bound(args.model, args.logs, args.out, edges_wh=edges, workers=args.workers)
-    for g in report["groups"]:
-        lo, hi = g["estimate_wh"]
-        f = g["bound_over_estimate"]
-        print(
-            f"estimate {lo:g}-{'' if hi is None else f'{hi:g}'} Wh: {g['calibration_n']} items, bound "
-            + (f"= estimate x {f:.3f}" if f is not None else "= physical (too few items)")
-        )
+    model, report = recalibrate_bound(
+        args.model,
+        args.logs,
+        args.out,
+        edges_wh=edges,
+        adaptive=args.adaptive,
+        hazard_groups=args.hazard_groups,
+        coverage=args.coverage,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    for key, lane in (("groups", ""), ("hazard_groups", "hazard lane, ")):
+        for g in report.get(key, []):
+            lo, hi = g["estimate_wh"]
+            f, q = g["bound_over_estimate"], g["log_q_upper"]
+            how = f"= estimate x {f:.3f}" if f is not None else "= physical (too few items)"
+            if args.adaptive and q is not None:
+                how = f"= estimate x exp(quantile regressor {q:+.3f})"
+            print(
+                f"{lane}estimate {lo:g}-{'' if hi is None else f'{hi:g}'} Wh: {g['calibration_n']} items, bound {how}"
+            )
     print(
         f"wrote {args.out} ({model.model_id}); global bound was estimate x {math.exp(report['global_log_q_upper']):.3f}"
     )

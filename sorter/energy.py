@@ -54,6 +54,9 @@ SCALE_ALLOWANCE_G, SCALE_ALLOWANCE_REL = 15.0, 0.02
 # Stated coverage of the bound is 99.5 %; the conformal quantile is taken at 99.8 %, so that the
 # bound still covers 99.5 % when the plant's items differ a little from the held-out ones.
 COVERAGE = 0.998
+# The quantile the conformalized quantile regressor learns (its conformal offset then brings the
+# bound to COVERAGE): high enough to follow the tail, low enough to be learnt from a few thousand items.
+UPPER_QUANTILE = 0.99
 ENERGY_FEATURES = (
     "log_weight",
     "log_volume",
@@ -102,6 +105,37 @@ def energy_inputs(raw: np.ndarray) -> np.ndarray:
     return out
 
 
+def upper_inputs(raw: np.ndarray, est_wh: np.ndarray) -> np.ndarray:
+    """The quantile regressor's inputs: :data:`ENERGY_FEATURES` and log(estimate)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.column_stack([energy_inputs(raw), np.log(np.asarray(est_wh, dtype=np.float64))])
+
+
+def fit_upper_regressor(raw: np.ndarray, est_wh: np.ndarray, log_ratio: np.ndarray, *, seed: int = 0) -> Any:
+    """The quantile regressor of conformalized quantile regression: the :data:`UPPER_QUANTILE` of
+    ``log(true / estimate)`` given the measurements (:func:`upper_inputs`), by gradient boosting
+    with the pinball loss.  Fit it on items the estimator was not fitted on."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    return HistGradientBoostingRegressor(
+        loss="quantile",
+        quantile=UPPER_QUANTILE,
+        max_iter=200,
+        learning_rate=0.05,
+        max_leaf_nodes=15,
+        min_samples_leaf=40,
+        random_state=seed,
+    ).fit(upper_inputs(raw, est_wh), log_ratio)
+
+
+def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
+    """Split conformal: the ``ceil((n + 1) * coverage)``-th smallest score, ``inf`` when there are
+    too few scores for that rank (the bound is then the physical one alone)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    rank = int(np.ceil((s.size + 1) * coverage))
+    return float(s[rank - 1]) if 0 < rank <= s.size else math.inf
+
+
 def check_edges(edges_wh: Sequence[float]) -> tuple[float, ...]:
     """Bins of the estimate for the group-conditional bound, checked: ascending positive Wh."""
     edges = tuple(float(e) for e in edges_wh)
@@ -135,6 +169,15 @@ class EnergyModel:
     group_edges_wh: tuple[float, ...] = ()
     log_q_groups: tuple[float, ...] = ()
     group_calibration_n: tuple[int, ...] = ()
+    # Conformalized quantile regression (optional, :meth:`with_group_bound` given ``fit`` rows): a
+    # regressor of the UPPER_QUANTILE of log(true / estimate) from the item's measurements; the
+    # group quantiles above are then offsets over its prediction.  None: the bound is a fixed
+    # ratio per group.
+    upper_regressor: Any = None
+    # The hazard lane's own quantiles (same edges; empty: the hazard lane uses the groups above):
+    # damaged items, which the cases pack, are estimated worse than the rest.
+    hazard_log_q_groups: tuple[float, ...] = ()
+    hazard_calibration_n: tuple[int, ...] = ()
 
     @classmethod
     def fit(
@@ -187,12 +230,29 @@ class EnergyModel:
             return np.zeros(est.shape, dtype=np.intp)
         return np.searchsorted(np.asarray(self.group_edges_wh, dtype=np.float64), est, side="right")
 
-    def log_q_for(self, est_wh: np.ndarray) -> np.ndarray:
-        """The conformal quantile that bounds each estimate (the global one without groups)."""
+    def log_q_for(self, est_wh: np.ndarray, hazard: np.ndarray | None = None) -> np.ndarray:
+        """The conformal quantile that bounds each estimate (the global one without groups);
+        ``hazard`` (bool per row): the item goes to the hazard lane (its own quantiles, if any)."""
         est = np.asarray(est_wh, dtype=np.float64)
         if not self.log_q_groups:
             return np.full(est.shape, self.log_q_upper)
-        return np.asarray(self.log_q_groups, dtype=np.float64)[self.group_of(est)]
+        g = self.group_of(est)
+        q = np.asarray(self.log_q_groups, dtype=np.float64)[g]
+        if hazard is not None and self.hazard_log_q_groups:
+            q = np.where(np.asarray(hazard, dtype=bool), np.asarray(self.hazard_log_q_groups, dtype=np.float64)[g], q)
+        return q
+
+    def log_upper(self, raw: np.ndarray, est_wh: np.ndarray, hazard: np.ndarray | None = None) -> np.ndarray:
+        """log(bound / estimate) of each row: the quantile regressor's prediction (0 without one)
+        plus the row's conformal quantile."""
+        q = self.log_q_for(est_wh, hazard)
+        if self.upper_regressor is None:
+            return q
+        base = np.zeros(q.shape)
+        ok = np.isfinite(est_wh) & (np.asarray(est_wh) > 0)
+        if ok.any():
+            base[ok] = self.upper_regressor.predict(upper_inputs(np.atleast_2d(raw)[ok], np.asarray(est_wh)[ok]))
+        return base + q
 
     def with_group_bound(
         self,
@@ -201,61 +261,100 @@ class EnergyModel:
         edges_wh: Sequence[float],
         *,
         coverage: float | None = None,
+        hazard_cal: np.ndarray | None = None,
+        fit: tuple[np.ndarray, np.ndarray] | None = None,
+        seed: int = 0,
     ) -> tuple["EnergyModel", dict[str, Any]]:
         """This model with a group-conditional bound calibrated on held-out Li-ion rows
         (``raw_cal``, already normalised to the model's line, and their true rated energy).
 
         Split conformal per group (Mondrian): in each bin of the estimate the
-        ``ceil((n + 1) * coverage)``-th smallest ``log(true / estimate)``; a bin with fewer
-        items than that rank gets ``inf`` (the physical bound alone).  The rows must not have
-        been used to fit the regressor.  Returns the model and a report per group.
+        ``ceil((n + 1) * coverage)``-th smallest score; a bin with fewer items than that rank
+        gets ``inf`` (the physical bound alone).  The score is ``log(true / estimate)``, or, given
+        ``fit`` (other held-out rows and their true energy), the same minus a quantile regressor's
+        prediction fitted on ``fit`` (conformalized quantile regression: the bound follows how well
+        each kind of item is estimated).  ``hazard_cal`` (bool per row: the model sends the item to
+        the hazard lane) gives the hazard lane quantiles of its own.  None of the rows may have
+        been used to fit the estimator.  Returns the model and a report per group.
         """
         edges = check_edges(edges_wh)
         cov = self.coverage if coverage is None else float(coverage)
         if not 0 < cov < 1:
             raise ValueError(f"coverage must be in (0, 1), got {cov}")
-        raw_cal = np.atleast_2d(np.asarray(raw_cal, dtype=np.float64))
-        energy_cal = np.asarray(energy_cal, dtype=np.float64)
-        ok = np.isfinite(energy_cal) & (energy_cal > 0) & np.isfinite(raw_cal[:, _C["weight_g"]])
-        est = self.estimate(raw_cal[ok])
-        r = np.log(energy_cal[ok] / est)
+
+        def usable(raw_: np.ndarray, energy_: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            raw_ = np.atleast_2d(np.asarray(raw_, dtype=np.float64))
+            energy_ = np.asarray(energy_, dtype=np.float64)
+            ok = np.isfinite(energy_) & (energy_ > 0) & np.isfinite(raw_[:, _C["weight_g"]])
+            est_ = self.estimate(raw_[ok])
+            return raw_[ok], est_, np.log(energy_[ok] / est_), ok
+
+        upper = None
+        if fit is not None:
+            raw_f, est_f, r_f, _ = usable(*fit)
+            if r_f.size < 200:
+                raise ValueError(f"{r_f.size} items to fit the quantile regressor on; give it at least 200")
+            upper = fit_upper_regressor(raw_f, est_f, r_f, seed=seed)
+        raw_c, est, r, ok = usable(raw_cal, energy_cal)
+        hz = np.zeros(r.size, dtype=bool) if hazard_cal is None else np.asarray(hazard_cal, dtype=bool)[ok]
+        if upper is not None:
+            r = r - upper.predict(upper_inputs(raw_c, est))
         g = np.searchsorted(np.asarray(edges), est, side="right")
-        qs, ns, groups = [], [], []
-        for k in range(len(edges) + 1):
-            rk = np.sort(r[g == k])
-            n = int(rk.size)
-            rank = int(np.ceil((n + 1) * cov))
-            q = float(rk[rank - 1]) if 0 < rank <= n else math.inf
-            qs.append(q)
-            ns.append(n)
-            lo = 0.0 if k == 0 else edges[k - 1]
-            hi = math.inf if k == len(edges) else edges[k]
-            groups.append(
-                {
-                    "estimate_wh": [lo, None if math.isinf(hi) else hi],
-                    "calibration_n": n,
-                    "log_q_upper": None if math.isinf(q) else q,
-                    "bound_over_estimate": None if math.isinf(q) else float(np.exp(q)),
-                }
-            )
-        model = replace(self, group_edges_wh=edges, log_q_groups=tuple(qs), group_calibration_n=tuple(ns))
-        report = {
+        report: dict[str, Any] = {
             "coverage": cov,
             "calibration_n": int(r.size),
             "global_log_q_upper": self.log_q_upper,
-            "groups": groups,
+            "score": "log(true / estimate)"
+            if upper is None
+            else f"log(true / estimate) - the quantile regressor's {UPPER_QUANTILE} quantile",
         }
+        if upper is not None:
+            report["quantile_regressor"] = {"quantile": UPPER_QUANTILE, "fit_n": int(r_f.size)}
+        tables = {}
+        for lane, rows in (("other", ~hz), ("hazard", hz)) if hazard_cal is not None else (("all", hz | ~hz),):
+            qs, ns, groups = [], [], []
+            for k in range(len(edges) + 1):
+                rk = r[rows & (g == k)]
+                q = conformal_quantile(rk, cov)
+                qs.append(q)
+                ns.append(int(rk.size))
+                lo = 0.0 if k == 0 else edges[k - 1]
+                hi = math.inf if k == len(edges) else edges[k]
+                groups.append(
+                    {
+                        "estimate_wh": [lo, None if math.isinf(hi) else hi],
+                        "calibration_n": int(rk.size),
+                        "log_q_upper": None if math.isinf(q) else q,
+                        "bound_over_estimate": None if math.isinf(q) or upper is not None else float(np.exp(q)),
+                    }
+                )
+            tables[lane] = (tuple(qs), tuple(ns))
+            report["groups" if lane != "hazard" else "hazard_groups"] = groups
+        main_q, main_n = tables.get("other", tables.get("all"))
+        hz_q, hz_n = tables.get("hazard", ((), ()))
+        model = replace(
+            self,
+            group_edges_wh=edges,
+            log_q_groups=main_q,
+            group_calibration_n=main_n,
+            upper_regressor=upper,
+            hazard_log_q_groups=hz_q,
+            hazard_calibration_n=hz_n,
+        )
         return model, report
 
-    def predict(self, raw: np.ndarray, fallback: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, raw: np.ndarray, fallback: np.ndarray | None = None, hazard: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(energy_wh, energy_wh_upper)`` of raw rows. ``fallback`` (bool per row): use the
-        physical bound (the item is outside the model's envelope or its X-ray is missing)."""
+        physical bound (the item is outside the model's envelope or its X-ray is missing).
+        ``hazard`` (bool per row): the item goes to the hazard lane (its quantiles, if any)."""
         raw = np.atleast_2d(raw)
         w = raw[:, _C["weight_g"]]
         est = self.estimate(raw)
         phys = physical_upper_wh(w)
         with np.errstate(invalid="ignore"):
-            upper = np.minimum(est * np.exp(self.log_q_for(est)), phys)
+            upper = np.minimum(est * np.exp(self.log_upper(raw, est, hazard)), phys)
         xray_missing = ~np.isfinite(raw[:, _C["xr_area_mm2"]]) | ~np.isfinite(raw[:, _C["xr_high_ok"]])
         fb = xray_missing if fallback is None else (xray_missing | fallback)
         est = np.where(fb, w * self.median_wh_per_g, est)
@@ -280,10 +379,19 @@ class EnergyModel:
                 if self.log_q_groups
                 else {}
             ),
+            **(
+                {
+                    "hazard_log_q_groups": [None if math.isinf(q) else q for q in self.hazard_log_q_groups],
+                    "hazard_calibration_n": list(self.hazard_calibration_n),
+                }
+                if self.hazard_log_q_groups
+                else {}
+            ),
+            **({"upper_quantile": UPPER_QUANTILE} if self.upper_regressor is not None else {}),
         }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], regressor: Any) -> "EnergyModel":
+    def from_json(cls, d: Mapping[str, Any], regressor: Any, upper_regressor: Any = None) -> "EnergyModel":
         if list(d.get("features", ())) != list(ENERGY_FEATURES):
             raise ValueError(f"energy features {d.get('features')} are not this sorter's {list(ENERGY_FEATURES)}")
         nmax = d.get("novelty_max")
@@ -296,6 +404,17 @@ class EnergyModel:
                 f"energy bound groups: {len(edges)} edges need {len(edges) + 1} quantiles and counts, got "
                 f"{len(qs)} and {len(ns)}; recalibrate with 'sorter model energy-bound'"
             )
+        hq = tuple(math.inf if x is None else float(x) for x in d.get("hazard_log_q_groups", ()))
+        hn = tuple(int(n) for n in d.get("hazard_calibration_n", ()))
+        if hq and (not qs or len(hq) != len(qs) or len(hn) != len(hq)):
+            raise ValueError(
+                f"energy bound: {len(hq)} hazard quantiles for {len(qs)} groups; recalibrate with 'sorter model energy-bound'"
+            )
+        if ("upper_quantile" in d) != (upper_regressor is not None):
+            raise ValueError(
+                "the energy bound's quantile regressor and the manifest disagree (one without the other); "
+                "recalibrate with 'sorter model energy-bound'"
+            )
         return cls(
             regressor,
             math.inf if q is None else float(q),
@@ -306,6 +425,9 @@ class EnergyModel:
             edges if qs else (),
             qs,
             ns if qs else (),
+            upper_regressor,
+            hq,
+            hn if hq else (),
         )
 
 

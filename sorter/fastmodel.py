@@ -49,7 +49,7 @@ __all__ = ["FAST_FILE", "FAST_FORMAT", "FastPart", "FeatureStep", "fast_arrays",
 
 FAST_FILE = "predictor.npz"
 FAST_FORMAT = "sorter-fast/1"
-PARTS = ("classifier", "damage", "energy")
+PARTS = ("classifier", "damage", "energy", "energy_upper")
 PROBE_ROWS = 512  # rows straddling the thresholds, per part (the self-check of sorter.fastpredict)
 RAW_PROBE_ROWS = 64  # raw measurement rows through the whole pipeline, per part
 
@@ -134,7 +134,7 @@ def _final(pipe: Any) -> Any:
 
 
 def fast_arrays(
-    classifier: Any, damage: Any | None, energy_regressor: Any | None, seed: int = 0
+    classifier: Any, damage: Any | None, energy_regressor: Any | None, seed: int = 0, energy_upper: Any | None = None
 ) -> dict[str, np.ndarray] | None:
     """The arrays of ``predictor.npz`` for fitted estimators, or ``None`` when a part is of a kind
     the fast path does not reproduce exactly (the model then loads through skops only).
@@ -172,8 +172,10 @@ def fast_arrays(
         }
         out.update({f"{part}.{k}": v for k, v in arrays.items()})
         parts.append(part)
-    if energy_regressor is not None:
-        fast_e = fast_regressor(energy_regressor)
+    for part, reg in (("energy", energy_regressor), ("energy_upper", energy_upper)):
+        if reg is None:
+            continue
+        fast_e = fast_regressor(reg)
         if fast_e is None:
             return None
         X = probe_rows(fast_e.forest, n=PROBE_ROWS, seed=seed)
@@ -181,10 +183,10 @@ def fast_arrays(
             **fast_e.to_arrays(),
             "kind": np.array("FastRegressor"),
             "probe_x": X,
-            "probe_want": energy_regressor.predict(X),
+            "probe_want": reg.predict(X),
         }
-        out.update({f"energy.{k}": v for k, v in arrays.items()})
-        parts.append("energy")
+        out.update({f"{part}.{k}": v for k, v in arrays.items()})
+        parts.append(part)
     out["parts"] = np.array(parts)
     return out
 
@@ -210,6 +212,7 @@ class FastModel:
     classifier: FastPart
     damage: FastPart | None
     energy: FastRegressor | None
+    energy_upper: FastRegressor | None = None  # the energy bound's quantile regressor
 
 
 class ProbeMismatch(ValueError):
@@ -259,14 +262,22 @@ def read_fast_file(data: bytes) -> FastModel:
         )
         return fp
 
-    energy = None
-    if "energy" in parts:
-        a = sub("energy")
+    def regressor_part(part: str) -> FastRegressor | None:
+        if part not in parts:
+            return None
+        a = sub(part)
         if str(a["kind"]) != "FastRegressor":
-            raise ValueError(f"energy: unknown predictor kind {str(a['kind'])!r}")
-        energy = FastRegressor.from_arrays(a)
-        _check("energy", energy.predict(np.asarray(a["probe_x"], dtype=np.float64)), a["probe_want"])
-    return FastModel(classifier_part("classifier"), classifier_part("damage") if "damage" in parts else None, energy)
+            raise ValueError(f"{part}: unknown predictor kind {str(a['kind'])!r}")
+        reg = FastRegressor.from_arrays(a)
+        _check(part, reg.predict(np.asarray(a["probe_x"], dtype=np.float64)), a["probe_want"])
+        return reg
+
+    return FastModel(
+        classifier_part("classifier"),
+        classifier_part("damage") if "damage" in parts else None,
+        regressor_part("energy"),
+        regressor_part("energy_upper"),
+    )
 
 
 def _check(what: str, got: np.ndarray, want: np.ndarray) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 
 from .domain import LineDomain
 from .energy import EnergyModel
-from .errors import ModelError, ModelIntegrityError, SorterError
+from .errors import ModelError, ModelIntegrityError
 from .features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
 from .novelty import NoveltyModel
 from .policy import PolicyThresholds
@@ -49,6 +49,7 @@ MANIFEST = "manifest.json"
 CLASSIFIER_FILE = "classifier.skops"
 DAMAGE_FILE = "damage.skops"
 ENERGY_FILE = "energy.skops"
+ENERGY_UPPER_FILE = "energy_upper.skops"  # the energy bound's quantile regressor (sorter.energy), optional
 FAST_FILE = "predictor.npz"  # sorter.fastmodel.FAST_FILE (not imported here: see load_model)
 
 # Reviewed allow-list: the types skops reports as "untrusted" by default in our
@@ -242,10 +243,11 @@ class SorterModel:
             return np.full((raw.shape[0], len(self.classes)), np.nan)
         return self.novelty.score(self.normalise(raw))
 
-    def energy_wh(self, raw: np.ndarray, novelty_li: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def energy_wh(self, raw: np.ndarray, novelty_li: np.ndarray | None = None, hazard: np.ndarray | None = None):
         """Rated energy estimate and upper bound (Wh) of raw rows, as :mod:`sorter.energy`
         defines them; the physical bound where the item is unlike the training Li-ion items
-        (``novelty_li`` above the energy model's threshold) or without an energy model."""
+        (``novelty_li`` above the energy model's threshold) or without an energy model.
+        ``hazard``: bool per row, the item goes to the hazard lane."""
         raw = np.atleast_2d(raw)
         if self.energy is None:
             from .energy import physical_upper_wh
@@ -255,7 +257,7 @@ class SorterModel:
         fallback = None
         if novelty_li is not None:
             fallback = np.nan_to_num(novelty_li, nan=np.inf) > self.energy.novelty_max
-        return self.energy.predict(self.normalise(raw), fallback)
+        return self.energy.predict(self.normalise(raw), fallback, hazard)
 
     def predict(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``(n, 3)`` in :attr:`classes` order and P(damaged) ``(n,)``.
@@ -316,11 +318,13 @@ def save_model(
         files.append(DAMAGE_FILE)
     elif (out / DAMAGE_FILE).exists():
         (out / DAMAGE_FILE).unlink()
-    if model.energy is not None:
-        sio.dump(model.energy.regressor, out / ENERGY_FILE)
-        files.append(ENERGY_FILE)
-    elif (out / ENERGY_FILE).exists():
-        (out / ENERGY_FILE).unlink()
+    upper = model.energy.upper_regressor if model.energy is not None else None
+    for fname, est in ((ENERGY_FILE, model.energy.regressor if model.energy else None), (ENERGY_UPPER_FILE, upper)):
+        if est is not None:
+            sio.dump(est, out / fname)
+            files.append(fname)
+        elif (out / fname).exists():
+            (out / fname).unlink()
     if _write_fast_file(out, model):
         files.append(FAST_FILE)
     manifest: dict[str, Any] = {
@@ -359,12 +363,9 @@ def inherited_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
 def _write_fast_file(out: Path, model: SorterModel) -> bool:
     """Write ``out/predictor.npz`` from the model's estimators (:mod:`sorter.fastmodel`); remove a
     stale one and return False when the model is of a kind without a fast predictor."""
-    from .fastmodel import fast_arrays, write_fast_file
+    from .fastmodel import write_fast_file
 
-    with _openmp_one_thread():
-        arrays = fast_arrays(
-            model.classifier, model.damage, model.energy.regressor if model.energy is not None else None
-        )
+    arrays = _fast_arrays(model)
     path = out / FAST_FILE
     if arrays is None:
         logger.info("%s: no fast predictor file (a model of another kind); it loads through skops", out)
@@ -373,6 +374,14 @@ def _write_fast_file(out: Path, model: SorterModel) -> bool:
         return False
     _replace_bytes(path, write_fast_file(arrays))
     return True
+
+
+def _fast_arrays(model: SorterModel) -> dict[str, np.ndarray] | None:
+    from .fastmodel import fast_arrays
+
+    e = model.energy
+    with _openmp_one_thread():
+        return fast_arrays(model.classifier, model.damage, e and e.regressor, energy_upper=e and e.upper_regressor)
 
 
 def _replace_bytes(path: Path, data: bytes) -> None:
@@ -392,44 +401,6 @@ def _replace_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def upgrade_model(model_dir: str | os.PathLike) -> bool:
-    """Add (or regenerate) ``predictor.npz`` in a model directory, without retraining.
-
-    The model is loaded and verified through its skops files (hashes, versions, allow-list),
-    the fast predictor's arrays are derived from its estimators and checked against them
-    (:func:`sorter.fastmodel.fast_arrays`), and the file and the manifest (its hash; nothing
-    else changes, so the model's id stays) are replaced atomically, the file first.  Returns
-    False, changing nothing, when the directory already holds the same file.  Raises
-    :class:`~sorter.errors.SorterError` for a model whose kind has no fast predictor.
-    """
-    from .fastmodel import fast_arrays, write_fast_file
-
-    d = Path(model_dir)
-    model = load_model(d, estimators=True)
-    with _openmp_one_thread():
-        arrays = fast_arrays(
-            model.classifier, model.damage, model.energy.regressor if model.energy is not None else None
-        )
-    if arrays is None:
-        raise SorterError(
-            f"{d}: this model's estimators have no exact fast predictor (see the log); it keeps "
-            "loading through its skops files"
-        )
-    data = write_fast_file(arrays)
-    digest = hashlib.sha256(data).hexdigest()
-    manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
-    if (
-        manifest["files"].get(FAST_FILE) == digest
-        and (d / FAST_FILE).is_file()
-        and sha256_file(d / FAST_FILE) == digest
-    ):
-        return False
-    _replace_bytes(d / FAST_FILE, data)
-    manifest["files"][FAST_FILE] = digest
-    _replace_bytes(d / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    return True
 
 
 def default_model_dir() -> Path:
@@ -524,7 +495,9 @@ def load_model(model_dir: str | os.PathLike | None = None, *, estimators: bool =
                 f"'sorter model upgrade {d}'"
             ) from err
         if fast is not None and (
-            (fast.damage is None) != (DAMAGE_FILE not in files) or (fast.energy is None) != (ENERGY_FILE not in files)
+            (fast.damage is None) != (DAMAGE_FILE not in files)
+            or (fast.energy is None) != (ENERGY_FILE not in files)
+            or (fast.energy_upper is None) != (ENERGY_UPPER_FILE not in files)
         ):
             raise ModelIntegrityError(
                 f"{d / FAST_FILE}: its parts do not match the manifest's files; regenerate it with "
@@ -590,7 +563,11 @@ def load_model(model_dir: str | os.PathLike | None = None, *, estimators: bool =
     energy = None
     if ENERGY_FILE in files:
         try:
-            energy = EnergyModel.from_json(manifest["energy"], fast.energy if fast is not None else _load(ENERGY_FILE))
+            up = ENERGY_UPPER_FILE in files
+            reg, upper = (
+                (fast.energy, fast.energy_upper) if fast else (_load(ENERGY_FILE), up and _load(ENERGY_UPPER_FILE))
+            )
+            energy = EnergyModel.from_json(manifest["energy"], reg, upper or None)
         except (KeyError, TypeError, ValueError) as err:
             raise ModelIntegrityError(f"{mpath}: invalid energy model ({err}); retrain the model") from err
     model = SorterModel(classifier, thresholds, classes, damage, manifest, d, novelty, domain, normalisation, energy)

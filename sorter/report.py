@@ -786,27 +786,45 @@ def _energy_card(manifest: dict[str, Any]) -> list[str]:
         + ("no limit" if en.get("novelty_max") is None else f"{en['novelty_max']:.1f}")
         + ") or without an X-ray;",
     ]
-    groups = manifest.get("energy_bound_calibration", {}).get("groups") if en.get("log_q_groups") else None
-    if groups:  # sorter model energy-bound: one quantile per bin of the estimate
-        parts = []
-        for g in groups:
-            lo, hi = g["estimate_wh"]
-            f = g["bound_over_estimate"]
-            parts.append(
-                f"{lo:g}-{'' if hi is None else f'{hi:g}'} Wh: "
-                + (f"x {f:.3f}" if f is not None else "physical")
-                + f" ({g['calibration_n']} items)"
-            )
-        cal = manifest["energy_bound_calibration"]
+    cal = manifest.get("energy_bound_calibration", {})
+    if en.get("log_q_groups") and cal.get("groups"):  # sorter model energy-bound: one quantile per bin
+        adaptive = "upper_quantile" in en
+
+        def table(groups: list[dict[str, Any]]) -> str:
+            parts = []
+            for g in groups:
+                lo, hi = g["estimate_wh"]
+                f, q = g["bound_over_estimate"], g["log_q_upper"]
+                how = f"x {f:.3f}" if f is not None else "physical"
+                if adaptive:
+                    how = f"offset {q:+.3f}" if q is not None else "physical"
+                parts.append(f"{lo:g}-{'' if hi is None else f'{hi:g}'} Wh: {how} ({g['calibration_n']} items)")
+            return "; ".join(parts)
+
         out.append(
             "- the bound used is group-conditional (`sorter model energy-bound`, Mondrian conformal at "
-            f"{100 * cal['coverage']:.1f} % per bin of the estimate, held-out logs {', '.join(cal.get('logs', []))}): "
-            + "; ".join(parts)
+            f"{100 * cal['coverage']:.1f} % per bin of the estimate, held-out logs {', '.join(cal.get('logs', []))}"
+            + (
+                f"; conformalized quantile regression: the estimate x exp(a gradient-boosted {en['upper_quantile']} "
+                f"quantile of log(true / estimate), fitted on {cal['quantile_regressor']['fit_n']} other held-out "
+                "items, + the bin's offset)"
+                if adaptive
+                else ")"
+            )
+            + ": "
+            + table(cal["groups"])
             + "; the single bound above is not used;"
         )
+        if cal.get("hazard_groups"):
+            out.append(
+                "- items of the hazard lane (the ones the cases pack) have their own: "
+                + table(cal["hazard_groups"])
+                + ";"
+            )
     if rep.get("fitted"):
         out.append(
-            f"- on {rep['report_n']} other held-out Li-ion items: median error {rep['median_abs_error_wh']:.1f} Wh "
+            ("- with the single bound, " if en.get("log_q_groups") else "- ")
+            + f"on {rep['report_n']} other held-out Li-ion items: median error {rep['median_abs_error_wh']:.1f} Wh "
             f"({100 * rep['median_abs_rel_error']:.1f} %), bound coverage {100 * rep['bound_coverage']:.2f} %"
             + (
                 f" of those with a bound ({rep['without_bound']} had no weight, so no bound: never packed)"

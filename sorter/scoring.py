@@ -229,7 +229,11 @@ class Scorer:
         li_rows = [k for k, v in enumerate(verdicts) if v.lane in ENERGY_LANES]
         if li_rows:
             try:
-                e, u = self.model.energy_wh(raw[li_rows], novelty[li_rows, self.model.classes.index("li_ion")])
+                e, u = self.model.energy_wh(
+                    raw[li_rows],
+                    novelty[li_rows, self.model.classes.index("li_ion")],
+                    np.array([verdicts[k].lane == Lane.HAZARD for k in li_rows]),
+                )
                 energy[li_rows], upper[li_rows] = e, u
             except Exception:  # noqa: BLE001 - no estimate is a NaN bound: such an item is not packed
                 logger.exception("energy estimate failed on %d rows", len(li_rows))

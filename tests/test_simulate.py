@@ -186,6 +186,27 @@ def test_simulation_is_deterministic_for_a_seed():
     assert c.record.to_json() != a.record.to_json()
 
 
+@pytest.mark.parametrize("line", ["a", "c"])
+def test_damaged_rate_sets_the_share_of_damaged_li_ion_items(line):
+    """`--damaged-rate`: a log to calibrate the hazard lane's energy bound on has many damaged
+    Li-ion items; the default keeps the mix's share, so a seed's log is the same as before."""
+    li = ("li_dropin", "li_pack_tool", "li_cell_cyl", "li_cell_pouch_prismatic")
+
+    def damaged(rate):
+        cfg = SimConfig(items=40, seed=5, mix="recycler", line=line, only_families=li, damaged_rate=rate)
+        return [bool(simulate_item(cfg, i).record.extra.get("damaged")) for i in range(40)]
+
+    assert all(damaged(1.0)) and not any(damaged(0.0))
+    default = SimConfig(items=40, seed=5, mix="recycler", line=line, only_families=li)
+    same = SimConfig(items=40, seed=5, mix="recycler", line=line, only_families=li, damaged_rate=0.05)
+    if line == "a":  # the mix's own share, given explicitly, draws the same items (line c: 1.2 x the share)
+        assert [simulate_item(default, i).record.to_json() for i in range(8)] == [
+            simulate_item(same, i).record.to_json() for i in range(8)
+        ]
+    with pytest.raises(SimulationError, match="--damaged-rate"):
+        SimConfig(damaged_rate=1.5)
+
+
 def test_contaminants_build_with_positive_mass():
     rng = np.random.default_rng(0)
     for kind in CONTAMINANTS:

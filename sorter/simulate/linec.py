@@ -84,6 +84,8 @@ class SimConfig(Protocol):
 
     def family_allowed(self, family: str) -> bool: ...
 
+    def damaged_li_rate(self) -> float: ...
+
     def profile(self) -> Any: ...
 
 
@@ -989,7 +991,7 @@ def draw_instance_c(cfg: SimConfig, prof: LineCProfile, rng: np.random.Generator
             f"no product family left to draw after {MAX_REDRAWS} tries: --only-family {list(cfg.only_families)} "
             f"--exclude-family {list(cfg.exclude_families)} leave nothing of mix {cfg.mix!r}; widen the filter"
         )
-    if inst.family == "li_ion" and rng.random() < MIXES[cfg.mix].damaged_li_rate * 1.2:
+    if inst.family == "li_ion" and rng.random() < min(1.0, cfg.damaged_li_rate() * 1.2):
         dmg = str(rng.choice(["swollen", "dented", "hot"], p=[0.35, 0.35, 0.30]))
         inst.damage = dmg
         if dmg == "hot":
