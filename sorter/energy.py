@@ -23,6 +23,18 @@ item packed needs an upper bound on its rated energy (nominal V x Ah) that holds
   packs, a few light cells); the groups let the large, well-estimated items (12 V drop-ins) that
   fill a case carry a bound of their own.  ``sorter model energy-bound`` calibrates it
   (:mod:`sorter.energy_calibration`).
+- **Conformalized quantile regression** (optional, ``sorter model energy-bound --adaptive``): a
+  gradient-boosted regressor of the :data:`UPPER_QUANTILE` of ``log(true / estimate)`` given the
+  measurements (:func:`upper_inputs`), fitted on one half of the held-out items; each group's
+  conformal quantile is then taken, on the other half, of ``log(true / estimate)`` minus its
+  prediction, and the bound is ``estimate x exp(prediction + quantile)``.  The coverage argument
+  is the split-conformal one above (the regressor never sees the calibration half); the bound
+  follows how well each kind of item is estimated (a catalogue drop-in closely, an unknown pack of
+  the same size loosely) instead of one ratio per bin.
+- **The hazard lane's own quantiles** (optional, ``--hazard-groups``): the cases pack the hazard
+  lane, i.e. damaged items, which are estimated worse than the rest; the items the model sends to
+  the hazard lane get a quantile per group of their own, so the stated coverage holds within the
+  lane the cases are packed from.  The caller passes each item's lane (``predict(..., hazard=)``).
 - **Physical fallback**: mass (plus the scale's allowance) x :data:`MAX_WH_PER_G` (commercial Li-ion cells rarely pass
   300 Wh/kg; the reference catalogue's highest is a 21700 NMC cell at 276).  Used as the
   bound, with the estimate at the training items' median specific energy, when the item is

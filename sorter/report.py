@@ -409,7 +409,7 @@ def _evaluate_into(
         "cases_at_2_1_kwh": int(math.ceil(sum(hz_wh) / HAZARD_CASE_WH)) if hz_wh else 0,
     }
     energy_plot = None
-    metrics["energy"], energy_rows = energy_metrics(model, raw, y, extras)
+    metrics["energy"], energy_rows = energy_metrics(model, raw, y, extras, lanes == "hazard")
     if energy_rows is not None:
         energy_plot = _energy_plot(out, *energy_rows)
     # what went wrong
@@ -451,10 +451,16 @@ def _evaluate_into(
 
 
 def energy_metrics(
-    model: SorterModel, raw: np.ndarray, y: np.ndarray, extras: list[dict[str, Any]]
+    model: SorterModel,
+    raw: np.ndarray,
+    y: np.ndarray,
+    extras: list[dict[str, Any]],
+    hazard: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None]:
     """The rated-energy estimate and bound (:mod:`sorter.energy`) against the truth, on every Li-ion
-    item whose rated energy the log records: median error, bound coverage, per product family."""
+    item whose rated energy the log records: median error, bound coverage, per product family.
+    ``hazard`` (bool per row: the item went to the hazard lane) bounds those items as the line does
+    and reports the hazard lane's coverage on its own."""
     truth = np.array(
         [float(e["energy_wh"]) if isinstance(e.get("energy_wh"), (int, float)) else np.nan for e in extras]
     )
@@ -462,7 +468,8 @@ def energy_metrics(
     if not li.any():
         return {"items": 0}, None
     nov = model.novelty_scores(raw[li])[:, model.classes.index("li_ion")]
-    est, upper = model.energy_wh(raw[li], nov)
+    hz = None if hazard is None else np.asarray(hazard, dtype=bool)[li]
+    est, upper = model.energy_wh(raw[li], nov, hz)
     t = truth[li]
     fam = [str(e.get("product_family") or e.get("kind") or "?") for e, keep in zip(extras, li) if keep]
     ok = np.isfinite(upper)
@@ -483,6 +490,14 @@ def energy_metrics(
         "bound_coverage": float(np.mean(upper[ok] >= t[ok])) if ok.any() else None,
         "coverage_target": None if model.energy is None else model.energy.coverage,
         "mean_bound_over_truth": float(np.nanmean(upper[ok] / t[ok])) if ok.any() else None,
+        **(
+            {
+                "hazard_items": int((hz & ok).sum()),
+                "hazard_bound_coverage": float(np.mean(upper[hz & ok] >= t[hz & ok])),
+            }
+            if hz is not None and (hz & ok).any()
+            else {}
+        ),
         "per_family": per,
     }, (t, est, upper, fam)
 
@@ -583,7 +598,13 @@ def render_report(metrics: dict[str, Any], plots: list[str], title: str = "") ->
             f"({100 * en['median_abs_rel_error']:.1f} %); the upper bound covers "
             + ("n/a" if en["bound_coverage"] is None else f"{100 * en['bound_coverage']:.2f} %")
             + (f" (target {100 * en['coverage_target']:.1f} %)" if en.get("coverage_target") else "")
-            + f"; {en['without_bound']} without a bound (no weight).",
+            + f"; {en['without_bound']} without a bound (no weight)."
+            + (
+                f" In the hazard lane (the items the cases pack): {en['hazard_items']} items, the bound covers "
+                f"{100 * en['hazard_bound_coverage']:.2f} %."
+                if "hazard_bound_coverage" in en
+                else ""
+            ),
             "",
             _table(
                 ("family", "items", "median error", "bound coverage"),

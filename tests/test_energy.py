@@ -310,3 +310,37 @@ def test_energy_bound_adaptive_with_hazard_groups_writes_a_model_the_line_loads(
     simulate_log(SimConfig(items=30, seed=43, mix="recycler", only_families=li, damaged_rate=0.0), str(plain))
     assert main(["model", "energy-bound", str(plain), "--out", str(tmp_path / "m2"), "--hazard-groups"]) == 2
     assert "hazard lane" in capsys.readouterr().err
+
+
+def test_the_line_and_evaluate_bound_hazard_items_with_the_hazard_lanes_quantiles(model, tmp_path):
+    """The shipped bound has the hazard lane's own quantiles: scoring (the line's and `sorter
+    score`'s path) passes each item's lane to the bound, and `sorter evaluate` measures the bound
+    the same way and reports the hazard lane's coverage on its own."""
+    from sorter.batch import measure_logs
+    from sorter.report import energy_metrics
+    from sorter.scoring import Scorer
+    from sorter.simulate import SimConfig, simulate_log
+
+    assert model.energy.hazard_log_q_groups and model.energy.upper_regressor is not None
+    log = tmp_path / "damaged"
+    li = ("li_dropin", "li_pack_tool", "li_pack_ebike")
+    simulate_log(SimConfig(items=60, seed=51, mix="recycler", only_families=li, damaged_rate=0.6), log, workers=1)
+    m = measure_logs([str(log)])
+    decisions = Scorer(model).decide_rows(m.raw, m.line_nos, m.item_ids, m.problems)
+    lanes = np.array([str(d.lane) for d in decisions])
+    hz = lanes == "hazard"
+    assert 10 < hz.sum() < 60
+    upper = np.array([d.energy_wh_upper for d in decisions])
+    nov = model.novelty_scores(m.raw)[:, model.classes.index("li_ion")]
+    _, as_hazard = model.energy_wh(m.raw, nov, np.ones(len(lanes), dtype=bool))
+    _, as_other = model.energy_wh(m.raw, nov)
+    np.testing.assert_array_equal(upper[hz], as_hazard[hz])
+    li_lane = lanes == "li_ion"
+    np.testing.assert_array_equal(upper[li_lane], as_other[li_lane])
+    assert not np.array_equal(as_hazard[hz], as_other[hz])  # the hazard lane's quantiles differ
+    y = np.array(m.labels)
+    metrics, rows = energy_metrics(model, m.raw, y, m.extras, hz)
+    assert metrics["hazard_items"] == int((hz & (y == "li_ion") & np.isfinite(upper)).sum())
+    assert 0.9 <= metrics["hazard_bound_coverage"] <= 1.0
+    keep = (y == "li_ion") & np.array([np.isfinite(float(e.get("energy_wh") or np.nan)) for e in m.extras])
+    np.testing.assert_array_equal(rows[2][hz[keep]], upper[keep & hz])
