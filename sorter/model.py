@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import logging
+import math
 import os
 import platform
 import tempfile
@@ -61,11 +61,11 @@ ALLOWED_TYPES: frozenset[str] = frozenset(
         "sklearn.calibration._SigmoidCalibration",
         "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
         "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-        "sklearn._loss.loss.HalfMultinomialLoss",
-        "sklearn._loss.loss.HalfBinomialLoss",
-        "sklearn._loss.link.MultinomialLogit",
-        "sklearn._loss.link.LogitLink",
-        "sklearn._loss.link.Interval",
+        "sklearn._loss.loss.HalfMultinomialLoss", "sklearn._loss.loss.HalfBinomialLoss",
+        "sklearn._loss.link.MultinomialLogit", "sklearn._loss.link.LogitLink", "sklearn._loss.link.Interval",
+        # the feature steps of models trained since issue 13, and those of models trained before
+        "sorter.features.transformers.MassShapeFeatures",
+        "sorter.features.transformers.MaterialFeatures",
         "sorter.features.transformers.CameraFeatures",
         "sorter.features.transformers.CrossSensorFeatures",
         "sorter.features.transformers.ScaleProfilerFeatures",
@@ -137,9 +137,8 @@ def library_versions() -> dict[str, str]:
 
 
 def _versions_compatible(saved: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
-    """Differences that make a model unsafe to load: scikit-learn must match exactly
-    (models only load reliably under the version that saved them), numpy and skops by
-    major version."""
+    """Differences that make a model unsafe to load: scikit-learn must match exactly (models
+    only load reliably under the version that saved them), numpy and skops by major version."""
     out = []
     if saved.get("scikit-learn") != now["scikit-learn"]:
         out.append(f"scikit-learn {saved.get('scikit-learn')} saved it, {now['scikit-learn']} is installed")
