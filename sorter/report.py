@@ -911,9 +911,10 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
         "and detector — which calibration corrects. Between product families, the envelope density does not "
         "transfer (a pack of 18650 cells is as dense as a stone): "
         + (
-            "this model sees it only through the policy's density gate. "
+            "this model sees it only through the policy's density gate (`sorter train --features material`). "
             if not any("density_kg_l" in str(n) for n in manifest.get("feature_names", []))
-            else "this model, trained before issue 13, uses it as a feature. "
+            else "this model uses it as a feature (`sorter train --features material` leaves it to the policy's "
+            "density gate). "
         )
         + "`docs/performance.md` (section *Another line*) has the measured figures per shift.",
         "",

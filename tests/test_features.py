@@ -150,11 +150,15 @@ def test_material_features_do_not_change_with_the_size_of_the_item():
     assert t.transform(np.array([lead]))[0, names.index("al_eq_high_p50_per_gram")] > 1.2
 
 
-def test_the_feature_step_of_new_models_has_no_envelope_density():
-    """Models trained since issue 13 see density only through the policy's density gate."""
-    names = list(make_feature_transformer().fit(np.zeros((2, len(RAW_COLUMNS)))).get_feature_names_out())
+def test_the_material_feature_step_has_no_envelope_density():
+    """``features="material"``: the classifier sees density only through the policy's density gate."""
+    x = np.zeros((2, len(RAW_COLUMNS)))
+    names = list(make_feature_transformer("material").fit(x).get_feature_names_out())
     assert not [n for n in names if "density_kg_l" in n or "mass_vs_lead_acid" in n or "areal_density" in n]
     assert "cross__al_eq_low_p50_per_gram" in names
+    assert "scale__density_kg_l" in make_feature_transformer().fit(x).get_feature_names_out()  # the default
+    with pytest.raises(ValueError, match="envelope, material"):
+        make_feature_transformer("colour")
 
 
 def test_thermal_excess():

@@ -102,8 +102,8 @@ class ScaleProfilerFeatures(_StatelessTransformer):
 class MassShapeFeatures(ScaleProfilerFeatures):
     """Mass and shape as :class:`ScaleProfilerFeatures`, without the envelope density
     (:func:`sorter.features.derive.mass_shape` says why: it does not carry over between product
-    families).  The feature step of models trained since issue 13; models trained before keep
-    :class:`ScaleProfilerFeatures`.
+    families).  The feature step of models trained since issue 13 with ``features="material"``
+    (:func:`make_feature_transformer`).
 
     Examples
     --------
@@ -219,7 +219,8 @@ class MaterialFeatures(_StatelessTransformer):
     :class:`CrossSensorFeatures` without its mass per footprint area, and the
     aluminium-equivalent areal density's percentiles at each energy times the X-ray footprint,
     per gram: quantities of the material, not of the item's size, so they carry over to product
-    families the training log did not have.  The feature step of models trained since issue 13.
+    families the training log did not have.  The feature step of models trained with
+    ``sorter train --features material``.
 
     Examples
     --------
@@ -254,15 +255,32 @@ def _idx(names) -> list[int]:
     return [RAW_COLUMNS.index(n) for n in names]
 
 
-def make_feature_transformer() -> ColumnTransformer:
-    """The full feature step: raw measurement matrix (``RAW_COLUMNS``) to model features."""
+FEATURE_SETS = ("envelope", "material")
+"""The feature steps :func:`make_feature_transformer` can build (``sorter train --features``)."""
+
+
+def make_feature_transformer(features: str = "envelope") -> ColumnTransformer:
+    """The full feature step: raw measurement matrix (``RAW_COLUMNS``) to model features.
+
+    ``features``: ``"envelope"`` (the default) gives the classifier the envelope density and the
+    mass per footprint area (:class:`ScaleProfilerFeatures`, :class:`CrossSensorFeatures`);
+    ``"material"`` leaves both out and adds what the X-ray sees per gram
+    (:class:`MassShapeFeatures`, :class:`MaterialFeatures`): it carries over to product families
+    the training logs lack, at a cost in lead-acid yield on some lines (``docs/performance.md``,
+    section *Features that carry over between product families*).
+    """
+    if features not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {features!r}; choose one of {', '.join(FEATURE_SETS)}")
+    material = features == "material"
+    scale = MassShapeFeatures() if material else ScaleProfilerFeatures()
+    cross = MaterialFeatures() if material else CrossSensorFeatures()
     return ColumnTransformer(
         [
-            ("scale", MassShapeFeatures(), _idx(SCALE_COLUMNS)),
+            ("scale", scale, _idx(SCALE_COLUMNS)),
             ("thermal", ThermalFeatures(), _idx(THERMAL_COLUMNS)),
             ("xray", XrayFeatures(), _idx(XRAY_COLUMNS)),
             ("camera", CameraFeatures(), _idx(CAMERA_COLUMNS)),
-            ("cross", MaterialFeatures(), _idx(MaterialFeatures.INPUTS)),
+            ("cross", cross, _idx(type(cross).INPUTS)),
         ],
         remainder="drop",
         verbose_feature_names_out=True,
