@@ -63,7 +63,7 @@ ALLOWED_TYPES: frozenset[str] = frozenset(
         "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
         "sklearn._loss.loss.HalfMultinomialLoss", "sklearn._loss.loss.HalfBinomialLoss",
         "sklearn._loss.link.MultinomialLogit", "sklearn._loss.link.LogitLink", "sklearn._loss.link.Interval",
-        # the feature steps of models trained since issue 13, and those of models trained before
+        # the feature steps: `sorter train --features material`'s, then the default's
         "sorter.features.transformers.MassShapeFeatures",
         "sorter.features.transformers.MaterialFeatures",
         "sorter.features.transformers.CameraFeatures",

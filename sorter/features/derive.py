@@ -23,7 +23,6 @@ import numpy as np
 from .measure import CAMERA_COLUMNS
 
 LEAD_ACID_DENSITY_KG_L = 2.4  # middle of the 1.8-3.1 kg/L range of lead-acid batteries (reference)
-LEAD_ACID_DENSITY_MIN_KG_L = 1.8  # the low end of that range
 CAMERA_GEOMETRY = CAMERA_COLUMNS[:5] + ("cam_defect_rel",)  # the camera columns the model sees
 _CAMERA_GEOMETRY_INDEX = [CAMERA_COLUMNS.index(c) for c in CAMERA_GEOMETRY]
 CROSS_SENSOR_INPUTS = (

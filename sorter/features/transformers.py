@@ -102,7 +102,7 @@ class ScaleProfilerFeatures(_StatelessTransformer):
 class MassShapeFeatures(ScaleProfilerFeatures):
     """Mass and shape as :class:`ScaleProfilerFeatures`, without the envelope density
     (:func:`sorter.features.derive.mass_shape` says why: it does not carry over between product
-    families).  The feature step of models trained since issue 13 with ``features="material"``
+    families).  The feature step of models trained with ``sorter train --features material``
     (:func:`make_feature_transformer`).
 
     Examples
