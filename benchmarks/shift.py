@@ -262,13 +262,19 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated shift names (default: all)")
     ap.add_argument("--model", default=None, help="the model to test (default: the shipped model)")
     ap.add_argument("--no-doc", action="store_true", help="print only; do not write docs/performance.md")
+    ap.add_argument(
+        "--features",
+        choices=("envelope", "material"),
+        default="envelope",
+        help="the retrained models' features (sorter train --features); 'material' keeps its results and section apart",
+    )
     args = ap.parse_args(argv)
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     shipped = load_model(args.model)
     names = [s for s in args.only.split(",") if s]
     results: dict[str, dict[str, Any]] = {}
-    prior = data / "results.json"
+    prior = data / ("results.json" if args.features == "envelope" else f"results-{args.features}.json")
     if names and prior.exists():  # a partial rerun keeps the other shifts' last results (same sizes only)
         old = json.loads(prior.read_text())
         if (
@@ -298,7 +304,7 @@ def main(argv=None) -> int:
         except Exception as err:  # noqa: BLE001 - a failed calibration is a result too
             res["calibrated (500)"] = {"error": str(err)}
         t0 = time.perf_counter()
-        model_t, _ = train([str(trn)], TrainConfig(seed=0, workers=2))
+        model_t, _ = train([str(trn)], TrainConfig(seed=0, workers=2, features=args.features))
         res["retrain_s"] = round(time.perf_counter() - t0, 1)
         res["retrained (3000)"] = model_row(model_t, test_m, meta, False, lfo)
         res["retrained, each sensor missing"] = sensors_missing(model_t, test_m, meta)
@@ -321,7 +327,7 @@ def main(argv=None) -> int:
     md = render(results, args, time.perf_counter() - t_start, shipped.model_id)
     print(md)
     if not args.no_doc:
-        write_section("shift", md)
+        write_section("shift" if args.features == "envelope" else f"shift_{args.features}", md)
     return 0
 
 
@@ -335,8 +341,10 @@ ROWS = (
 
 
 def render(results: dict[str, Any], args, seconds: float, model_id: str) -> str:
+    features = getattr(args, "features", "envelope")
     md = [
-        "## Another line: shifts, calibration, retraining (issue 13)",
+        "## Another line: shifts, calibration, retraining (issue 13)"
+        + ("" if features == "envelope" else f", retrained with `--features {features}`"),
         "",
         f"`python -m benchmarks.shift` — the shipped model ({model_id}, trained on line a) on shifted lines; "
         f"fresh balanced-mix logs per shift: test {args.test_items} items (seed {SEEDS['test']}), calibration "

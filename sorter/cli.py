@@ -282,6 +282,16 @@ def _add_train(sub) -> None:
             "(default 5)"
         ),
     )
+    p.add_argument(
+        "--features",
+        choices=("envelope", "material"),
+        default="envelope",
+        help=(
+            "the classifier's features: 'envelope' (default) includes the envelope density; 'material' leaves it "
+            "to the policy's density gate and adds the X-ray per gram weighed, which carries over to product "
+            "families the logs lack (see models/README.md)"
+        ),
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -306,7 +316,11 @@ def _cmd_train(args) -> int:
     _check_out_dir(args.out, "a model", MANIFEST, args.force)
     folds = {} if args.threshold_folds is None else {"threshold_folds": args.threshold_folds}
     cfg = TrainConfig(
-        seed=args.seed, val_fraction=args.val_fraction, workers=args.workers or default_workers(), **folds
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        workers=args.workers or default_workers(),
+        features=args.features,
+        **folds,
     )
     model, report = train_and_save(args.logs, args.out, cfg, name=args.name, progress=True)
     m = report["heldout_metrics"]

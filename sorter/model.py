@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import logging
+import math
 import os
 import platform
 import tempfile
@@ -67,6 +67,9 @@ ALLOWED_TYPES: frozenset[str] = frozenset(
         "sklearn._loss.link.MultinomialLogit",
         "sklearn._loss.link.LogitLink",
         "sklearn._loss.link.Interval",
+        # the feature steps: `sorter train --features material`'s, then the default's
+        "sorter.features.transformers.MassShapeFeatures",
+        "sorter.features.transformers.MaterialFeatures",
         "sorter.features.transformers.CameraFeatures",
         "sorter.features.transformers.CrossSensorFeatures",
         "sorter.features.transformers.ScaleProfilerFeatures",
@@ -138,9 +141,8 @@ def library_versions() -> dict[str, str]:
 
 
 def _versions_compatible(saved: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
-    """Differences that make a model unsafe to load: scikit-learn must match exactly
-    (models only load reliably under the version that saved them), numpy and skops by
-    major version."""
+    """Differences that make a model unsafe to load: scikit-learn must match exactly (models
+    only load reliably under the version that saved them), numpy and skops by major version."""
     out = []
     if saved.get("scikit-learn") != now["scikit-learn"]:
         out.append(f"scikit-learn {saved.get('scikit-learn')} saved it, {now['scikit-learn']} is installed")

@@ -942,12 +942,20 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
             else []
         ),
         "",
-        "What transfers between lines: the model sees only physical measurements — mass, envelope and density, the "
-        "X-ray as aluminium-equivalent areal density and the dual-energy ratio on the material scale of the line's "
-        "declared energies (the NIST table), opacity, outline geometry, thermal excess. What does not: the camera's "
-        "colours, markings and textures are measured but not used (they are how a renderer draws products), and "
-        "beam hardening bends the X-ray's material scale differently on every tube and detector — which calibration "
-        "corrects. `docs/performance.md` (section *Another line*) has the measured figures per shift.",
+        "What transfers between lines: the model sees only physical measurements — mass, envelope, the X-ray as "
+        "aluminium-equivalent areal density and the dual-energy ratio on the material scale of the line's declared "
+        "energies (the NIST table), what the X-ray sees per gram weighed, opacity, outline geometry, thermal excess. "
+        "What does not: the camera's colours, markings and textures are measured but not used (they are how a "
+        "renderer draws products), and beam hardening bends the X-ray's material scale differently on every tube "
+        "and detector — which calibration corrects. Between product families, the envelope density does not "
+        "transfer (a pack of 18650 cells is as dense as a stone): "
+        + (
+            "this model sees it only through the policy's density gate (`sorter train --features material`). "
+            if not any("density_kg_l" in str(n) for n in manifest.get("feature_names", []))
+            else "this model uses it as a feature (`sorter train --features material` leaves it to the policy's "
+            "density gate). "
+        )
+        + "`docs/performance.md` (section *Another line*) has the measured figures per shift.",
         "",
         "## Held-out metrics (training split)",
         "",

@@ -76,6 +76,9 @@ class TrainConfig:
     # learns from every item.  0 (or 1): the held-out part's probabilities, as before.
     threshold_folds: int = 5
     lead_acid_min_floor: float = 0.9
+    # The classifier's feature step (sorter.features.transformers.make_feature_transformer):
+    # "envelope" (with the envelope density) or "material" (without it, the X-ray per gram).
+    features: str = "envelope"
     # The lead-acid density gate (policy rule 4): this share of the lightest held-out
     # lead-acid items' envelope density (their 0.1 % quantile), in kg/L.
     lead_density_quantile: float = 0.001
@@ -130,7 +133,7 @@ def fit_classifier(raw: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConf
     # safety; a sigmoid fitted over all classes squeezed the booster's top end, so the same
     # margin cost 2-4 % of lead-acid yield on shifted lines (line c retrained: 95.2 % ->
     # 99.0 %, 0 Li-ion in lead_acid either way).
-    pipe = Pipeline([("features", make_feature_transformer()), ("classifier", _hgb(cfg, cfg.seed))])
+    pipe = Pipeline([("features", make_feature_transformer(cfg.features)), ("classifier", _hgb(cfg, cfg.seed))])
     pipe.fit(raw, y, classifier__sample_weight=w)
     return pipe
 
@@ -173,7 +176,7 @@ def fit_damage(raw: np.ndarray, damaged: np.ndarray, cfg: TrainConfig) -> Pipeli
         return None
     pipe = Pipeline(
         [
-            ("features", make_feature_transformer()),
+            ("features", make_feature_transformer(cfg.features)),
             ("classifier", _hgb(cfg, cfg.seed + 1, cfg.damage_max_iter, class_weight="balanced")),
         ]
     )

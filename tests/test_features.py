@@ -13,6 +13,8 @@ from sorter.features import (
     AmbientTracker,
     CameraFeatures,
     CrossSensorFeatures,
+    MassShapeFeatures,
+    MaterialFeatures,
     ScaleProfilerFeatures,
     ThermalFeatures,
     XrayFeatures,
@@ -33,7 +35,15 @@ from sorter.features.measure import (
 from sorter.readings import Item, ItemRecord, LogMeta
 from sorter.simulate import SimConfig, simulate_item
 
-TRANSFORMERS = [ScaleProfilerFeatures(), ThermalFeatures(), XrayFeatures(), CameraFeatures(), CrossSensorFeatures()]
+TRANSFORMERS = [
+    ScaleProfilerFeatures(),
+    MassShapeFeatures(),
+    ThermalFeatures(),
+    XrayFeatures(),
+    CameraFeatures(),
+    CrossSensorFeatures(),
+    MaterialFeatures(),
+]
 
 
 def _check_name(check) -> str:
@@ -105,6 +115,50 @@ def test_scale_features_physics():
     ratio = out[:, names.index("mass_vs_lead_acid")]
     assert 1.8 < dens[0] < 3.1 and dens[1] < 1.7  # reference ranges
     assert ratio[0] > 2 * ratio[1] * 0.9
+
+
+def test_mass_shape_is_the_scale_features_without_the_envelope_density():
+    x = np.array([[20000.0, 260, 173, 225], [3500.0, 344, 90, 38]])
+    old = ScaleProfilerFeatures().fit(x)
+    new = MassShapeFeatures().fit(x)
+    names_old, names_new = list(old.get_feature_names_out()), list(new.get_feature_names_out())
+    assert "density_kg_l" not in names_new and "mass_vs_lead_acid" not in names_new
+    keep = [names_old.index(n) for n in names_new]
+    np.testing.assert_array_equal(new.transform(x), old.transform(x)[:, keep])
+
+
+def _material_row(weight_g, length_mm, width_mm, al_eq_low, al_eq_high):
+    """Raw MaterialFeatures inputs of a box whose X-ray sees ``al_eq_*`` (p10, p50, p90) g/cm^2."""
+    area = length_mm * width_mm
+    mass = al_eq_high[1] * area / 100.0
+    return [weight_g, length_mm, width_mm, area, mass, 0.0, area, *al_eq_low, *al_eq_high]
+
+
+def test_material_features_do_not_change_with_the_size_of_the_item():
+    """A pack of twice the cells side by side (twice the footprint and mass, the same areal
+    densities) has the same per-gram features: they describe the material, not the item."""
+    small = _material_row(1000.0, 200, 100, (5, 6, 8), (4, 5, 7))
+    large = _material_row(2000.0, 400, 100, (5, 6, 8), (4, 5, 7))
+    t = MaterialFeatures().fit(np.array([small]))
+    out = t.transform(np.array([small, large]))
+    np.testing.assert_allclose(out[0], out[1])
+    names = list(t.get_feature_names_out())
+    # 5 g/cm^2 of aluminium-equivalent over 200 cm^2 is 1000 g: one gram per gram weighed
+    assert out[0, names.index("al_eq_high_p50_per_gram")] == pytest.approx(1.0)
+    # lead attenuates far more per gram than a plastic or aluminium item of the same mass
+    lead = _material_row(1000.0, 100, 50, (24, 26, 26), (20, 26, 26))
+    assert t.transform(np.array([lead]))[0, names.index("al_eq_high_p50_per_gram")] > 1.2
+
+
+def test_the_material_feature_step_has_no_envelope_density():
+    """``features="material"``: the classifier sees density only through the policy's density gate."""
+    x = np.zeros((2, len(RAW_COLUMNS)))
+    names = list(make_feature_transformer("material").fit(x).get_feature_names_out())
+    assert not [n for n in names if "density_kg_l" in n or "mass_vs_lead_acid" in n or "areal_density" in n]
+    assert "cross__al_eq_low_p50_per_gram" in names
+    assert "scale__density_kg_l" in make_feature_transformer().fit(x).get_feature_names_out()  # the default
+    with pytest.raises(ValueError, match="envelope, material"):
+        make_feature_transformer("colour")
 
 
 def test_thermal_excess():

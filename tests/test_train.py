@@ -112,6 +112,27 @@ def test_cli_train_writes_a_loadable_model(tmp_path, small_log, capsys):
     load_model(out)
 
 
+def test_cli_train_with_material_features_writes_a_model_without_the_envelope_density(tmp_path, small_log, capsys):
+    """``--features material``: the classifier sees no envelope density; the model saves, loads through
+    skops and through its fast predictor file, and both give the same probabilities."""
+    out = tmp_path / "material"
+    args = ["train", str(small_log), "--out", str(out), "--seed", "1", "--workers", "1", "--threshold-folds", "0"]
+    assert main([*args, "--features", "material"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["training"]["config"]["features"] == "material"
+    assert not [n for n in man["feature_names"] if "density" in n]
+    assert "cross__al_eq_high_p50_per_gram" in man["feature_names"]
+    assert "only through the policy's density gate" in (out / "MODEL_CARD.md").read_text()
+    raw = measure_logs([small_log]).raw
+    p_skops, _ = load_model(out).predict(raw)
+    p_fast, _ = load_model(out, estimators=False).predict(raw)
+    np.testing.assert_array_equal(p_fast, p_skops)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*args[:-2], "--features", "colour"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_evaluate_warns_when_given_a_log_the_model_was_trained_on(tmp_path, small_log):
     from sorter.report import evaluate_log
 

@@ -15,6 +15,8 @@ from .measure import RAW_COLUMNS, measure_item
 _TRANSFORMERS = (
     "CameraFeatures",
     "CrossSensorFeatures",
+    "MassShapeFeatures",
+    "MaterialFeatures",
     "ScaleProfilerFeatures",
     "ThermalFeatures",
     "XrayFeatures",

@@ -64,6 +64,58 @@ def scale_profiler(X: np.ndarray) -> np.ndarray:
     return out
 
 
+def mass_shape(X: np.ndarray) -> np.ndarray:
+    """:func:`scale_profiler` without the envelope density (nor the mass against a lead-acid
+    battery's, which is the same figure over 2.4 kg/L).
+
+    How tightly a product fills its envelope is a fact of the product family, not of its
+    chemistry: Li-ion cells are 2-3 kg/L themselves, and a pack of them reaches the density of
+    a stone or a steel part (an e-bike pack of 18650 cells, 3 kg/L, was called "other" when no
+    Li-ion item of the training log was that dense).  What the item is made of is told by the
+    X-ray per gram (:func:`material_per_gram`); the one thing density tells for certain, that an
+    item lighter for its envelope than any lead-acid battery is not one, is the policy's
+    density gate (:func:`sorter.policy.envelope_density`).
+    """
+    return scale_profiler(X)[:, _MASS_SHAPE_INDEX]
+
+
+_MASS_SHAPE_INDEX = [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12]  # scale_profiler's columns but 4 and 5 (densities)
+MATERIAL_INPUTS = (
+    "weight_g",
+    "length_mm",
+    "width_mm",
+    "xr_area_mm2",
+    "xr_al_eq_mass_g",
+    "xr_pb_eq_mass_g",
+    "cam_area_mm2",
+    "xr_al_eq_low_p10",
+    "xr_al_eq_low_p50",
+    "xr_al_eq_low_p90",
+    "xr_al_eq_high_p10",
+    "xr_al_eq_high_p50",
+    "xr_al_eq_high_p90",
+)
+
+
+def material_per_gram(X: np.ndarray) -> np.ndarray:
+    """:data:`MATERIAL_INPUTS` to what the X-ray sees per gram weighed, and footprint agreement.
+
+    :func:`cross_sensor`'s first four columns (aluminium- and lead-equivalent mass per gram, the
+    X-ray's and the camera's footprint against the profiler's), without the mass per footprint
+    area (it grows with the item's height), and six more: each percentile of the
+    aluminium-equivalent areal density, at each energy, times the X-ray footprint, per gram.
+    These describe the material, whatever the size of the item: near 1 for plastics, water and
+    aluminium, 1.3-1.9 for cells (steel cans, cathode oxides), above 1 at the low energy more
+    than at the high one the higher the atomic number.
+    """
+    w, xa = X[:, 0], X[:, 3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per = X[:, 7:13] * (xa / 100.0 / w)[:, None]
+    out = np.column_stack([cross_sensor(X[:, :7])[:, :4], per])
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
 def thermal(X: np.ndarray) -> np.ndarray:
     """``surface_temp_c, ambient_c`` to the excess over ambient and a missing indicator."""
     excess = X[:, 0] - X[:, 1]
@@ -99,6 +151,8 @@ def cross_sensor(X: np.ndarray) -> np.ndarray:
 
 FEATURE_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "ScaleProfilerFeatures": scale_profiler,
+    "MassShapeFeatures": mass_shape,
+    "MaterialFeatures": material_per_gram,
     "ThermalFeatures": thermal,
     "XrayFeatures": xray,
     "CameraFeatures": camera,

@@ -99,6 +99,28 @@ class ScaleProfilerFeatures(_StatelessTransformer):
         return derive.scale_profiler(X)
 
 
+class MassShapeFeatures(ScaleProfilerFeatures):
+    """Mass and shape as :class:`ScaleProfilerFeatures`, without the envelope density
+    (:func:`sorter.features.derive.mass_shape` says why: it does not carry over between product
+    families).  The feature step of models trained with ``sorter train --features material``
+    (:func:`make_feature_transformer`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sorter.features.transformers import MassShapeFeatures
+    >>> t = MassShapeFeatures().fit(np.array([[3500.0, 344, 90, 38]]))
+    >>> "density_kg_l" in t.get_feature_names_out()
+    False
+    """
+
+    def _output_names(self):
+        return [n for n in super()._output_names() if n not in ("density_kg_l", "mass_vs_lead_acid")]
+
+    def _transform(self, X):
+        return derive.mass_shape(X)
+
+
 class ThermalFeatures(_StatelessTransformer):
     """Excess of the hottest surface temperature over the hall's running ambient.
 
@@ -190,19 +212,75 @@ class CrossSensorFeatures(_StatelessTransformer):
         return derive.cross_sensor(X)
 
 
+class MaterialFeatures(_StatelessTransformer):
+    """What the X-ray sees per gram weighed (:func:`sorter.features.derive.material_per_gram`).
+
+    Input columns: :data:`sorter.features.derive.MATERIAL_INPUTS`. The agreement columns of
+    :class:`CrossSensorFeatures` without its mass per footprint area, and the
+    aluminium-equivalent areal density's percentiles at each energy times the X-ray footprint,
+    per gram: quantities of the material, not of the item's size, so they carry over to product
+    families the training log did not have.  The feature step of models trained with
+    ``sorter train --features material``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sorter.features.transformers import MaterialFeatures
+    >>> x = np.array([[1000.0, 200, 100, 20000, 1400, 10, 20000, 5, 6, 8, 4, 5, 7]])
+    >>> out = MaterialFeatures().fit(x).transform(x)
+    >>> round(float(out[0, 0]), 2), round(float(out[0, 8]), 2)   # al-eq mass per gram; high p50 per gram
+    (1.4, 1.0)
+    """
+
+    n_inputs = len(derive.MATERIAL_INPUTS)
+    INPUTS = derive.MATERIAL_INPUTS
+
+    def _input_names(self):
+        return self.INPUTS
+
+    def _output_names(self):
+        return [
+            "al_eq_mass_per_gram",
+            "pb_eq_mass_per_gram",
+            "xray_vs_profiler_area",
+            "camera_vs_profiler_area",
+            *(f"al_eq_{e}_{q}_per_gram" for e in ("low", "high") for q in ("p10", "p50", "p90")),
+        ]
+
+    def _transform(self, X):
+        return derive.material_per_gram(X)
+
+
 def _idx(names) -> list[int]:
     return [RAW_COLUMNS.index(n) for n in names]
 
 
-def make_feature_transformer() -> ColumnTransformer:
-    """The full feature step: raw measurement matrix (``RAW_COLUMNS``) to model features."""
+FEATURE_SETS = ("envelope", "material")
+"""The feature steps :func:`make_feature_transformer` can build (``sorter train --features``)."""
+
+
+def make_feature_transformer(features: str = "envelope") -> ColumnTransformer:
+    """The full feature step: raw measurement matrix (``RAW_COLUMNS``) to model features.
+
+    ``features``: ``"envelope"`` (the default) gives the classifier the envelope density and the
+    mass per footprint area (:class:`ScaleProfilerFeatures`, :class:`CrossSensorFeatures`);
+    ``"material"`` leaves both out and adds what the X-ray sees per gram
+    (:class:`MassShapeFeatures`, :class:`MaterialFeatures`): it carries over to product families
+    the training logs lack, at a cost in lead-acid yield on some lines (``docs/performance.md``,
+    section *Features that carry over between product families*).
+    """
+    if features not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {features!r}; choose one of {', '.join(FEATURE_SETS)}")
+    material = features == "material"
+    scale = MassShapeFeatures() if material else ScaleProfilerFeatures()
+    cross = MaterialFeatures() if material else CrossSensorFeatures()
     return ColumnTransformer(
         [
-            ("scale", ScaleProfilerFeatures(), _idx(SCALE_COLUMNS)),
+            ("scale", scale, _idx(SCALE_COLUMNS)),
             ("thermal", ThermalFeatures(), _idx(THERMAL_COLUMNS)),
             ("xray", XrayFeatures(), _idx(XRAY_COLUMNS)),
             ("camera", CameraFeatures(), _idx(CAMERA_COLUMNS)),
-            ("cross", CrossSensorFeatures(), _idx(CrossSensorFeatures.INPUTS)),
+            ("cross", cross, _idx(type(cross).INPUTS)),
         ],
         remainder="drop",
         verbose_feature_names_out=True,
