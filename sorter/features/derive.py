@@ -80,20 +80,9 @@ def mass_shape(X: np.ndarray) -> np.ndarray:
 
 
 _MASS_SHAPE_INDEX = [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12]  # scale_profiler's columns but 4 and 5 (densities)
-MATERIAL_INPUTS = (
-    "weight_g",
-    "length_mm",
-    "width_mm",
-    "xr_area_mm2",
-    "xr_al_eq_mass_g",
-    "xr_pb_eq_mass_g",
-    "cam_area_mm2",
-    "xr_al_eq_low_p10",
-    "xr_al_eq_low_p50",
-    "xr_al_eq_low_p90",
-    "xr_al_eq_high_p10",
-    "xr_al_eq_high_p50",
-    "xr_al_eq_high_p90",
+# the cross-sensor inputs, then the aluminium-equivalent areal density's percentiles at each energy
+MATERIAL_INPUTS = CROSS_SENSOR_INPUTS + tuple(
+    f"xr_al_eq_{e}_{q}" for e in ("low", "high") for q in ("p10", "p50", "p90")
 )
 
 

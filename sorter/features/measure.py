@@ -709,7 +709,7 @@ def measure_item(item: Item, ambient_c: float | None = None) -> np.ndarray:
     >>> from sorter.readings import Item, ItemRecord
     >>> from sorter.features.measure import RAW_COLUMNS, measure_item
     >>> row = measure_item(Item(ItemRecord("a", 0.0, weight_g=900.0)))
-    >>> row.shape == (len(RAW_COLUMNS),) and row[0] == 900.0
+    >>> row.shape == (len(RAW_COLUMNS),) and bool(row[0] == 900.0)
     True
     """
     return np.concatenate(

@@ -67,7 +67,7 @@ class MemoryPlc(MailboxLink):
     ...     plc.model.expect(7, time.monotonic() + 0.05)  # on the belt, never decided
     ...     await asyncio.sleep(0.2)
     ...     await plc.close()
-    ...     return plc.model.decisions[7], plc.model.counters["defaulted"]
+    ...     return str(plc.model.decisions[7]), plc.model.counters["defaulted"]
     >>> asyncio.run(demo())
     ('manual', 1)
     """

@@ -122,12 +122,17 @@ class PlcModel:
     >>> plc = PlcModel(m)
     >>> image = [0] * m.size
     >>> image[: m.plc_words] = plc.power_on(image, now=0.0)
+    >>> image[m.pc_heartbeat_address - m.base] = 1  # a PC's heartbeat: without one, the safe lane
+    >>> plc.expect(42, 0.5)  # item 42 is on the belt, at the diverter at t = 0.5 s
     >>> slot = m.slot_address(1) - m.base
     >>> image[slot : slot + 5] = encode_slot(1, 42, "li_ion")
     >>> out = plc.scan(image, now=0.01)
     >>> ack = m.ack_address(1) - m.base
-    >>> out[ack : ack + 2], plc.decisions[42]
-    ([1, 1], 'li_ion')
+    >>> out[ack : ack + 2]  # slot 1's sequence number, status 1: accepted
+    [1, 1]
+    >>> _ = plc.scan(image, now=0.6)  # the item reaches the diverter
+    >>> str(plc.decisions[42])
+    'li_ion'
     """
 
     def __init__(
@@ -458,7 +463,7 @@ class PlcSimulator:
     ...             ack = await link.send_decision(9, "hazard", timeout_s=5.0)
     ...     finally:
     ...         await sim.stop()
-    ...     return ack.status, sim.decisions[9]
+    ...     return ack.status, str(sim.decisions[9])
     >>> asyncio.run(demo())
     ('accepted', 'hazard')
     """
