@@ -218,10 +218,8 @@ class EnergyModel:
         n = int(r.size)
         if n == 0:
             raise ValueError("no held-out Li-ion items with a rated energy to calibrate the bound on")
-        # split conformal: the ceil((n + 1) * coverage)-th smallest residual; with too few held-out
-        # items for that rank the bound is unbounded, i.e. the physical bound alone
-        k = int(np.ceil((n + 1) * coverage))
-        model.log_q_upper = float(np.sort(r)[k - 1]) if k <= n else math.inf
+        # with too few held-out items for the conformal rank the bound is the physical one alone
+        model.log_q_upper = conformal_quantile(r, coverage)
         model.calibration_n = n
         return model
 
