@@ -320,8 +320,8 @@ class EnergyModel:
         }
         if upper is not None:
             report["quantile_regressor"] = {"quantile": UPPER_QUANTILE, "fit_n": int(r_f.size)}
-        tables = {}
-        for lane, rows in (("other", ~hz), ("hazard", hz)) if hazard_cal is not None else (("all", hz | ~hz),):
+        tables = {}  # report key -> (quantiles, counts): the other items' (all without hazard_cal), the hazard lane's
+        for key, rows in [("groups", ~hz)] + ([("hazard_groups", hz)] if hazard_cal is not None else []):
             qs, ns, groups = [], [], []
             for k in range(len(edges) + 1):
                 rk = r[rows & (g == k)]
@@ -338,10 +338,10 @@ class EnergyModel:
                         "bound_over_estimate": None if math.isinf(q) or upper is not None else float(np.exp(q)),
                     }
                 )
-            tables[lane] = (tuple(qs), tuple(ns))
-            report["groups" if lane != "hazard" else "hazard_groups"] = groups
-        main_q, main_n = tables.get("other", tables.get("all"))
-        hz_q, hz_n = tables.get("hazard", ((), ()))
+            tables[key] = (tuple(qs), tuple(ns))
+            report[key] = groups
+        main_q, main_n = tables["groups"]
+        hz_q, hz_n = tables.get("hazard_groups", ((), ()))
         model = replace(
             self,
             group_edges_wh=edges,

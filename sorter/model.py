@@ -320,8 +320,8 @@ def save_model(
         files.append(DAMAGE_FILE)
     elif (out / DAMAGE_FILE).exists():
         (out / DAMAGE_FILE).unlink()
-    upper = model.energy.upper_regressor if model.energy is not None else None
-    for fname, est in ((ENERGY_FILE, model.energy.regressor if model.energy else None), (ENERGY_UPPER_FILE, upper)):
+    e = model.energy
+    for fname, est in ((ENERGY_FILE, e and e.regressor), (ENERGY_UPPER_FILE, e and e.upper_regressor)):
         if est is not None:
             sio.dump(est, out / fname)
             files.append(fname)
