@@ -163,7 +163,9 @@ def baseline_features(raw: np.ndarray, energies: tuple[float, float]) -> np.ndar
 
 def baseline_lanes(
     train_m: MeasuredLog, test_m: MeasuredLog, energies: tuple[float, float], seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The baseline trained on ``train_m``, on the usable rows of ``test_m``: lanes, predicted
+    classes and p(lead_acid)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from sorter.policy import critical_problems
@@ -180,7 +182,7 @@ def baseline_lanes(
     p_lead = proba[:, classes.index("lead_acid")]
     crit = np.array([bool(critical_problems(row)) for row in raw])
     lanes = np.where((p_lead >= 0.99) & ~crit, "lead_acid", np.where(p_lead <= 0.5, "li_ion", "manual"))
-    return lanes, pred
+    return lanes, pred, p_lead
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -309,7 +311,7 @@ def main(argv=None) -> int:
         res["retrained (3000)"] = model_row(model_t, test_m, meta, False, lfo)
         res["retrained, each sensor missing"] = sensors_missing(model_t, test_m, meta)
         trn_m = measure_logs([trn], workers=2)
-        lanes_b, pred_b = baseline_lanes(trn_m, test_m, meta.xray_energies_kev)
+        lanes_b, pred_b, _ = baseline_lanes(trn_m, test_m, meta.xray_energies_kev)
         res["physical baseline (3000)"] = row(test_m, lanes_b, pred_b, lfo)
         results[shift.name] = res
         print(
