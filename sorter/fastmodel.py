@@ -224,7 +224,8 @@ def read_fast_file(data: bytes) -> FastModel:
 
     Raises ``ValueError`` (or ``KeyError``) for a file that is not one this sorter wrote, and
     :class:`ProbeMismatch` when the predictors, run here, do not give the stored outputs
-    exactly (another numpy's arithmetic, a damaged file): the caller then uses the skops files.
+    to within :data:`PROBE_ATOL` (another numpy's arithmetic, a damaged file): the caller then
+    uses the skops files.
     """
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
@@ -280,8 +281,17 @@ def read_fast_file(data: bytes) -> FastModel:
     )
 
 
+# How far the outputs on the stored probe rows may lie from the stored ones. The file is often
+# read on another machine than the one that wrote it, and numpy's exp and log take the CPU's own
+# vector instructions (AVX-512 on one, AVX2 on another), which differ in the last bit of some
+# results: 1.1e-16 was seen between two x86-64 machines.  A wrong or damaged tree walk is off by
+# a leaf value, many orders of magnitude more.  (On the machine that writes the file, the fast
+# predictor must equal scikit-learn's exactly: sorter.fastpredict.fast_predictor.)
+PROBE_ATOL = 1e-12
+
+
 def _check(what: str, got: np.ndarray, want: np.ndarray) -> None:
-    if got.shape != want.shape or not np.array_equal(got, want):
+    if got.shape != want.shape or not np.allclose(got, want, rtol=0.0, atol=PROBE_ATOL, equal_nan=True):
         diff = float(np.nanmax(np.abs(got - want))) if got.shape == want.shape else float("nan")
         raise ProbeMismatch(
             f"{what}: the fast predictor's outputs on the stored probe rows differ from "

@@ -18,7 +18,7 @@ import pytest
 
 from sorter.cli import main
 from sorter.errors import ModelIntegrityError
-from sorter.fastmodel import FAST_FILE, write_fast_file
+from sorter.fastmodel import FAST_FILE, PROBE_ATOL, write_fast_file
 from sorter.model import MANIFEST, default_model_dir, load_model, sha256_file
 
 # Optional or heavy modules that scoring does not use: a line PC that imports them starts seconds later.
@@ -182,8 +182,16 @@ def test_an_old_directory_loads_through_skops_and_upgrades_without_retraining(mo
     new_man = json.loads((model_copy / MANIFEST).read_text())
     assert {k: v for k, v in new_man["files"].items() if k != FAST_FILE} == skops_files
     assert {k: v for k, v in new_man.items() if k != "files"} == {k: v for k, v in man.items() if k != "files"}
-    # the same arrays as the shipped file: the upgrade is deterministic
-    assert new_man["files"][FAST_FILE] == sha256_file(default_model_dir() / FAST_FILE)
+    # the same arrays as the shipped file: the upgrade is deterministic (the probe rows, drawn
+    # through exp and log, and scikit-learn's outputs on them to within the last bits another
+    # CPU's vector arithmetic may differ by)
+    made, shipped = _arrays(model_copy), _arrays(default_model_dir())
+    assert made.keys() == shipped.keys()
+    for k, v in shipped.items():
+        if ".probe_" in k:
+            np.testing.assert_allclose(made[k], v, rtol=1e-12, atol=PROBE_ATOL)
+        else:
+            np.testing.assert_array_equal(made[k], v)
     fast = load_model(model_copy, estimators=False)
     assert fast.classifier is None and fast.model_id == old.model_id
     np.testing.assert_array_equal(fast.predict(raw_rows[:5])[0], model.predict(raw_rows[:5])[0])
