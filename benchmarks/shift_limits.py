@@ -39,6 +39,7 @@ from sorter.batch import MeasuredLog, measure_logs
 from sorter.features.measure import RAW_COLUMNS
 from sorter.logformat import read_meta
 from sorter.model import load_model
+from sorter.policy import outside_envelope
 from sorter.report import lanes_for
 from sorter.train import TrainConfig, train
 
@@ -53,18 +54,9 @@ def _rows(m: MeasuredLog) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]
     return m.raw[idx], np.array([m.labels[i] for i in idx]), [m.extras[i] for i in idx]
 
 
-def outside_envelope(envelope: dict[str, tuple[float, float]], raw: np.ndarray) -> np.ndarray:
-    """Rows with a measured weight or dimension outside ``envelope`` (policy rule 3)."""
-    out = np.zeros(raw.shape[0], dtype=bool)
-    for col, (lo, hi) in envelope.items():
-        v = raw[:, _C[col]]
-        out |= np.isfinite(v) & ((v < lo) | (v > hi))
-    return out
-
-
-def envelope_row(name: str, envelope, m: MeasuredLog) -> dict[str, Any]:
+def envelope_row(name: str, model, m: MeasuredLog) -> dict[str, Any]:
     raw, y, extras = _rows(m)
-    out = outside_envelope(envelope, raw)
+    out = np.logical_or.reduce(list(outside_envelope(model.thresholds, raw).values()))
     lead, li = y == "lead_acid", y == "li_ion"
     products = collections.Counter(extras[i].get("product") for i in np.flatnonzero(out & lead))
     weights = raw[out & lead, _C["weight_g"]] / 1000
@@ -234,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     env_rows = []
     for name in filter(None, args.envelope_lines.split(",")):
         m = measure_logs([ensure_log(data, by_name[name], "test", 2000)], workers=2)
-        env_rows.append(envelope_row(name, dict(shipped.thresholds.envelope), m))
+        env_rows.append(envelope_row(name, shipped, m))
         print(env_rows[-1], flush=True)
     looks = []
     for name in filter(None, args.lookalike_lines.split(",")):

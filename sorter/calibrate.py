@@ -17,7 +17,9 @@ re-fitted here from a few hundred labelled items of it (retraining needs thousan
 3. **novelty threshold** from the calibration lead-acid items (:func:`sorter.train.choose_novelty_max`);
 4. **line domain**: the new model is valid for the calibration log's declared line.
 
-The classifier's trees are not refitted.  The result is a new model directory (the same skops
+The classifier's trees are not refitted, and the training envelope of weight and size is kept
+(policy rule 3): the report counts the calibration items outside it, which always go to
+manual, and a warning names them when they are 1 % or more of the lead-acid items.  The result is a new model directory (the same skops
 files, a new manifest recording the line, the maps and the calibration log) and a report
 with the plant's safety table on the calibration items.
 """
@@ -39,6 +41,7 @@ from .errors import SorterError
 from .features.measure import RAW_COLUMNS
 from .logformat import read_meta
 from .model import SorterModel, inherited_manifest, load_model, save_model
+from .policy import outside_envelope
 from .train import (
     CLASSES,
     LINE_DEPENDENT_COLUMNS,
@@ -60,6 +63,52 @@ MAX_DROPPED = 2  # more dropped columns than this: not a line difference but a b
 # threshold at training's floor of 0.9 (benchmarks.calibration_floor), so calibration never
 # sets it below this.
 CALIBRATION_LEAD_FLOOR = 0.99
+# A share of the calibration log's lead-acid items at least this large outside the model's
+# training envelope earns a warning: they always go to manual, whatever the calibration.
+ENVELOPE_WARN_SHARE = 0.01
+
+
+def envelope_coverage(base: SorterModel, raw: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """How many of the calibration items lie outside ``base``'s training envelope (policy rule
+    3: always manual), per class and, for the lead-acid ones, per envelope column with their
+    measured range; warns when the lead-acid share reaches :data:`ENVELOPE_WARN_SHARE`.
+
+    Calibration keeps the envelope: the classifier's trees never saw heavier or larger items
+    than training's, and on a plant the Li-ion packs of that size (traction, storage) are
+    ballasted to lead-acid weights, so a few hundred labelled items are no proof they sort
+    right.  Retraining with the line's items widens it."""
+    cols = outside_envelope(base.thresholds, raw)
+    out = np.zeros(len(y), dtype=bool)
+    for m in cols.values():
+        out |= m
+    lead = y == "lead_acid"
+    n_lead, k_lead = int(lead.sum()), int((out & lead).sum())
+    beyond = {}
+    for col, m in cols.items():
+        v = raw[m & lead, RAW_COLUMNS.index(col)]
+        if v.size:
+            lo, hi = base.thresholds.envelope[col]
+            beyond[col] = {"items": int(v.size), "measured": [float(v.min()), float(v.max())], "envelope": [lo, hi]}
+    report = {
+        "items": {c: int((out & (y == c)).sum()) for c in CLASSES},
+        "lead_acid_share": k_lead / n_lead if n_lead else 0.0,
+        "lead_acid_beyond": beyond,
+    }
+    if n_lead and k_lead / n_lead >= ENVELOPE_WARN_SHARE:
+        what = "; ".join(
+            f"{col} {b['measured'][0]:.4g}-{b['measured'][1]:.4g} (envelope {b['envelope'][0]:.4g}-{b['envelope'][1]:.4g})"
+            for col, b in beyond.items()
+        )
+        logger.warning(
+            "calibration: %d of %d lead-acid items of this line (%.1f %%) lie outside the model's training "
+            "envelope (%s): they always go to manual, and calibration cannot change that (the model never saw "
+            "such items). To sort them, retrain on this line ('sorter train') with these items in the log",
+            k_lead,
+            n_lead,
+            100 * k_lead / n_lead,
+            what,
+        )
+    return report
 
 
 def fit_normalisation(
@@ -167,6 +216,7 @@ def calibrate(
     )
     th_report.update(nov_report, novelty_max=novelty_max)
     metrics = heldout_metrics(model, raw, y, damaged, metas[0])
+    envelope = envelope_coverage(base, raw, y)
     report = {
         "base_model": base.model_id,
         "logs": [Path(d).name for d in log_dirs],
@@ -176,6 +226,7 @@ def calibrate(
         "class_counts": {c: int((y == c).sum()) for c in CLASSES},
         "normalisation": map_report,
         "threshold_selection": th_report,
+        "outside_training_envelope": envelope,
         "metrics_on_calibration_items": metrics,
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -144,6 +144,28 @@ def envelope_density(raw: np.ndarray | list[float]) -> float:
     return float(w / vol * 1e3)
 
 
+def outside_envelope(t: PolicyThresholds, raw: np.ndarray) -> dict[str, np.ndarray]:
+    """Per envelope column, the rows of a raw matrix whose measured value lies outside the
+    training envelope (rule 3 sends such a row to manual); a missing reading is never outside.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sorter.features.measure import RAW_COLUMNS
+    >>> from sorter.policy import PolicyThresholds, outside_envelope
+    >>> raw = np.full((2, len(RAW_COLUMNS)), np.nan)
+    >>> raw[:, RAW_COLUMNS.index("weight_g")] = [20000.0, 60000.0]
+    >>> outside_envelope(PolicyThresholds(envelope={"weight_g": (10.0, 54000.0)}), raw)["weight_g"].tolist()
+    [False, True]
+    """
+    out = {}
+    for col, (lo, hi) in t.envelope.items():
+        v = raw[:, _COL[col]]
+        with np.errstate(invalid="ignore"):
+            out[col] = (v < lo) | (v > hi)  # NaN compares False
+    return out
+
+
 def critical_problems(raw: np.ndarray | list[float]) -> list[str]:
     """Critical readings that are missing or invalid in a raw measurement row."""
     out = []

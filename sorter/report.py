@@ -857,6 +857,23 @@ def _energy_card(manifest: dict[str, Any]) -> list[str]:
     return out
 
 
+def _envelope_card(env: dict[str, Any] | None) -> list[str]:
+    """The model card's line on the calibration items outside the training envelope."""
+    if not env:
+        return []
+    k = env.get("items", {}).get("lead_acid", 0)
+    if not k:
+        return ["- every lead-acid calibration item lies inside the training envelope of weight and size"]
+    beyond = ", ".join(
+        f"{col} {b['measured'][0]:.4g}-{b['measured'][1]:.4g} beyond {b['envelope'][0]:.4g}-{b['envelope'][1]:.4g}"
+        for col, b in env.get("lead_acid_beyond", {}).items()
+    )
+    return [
+        f"- {k} lead-acid calibration items ({100 * env.get('lead_acid_share', 0.0):.1f} %) lie outside the training "
+        f"envelope ({beyond}): such items always go to manual on this line; retrain with them to sort them"
+    ]
+
+
 def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] | None = None) -> str:
     """MODEL_CARD.md text for a model directory (intended use, data, metrics, limits)."""
     tr = manifest.get("training", {})
@@ -936,7 +953,8 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
                 f"- calibrated from {manifest['calibration'].get('usable')} labelled items of "
                 f"`{manifest['calibration'].get('line', {}).get('line')}` (base model "
                 f"`{manifest['calibration'].get('base_model')}`); measurement maps (a, b): "
-                f"{json.dumps(manifest.get('normalisation', {}))}"
+                f"{json.dumps(manifest.get('normalisation', {}))}",
+                *_envelope_card(manifest["calibration"].get("outside_training_envelope")),
             ]
             if manifest.get("calibration")
             else []

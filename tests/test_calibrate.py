@@ -130,3 +130,52 @@ def test_calibration_refuses_a_line_where_many_columns_cannot_be_mapped(line_b_l
     m = _scaled(measure_logs([line_b_log], workers=0), cols, 40.0)
     with pytest.raises(SorterError, match="no line difference a calibration can absorb"):
         calibrate([str(line_b_log)], load_model(), measured=m)
+
+
+def test_lead_acid_items_beyond_the_training_envelope_are_reported_and_stay_manual(line_b_log, tmp_path, caplog):
+    """A line with lead-acid items heavier than anything in training (line c's 54-69 kg truck
+    batteries): calibration keeps the envelope, so they stay in manual; it counts them, warns
+    with how to sort them (retrain), and the model card says so."""
+    import dataclasses
+    import logging
+
+    from sorter.features.measure import MEASUREMENTS_VERSION, RAW_COLUMNS
+    from sorter.model import save_model
+    from sorter.report import model_card
+
+    base = load_model()
+    hi = base.thresholds.envelope["weight_g"][1]
+    m = measure_logs([line_b_log], workers=0)
+    keep = m.ok & np.array([lab in ("lead_acid", "li_ion", "other") for lab in m.labels])
+    lead_rows = np.flatnonzero(keep & np.array([lab == "lead_acid" for lab in m.labels]))
+    heavy = lead_rows[:5]  # five lead-acid items made heavier than the envelope allows
+    raw = m.raw.copy()
+    raw[heavy, RAW_COLUMNS.index("weight_g")] = hi * 1.2
+    m = dataclasses.replace(m, raw=raw)
+    with caplog.at_level(logging.WARNING, logger="sorter.calibrate"):
+        model, report = calibrate([str(line_b_log)], base, measured=m)
+    env = report["outside_training_envelope"]
+    assert env["items"]["lead_acid"] == 5 and env["items"]["li_ion"] == 0
+    assert env["lead_acid_beyond"]["weight_g"]["items"] == 5
+    assert env["lead_acid_beyond"]["weight_g"]["measured"][0] == pytest.approx(hi * 1.2)
+    assert any(
+        "outside the model's training envelope" in r.getMessage() and "retrain" in r.getMessage()
+        for r in caplog.records
+    )
+    assert dict(model.thresholds.envelope) == dict(base.thresholds.envelope)  # kept, not widened
+    _, _, lanes, reasons = lanes_for(model, raw[heavy], read_meta(line_b_log))
+    assert set(lanes) == {"manual"} and all("unlike training data: weight_g" in r for r in reasons)
+    save_model(
+        model,
+        tmp_path / "m",
+        name="heavy",
+        extra_manifest={"measurements": MEASUREMENTS_VERSION, "calibration": report},
+    )
+    card = model_card(json.loads((tmp_path / "m" / "manifest.json").read_text()))
+    assert "5 lead-acid calibration items" in card and "retrain with them" in card
+
+
+def test_no_warning_when_the_calibration_items_lie_inside_the_envelope(calibrated):
+    _, _, report = calibrated
+    env = report["outside_training_envelope"]
+    assert env["items"]["lead_acid"] == 0 and env["lead_acid_share"] == 0.0
