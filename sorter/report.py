@@ -973,7 +973,12 @@ def model_card(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]] 
             else "this model uses it as a feature (`sorter train --features material` leaves it to the policy's "
             "density gate). "
         )
-        + "`docs/performance.md` (section *Another line*) has the measured figures per shift.",
+        + "Where the X-ray cannot see through an item (most lead-acid batteries, but also a thick cell standing on "
+        "end, a stone, a steel block), the dual-energy ratio is measured only on the rim's partly covered pixels, "
+        "where both energies pass alike and any opaque object reads like lead: there the decision rests on mass, "
+        "envelope and shape, and a dense prismatic cell standing on end can look like a small VRLA battery "
+        "(section *What stands between the shift benchmark and issue 13's targets*). "
+        "`docs/performance.md` (section *Another line*) has the measured figures per shift.",
         "",
         "## Held-out metrics (training split)",
         "",
