@@ -1,7 +1,7 @@
 """What stands between the shift benchmark and issue 13's targets: two measured limits.
 
 ``python -m benchmarks.shift_limits [--data bench-data/shift] [--envelope-lines line_c,all,b]
-[--lookalike-lines belt]``
+[--lookalike-lines belt,detector,all]``
 
 Same logs and seeds as :mod:`benchmarks.shift` (made if missing). Two measurements:
 
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="bench-data/shift", help="the shift benchmark's logs (made if missing)")
     ap.add_argument("--envelope-lines", default="line_c,all,b", help="comma-separated shift names")
-    ap.add_argument("--lookalike-lines", default="belt", help="comma-separated shift names")
+    ap.add_argument("--lookalike-lines", default="belt,detector,all", help="comma-separated shift names")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write docs/performance.md")
     args = ap.parse_args(argv)
     data = Path(args.data)
