@@ -56,7 +56,7 @@ def _rows(m: MeasuredLog) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]
 
 def envelope_row(name: str, model, m: MeasuredLog) -> dict[str, Any]:
     raw, y, extras = _rows(m)
-    out = np.logical_or.reduce(list(outside_envelope(model.thresholds, raw).values()))
+    out = np.logical_or.reduce([np.zeros(len(y), dtype=bool), *outside_envelope(model.thresholds, raw).values()])
     lead, li = y == "lead_acid", y == "li_ion"
     products = collections.Counter(extras[i].get("product") for i in np.flatnonzero(out & lead))
     weights = raw[out & lead, _C["weight_g"]] / 1000

@@ -19,9 +19,10 @@ re-fitted here from a few hundred labelled items of it (retraining needs thousan
 
 The classifier's trees are not refitted, and the training envelope of weight and size is kept
 (policy rule 3): the report counts the calibration items outside it, which always go to
-manual, and a warning names them when they are 1 % or more of the lead-acid items.  The result is a new model directory (the same skops
-files, a new manifest recording the line, the maps and the calibration log) and a report
-with the plant's safety table on the calibration items.
+manual, and a warning names them when they are 1 % or more of the lead-acid items.  The
+result is a new model directory (the same skops files, a new manifest recording the line, the
+maps and the calibration log) and a report with the plant's safety table on the calibration
+items.
 """
 
 from __future__ import annotations
