@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from sorter.batch import MeasuredLog, measure_logs
-from sorter.features.measure import RAW_COLUMNS
+from sorter.features.derive import scale_profiler
+from sorter.features.measure import RAW_COLUMNS, SCALE_COLUMNS
 from sorter.logformat import read_meta
 from sorter.model import load_model
 from sorter.policy import outside_envelope
@@ -73,9 +74,8 @@ def envelope_row(name: str, model, m: MeasuredLog) -> dict[str, Any]:
 
 
 def _density(raw: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        vol = raw[:, _C["length_mm"]] * raw[:, _C["width_mm"]] * raw[:, _C["height_mm"]] * 1e-6
-        return raw[:, _C["weight_g"]] / 1000 / vol
+    """Envelope density (kg/L) of raw rows, as the classifier's scale feature step computes it."""
+    return scale_profiler(raw[:, [_C[c] for c in SCALE_COLUMNS]])[:, 4]
 
 
 def lookalikes(shift, data: Path, seed: int = 0) -> dict[str, Any]:

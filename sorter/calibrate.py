@@ -79,9 +79,7 @@ def envelope_coverage(base: SorterModel, raw: np.ndarray, y: np.ndarray) -> dict
     ballasted to lead-acid weights, so a few hundred labelled items are no proof they sort
     right.  Retraining with the line's items widens it."""
     cols = outside_envelope(base.thresholds, raw)
-    out = np.zeros(len(y), dtype=bool)
-    for m in cols.values():
-        out |= m
+    out = np.logical_or.reduce([np.zeros(len(y), dtype=bool), *cols.values()])
     lead = y == "lead_acid"
     n_lead, k_lead = int(lead.sum()), int((out & lead).sum())
     beyond = {}
